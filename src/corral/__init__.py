@@ -1,0 +1,3 @@
+"""corral: a workload manager."""
+
+__version__ = "0.1.0"

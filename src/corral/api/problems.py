@@ -1,0 +1,155 @@
+"""RFC 9457 problem details: every error response of the API is built here.
+
+Domain errors (``corral.errors``) and framework errors (validation, unknown routes,
+oversized bodies) are mapped to ``application/problem+json`` in one place; routes
+never build error responses themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from corral.errors import CorralError, ExceedsCapacityError, InvalidInputError
+from corral.model import Status
+from corral.store.errors import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:corral:problem:"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem; ``type`` is ``urn:corral:problem:<slug>``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class TransitionProblem(Problem):
+    """A 409 from the state machine."""
+
+    current_status: Status
+    requested_status: Status
+    allowed: list[Status]
+
+
+class ValidationProblem(Problem):
+    """A 422: ``errors`` lists each invalid field (``loc`` is its path)."""
+
+    errors: list[dict[str, Any]] = []
+
+
+class BodyTooLargeError(CorralError):
+    """The request body is larger than the server accepts."""
+
+
+def problem(status: int, slug: str, detail: str, **extra: Any) -> Response:
+    body = {
+        "type": TYPE_PREFIX + slug,
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return Response(json.dumps(body), status_code=status, media_type=PROBLEM_JSON)
+
+
+def _clean_errors(errors: Any) -> list[dict[str, Any]]:
+    cleaned = []
+    for err in errors:
+        item = {
+            "loc": list(err.get("loc", ())),
+            "msg": str(err.get("msg", "")),
+            "type": err.get("type"),
+        }
+        cleaned.append(item)
+    return cleaned
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        parts.append(f"{where}: {err['msg']}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+async def _corral_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, InvalidTransitionError):
+        return problem(
+            409,
+            "invalid-transition",
+            str(exc),
+            current_status=exc.current.value,
+            requested_status=exc.requested.value,
+            allowed=[s.value for s in exc.allowed],
+        )
+    if isinstance(exc, NotFoundError):
+        return problem(404, "not-found", str(exc))
+    if isinstance(exc, IdempotencyKeyReusedError):
+        return problem(422, "idempotency-key-reused", str(exc))
+    if isinstance(exc, ExceedsCapacityError | InvalidInputError):
+        return problem(422, "invalid-input", str(exc))
+    if isinstance(exc, BodyTooLargeError):
+        return problem(413, "body-too-large", str(exc))
+    return problem(500, "internal", "an unexpected error occurred")
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = _clean_errors(exc.errors())
+    return problem(422, "invalid-input", _describe(errors), errors=errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+    if status == 404 and detail == "Not Found":
+        detail = f"no route for {request.method} {request.url.path}"
+    slug = "not-found" if status == 404 else HTTPStatus(status).phrase.lower().replace(" ", "-")
+    response = problem(status, slug, detail)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    if status == 405:
+        # Starlette names only the first route matching the path; list all of them.
+        response.headers["Allow"] = ", ".join(_allowed_methods(request))
+    return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def install(app: FastAPI) -> None:
+    """Register the one mapping from exceptions to problem responses."""
+    app.add_exception_handler(CorralError, _corral_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error codes a route can return."""
+    models: dict[int, type[Problem]] = {409: TransitionProblem, 422: ValidationProblem}
+    return {
+        code: {
+            "model": models.get(code, Problem),
+            "description": HTTPStatus(code).phrase,
+        }
+        for code in codes
+    }

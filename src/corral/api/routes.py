@@ -1,0 +1,261 @@
+"""The v1 routes: parse, call the store or scheduler, serialize. Nothing else.
+
+Responses are serialized by Pydantic's ``model_dump_json`` and returned as ready
+``Response`` objects (the declared ``response_model`` documents them in OpenAPI
+without a second validation pass).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from corral.api.problems import responses
+from corral.errors import InvalidInputError
+from corral.logs import follow_log, log_path, read_log
+from corral.model import (
+    LABEL_SELECTOR_RE,
+    TERMINAL,
+    Event,
+    Status,
+    StatusUpdate,
+    Workload,
+    WorkloadCreate,
+    check_label,
+    transitions_as_data,
+)
+from corral.scheduler import Scheduler
+from corral.store import Store
+from corral.store.base import LIST_LIMIT_MAX
+
+JSON = "application/json"
+IDEMPOTENCY_KEY_MAX_CHARS = 255
+CURSOR_PATTERN = "^([0-9a-hjkmnp-tv-z]{26})?$"
+
+WorkloadId = Annotated[str, PathParam(description="The workload's id.")]
+
+
+class WorkloadList(BaseModel):
+    items: list[Workload]
+    next_cursor: str | None
+
+
+class EventList(BaseModel):
+    items: list[Event]
+
+
+def _json(
+    model: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(model.model_dump_json(), status_code, headers, JSON)
+
+
+def parse_label_selector(selectors: list[str]) -> list[tuple[str, str]]:
+    """``["team=ml", …]`` -> ``[("team", "ml"), …]``, or ``InvalidInputError``."""
+    pairs = []
+    for selector in selectors:
+        key, sep, value = selector.partition("=")
+        if not sep:
+            raise InvalidInputError(f"label filter {selector!r} must look like key=value")
+        try:
+            check_label(key, value)
+        except ValueError as exc:
+            raise InvalidInputError(f"label filter {selector!r}: {exc}") from None
+        pairs.append((key, value))
+    return pairs
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Validate the JSON body whatever its Content-Type says (curl's ``-d`` sends
+    form-urlencoded), in one pass from bytes."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in errors]
+        ) from None
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body read by ``parse_body`` (its schema is added by ``app.py``)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": ref}}}}
+
+
+QUERY_ITEM_PATTERNS = {"label": LABEL_SELECTOR_RE.pattern}
+"""Patterns of list query items, which FastAPI neither documents nor checks
+(``parse_label_selector`` checks them)."""
+
+BODY_MODELS: tuple[type[BaseModel], ...] = (WorkloadCreate, StatusUpdate)
+
+
+def build_router(store: Store, scheduler: Scheduler, data_dir: Path) -> APIRouter:
+    router = APIRouter()
+    _workload_routes(router, store, scheduler)
+    _log_routes(router, store, data_dir)
+    _meta_routes(router)
+    return router
+
+
+def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
+
+    @router.post(
+        "/v1/workloads",
+        status_code=201,
+        response_model=Workload,
+        responses=responses(413, 422),
+        summary="Submit a workload",
+        openapi_extra=json_body(WorkloadCreate),
+    )
+    async def create_workload(
+        request: Request,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                max_length=IDEMPOTENCY_KEY_MAX_CHARS,
+                description="Repeat a request safely: the same key and body replay the"
+                " original response.",
+            ),
+        ] = None,
+    ) -> Response:
+        spec = await parse_body(request, WorkloadCreate)
+        scheduler.check_fits(spec.resources)
+        workload, replayed = store.create_workload(
+            spec, idempotency_key=idempotency_key, actor="api"
+        )
+        headers = {"Location": f"/v1/workloads/{workload.id}"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        else:
+            scheduler.submitted(workload)
+        return _json(workload, 201, headers)
+
+    @router.get(
+        "/v1/workloads",
+        response_model=WorkloadList,
+        responses=responses(422),
+        summary="List workloads, newest first",
+    )
+    async def list_workloads(
+        status: Annotated[list[Status], Query(description="Any of these statuses.")] = [],  # noqa: B006
+        label: Annotated[list[str], Query(description="`key=value`; every one must match.")] = [],  # noqa: B006
+        limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 50,
+        cursor: Annotated[
+            str,
+            Query(
+                pattern=CURSOR_PATTERN,
+                description="`next_cursor` of the previous page; empty for the first.",
+            ),
+        ] = "",
+    ) -> Response:
+        page = store.list_workloads(
+            statuses=status, labels=parse_label_selector(label), limit=limit, cursor=cursor or None
+        )
+        return _json(WorkloadList.model_construct(items=page.items, next_cursor=page.next_cursor))
+
+    @router.get(
+        "/v1/workloads/{workload_id}",
+        response_model=Workload,
+        responses=responses(404),
+        summary="Get a workload",
+    )
+    async def get_workload(workload_id: WorkloadId) -> Response:
+        return _json(store.get_workload(workload_id))
+
+    @router.delete(
+        "/v1/workloads/{workload_id}",
+        response_model=Workload,
+        responses=responses(404, 409),
+        summary="Kill a workload",
+    )
+    async def kill_workload(workload_id: WorkloadId) -> Response:
+        workload = store.update_workload_status(workload_id, Status.KILLED, actor="api")
+        scheduler.stopped(workload)
+        return _json(workload)
+
+    @router.put(
+        "/v1/workloads/{workload_id}/status",
+        response_model=Workload,
+        responses=responses(404, 409, 413, 422),
+        summary="Change a workload's status (for runners outside corral)",
+        openapi_extra=json_body(StatusUpdate),
+    )
+    async def put_status(workload_id: WorkloadId, request: Request) -> Response:
+        update = await parse_body(request, StatusUpdate)
+        workload = store.update_workload_status(
+            workload_id,
+            update.status,
+            exit_code=update.exit_code,
+            reason=update.reason,
+            actor="api",
+        )
+        if workload.status in TERMINAL:
+            scheduler.stopped(workload)
+        return _json(workload)
+
+    @router.get(
+        "/v1/workloads/{workload_id}/events",
+        response_model=EventList,
+        responses=responses(404),
+        summary="A workload's events, oldest first",
+    )
+    async def list_events(workload_id: WorkloadId) -> Response:
+        return _json(EventList.model_construct(items=store.list_events(workload_id)))
+
+
+def _log_routes(router: APIRouter, store: Store, data_dir: Path) -> None:
+
+    @router.get(
+        "/v1/workloads/{workload_id}/logs",
+        response_class=PlainTextResponse,
+        responses={**responses(404, 422), 200: {"content": {"text/plain": {}}}},
+        summary="A workload's output (stdout and stderr as written)",
+    )
+    async def get_logs(
+        workload_id: WorkloadId,
+        follow: Annotated[bool, Query(description="Stream until the workload ends.")] = False,
+        tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
+    ) -> Response:
+        workload = store.get_workload(workload_id)
+        path = log_path(data_dir, workload_id)
+        if not follow:
+            return Response(read_log(path, tail=tail), media_type="text/plain")
+        start = 0
+        if tail is not None:
+            start = max(0, _size(path) - len(read_log(path, tail=tail)))
+
+        def finished() -> bool:
+            if workload.status in TERMINAL:
+                return True
+            return store.get_workload(workload_id).status in TERMINAL
+
+        return StreamingResponse(follow_log(path, finished, start=start), media_type="text/plain")
+
+
+def _meta_routes(router: APIRouter) -> None:
+
+    @router.get("/v1/transitions", summary="The state machine as data")
+    async def transitions() -> dict[str, list[str]]:
+        return transitions_as_data()
+
+    @router.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

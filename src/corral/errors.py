@@ -1,0 +1,28 @@
+"""corral's domain errors, under one root so the API maps them in one place.
+
+::
+
+    CorralError
+    ├── store.InvalidTransitionError   (409)  the state machine forbids the change
+    ├── store.NotFoundError            (404)  no such workload
+    ├── store.IdempotencyKeyReusedError (422) same key, different body
+    ├── ExceedsCapacityError           (422)  asks for more than the whole machine
+    └── InvalidInputError              (422)  a bad filter, cursor or limit
+"""
+
+from __future__ import annotations
+
+
+class CorralError(Exception):
+    """Root of corral's domain errors; the docstring is the default message."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
+
+
+class ExceedsCapacityError(CorralError):
+    """The workload asks for more than the executor's whole capacity."""
+
+
+class InvalidInputError(CorralError):
+    """The request's parameters are invalid."""

@@ -1,0 +1,1 @@
+"""Executors: how corral runs workloads on the machine."""

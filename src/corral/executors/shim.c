@@ -1,0 +1,224 @@
+/*
+ * corral-shim: a tiny per-workload watcher (like conmon or containerd-shim). It runs
+ * one workload, outlives the corral server, and records how the workload ended.
+ *
+ *   corral-shim STATE_DIR GRACE_SECONDS CWD -- PROGRAM [ARG...]
+ *
+ * Protocol with the server:
+ *   - The server starts the shim as a session leader (setsid), stdin /dev/null, stdout
+ *     and stderr on the workload's log file. The shim's environment is the workload's,
+ *     passed unchanged (PROGRAM is looked up in its PATH).
+ *   - The shim is a child subreaper: orphaned descendants of the workload become its
+ *     children and it reaps them. The workload runs in its own process group, whose id
+ *     is the workload's pid, in CWD (or in the shim's directory when CWD is "").
+ *   - STATE_DIR/pid     "<workload pid>\n", written right after the fork.
+ *   - STATE_DIR/status  written exactly once, as the shim's last act:
+ *                         "exit N\n"    the workload exited with code N
+ *                         "signal N\n"  the workload was killed by signal N
+ *                         "spawn E\n"   never started: pipe, fork, chdir or exec failed, errno E
+ *     When it appears the workload has exited and its log holds all its output, and the
+ *     workload's process group is empty (unless members survived SIGKILL for 2 s).
+ *   - Both files are written to NAME.tmp then renamed: readers never see partial files.
+ *   - SIGTERM, SIGINT or SIGHUP to the shim: SIGTERM (and SIGCONT) to the workload's
+ *     group, then SIGKILL after GRACE_SECONDS if anything is left in it. Processes left
+ *     in the group after the workload itself exits are treated the same way.
+ *   - Exit code: 0 once status is written, 1 if it could not be, 2 on bad arguments.
+ *
+ * Processes that leave the group (setsid, setpgid) are not tracked.
+ * Build: cc -O2 -s -static -o corral-shim shim.c
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TICK 0.1       /* seconds between state checks when no signal arrives */
+#define GIVE_UP 2.0    /* seconds to wait for the group to empty after SIGKILL */
+
+static const char *state_dir;
+
+/* Writes "corral-shim: <a><b>\n" to stderr (the workload's log), unbuffered. */
+static void say(const char *a, const char *b)
+{
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "corral-shim: %s%s\n", a, b);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof msg - 1)
+        n = (int)sizeof msg - 1;
+    ssize_t w = write(STDERR_FILENO, msg, (size_t)n);
+    (void)w;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Atomically sets STATE_DIR/NAME to LINE: writes NAME.tmp, then renames it. */
+static int write_state(const char *name, const char *line)
+{
+    char path[4096], tmp[4096];
+    if (snprintf(path, sizeof path, "%s/%s", state_dir, name) >= (int)sizeof path ||
+        snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        say("state path too long: ", path);
+        return -1;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        say("cannot write ", tmp);
+        return -1;
+    }
+    size_t len = strlen(line);
+    int ok = write(fd, line, len) == (ssize_t)len;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) < 0) {
+        say("cannot write ", path);
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* Writes the final STATE_DIR/status "WORD N" and returns the shim's exit code. */
+static int finish(const char *word, int n)
+{
+    char line[64];
+    snprintf(line, sizeof line, "%s %d\n", word, n);
+    return write_state("status", line) == 0 ? 0 : 1;
+}
+
+/* Reaps every exited child (the workload and adopted orphans) without blocking. */
+static void reap_all(pid_t child, int *status, int *reaped)
+{
+    int st;
+    pid_t p;
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (p == child) {
+            *status = st;
+            *reaped = 1;
+        }
+    }
+}
+
+/* Asks every process of the workload's group to terminate. */
+static void stop_group(pid_t pgid)
+{
+    killpg(pgid, SIGTERM);
+    killpg(pgid, SIGCONT); /* a stopped process must run to act on SIGTERM */
+}
+
+static int usage(const char *why)
+{
+    say(why, "");
+    say("usage: corral-shim STATE_DIR GRACE_SECONDS CWD -- PROGRAM [ARG...]", "");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 6 || strcmp(argv[4], "--") != 0)
+        return usage("bad arguments");
+    state_dir = argv[1];
+    char *end;
+    double grace = strtod(argv[2], &end);
+    if (end == argv[2] || *end != '\0' || !(grace >= 0 && grace <= 1e7))
+        return usage("bad GRACE_SECONDS");
+    const char *cwd = argv[3];
+    char **cmd = argv + 5;
+
+    /* Default dispositions (SIG_IGN is inherited across exec, and an ignored SIGCHLD
+     * would auto-reap); the signals we handle are blocked and taken by sigtimedwait. */
+    for (int s = 1; s < NSIG; s++)
+        signal(s, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGALRM);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+        say("cannot become a child subreaper: ", strerror(errno));
+
+    /* The child reports a failed chdir/exec as its errno on a close-on-exec pipe. */
+    int errpipe[2];
+    if (pipe2(errpipe, O_CLOEXEC) < 0)
+        return finish("spawn", errno);
+    pid_t child = fork();
+    if (child < 0)
+        return finish("spawn", errno);
+    if (child == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        setpgid(0, 0);
+        if (cwd[0] == '\0' || chdir(cwd) == 0)
+            execvp(cmd[0], cmd);
+        int err = errno;
+        ssize_t w = write(errpipe[1], &err, sizeof err);
+        (void)w;
+        _exit(127);
+    }
+    close(errpipe[1]);
+    setpgid(child, child); /* also done by the child: whichever runs first wins */
+
+    char line[32];
+    snprintf(line, sizeof line, "%d\n", (int)child);
+    write_state("pid", line);
+
+    int err;
+    ssize_t n;
+    do
+        n = read(errpipe[0], &err, sizeof err);
+    while (n < 0 && errno == EINTR);
+    close(errpipe[0]);
+    if (n == (ssize_t)sizeof err) {
+        waitpid(child, NULL, 0);
+        return finish("spawn", err);
+    }
+
+    int status = 0, reaped = 0, terminating = 0, killed = 0;
+    double deadline = 0, killed_at = 0;
+    for (;;) {
+        reap_all(child, &status, &reaped);
+        double t = now();
+        int group_alive = !(killpg(child, 0) < 0 && errno == ESRCH);
+        if (reaped && (!group_alive || (killed && t - killed_at > GIVE_UP)))
+            break;
+        /* Leftovers of an exited workload get the same treatment as a kill request. */
+        if (reaped && !terminating) {
+            stop_group(child);
+            terminating = 1;
+            deadline = t + grace;
+        }
+        if (terminating && !killed && group_alive && t >= deadline) {
+            killpg(child, SIGKILL);
+            killed = 1;
+            killed_at = t;
+        }
+        double wait = TICK;
+        if (terminating && !killed && deadline - t < wait)
+            wait = deadline > t ? deadline - t : 0;
+        struct timespec ts = {0, (long)(wait * 1e9)};
+        int sig = sigtimedwait(&set, NULL, &ts);
+        if ((sig == SIGTERM || sig == SIGINT || sig == SIGHUP) && !terminating) {
+            stop_group(child);
+            terminating = 1;
+            deadline = now() + grace;
+        }
+    }
+    if (WIFSIGNALED(status))
+        return finish("signal", WTERMSIG(status));
+    return finish("exit", WEXITSTATUS(status));
+}

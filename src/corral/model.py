@@ -1,0 +1,246 @@
+"""The workload state machine and the plain data types.
+
+This module is the only place the state machine is stated: ``TRANSITIONS`` maps
+each status to the statuses it may move to, and everything else (the store's
+guard, the API's 409 bodies, ``GET /v1/transitions``, the CLI) reads it from
+here. It knows nothing of HTTP, SQL or processes.
+
+::
+
+    pending ──▶ running ──▶ completed
+       │           ├──────▶ failed
+       └───────────┴──────▶ killed
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+
+class Status(StrEnum):
+    """The status of a workload; only ``store.update_workload_status`` changes it."""
+
+    PENDING = "pending"
+    """Stored and waiting for resources; ``reason`` says what it waits for."""
+    RUNNING = "running"
+    """Claimed by an executor; its process has been started."""
+    COMPLETED = "completed"
+    """The process exited with status 0."""
+    FAILED = "failed"
+    """Non-zero exit, a foreign signal, a spawn error, a timeout, or lost."""
+    KILLED = "killed"
+    """Stopped on request (DELETE), whatever the process did afterwards."""
+
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.RUNNING, Status.KILLED}),
+    Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.KILLED}),
+    Status.COMPLETED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.KILLED: frozenset(),
+}
+"""The state machine: status -> statuses it may move to. Nothing else restates it."""
+
+TERMINAL: frozenset[Status] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
+"""Statuses with no way out."""
+
+
+def valid_transition(from_status: Status | str, to_status: Status | str) -> bool:
+    """True when the table allows ``from_status -> to_status``; unknown names are False."""
+    try:
+        return Status(to_status) in TRANSITIONS[Status(from_status)]
+    except ValueError:
+        return False
+
+
+def sources_of(to_status: Status) -> frozenset[Status]:
+    """The statuses from which ``to_status`` may be reached (read off ``TRANSITIONS``)."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if to_status in targets)
+
+
+# --- the workload resource (spec §2) -------------------------------------------------
+
+NAME_MAX_CHARS = 200
+LABEL_VALUE_MAX_CHARS = 63
+ENV_MAX_ENTRIES = 1024
+LABELS_MAX_ENTRIES = 64
+COMMAND_MAX_ARGS = 4096
+
+# Kubernetes label keys: optional DNS-subdomain prefix and '/', then a name of at most
+# 63 characters: alphanumerics, '-', '_', '.', starting and ending alphanumeric.
+_LABEL_NAME = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+_LABEL_PREFIX = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+LABEL_KEY_RE = re.compile(rf"^({_LABEL_PREFIX}/)?{_LABEL_NAME}$")
+LABEL_VALUE_RE = re.compile(rf"^({_LABEL_NAME})?$")
+LABEL_SELECTOR_RE = re.compile(rf"^({_LABEL_PREFIX}/)?{_LABEL_NAME}=({_LABEL_NAME})?$")
+"""``key=value``, as in ``GET /v1/workloads?label=team=ml``."""
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts ``3.0`` as an integer; so do we (strict mode would not)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+INTEGRAL = BeforeValidator(_integral)
+"""Put last in ``Annotated[int, Field(...), INTEGRAL]``: an integer, strictly (no
+strings, no booleans), also written as ``3.0``; after the constraints, so that they
+still appear in the JSON schema."""
+
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_RE.pattern, max_length=253)]
+LabelValue = Annotated[
+    str, StringConstraints(pattern=LABEL_VALUE_RE.pattern, max_length=LABEL_VALUE_MAX_CHARS)
+]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE.pattern, max_length=1024)]
+
+
+def _keys_schema(schema: dict[str, Any]) -> None:
+    """Pydantic documents constrained dict keys as ``patternProperties``, which lets
+    other keys through; state them as ``propertyNames`` so the schema refuses what the
+    validator refuses."""
+    pattern_props = schema.pop("patternProperties", {})
+    names = schema.setdefault("propertyNames", {})
+    for pattern, value_schema in pattern_props.items():
+        names["pattern"] = pattern
+        schema["additionalProperties"] = value_schema
+
+
+class Resources(BaseModel):
+    """What a workload needs while it runs; all non-negative."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    cpus: Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)] = 1.0
+    memory_mb: Annotated[int, Field(ge=0, le=2**40), INTEGRAL] = 0
+    gpus: Annotated[int, Field(ge=0, le=1024), INTEGRAL] = 0
+
+
+class WorkloadCreate(BaseModel):
+    """The body of ``POST /v1/workloads``: what the user asks to run."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    command: Annotated[
+        list[str],
+        Field(
+            min_length=1,
+            max_length=COMMAND_MAX_ARGS,
+            description="argv; command[0] is the program, looked up in PATH. No shell.",
+            json_schema_extra={"prefixItems": [{"type": "string", "minLength": 1}]},
+        ),
+    ]
+    name: Annotated[str | None, Field(max_length=NAME_MAX_CHARS)] = None
+    env: Annotated[
+        dict[EnvName, str],
+        Field(max_length=ENV_MAX_ENTRIES, json_schema_extra=_keys_schema),
+    ] = Field(default_factory=dict)
+    cwd: Annotated[str | None, StringConstraints(pattern=r"^/", max_length=4096)] = None
+    resources: Resources = Field(default_factory=Resources)
+    labels: Annotated[
+        dict[LabelKey, LabelValue],
+        Field(max_length=LABELS_MAX_ENTRIES, json_schema_extra=_keys_schema),
+    ] = Field(default_factory=dict)
+    priority: Annotated[int, Field(ge=-(2**31), le=2**31 - 1), INTEGRAL] = 0
+    timeout_seconds: Annotated[
+        float | None, Field(gt=0, le=10 * 365 * 86400, allow_inf_nan=False)
+    ] = None
+
+    @field_validator("command")
+    @classmethod
+    def _program_not_empty(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("command[0] (the program) must not be empty")
+        return value
+
+
+def check_label(key: str, value: str) -> None:
+    """Raise ``ValueError`` unless ``key=value`` is a valid Kubernetes-style label."""
+    if len(key) > 253 or not LABEL_KEY_RE.fullmatch(key):
+        raise ValueError(
+            f"label key {key!r} is invalid: use an optional DNS prefix and '/', then up to"
+            " 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
+        )
+    if len(value) > LABEL_VALUE_MAX_CHARS or not LABEL_VALUE_RE.fullmatch(value):
+        raise ValueError(
+            f"label value {value!r} of {key!r} is invalid: up to 63 alphanumerics, '-', '_'"
+            " or '.', starting and ending alphanumeric, or empty"
+        )
+
+
+class Workload(BaseModel):
+    """A stored workload: the user's spec plus what corral knows about it."""
+
+    id: str
+    name: str | None
+    command: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    resources: Resources
+    labels: dict[str, str]
+    priority: int
+    timeout_seconds: float | None
+    status: Status
+    exit_code: int | None
+    signal: str | None
+    reason: str | None
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class Event(BaseModel):
+    """One entry of a workload's history: ``created``, then one per status change."""
+
+    seq: int
+    type: str
+    from_status: Status | None
+    to_status: Status
+    at: str
+    reason: str | None
+    actor: str | None
+
+
+class StatusUpdate(BaseModel):
+    """The body of ``PUT /v1/workloads/{id}/status``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    status: Status
+    exit_code: Annotated[int | None, Field(ge=-(2**31), le=2**31 - 1), INTEGRAL] = None
+    reason: Annotated[str | None, Field(max_length=1000)] = None
+
+
+def default_reason(status: Status, exit_code: int | None) -> str | None:
+    """The reason recorded when the caller of a status change gives none."""
+    if status is Status.KILLED:
+        return "killed by request"
+    if exit_code is not None:
+        return f"exit code {exit_code}"
+    return None
+
+
+def transitions_as_data() -> dict[str, list[str]]:
+    """The state machine as JSON-ready data, targets sorted."""
+    return {str(s): sorted(str(t) for t in targets) for s, targets in TRANSITIONS.items()}
+
+
+def workload_from_row(row: dict[str, Any]) -> Workload:
+    """Build a ``Workload`` from trusted stored values without re-validating them."""
+    row = dict(row)
+    row["resources"] = Resources.model_construct(**row["resources"])
+    row["status"] = Status(row["status"])
+    return Workload.model_construct(**row)

@@ -1,0 +1,45 @@
+"""Errors raised by every ``Store`` implementation."""
+
+from __future__ import annotations
+
+from corral.errors import CorralError
+from corral.model import TRANSITIONS, Status
+
+
+class InvalidTransitionError(CorralError):
+    """The state machine forbids this status change.
+
+    The store's sentinel error: raised by ``update_workload_status`` when the
+    workload's current status may not move to the requested one.
+    """
+
+    def __init__(self, workload_id: str, current: Status, requested: Status) -> None:
+        self.workload_id = workload_id
+        self.current = current
+        self.requested = requested
+        self.allowed: list[Status] = sorted(TRANSITIONS[current])
+        allowed = ", ".join(self.allowed) or "none, it is terminal"
+        super().__init__(
+            f"workload {workload_id} is {current}; it cannot become {requested}"
+            f" (allowed from {current}: {allowed})"
+        )
+
+
+class NotFoundError(CorralError):
+    """No workload has this id."""
+
+    def __init__(self, workload_id: str) -> None:
+        self.workload_id = workload_id
+        super().__init__(f"no workload has id {workload_id!r}")
+
+
+class IdempotencyKeyReusedError(CorralError):
+    """The Idempotency-Key was used before with a different request body."""
+
+    def __init__(self, key: str, workload_id: str) -> None:
+        self.key = key
+        self.workload_id = workload_id
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for workload {workload_id} with a"
+            " different body; use a new key for a new workload"
+        )

@@ -1,0 +1,56 @@
+"""Apply the Alembic migrations in ``store/migrations`` to a database.
+
+Servers call ``upgrade(url)`` on start; it is a no-op when the schema is current.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _config(url: str):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url)
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` up to ``revision``."""
+    from alembic import command
+
+    command.upgrade(_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the database at ``url`` down to ``revision`` (``base`` drops everything)."""
+    from alembic import command
+
+    command.downgrade(_config(url), revision)
+
+
+def head_revision() -> str:
+    """The newest revision shipped with this corral."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_config("sqlite://")).get_current_head()
+    assert head is not None
+    return str(head)
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database at ``url`` is at (None when unmigrated)."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rev = MigrationContext.configure(conn).get_current_revision()
+            return None if rev is None else str(rev)
+    finally:
+        engine.dispose()

@@ -1,0 +1,49 @@
+"""Shared fixtures: real stores on real files, an app over them, a live server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.api import create_app
+from corral.store import Store
+from corral.store.sqlite import SQLiteStore
+from tests.asgi import SyncASGIClient
+
+STORE_KINDS = ["sqlite"]
+
+
+def make_store(kind: str, tmp_path: Path) -> Store:
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "corral.db")
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Opens stores of one kind on one shared database (one per thread or process)."""
+    opened: list[Store] = []
+
+    def factory() -> Store:
+        s = make_store(request.param, tmp_path)
+        opened.append(s)
+        return s
+
+    yield factory
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(store_factory: Callable[[], Store]) -> Store:
+    return store_factory()
+
+
+@pytest.fixture
+def api(store: Store, tmp_path: Path) -> Iterator[SyncASGIClient]:
+    """The real app over a real store, driven in process (``--executor none``)."""
+    client = SyncASGIClient(create_app(store, data_dir=tmp_path))
+    yield client
+    client.close()

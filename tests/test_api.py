@@ -1,0 +1,236 @@
+"""The HTTP contract of spec §3, through the real app (httpx ASGITransport)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.asgi import SyncASGIClient
+
+PROBLEM = "application/problem+json"
+
+
+def create(api: SyncASGIClient, **body: object) -> dict[str, object]:
+    response = api.post("/v1/workloads", json={"command": ["true"], **body})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def put_status(api: SyncASGIClient, wid: object, status: str, **extra: object) -> int:
+    return api.put(f"/v1/workloads/{wid}/status", json={"status": status, **extra}).status_code
+
+
+def assert_problem(response: object, status: int) -> dict[str, object]:
+    import httpx
+
+    assert isinstance(response, httpx.Response)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("urn:corral:problem:")
+    assert body["title"] and body["detail"]
+    return body  # type: ignore[no-any-return]
+
+
+def test_create_returns_201_location_and_workload(api: SyncASGIClient) -> None:
+    response = api.post("/v1/workloads", json={"command": ["echo", "hi"], "labels": {"a": "b"}})
+    assert response.status_code == 201
+    body = response.json()
+    assert response.headers["location"] == f"/v1/workloads/{body['id']}"
+    assert body["status"] == "pending" and body["command"] == ["echo", "hi"]
+    assert body["resources"] == {"cpus": 1.0, "memory_mb": 0, "gpus": 0}
+    assert api.get(response.headers["location"]).json() == body
+
+
+def test_create_accepts_json_without_content_type(api: SyncASGIClient) -> None:
+    response = api.post("/v1/workloads", content=b'{"command": ["true"]}')
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"{", "json"),
+        (b"[]", "body"),
+        (b'{"command": []}', "command"),
+        (b'{"command": ["x"], "resources": {"gpus": -1}}', "resources.gpus"),
+        (b'{"command": ["x"], "cwd": "rel"}', "cwd"),
+    ],
+)
+def test_create_invalid_body_is_422_saying_what(
+    api: SyncASGIClient, body: bytes, needle: str
+) -> None:
+    problem = assert_problem(api.post("/v1/workloads", content=body), 422)
+    assert needle in str(problem["detail"]).lower()
+    assert problem["errors"]
+
+
+def test_body_over_limit_is_413(api: SyncASGIClient) -> None:
+    big = {"command": ["echo", "x" * (1 << 20)]}
+    assert_problem(api.post("/v1/workloads", json=big), 413)
+
+
+def test_chunked_body_over_limit_is_413(api: SyncASGIClient) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"command": ["echo", "'
+        for _ in range(20):
+            yield b"x" * 65536
+        yield b'"]}'
+
+    assert_problem(api.post("/v1/workloads", content=chunks()), 413)
+
+
+def test_idempotency_key_replays_and_refuses_other_body(api: SyncASGIClient) -> None:
+    headers = {"Idempotency-Key": "abc-1"}
+    first = api.post("/v1/workloads", json={"command": ["true"]}, headers=headers)
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+    again = api.post("/v1/workloads", json={"command": ["true"]}, headers=headers)
+    assert again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    assert again.headers["location"] == first.headers["location"]
+    other = api.post("/v1/workloads", json={"command": ["false"]}, headers=headers)
+    problem = assert_problem(other, 422)
+    assert "abc-1" in str(problem["detail"])
+    assert len(api.get("/v1/workloads").json()["items"]) == 1
+
+
+@pytest.mark.parametrize("path", ["", "running"])
+def test_delete_pending_or_running_kills(api: SyncASGIClient, path: str) -> None:
+    w = create(api)
+    if path:
+        assert put_status(api, w["id"], "running") == 200
+    response = api.delete(f"/v1/workloads/{w['id']}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "killed"
+    assert response.json()["reason"] == "killed by request"
+
+
+@pytest.mark.parametrize("terminal", ["completed", "failed", "killed"])
+def test_delete_terminal_is_409_naming_status(api: SyncASGIClient, terminal: str) -> None:
+    w = create(api)
+    if terminal == "killed":
+        assert api.delete(f"/v1/workloads/{w['id']}").status_code == 200
+    else:
+        assert put_status(api, w["id"], "running") == 200
+        assert put_status(api, w["id"], terminal) == 200
+    problem = assert_problem(api.delete(f"/v1/workloads/{w['id']}"), 409)
+    assert problem["current_status"] == terminal
+    assert problem["requested_status"] == "killed"
+    assert problem["allowed"] == []
+    assert terminal in str(problem["detail"])
+
+
+def test_put_status_409_lists_allowed(api: SyncASGIClient) -> None:
+    w = create(api)
+    response = api.put(f"/v1/workloads/{w['id']}/status", json={"status": "completed"})
+    problem = assert_problem(response, 409)
+    assert problem["current_status"] == "pending"
+    assert problem["allowed"] == ["killed", "running"]
+
+
+def test_put_status_unknown_status_is_422(api: SyncASGIClient) -> None:
+    w = create(api)
+    assert_problem(api.put(f"/v1/workloads/{w['id']}/status", json={"status": "paused"}), 422)
+
+
+def test_put_status_records_exit_code_and_reason(api: SyncASGIClient) -> None:
+    w = create(api)
+    assert put_status(api, w["id"], "running") == 200
+    response = api.put(
+        f"/v1/workloads/{w['id']}/status",
+        json={"status": "failed", "exit_code": 3, "reason": "exit code 3 (oom)"},
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["exit_code"] == 3 and body["reason"] == "exit code 3 (oom)"
+    events = api.get(f"/v1/workloads/{w['id']}/events").json()["items"]
+    assert [e["type"] for e in events] == ["created", "transition", "transition"]
+    assert events[-1]["from_status"] == "running" and events[-1]["to_status"] == "failed"
+    assert set(events[0]) == {"seq", "type", "from_status", "to_status", "at", "reason", "actor"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/workloads/{id}", None),
+        ("DELETE", "/v1/workloads/{id}", None),
+        ("PUT", "/v1/workloads/{id}/status", {"status": "running"}),
+        ("GET", "/v1/workloads/{id}/events", None),
+        ("GET", "/v1/workloads/{id}/logs", None),
+        ("GET", "/v1/workloads/{id}/logs?follow=true", None),
+    ],
+)
+def test_unknown_id_is_404_everywhere(
+    api: SyncASGIClient, method: str, path: str, body: object
+) -> None:
+    response = api.request(method, path.format(id="01nosuchworkload0000000000"), json=body)
+    problem = assert_problem(response, 404)
+    assert "01nosuchworkload0000000000" in str(problem["detail"])
+
+
+def test_unknown_route_is_problem_404(api: SyncASGIClient) -> None:
+    assert_problem(api.get("/v2/nothing"), 404)
+
+
+def test_list_filters_and_pages(api: SyncASGIClient) -> None:
+    ids = [create(api, labels={"team": "ml" if i % 2 else "web"})["id"] for i in range(5)]
+    assert put_status(api, ids[1], "running") == 200
+    body = api.get("/v1/workloads", params={"label": "team=ml", "status": "pending"}).json()
+    assert [w["id"] for w in body["items"]] == [ids[3]]
+    body = api.get("/v1/workloads", params={"status": ["pending", "running"], "limit": 2}).json()
+    assert [w["id"] for w in body["items"]] == [ids[4], ids[3]]
+    rest = api.get("/v1/workloads", params={"limit": 10, "cursor": body["next_cursor"]}).json()
+    assert [w["id"] for w in rest["items"]] == [ids[2], ids[1], ids[0]]
+    assert rest["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"status": "paused"},
+        {"label": "noequals"},
+        {"label": "bad key=v"},
+        {"limit": 0},
+        {"limit": 1001},
+        {"cursor": "bogus"},
+    ],
+)
+def test_list_bad_filter_is_422(api: SyncASGIClient, params: dict[str, object]) -> None:
+    assert_problem(api.get("/v1/workloads", params=params), 422)
+
+
+def test_transitions_and_healthz(api: SyncASGIClient) -> None:
+    assert api.get("/v1/transitions").json() == {
+        "pending": ["killed", "running"],
+        "running": ["completed", "failed", "killed"],
+        "completed": [],
+        "failed": [],
+        "killed": [],
+    }
+    assert api.get("/healthz").status_code == 200
+
+
+def test_logs_of_a_workload_without_output_are_empty(api: SyncASGIClient) -> None:
+    w = create(api)
+    response = api.get(f"/v1/workloads/{w['id']}/logs")
+    assert response.status_code == 200 and response.text == ""
+    assert response.headers["content-type"].startswith("text/plain")
+
+
+def test_openapi_lists_every_response_code(api: SyncASGIClient) -> None:
+    doc = api.get("/openapi.json").json()
+    expected = {
+        ("/v1/workloads", "post"): {"201", "413", "422"},
+        ("/v1/workloads", "get"): {"200", "422"},
+        ("/v1/workloads/{workload_id}", "get"): {"200", "404"},
+        ("/v1/workloads/{workload_id}", "delete"): {"200", "404", "409"},
+        ("/v1/workloads/{workload_id}/status", "put"): {"200", "404", "409", "413", "422"},
+        ("/v1/workloads/{workload_id}/events", "get"): {"200", "404"},
+        ("/v1/workloads/{workload_id}/logs", "get"): {"200", "404", "422"},
+    }
+    for (path, method), codes in expected.items():
+        assert set(doc["paths"][path][method]["responses"]) == codes, (path, method)
+    body = doc["paths"]["/v1/workloads"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("/WorkloadCreate")
+    assert "WorkloadCreate" in doc["components"]["schemas"]

@@ -1,0 +1,315 @@
+"""The shim (corral-shim) on real processes: exit statuses, spawn failures, kill
+requests with escalation to SIGKILL, leftover processes, log completeness, memory."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from corral.executors.shim import (
+    SHIM_SOURCE,
+    ShimBuildError,
+    ShimStatus,
+    ensure_shim,
+    read_pid,
+    read_status,
+    shim_argv,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_shim(tmp_path_factory.mktemp("shim-cache"))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.005)
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids in process group ``pgid`` that are not zombies (PID 1 here never reaps)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry))
+    return members
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+@dataclass
+class Run:
+    """One shim started the way the server starts it: posix_spawn with setsid."""
+
+    shim_pid: int
+    state: Path
+    log: Path
+    returncode: int | None = None
+
+    def exit_code(self, timeout: float = 5.0) -> int:
+        """Waits for the shim to exit and returns its exit code."""
+
+        def exited() -> bool:
+            pid, wstatus = os.waitpid(self.shim_pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(wstatus)
+            return pid != 0
+
+        if self.returncode is None:
+            wait_for(exited, timeout, "the shim to exit")
+        assert self.returncode is not None
+        return self.returncode
+
+    def wait(self, timeout: float = 5.0) -> ShimStatus:
+        """Waits for the shim to exit 0 and returns the status it wrote."""
+        assert self.exit_code(timeout) == 0, self.log.read_text()
+        status = read_status(self.state)
+        assert status is not None
+        return status
+
+    def pid(self) -> int:
+        wait_for(lambda: read_pid(self.state) is not None, what="the pid file")
+        pid = read_pid(self.state)
+        assert pid is not None
+        return pid
+
+
+@pytest.fixture
+def start(shim: Path, tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    runs: list[Run] = []
+
+    def start(
+        argv: Sequence[str],
+        *,
+        grace: float = 1.0,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        raw_args: Sequence[str] | None = None,
+    ) -> Run:
+        state = tmp_path / f"state{len(runs)}"
+        state.mkdir()
+        log = tmp_path / f"log{len(runs)}"
+        args = shim_argv(shim, state, grace, cwd, argv) if raw_args is None else [str(shim)]
+        pid = os.posix_spawn(
+            str(shim),
+            [*args, *(raw_args or [])],
+            os.environ if env is None else env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+        runs.append(Run(pid, state, log))
+        return runs[-1]
+
+    yield start
+    for run in runs:  # a failed test must not leave processes behind
+        if run.returncode is None:
+            workload = read_pid(run.state)
+            for kill, target in ((os.killpg, workload), (os.kill, run.shim_pid)):
+                if target is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        kill(target, signal.SIGKILL)
+            os.waitpid(run.shim_pid, 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [(["true"], ShimStatus("exit", 0)), (["sh", "-c", "exit 3"], ShimStatus("exit", 3))],
+)
+def test_exit_status_is_recorded(
+    start: Callable[..., Run], argv: list[str], expected: ShimStatus
+) -> None:
+    run = start(argv)
+    assert run.wait() == expected
+    assert is_gone(run.pid())
+    assert sorted(p.name for p in run.state.iterdir()) == ["pid", "status"]
+
+
+@pytest.mark.parametrize("program", ["/nonexistent/program", "corral-no-such-program"])
+def test_missing_program_is_a_spawn_failure(start: Callable[..., Run], program: str) -> None:
+    run = start([program, "arg"])
+    assert run.wait() == ShimStatus("spawn", errno.ENOENT)
+
+
+def test_missing_cwd_is_a_spawn_failure(start: Callable[..., Run], tmp_path: Path) -> None:
+    run = start(["true"], cwd=tmp_path / "missing")
+    assert run.wait() == ShimStatus("spawn", errno.ENOENT)
+
+
+def test_cwd_and_environment_reach_the_workload(start: Callable[..., Run], tmp_path: Path) -> None:
+    workdir = tmp_path / "work dir"
+    workdir.mkdir()
+    env = {"PATH": os.environ["PATH"], "FOO": "bar baz"}
+    run = start(["sh", "-c", 'pwd; echo "$FOO"; echo oops >&2'], cwd=workdir, env=env)
+    assert run.wait() == ShimStatus("exit", 0)
+    assert run.log.read_text() == f"{workdir}\nbar baz\noops\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
+def test_workload_killed_by_a_foreign_signal(start: Callable[..., Run], sig: int) -> None:
+    run = start(["sleep", "100"])
+    os.kill(run.pid(), sig)
+    assert run.wait() == ShimStatus("signal", sig)
+
+
+def test_sigterm_to_the_shim_terminates_the_workload(start: Callable[..., Run]) -> None:
+    run = start(["sleep", "100"], grace=10)
+    pid = run.pid()
+    wait_for(lambda: bool(live_members(pid)), what="the workload")
+    began = time.monotonic()
+    os.kill(run.shim_pid, signal.SIGTERM)
+    assert run.wait() == ShimStatus("signal", signal.SIGTERM)
+    assert time.monotonic() - began < 1.0
+
+
+def test_a_stopped_workload_is_continued_to_see_sigterm(start: Callable[..., Run]) -> None:
+    run = start(["sleep", "100"], grace=10)
+    pid = run.pid()
+    wait_for(lambda: bool(live_members(pid)), what="the workload")
+    os.kill(pid, signal.SIGSTOP)
+    os.kill(run.shim_pid, signal.SIGTERM)
+    assert run.wait(timeout=2) == ShimStatus("signal", signal.SIGTERM)
+
+
+def test_sigterm_escalates_to_sigkill_for_the_whole_group(start: Callable[..., Run]) -> None:
+    run = start(["sh", "-c", 'trap "" TERM; sleep 100 & sleep 100; wait'], grace=0.5)
+    pid = run.pid()
+    wait_for(lambda: len(live_members(pid)) == 3, what="sh and its two sleeps")
+    began = time.monotonic()
+    os.kill(run.shim_pid, signal.SIGTERM)
+    assert run.wait() == ShimStatus("signal", signal.SIGKILL)
+    took = time.monotonic() - began
+    assert 0.5 <= took < 3.0
+    assert live_members(pid) == []
+
+
+@pytest.mark.parametrize(
+    ("leftover", "min_seconds"),
+    [("sleep 100 & echo $!", 0.0), ('trap "" TERM; sleep 100 & echo $!', 0.3)],
+    ids=["cooperative", "ignores-sigterm"],
+)
+def test_leftover_processes_do_not_outlive_the_workload(
+    start: Callable[..., Run], leftover: str, min_seconds: float
+) -> None:
+    began = time.monotonic()
+    run = start(["sh", "-c", f"{leftover}; exit 0"], grace=0.3)
+    assert run.wait() == ShimStatus("exit", 0)
+    assert min_seconds <= time.monotonic() - began < 2.0
+    leftover_pid = int(run.log.read_text().split()[0])
+    assert is_gone(leftover_pid)
+    assert live_members(run.pid()) == []
+
+
+def test_log_is_complete_when_the_status_appears(start: Callable[..., Run]) -> None:
+    run = start(["sh", "-c", 'head -c 1000000 /dev/zero | tr "\\0" x; echo END'])
+    wait_for(lambda: read_status(run.state) is not None, what="the status file")
+    assert run.log.read_bytes() == b"x" * 1_000_000 + b"END\n"
+    assert run.wait() == ShimStatus("exit", 0)
+
+
+def test_shim_memory_is_small(start: Callable[..., Run]) -> None:
+    run = start(["sleep", "100"])
+    wait_for(lambda: bool(live_members(run.pid())), what="the workload")
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{run.shim_pid}/status").read_text().splitlines()
+    )
+    rollup = Path(f"/proc/{run.shim_pid}/smaps_rollup").read_text().splitlines()[1:]
+    smaps = dict(line.split(":", 1) for line in rollup)
+    rss_kb = int(fields["VmRSS"].split()[0])
+    print(
+        f"\ncorral-shim VmRSS {rss_kb} kB (anonymous {smaps['Anonymous'].strip()},"
+        f" file-backed, shared between shims {fields['RssFile'].strip()})"
+    )
+    assert rss_kb < 2048
+    os.kill(run.shim_pid, signal.SIGTERM)
+    assert run.wait() == ShimStatus("signal", signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["st", "1", ""],
+        ["st", "1", "", "true"],
+        ["st", "x", "", "--", "true"],
+        ["st", "-1", "", "--", "true"],
+    ],
+)
+def test_bad_arguments_exit_2(start: Callable[..., Run], args: list[str]) -> None:
+    run = start([], raw_args=args)
+    assert run.exit_code() == 2
+    assert "usage: corral-shim" in run.log.read_text()
+    assert not (run.state / "status").exists()
+
+
+def test_shim_source_compiles_without_warnings(tmp_path: Path) -> None:
+    cc = os.environ.get("CC") or "cc"
+    flags = ["-O2", "-Wall", "-Wextra", "-Werror", "-c", "-o", str(tmp_path / "shim.o")]
+    subprocess.run([cc, *flags, str(SHIM_SOURCE)], check=True)
+
+
+def test_ensure_shim_is_cached_by_source_hash(shim: Path) -> None:
+    digest = hashlib.sha256(SHIM_SOURCE.read_bytes()).hexdigest()[:12]
+    assert shim.name == f"corral-shim-{digest}"
+    before = shim.stat().st_mtime_ns
+    assert ensure_shim(shim.parent) == shim
+    assert shim.stat().st_mtime_ns == before
+    assert [p.name for p in shim.parent.iterdir()] == [shim.name]
+
+
+@pytest.mark.parametrize("cc", ["/nonexistent/cc", "false"])
+def test_ensure_shim_without_a_working_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cc: str
+) -> None:
+    monkeypatch.setenv("CC", cc)
+    with pytest.raises(ShimBuildError, match="install gcc"):
+        ensure_shim(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_state_files_are_read_strictly(tmp_path: Path) -> None:
+    assert read_status(tmp_path) is None
+    assert read_pid(tmp_path) is None
+    (tmp_path / "status").write_text("signal 15\n")
+    (tmp_path / "pid").write_text("1234\n")
+    assert read_status(tmp_path) == ShimStatus("signal", 15)
+    assert read_pid(tmp_path) == 1234
+    (tmp_path / "status").write_text("exited 0\n")
+    (tmp_path / "pid").write_text("12x\n")
+    with pytest.raises(ValueError):
+        read_status(tmp_path)
+    with pytest.raises(ValueError):
+        read_pid(tmp_path)

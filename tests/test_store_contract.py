@@ -1,0 +1,182 @@
+"""The store contract: every Store implementation passes these (see conftest)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from corral.model import Status, WorkloadCreate
+from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError, Store
+
+SPEC = WorkloadCreate(command=["true"])
+
+
+def test_create_get_roundtrip(store: Store) -> None:
+    spec = WorkloadCreate(
+        command=["python", "-c", "print(1)"],
+        name="n",
+        env={"A": "1"},
+        cwd="/tmp",
+        resources={"cpus": 0.5, "memory_mb": 10, "gpus": 1},  # type: ignore[arg-type]
+        labels={"team": "ml"},
+        priority=5,
+        timeout_seconds=2.5,
+    )
+    created, replayed = store.create_workload(spec)
+    assert not replayed
+    assert created.status is Status.PENDING
+    got = store.get_workload(created.id)
+    assert got == created
+    assert got.model_dump(include=set(WorkloadCreate.model_fields)) == spec.model_dump()
+    assert got.created_at == got.updated_at and got.started_at is None
+
+
+def test_pending_running_completed(store: Store) -> None:
+    w, _ = store.create_workload(SPEC)
+    running = store.update_workload_status(w.id, Status.RUNNING, actor="test")
+    assert running.status is Status.RUNNING and running.started_at is not None
+    done = store.update_workload_status(w.id, Status.COMPLETED, exit_code=0)
+    assert done.status is Status.COMPLETED
+    assert done.exit_code == 0 and done.reason == "exit code 0"
+    assert done.finished_at is not None and done.started_at == running.started_at
+    assert store.get_workload(w.id) == done
+
+
+def test_pending_to_completed_raises_with_fields(store: Store) -> None:
+    w, _ = store.create_workload(SPEC)
+    with pytest.raises(InvalidTransitionError) as info:
+        store.update_workload_status(w.id, Status.COMPLETED)
+    err = info.value
+    assert err.current is Status.PENDING
+    assert err.requested is Status.COMPLETED
+    assert err.allowed == [Status.KILLED, Status.RUNNING]
+    assert "pending" in str(err) and "completed" in str(err)
+    assert store.get_workload(w.id).status is Status.PENDING
+    assert len(store.list_events(w.id)) == 1
+
+
+@pytest.mark.parametrize("terminal", [Status.COMPLETED, Status.FAILED, Status.KILLED])
+def test_terminal_has_no_way_out(store: Store, terminal: Status) -> None:
+    w, _ = store.create_workload(SPEC)
+    store.update_workload_status(w.id, Status.RUNNING)
+    store.update_workload_status(w.id, terminal)
+    for target in Status:
+        with pytest.raises(InvalidTransitionError) as info:
+            store.update_workload_status(w.id, target)
+        assert info.value.allowed == []
+
+
+def test_same_status_is_invalid(store: Store) -> None:
+    w, _ = store.create_workload(SPEC)
+    with pytest.raises(InvalidTransitionError):
+        store.update_workload_status(w.id, Status.PENDING)
+    store.update_workload_status(w.id, Status.RUNNING)
+    with pytest.raises(InvalidTransitionError):
+        store.update_workload_status(w.id, Status.RUNNING)
+
+
+def test_events_are_recorded_in_order(store: Store) -> None:
+    w, _ = store.create_workload(SPEC)
+    store.update_workload_status(w.id, Status.RUNNING, actor="scheduler")
+    store.update_workload_status(w.id, Status.FAILED, exit_code=3, actor="scheduler")
+    events = store.list_events(w.id)
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert [e.type for e in events] == ["created", "transition", "transition"]
+    assert [(e.from_status, e.to_status) for e in events] == [
+        (None, Status.PENDING),
+        (Status.PENDING, Status.RUNNING),
+        (Status.RUNNING, Status.FAILED),
+    ]
+    assert events[2].reason == "exit code 3" and events[2].actor == "scheduler"
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    final = store.get_workload(w.id)
+    assert events[-1].at == final.updated_at == final.finished_at
+
+
+def test_kill_reason_defaults(store: Store) -> None:
+    w, _ = store.create_workload(SPEC)
+    killed = store.update_workload_status(w.id, Status.KILLED)
+    assert killed.reason == "killed by request" and killed.finished_at is not None
+
+
+def test_unknown_id_raises_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError):
+        store.get_workload("nope")
+    with pytest.raises(NotFoundError):
+        store.update_workload_status("nope", Status.RUNNING)
+    with pytest.raises(NotFoundError):
+        store.list_events("nope")
+
+
+def test_idempotency_key(store: Store) -> None:
+    first, replayed = store.create_workload(SPEC, idempotency_key="k1")
+    assert not replayed
+    again, replayed = store.create_workload(WorkloadCreate(command=["true"]), idempotency_key="k1")
+    assert replayed and again == first
+    with pytest.raises(IdempotencyKeyReusedError):
+        store.create_workload(WorkloadCreate(command=["false"]), idempotency_key="k1")
+    other, replayed = store.create_workload(SPEC, idempotency_key="k2")
+    assert not replayed and other.id != first.id
+    assert len(store.list_workloads(limit=10).items) == 2
+
+
+def test_list_filters_newest_first(store: Store) -> None:
+    ids = []
+    for i in range(6):
+        w, _ = store.create_workload(
+            WorkloadCreate(command=["true"], labels={"team": "a" if i % 2 else "b", "n": str(i)})
+        )
+        ids.append(w.id)
+    store.update_workload_status(ids[1], Status.RUNNING)
+    store.update_workload_status(ids[3], Status.KILLED)
+    assert [w.id for w in store.list_workloads().items] == ids[::-1]
+    assert [w.id for w in store.list_workloads(labels=[("team", "a")]).items] == [
+        ids[5],
+        ids[3],
+        ids[1],
+    ]
+    got = store.list_workloads(statuses=[Status.RUNNING, Status.KILLED], labels=[("team", "a")])
+    assert [w.id for w in got.items] == [ids[3], ids[1]]
+    both = store.list_workloads(labels=[("team", "a"), ("n", "5")])
+    assert [w.id for w in both.items] == [ids[5]]
+    assert store.list_workloads(labels=[("team", "zzz")]).items == []
+
+
+def test_pagination_exactly_once_while_inserting(store_factory: Callable[[], Store]) -> None:
+    store = store_factory()
+    existing = {store.create_workload(SPEC)[0].id for _ in range(300)}
+    stop = threading.Event()
+
+    def insert() -> None:
+        writer = store_factory()
+        while not stop.is_set():
+            writer.create_workload(SPEC)
+
+    thread = threading.Thread(target=insert)
+    thread.start()
+    try:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = store.list_workloads(limit=7, cursor=cursor)
+            seen.extend(w.id for w in page.items)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) == len(set(seen)), "a row was returned twice"
+    assert existing <= set(seen), "a row that existed before the listing was skipped"
+    assert seen == sorted(seen, reverse=True)
+
+
+def test_limit_and_cursor_are_checked(store: Store) -> None:
+    from corral.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError):
+        store.list_workloads(limit=0)
+    with pytest.raises(InvalidInputError):
+        store.list_workloads(cursor="not-a-cursor")
