@@ -1,0 +1,1 @@
+"""corral's benchmark suite (``make bench``, ``make bench-quick``)."""
