@@ -8,9 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -22,9 +26,16 @@ def free_port() -> int:
 class LiveServer:
     """``corral serve`` with the given flags; ``url`` once healthy."""
 
-    def __init__(self, data_dir: Path, *args: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.args = args
+        self.env = {**os.environ, **(env or {})}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -35,7 +46,7 @@ class LiveServer:
         cmd = [sys.executable, "-m", "corral.cli", "serve", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=os.environ.copy())
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -61,3 +72,25 @@ class LiveServer:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def pid_gone(pid: int) -> bool:
+    """True when ``pid`` has exited. A zombie counts as gone: PID 1 here does not reap."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return True
+    return raw[raw.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")

@@ -1,17 +1,44 @@
 """The ``corral`` command line: a thin face over ``corral.Client`` (and ``serve``).
 
-Every failure prints one line to stderr and exits non-zero; no tracebacks.
+Every failure prints one line to stderr and exits non-zero; no tracebacks. Exit
+codes: ``wait`` and ``submit --wait`` mirror the workload (see ``exit_status``);
+otherwise 0 on success, 1 when corral could not do it, 2 for a malformed option,
+124 when ``wait --timeout`` runs out, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from corral.config import DEFAULT_HOST, DEFAULT_PORT
+from corral.cli_render import (
+    EXIT_ERROR,
+    StatusLine,
+    exit_status,
+    final_line,
+    print_json,
+    print_out,
+    stderr_console,
+    workload_detail,
+    workload_table,
+)
+from corral.client import (
+    Client,
+    CorralClientError,
+    InvalidTransition,
+    NotFound,
+    WaitTimeout,
+)
+from corral.config import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
+from corral.model import Status, Workload, check_label
+
+__all__ = ["app", "exit_status", "main"]
 
 app = typer.Typer(
     help="corral: submit commands, run them when resources allow, follow and kill them.",
@@ -20,30 +47,125 @@ app = typer.Typer(
     add_completion=False,
 )
 
+EXIT_USAGE = 2
+EXIT_WAIT_TIMEOUT = 124
+
 
 class CliError(Exception):
     """An error to show the user as one line."""
 
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_SERVER_HELP = "The corral server."
+RootServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server", envvar="CORRAL_URL", metavar="URL", help=_SERVER_HELP, show_default=DEFAULT_URL
+    ),
+]
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        metavar="URL",
+        help=_SERVER_HELP + " \\[env var: CORRAL_URL]",
+        show_default=DEFAULT_URL,
+    ),
+]
+"""After the command it wins over the one before it, which wins over $CORRAL_URL."""
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
 
 @app.callback()
-def _root() -> None:
+def _root(ctx: typer.Context, server: RootServerOption = None) -> None:
     """corral: submit commands, run them when resources allow, follow and kill them."""
+    ctx.obj = {"server": server}
+
+
+@contextmanager
+def _client(ctx: typer.Context, server: str | None) -> Iterator[Client]:
+    """A client for ``--server`` given after the command, else before it, else
+    ``$CORRAL_URL``, else the default."""
+    root = ctx.find_root().obj or {}
+    with Client(server or root.get("server")) as client:
+        yield client
+
+
+def _pairs(values: list[str] | None, option: str, *, labels: bool = False) -> dict[str, str]:
+    """``["K=V", …]`` -> ``{"K": "V"}``; a malformed one is a one-line error."""
+    pairs: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"invalid {option} {item!r}: expected KEY=VALUE", EXIT_USAGE)
+        if labels:
+            try:
+                check_label(key, value)
+            except ValueError as exc:
+                raise CliError(f"invalid {option} {item!r}: {exc}", EXIT_USAGE) from None
+        pairs[key] = value
+    return pairs
+
+
+def _wait(client: Client, workload_id: str, timeout: float | None) -> Workload:
+    """Wait with a live status line on stderr, then print the final line there."""
+    console = stderr_console()
+    line = StatusLine(console)
+    try:
+        with line.shown():
+            workload = client.wait(workload_id, timeout=timeout, on_update=line.update)
+    except KeyboardInterrupt:
+        if line.workload is not None:
+            console.print(
+                f"stopped waiting; {workload_id} is still {line.workload.status}"
+                f" (corral kill {workload_id} stops it)"
+            )
+        raise
+    console.print(final_line(workload))
+    return workload
 
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = DEFAULT_PORT,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on.", show_default=DEFAULT_HOST)
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on.", show_default=str(DEFAULT_PORT))
+    ] = None,
     db: Annotated[
-        str | None, typer.Option(help="Database URL [default: sqlite:///DATA_DIR/corral.db].")
+        str | None, typer.Option(help="Database URL.", show_default="sqlite:///DATA_DIR/corral.db")
     ] = None,
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="Where the database and logs live [default: $XDG_DATA_HOME/corral]."),
+        typer.Option(
+            help="Where the database and logs live.", show_default="$XDG_DATA_HOME/corral"
+        ),
     ] = None,
     executor: Annotated[
-        str, typer.Option(help="local: run workloads here; none: API only.")
-    ] = "none",
+        str | None,
+        typer.Option(help="local: run workloads here; none: API only.", show_default="local"),
+    ] = None,
+    cpus: Annotated[
+        float | None, typer.Option(help="CPUs to schedule.", show_default="this machine's")
+    ] = None,
+    memory_mb: Annotated[
+        int | None, typer.Option(help="Memory to schedule, in MB.", show_default="this machine's")
+    ] = None,
+    gpus: Annotated[
+        int | None, typer.Option(help="GPUs to schedule.", show_default="counted by nvidia-smi")
+    ] = None,
+    kill_grace: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Time between SIGTERM and SIGKILL when stopping a workload.",
+            show_default="10",
+        ),
+    ] = None,
 ) -> None:
     """Run the API server (and the scheduler and executor)."""
     from pydantic import ValidationError
@@ -52,28 +174,239 @@ def serve(
     from corral.server import ServeError
     from corral.server import serve as run_server
 
-    overrides: dict[str, object] = {"host": host, "port": port, "executor": executor}
-    if db is not None:
-        overrides["db"] = db
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
+    overrides: dict[str, object] = {}
+    optional = {
+        "host": host,
+        "port": port,
+        "executor": executor,
+        "db": db,
+        "data_dir": data_dir,
+        "cpus": cpus,
+        "memory_mb": memory_mb,
+        "gpus": gpus,
+        "kill_grace_seconds": kill_grace,
+    }
+    overrides.update((k, v) for k, v in optional.items() if v is not None)
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise CliError(f"invalid --{first['loc'][0]}: {first['msg']}") from None
+        option = str(first["loc"][0]).replace("_seconds", "").replace("_", "-")
+        raise CliError(f"invalid --{option}: {first['msg']}", EXIT_USAGE) from None
     try:
         run_server(settings)
     except ServeError as exc:
         raise CliError(str(exc)) from None
 
 
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    ctx: typer.Context,
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="CMD",
+            help="The command; everything after it (or after --) is its arguments.",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="A name to show in listings.")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", metavar="K=V", help="An environment variable (repeatable)."),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", metavar="K=V", help="A label (repeatable)."),
+    ] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPUs it needs.", show_default="1")] = None,
+    memory_mb: Annotated[int | None, typer.Option(help="Memory it needs, in MB.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs it needs.")] = None,
+    priority: Annotated[
+        int | None, typer.Option(help="Higher runs first.", show_default="0")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(metavar="SECONDS", help="Stop it (as failed) after this long running."),
+    ] = None,
+    cwd: Annotated[
+        str | None, typer.Option(metavar="DIR", help="Working directory (made absolute here).")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the end; exit with its exit code.")
+    ] = False,
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Submit a command; print its id. Options go before the command."""
+    envs = _pairs(env, "--env")
+    labels = _pairs(label, "--label", labels=True)
+    workdir = os.path.abspath(os.path.expanduser(cwd)) if cwd is not None else None
+    with _client(ctx, server) as client:
+        workload = client.submit(
+            command,
+            name=name,
+            env=envs or None,
+            cwd=workdir,
+            cpus=cpus,
+            memory_mb=memory_mb,
+            gpus=gpus,
+            labels=labels or None,
+            priority=priority,
+            timeout_seconds=timeout,
+        )
+        if not wait:
+            print(workload.model_dump_json(indent=2) if as_json else workload.id)
+            return
+        if not as_json:
+            print(workload.id, flush=True)
+        final = _wait(client, workload.id, None)
+    if as_json:
+        print(final.model_dump_json(indent=2))
+    raise typer.Exit(exit_status(final))
+
+
+@app.command("ls")
+def list_workloads(
+    ctx: typer.Context,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(metavar="STATUS", help="Only this status (repeatable: any of them)."),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", metavar="K=V", help="Only with this label (repeatable)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """List workloads, newest first."""
+    statuses = []
+    for s in status or []:
+        try:
+            statuses.append(Status(s.lower()))
+        except ValueError:
+            choices = ", ".join(Status)
+            raise CliError(f"invalid --status {s!r}: use one of {choices}", EXIT_USAGE) from None
+    labels = _pairs(label, "--label", labels=True)
+    with _client(ctx, server) as client:
+        workloads = list(
+            client.list(status=statuses, labels=labels, limit=limit, page_size=min(limit, 1000))
+        )
+    if as_json:
+        print_json([w.model_dump(mode="json") for w in workloads])
+    elif workloads:
+        print_out(workload_table(workloads))
+    else:
+        stderr_console().print("no workloads")
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    workload_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Show one workload and its events."""
+    with _client(ctx, server) as client:
+        try:
+            workload = client.get(workload_id)
+            events = client.events(workload_id)
+        except NotFound:
+            raise CliError(f"no workload {workload_id}") from None
+    if as_json:
+        print_json(
+            {
+                "workload": workload.model_dump(mode="json"),
+                "events": [e.model_dump(mode="json") for e in events],
+            }
+        )
+    else:
+        print_out(workload_detail(workload, events))
+
+
+@app.command()
+def kill(
+    ctx: typer.Context,
+    workload_id: Annotated[str, typer.Argument(metavar="ID")],
+    server: ServerOption = None,
+) -> None:
+    """Kill a workload (SIGTERM, then SIGKILL after the grace period)."""
+    with _client(ctx, server) as client:
+        try:
+            client.kill(workload_id)
+        except NotFound:
+            raise CliError(f"no workload {workload_id}") from None
+        except InvalidTransition as exc:
+            current = exc.current_status or "finished"
+            raise CliError(
+                f"workload {workload_id} is already {current}; nothing to kill"
+            ) from None
+    print(f"killed {workload_id}")
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    workload_id: Annotated[str, typer.Argument(metavar="ID")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the workload ends.")
+    ] = False,
+    tail: Annotated[
+        int | None, typer.Option(min=0, metavar="N", help="Start with the last N lines.")
+    ] = None,
+    server: ServerOption = None,
+) -> None:
+    """Print a workload's output (stdout and stderr as written)."""
+    out = sys.stdout.buffer
+    with _client(ctx, server) as client:
+        try:
+            if follow:
+                for chunk in client.follow_logs(workload_id, tail=tail):
+                    out.write(chunk)
+                    out.flush()
+            else:
+                out.write(client.log_bytes(workload_id, tail=tail))
+                out.flush()
+        except NotFound:
+            raise CliError(f"no workload {workload_id}") from None
+
+
+@app.command("wait")
+def wait_for(
+    ctx: typer.Context,
+    workload_id: Annotated[str, typer.Argument(metavar="ID")],
+    timeout: Annotated[
+        float | None,
+        typer.Option(metavar="SECONDS", help="Give up after this long (exit 124)."),
+    ] = None,
+    server: ServerOption = None,
+) -> None:
+    """Wait until a workload ends; exit with its exit code."""
+    with _client(ctx, server) as client:
+        try:
+            final = _wait(client, workload_id, timeout)
+        except NotFound:
+            raise CliError(f"no workload {workload_id}") from None
+    raise typer.Exit(exit_status(final))
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"corral: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main() -> None:
     try:
         app()
     except CliError as exc:
-        print(f"corral: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc), exc.code)
+    except WaitTimeout as exc:
+        _fail(str(exc), EXIT_WAIT_TIMEOUT)
+    except CorralClientError as exc:
+        _fail(str(exc), EXIT_ERROR)
     except KeyboardInterrupt:
         sys.exit(130)
 

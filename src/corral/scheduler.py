@@ -1,29 +1,341 @@
 """The scheduler: admission, wake-ups and reconciliation.
 
-The API tells it what happened (``submitted``, ``stopped``); it decides what runs.
-This base class is the scheduler of ``--executor none``: it runs nothing, so
-workloads move only through ``PUT /v1/workloads/{id}/status``.
+It is the only writer of ``running``, ``completed`` and ``failed`` (the API writes
+``killed``), always through ``store.update_workload_status``, so every change is
+checked against the state machine and recorded as an event.
+
+- **Admission.** Pending workloads are kept in memory in priority order, then
+  submission order (id). A pass walks them and starts each one whose CPUs, memory and
+  GPUs fit in what is free. The first one that does not fit *reserves* what it needs,
+  so smaller workloads behind it cannot starve it; everyone left waiting gets a
+  ``reason`` ("waiting for 2 GPUs, 0 free").
+- **Claim, then spawn.** pending→running is committed before the process is started
+  (never a transaction around a spawn). If the spawn fails, running→failed with the
+  OS's message. If the server dies between the two, the restart finds a running
+  workload without a process and fails it as lost: a workload runs at most once.
+- **Wake-ups, not polling.** A submit, a kill or an exit sets an ``asyncio.Event``; the
+  pass runs on the next loop turn. A slow safety poll (``SAFETY_POLL_SECONDS``)
+  reconciles the store with the executor: a terminal workload has no live process, a
+  running one has one (or is lost), and pending ones written by other processes are
+  picked up.
+- **Timeouts** use the loop's monotonic timers: the process group is terminated, and
+  the workload ends ``failed`` ("timed out after N s") when the process is gone.
+- **Restart.** On start, running workloads are handed to the executor to adopt; it
+  reports those that ended meanwhile.
+
+With no executor (``--executor none``) the scheduler does nothing: workloads move
+only through ``PUT /v1/workloads/{id}/status``.
 """
 
 from __future__ import annotations
 
-from corral.model import Resources, Workload
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from corral.errors import ExceedsCapacityError
+from corral.executors.base import Executor, Outcome, SpawnError
+from corral.model import Resources, Status, Workload
+from corral.store import InvalidTransitionError, NotFoundError, Store
+
+log = logging.getLogger(__name__)
+
+SAFETY_POLL_SECONDS = 5.0
+PAGE = 1000
+
+
+@dataclass(slots=True)
+class _Free:
+    cpus: float
+    memory_mb: int
+    gpus: set[int] = field(default_factory=set)
 
 
 class Scheduler:
-    """The interface the API uses; this implementation runs nothing."""
+    """Decides what runs; see the module docstring."""
 
-    async def start(self) -> None:
-        """Begin scheduling (called once the event loop runs)."""
+    def __init__(self, store: Store, executor: Executor | None = None) -> None:
+        self.store = store
+        self.executor = executor
+        cap = executor.capacity if executor else None
+        self._free = _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus))) if cap else _Free(0, 0)
+        self._pending: dict[str, Workload] = {}
+        self._allocated: dict[str, tuple[Workload, list[int]]] = {}
+        self._reasons: dict[str, str | None] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timed_out: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    async def stop(self) -> None:
-        """Stop scheduling; running workloads keep running."""
+    # --- called by the API ---------------------------------------------------------
 
     def check_fits(self, resources: Resources) -> None:
         """Raise ``ExceedsCapacityError`` when ``resources`` exceed the whole capacity."""
+        if self.executor is None:
+            return
+        cap = self.executor.capacity
+        for need, have, what in (
+            (resources.cpus, cap.cpus, "CPUs"),
+            (resources.memory_mb, cap.memory_mb, "MB of memory"),
+            (resources.gpus, cap.gpus, "GPUs"),
+        ):
+            if need > have:
+                raise ExceedsCapacityError(
+                    f"the workload asks for {_num(need)} {what}, but this server has"
+                    f" {_num(have)} in all"
+                )
 
     def submitted(self, workload: Workload) -> None:
         """A new pending workload was stored."""
+        if self.executor is None:
+            return
+        self._pending[workload.id] = workload
+        self._poke()
 
     def stopped(self, workload: Workload) -> None:
         """A workload became terminal through the API (kill or status update)."""
+        if self.executor is None:
+            return
+        if self._pending.pop(workload.id, None) is not None:
+            self._reasons.pop(workload.id, None)
+            self._poke()
+        if workload.id in self._allocated:
+            self.executor.terminate(workload.id)
+
+    def is_active(self, workload_id: str) -> bool:
+        """True while the workload's process (if any) may still write output."""
+        return workload_id in self._allocated
+
+    # --- life cycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.executor is None:
+            return
+        self._wake = asyncio.Event()
+        self.executor.start(self._on_exit)
+        for workload in self._iter_store(Status.RUNNING):
+            devices = self.executor.adopt(workload)
+            if devices is not None:
+                self._allocate(workload, devices)
+                self._arm_timeout(workload, started_at=workload.started_at)
+        for workload in self._iter_store(Status.PENDING):
+            self._pending[workload.id] = workload
+            self._reasons[workload.id] = workload.reason
+        self._task = asyncio.create_task(self._run(), name="corral-scheduler")
+        self._poke()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for timer in self._timers.values():
+            timer.cancel()
+        if self.executor is not None:
+            self.executor.close()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), SAFETY_POLL_SECONDS)
+            except TimeoutError:
+                self._guard(self._reconcile)
+            self._wake.clear()
+            self._guard(self._schedule)
+
+    @staticmethod
+    def _guard(step: object) -> None:
+        try:
+            step()  # type: ignore[operator]
+        except Exception:  # the loop must survive a bad pass; the next one retries
+            log.exception("scheduler pass failed")
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # --- admission -----------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        order = sorted(self._pending.values(), key=lambda w: (-w.priority, w.id))
+        avail = _Free(self._free.cpus, self._free.memory_mb, set(self._free.gpus))
+        head: Workload | None = None
+        reasons: list[tuple[str, str]] = []
+        for workload in order:
+            res = workload.resources
+            if _fits(res, avail):
+                if self._claim_and_launch(workload):
+                    avail.cpus -= res.cpus
+                    avail.memory_mb -= res.memory_mb
+                    avail.gpus = set(sorted(avail.gpus)[res.gpus :])
+                continue
+            if head is None:
+                head = workload
+                reason = _shortfall(res, avail)
+                # reserve what the head of the line needs
+                avail.cpus -= res.cpus
+                avail.memory_mb -= res.memory_mb
+                avail.gpus = set(sorted(avail.gpus)[res.gpus :])
+            elif _fits(res, self._free):
+                reason = f"waiting behind {head.id} (priority {head.priority}), which needs more"
+            else:
+                reason = _shortfall(res, self._free)
+            if self._reasons.get(workload.id) != reason:
+                self._reasons[workload.id] = reason
+                reasons.append((workload.id, reason))
+        if reasons:
+            self.store.set_pending_reasons(reasons)
+
+    def _claim_and_launch(self, workload: Workload) -> bool:
+        assert self.executor is not None
+        del self._pending[workload.id]
+        self._reasons.pop(workload.id, None)
+        try:
+            running = self.store.update_workload_status(
+                workload.id, Status.RUNNING, actor="scheduler"
+            )
+        except (InvalidTransitionError, NotFoundError):
+            return False  # killed (or gone) since it was queued
+        devices = sorted(self._free.gpus)[: workload.resources.gpus]
+        self._allocate(running, devices)
+        try:
+            self.executor.launch(running, devices)
+        except SpawnError as exc:
+            self._finish(Outcome(workload.id, spawn_error=str(exc)))
+            return True
+        self._arm_timeout(running, started_at=None)
+        return True
+
+    def _allocate(self, workload: Workload, devices: list[int]) -> None:
+        self._allocated[workload.id] = (workload, devices)
+        self._free.cpus -= workload.resources.cpus
+        self._free.memory_mb -= workload.resources.memory_mb
+        self._free.gpus -= set(devices)
+
+    def _release(self, workload_id: str) -> None:
+        entry = self._allocated.pop(workload_id, None)
+        if entry is None:
+            return
+        workload, devices = entry
+        self._free.cpus += workload.resources.cpus
+        self._free.memory_mb += workload.resources.memory_mb
+        self._free.gpus |= set(devices)
+
+    # --- timeouts and exits ----------------------------------------------------------
+
+    def _arm_timeout(self, workload: Workload, *, started_at: str | None) -> None:
+        if workload.timeout_seconds is None:
+            return
+        delay = workload.timeout_seconds
+        if started_at is not None:
+            elapsed = datetime.now(UTC) - datetime.fromisoformat(started_at)
+            delay = max(0.0, delay - elapsed.total_seconds())
+        loop = asyncio.get_running_loop()
+        self._timers[workload.id] = loop.call_later(delay, self._time_out, workload.id)
+
+    def _time_out(self, workload_id: str) -> None:
+        self._timers.pop(workload_id, None)
+        if workload_id in self._allocated and self.executor is not None:
+            self._timed_out.add(workload_id)
+            self.executor.terminate(workload_id)
+
+    def _on_exit(self, outcome: Outcome) -> None:
+        self._finish(outcome)
+        self._poke()
+
+    def _finish(self, outcome: Outcome) -> None:
+        """Record how the process ended (refused, harmlessly, when the workload was
+        already made terminal, e.g. killed), then free its resources."""
+        wid = outcome.workload_id
+        timer = self._timers.pop(wid, None)
+        if timer is not None:
+            timer.cancel()
+        entry = self._allocated.get(wid)
+        timeout = entry[0].timeout_seconds if entry else None
+        timed_out = wid in self._timed_out
+        self._timed_out.discard(wid)
+        status, reason, exit_code, signal = _translate(outcome, timed_out, timeout)
+        with contextlib.suppress(InvalidTransitionError, NotFoundError):
+            self.store.update_workload_status(
+                wid, status, exit_code=exit_code, reason=reason, signal=signal, actor="scheduler"
+            )
+        self._release(wid)
+        if self.executor is not None:
+            self.executor.forget(wid)
+
+    # --- reconciliation --------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """The safety net behind the event-driven paths; see the module docstring."""
+        assert self.executor is not None
+        running = {w.id for w in self._iter_store(Status.RUNNING)}
+        for wid in set(self._allocated) - running:
+            self.executor.terminate(wid)  # terminal in the store: stop its process
+        for wid in running - set(self._allocated):
+            self._fail_unowned(wid)
+        for workload in self._iter_store(Status.PENDING):
+            if workload.id not in self._pending:
+                self._pending[workload.id] = workload
+                self._reasons[workload.id] = workload.reason
+
+    def _fail_unowned(self, workload_id: str) -> None:
+        with contextlib.suppress(InvalidTransitionError, NotFoundError):
+            self.store.update_workload_status(
+                workload_id,
+                Status.FAILED,
+                reason="lost: it is running in the store, but no process of this server runs it",
+                actor="scheduler",
+            )
+
+    def _iter_store(self, status: Status) -> Iterator[Workload]:
+        cursor = None
+        while True:
+            page = self.store.list_workloads(statuses=[status], limit=PAGE, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+
+def _fits(res: Resources, free: _Free) -> bool:
+    """Only what is asked for counts: a workload asking for no CPUs fits even when a
+    reservation has taken them all."""
+    return (
+        (not res.cpus or res.cpus <= free.cpus)
+        and (not res.memory_mb or res.memory_mb <= free.memory_mb)
+        and res.gpus <= len(free.gpus)
+    )
+
+
+def _shortfall(res: Resources, free: _Free) -> str:
+    if res.gpus > len(free.gpus):
+        return f"waiting for {res.gpus} GPUs, {len(free.gpus)} free"
+    if res.cpus > free.cpus:
+        return f"waiting for {_num(res.cpus)} CPUs, {_num(max(free.cpus, 0))} free"
+    return f"waiting for {res.memory_mb} MB of memory, {max(free.memory_mb, 0)} MB free"
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _translate(
+    outcome: Outcome, timed_out: bool, timeout: float | None
+) -> tuple[Status, str | None, int | None, str | None]:
+    """(status, reason, exit_code, signal name) for an outcome."""
+    if timed_out:  # corral's own signal, as for a kill: no exit code or signal recorded
+        return Status.FAILED, f"timed out after {_num(timeout or 0)} s", None, None
+    if outcome.spawn_error is not None:
+        return Status.FAILED, f"spawn failed: {outcome.spawn_error}", None, None
+    if outcome.lost is not None:
+        return Status.FAILED, f"lost: {outcome.lost}", None, None
+    if outcome.signal is not None:
+        name = outcome.signal_name
+        return Status.FAILED, f"killed by signal {name}", None, name
+    if outcome.exit_code == 0:
+        return Status.COMPLETED, None, 0, None
+    return Status.FAILED, None, outcome.exit_code, None

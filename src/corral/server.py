@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from typing import TYPE_CHECKING
 
 from corral.config import Settings
+
+if TYPE_CHECKING:
+    from corral.executors.local import LocalExecutor
 
 
 class ServeError(Exception):
@@ -33,22 +37,23 @@ def serve(settings: Settings) -> None:
             f"refusing to listen on {settings.host}: corral runs commands for whoever can"
             " reach it, and authentication is not available yet; use 127.0.0.1"
         )
-    if settings.executor != "none":
-        raise ServeError(
-            f"executor {settings.executor!r} is not available yet; use --executor none"
-        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    executor = _executor(settings)
     store = open_store(settings.db_url)
-    scheduler = Scheduler()
+    scheduler = Scheduler(store, executor)
     app = create_app(
         store,
         data_dir=settings.data_dir,
         scheduler=scheduler,
         max_body_bytes=settings.max_body_bytes,
     )
+    where = f"executor {settings.executor}"
+    if executor is not None:
+        cap = executor.capacity
+        where += f": {cap.cpus:g} CPUs, {cap.memory_mb} MB, {cap.gpus} GPUs"
     print(
         f"corral serving http://{settings.host}:{settings.port}"
-        f" (executor {settings.executor}, data {settings.data_dir})",
+        f" ({where}; data in {settings.data_dir})",
         file=sys.stderr,
         flush=True,
     )
@@ -64,3 +69,18 @@ def serve(settings: Settings) -> None:
         )
     finally:
         store.close()
+
+
+def _executor(settings: Settings) -> LocalExecutor | None:
+    if settings.executor == "none":
+        return None
+    from corral.executors.local import LocalExecutor, detect_capacity
+    from corral.executors.shim import ShimBuildError
+
+    capacity = detect_capacity(settings.cpus, settings.memory_mb, settings.gpus)
+    try:
+        return LocalExecutor(
+            settings.data_dir, capacity=capacity, kill_grace_seconds=settings.kill_grace_seconds
+        )
+    except ShimBuildError as exc:
+        raise ServeError(str(exc)) from None

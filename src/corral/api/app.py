@@ -27,7 +27,7 @@ def create_app(
 ) -> FastAPI:
     """The API over ``store``; ``scheduler`` (default: runs nothing) is started and
     stopped with the app."""
-    sched = scheduler or Scheduler()
+    sched = scheduler or Scheduler(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -103,7 +103,7 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (WorkloadCreate, StatusUpdate)
 def build_router(store: Store, scheduler: Scheduler, data_dir: Path) -> APIRouter:
     router = APIRouter()
     _workload_routes(router, store, scheduler)
-    _log_routes(router, store, data_dir)
+    _log_routes(router, store, scheduler, data_dir)
     _meta_routes(router)
     return router
 
@@ -214,7 +214,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         return _json(EventList.model_construct(items=store.list_events(workload_id)))
 
 
-def _log_routes(router: APIRouter, store: Store, data_dir: Path) -> None:
+def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir: Path) -> None:
 
     @router.get(
         "/v1/workloads/{workload_id}/logs",
@@ -227,7 +227,7 @@ def _log_routes(router: APIRouter, store: Store, data_dir: Path) -> None:
         follow: Annotated[bool, Query(description="Stream until the workload ends.")] = False,
         tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
     ) -> Response:
-        workload = store.get_workload(workload_id)
+        store.get_workload(workload_id)  # 404 for an unknown id
         path = log_path(data_dir, workload_id)
         if not follow:
             return Response(read_log(path, tail=tail), media_type="text/plain")
@@ -236,8 +236,8 @@ def _log_routes(router: APIRouter, store: Store, data_dir: Path) -> None:
             start = max(0, _size(path) - len(read_log(path, tail=tail)))
 
         def finished() -> bool:
-            if workload.status in TERMINAL:
-                return True
+            if scheduler.is_active(workload_id):
+                return False  # terminal already (killed), but the process may still write
             return store.get_workload(workload_id).status in TERMINAL
 
         return StreamingResponse(follow_log(path, finished, start=start), media_type="text/plain")

@@ -84,6 +84,11 @@ class Store(Protocol):
         the same status, exactly one succeeds."""
         ...
 
+    def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
+        """Set the ``reason`` of each ``(id, reason)`` whose workload is still pending,
+        in one transaction; not a status change, so no event."""
+        ...
+
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
         ...

@@ -274,6 +274,13 @@ class SQLiteStore:
             )
         return _row_to_workload(updated)
 
+    def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE workloads SET reason = ? WHERE id = ? AND status = 'pending'",
+                [(reason, wid) for wid, reason in reasons],
+            )
+
     # --- reads -----------------------------------------------------------------
 
     def get_workload(self, workload_id: str) -> Workload:

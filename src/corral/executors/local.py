@@ -1,0 +1,276 @@
+"""``LocalExecutor``: runs workloads as processes on this machine.
+
+Each workload runs under its own ``corral-shim`` (see ``shim.c``), started with
+``posix_spawn`` as a session leader. The shim runs the command in its own process
+group with stdout and stderr on ``<data>/logs/<id>.log``, forwards kill requests to
+the group (SIGTERM, then SIGKILL after the grace period), and writes how the command
+ended to ``<data>/run/<id>/status``. Because the shim, not the server, is the parent,
+a restarted server re-adopts running workloads and still learns their exit codes.
+
+Exits are noticed without threads or polling: each shim has a pidfd registered with
+the event loop, readable the moment the shim exits (whoever its parent is by then).
+
+Files in ``<data>/run/<id>/``: ``shim`` ("<pid> <start time>", written by the server
+right after the spawn), ``devices`` (GPU indices), and the shim's ``pid`` and
+``status``. The directory is removed once the scheduler has recorded the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.executors.base import Capacity, OnExit, Outcome, SpawnError
+from corral.executors.shim import ensure_shim, read_pid, read_status, shim_argv
+from corral.logs import log_path
+from corral.model import Workload
+
+log = logging.getLogger(__name__)
+
+BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+"""Copied from the server's environment; everything else comes from the workload."""
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(slots=True)
+class _Proc:
+    shim_pid: int
+    pidfd: int
+    state_dir: Path
+    is_child: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    """What ``/proc/PID/stat`` says about a process."""
+
+    state: str
+    pgrp: int
+    session: int
+    start_time: int
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """The process's state, group, session and start time; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return ProcInfo(fields[0].decode(), int(fields[2]), int(fields[3]), int(fields[19]))
+
+
+def is_alive(pid: int, start_time: int | None = None) -> bool:
+    """True when ``pid`` runs (a zombie counts as gone) and, if given, started at
+    ``start_time`` (so a reused pid is not mistaken for it)."""
+    info = proc_info(pid)
+    if info is None or info.state in ("Z", "X"):
+        return False
+    return start_time is None or info.start_time == start_time
+
+
+def detect_capacity(
+    cpus: float | None = None, memory_mb: int | None = None, gpus: int | None = None
+) -> Capacity:
+    """This machine's CPUs, memory and GPUs (``nvidia-smi``), unless overridden."""
+    if cpus is None:
+        cpus = float(len(os.sched_getaffinity(0)))
+    if memory_mb is None:
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    if gpus is None:
+        gpus = _count_gpus()
+    return Capacity(cpus=cpus, memory_mb=memory_mb, gpus=gpus)
+
+
+def _count_gpus() -> int:
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+class LocalExecutor:
+    """Processes on this machine, each under a shim; see the module docstring."""
+
+    def __init__(self, data_dir: Path, *, capacity: Capacity, kill_grace_seconds: float) -> None:
+        self.capacity = capacity
+        self.kill_grace_seconds = kill_grace_seconds
+        self.data_dir = data_dir
+        self.run_dir = data_dir / "run"
+        self.shim = ensure_shim(data_dir / "bin")
+        self._procs: dict[str, _Proc] = {}
+        self._on_exit: OnExit | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+        env.setdefault("PATH", DEFAULT_PATH)
+        self._base_env = env
+        (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, on_exit: OnExit) -> None:
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+
+    def active(self) -> set[str]:
+        return set(self._procs)
+
+    # --- launch -------------------------------------------------------------------
+
+    def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> None:
+        state_dir = self.run_dir / workload.id
+        state_dir.mkdir(exist_ok=True)
+        if gpu_devices:
+            (state_dir / "devices").write_text(",".join(map(str, gpu_devices)))
+        env = {**self._base_env, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
+        if self.capacity.gpus or gpu_devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_devices))
+        cwd = Path(workload.cwd) if workload.cwd else None
+        argv = shim_argv(self.shim, state_dir, self.kill_grace_seconds, cwd, workload.command)
+        log_fd = os.open(
+            log_path(self.data_dir, workload.id),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+            0o644,
+        )
+        try:
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,
+            )
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env
+            raise SpawnError(exc.strerror if isinstance(exc, OSError) else str(exc)) from None
+        finally:
+            os.close(log_fd)
+        info = proc_info(pid)
+        (state_dir / "shim").write_text(f"{pid} {info.start_time if info else 0}\n")
+        self._watch(workload.id, pid, state_dir, is_child=True)
+
+    def _watch(self, workload_id: str, pid: int, state_dir: Path, *, is_child: bool) -> None:
+        assert self._loop is not None, "start() first"
+        pidfd = os.pidfd_open(pid)
+        self._procs[workload_id] = _Proc(pid, pidfd, state_dir, is_child)
+        self._loop.add_reader(pidfd, self._exited, workload_id)
+
+    def _exited(self, workload_id: str) -> None:
+        proc = self._procs.pop(workload_id)
+        assert self._loop is not None
+        self._loop.remove_reader(proc.pidfd)
+        os.close(proc.pidfd)
+        if proc.is_child:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(proc.shim_pid, os.WNOHANG)
+        self._report(self._outcome(workload_id, proc.state_dir, proc.shim_pid))
+
+    def _outcome(self, workload_id: str, state_dir: Path, shim_pid: int) -> Outcome:
+        try:
+            status = read_status(state_dir)
+        except ValueError as exc:
+            status, problem = None, str(exc)
+        else:
+            problem = "it recorded no exit status"
+        if status is None:
+            self._kill_orphaned_group(state_dir, shim_pid)
+            return Outcome(
+                workload_id, lost=f"its process watcher (pid {shim_pid}) died; {problem}"
+            )
+        if status.kind == "exit":
+            return Outcome(workload_id, exit_code=status.value)
+        if status.kind == "signal":
+            return Outcome(workload_id, signal=status.value)
+        return Outcome(workload_id, spawn_error=os.strerror(status.value))
+
+    def _report(self, outcome: Outcome) -> None:
+        assert self._on_exit is not None, "start() first"
+        self._on_exit(outcome)
+
+    # --- adopt, terminate, forget ---------------------------------------------------
+
+    def adopt(self, workload: Workload) -> list[int] | None:
+        """See ``Executor.adopt``; outcomes found now are reported on the next loop turn."""
+        state_dir = self.run_dir / workload.id
+        devices = _read_devices(state_dir)
+        if not state_dir.is_dir():
+            self._report_soon(
+                Outcome(workload.id, lost="the server stopped before its process started")
+            )
+            return None
+        shim_pid, start_time = _read_shim(state_dir)
+        if shim_pid and is_alive(shim_pid, start_time):
+            try:
+                self._watch(workload.id, shim_pid, state_dir, is_child=False)
+                return devices
+            except ProcessLookupError:
+                pass  # exited just now: its status (if any) is on disk
+        self._report_soon(self._outcome(workload.id, state_dir, shim_pid))
+        return None
+
+    def _report_soon(self, outcome: Outcome) -> None:
+        assert self._loop is not None, "start() first"
+        self._loop.call_soon(self._report, outcome)
+
+    def terminate(self, workload_id: str) -> None:
+        proc = self._procs.get(workload_id)
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):  # exiting: its pidfd reports it
+            os.kill(proc.shim_pid, signal.SIGTERM)
+
+    def forget(self, workload_id: str) -> None:
+        """The outcome is recorded: remove the workload's state directory."""
+        shutil.rmtree(self.run_dir / workload_id, ignore_errors=True)
+
+    def close(self) -> None:
+        for proc in self._procs.values():
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(proc.pidfd)
+            os.close(proc.pidfd)
+        self._procs.clear()
+
+    def _kill_orphaned_group(self, state_dir: Path, shim_pid: int) -> None:
+        """Without its shim, nothing would stop the workload: SIGKILL its group, if the
+        group is still the one the shim started (same session)."""
+        try:
+            pgid = read_pid(state_dir)
+        except ValueError:
+            return
+        info = proc_info(pgid) if pgid else None
+        if pgid and info is not None and info.session == shim_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            log.warning("killed the orphaned process group %d of a dead shim", pgid)
+
+
+def _read_shim(state_dir: Path) -> tuple[int, int | None]:
+    try:
+        pid, start = (state_dir / "shim").read_text().split()
+        return int(pid), int(start) or None
+    except (FileNotFoundError, ValueError):
+        return 0, None
+
+
+def _read_devices(state_dir: Path) -> list[int]:
+    try:
+        text = (state_dir / "devices").read_text().strip()
+    except FileNotFoundError:
+        return []
+    return [int(d) for d in text.split(",") if d]

@@ -1,0 +1,405 @@
+"""The ``corral`` command line as a real subprocess against a real ``corral serve
+--executor none``; the tests move workloads with ``PUT …/status``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral.cli import exit_status
+from corral.model import Resources, Status, Workload
+from tests.server import LiveServer, free_port
+
+ID_RE = re.compile(r"^[0-9a-z]{26}$")
+UNKNOWN_ID = "01aaaaaaaaaaaaaaaaaaaaaaaa"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = LiveServer(tmp_path_factory.mktemp("cli"), "--executor", "none").start()
+    yield live
+    live.kill()
+
+
+def corral(
+    *args: str, url: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CORRAL_URL": url}
+    return subprocess.run(
+        [sys.executable, "-m", "corral.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def start(*args: str, url: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "CORRAL_URL": url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int | None = None) -> str:
+    """The error line (without ``corral: ``), after checking it is the only output."""
+    assert result.returncode != 0
+    if code is not None:
+        assert result.returncode == code
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("corral: ")
+    return lines[0].removeprefix("corral: ")
+
+
+def submit(server: LiveServer, *args: str) -> str:
+    workload_id = ok(corral("submit", *args, url=server.url)).strip()
+    assert ID_RE.match(workload_id)
+    return workload_id
+
+
+def put_status(server: LiveServer, workload_id: str, status: str, **extra: object) -> None:
+    r = httpx.put(
+        f"{server.url}/v1/workloads/{workload_id}/status", json={"status": status, **extra}
+    )
+    assert r.status_code == 200, r.text
+
+
+def get(server: LiveServer, workload_id: str) -> dict[str, object]:
+    body: dict[str, object] = httpx.get(f"{server.url}/v1/workloads/{workload_id}").json()
+    return body
+
+
+def finish_later(
+    server: LiveServer, workload_id: str, *steps: tuple[str, dict[str, object]]
+) -> threading.Thread:
+    """Apply status changes from a thread while the CLI waits."""
+
+    def run() -> None:
+        time.sleep(0.5)
+        for status, extra in steps:
+            put_status(server, workload_id, status, **extra)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+# --- submit, ls, show -----------------------------------------------------------------
+
+
+def test_submit_prints_the_id(server: LiveServer, tmp_path: Path) -> None:
+    out = ok(
+        corral(
+            "submit",
+            "--name", "train",
+            "--env", "A=1",
+            "-e", "B=x=y",
+            "--label", "team=ml",
+            "--cpus", "0.5",
+            "--memory-mb", "64",
+            "--priority", "-3",
+            "--timeout", "30",
+            "--cwd", "work",
+            "--",
+            "python", "-c", "print(1)", "--flag",
+            url=server.url,
+            cwd=tmp_path,
+        )
+    )  # fmt: skip
+    workload_id = out.strip()
+    assert ID_RE.match(workload_id)
+    w = get(server, workload_id)
+    assert w["command"] == ["python", "-c", "print(1)", "--flag"]
+    assert w["name"] == "train"
+    assert w["env"] == {"A": "1", "B": "x=y"}
+    assert w["labels"] == {"team": "ml"}
+    assert w["resources"] == {"cpus": 0.5, "memory_mb": 64, "gpus": 0}
+    assert (w["priority"], w["timeout_seconds"]) == (-3, 30)
+    assert w["cwd"] == str(tmp_path / "work")  # made absolute by the CLI
+
+
+def test_submit_without_dashes_keeps_the_command_options(server: LiveServer) -> None:
+    workload_id = submit(server, "ls", "-la", "--color")
+    assert get(server, workload_id)["command"] == ["ls", "-la", "--color"]
+
+
+def test_submit_json(server: LiveServer) -> None:
+    w = json.loads(ok(corral("submit", "--json", "--", "true", url=server.url)))
+    assert w["status"] == "pending"
+    assert w["command"] == ["true"]
+    assert w["resources"] == {"cpus": 1.0, "memory_mb": 0, "gpus": 0}
+
+
+def test_ls_json_and_table(server: LiveServer) -> None:
+    batch = f"batch={uuid.uuid4().hex}"
+    ids = [submit(server, "--label", batch, "--", "echo", str(i)) for i in range(4)]
+    put_status(server, ids[1], "running")
+    listed = json.loads(ok(corral("ls", "--label", batch, "--json", url=server.url)))
+    assert [w["id"] for w in listed] == ids[::-1]
+    limited = json.loads(ok(corral("ls", "-l", batch, "--limit", "2", "--json", url=server.url)))
+    assert [w["id"] for w in limited] == ids[:1:-1]
+    running = json.loads(
+        ok(corral("ls", "-l", batch, "--status", "running", "--json", url=server.url))
+    )
+    assert [w["id"] for w in running] == [ids[1]]
+
+    table = ok(corral("ls", "--label", batch, url=server.url)).splitlines()
+    assert table[0].split() == ["ID", "NAME", "STATUS", "EXIT", "AGE", "COMMAND", "REASON"]
+    assert [line.split()[0] for line in table[1:]] == ids[::-1]
+    assert "running" in table[3] and "echo 1" in table[3]
+
+    empty = corral("ls", "--label", f"batch={uuid.uuid4().hex}", "--json", url=server.url)
+    assert json.loads(ok(empty)) == []
+
+
+def test_show(server: LiveServer) -> None:
+    workload_id = submit(server, "--name", "shown", "--", "echo", "hi")
+    put_status(server, workload_id, "running")
+    put_status(server, workload_id, "failed", exit_code=2)
+    shown = json.loads(ok(corral("show", workload_id, "--json", url=server.url)))
+    assert shown["workload"]["id"] == workload_id
+    assert (shown["workload"]["status"], shown["workload"]["exit_code"]) == ("failed", 2)
+    events = shown["events"]
+    assert events[0]["type"] == "created"
+    assert [e["to_status"] for e in events] == ["pending", "running", "failed"]
+
+    text = ok(corral("show", workload_id, url=server.url))
+    assert workload_id in text
+    assert "shown" in text and "echo hi" in text and "exit code 2" in text
+    assert "events" in text
+
+    assert one_line_error(corral("show", UNKNOWN_ID, url=server.url)) == (
+        f"no workload {UNKNOWN_ID}"
+    )
+
+
+# --- kill -------------------------------------------------------------------------------
+
+
+def test_kill_pending(server: LiveServer) -> None:
+    workload_id = submit(server, "sleep", "60")
+    assert ok(corral("kill", workload_id, url=server.url)) == f"killed {workload_id}\n"
+    assert get(server, workload_id)["status"] == "killed"
+    again = one_line_error(corral("kill", workload_id, url=server.url))
+    assert again == f"workload {workload_id} is already killed; nothing to kill"
+
+
+def test_kill_completed(server: LiveServer) -> None:
+    workload_id = submit(server, "true")
+    put_status(server, workload_id, "running")
+    put_status(server, workload_id, "completed")
+    message = one_line_error(corral("kill", workload_id, url=server.url))
+    assert message == f"workload {workload_id} is already completed; nothing to kill"
+
+
+def test_kill_unknown(server: LiveServer) -> None:
+    message = one_line_error(corral("kill", UNKNOWN_ID, url=server.url))
+    assert message == f"no workload {UNKNOWN_ID}"
+
+
+# --- wait and submit --wait -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("steps", "code"),
+    [
+        ((("running", {}), ("failed", {"exit_code": 3})), 3),
+        ((("running", {}), ("completed", {})), 0),
+        ((("running", {}), ("killed", {})), 143),
+        ((("killed", {}),), 143),
+        ((("running", {}), ("failed", {"reason": "timed out after 1 s"})), 1),
+    ],
+)
+def test_wait_exits_like_the_workload(
+    server: LiveServer, steps: tuple[tuple[str, dict[str, object]], ...], code: int
+) -> None:
+    workload_id = submit(server, "true")
+    thread = finish_later(server, workload_id, *steps)
+    result = corral("wait", workload_id, url=server.url)
+    thread.join()
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    final = steps[-1][0]
+    assert result.stderr.splitlines()[-1].startswith(f"{workload_id} {final} after ")
+
+
+def test_submit_wait(server: LiveServer) -> None:
+    proc = start("submit", "--wait", "--", "sh", "-c", "exit 3", url=server.url)
+    assert proc.stdout is not None
+    workload_id = proc.stdout.readline().strip()
+    assert ID_RE.match(workload_id)
+    thread = finish_later(server, workload_id, ("running", {}), ("failed", {"exit_code": 3}))
+    stdout, stderr = proc.communicate(timeout=60)
+    thread.join()
+    assert proc.returncode == 3, stderr
+    assert stdout == ""
+    assert re.fullmatch(rf"{workload_id} failed after [0-9.]+s: exit code 3", stderr.rstrip())
+
+
+def test_submit_wait_json_prints_the_final_workload(server: LiveServer) -> None:
+    label = f"run={uuid.uuid4().hex}"
+    proc = start("submit", "--wait", "--json", "--label", label, "--", "true", url=server.url)
+    deadline = time.monotonic() + 30
+    workload_id = None
+    while workload_id is None and time.monotonic() < deadline:
+        found = httpx.get(f"{server.url}/v1/workloads", params={"label": label}).json()["items"]
+        workload_id = found[0]["id"] if found else None
+        time.sleep(0.05)
+    assert workload_id is not None
+    put_status(server, workload_id, "running")
+    put_status(server, workload_id, "completed")
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["status"] == "completed"
+
+
+def test_wait_timeout(server: LiveServer) -> None:
+    workload_id = submit(server, "sleep", "60")
+    message = one_line_error(corral("wait", workload_id, "--timeout", "0.3", url=server.url), 124)
+    assert message == f"workload {workload_id} is still pending after waiting 0.3 s"
+
+
+def test_wait_unknown(server: LiveServer) -> None:
+    assert one_line_error(corral("wait", UNKNOWN_ID, url=server.url)) == (
+        f"no workload {UNKNOWN_ID}"
+    )
+
+
+def workload(
+    status: Status,
+    exit_code: int | None = None,
+    sig: str | None = None,
+    *,
+    timeout: float | None = None,
+    ran: float = 0.5,
+) -> Workload:
+    now = "2024-01-01T00:00:00Z"
+    end = f"2024-01-01T00:00:{ran:09.6f}Z"
+    return Workload(
+        id=UNKNOWN_ID,
+        name=None,
+        command=["x"],
+        env={},
+        cwd=None,
+        resources=Resources(),
+        labels={},
+        priority=0,
+        timeout_seconds=timeout,
+        status=status,
+        exit_code=exit_code,
+        signal=sig,
+        reason=None,
+        created_at=now,
+        updated_at=now,
+        started_at=now,
+        finished_at=end,
+    )
+
+
+def test_exit_status_mapping() -> None:
+    assert exit_status(workload(Status.COMPLETED, 0)) == 0
+    assert exit_status(workload(Status.FAILED, 3)) == 3
+    assert exit_status(workload(Status.FAILED, 255)) == 255
+    assert exit_status(workload(Status.FAILED, sig="SIGSEGV")) == 139
+    assert exit_status(workload(Status.FAILED, sig="SIGKILL")) == 137
+    assert exit_status(workload(Status.FAILED, -9)) == 137
+    assert exit_status(workload(Status.FAILED)) == 1  # timeout, lost, spawn failed
+    assert exit_status(workload(Status.FAILED, 256)) == 1  # would wrap to 0
+    assert exit_status(workload(Status.FAILED, 0)) == 1  # failed is never success
+    assert exit_status(workload(Status.FAILED, sig="SIGBOGUS")) == 1
+    assert exit_status(workload(Status.KILLED)) == 143
+    assert exit_status(workload(Status.KILLED, sig="SIGKILL")) == 143
+
+
+# --- logs -------------------------------------------------------------------------------
+
+
+def test_logs_of_a_workload_without_output(server: LiveServer) -> None:
+    workload_id = submit(server, "true")
+    assert ok(corral("logs", workload_id, url=server.url)) == ""
+    assert ok(corral("logs", workload_id, "--tail", "5", url=server.url)) == ""
+    thread = finish_later(server, workload_id, ("running", {}), ("completed", {}))
+    assert ok(corral("logs", "-f", workload_id, url=server.url)) == ""  # ends with it
+    thread.join()
+    assert one_line_error(corral("logs", UNKNOWN_ID, url=server.url)) == (
+        f"no workload {UNKNOWN_ID}"
+    )
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ls",),
+        ("submit", "--", "true"),
+        ("show", UNKNOWN_ID),
+        ("kill", UNKNOWN_ID),
+        ("logs", UNKNOWN_ID),
+        ("logs", "-f", UNKNOWN_ID),
+        ("wait", UNKNOWN_ID),
+    ],
+)
+def test_server_down(args: tuple[str, ...]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    message = one_line_error(corral(*args, url=url), 1)
+    assert message == (
+        f"cannot reach a corral server at {url} (connection refused); start one with: corral serve"
+    )
+
+
+def test_server_option_wins_over_the_environment(server: LiveServer) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    assert json.loads(ok(corral("--server", server.url, "ls", "--json", url=down))) is not None
+    assert json.loads(ok(corral("ls", "--server", server.url, "--json", url=down))) is not None
+    message = one_line_error(corral("--server", server.url, "ls", "--server", down, url=down))
+    assert down in message
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("submit", "--env", "NOEQUALS", "--", "true"), "invalid --env 'NOEQUALS': expected"),
+        (("submit", "--env", "=x", "--", "true"), "invalid --env '=x': expected KEY=VALUE"),
+        (("submit", "--label", "bad key=x", "--", "true"), "invalid --label 'bad key=x': label"),
+        (("ls", "--label", "novalue"), "invalid --label 'novalue': expected KEY=VALUE"),
+        (("ls", "--status", "sleeping"), "invalid --status 'sleeping': use one of pending,"),
+    ],
+)
+def test_malformed_options(server: LiveServer, args: tuple[str, ...], expected: str) -> None:
+    assert one_line_error(corral(*args, url=server.url), 2).startswith(expected)
+
+
+def test_invalid_input_from_the_server(server: LiveServer) -> None:
+    message = one_line_error(corral("submit", "--cpus", "-1", "--", "true", url=server.url), 1)
+    assert message.startswith("resources.cpus:")
+
+
+def test_serve_with_an_unknown_executor(tmp_path: Path) -> None:
+    result = corral("serve", "--executor", "bogus", "--data-dir", str(tmp_path), url="")
+    assert one_line_error(result, 2).startswith("invalid --executor:")

@@ -1,0 +1,348 @@
+"""The local executor end to end: a real ``corral serve`` runs real processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server import LiveServer, pid_gone, wait_until
+
+TERMINAL = {"completed", "failed", "killed"}
+
+
+class Api:
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def submit(self, command: list[str], **body: Any) -> dict[str, Any]:
+        r = self.http.post("/v1/workloads", json={"command": command, **body})
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def get(self, wid: str) -> dict[str, Any]:
+        return self.http.get(f"/v1/workloads/{wid}").json()  # type: ignore[no-any-return]
+
+    def events(self, wid: str) -> list[dict[str, Any]]:
+        return self.http.get(f"/v1/workloads/{wid}/events").json()["items"]  # type: ignore[no-any-return]
+
+    def logs(self, wid: str, **params: Any) -> str:
+        return self.http.get(f"/v1/workloads/{wid}/logs", params=params).text
+
+    def wait(self, wid: str, statuses: set[str] = TERMINAL, timeout: float = 20) -> dict[str, Any]:
+        return wait_until(lambda: (w := self.get(wid))["status"] in statuses and w, timeout)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    servers: list[LiveServer] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, port: int | None = None) -> Api:
+        server = LiveServer(tmp_path / "data", "--executor", "local", *args, env=env, port=port)
+        servers.append(server.start())
+        return Api(server.url)
+
+    start.servers = servers  # type: ignore[attr-defined]
+    yield start
+    for server in servers:
+        server.kill()
+
+
+def test_exit_codes(serve: Any) -> None:
+    api = serve()
+    ok = api.submit(["true"])
+    bad = api.submit(["sh", "-c", "exit 3"])
+    assert api.wait(ok["id"])["status"] == "completed"
+    assert api.get(ok["id"])["exit_code"] == 0
+    failed = api.wait(bad["id"])
+    assert failed["status"] == "failed"
+    assert failed["exit_code"] == 3 and failed["reason"] == "exit code 3"
+    assert [e["to_status"] for e in api.events(bad["id"])] == ["pending", "running", "failed"]
+
+
+def test_foreign_signal_fails_naming_it(serve: Any) -> None:
+    api = serve()
+    w = api.wait(api.submit(["sh", "-c", "kill -SEGV $$"])["id"])
+    assert w["status"] == "failed"
+    assert w["signal"] == "SIGSEGV" and "SIGSEGV" in w["reason"] and w["exit_code"] is None
+
+
+def test_spawn_failure_fails_via_running(serve: Any, tmp_path: Path) -> None:
+    api = serve()
+    missing = api.wait(api.submit(["/no/such/program"])["id"])
+    assert missing["status"] == "failed"
+    assert missing["reason"] == "spawn failed: No such file or directory"
+    events = api.events(missing["id"])
+    assert [e["to_status"] for e in events] == ["pending", "running", "failed"]
+    bad_cwd = api.wait(api.submit(["true"], cwd=str(tmp_path / "nowhere"))["id"])
+    assert bad_cwd["reason"] == "spawn failed: No such file or directory"
+    nul = api.wait(api.submit(["echo", "a\x00b"])["id"])
+    assert nul["status"] == "failed" and nul["reason"].startswith("spawn failed")
+
+
+def test_env_and_cwd(serve: Any, tmp_path: Path) -> None:
+    api = serve(env={"SERVER_SECRET": "leak"})
+    script = "echo FOO=$FOO; pwd; echo SECRET=${SERVER_SECRET:-unset}; echo ID=$CORRAL_WORKLOAD_ID"
+    w = api.submit(["sh", "-c", script], env={"FOO": "bar"}, cwd=str(tmp_path))
+    assert api.wait(w["id"])["status"] == "completed"
+    lines = api.logs(w["id"]).splitlines()
+    assert lines == ["FOO=bar", str(tmp_path), "SECRET=unset", f"ID={w['id']}"]
+
+
+def test_timeout_fails_and_stops_the_process(serve: Any, tmp_path: Path) -> None:
+    api = serve("--kill-grace", "1")
+    pidfile = tmp_path / "pid"
+    w = api.submit(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 100"], timeout_seconds=0.5)
+    done = api.wait(w["id"])
+    assert done["status"] == "failed" and done["reason"] == "timed out after 0.5 s"
+    assert done["signal"] is None and done["exit_code"] is None  # corral's own signal
+    assert pid_gone(int(pidfile.read_text()))
+
+
+def test_kill_stubborn_process_and_grandchild(serve: Any, tmp_path: Path) -> None:
+    api = serve("--kill-grace", "1")
+    pids = tmp_path / "pids"
+    script = f'trap "" TERM; sleep 300 & echo $$ $! > {pids}; while :; do sleep 0.1; done'
+    w = api.submit(["sh", "-c", script])
+    wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+    started = time.monotonic()
+    r = api.http.delete(f"/v1/workloads/{w['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "killed"
+    procs = [int(p) for p in pids.read_text().split()]
+    time.sleep(0.5)
+    assert not all(pid_gone(p) for p in procs), "SIGTERM is ignored: alive until SIGKILL"
+    wait_until(lambda: all(pid_gone(p) for p in procs), timeout=5)
+    assert time.monotonic() - started < 1 + 2.5  # grace period plus slack
+    assert api.get(w["id"])["status"] == "killed"
+    assert [e["to_status"] for e in api.events(w["id"])] == ["pending", "running", "killed"]
+
+
+def test_kill_racing_exit_200_rounds(serve: Any) -> None:
+    """Each round kills a workload at a random moment around its natural exit."""
+    api = serve("--kill-grace", "1")
+    rng = random.Random(2026)
+
+    def one_round(delay: float) -> tuple[str, int]:
+        wid = api.submit(["sh", "-c", "echo $$; sleep 0.05"], resources={"cpus": 0})["id"]
+        api.wait(wid, {"running"} | TERMINAL)
+        time.sleep(delay)
+        return wid, api.http.delete(f"/v1/workloads/{wid}").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        rounds = list(pool.map(one_round, [rng.uniform(0, 0.1) for _ in range(200)]))
+    outcomes = {"killed": 0, "completed": 0}
+    for wid, answer in rounds:
+        final = api.wait(wid)
+        events = api.events(wid)
+        terminal = [e for e in events if e["to_status"] in TERMINAL]
+        assert len(terminal) == 1, events
+        assert terminal[0]["to_status"] == final["status"]
+        assert answer in (200, 409)
+        assert final["status"] == ("killed" if answer == 200 else "completed"), (final, answer)
+        outcomes[final["status"]] += 1
+    for wid, _ in rounds:
+        pid = int(wait_until(lambda w=wid: api.logs(w).strip()))  # type: ignore[misc]
+        wait_until(lambda p=pid: pid_gone(p), timeout=5)  # type: ignore[misc]
+    print(f"kill racing exit: {outcomes}")
+    assert outcomes["killed"] and outcomes["completed"], "both sides of the race were hit"
+
+
+def test_priority_then_fifo_under_a_full_machine(serve: Any) -> None:
+    api = serve("--cpus", "1")
+    blocker = api.submit(["sleep", "1"])
+    api.wait(blocker["id"], {"running"})
+    names = ["a0", "b5", "c0", "d5", "e9"]
+    ids = {n: api.submit(["true"], name=n, priority=int(n[1]))["id"] for n in names}
+    waiting = wait_until(lambda: api.get(ids["a0"])["reason"])
+    assert waiting == "waiting for 1 CPUs, 0 free"
+    assert api.get(ids["a0"])["status"] == "pending"
+    finals = {n: api.wait(wid) for n, wid in ids.items()}
+    order = sorted(names, key=lambda n: finals[n]["started_at"])
+    assert order == ["e9", "b5", "d5", "a0", "c0"]
+
+
+def test_gpus_are_exclusive_and_a_third_waits(serve: Any, tmp_path: Path) -> None:
+    api = serve("--gpus", "2")
+    flag = tmp_path / "go"
+    script = f"echo $CUDA_VISIBLE_DEVICES; while [ ! -e {flag} ]; do sleep 0.05; done"
+    one = api.submit(["sh", "-c", script], resources={"gpus": 1, "cpus": 0})
+    two = api.submit(["sh", "-c", script], resources={"gpus": 1, "cpus": 0})
+    three = api.submit(["sh", "-c", script], resources={"gpus": 1, "cpus": 0})
+    api.wait(one["id"], {"running"})
+    api.wait(two["id"], {"running"})
+    devices = {wait_until(lambda w=w: api.logs(w["id"]).strip()) for w in (one, two)}  # type: ignore[misc]
+    assert devices == {"0", "1"}
+    assert wait_until(
+        lambda: api.get(three["id"])["reason"]
+    ) == "waiting for 2 GPUs, 0 free".replace("2 GPUs", "1 GPUs")
+    assert api.get(three["id"])["status"] == "pending"
+    too_big = api.http.post("/v1/workloads", json={"command": ["true"], "resources": {"gpus": 3}})
+    assert too_big.status_code == 422 and "GPUs" in too_big.json()["detail"]
+    flag.touch()
+    for w in (one, two, three):
+        assert api.wait(w["id"])["status"] == "completed"
+    assert api.logs(three["id"]).strip() in {"0", "1"}
+    no_gpu = api.wait(api.submit(["sh", "-c", "echo [$CUDA_VISIBLE_DEVICES]"])["id"])
+    assert api.logs(no_gpu["id"]).strip() == "[]"
+
+
+def test_logs_complete_at_terminal_status(serve: Any) -> None:
+    api = serve()
+    script = "i=0; while [ $i -lt 20000 ]; do echo line $i; i=$((i+1)); done; echo done >&2"
+    w = api.submit(["sh", "-c", script])
+    api.wait(w["id"])
+    lines = api.logs(w["id"]).splitlines()
+    assert len(lines) == 20001 and lines[0] == "line 0" and lines[-1] == "done"
+    assert api.logs(w["id"], tail=3).splitlines() == ["line 19998", "line 19999", "done"]
+
+
+def test_logs_follow_streams_until_the_end(serve: Any) -> None:
+    api = serve()
+    w = api.submit(["sh", "-c", "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"])
+    received: list[tuple[float, bytes]] = []
+    start = time.monotonic()
+    with api.http.stream("GET", f"/v1/workloads/{w['id']}/logs", params={"follow": "true"}) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_bytes():
+            received.append((time.monotonic() - start, chunk))
+    text = b"".join(c for _, c in received).decode()
+    assert text.splitlines() == [f"tick {i}" for i in range(1, 6)]
+    assert received[0][0] < 0.8, "the first line arrives while the workload runs"
+    assert api.get(w["id"])["status"] == "completed"
+
+
+def test_logs_follow_with_tail_of_a_finished_workload(serve: Any) -> None:
+    api = serve()
+    w = api.wait(api.submit(["sh", "-c", "seq 1 10"])["id"])
+    r = api.http.get(f"/v1/workloads/{w['id']}/logs", params={"follow": "true", "tail": 2})
+    assert r.text == "9\n10\n"
+
+
+def test_restart_readopts_running_workloads(serve: Any, tmp_path: Path) -> None:
+    api = serve("--kill-grace", "1")
+    first = serve.servers[0]
+    flag = tmp_path / "go"
+    finisher = api.submit(["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.05; done; exit 7"])
+    sleeper = api.submit(["sleep", "300"])
+    api.wait(finisher["id"], {"running"})
+    api.wait(sleeper["id"], {"running"})
+    first.kill(signal.SIGKILL)
+    flag.touch()  # the workload ends while no server runs
+    time.sleep(0.3)
+    api = serve("--kill-grace", "1", port=first.port)
+    done = api.wait(finisher["id"])
+    assert done["status"] == "failed" and done["exit_code"] == 7
+    assert api.get(sleeper["id"])["status"] == "running"
+    pid = _workload_pid(tmp_path / "data", sleeper["id"])
+    assert api.http.delete(f"/v1/workloads/{sleeper['id']}").status_code == 200
+    wait_until(lambda: pid_gone(pid), timeout=5)
+
+
+def test_restart_follows_a_workload_that_ends_later(serve: Any, tmp_path: Path) -> None:
+    api = serve()
+    first = serve.servers[0]
+    flag = tmp_path / "go"
+    w = api.submit(["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.05; done; exit 4"])
+    api.wait(w["id"], {"running"})
+    first.kill(signal.SIGKILL)
+    api = serve(port=first.port)
+    assert api.get(w["id"])["status"] == "running"
+    flag.touch()  # ends only now, under the restarted server
+    done = api.wait(w["id"])
+    assert done["status"] == "failed" and done["exit_code"] == 4
+
+
+def test_lost_workload_fails_and_leaves_no_process(serve: Any, tmp_path: Path) -> None:
+    api = serve()
+    first = serve.servers[0]
+    w = api.submit(["sleep", "300"])
+    api.wait(w["id"], {"running"})
+    state = tmp_path / "data" / "run" / w["id"]
+    pid = _workload_pid(tmp_path / "data", w["id"])
+    shim_pid = int((state / "shim").read_text().split()[0])
+    first.kill(signal.SIGKILL)
+    os.kill(shim_pid, signal.SIGKILL)  # its watcher dies too: nothing records the exit
+    api = serve(port=first.port)
+    lost = api.wait(w["id"])
+    assert lost["status"] == "failed" and lost["reason"].startswith("lost: ")
+    wait_until(lambda: pid_gone(pid), timeout=5)
+
+
+def test_many_concurrent_sleeps_do_not_stall_the_api(serve: Any, tmp_path: Path) -> None:
+    api = serve("--kill-grace", "1")
+    n = 1000
+    ids = [api.submit(["sleep", "300"], resources={"cpus": 0})["id"] for _ in range(n)]
+    slowest = 0.0
+    stop = threading.Event()
+
+    def probe() -> None:
+        nonlocal slowest
+        with httpx.Client(base_url=api.http.base_url, timeout=30) as client:
+            while not stop.is_set():
+                t = time.monotonic()
+                assert client.get("/healthz").status_code == 200
+                slowest = max(slowest, time.monotonic() - t)
+                time.sleep(0.01)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        wait_until(
+            lambda: (
+                len(
+                    api.http.get(
+                        "/v1/workloads", params={"status": "running", "limit": 1000}
+                    ).json()["items"]
+                )
+                == n
+            ),
+            timeout=60,
+        )
+    finally:
+        stop.set()
+        prober.join()
+    server_pid = serve.servers[0].proc.pid
+    rss_kb = _rss_kb(server_pid)
+    shims = [int((tmp_path / "data" / "run" / w / "shim").read_text().split()[0]) for w in ids]
+    shim_pss_kb = sum(_pss_kb(p) for p in shims)
+    print(
+        f"{n} sleeps: server RSS {rss_kb / 1024:.0f} MB, shims PSS {shim_pss_kb / 1024:.0f} MB,"
+        f" slowest /healthz {slowest * 1000:.0f} ms"
+    )
+    assert slowest < 2.0, "the API stalled"
+    pids = [_workload_pid(tmp_path / "data", w) for w in ids]
+    for wid in ids:
+        assert api.http.delete(f"/v1/workloads/{wid}").status_code == 200
+    wait_until(lambda: all(pid_gone(p) for p in pids), timeout=30)
+
+
+def _workload_pid(data_dir: Path, wid: str) -> int:
+    pidfile = data_dir / "run" / wid / "pid"
+    return int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()))
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except FileNotFoundError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
