@@ -339,14 +339,16 @@ class SQLiteStore:
             # Every workload has its 'created' event, so no rows means no workload.
             raise NotFoundError(workload_id)
         return [
-            Event.model_construct(
-                seq=r[0],
-                type=r[1],
-                from_status=None if r[2] is None else Status(r[2]),
-                to_status=Status(r[3]),
-                at=r[4],
-                reason=r[5],
-                actor=r[6],
+            Event.model_validate(
+                {
+                    "seq": r[0],
+                    "type": r[1],
+                    "from_status": r[2],
+                    "to_status": r[3],
+                    "at": r[4],
+                    "reason": r[5],
+                    "actor": r[6],
+                }
             )
             for r in rows
         ]
