@@ -88,6 +88,62 @@ def _row_to_workload(row: Sequence[Any]) -> Workload:
     )
 
 
+_HAS_LABEL = (
+    " AND EXISTS (SELECT 1 FROM workload_labels AS l"
+    " WHERE l.key = ? AND l.value = ? AND l.workload_id = w.id)"
+)
+
+
+def list_query(
+    *,
+    statuses: Sequence[Status],
+    labels: Sequence[tuple[str, str]],
+    cursor: str | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The SQL of ``list_workloads``, shaped so that SQLite walks an index in id order
+    and stops after ``limit`` matches, whatever the table's size:
+
+    - with statuses: one ``(status, id)`` index walk per status, each checking labels
+      by primary-key probes, merged by ``UNION ALL … ORDER BY id DESC``;
+    - with labels only: a walk of the first label's ``(key, value, workload_id)`` index;
+    - with neither: a walk of the primary key.
+
+    A ``status IN (…) ORDER BY id`` over one index would instead sort every matching
+    row (250 ms at 10^6 rows). The slow case left: a label that is rare within a
+    common status makes that status's walk long.
+    """
+    cols = ", ".join(f"w.{c.strip()}" for c in _COLUMNS.split(","))
+    after = " AND w.id < ?" if cursor is not None else ""
+    label_params = [x for pair in labels for x in pair]
+    if statuses:
+        parts, params = [], []
+        for status in dict.fromkeys(Status(s).value for s in statuses):
+            parts.append(
+                f"SELECT * FROM (SELECT {cols} FROM workloads AS w WHERE w.status = ?{after}"
+                + _HAS_LABEL * len(labels)
+                + " ORDER BY w.id DESC LIMIT ?)"
+            )
+            params += [status, *([cursor] if cursor else []), *label_params, limit]
+        return " UNION ALL ".join(parts) + " ORDER BY id DESC LIMIT ?", [*params, limit]
+    if labels:
+        (key, value), rest = labels[0], labels[1:]
+        sql = (
+            f"SELECT {cols} FROM workload_labels AS first CROSS JOIN workloads AS w"
+            " ON w.id = first.workload_id WHERE first.key = ? AND first.value = ?"
+            + after.replace("w.id", "first.workload_id")
+            + _HAS_LABEL * len(rest)
+            + " ORDER BY first.workload_id DESC LIMIT ?"
+        )
+        rest_params = [x for pair in rest for x in pair]
+        return sql, [key, value, *([cursor] if cursor else []), *rest_params, limit]
+    where = " WHERE w.id < ?" if cursor is not None else ""
+    return f"SELECT {cols} FROM workloads AS w{where} ORDER BY w.id DESC LIMIT ?", [
+        *([cursor] if cursor else []),
+        limit,
+    ]
+
+
 def spec_digest(spec: WorkloadCreate) -> str:
     """A digest of the spec's meaning (defaults filled in), for idempotency checks."""
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
@@ -305,24 +361,7 @@ class SQLiteStore:
             raise InvalidInputError(f"limit must be between 1 and {LIST_LIMIT_MAX}")
         if cursor is not None and not looks_like_id(cursor):
             raise InvalidInputError(f"cursor {cursor!r} is not one returned by this API")
-        where: list[str] = []
-        params: list[Any] = []
-        if statuses:
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params.extend(Status(s).value for s in statuses)
-        for key, value in labels:
-            where.append(
-                "id IN (SELECT workload_id FROM workload_labels WHERE key = ? AND value = ?)"
-            )
-            params.extend((key, value))
-        if cursor is not None:
-            where.append("id < ?")
-            params.append(cursor)
-        sql = f"SELECT {_COLUMNS} FROM workloads"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        params.append(limit + 1)
+        sql, params = list_query(statuses=statuses, labels=labels, cursor=cursor, limit=limit + 1)
         rows = self._conn().execute(sql, params).fetchall()
         items = [_row_to_workload(r) for r in rows[:limit]]
         next_cursor = items[-1].id if len(rows) > limit else None
