@@ -1,0 +1,96 @@
+"""``transition_ps``: ``SQLiteStore.update_workload_status`` calls per second, in process.
+
+Bound: raw ``sqlite3`` on an identically migrated and filled database, with the same
+pragmas, doing only what a transition must: ``BEGIN IMMEDIATE``, the conditional
+``UPDATE``, the event ``INSERT``, ``COMMIT``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from bench.common import Metric, fresh_dir
+from corral.ids import now_rfc3339
+from corral.model import Status, WorkloadCreate
+from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+
+SPEC = WorkloadCreate.model_validate(
+    {
+        "name": "step",
+        "command": ["python3", "step.py", "--shard", "7"],
+        "env": {"RUN_MODE": "bench"},
+        "labels": {"team": "ml", "app": "trainer"},
+    }
+)
+
+
+def _filled_store(path: Path, n: int) -> tuple[SQLiteStore, list[str]]:
+    store = SQLiteStore(path)
+    ids = [store.create_workload(SPEC, actor="bench")[0].id for _ in range(n)]
+    return store, ids
+
+
+BLOCK = 1_000
+
+
+def _raw_conn(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+_UPDATE = "UPDATE workloads SET status = ?, updated_at = ? WHERE id = ? AND status = ?"
+_EVENT = (
+    "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
+    " VALUES (?, 2, 'transition', 'pending', 'running', ?, NULL, 'bench')"
+)
+
+
+def corral_block(store: SQLiteStore, ids: list[str]) -> float:
+    """Seconds for pending→running of ``ids`` through the store."""
+    start = time.perf_counter()
+    for wid in ids:
+        store.update_workload_status(wid, Status.RUNNING, actor="bench")
+    return time.perf_counter() - start
+
+
+def raw_block(conn: sqlite3.Connection, ids: list[str]) -> float:
+    """Seconds for the same transitions in plain ``sqlite3``."""
+    start = time.perf_counter()
+    for wid in ids:
+        now = now_rfc3339()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_UPDATE, ("running", now, wid, "pending"))
+        conn.execute(_EVENT, (wid, now))
+        conn.execute("COMMIT")
+    return time.perf_counter() - start
+
+
+def run(quick: bool, only: set[str]) -> dict[str, Metric]:
+    n = 3_000 if quick else 30_000
+    raw_store, raw_ids = _filled_store(fresh_dir("raw") / "corral.db", n)
+    raw_store.close()
+    conn = _raw_conn(raw_store.path)
+    store, ids = _filled_store(fresh_dir("store") / "corral.db", n)
+    raw_s = ours_s = 0.0
+    try:  # alternate blocks, so a noisy neighbour slows both alike
+        for i in range(0, n, BLOCK):
+            raw_s += raw_block(conn, raw_ids[i : i + BLOCK])
+            ours_s += corral_block(store, ids[i : i + BLOCK])
+    finally:
+        conn.close()
+        store.close()
+    ours, raw = n / ours_s, n / raw_s
+    detail = {
+        "transitions": n,
+        "seconds": round(ours_s, 3),
+        "raw_seconds": round(raw_s, 3),
+        "us_per_transition": round(1e6 / ours, 1),
+        "raw_us_per_transition": round(1e6 / raw, 1),
+    }
+    return {"transition_ps": Metric(ours, "tx/s", raw, "raw_sqlite_ps", 0, detail)}
