@@ -234,3 +234,22 @@ def test_openapi_lists_every_response_code(api: SyncASGIClient) -> None:
     body = doc["paths"]["/v1/workloads"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/WorkloadCreate")
     assert "WorkloadCreate" in doc["components"]["schemas"]
+
+
+def test_concurrent_creates_share_a_batch_and_each_gets_its_own_answer(
+    api: SyncASGIClient,
+) -> None:
+    import asyncio
+
+    async def burst() -> list[object]:
+        client = api._client
+        bodies = [{"command": ["true"], "name": f"n{i}"} for i in range(20)]
+        bodies[7] = {"command": ["true"], "resources": {"gpus": -1}}  # invalid: 422
+        return list(await asyncio.gather(*(client.post("/v1/workloads", json=b) for b in bodies)))
+
+    responses = api._loop.run_until_complete(burst())
+    codes = [r.status_code for r in responses]  # type: ignore[attr-defined]
+    assert codes.count(201) == 19 and codes[7] == 422
+    names = {r.json()["name"] for r in responses if r.status_code == 201}  # type: ignore[attr-defined]
+    assert names == {f"n{i}" for i in range(20)} - {"n7"}
+    assert len({r.json()["id"] for r in responses if r.status_code == 201}) == 19  # type: ignore[attr-defined]

@@ -180,3 +180,26 @@ def test_limit_and_cursor_are_checked(store: Store) -> None:
         store.list_workloads(limit=0)
     with pytest.raises(InvalidInputError):
         store.list_workloads(cursor="not-a-cursor")
+
+
+def test_create_workloads_is_atomic_per_item(store: Store) -> None:
+    from corral.store.base import NewWorkload
+
+    store.create_workload(SPEC, idempotency_key="taken")
+    results = store.create_workloads(
+        [
+            NewWorkload(WorkloadCreate(command=["a"])),
+            NewWorkload(WorkloadCreate(command=["other"]), idempotency_key="taken"),
+            NewWorkload(WorkloadCreate(command=["b"]), idempotency_key="fresh"),
+            NewWorkload(WorkloadCreate(command=["b"]), idempotency_key="fresh"),
+        ]
+    )
+    assert isinstance(results[1], IdempotencyKeyReusedError)
+    first, second, third = results[0], results[2], results[3]
+    assert not isinstance(first, Exception) and not isinstance(second, Exception)
+    assert not isinstance(third, Exception)
+    assert first[1] is False and second[1] is False
+    assert third == (second[0], True)  # the same key later in the batch replays
+    stored = {w.command[0] for w in store.list_workloads(limit=10).items}
+    assert stored == {"true", "a", "b"}
+    assert len(store.list_events(first[0].id)) == 1

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
-from datetime import UTC, datetime
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 ID_LENGTH = 26
+_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 _lock = threading.Lock()
 _last = 0
 
@@ -25,11 +26,7 @@ def new_id() -> str:
         if value <= _last:
             value = _last + 1
         _last = value
-    chars = []
-    for _ in range(ID_LENGTH):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return base64.b32encode(value.to_bytes(20)).translate(_FROM_RFC4648)[-ID_LENGTH:].decode()
 
 
 def looks_like_id(text: str) -> bool:
@@ -37,6 +34,14 @@ def looks_like_id(text: str) -> bool:
     return len(text) == ID_LENGTH and all(c in _ALPHABET for c in text)
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def now_rfc3339() -> str:
-    """The current UTC time, e.g. ``2026-11-28T15:18:27.123456Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The current UTC time, e.g. ``2026-11-28T15:18:27.123456Z`` (the formatted
+    second is cached: this runs several times per request)."""
+    global _second
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    if seconds != _second[0]:
+        _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{_second[1]}.{micros:06d}Z"

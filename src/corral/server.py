@@ -39,7 +39,7 @@ def serve(settings: Settings) -> None:
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     executor = _executor(settings)
-    store = open_store(settings.db_url)
+    store = open_store(settings.db_url, server=True)
     scheduler = Scheduler(store, executor)
     app = create_app(
         store,

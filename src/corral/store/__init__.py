@@ -10,12 +10,13 @@ from corral.store.base import Page, Store
 from corral.store.errors import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
 
 
-def open_store(url: str) -> Store:
-    """Open (and migrate to the latest schema) the store at ``url``."""
+def open_store(url: str, *, server: bool = False) -> Store:
+    """Open (and migrate to the latest schema) the store at ``url``; ``server``: tuned
+    for a long-lived server process (e.g. SQLite checkpoints in a background thread)."""
     if url.startswith("sqlite:///"):
         from corral.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"))
+        return SQLiteStore(url.removeprefix("sqlite:///"), background_checkpoints=server)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH")
 
 

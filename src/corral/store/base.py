@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from corral.errors import CorralError
 from corral.model import Event, Status, Workload, WorkloadCreate
 
 LIST_LIMIT_MAX = 1000
@@ -17,6 +18,19 @@ class Page:
 
     items: list[Workload]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewWorkload:
+    """One item of ``Store.create_workloads``."""
+
+    spec: WorkloadCreate
+    idempotency_key: str | None = None
+    actor: str | None = None
+
+
+Created = tuple[Workload, bool]
+"""A workload and whether it was replayed for an idempotency key."""
 
 
 class Store(Protocol):
@@ -36,13 +50,19 @@ class Store(Protocol):
         *,
         idempotency_key: str | None = None,
         actor: str | None = None,
-    ) -> tuple[Workload, bool]:
+    ) -> Created:
         """Store a new pending workload and its ``created`` event, atomically.
 
         With ``idempotency_key``, a key already stored with the same spec returns the
         original workload and ``True`` (replayed) instead of creating another; with a
         different spec it raises ``IdempotencyKeyReusedError``.
         """
+        ...
+
+    def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+        """``create_workload`` for several, in one transaction (a group commit). Each
+        item is atomic on its own: an item's domain error takes its place in the result
+        and the others are still stored."""
         ...
 
     def get_workload(self, workload_id: str) -> Workload:
