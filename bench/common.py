@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from corral.executors.local import find_shims, is_alive
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("CORRAL_BENCH_CACHE", "/tmp/corral-bench-cache"))
 PYTHON = sys.executable
@@ -158,16 +160,16 @@ def kill_leftover_workloads(data_dir: Path) -> None:
     if not run.is_dir():
         return
     killed = []
-    for state in run.iterdir():
-        for name in ("pid", "shim"):
-            pid = read_first_int(state / name)
-            if pid and not pid_gone(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    if name == "pid":
-                        os.killpg(pid, signal.SIGKILL)
-                    else:
-                        os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
+    for shim in find_shims(run).values():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(shim, signal.SIGKILL)
+            killed.append(shim)
+    for pidfile in run.glob("*.pid"):
+        pid = read_first_int(pidfile)
+        if pid and not pid_gone(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+                killed.append(pid)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not all(pid_gone(p) for p in killed):
         time.sleep(0.01)
@@ -211,12 +213,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 def pid_gone(pid: int) -> bool:
     """True when ``pid`` has exited; a zombie counts as gone (PID 1 here does not reap)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return raw[raw.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
+    return not is_alive(pid)
 
 
 def proc_kb(pid: int, key: str, file: str = "status") -> int:

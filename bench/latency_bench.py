@@ -111,7 +111,7 @@ def kill_latencies(srv: Server, n: int) -> tuple[list[float], list[float]]:
     try:
         for _ in range(n):
             wid = _post(conn, body)["id"]
-            pid_file = srv.data_dir / "run" / wid / "pid"
+            pid_file = srv.data_dir / "run" / f"{wid}.pid"
             pid = wait_until(functools.partial(read_first_int, pid_file), 30, 0.001)
             wait_until(functools.partial(_sleep_started, pid), 30, 0.001)
             time.sleep(0.01)

@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.common import Metric, Server, pid_gone, proc_kb, read_first_int, request, wait_until
 from bench.process_bench import local_server
+from corral.executors.local import find_shims
 
 
 def _submit(port: int, n: int) -> list[str]:
@@ -40,13 +41,11 @@ def _all_running(srv: Server, ids: list[str]) -> list[int] | None:
     status, page = request(srv.port, "GET", "/v1/workloads?status=running&limit=1000")
     if status != 200 or len(page["items"]) < len(ids):
         return None
-    shims = []
-    for wid in ids:
-        shim = read_first_int(srv.data_dir / "run" / wid / "shim")
-        if not shim or not read_first_int(srv.data_dir / "run" / wid / "pid"):
-            return None
-        shims.append(shim)
-    return shims
+    run = srv.data_dir / "run"
+    if not all(read_first_int(run / f"{wid}.pid") for wid in ids):
+        return None
+    shims = find_shims(run)
+    return [shims[wid] for wid in ids] if all(wid in shims for wid in ids) else None
 
 
 def _kill_all(srv: Server, ids: list[str], shims: list[int]) -> None:

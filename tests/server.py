@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import httpx
 
+from corral.executors.local import is_alive
+
 T = TypeVar("T")
 
 
@@ -87,10 +89,5 @@ def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: floa
 
 
 def pid_gone(pid: int) -> bool:
-    """True when ``pid`` has exited. A zombie counts as gone: PID 1 here does not reap."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return True
-    return raw[raw.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
+    """True when ``pid`` has exited; a zombie counts as gone (PID 1 here does not reap)."""
+    return not is_alive(pid)

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from corral.executors.local import find_shims
 from tests.server import LiveServer, pid_gone, wait_until
 
 TERMINAL = {"completed", "failed", "killed"}
@@ -266,9 +267,8 @@ def test_lost_workload_fails_and_leaves_no_process(serve: Any, tmp_path: Path) -
     first = serve.servers[0]
     w = api.submit(["sleep", "300"])
     api.wait(w["id"], {"running"})
-    state = tmp_path / "data" / "run" / w["id"]
     pid = _workload_pid(tmp_path / "data", w["id"])
-    shim_pid = int((state / "shim").read_text().split()[0])
+    shim_pid = find_shims(tmp_path / "data" / "run")[w["id"]]
     first.kill(signal.SIGKILL)
     os.kill(shim_pid, signal.SIGKILL)  # its watcher dies too: nothing records the exit
     api = serve(port=first.port)
@@ -312,7 +312,8 @@ def test_many_concurrent_sleeps_do_not_stall_the_api(serve: Any, tmp_path: Path)
         prober.join()
     server_pid = serve.servers[0].proc.pid
     rss_kb = _rss_kb(server_pid)
-    shims = [int((tmp_path / "data" / "run" / w / "shim").read_text().split()[0]) for w in ids]
+    shims = list(find_shims(tmp_path / "data" / "run").values())
+    assert len(shims) == n
     shim_pss_kb = sum(_pss_kb(p) for p in shims)
     print(
         f"{n} sleeps: server RSS {rss_kb / 1024:.0f} MB, shims PSS {shim_pss_kb / 1024:.0f} MB,"
@@ -326,7 +327,7 @@ def test_many_concurrent_sleeps_do_not_stall_the_api(serve: Any, tmp_path: Path)
 
 
 def _workload_pid(data_dir: Path, wid: str) -> int:
-    pidfile = data_dir / "run" / wid / "pid"
+    pidfile = data_dir / "run" / f"{wid}.pid"
     return int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()))
 
 

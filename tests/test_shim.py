@@ -25,6 +25,7 @@ from corral.executors.shim import (
     read_pid,
     read_status,
     shim_argv,
+    state_file,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -116,8 +117,8 @@ def start(shim: Path, tmp_path: Path) -> Iterator[Callable[..., Run]]:
         env: dict[str, str] | None = None,
         raw_args: Sequence[str] | None = None,
     ) -> Run:
-        state = tmp_path / f"state{len(runs)}"
-        state.mkdir()
+        (tmp_path / f"run{len(runs)}").mkdir()
+        state = tmp_path / f"run{len(runs)}" / "w"
         log = tmp_path / f"log{len(runs)}"
         args = shim_argv(shim, state, grace, cwd, argv) if raw_args is None else [str(shim)]
         pid = os.posix_spawn(
@@ -155,7 +156,7 @@ def test_exit_status_is_recorded(
     run = start(argv)
     assert run.wait() == expected
     assert is_gone(run.pid())
-    assert sorted(p.name for p in run.state.iterdir()) == ["pid", "status"]
+    assert sorted(p.name for p in run.state.parent.iterdir()) == ["w.pid", "w.status"]
 
 
 @pytest.mark.parametrize("program", ["/nonexistent/program", "corral-no-such-program"])
@@ -272,7 +273,7 @@ def test_bad_arguments_exit_2(start: Callable[..., Run], args: list[str]) -> Non
     run = start([], raw_args=args)
     assert run.exit_code() == 2
     assert "usage: corral-shim" in run.log.read_text()
-    assert not (run.state / "status").exists()
+    assert not state_file(run.state, "status").exists()
 
 
 def test_shim_source_compiles_without_warnings(tmp_path: Path) -> None:
@@ -301,15 +302,15 @@ def test_ensure_shim_without_a_working_compiler(
 
 
 def test_state_files_are_read_strictly(tmp_path: Path) -> None:
-    assert read_status(tmp_path) is None
-    assert read_pid(tmp_path) is None
-    (tmp_path / "status").write_text("signal 15\n")
-    (tmp_path / "pid").write_text("1234\n")
-    assert read_status(tmp_path) == ShimStatus("signal", 15)
-    assert read_pid(tmp_path) == 1234
-    (tmp_path / "status").write_text("exited 0\n")
-    (tmp_path / "pid").write_text("12x\n")
+    assert read_status(tmp_path / "w") is None
+    assert read_pid(tmp_path / "w") is None
+    (tmp_path / "w.status").write_text("signal 15\n")
+    (tmp_path / "w.pid").write_text("1234\n")
+    assert read_status(tmp_path / "w") == ShimStatus("signal", 15)
+    assert read_pid(tmp_path / "w") == 1234
+    (tmp_path / "w.status").write_text("exited 0\n")
+    (tmp_path / "w.pid").write_text("12x\n")
     with pytest.raises(ValueError):
-        read_status(tmp_path)
+        read_status(tmp_path / "w")
     with pytest.raises(ValueError):
-        read_pid(tmp_path)
+        read_pid(tmp_path / "w")

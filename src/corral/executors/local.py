@@ -10,9 +10,12 @@ a restarted server re-adopts running workloads and still learns their exit codes
 Exits are noticed without threads or polling: each shim has a pidfd registered with
 the event loop, readable the moment the shim exits (whoever its parent is by then).
 
-Files in ``<data>/run/<id>/``: ``shim`` ("<pid> <start time>", written by the server
-right after the spawn), ``devices`` (GPU indices), and the shim's ``pid`` and
-``status``. The directory is removed once the scheduler has recorded the outcome.
+Files in ``<data>/run/``, per workload: ``<id>.pid`` and ``<id>.status`` (written by
+the shim) and ``<id>.devices`` (GPU indices, by the server); removed once the
+scheduler has recorded the outcome. Nothing else is written per launch: the launch
+path is the executor's hot path, and every file operation showed in its profile. A
+restarted server finds live shims by their command line (``/proc/*/cmdline`` names
+the shim binary and the workload's state path), which also rules out reused pids.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.executors.base import Capacity, OnExit, Outcome, SpawnError
-from corral.executors.shim import ensure_shim, read_pid, read_status, shim_argv
+from corral.executors.shim import ensure_shim, read_pid, read_status, shim_argv, state_file
 from corral.logs import log_path
 from corral.model import Workload
 
@@ -38,13 +41,14 @@ log = logging.getLogger(__name__)
 BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 """Copied from the server's environment; everything else comes from the workload."""
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+SHIM_NAME = "corral-shim"
 
 
 @dataclass(slots=True)
 class _Proc:
     shim_pid: int
     pidfd: int
-    state_dir: Path
+    state: Path
     is_child: bool
 
 
@@ -113,6 +117,7 @@ class LocalExecutor:
         self.run_dir = data_dir / "run"
         self.shim = ensure_shim(data_dir / "bin")
         self._procs: dict[str, _Proc] = {}
+        self._shims: dict[str, int] | None = None  # found at the first adopt()
         self._on_exit: OnExit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
@@ -131,15 +136,14 @@ class LocalExecutor:
     # --- launch -------------------------------------------------------------------
 
     def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> None:
-        state_dir = self.run_dir / workload.id
-        state_dir.mkdir(exist_ok=True)
+        state = self.run_dir / workload.id
         if gpu_devices:
-            (state_dir / "devices").write_text(",".join(map(str, gpu_devices)))
+            state_file(state, "devices").write_text(",".join(map(str, gpu_devices)))
         env = {**self._base_env, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
         if self.capacity.gpus or gpu_devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_devices))
         cwd = Path(workload.cwd) if workload.cwd else None
-        argv = shim_argv(self.shim, state_dir, self.kill_grace_seconds, cwd, workload.command)
+        argv = shim_argv(self.shim, state, self.kill_grace_seconds, cwd, workload.command)
         log_fd = os.open(
             log_path(self.data_dir, workload.id),
             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
@@ -161,14 +165,12 @@ class LocalExecutor:
             raise SpawnError(exc.strerror if isinstance(exc, OSError) else str(exc)) from None
         finally:
             os.close(log_fd)
-        info = proc_info(pid)
-        (state_dir / "shim").write_text(f"{pid} {info.start_time if info else 0}\n")
-        self._watch(workload.id, pid, state_dir, is_child=True)
+        self._watch(workload.id, pid, state, is_child=True)
 
-    def _watch(self, workload_id: str, pid: int, state_dir: Path, *, is_child: bool) -> None:
+    def _watch(self, workload_id: str, pid: int, state: Path, *, is_child: bool) -> None:
         assert self._loop is not None, "start() first"
         pidfd = os.pidfd_open(pid)
-        self._procs[workload_id] = _Proc(pid, pidfd, state_dir, is_child)
+        self._procs[workload_id] = _Proc(pid, pidfd, state, is_child)
         self._loop.add_reader(pidfd, self._exited, workload_id)
 
     def _exited(self, workload_id: str) -> None:
@@ -179,20 +181,18 @@ class LocalExecutor:
         if proc.is_child:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(proc.shim_pid, os.WNOHANG)
-        self._report(self._outcome(workload_id, proc.state_dir, proc.shim_pid))
+        self._report(self._outcome(workload_id, proc.state, f"(pid {proc.shim_pid}) died"))
 
-    def _outcome(self, workload_id: str, state_dir: Path, shim_pid: int) -> Outcome:
+    def _outcome(self, workload_id: str, state: Path, watcher: str) -> Outcome:
         try:
-            status = read_status(state_dir)
+            status = read_status(state)
         except ValueError as exc:
             status, problem = None, str(exc)
         else:
             problem = "it recorded no exit status"
         if status is None:
-            self._kill_orphaned_group(state_dir, shim_pid)
-            return Outcome(
-                workload_id, lost=f"its process watcher (pid {shim_pid}) died; {problem}"
-            )
+            self._kill_orphaned_group(workload_id, state)
+            return Outcome(workload_id, lost=f"its process watcher {watcher}; {problem}")
         if status.kind == "exit":
             return Outcome(workload_id, exit_code=status.value)
         if status.kind == "signal":
@@ -207,21 +207,21 @@ class LocalExecutor:
 
     def adopt(self, workload: Workload) -> list[int] | None:
         """See ``Executor.adopt``; outcomes found now are reported on the next loop turn."""
-        state_dir = self.run_dir / workload.id
-        devices = _read_devices(state_dir)
-        if not state_dir.is_dir():
-            self._report_soon(
-                Outcome(workload.id, lost="the server stopped before its process started")
-            )
-            return None
-        shim_pid, start_time = _read_shim(state_dir)
-        if shim_pid and is_alive(shim_pid, start_time):
+        if self._shims is None:
+            self._shims = find_shims(self.run_dir)
+        state = self.run_dir / workload.id
+        shim_pid = self._shims.pop(workload.id, None)
+        if shim_pid is not None:
             try:
-                self._watch(workload.id, shim_pid, state_dir, is_child=False)
-                return devices
+                self._watch(workload.id, shim_pid, state, is_child=False)
+                return _read_devices(state)
             except ProcessLookupError:
                 pass  # exited just now: its status (if any) is on disk
-        self._report_soon(self._outcome(workload.id, state_dir, shim_pid))
+        if not state_file(state, "pid").exists() and not state_file(state, "status").exists():
+            why = "the server stopped before its process started"
+            self._report_soon(Outcome(workload.id, lost=why))
+            return None
+        self._report_soon(self._outcome(workload.id, state, "is gone"))
         return None
 
     def _report_soon(self, outcome: Outcome) -> None:
@@ -236,8 +236,11 @@ class LocalExecutor:
             os.kill(proc.shim_pid, signal.SIGTERM)
 
     def forget(self, workload_id: str) -> None:
-        """The outcome is recorded: remove the workload's state directory."""
-        shutil.rmtree(self.run_dir / workload_id, ignore_errors=True)
+        """The outcome is recorded: remove the workload's state files."""
+        state = self.run_dir / workload_id
+        for name in ("status", "pid", "devices"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(state_file(state, name))
 
     def close(self) -> None:
         for proc in self._procs.values():
@@ -246,31 +249,51 @@ class LocalExecutor:
             os.close(proc.pidfd)
         self._procs.clear()
 
-    def _kill_orphaned_group(self, state_dir: Path, shim_pid: int) -> None:
+    def _kill_orphaned_group(self, workload_id: str, state: Path) -> None:
         """Without its shim, nothing would stop the workload: SIGKILL its group, if the
-        group is still the one the shim started (same session)."""
+        group leader is still this workload's process (its environment says so)."""
         try:
-            pgid = read_pid(state_dir)
+            pgid = read_pid(state)
         except ValueError:
             return
-        info = proc_info(pgid) if pgid else None
-        if pgid and info is not None and info.session == shim_pid:
+        if pgid and _is_workload_process(pgid, workload_id):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            log.warning("killed the orphaned process group %d of a dead shim", pgid)
+            log.warning("killed the orphaned process group %d of workload %s", pgid, workload_id)
 
 
-def _read_shim(state_dir: Path) -> tuple[int, int | None]:
+def find_shims(run_dir: Path) -> dict[str, int]:
+    """Live shims of this data directory (any build of the shim), by workload id: one
+    pass over ``/proc``."""
+    found: dict[str, int] = {}
+    prefix = str(run_dir) + "/"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and Path(argv[0].decode(errors="replace")).name.startswith(SHIM_NAME):
+            state = argv[1].decode(errors="replace")
+            if state.startswith(prefix) and is_alive(int(entry)):
+                found[state.removeprefix(prefix)] = int(entry)
+    return found
+
+
+def _is_workload_process(pid: int, workload_id: str) -> bool:
     try:
-        pid, start = (state_dir / "shim").read_text().split()
-        return int(pid), int(start) or None
-    except (FileNotFoundError, ValueError):
-        return 0, None
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return False
+    return f"CORRAL_WORKLOAD_ID={workload_id}".encode() in environ and is_alive(pid)
 
 
-def _read_devices(state_dir: Path) -> list[int]:
+def _read_devices(state: Path) -> list[int]:
     try:
-        text = (state_dir / "devices").read_text().strip()
+        text = state_file(state, "devices").read_text().strip()
     except FileNotFoundError:
         return []
     return [int(d) for d in text.split(",") if d]

@@ -2,7 +2,7 @@
  * corral-shim: a tiny per-workload watcher (like conmon or containerd-shim). It runs
  * one workload, outlives the corral server, and records how the workload ended.
  *
- *   corral-shim STATE_DIR GRACE_SECONDS CWD -- PROGRAM [ARG...]
+ *   corral-shim STATE GRACE_SECONDS CWD -- PROGRAM [ARG...]
  *
  * Protocol with the server:
  *   - The server starts the shim as a session leader (setsid), stdin /dev/null, stdout
@@ -11,8 +11,9 @@
  *   - The shim is a child subreaper: orphaned descendants of the workload become its
  *     children and it reaps them. The workload runs in its own process group, whose id
  *     is the workload's pid, in CWD (or in the shim's directory when CWD is "").
- *   - STATE_DIR/pid     "<workload pid>\n", written right after the fork.
- *   - STATE_DIR/status  written exactly once, as the shim's last act:
+ *   - STATE.pid         "<workload pid>\n", written right after the fork (STATE is a
+ *                       path prefix, e.g. DATA/run/<workload id>).
+ *   - STATE.status      written exactly once, as the shim's last act:
  *                         "exit N\n"    the workload exited with code N
  *                         "signal N\n"  the workload was killed by signal N
  *                         "spawn E\n"   never started: pipe, fork, chdir or exec failed, errno E
@@ -64,11 +65,11 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Atomically sets STATE_DIR/NAME to LINE: writes NAME.tmp, then renames it. */
+/* Atomically sets STATE.NAME to LINE: writes NAME.tmp, then renames it. */
 static int write_state(const char *name, const char *line)
 {
     char path[4096], tmp[4096];
-    if (snprintf(path, sizeof path, "%s/%s", state_dir, name) >= (int)sizeof path ||
+    if (snprintf(path, sizeof path, "%s.%s", state_dir, name) >= (int)sizeof path ||
         snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
         say("state path too long: ", path);
         return -1;
@@ -89,7 +90,7 @@ static int write_state(const char *name, const char *line)
     return 0;
 }
 
-/* Writes the final STATE_DIR/status "WORD N" and returns the shim's exit code. */
+/* Writes the final STATE.status "WORD N" and returns the shim's exit code. */
 static int finish(const char *word, int n)
 {
     char line[64];
@@ -120,7 +121,7 @@ static void stop_group(pid_t pgid)
 static int usage(const char *why)
 {
     say(why, "");
-    say("usage: corral-shim STATE_DIR GRACE_SECONDS CWD -- PROGRAM [ARG...]", "");
+    say("usage: corral-shim STATE GRACE_SECONDS CWD -- PROGRAM [ARG...]", "");
     return 2;
 }
 

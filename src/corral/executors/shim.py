@@ -4,8 +4,10 @@ Each workload runs under its own ``corral-shim`` process, started as a session l
 with stdout and stderr on the workload's log. The shim runs the workload in its own
 process group, reaps it and its orphans, forwards kill requests (SIGTERM, then SIGKILL
 after a grace period) to the whole group, and records how the workload ended in a state
-directory. The protocol is described at the top of ``shim.c``; this module builds the
-binary once per source version and reads the state files it writes.
+file pair ``STATE.pid`` / ``STATE.status`` (``STATE`` is a path prefix such as
+``<data>/run/<workload id>``: no directory per workload to create and remove). The
+protocol is described at the top of ``shim.c``; this module builds the binary once per
+source version and reads the state files it writes.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def _compile(compiler: list[str], output: Path, *, static: bool) -> str | None:
 
 
 def shim_argv(
-    shim: Path, state_dir: Path, grace_seconds: float, cwd: Path | None, argv: Sequence[str]
+    shim: Path, state: Path, grace_seconds: float, cwd: Path | None, argv: Sequence[str]
 ) -> list[str]:
     """The command line that runs ``argv`` under ``shim`` (``cwd=None``: don't chdir)."""
     if grace_seconds < 0:
@@ -108,36 +110,41 @@ def shim_argv(
     if not argv:
         raise ValueError("argv must not be empty")
     where = "" if cwd is None else str(cwd)
-    return [str(shim), str(state_dir), f"{grace_seconds:.6f}", where, "--", *argv]
+    return [str(shim), str(state), f"{grace_seconds:.6f}", where, "--", *argv]
 
 
-def read_status(state_dir: Path) -> ShimStatus | None:
+def read_status(state: Path) -> ShimStatus | None:
     """The workload's final status, or None while the shim has not written it yet.
 
     The shim writes the file atomically and only once its workload's process group is
     gone, so a status means the workload is over and its log complete. Raises
     ``ValueError`` if the file is not in the shim's format.
     """
-    text = _read(state_dir / STATUS_FILE)
+    text = _read(state_file(state, STATUS_FILE))
     if text is None:
         return None
     kind, _, value = text.strip().partition(" ")
     if kind not in _STATUS_KINDS or not (value.isascii() and value.isdigit()):
-        raise ValueError(f"malformed shim status {text!r} in {state_dir}")
+        raise ValueError(f"malformed shim status {text!r} in {state}")
     return ShimStatus(cast(Literal["exit", "signal", "spawn"], kind), int(value))
 
 
-def read_pid(state_dir: Path) -> int | None:
+def read_pid(state: Path) -> int | None:
     """The workload's pid (also its process group id), or None before the shim forked.
 
     Raises ``ValueError`` if the file is not in the shim's format.
     """
-    text = _read(state_dir / PID_FILE)
+    text = _read(state_file(state, PID_FILE))
     if text is None:
         return None
     if not (text.isascii() and text.strip().isdigit()):
-        raise ValueError(f"malformed shim pid {text!r} in {state_dir}")
+        raise ValueError(f"malformed shim pid {text!r} in {state}")
     return int(text)
+
+
+def state_file(state: Path, name: str) -> Path:
+    """``STATE.NAME``, one of the files the shim writes (or ``devices``, the server's)."""
+    return state.with_name(f"{state.name}.{name}")
 
 
 def _read(path: Path) -> str | None:
