@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -148,9 +148,9 @@ class Scheduler:
             self._guard(self._schedule)
 
     @staticmethod
-    def _guard(step: object) -> None:
+    def _guard(step: Callable[[], None]) -> None:
         try:
-            step()  # type: ignore[operator]
+            step()
         except Exception:  # the loop must survive a bad pass; the next one retries
             log.exception("scheduler pass failed")
 

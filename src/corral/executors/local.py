@@ -52,34 +52,14 @@ class _Proc:
     is_child: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ProcInfo:
-    """What ``/proc/PID/stat`` says about a process."""
-
-    state: str
-    pgrp: int
-    session: int
-    start_time: int
-
-
-def proc_info(pid: int) -> ProcInfo | None:
-    """The process's state, group, session and start time; None when it is gone."""
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie counts as gone (``/proc/PID/stat`` state)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
     except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return ProcInfo(fields[0].decode(), int(fields[2]), int(fields[3]), int(fields[19]))
-
-
-def is_alive(pid: int, start_time: int | None = None) -> bool:
-    """True when ``pid`` runs (a zombie counts as gone) and, if given, started at
-    ``start_time`` (so a reused pid is not mistaken for it)."""
-    info = proc_info(pid)
-    if info is None or info.state in ("Z", "X"):
         return False
-    return start_time is None or info.start_time == start_time
+    return raw[raw.rindex(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def detect_capacity(
