@@ -347,3 +347,25 @@ def _pss_kb(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
+
+
+def test_a_workload_larger_than_a_restarted_server_does_not_block_the_line(
+    serve: Any,
+) -> None:
+    api = serve("--cpus", "4")
+    first = serve.servers[0]
+    sleeper = api.submit(["sleep", "300"], resources={"cpus": 4})
+    api.wait(sleeper["id"], {"running"})
+    big = api.submit(["true"], resources={"cpus": 3})
+    wait_until(lambda: api.get(big["id"])["reason"])
+    first.kill(signal.SIGKILL)
+    api = serve("--cpus", "2", "--kill-grace", "1", port=first.port)
+    assert api.http.delete(f"/v1/workloads/{sleeper['id']}").status_code == 200
+    small = api.submit(["true"], resources={"cpus": 1})
+    assert api.wait(small["id"])["status"] == "completed"
+    waiting = api.get(big["id"])
+    assert waiting["status"] == "pending"
+    assert waiting["reason"] == "waiting, but it asks for 3 CPUs; this server has 2 in all"
+    too_big = api.http.post("/v1/workloads", json={"command": ["true"], "resources": {"cpus": 3}})
+    assert too_big.status_code == 422
+    assert too_big.json()["detail"] == "the workload asks for 3 CPUs; this server has 2 in all"

@@ -61,7 +61,8 @@ class Scheduler:
         self.store = store
         self.executor = executor
         cap = executor.capacity if executor else None
-        self._free = _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus))) if cap else _Free(0, 0)
+        self._total = _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus))) if cap else _Free(0, 0)
+        self._free = _Free(self._total.cpus, self._total.memory_mb, set(self._total.gpus))
         self._pending: dict[str, Workload] = {}
         self._allocated: dict[str, tuple[Workload, list[int]]] = {}
         self._reasons: dict[str, str | None] = {}
@@ -74,19 +75,9 @@ class Scheduler:
 
     def check_fits(self, resources: Resources) -> None:
         """Raise ``ExceedsCapacityError`` when ``resources`` exceed the whole capacity."""
-        if self.executor is None:
-            return
-        cap = self.executor.capacity
-        for need, have, what in (
-            (resources.cpus, cap.cpus, "CPUs"),
-            (resources.memory_mb, cap.memory_mb, "MB of memory"),
-            (resources.gpus, cap.gpus, "GPUs"),
-        ):
-            if need > have:
-                raise ExceedsCapacityError(
-                    f"the workload asks for {_num(need)} {what}, but this server has"
-                    f" {_num(have)} in all"
-                )
+        excess = _excess(resources, self._total) if self.executor else None
+        if excess:
+            raise ExceedsCapacityError(f"the workload {excess}")
 
     def submitted(self, workload: Workload) -> None:
         """A new pending workload was stored."""
@@ -169,17 +160,15 @@ class Scheduler:
             res = workload.resources
             if _fits(res, avail):
                 if self._claim_and_launch(workload):
-                    avail.cpus -= res.cpus
-                    avail.memory_mb -= res.memory_mb
-                    avail.gpus = set(sorted(avail.gpus)[res.gpus :])
+                    _take(avail, res)
                 continue
-            if head is None:
+            excess = _excess(res, self._total)
+            if excess:  # only after a restart with less capacity: it must not block the line
+                reason = f"waiting, but it {excess}"
+            elif head is None:
                 head = workload
                 reason = _shortfall(res, avail)
-                # reserve what the head of the line needs
-                avail.cpus -= res.cpus
-                avail.memory_mb -= res.memory_mb
-                avail.gpus = set(sorted(avail.gpus)[res.gpus :])
+                _take(avail, res)  # reserve what the head of the line needs
             elif _fits(res, self._free):
                 reason = f"waiting behind {head.id} (priority {head.priority}), which needs more"
             else:
@@ -309,6 +298,24 @@ def _fits(res: Resources, free: _Free) -> bool:
         and (not res.memory_mb or res.memory_mb <= free.memory_mb)
         and res.gpus <= len(free.gpus)
     )
+
+
+def _excess(res: Resources, total: _Free) -> str | None:
+    """What ``res`` asks beyond the whole capacity, as "asks for …", or None."""
+    for need, have, what in (
+        (res.cpus, total.cpus, "CPUs"),
+        (res.memory_mb, total.memory_mb, "MB of memory"),
+        (res.gpus, len(total.gpus), "GPUs"),
+    ):
+        if need > have:
+            return f"asks for {_num(need)} {what}; this server has {_num(have)} in all"
+    return None
+
+
+def _take(free: _Free, res: Resources) -> None:
+    free.cpus -= res.cpus
+    free.memory_mb -= res.memory_mb
+    free.gpus = set(sorted(free.gpus)[res.gpus :])
 
 
 def _shortfall(res: Resources, free: _Free) -> str:
