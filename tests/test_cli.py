@@ -386,6 +386,7 @@ def test_server_option_wins_over_the_environment(server: LiveServer) -> None:
     [
         (("submit", "--env", "NOEQUALS", "--", "true"), "invalid --env 'NOEQUALS': expected"),
         (("submit", "--env", "=x", "--", "true"), "invalid --env '=x': expected KEY=VALUE"),
+        (("submit", "--env", "K V=1", "--", "true"), "invalid --env 'K V=1': 'K V' is not a"),
         (("submit", "--label", "bad key=x", "--", "true"), "invalid --label 'bad key=x': label"),
         (("ls", "--label", "novalue"), "invalid --label 'novalue': expected KEY=VALUE"),
         (("ls", "--status", "sleeping"), "invalid --status 'sleeping': use one of pending,"),

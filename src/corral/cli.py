@@ -36,7 +36,7 @@ from corral.client import (
     WaitTimeout,
 )
 from corral.config import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
-from corral.model import Status, Workload, check_label
+from corral.model import ENV_NAME_RE, Status, Workload, check_label
 
 __all__ = ["app", "exit_status", "main"]
 
@@ -94,7 +94,9 @@ def _client(ctx: typer.Context, server: str | None) -> Iterator[Client]:
         yield client
 
 
-def _pairs(values: list[str] | None, option: str, *, labels: bool = False) -> dict[str, str]:
+def _pairs(
+    values: list[str] | None, option: str, *, labels: bool = False, env: bool = False
+) -> dict[str, str]:
     """``["K=V", …]`` -> ``{"K": "V"}``; a malformed one is a one-line error."""
     pairs: dict[str, str] = {}
     for item in values or []:
@@ -106,6 +108,12 @@ def _pairs(values: list[str] | None, option: str, *, labels: bool = False) -> di
                 check_label(key, value)
             except ValueError as exc:
                 raise CliError(f"invalid {option} {item!r}: {exc}", EXIT_USAGE) from None
+        if env and not ENV_NAME_RE.fullmatch(key):
+            raise CliError(
+                f"invalid {option} {item!r}: {key!r} is not a variable name"
+                " (letters, digits and _, not starting with a digit)",
+                EXIT_USAGE,
+            )
         pairs[key] = value
     return pairs
 
@@ -239,7 +247,7 @@ def submit(
     server: ServerOption = None,
 ) -> None:
     """Submit a command; print its id. Options go before the command."""
-    envs = _pairs(env, "--env")
+    envs = _pairs(env, "--env", env=True)
     labels = _pairs(label, "--label", labels=True)
     workdir = os.path.abspath(os.path.expanduser(cwd)) if cwd is not None else None
     with _client(ctx, server) as client:

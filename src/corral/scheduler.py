@@ -303,12 +303,12 @@ def _fits(res: Resources, free: _Free) -> bool:
 def _excess(res: Resources, total: _Free) -> str | None:
     """What ``res`` asks beyond the whole capacity, as "asks for …", or None."""
     for need, have, what in (
-        (res.cpus, total.cpus, "CPUs"),
+        (res.cpus, total.cpus, "CPU"),
         (res.memory_mb, total.memory_mb, "MB of memory"),
-        (res.gpus, len(total.gpus), "GPUs"),
+        (res.gpus, len(total.gpus), "GPU"),
     ):
         if need > have:
-            return f"asks for {_num(need)} {what}; this server has {_num(have)} in all"
+            return f"asks for {_amount(need, what)}; this server has {_num(have)} in all"
     return None
 
 
@@ -320,14 +320,21 @@ def _take(free: _Free, res: Resources) -> None:
 
 def _shortfall(res: Resources, free: _Free) -> str:
     if res.gpus > len(free.gpus):
-        return f"waiting for {res.gpus} GPUs, {len(free.gpus)} free"
+        return f"waiting for {_amount(res.gpus, 'GPU')}, {len(free.gpus)} free"
     if res.cpus > free.cpus:
-        return f"waiting for {_num(res.cpus)} CPUs, {_num(max(free.cpus, 0))} free"
+        return f"waiting for {_amount(res.cpus, 'CPU')}, {_num(max(free.cpus, 0))} free"
     return f"waiting for {res.memory_mb} MB of memory, {max(free.memory_mb, 0)} MB free"
 
 
+def _amount(value: float, unit: str) -> str:
+    """``2 GPUs``, ``1 CPU``, ``0.5 CPUs``, ``4096 MB of memory``."""
+    plural = "" if value == 1 or unit.startswith("MB") else "s"
+    return f"{_num(value)} {unit}{plural}"
+
+
 def _num(value: float) -> str:
-    return f"{value:g}"
+    """``2``, ``0.5``, ``100000000`` (never ``1e+08``)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _translate(
