@@ -165,9 +165,9 @@ def test_missing_program_is_a_spawn_failure(start: Callable[..., Run], program: 
     assert run.wait() == ShimStatus("spawn", errno.ENOENT)
 
 
-def test_missing_cwd_is_a_spawn_failure(start: Callable[..., Run], tmp_path: Path) -> None:
+def test_missing_cwd_is_a_chdir_failure(start: Callable[..., Run], tmp_path: Path) -> None:
     run = start(["true"], cwd=tmp_path / "missing")
-    assert run.wait() == ShimStatus("spawn", errno.ENOENT)
+    assert run.wait() == ShimStatus("chdir", errno.ENOENT)
 
 
 def test_cwd_and_environment_reach_the_workload(start: Callable[..., Run], tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ class _Proc:
     pidfd: int
     state: Path
     is_child: bool
+    cwd: str | None
 
 
 def is_alive(pid: int) -> bool:
@@ -145,13 +146,14 @@ class LocalExecutor:
             raise SpawnError(exc.strerror if isinstance(exc, OSError) else str(exc)) from None
         finally:
             os.close(log_fd)
-        self._watch(workload.id, pid, state, is_child=True)
+        self._watch(workload, pid, is_child=True)
 
-    def _watch(self, workload_id: str, pid: int, state: Path, *, is_child: bool) -> None:
+    def _watch(self, workload: Workload, pid: int, *, is_child: bool) -> None:
         assert self._loop is not None, "start() first"
         pidfd = os.pidfd_open(pid)
-        self._procs[workload_id] = _Proc(pid, pidfd, state, is_child)
-        self._loop.add_reader(pidfd, self._exited, workload_id)
+        state = self.run_dir / workload.id
+        self._procs[workload.id] = _Proc(pid, pidfd, state, is_child, workload.cwd)
+        self._loop.add_reader(pidfd, self._exited, workload.id)
 
     def _exited(self, workload_id: str) -> None:
         proc = self._procs.pop(workload_id)
@@ -161,9 +163,10 @@ class LocalExecutor:
         if proc.is_child:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(proc.shim_pid, os.WNOHANG)
-        self._report(self._outcome(workload_id, proc.state, f"(pid {proc.shim_pid}) died"))
+        watcher = f"(pid {proc.shim_pid}) died"
+        self._report(self._outcome(workload_id, proc.state, proc.cwd, watcher))
 
-    def _outcome(self, workload_id: str, state: Path, watcher: str) -> Outcome:
+    def _outcome(self, workload_id: str, state: Path, cwd: str | None, watcher: str) -> Outcome:
         try:
             status = read_status(state)
         except ValueError as exc:
@@ -177,6 +180,8 @@ class LocalExecutor:
             return Outcome(workload_id, exit_code=status.value)
         if status.kind == "signal":
             return Outcome(workload_id, signal=status.value)
+        if status.kind == "chdir":
+            return Outcome(workload_id, spawn_error=f"cwd {cwd}: {os.strerror(status.value)}")
         return Outcome(workload_id, spawn_error=os.strerror(status.value))
 
     def _report(self, outcome: Outcome) -> None:
@@ -193,7 +198,7 @@ class LocalExecutor:
         shim_pid = self._shims.pop(workload.id, None)
         if shim_pid is not None:
             try:
-                self._watch(workload.id, shim_pid, state, is_child=False)
+                self._watch(workload, shim_pid, is_child=False)
                 return _read_devices(state)
             except ProcessLookupError:
                 pass  # exited just now: its status (if any) is on disk
@@ -201,7 +206,7 @@ class LocalExecutor:
             why = "the server stopped before its process started"
             self._report_soon(Outcome(workload.id, lost=why))
             return None
-        self._report_soon(self._outcome(workload.id, state, "is gone"))
+        self._report_soon(self._outcome(workload.id, state, workload.cwd, "is gone"))
         return None
 
     def _report_soon(self, outcome: Outcome) -> None:

@@ -16,7 +16,8 @@
  *   - STATE.status      written exactly once, as the shim's last act:
  *                         "exit N\n"    the workload exited with code N
  *                         "signal N\n"  the workload was killed by signal N
- *                         "spawn E\n"   never started: pipe, fork, chdir or exec failed, errno E
+ *                         "spawn E\n"   never started: pipe, fork or exec failed, errno E
+ *                         "chdir E\n"   never started: chdir to CWD failed, errno E
  *     When it appears the workload has exited and its log holds all its output, and the
  *     workload's process group is empty (unless members survived SIGKILL for 2 s).
  *   - Both files are written to NAME.tmp then renamed: readers never see partial files.
@@ -152,7 +153,8 @@ int main(int argc, char **argv)
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
         say("cannot become a child subreaper: ", strerror(errno));
 
-    /* The child reports a failed chdir/exec as its errno on a close-on-exec pipe. */
+    /* The child reports a failed exec as its errno, a failed chdir as minus its errno,
+     * on a close-on-exec pipe. */
     int errpipe[2];
     if (pipe2(errpipe, O_CLOEXEC) < 0)
         return finish("spawn", errno);
@@ -164,9 +166,13 @@ int main(int argc, char **argv)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0);
-        if (cwd[0] == '\0' || chdir(cwd) == 0)
+        int err;
+        if (cwd[0] != '\0' && chdir(cwd) != 0) {
+            err = -errno;
+        } else {
             execvp(cmd[0], cmd);
-        int err = errno;
+            err = errno;
+        }
         ssize_t w = write(errpipe[1], &err, sizeof err);
         (void)w;
         _exit(127);
@@ -186,7 +192,7 @@ int main(int argc, char **argv)
     close(errpipe[0]);
     if (n == (ssize_t)sizeof err) {
         waitpid(child, NULL, 0);
-        return finish("spawn", err);
+        return err < 0 ? finish("chdir", -err) : finish("spawn", err);
     }
 
     int status = 0, reaped = 0, terminating = 0, killed = 0;

@@ -27,7 +27,7 @@ SHIM_SOURCE = Path(__file__).with_name("shim.c")
 PID_FILE = "pid"
 STATUS_FILE = "status"
 
-_STATUS_KINDS = ("exit", "signal", "spawn")
+_STATUS_KINDS = ("exit", "signal", "spawn", "chdir")
 _INSTALL_HINT = "corral needs a C compiler (cc) once to build its process watcher: install gcc"
 
 
@@ -40,10 +40,11 @@ class ShimStatus:
     """How a workload ended, as recorded by its shim.
 
     ``exit``: exited with code ``value``; ``signal``: killed by signal ``value``;
-    ``spawn``: never ran, because chdir or exec failed with errno ``value``.
+    ``spawn``: never ran, because exec failed with errno ``value``; ``chdir``: never
+    ran, because changing to its working directory failed with errno ``value``.
     """
 
-    kind: Literal["exit", "signal", "spawn"]
+    kind: Literal["exit", "signal", "spawn", "chdir"]
     value: int
 
 
@@ -126,7 +127,7 @@ def read_status(state: Path) -> ShimStatus | None:
     kind, _, value = text.strip().partition(" ")
     if kind not in _STATUS_KINDS or not (value.isascii() and value.isdigit()):
         raise ValueError(f"malformed shim status {text!r} in {state}")
-    return ShimStatus(cast(Literal["exit", "signal", "spawn"], kind), int(value))
+    return ShimStatus(cast(Literal["exit", "signal", "spawn", "chdir"], kind), int(value))
 
 
 def read_pid(state: Path) -> int | None:
