@@ -390,6 +390,9 @@ def test_server_option_wins_over_the_environment(server: LiveServer) -> None:
         (("submit", "--label", "bad key=x", "--", "true"), "invalid --label 'bad key=x': label"),
         (("ls", "--label", "novalue"), "invalid --label 'novalue': expected KEY=VALUE"),
         (("ls", "--status", "sleeping"), "invalid --status 'sleeping': use one of pending,"),
+        (("submit",), "Missing argument 'CMD'. (see: corral submit --help)"),
+        (("ls", "--bogus"), "No such option: --bogus (see: corral ls --help)"),
+        (("nosuch",), "No such command 'nosuch'. (see: corral --help)"),
     ],
 )
 def test_malformed_options(server: LiveServer, args: tuple[str, ...], expected: str) -> None:

@@ -406,9 +406,29 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _unexpected(exc: Exception) -> None:
+    """Typer's usage errors (a missing argument, an unknown option) become one line.
+
+    Typer vendors Click privately (``typer._click``) and exports no ``UsageError``, so
+    they are recognized by shape: ``format_message()`` and ``exit_code``. Anything else
+    is a bug in corral: one line too, with the traceback when ``CORRAL_DEBUG`` is set.
+    """
+    format_message = getattr(exc, "format_message", None)
+    code = getattr(exc, "exit_code", None)
+    if callable(format_message) and isinstance(code, int):
+        ctx = getattr(exc, "ctx", None)
+        command = getattr(ctx, "command_path", None) or "corral"
+        _fail(f"{format_message()} (see: {command} --help)", code)
+    if os.environ.get("CORRAL_DEBUG"):
+        raise exc
+    _fail(f"unexpected error, please report it: {exc!r} (CORRAL_DEBUG=1 shows more)", 1)
+
+
 def main() -> None:
     try:
-        app()
+        result = app(prog_name="corral", standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
     except CliError as exc:
         _fail(str(exc), exc.code)
     except WaitTimeout as exc:
@@ -417,6 +437,11 @@ def main() -> None:
         _fail(str(exc), EXIT_ERROR)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        _unexpected(exc)
+    else:
+        if isinstance(result, int) and result:
+            sys.exit(result)
 
 
 if __name__ == "__main__":
