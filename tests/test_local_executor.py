@@ -119,10 +119,12 @@ def test_kill_stubborn_process_and_grandchild(serve: Any, tmp_path: Path) -> Non
     r = api.http.delete(f"/v1/workloads/{w['id']}")
     assert r.status_code == 200 and r.json()["status"] == "killed"
     procs = [int(p) for p in pids.read_text().split()]
+    assert set(workload_processes({w["id"]})) >= set(procs)  # the helper sees them
     time.sleep(0.5)
     assert not all(pid_gone(p) for p in procs), "SIGTERM is ignored: alive until SIGKILL"
     wait_until(lambda: all(pid_gone(p) for p in procs), timeout=5)
     assert time.monotonic() - started < 1 + 2.5  # grace period plus slack
+    assert not workload_processes({w["id"]})
     assert api.get(w["id"])["status"] == "killed"
     assert [e["to_status"] for e in api.events(w["id"])] == ["pending", "running", "killed"]
 
@@ -150,9 +152,9 @@ def test_kill_racing_exit_200_rounds(serve: Any) -> None:
         assert answer in (200, 409)
         assert final["status"] == ("killed" if answer == 200 else "completed"), (final, answer)
         outcomes[final["status"]] += 1
-    for wid, _ in rounds:
-        pid = int(wait_until(lambda w=wid: api.logs(w).strip()))  # type: ignore[misc]
-        wait_until(lambda p=pid: pid_gone(p), timeout=5)  # type: ignore[misc]
+    # No process of any round is left (a round killed before its shell even started
+    # printed nothing, so look for the workloads' processes by their environment).
+    wait_until(lambda: not workload_processes({wid for wid, _ in rounds}), timeout=5)
     print(f"kill racing exit: {outcomes}")
     assert outcomes["killed"] and outcomes["completed"], "both sides of the race were hit"
 
@@ -323,6 +325,23 @@ def test_many_concurrent_sleeps_do_not_stall_the_api(serve: Any, tmp_path: Path)
     for wid in ids:
         assert api.http.delete(f"/v1/workloads/{wid}").status_code == 200
     wait_until(lambda: all(pid_gone(p) for p in pids), timeout=30)
+
+
+def workload_processes(ids: set[str]) -> list[int]:
+    """Live processes (zombies count as gone) whose environment names one of ``ids``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for var in environ:
+            mine = var.startswith(b"CORRAL_WORKLOAD_ID=") and var[19:].decode() in ids
+            if mine and not pid_gone(int(entry)):
+                found.append(int(entry))
+    return found
 
 
 def _workload_pid(data_dir: Path, wid: str) -> int:
