@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from functools import cache
 from typing import Annotated, Any
 
 from pydantic import (
@@ -64,6 +65,7 @@ def valid_transition(from_status: Status | str, to_status: Status | str) -> bool
         return False
 
 
+@cache
 def sources_of(to_status: Status) -> frozenset[Status]:
     """The statuses from which ``to_status`` may be reached (read off ``TRANSITIONS``)."""
     return frozenset(s for s, targets in TRANSITIONS.items() if to_status in targets)

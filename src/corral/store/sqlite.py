@@ -12,7 +12,9 @@ Guarantees:
   returns, so it survives a crash (``kill -9``) of the process. (It may not survive
   a power loss; ``synchronous=FULL`` buys that at about a fifth of the speed.)
 - Every read-then-write runs in ``BEGIN IMMEDIATE``: the write lock is taken before
-  the read, so two writers never both see the same old status.
+  the read, so two writers never both see the same old status. A transition whose
+  target has one allowed source status is a single conditional ``UPDATE``; see
+  ``update_workload_status``.
 - With ``background_checkpoints`` (the server's setting), WAL checkpoints -- the only
   step that calls ``fsync`` -- run in a thread of their own every
   ``CHECKPOINT_INTERVAL_SECONDS`` instead of inside whichever commit crosses SQLite's
@@ -41,6 +43,7 @@ from corral.model import (
     Workload,
     WorkloadCreate,
     default_reason,
+    sources_of,
     valid_transition,
     workload_from_row,
 )
@@ -64,6 +67,10 @@ _INSERT_WORKLOAD = (
 _INSERT_EVENT = (
     "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_NEXT_EVENT = (
+    "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
+    " VALUES (?, (SELECT MAX(seq) + 1 FROM events WHERE workload_id = ?), ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_STATUS = (
     "UPDATE workloads SET status = ?, exit_code = ?, signal = ?, reason = ?, updated_at = ?,"
@@ -330,36 +337,35 @@ class SQLiteStore:
         if reason is None:
             reason = default_reason(status, exit_code)
         now = now_rfc3339()
+        values = (
+            status.value,
+            exit_code,
+            signal,
+            reason,
+            now,
+            now if status is Status.RUNNING else None,
+            now if status in TERMINAL else None,
+            workload_id,
+        )
+        sources = sources_of(status)
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT status, (SELECT MAX(seq) FROM events WHERE workload_id = w.id)"
-                " FROM workloads AS w WHERE id = ?",
-                (workload_id,),
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(workload_id)
-            current = Status(row[0])
-            if not valid_transition(current, status):
-                raise InvalidTransitionError(workload_id, current, status)
-            updated = conn.execute(
-                _UPDATE_STATUS,
-                (
-                    status.value,
-                    exit_code,
-                    signal,
-                    reason,
-                    now,
-                    now if status is Status.RUNNING else None,
-                    now if status in TERMINAL else None,
-                    workload_id,
-                    current.value,
-                ),
-            ).fetchone()
+            if len(sources) == 1:
+                # One status may lead here (running, completed, failed): the conditional
+                # UPDATE is the check, and a second look only explains a refusal.
+                (current,) = sources
+                updated = conn.execute(_UPDATE_STATUS, (*values, current.value)).fetchone()
+                if updated is None:
+                    self._refuse(conn, workload_id, status)
+            else:
+                current = self._current_status(conn, workload_id)
+                if not valid_transition(current, status):
+                    raise InvalidTransitionError(workload_id, current, status)
+                updated = conn.execute(_UPDATE_STATUS, (*values, current.value)).fetchone()
             conn.execute(
-                _INSERT_EVENT,
+                _INSERT_NEXT_EVENT,
                 (
                     workload_id,
-                    row[1] + 1,
+                    workload_id,
                     "transition",
                     current.value,
                     status.value,
@@ -369,6 +375,20 @@ class SQLiteStore:
                 ),
             )
         return _row_to_workload(updated)
+
+    @staticmethod
+    def _current_status(conn: sqlite3.Connection, workload_id: str) -> Status:
+        row = conn.execute("SELECT status FROM workloads WHERE id = ?", (workload_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(workload_id)
+        return Status(row[0])
+
+    def _refuse(self, conn: sqlite3.Connection, workload_id: str, status: Status) -> None:
+        """The conditional UPDATE matched nothing: say why (no workload, or another
+        status than the one the table allows)."""
+        current = self._current_status(conn, workload_id)
+        assert not valid_transition(current, status), "matched nothing, yet allowed"
+        raise InvalidTransitionError(workload_id, current, status)
 
     def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
         with self._write() as conn:
