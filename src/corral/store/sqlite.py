@@ -353,14 +353,13 @@ class SQLiteStore:
                 # One status may lead here (running, completed, failed): the conditional
                 # UPDATE is the check, and a second look only explains a refusal.
                 (current,) = sources
-                updated = conn.execute(_UPDATE_STATUS, (*values, current.value)).fetchone()
-                if updated is None:
-                    self._refuse(conn, workload_id, status)
             else:
                 current = self._current_status(conn, workload_id)
                 if not valid_transition(current, status):
                     raise InvalidTransitionError(workload_id, current, status)
-                updated = conn.execute(_UPDATE_STATUS, (*values, current.value)).fetchone()
+            updated = conn.execute(_UPDATE_STATUS, (*values, current.value)).fetchone()
+            if updated is None:
+                self._refuse(conn, workload_id, status)
             conn.execute(
                 _INSERT_NEXT_EVENT,
                 (
