@@ -11,11 +11,10 @@ from fastapi import FastAPI
 
 
 class SyncASGIClient:
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, *, raise_app_exceptions: bool = True) -> None:
         self._loop = asyncio.new_event_loop()
-        self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://corral.test"
-        )
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+        self._client = httpx.AsyncClient(transport=transport, base_url="http://corral.test")
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         return self._loop.run_until_complete(self._client.request(method, url, **kwargs))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,25 @@ def make_store(kind: str, tmp_path: Path) -> Store:
     if kind == "sqlite":
         return SQLiteStore(tmp_path / "corral.db")
     raise AssertionError(kind)
+
+
+@contextmanager
+def event_inserts_fail(store: Store) -> Iterator[None]:
+    """While inside, the database itself refuses every transition event row (a
+    trigger), as a full disk or a crash between two statements would."""
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path, isolation_level=None)
+        conn.execute(
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON events WHEN NEW.type = 'transition'"
+            " BEGIN SELECT RAISE(ABORT, 'event refused by the test'); END"
+        )
+        try:
+            yield
+        finally:
+            conn.execute("DROP TRIGGER refuse_events")
+            conn.close()
+        return
+    raise AssertionError(type(store))
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from corral.api import create_app
+from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
 
 PROBLEM = "application/problem+json"
@@ -134,6 +138,25 @@ def test_put_status_unknown_status_is_422(api: SyncASGIClient) -> None:
     assert_problem(api.put(f"/v1/workloads/{w['id']}/status", json={"status": "paused"}), 422)
 
 
+@pytest.mark.parametrize(
+    ("before", "body", "says"),
+    [
+        ([], {"status": "running", "exit_code": 5}, "running workload has no exit_code"),
+        (["running"], {"status": "completed", "exit_code": 1}, "exit code 1 is failed"),
+        (["running"], {"status": "failed", "exit_code": 0}, "exit code 0 is completed"),
+    ],
+)
+def test_put_status_exit_code_must_fit_status(
+    api: SyncASGIClient, before: list[str], body: dict[str, object], says: str
+) -> None:
+    w = create(api)
+    for status in before:
+        assert put_status(api, w["id"], status) == 200
+    problem = assert_problem(api.put(f"/v1/workloads/{w['id']}/status", json=body), 422)
+    assert says in str(problem["detail"])
+    assert api.get(f"/v1/workloads/{w['id']}").json()["status"] == (before or ["pending"])[-1]
+
+
 def test_put_status_records_exit_code_and_reason(api: SyncASGIClient) -> None:
     w = create(api)
     assert put_status(api, w["id"], "running") == 200
@@ -169,6 +192,19 @@ def test_unknown_id_is_404_everywhere(
     assert "01nosuchworkload0000000000" in str(problem["detail"])
 
 
+def test_unexpected_error_is_a_problem_500(tmp_path: Path) -> None:
+    """A fault no handler expects (here: the store closed under the app) still answers
+    with a problem document, not a bare text page or a stack trace."""
+    store = SQLiteStore(tmp_path / "corral.db")
+    client = SyncASGIClient(create_app(store, data_dir=tmp_path), raise_app_exceptions=False)
+    store.close()
+    try:
+        problem = assert_problem(client.get("/v1/workloads"), 500)
+        assert "Traceback" not in str(problem) and "closed" not in str(problem["detail"])
+    finally:
+        client.close()
+
+
 def test_unknown_route_is_problem_404(api: SyncASGIClient) -> None:
     assert_problem(api.get("/v2/nothing"), 404)
 
@@ -194,6 +230,7 @@ def test_list_filters_and_pages(api: SyncASGIClient) -> None:
         {"limit": 0},
         {"limit": 1001},
         {"cursor": "bogus"},
+        {"label": [f"k{i}=v" for i in range(65)]},
     ],
 )
 def test_list_bad_filter_is_422(api: SyncASGIClient, params: dict[str, object]) -> None:
@@ -222,15 +259,20 @@ def test_openapi_lists_every_response_code(api: SyncASGIClient) -> None:
     doc = api.get("/openapi.json").json()
     expected = {
         ("/v1/workloads", "post"): {"201", "413", "422"},
-        ("/v1/workloads", "get"): {"200", "422"},
-        ("/v1/workloads/{workload_id}", "get"): {"200", "404"},
-        ("/v1/workloads/{workload_id}", "delete"): {"200", "404", "409"},
+        ("/v1/workloads", "get"): {"200", "413", "422"},
+        ("/v1/workloads/{workload_id}", "get"): {"200", "404", "413"},
+        ("/v1/workloads/{workload_id}", "delete"): {"200", "404", "409", "413"},
         ("/v1/workloads/{workload_id}/status", "put"): {"200", "404", "409", "413", "422"},
-        ("/v1/workloads/{workload_id}/events", "get"): {"200", "404"},
-        ("/v1/workloads/{workload_id}/logs", "get"): {"200", "404", "422"},
+        ("/v1/workloads/{workload_id}/events", "get"): {"200", "404", "413"},
+        ("/v1/workloads/{workload_id}/logs", "get"): {"200", "404", "413", "422"},
+        ("/v1/transitions", "get"): {"200", "413"},
+        ("/healthz", "get"): {"200", "413"},
     }
     for (path, method), codes in expected.items():
         assert set(doc["paths"][path][method]["responses"]) == codes, (path, method)
+    created = doc["paths"]["/v1/workloads"]["post"]["responses"]["201"]
+    assert set(created["headers"]) == {"Location", "Idempotent-Replayed"}
+    assert doc["paths"]["/v1/workloads"]["get"]["parameters"][1]["schema"]["maxItems"] == 64
     body = doc["paths"]["/v1/workloads"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/WorkloadCreate")
     assert "WorkloadCreate" in doc["components"]["schemas"]

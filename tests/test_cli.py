@@ -407,3 +407,46 @@ def test_invalid_input_from_the_server(server: LiveServer) -> None:
 def test_serve_with_an_unknown_executor(tmp_path: Path) -> None:
     result = corral("serve", "--executor", "bogus", "--data-dir", str(tmp_path), url="")
     assert one_line_error(result, 2).startswith("invalid --executor:")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (("--port", "99999"), 2, "invalid --port: Input should be less than or equal to 65535"),
+        (("--kill-grace", "-1"), 2, "invalid --kill-grace: Input should be greater than"),
+        (("--cpus", "-2"), 2, "invalid --cpus: Input should be greater than"),
+        (("--db", "postgresql://db/corral"), 1, "cannot open the database postgresql://"),
+        (("--data-dir", "/proc/corral"), 1, "cannot use data dir /proc/corral:"),
+    ],
+)
+def test_serve_refuses_bad_settings(
+    tmp_path: Path, args: tuple[str, ...], code: int, expected: str
+) -> None:
+    settings = ("--data-dir", str(tmp_path), "--port", str(free_port()), "--executor", "none")
+    result = corral("serve", *settings, *args, url="")
+    assert one_line_error(result, code).startswith(expected)
+
+
+def test_serve_on_a_port_in_use_says_so_and_leaves_the_data_dir_alone(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    result = corral("serve", "--port", port, "--data-dir", str(tmp_path / "d"), url="")
+    message = one_line_error(result, 1)
+    assert message.startswith(f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "another corral serve" in message
+    assert not (tmp_path / "d").exists()
+
+
+def test_serve_announces_itself_once_it_answers(tmp_path: Path) -> None:
+    port = free_port()
+    args = ("serve", "--port", str(port), "--data-dir", str(tmp_path), "--executor", "none")
+    proc = start(*args, url="")
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+        assert banner.startswith(f"corral serving http://127.0.0.1:{port} (executor none;")
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -9,6 +9,7 @@ import pytest
 
 from corral.model import Status, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError, Store
+from tests.conftest import event_inserts_fail
 
 SPEC = WorkloadCreate(command=["true"])
 
@@ -93,6 +94,27 @@ def test_events_are_recorded_in_order(store: Store) -> None:
     assert [e.at for e in events] == sorted(e.at for e in events)
     final = store.get_workload(w.id)
     assert events[-1].at == final.updated_at == final.finished_at
+
+
+@pytest.mark.parametrize(
+    ("before", "target"),
+    [([], Status.RUNNING), ([Status.RUNNING], Status.COMPLETED), ([], Status.KILLED)],
+)
+def test_status_and_event_commit_together(
+    store: Store, before: list[Status], target: Status
+) -> None:
+    """A transition whose event cannot be written leaves no trace: the status, its
+    timestamps and the event log are as they were, and the store still works."""
+    w, _ = store.create_workload(SPEC)
+    for status in before:
+        w = store.update_workload_status(w.id, status)
+    events = store.list_events(w.id)
+    with event_inserts_fail(store), pytest.raises(Exception, match="event refused"):
+        store.update_workload_status(w.id, target)
+    assert store.get_workload(w.id) == w
+    assert store.list_events(w.id) == events
+    assert store.update_workload_status(w.id, target).status is target
+    assert [e.to_status for e in store.list_events(w.id)][-1] is target
 
 
 def test_kill_reason_defaults(store: Store) -> None:

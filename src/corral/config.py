@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOST = "127.0.0.1"
@@ -26,19 +27,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CORRAL_")
 
     host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
     data_dir: Path = default_data_dir()
     db: str | None = None
     """Database URL; default ``sqlite:///<data_dir>/corral.db``."""
     executor: Literal["local", "none"] = "local"
-    cpus: float | None = None
+    cpus: float | None = Field(None, ge=0)
     """Schedulable CPUs; default: this machine's."""
-    memory_mb: int | None = None
+    memory_mb: int | None = Field(None, ge=0)
     """Schedulable memory; default: this machine's."""
-    gpus: int | None = None
+    gpus: int | None = Field(None, ge=0)
     """Schedulable GPUs; default: counted by ``nvidia-smi``, else 0."""
-    kill_grace_seconds: float = KILL_GRACE_SECONDS
-    max_body_bytes: int = 1 << 20
+    kill_grace_seconds: float = Field(KILL_GRACE_SECONDS, ge=0)
+    max_body_bytes: int = Field(1 << 20, ge=1)
 
     @property
     def db_url(self) -> str:

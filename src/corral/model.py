@@ -17,16 +17,19 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
     field_validator,
+    model_validator,
 )
+from pydantic.config import JsonDict
 
 
 class Status(StrEnum):
@@ -216,14 +219,47 @@ class Event(BaseModel):
     actor: str | None
 
 
+def _when_status(statuses: list[JsonValue], exit_code: JsonDict) -> JsonDict:
+    return {
+        "if": {"properties": {"status": {"enum": statuses}}},
+        "then": {"properties": {"exit_code": exit_code}},
+    }
+
+
+_EXIT_CODE_FITS_STATUS_SCHEMA: list[JsonValue] = [  # StatusUpdate._exit_code_fits_status
+    _when_status(["pending", "running"], {"type": "null"}),
+    _when_status(["completed"], {"enum": [0, None]}),
+    _when_status(["failed"], {"not": {"const": 0}}),
+]
+
+
 class StatusUpdate(BaseModel):
     """The body of ``PUT /v1/workloads/{id}/status``."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"allOf": _EXIT_CODE_FITS_STATUS_SCHEMA},
+    )
 
     status: Status
     exit_code: Annotated[int | None, Field(ge=-(2**31), le=2**31 - 1), INTEGRAL] = None
     reason: Annotated[str | None, Field(max_length=1000)] = None
+
+    @model_validator(mode="after")
+    def _exit_code_fits_status(self) -> Self:
+        """An exit code says how a process ended: none before it ends, 0 for completed
+        and never 0 for failed (as the local executor records them)."""
+        code, status = self.exit_code, self.status
+        if code is None:
+            return self
+        if status not in TERMINAL:
+            raise ValueError(f"a {status} workload has no exit_code yet")
+        if status is Status.COMPLETED and code != 0:
+            raise ValueError(f"completed means exit code 0; exit code {code} is failed")
+        if status is Status.FAILED and code == 0:
+            raise ValueError("exit code 0 is completed, not failed")
+        return self
 
 
 def default_reason(status: Status, exit_code: int | None) -> str | None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
+import sqlite3
 import sys
 from typing import TYPE_CHECKING
+
+import uvicorn
 
 from corral.config import Settings
 
@@ -26,8 +31,6 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
-
     from corral.api import create_app
     from corral.scheduler import Scheduler
     from corral.store import open_store
@@ -37,9 +40,18 @@ def serve(settings: Settings) -> None:
             f"refusing to listen on {settings.host}: corral runs commands for whoever can"
             " reach it, and authentication is not available yet; use 127.0.0.1"
         )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Take the port first: a second server on the same port must fail before it
+    # touches the data dir (and its running workloads).
+    sock = _listen(settings.host, settings.port)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServeError(f"cannot use data dir {settings.data_dir}: {exc.strerror}") from None
     executor = _executor(settings)
-    store = open_store(settings.db_url, server=True)
+    try:
+        store = open_store(settings.db_url, server=True)
+    except (ValueError, OSError, sqlite3.Error) as exc:
+        raise ServeError(f"cannot open the database {settings.db_url}: {exc}") from None
     scheduler = Scheduler(store, executor)
     app = create_app(
         store,
@@ -51,24 +63,54 @@ def serve(settings: Settings) -> None:
     if executor is not None:
         cap = executor.capacity
         where += f": {cap.cpus:g} CPUs, {cap.memory_mb} MB, {cap.gpus} GPUs"
-    print(
+    banner = (
         f"corral serving http://{settings.host}:{settings.port}"
-        f" ({where}; data in {settings.data_dir})",
-        file=sys.stderr,
-        flush=True,
+        f" ({where}; data in {settings.data_dir})"
+    )
+    config = uvicorn.Config(
+        app, loop="uvloop", http="httptools", access_log=False, log_level="warning"
     )
     try:
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-        )
+        _Server(config, banner).run(sockets=[sock])
     finally:
         store.close()
+        sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or a ``ServeError`` that says why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = (
+            " (is another corral serve running? choose another port with --port)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, announcing itself once it answers requests (a banner printed
+    earlier would claim a port the server may not get)."""
+
+    def __init__(self, config: uvicorn.Config, banner: str) -> None:
+        super().__init__(config)
+        self.banner = banner
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit:
+            print(self.banner, file=sys.stderr, flush=True)
 
 
 def _executor(settings: Settings) -> LocalExecutor | None:

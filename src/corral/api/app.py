@@ -50,12 +50,19 @@ def create_app(
     return app
 
 
+TOO_LARGE = {
+    "description": "Content Too Large",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
 def _fix_openapi(app: FastAPI) -> None:
     """Corrections to FastAPI's document: error responses are
     ``application/problem+json``; list query items have patterns; put the models of bodies read by
     ``routes.parse_body`` into the components (where the routes' ``$ref`` point), and
     drop the 422 FastAPI adds to every route with parameters: our 422s are problem
-    details, declared by the routes that can return them."""
+    details, declared by the routes that can return them. ``BodyLimit`` guards every
+    route, so every operation lists 413."""
     base = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -67,6 +74,7 @@ def _fix_openapi(app: FastAPI) -> None:
                         pattern = QUERY_ITEM_PATTERNS.get(param["name"])
                         if pattern and param["schema"].get("type") == "array":
                             param["schema"]["items"]["pattern"] = pattern
+                    operation["responses"].setdefault("413", TOO_LARGE)
                     default = operation["responses"].get("422", {})
                     if "HTTPValidationError" in str(default):
                         del operation["responses"]["422"]

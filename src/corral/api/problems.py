@@ -136,8 +136,15 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    # Starlette's ServerErrorMiddleware calls this, then re-raises for the server to log
+    # the traceback; the client gets a problem, never a stack.
+    return problem(500, "internal", "an unexpected error occurred; the server log has details")
+
+
 def install(app: FastAPI) -> None:
     """Register the one mapping from exceptions to problem responses."""
+    app.add_exception_handler(Exception, _unexpected_error)
     app.add_exception_handler(CorralError, _corral_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -22,6 +22,7 @@ from corral.errors import InvalidInputError
 from corral.logs import follow_log, log_path, read_log
 from corral.model import (
     LABEL_SELECTOR_RE,
+    LABELS_MAX_ENTRIES,
     TERMINAL,
     Event,
     Status,
@@ -110,6 +111,15 @@ QUERY_ITEM_PATTERNS = {"label": LABEL_SELECTOR_RE.pattern}
 BODY_MODELS: tuple[type[BaseModel], ...] = (WorkloadCreate, StatusUpdate)
 
 
+CREATED_HEADERS = {
+    "Location": {"description": "The workload's URL.", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true` when this answer replays an earlier request's.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+
+
 def build_router(store: Store, scheduler: Scheduler, data_dir: Path) -> APIRouter:
     router = APIRouter()
     _workload_routes(router, store, scheduler)
@@ -125,7 +135,13 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         "/v1/workloads",
         status_code=201,
         response_model=Workload,
-        responses=responses(413, 422),
+        responses={
+            201: {
+                "description": "Created (or, with a repeated Idempotency-Key, replayed)",
+                "headers": CREATED_HEADERS,
+            },
+            **responses(413, 422),
+        },
         summary="Submit a workload",
         openapi_extra={**json_body(WorkloadCreate), "parameters": [IDEMPOTENCY_KEY_PARAM]},
     )
@@ -155,7 +171,13 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     )
     async def list_workloads(
         status: Annotated[list[Status], Query(description="Any of these statuses.")] = [],  # noqa: B006
-        label: Annotated[list[str], Query(description="`key=value`; every one must match.")] = [],  # noqa: B006
+        label: Annotated[
+            list[str],
+            Query(
+                max_length=LABELS_MAX_ENTRIES,
+                description="`key=value`; every one must match.",
+            ),
+        ] = [],  # noqa: B006
         limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 50,
         cursor: Annotated[
             str,

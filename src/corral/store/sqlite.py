@@ -30,13 +30,14 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from corral.errors import CorralError, InvalidInputError
 from corral.ids import looks_like_id, new_id, now_rfc3339
 from corral.model import (
+    LABELS_MAX_ENTRIES,
     TERMINAL,
     Event,
     Status,
@@ -227,10 +228,15 @@ class SQLiteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may already have rolled back (an I/O error, a full disk); a failed
+            # COMMIT may leave the transaction open. Either way the connection must
+            # leave here outside a transaction, and the first error is the one to see.
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     # --- writes ----------------------------------------------------------------
 
@@ -420,6 +426,12 @@ class SQLiteStore:
             raise InvalidInputError(f"limit must be between 1 and {LIST_LIMIT_MAX}")
         if cursor is not None and not looks_like_id(cursor):
             raise InvalidInputError(f"cursor {cursor!r} is not one returned by this API")
+        labels = list(dict.fromkeys(labels))
+        if len(labels) > LABELS_MAX_ENTRIES:
+            # Each filter is one more EXISTS term; SQLite caps an expression's depth.
+            raise InvalidInputError(
+                f"{len(labels)} label filters; at most {LABELS_MAX_ENTRIES} are allowed"
+            )
         sql, params = list_query(statuses=statuses, labels=labels, cursor=cursor, limit=limit + 1)
         rows = self._conn().execute(sql, params).fetchall()
         items = [_row_to_workload(r) for r in rows[:limit]]
