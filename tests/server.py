@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ class LiveServer:
         *args: str,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        open_files: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.args = args
@@ -42,13 +44,17 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / f"server-{self.port}.log"
+        self.open_files = open_files
+        """A hard limit on the server's open files (``ulimit -Hn``), for tests."""
 
     def start(self, timeout: float = 30.0) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "corral.cli", "serve", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=self.env)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=log, env=self.env, preexec_fn=self._limits
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -60,6 +66,11 @@ class LiveServer:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"server did not become healthy: {self.log.read_text()}")
+
+    def _limits(self) -> None:
+        if self.open_files is not None:
+            limit = (self.open_files, self.open_files)
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:

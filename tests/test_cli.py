@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -18,8 +20,10 @@ import httpx
 import pytest
 
 from corral.cli import exit_status
+from corral.client import ServerUnreachable
+from corral.executors.local import find_shims
 from corral.model import Resources, Status, Workload
-from tests.server import LiveServer, free_port
+from tests.server import LiveServer, free_port, pid_gone, wait_until
 
 ID_RE = re.compile(r"^[0-9a-z]{26}$")
 UNKNOWN_ID = "01aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -193,7 +197,7 @@ def test_show(server: LiveServer) -> None:
     assert "events" in text
 
     assert one_line_error(corral("show", UNKNOWN_ID, url=server.url)) == (
-        f"no workload {UNKNOWN_ID}"
+        f"no workload {UNKNOWN_ID} on this server (corral ls lists them)"
     )
 
 
@@ -218,7 +222,7 @@ def test_kill_completed(server: LiveServer) -> None:
 
 def test_kill_unknown(server: LiveServer) -> None:
     message = one_line_error(corral("kill", UNKNOWN_ID, url=server.url))
-    assert message == f"no workload {UNKNOWN_ID}"
+    assert message == f"no workload {UNKNOWN_ID} on this server (corral ls lists them)"
 
 
 # --- wait and submit --wait -------------------------------------------------------------
@@ -285,7 +289,7 @@ def test_wait_timeout(server: LiveServer) -> None:
 
 def test_wait_unknown(server: LiveServer) -> None:
     assert one_line_error(corral("wait", UNKNOWN_ID, url=server.url)) == (
-        f"no workload {UNKNOWN_ID}"
+        f"no workload {UNKNOWN_ID} on this server (corral ls lists them)"
     )
 
 
@@ -346,7 +350,7 @@ def test_logs_of_a_workload_without_output(server: LiveServer) -> None:
     assert ok(corral("logs", "-f", workload_id, url=server.url)) == ""  # ends with it
     thread.join()
     assert one_line_error(corral("logs", UNKNOWN_ID, url=server.url)) == (
-        f"no workload {UNKNOWN_ID}"
+        f"no workload {UNKNOWN_ID} on this server (corral ls lists them)"
     )
 
 
@@ -366,11 +370,31 @@ def test_logs_of_a_workload_without_output(server: LiveServer) -> None:
     ],
 )
 def test_server_down(args: tuple[str, ...]) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     message = one_line_error(corral(*args, url=url), 1)
     assert message == (
-        f"cannot reach a corral server at {url} (connection refused); start one with: corral serve"
+        f"cannot reach a corral server at {url} (connection refused);"
+        f" start one with: corral serve --port {port}"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("http://127.0.0.1:8765", "corral serve"),
+        ("http://localhost:8765/", "corral serve"),
+        ("http://127.0.0.1:9000", "corral serve --port 9000"),
+    ],
+)
+def test_the_unreachable_hint_names_the_port(url: str, hint: str) -> None:
+    assert str(ServerUnreachable(url, "connection refused")).endswith(f"start one with: {hint}")
+
+
+def test_corral_alone_prints_help() -> None:
+    result = corral(url="")
+    assert result.returncode == 0 and result.stderr == ""
+    assert "Usage: corral" in result.stdout and "submit" in result.stdout
 
 
 def test_server_option_wins_over_the_environment(server: LiveServer) -> None:
@@ -450,3 +474,70 @@ def test_serve_announces_itself_once_it_answers(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# --- against a local executor: real processes behind the commands -------------------
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    data = tmp_path_factory.mktemp("cli-local")
+    live = LiveServer(data, "--executor", "local", "--kill-grace", "2").start()
+    yield live
+    live.kill()
+    for shim_pid in find_shims(data / "run").values():  # whatever a failed test left
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shim_pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "last_line"),
+    [
+        (("sh", "-c", "echo out; echo err >&2; exit 3"), 3, "failed after [0-9.]+s: exit code 3"),
+        (("true",), 0, "completed after [0-9.]+s: exit code 0"),
+        (("sh", "-c", "kill -KILL $$"), 137, "failed after [0-9.]+s: killed by signal SIGKILL"),
+    ],
+)
+def test_submit_wait_runs_the_command_and_exits_like_it(
+    local: LiveServer, command: tuple[str, ...], code: int, last_line: str
+) -> None:
+    result = corral("submit", "--wait", "--", *command, url=local.url)
+    assert result.returncode == code, result.stderr
+    workload_id = result.stdout.strip()
+    assert ID_RE.match(workload_id)
+    assert re.fullmatch(rf"{workload_id} {last_line}", result.stderr.splitlines()[-1])
+
+
+def test_kill_stops_the_running_process(local: LiveServer) -> None:
+    workload_id = submit(local, "sleep", "300")
+    pidfile = local.data_dir / "run" / f"{workload_id}.pid"
+    pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()))
+    assert ok(corral("kill", workload_id, url=local.url)) == f"killed {workload_id}\n"
+    wait_until(lambda: pid_gone(pid), timeout=10)
+    result = corral("wait", workload_id, url=local.url)
+    assert result.returncode == 143
+    message = one_line_error(corral("kill", workload_id, url=local.url), 1)
+    assert message.startswith(f"workload {workload_id} is already killed")
+
+
+def test_logs_follow_prints_output_as_it_is_written(local: LiveServer) -> None:
+    workload_id = submit(local, "sh", "-c", "echo first; read x < /dev/null; sleep 1; echo second")
+    proc = start("logs", "-f", workload_id, url=local.url)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "first\n"  # before the workload has ended
+    assert get(local, workload_id)["status"] == "running"
+    rest, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert rest == "second\n"
+
+
+def test_logs_of_a_large_log_stream_whole_and_tail(local: LiveServer) -> None:
+    script = "i=0; while [ $i -lt 200000 ]; do echo line $i; i=$((i+1)); done"
+    workload_id = submit(local, "sh", "-c", script)
+    assert corral("wait", workload_id, url=local.url).returncode == 0
+    out = ok(corral("logs", workload_id, url=local.url))
+    assert len(out) > 2_000_000
+    assert out.splitlines() == [f"line {i}" for i in range(200_000)]
+    assert ok(corral("logs", "--tail", "2", workload_id, url=local.url)) == (
+        "line 199998\nline 199999\n"
+    )

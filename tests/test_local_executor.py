@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +19,9 @@ import httpx
 import pytest
 
 from corral.executors.local import find_shims
-from tests.server import LiveServer, pid_gone, wait_until
+from corral.model import Status
+from corral.store.sqlite import SQLiteStore
+from tests.server import LiveServer, free_port, pid_gone, wait_until
 
 TERMINAL = {"completed", "failed", "killed"}
 
@@ -47,8 +52,16 @@ class Api:
 def serve(tmp_path: Path) -> Iterator[Any]:
     servers: list[LiveServer] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, port: int | None = None) -> Api:
-        server = LiveServer(tmp_path / "data", "--executor", "local", *args, env=env, port=port)
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        open_files: int | None = None,
+    ) -> Api:
+        server = LiveServer(
+            tmp_path / "data", "--executor", "local", *args, env=env, port=port,
+            open_files=open_files,
+        )  # fmt: skip
         servers.append(server.start())
         return Api(server.url)
 
@@ -56,6 +69,13 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in servers:
         server.kill()
+    kill_workloads(tmp_path / "data")  # whatever a failed test left running
+
+
+def kill_workloads(data_dir: Path) -> None:
+    for shim_pid in find_shims(data_dir / "run").values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shim_pid, signal.SIGKILL)
 
 
 def test_exit_codes(serve: Any) -> None:
@@ -279,24 +299,29 @@ def test_lost_workload_fails_and_leaves_no_process(serve: Any, tmp_path: Path) -
 
 
 def test_many_concurrent_sleeps_do_not_stall_the_api(serve: Any, tmp_path: Path) -> None:
+    """1,000 sleeps submitted and then running: a prober that asks ``/healthz`` all
+    along, from before the first submit, never waits long (a stall would be the
+    server blocking on a child, a thread per child, or a scan per exit)."""
     api = serve("--kill-grace", "1")
     n = 1000
-    ids = [api.submit(["sleep", "300"], resources={"cpus": 0})["id"] for _ in range(n)]
     slowest = 0.0
+    probes = 0
     stop = threading.Event()
 
     def probe() -> None:
-        nonlocal slowest
+        nonlocal slowest, probes
         with httpx.Client(base_url=api.http.base_url, timeout=30) as client:
             while not stop.is_set():
                 t = time.monotonic()
                 assert client.get("/healthz").status_code == 200
                 slowest = max(slowest, time.monotonic() - t)
+                probes += 1
                 time.sleep(0.01)
 
     prober = threading.Thread(target=probe)
     prober.start()
     try:
+        ids = [api.submit(["sleep", "300"], resources={"cpus": 0})["id"] for _ in range(n)]
         wait_until(
             lambda: (
                 len(
@@ -308,9 +333,11 @@ def test_many_concurrent_sleeps_do_not_stall_the_api(serve: Any, tmp_path: Path)
             ),
             timeout=60,
         )
+        time.sleep(1)  # and while all of them run
     finally:
         stop.set()
         prober.join()
+    assert probes > 50
     server_pid = serve.servers[0].proc.pid
     rss_kb = _rss_kb(server_pid)
     shims = list(find_shims(tmp_path / "data" / "run").values())
@@ -320,7 +347,8 @@ def test_many_concurrent_sleeps_do_not_stall_the_api(serve: Any, tmp_path: Path)
         f"{n} sleeps: server RSS {rss_kb / 1024:.0f} MB, shims PSS {shim_pss_kb / 1024:.0f} MB,"
         f" slowest /healthz {slowest * 1000:.0f} ms"
     )
-    assert slowest < 2.0, "the API stalled"
+    # Measured here: 37 ms at worst, p99 7 ms; a stall is ten times that and more.
+    assert slowest < 0.5, f"the API stalled for {slowest * 1000:.0f} ms"
     pids = [_workload_pid(tmp_path / "data", w) for w in ids]
     for wid in ids:
         assert api.http.delete(f"/v1/workloads/{wid}").status_code == 200
@@ -387,3 +415,63 @@ def test_a_workload_larger_than_a_restarted_server_does_not_block_the_line(
     too_big = api.http.post("/v1/workloads", json={"command": ["true"], "resources": {"cpus": 3}})
     assert too_big.status_code == 422
     assert too_big.json()["detail"] == "the workload asks for 3 CPUs; this server has 2 in all"
+
+
+def test_a_launch_that_fails_never_leaves_a_workload_running(serve: Any, tmp_path: Path) -> None:
+    """Out of file descriptors (a server held to 64), workloads that cannot be
+    started or watched end failed, saying why, and free their resources; the others
+    run, and every one of them can be killed."""
+    api = serve("--kill-grace", "1", open_files=64)
+    ids = [api.submit(["sleep", "300"], resources={"cpus": 0})["id"] for _ in range(80)]
+    final = {w: api.wait(w, {"running", "failed"}) for w in ids}
+    failed = [w for w in final.values() if w["status"] == "failed"]
+    assert failed, "the limit was never reached: the test proves nothing"
+    for w in failed:
+        assert w["reason"].startswith("spawn failed: ") and "Too many open files" in w["reason"]
+    running = [w["id"] for w in final.values() if w["status"] == "running"]
+    assert running
+    time.sleep(5.5)  # past the scheduler's safety check: nothing changes its mind
+    assert {w: api.get(w)["status"] for w in running} == dict.fromkeys(running, "running")
+    pids = [_workload_pid(tmp_path / "data", w) for w in running]
+    for wid in running:
+        assert api.http.delete(f"/v1/workloads/{wid}").status_code == 200
+    wait_until(lambda: all(pid_gone(p) for p in pids), timeout=10)
+    assert workload_processes(set(ids)) == []
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(serve: Any, tmp_path: Path) -> None:
+    api = serve()
+    w = api.wait(api.submit(["sleep", "300"])["id"], {"running"})
+    argv = [sys.executable, "-m", "corral.cli", "serve", "--data-dir", str(tmp_path / "data")]
+    second = subprocess.run(
+        [*argv, "--port", str(free_port())], capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 1
+    holder = serve.servers[0].proc.pid
+    assert second.stderr == (
+        f"corral: another corral serve (pid {holder}) is using {tmp_path / 'data'};"
+        " stop it, or give this one another --data-dir\n"
+    )
+    time.sleep(0.5)
+    assert api.get(w["id"])["status"] == "running"
+
+
+def test_restart_stops_a_workload_killed_while_no_server_ran(serve: Any, tmp_path: Path) -> None:
+    """Killed in the store (by another writer, or just before a crash kept the server
+    from signalling): the next server stops the process it finds, and tidies up."""
+    first = serve("--kill-grace", "1")
+    w = first.wait(first.submit(["sh", "-c", "trap '' TERM; sleep 300"])["id"], {"running"})
+    pid = _workload_pid(tmp_path / "data", w["id"])
+    server = serve.servers[0]
+    server.kill(signal.SIGKILL)
+    store = SQLiteStore(tmp_path / "data" / "corral.db")
+    try:
+        store.update_workload_status(w["id"], Status.KILLED, actor="test")
+    finally:
+        store.close()
+    assert not pid_gone(pid)
+    api = serve("--kill-grace", "1", port=server.port)
+    wait_until(lambda: pid_gone(pid), timeout=10)  # TERM ignored: SIGKILL after 1 s
+    wait_until(lambda: not list((tmp_path / "data" / "run").glob(f"{w['id']}.*")), timeout=5)
+    assert api.get(w["id"])["status"] == "killed"
+    assert [e["to_status"] for e in api.events(w["id"])] == ["pending", "running", "killed"]

@@ -323,7 +323,7 @@ def show(
             workload = client.get(workload_id)
             events = client.events(workload_id)
         except NotFound:
-            raise CliError(f"no workload {workload_id}") from None
+            raise _no_workload(workload_id) from None
     if as_json:
         print_json(
             {
@@ -346,7 +346,7 @@ def kill(
         try:
             client.kill(workload_id)
         except NotFound:
-            raise CliError(f"no workload {workload_id}") from None
+            raise _no_workload(workload_id) from None
         except InvalidTransition as exc:
             current = exc.current_status or "finished"
             raise CliError(
@@ -371,15 +371,13 @@ def logs(
     out = sys.stdout.buffer
     with _client(ctx, server) as client:
         try:
-            if follow:
-                for chunk in client.follow_logs(workload_id, tail=tail):
-                    out.write(chunk)
+            for chunk in client.stream_logs(workload_id, tail=tail, follow=follow):
+                out.write(chunk)
+                if follow:
                     out.flush()
-            else:
-                out.write(client.log_bytes(workload_id, tail=tail))
-                out.flush()
+            out.flush()
         except NotFound:
-            raise CliError(f"no workload {workload_id}") from None
+            raise _no_workload(workload_id) from None
 
 
 @app.command("wait")
@@ -397,8 +395,12 @@ def wait_for(
         try:
             final = _wait(client, workload_id, timeout)
         except NotFound:
-            raise CliError(f"no workload {workload_id}") from None
+            raise _no_workload(workload_id) from None
     raise typer.Exit(exit_status(final))
+
+
+def _no_workload(workload_id: str) -> CliError:
+    return CliError(f"no workload {workload_id} on this server (corral ls lists them)")
 
 
 def _fail(message: str, code: int) -> None:
@@ -416,6 +418,8 @@ def _unexpected(exc: Exception) -> None:
     format_message = getattr(exc, "format_message", None)
     code = getattr(exc, "exit_code", None)
     if callable(format_message) and isinstance(code, int):
+        if not format_message():  # plain `corral`: the help is printed, as asked
+            sys.exit(0)
         ctx = getattr(exc, "ctx", None)
         command = getattr(ctx, "command_path", None) or "corral"
         _fail(f"{format_message()} (see: {command} --help)", code)

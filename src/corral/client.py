@@ -35,7 +35,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from corral import __version__
-from corral.config import DEFAULT_URL
+from corral.config import DEFAULT_PORT, DEFAULT_URL
 from corral.model import TERMINAL, Event, Status, Workload
 
 PROBLEM_TYPE_PREFIX = "urn:corral:problem:"
@@ -62,6 +62,14 @@ class CorralClientError(Exception):
     """Root of the client's errors; ``str(exc)`` is a message for the user."""
 
 
+def _serve_hint(url: str) -> str:
+    try:
+        port = httpx.URL(url).port
+    except httpx.InvalidURL:
+        port = None
+    return "corral serve" + (f" --port {port}" if port and port != DEFAULT_PORT else "")
+
+
 class ServerUnreachable(CorralClientError):
     """No connection to the server (refused, unknown host, timed out connecting)."""
 
@@ -69,7 +77,7 @@ class ServerUnreachable(CorralClientError):
         self.url = url
         self.reason = reason
         super().__init__(
-            f"cannot reach a corral server at {url} ({reason}); start one with: corral serve"
+            f"cannot reach a corral server at {url} ({reason}); start one with: {_serve_hint(url)}"
         )
 
 
@@ -304,23 +312,29 @@ class Client:
 
     # --- logs -----------------------------------------------------------------------
 
-    def logs(self, workload_id: str, *, tail: int | None = None) -> str:
-        """The workload's output so far (stdout and stderr as written), or its last
-        ``tail`` lines; bytes that are not UTF-8 are replaced."""
-        return self.log_bytes(workload_id, tail=tail).decode("utf-8", errors="replace")
+    def logs(self, workload_id: str, *, tail: int | None = None, follow: bool = False) -> str:
+        """The workload's output (stdout and stderr as written), or its last ``tail``
+        lines; with ``follow``, returns once the workload has ended, with all of it.
+        Bytes that are not UTF-8 are replaced."""
+        return self.log_bytes(workload_id, tail=tail, follow=follow).decode(
+            "utf-8", errors="replace"
+        )
 
-    def log_bytes(self, workload_id: str, *, tail: int | None = None) -> bytes:
+    def log_bytes(
+        self, workload_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> bytes:
         """``logs`` as the raw bytes the workload wrote."""
-        params = {"tail": str(tail)} if tail is not None else None
-        return self._request("GET", self._path(workload_id, "logs"), params=params).content
+        return b"".join(self.stream_logs(workload_id, tail=tail, follow=follow))
 
-    def follow_logs(self, workload_id: str, *, tail: int | None = None) -> Iterator[bytes]:
-        """Stream the output as it is written, until the workload ends (no read
-        timeout while streaming)."""
-        params = {"follow": "true"}
+    def stream_logs(
+        self, workload_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> Iterator[bytes]:
+        """The output in chunks as they arrive, however large the log; with ``follow``,
+        new output as it is written, until the workload ends (no read timeout then)."""
+        params = {"follow": "true"} if follow else {}
         if tail is not None:
             params["tail"] = str(tail)
-        timeout = httpx.Timeout(self.timeout, read=None)
+        timeout = httpx.Timeout(self.timeout, read=None) if follow else httpx.USE_CLIENT_DEFAULT
         path = self._path(workload_id, "logs")
         try:
             with self._http.stream("GET", path, params=params, timeout=timeout) as response:
@@ -330,6 +344,11 @@ class Client:
                 yield from response.iter_bytes()
         except httpx.TransportError as exc:
             raise self._transport_error(exc) from exc
+
+    def follow_logs(self, workload_id: str, *, tail: int | None = None) -> Iterator[bytes]:
+        """``stream_logs(..., follow=True)``: new output as it is written, until the
+        workload ends."""
+        return self.stream_logs(workload_id, tail=tail, follow=True)
 
     # --- waiting --------------------------------------------------------------------
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 TAIL_BLOCK_BYTES = 64 * 1024
+READ_CHUNK_BYTES = 256 * 1024
 
 
 def log_path(data_dir: Path, workload_id: str) -> Path:
@@ -16,43 +17,71 @@ def log_path(data_dir: Path, workload_id: str) -> Path:
 
 
 def read_log(path: Path, *, tail: int | None = None) -> bytes:
-    """The whole log, or its last ``tail`` lines; empty when nothing was written yet."""
+    """The whole log, or its last ``tail`` lines, in memory (for small logs and tests;
+    the API streams with ``log_chunks``)."""
+    return b"".join(log_chunks(path, start=log_start(path, tail)))
+
+
+def log_start(path: Path, tail: int | None) -> int:
+    """The byte offset where the last ``tail`` lines begin (0 for the whole log)."""
+    if tail is None:
+        return 0
     try:
-        with open(path, "rb") as f:
-            if tail is None:
-                return f.read()
-            return _tail(f.fileno(), tail)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return b""
+        return 0
+    try:
+        return _tail_offset(fd, tail)
+    finally:
+        os.close(fd)
 
 
-def _tail(fd: int, lines: int) -> bytes:
-    """The last ``lines`` lines, reading backwards in blocks (a final line without a
-    newline counts as a line)."""
-    if lines <= 0:
-        return b""
+def log_chunks(path: Path, *, start: int = 0) -> Iterator[bytes]:
+    """The log from byte ``start`` to its size now, in chunks of at most
+    ``READ_CHUNK_BYTES``: memory stays flat however large the log."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        end = os.fstat(fd).st_size
+        offset = start
+        while offset < end:
+            chunk = os.pread(fd, min(READ_CHUNK_BYTES, end - offset), offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def _tail_offset(fd: int, lines: int) -> int:
+    """Where the last ``lines`` lines start, scanning backwards block by block and
+    keeping none of them (a final line without a newline counts as a line)."""
     end = os.fstat(fd).st_size
-    data = b""
+    if lines <= 0:
+        return end
+    # Newlines to pass, walking back: ``lines`` of them, plus the log's last byte when
+    # that is a newline (it ends the last line rather than starting one).
+    if end and os.pread(fd, 1, end - 1) == b"\n":
+        lines += 1
     pos = end
     while pos > 0:
         step = min(TAIL_BLOCK_BYTES, pos)
         pos -= step
-        data = os.pread(fd, step, pos) + data
-        # one more newline than wanted, not counting a trailing one
-        body = data[:-1] if data.endswith(b"\n") else data
-        if body.count(b"\n") >= lines:
-            break
-    body_end = len(data) - 1 if data.endswith(b"\n") else len(data)
-    cut = body_end
-    for _ in range(lines):
-        cut = data.rfind(b"\n", 0, cut)
-        if cut < 0:
-            return data
-    return data[cut + 1 :]
+        block = os.pread(fd, step, pos)
+        count = block.count(b"\n")
+        if count >= lines:
+            cut = len(block)
+            for _ in range(lines):
+                cut = block.rfind(b"\n", 0, cut)
+            return pos + cut + 1
+        lines -= count
+    return 0
 
 
 FOLLOW_POLL_SECONDS = 0.1
-READ_CHUNK_BYTES = 256 * 1024
 
 
 async def follow_log(

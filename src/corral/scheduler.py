@@ -112,6 +112,7 @@ class Scheduler:
             if devices is not None:
                 self._allocate(workload, devices)
                 self._arm_timeout(workload, started_at=workload.started_at)
+        self.executor.stop_unadopted()
         for workload in self._iter_store(Status.PENDING):
             self._pending[workload.id] = workload
             self._reasons[workload.id] = workload.reason
@@ -195,6 +196,10 @@ class Scheduler:
             self.executor.launch(running, devices)
         except SpawnError as exc:
             self._finish(Outcome(workload.id, spawn_error=str(exc)))
+            return True
+        except Exception as exc:  # a bug must not leave it running for ever
+            log.exception("launching %s failed", workload.id)
+            self._finish(Outcome(workload.id, spawn_error=f"{type(exc).__name__}: {exc}"))
             return True
         self._arm_timeout(running, started_at=None)
         return True

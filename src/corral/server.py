@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import ipaddress
+import os
+import resource
 import socket
 import sqlite3
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 import uvicorn
 
@@ -47,6 +52,8 @@ def serve(settings: Settings) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ServeError(f"cannot use data dir {settings.data_dir}: {exc.strerror}") from None
+    lock = _lock_data_dir(settings.data_dir)
+    _raise_open_files_limit()
     executor = _executor(settings)
     try:
         store = open_store(settings.db_url, server=True)
@@ -75,6 +82,44 @@ def serve(settings: Settings) -> None:
     finally:
         store.close()
         sock.close()
+        lock.close()
+
+
+def _lock_data_dir(data_dir: Path) -> TextIO:
+    """Hold ``DATA_DIR/server.lock`` for the life of the process: two servers on one
+    data dir would each take the other's running workloads for lost and kill them.
+    (The kernel drops the lock when the process dies, however it dies; the file is
+    close-on-exec, so workloads never hold it.)"""
+    path = data_dir / "server.lock"
+    try:
+        lock = open(path, "a+")  # noqa: SIM115 - held until the server exits
+    except OSError as exc:
+        raise ServeError(f"cannot use data dir {data_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise ServeError(
+            f"another corral serve (pid {holder}) is using {data_dir};"
+            " stop it, or give this one another --data-dir"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _raise_open_files_limit() -> None:
+    """Each running workload holds a descriptor (its pidfd); the usual soft limit of
+    1,024 would make the 1,000th workload fail to start. Raise it to the hard limit,
+    as service managers do (workloads inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from corral.api.problems import responses
 from corral.errors import InvalidInputError
-from corral.logs import follow_log, log_path, read_log
+from corral.logs import follow_log, log_chunks, log_path, log_start
 from corral.model import (
     LABEL_SELECTOR_RE,
     LABELS_MAX_ENTRIES,
@@ -257,11 +257,9 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
     ) -> Response:
         store.get_workload(workload_id)  # 404 for an unknown id
         path = log_path(data_dir, workload_id)
-        if not follow:
-            return Response(read_log(path, tail=tail), media_type="text/plain")
-        start = 0
-        if tail is not None:
-            start = max(0, _size(path) - len(read_log(path, tail=tail)))
+        start = log_start(path, tail)
+        if not follow:  # what is there now, streamed from disk
+            return StreamingResponse(log_chunks(path, start=start), media_type="text/plain")
 
         def finished() -> bool:
             if scheduler.is_active(workload_id):
@@ -280,10 +278,3 @@ def _meta_routes(router: APIRouter) -> None:
     @router.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0

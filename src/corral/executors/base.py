@@ -70,6 +70,13 @@ class Executor(Protocol):
         already over (reported at once through ``on_exit``)."""
         ...
 
+    def stop_unadopted(self) -> list[str]:
+        """After every ``running`` workload was offered to ``adopt``: stop the processes
+        an earlier server left for workloads no longer running in the store (killed,
+        say, between the store's commit and the signal), as ``terminate`` does, and
+        drop their state once they are over. Returns their workload ids."""
+        ...
+
     def terminate(self, workload_id: str) -> None:
         """Stop the workload: SIGTERM to its process group, SIGKILL after the grace
         period. Its exit is still reported through ``on_exit``."""

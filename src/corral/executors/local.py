@@ -99,6 +99,7 @@ class LocalExecutor:
         self.shim = ensure_shim(data_dir / "bin")
         self._procs: dict[str, _Proc] = {}
         self._shims: dict[str, int] | None = None  # found at the first adopt()
+        self._stray_pidfds: set[int] = set()
         self._on_exit: OnExit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
@@ -119,17 +120,23 @@ class LocalExecutor:
     def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> None:
         state = self.run_dir / workload.id
         if gpu_devices:
-            state_file(state, "devices").write_text(",".join(map(str, gpu_devices)))
+            try:
+                state_file(state, "devices").write_text(",".join(map(str, gpu_devices)))
+            except OSError as exc:
+                raise SpawnError(f"cannot record its GPUs: {exc.strerror}") from None
         env = {**self._base_env, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
         if self.capacity.gpus or gpu_devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_devices))
         cwd = Path(workload.cwd) if workload.cwd else None
         argv = shim_argv(self.shim, state, self.kill_grace_seconds, cwd, workload.command)
-        log_fd = os.open(
-            log_path(self.data_dir, workload.id),
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-            0o644,
-        )
+        try:
+            log_fd = os.open(
+                log_path(self.data_dir, workload.id),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o644,
+            )
+        except OSError as exc:
+            raise SpawnError(f"cannot open its log: {exc.strerror}") from None
         try:
             pid = os.posix_spawn(
                 argv[0],
@@ -146,7 +153,15 @@ class LocalExecutor:
             raise SpawnError(exc.strerror if isinstance(exc, OSError) else str(exc)) from None
         finally:
             os.close(log_fd)
-        self._watch(workload, pid, is_child=True)
+        try:
+            self._watch(workload, pid, is_child=True)
+        except OSError as exc:
+            # Unwatched, it could be neither killed nor followed: stop it now. (The
+            # shim leads its own session, so its group holds the workload too.)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise SpawnError(f"cannot watch its process: {exc.strerror}") from None
 
     def _watch(self, workload: Workload, pid: int, *, is_child: bool) -> None:
         assert self._loop is not None, "start() first"
@@ -209,6 +224,30 @@ class LocalExecutor:
         self._report_soon(self._outcome(workload.id, state, workload.cwd, "is gone"))
         return None
 
+    def stop_unadopted(self) -> list[str]:
+        """See ``Executor.stop_unadopted``."""
+        assert self._loop is not None, "start() first"
+        strays = self._shims if self._shims is not None else find_shims(self.run_dir)
+        self._shims = {}
+        for workload_id, shim_pid in strays.items():
+            try:
+                pidfd = os.pidfd_open(shim_pid)
+                os.kill(shim_pid, signal.SIGTERM)  # the shim stops its group, then exits
+            except ProcessLookupError:
+                self.forget(workload_id)
+                continue
+            self._stray_pidfds.add(pidfd)
+            self._loop.add_reader(pidfd, self._stray_exited, workload_id, pidfd)
+            log.warning("stopping workload %s: it is not running in the store", workload_id)
+        return list(strays)
+
+    def _stray_exited(self, workload_id: str, pidfd: int) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(pidfd)
+        self._stray_pidfds.discard(pidfd)
+        os.close(pidfd)
+        self.forget(workload_id)
+
     def _report_soon(self, outcome: Outcome) -> None:
         assert self._loop is not None, "start() first"
         self._loop.call_soon(self._report, outcome)
@@ -233,6 +272,11 @@ class LocalExecutor:
                 self._loop.remove_reader(proc.pidfd)
             os.close(proc.pidfd)
         self._procs.clear()
+        for pidfd in self._stray_pidfds:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self._stray_pidfds.clear()
 
     def _kill_orphaned_group(self, workload_id: str, state: Path) -> None:
         """Without its shim, nothing would stop the workload: SIGKILL its group, if the

@@ -41,7 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define TICK 0.1       /* seconds between state checks when no signal arrives */
+#define TICK 0.1       /* seconds between checks while stopping a group (members can
+                          leave it without a signal to the shim); none while running */
 #define GIVE_UP 2.0    /* seconds to wait for the group to empty after SIGKILL */
 
 static const char *state_dir;
@@ -214,11 +215,17 @@ int main(int argc, char **argv)
             killed = 1;
             killed_at = t;
         }
-        double wait = TICK;
-        if (terminating && !killed && deadline - t < wait)
-            wait = deadline > t ? deadline - t : 0;
-        struct timespec ts = {0, (long)(wait * 1e9)};
-        int sig = sigtimedwait(&set, NULL, &ts);
+        int sig;
+        if (!reaped && !terminating) {
+            /* Running, nothing asked: only a signal (its exit, a kill) changes that. */
+            sig = sigwaitinfo(&set, NULL);
+        } else {
+            double wait = TICK;
+            if (terminating && !killed && deadline - t < wait)
+                wait = deadline > t ? deadline - t : 0;
+            struct timespec ts = {0, (long)(wait * 1e9)};
+            sig = sigtimedwait(&set, NULL, &ts);
+        }
         if ((sig == SIGTERM || sig == SIGINT || sig == SIGHUP) && !terminating) {
             stop_group(child);
             terminating = 1;

@@ -1,0 +1,55 @@
+"""Log files read whole, by tail and in chunks, against a plain-Python reference."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corral import logs
+from corral.logs import log_chunks, log_start, read_log
+
+LINE = st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"."))
+LONG_LINE = st.integers(0, 3 * logs.TAIL_BLOCK_BYTES).map(lambda n: b"y" * n)
+
+
+def reference_tail(data: bytes, n: int | None) -> bytes:
+    if n is None:
+        return data
+    lines = re.findall(rb"[^\n]*\n|[^\n]+$", data)  # (splitlines would also cut at \r)
+    return b"".join(lines[-n:]) if n > 0 else b""
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.one_of(LINE, LONG_LINE), max_size=40),
+    unterminated=st.booleans(),
+    tail=st.one_of(st.none(), st.integers(0, 45)),
+)
+def test_tail_is_the_last_lines(lines: list[bytes], unterminated: bool, tail: int | None) -> None:
+    data = b"".join(line + b"\n" for line in lines)
+    if unterminated and lines:
+        data = data[:-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "w.log"
+        path.write_bytes(data)
+        assert read_log(path, tail=tail) == reference_tail(data, tail)
+
+
+def test_chunks_cover_the_log_once_and_stay_small(tmp_path: Path) -> None:
+    path = tmp_path / "w.log"
+    data = bytes(range(11, 256)) * 5000  # 1.2 MB, no newline at all
+    path.write_bytes(data)
+    chunks = list(log_chunks(path, start=1000))
+    assert b"".join(chunks) == data[1000:]
+    assert max(map(len, chunks)) <= logs.READ_CHUNK_BYTES and len(chunks) > 4
+    assert log_start(path, 1) == 0  # one (unterminated) line: all of it
+
+
+def test_a_log_not_written_yet_is_empty(tmp_path: Path) -> None:
+    missing = tmp_path / "none.log"
+    assert read_log(missing) == b"" and read_log(missing, tail=5) == b""
+    assert list(log_chunks(missing)) == []
