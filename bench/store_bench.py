@@ -1,8 +1,14 @@
 """``transition_ps``: ``SQLiteStore.update_workload_status`` calls per second, in process.
 
 Bound: raw ``sqlite3`` on an identically migrated and filled database, with the same
-pragmas, doing only what a transition must: ``BEGIN IMMEDIATE``, the conditional
-``UPDATE``, the event ``INSERT``, ``COMMIT``.
+pragmas, running the store's own two statements and nothing else: ``BEGIN IMMEDIATE``,
+the conditional ``UPDATE … RETURNING`` (fetched), the event ``INSERT`` with its ``seq``
+subquery, ``COMMIT``. What the figure leaves to corral is Python: building the
+arguments, turning the returned row into a ``Workload``, and the call itself.
+
+Both sides do pending→running, a transition with one allowed source status (a
+single conditional UPDATE). A target with several sources (``killed``) first reads
+the current status, one ``SELECT`` by primary key more.
 """
 
 from __future__ import annotations
@@ -14,7 +20,12 @@ from pathlib import Path
 from bench.common import Metric, fresh_dir
 from corral.ids import now_rfc3339
 from corral.model import Status, WorkloadCreate
-from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+from corral.store.sqlite import (
+    _INSERT_NEXT_EVENT,
+    _UPDATE_STATUS,
+    BUSY_TIMEOUT_MS,
+    SQLiteStore,
+)
 
 SPEC = WorkloadCreate.model_validate(
     {
@@ -44,13 +55,6 @@ def _raw_conn(path: Path) -> sqlite3.Connection:
     return conn
 
 
-_UPDATE = "UPDATE workloads SET status = ?, updated_at = ? WHERE id = ? AND status = ?"
-_EVENT = (
-    "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
-    " VALUES (?, 2, 'transition', 'pending', 'running', ?, NULL, 'bench')"
-)
-
-
 def corral_block(store: SQLiteStore, ids: list[str]) -> float:
     """Seconds for pending→running of ``ids`` through the store."""
     start = time.perf_counter()
@@ -65,8 +69,12 @@ def raw_block(conn: sqlite3.Connection, ids: list[str]) -> float:
     for wid in ids:
         now = now_rfc3339()
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(_UPDATE, ("running", now, wid, "pending"))
-        conn.execute(_EVENT, (wid, now))
+        conn.execute(
+            _UPDATE_STATUS, ("running", None, None, None, now, now, None, wid, "pending")
+        ).fetchone()
+        conn.execute(
+            _INSERT_NEXT_EVENT, (wid, wid, "transition", "pending", "running", now, None, "bench")
+        )
         conn.execute("COMMIT")
     return time.perf_counter() - start
 
