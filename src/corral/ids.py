@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 ID_LENGTH = 26
-_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit value, 2 chars
+_SHIFTS = tuple(range(120, -1, -10))  # 13 pairs: 130 bits, the top 2 always 0
 _lock = threading.Lock()
 _last = 0
 
@@ -26,7 +26,7 @@ def new_id() -> str:
         if value <= _last:
             value = _last + 1
         _last = value
-    return base64.b32encode(value.to_bytes(20)).translate(_FROM_RFC4648)[-ID_LENGTH:].decode()
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def looks_like_id(text: str) -> bool:
