@@ -146,6 +146,13 @@ def test_submit_prints_the_id(server: LiveServer, tmp_path: Path) -> None:
     assert w["cwd"] == str(tmp_path / "work")  # made absolute by the CLI
 
 
+def test_submit_runs_in_the_current_directory_by_default(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    workload_id = ok(corral("submit", "--", "make", url=server.url, cwd=tmp_path)).strip()
+    assert get(server, workload_id)["cwd"] == str(tmp_path)  # as sbatch does
+
+
 def test_submit_without_dashes_keeps_the_command_options(server: LiveServer) -> None:
     workload_id = submit(server, "ls", "-la", "--color")
     assert get(server, workload_id)["command"] == ["ls", "-la", "--color"]

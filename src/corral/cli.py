@@ -238,7 +238,12 @@ def submit(
         typer.Option(metavar="SECONDS", help="Stop it (as failed) after this long running."),
     ] = None,
     cwd: Annotated[
-        str | None, typer.Option(metavar="DIR", help="Working directory (made absolute here).")
+        str | None,
+        typer.Option(
+            metavar="DIR",
+            help="Working directory (made absolute here).",
+            show_default="the current directory, as with sbatch",
+        ),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for the end; exit with its exit code.")
@@ -249,7 +254,7 @@ def submit(
     """Submit a command; print its id. Options go before the command."""
     envs = _pairs(env, "--env", env=True)
     labels = _pairs(label, "--label", labels=True)
-    workdir = os.path.abspath(os.path.expanduser(cwd)) if cwd is not None else None
+    workdir = os.path.abspath(os.path.expanduser(cwd if cwd is not None else os.curdir))
     with _client(ctx, server) as client:
         workload = client.submit(
             command,
