@@ -10,7 +10,8 @@ checked against the state machine and recorded as an event.
   so smaller workloads behind it cannot starve it; everyone left waiting gets a
   ``reason`` ("waiting for 2 GPUs, 0 free").
 - **Claim, then spawn.** pending→running is committed before the process is started
-  (never a transaction around a spawn). If the spawn fails, running→failed with the
+  (never a transaction around a spawn); the spawn runs as a task, so a pass never
+  waits for an exec. If the spawn fails, running→failed with the
   OS's message. If the server dies between the two, the restart finds a running
   workload without a process and fails it as lost: a workload runs at most once.
 - **Wake-ups, not polling.** A submit, a kill or an exit sets an ``asyncio.Event``; the
@@ -70,6 +71,7 @@ class Scheduler:
         self._timed_out: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._launches: set[asyncio.Task[None]] = set()
 
     # --- called by the API ---------------------------------------------------------
 
@@ -124,6 +126,8 @@ class Scheduler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._launches:  # let spawns under way finish and be watched
+            await asyncio.gather(*self._launches, return_exceptions=True)
         for timer in self._timers.values():
             timer.cancel()
         if self.executor is not None:
@@ -192,17 +196,27 @@ class Scheduler:
             return False  # killed (or gone) since it was queued
         devices = sorted(self._free.gpus)[: workload.resources.gpus]
         self._allocate(running, devices)
+        task = asyncio.get_running_loop().create_task(self._launch(running, devices))
+        self._launches.add(task)
+        task.add_done_callback(self._launches.discard)
+        return True
+
+    async def _launch(self, workload: Workload, devices: list[int]) -> None:
+        """Start the claimed workload's process (the pass goes on meanwhile: the
+        resources are already taken)."""
+        assert self.executor is not None
         try:
-            self.executor.launch(running, devices)
+            await self.executor.launch(workload, devices)
         except SpawnError as exc:
             self._finish(Outcome(workload.id, spawn_error=str(exc)))
-            return True
+            self._poke()
+            return
         except Exception as exc:  # a bug must not leave it running for ever
             log.exception("launching %s failed", workload.id)
             self._finish(Outcome(workload.id, spawn_error=f"{type(exc).__name__}: {exc}"))
-            return True
-        self._arm_timeout(running, started_at=None)
-        return True
+            self._poke()
+            return
+        self._arm_timeout(workload, started_at=None)
 
     def _allocate(self, workload: Workload, devices: list[int]) -> None:
         self._allocated[workload.id] = (workload, devices)

@@ -60,8 +60,10 @@ class Executor(Protocol):
         adopted workload, when its process is over."""
         ...
 
-    def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> None:
-        """Start the workload's process now; raise ``SpawnError`` if it cannot be."""
+    async def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> None:
+        """Start the workload's process; return once it runs and is watched, or raise
+        ``SpawnError``. A ``terminate`` while this is under way is not lost: the
+        process is stopped as soon as it exists."""
         ...
 
     def adopt(self, workload: Workload) -> list[int] | None:

@@ -9,6 +9,9 @@ a restarted server re-adopts running workloads and still learns their exit codes
 
 Exits are noticed without threads or polling: each shim has a pidfd registered with
 the event loop, readable the moment the shim exits (whoever its parent is by then).
+Spawns run on a small pool of threads through ``spawn.spawn_session``, which releases
+the GIL while glibc waits for the shim's exec; ``os.posix_spawn`` held it, and the
+whole server waited for every exec.
 
 Files in ``<data>/run/``, per workload: ``<id>.pid`` and ``<id>.status`` (written by
 the shim) and ``<id>.devices`` (GPU indices, by the server); removed once the
@@ -28,11 +31,13 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from corral.executors.base import Capacity, OnExit, Outcome, SpawnError
 from corral.executors.shim import ensure_shim, read_pid, read_status, shim_argv, state_file
+from corral.executors.spawn import spawn_session
 from corral.logs import log_path
 from corral.model import Workload
 
@@ -41,6 +46,8 @@ log = logging.getLogger(__name__)
 BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 """Copied from the server's environment; everything else comes from the workload."""
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+SPAWN_THREADS = 2
+"""Spawns in flight at once: each waits (without the GIL) for one shim's exec."""
 SHIM_NAME = "corral-shim"
 
 
@@ -100,6 +107,9 @@ class LocalExecutor:
         self._procs: dict[str, _Proc] = {}
         self._shims: dict[str, int] | None = None  # found at the first adopt()
         self._stray_pidfds: set[int] = set()
+        self._launching: set[str] = set()
+        self._stop_on_start: set[str] = set()
+        self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="corral-spawn")
         self._on_exit: OnExit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
@@ -117,7 +127,11 @@ class LocalExecutor:
 
     # --- launch -------------------------------------------------------------------
 
-    def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> None:
+    async def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> None:
+        """See ``Executor.launch``. The spawn runs on a worker thread (``spawn.py``
+        says why); a ``terminate`` that arrives meanwhile is applied once the shim is
+        watched."""
+        assert self._loop is not None, "start() first"
         state = self.run_dir / workload.id
         if gpu_devices:
             try:
@@ -129,39 +143,27 @@ class LocalExecutor:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_devices))
         cwd = Path(workload.cwd) if workload.cwd else None
         argv = shim_argv(self.shim, state, self.kill_grace_seconds, cwd, workload.command)
+        log = log_path(self.data_dir, workload.id)
+        self._launching.add(workload.id)
         try:
-            log_fd = os.open(
-                log_path(self.data_dir, workload.id),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                0o644,
-            )
-        except OSError as exc:
-            raise SpawnError(f"cannot open its log: {exc.strerror}") from None
-        try:
-            pid = os.posix_spawn(
-                argv[0],
-                argv,
-                env,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                ],
-                setsid=True,
-            )
-        except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env
-            raise SpawnError(exc.strerror if isinstance(exc, OSError) else str(exc)) from None
+            pid = await self._loop.run_in_executor(self._spawner, _spawn_shim, argv, env, log)
         finally:
-            os.close(log_fd)
+            self._launching.discard(workload.id)
         try:
             self._watch(workload, pid, is_child=True)
         except OSError as exc:
-            # Unwatched, it could be neither killed nor followed: stop it now. (The
-            # shim leads its own session, so its group holds the workload too.)
+            # Unwatched, it could be neither killed nor followed: stop it now. The
+            # workload has a process group of its own, which only the shim knows, so
+            # the shim is asked (it stops the group as for a kill, then exits) and is
+            # reaped by a spawn thread.
+            self._stop_on_start.discard(workload.id)
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+                os.kill(pid, signal.SIGTERM)
+            self._spawner.submit(os.waitpid, pid, 0)
             raise SpawnError(f"cannot watch its process: {exc.strerror}") from None
+        if workload.id in self._stop_on_start:
+            self._stop_on_start.discard(workload.id)
+            self.terminate(workload.id)
 
     def _watch(self, workload: Workload, pid: int, *, is_child: bool) -> None:
         assert self._loop is not None, "start() first"
@@ -253,6 +255,9 @@ class LocalExecutor:
         self._loop.call_soon(self._report, outcome)
 
     def terminate(self, workload_id: str) -> None:
+        if workload_id in self._launching:
+            self._stop_on_start.add(workload_id)
+            return
         proc = self._procs.get(workload_id)
         if proc is None:
             return
@@ -267,6 +272,8 @@ class LocalExecutor:
                 os.unlink(state_file(state, name))
 
     def close(self) -> None:
+        # A spawn in flight finishes (its shim is adopted by the next server).
+        self._spawner.shutdown(wait=True)
         for proc in self._procs.values():
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(proc.pidfd)
@@ -289,6 +296,20 @@ class LocalExecutor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             log.warning("killed the orphaned process group %d of workload %s", pgid, workload_id)
+
+
+def _spawn_shim(argv: list[str], env: dict[str, str], log: Path) -> int:
+    """On a spawn thread: open the log, start the shim on it, return the shim's pid."""
+    try:
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SpawnError(f"cannot open its log: {exc.strerror}") from None
+    try:
+        return spawn_session(argv[0], argv, env, log_fd)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env
+        raise SpawnError(exc.strerror if isinstance(exc, OSError) else str(exc)) from None
+    finally:
+        os.close(log_fd)
 
 
 def find_shims(run_dir: Path) -> dict[str, int]:
