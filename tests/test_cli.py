@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -21,9 +19,8 @@ import pytest
 
 from corral.cli import exit_status
 from corral.client import ServerUnreachable
-from corral.executors.local import find_shims
 from corral.model import Resources, Status, Workload
-from tests.server import LiveServer, free_port, pid_gone, wait_until
+from tests.server import LiveServer, free_port, kill_workloads, pid_gone, wait_until
 
 ID_RE = re.compile(r"^[0-9a-z]{26}$")
 UNKNOWN_ID = "01aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -492,9 +489,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = LiveServer(data, "--executor", "local", "--kill-grace", "2").start()
     yield live
     live.kill()
-    for shim_pid in find_shims(data / "run").values():  # whatever a failed test left
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(shim_pid, signal.SIGKILL)
+    kill_workloads(data)  # whatever a test left running
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
@@ -21,7 +20,7 @@ import pytest
 from corral.executors.local import find_shims
 from corral.model import Status
 from corral.store.sqlite import SQLiteStore
-from tests.server import LiveServer, free_port, pid_gone, wait_until
+from tests.server import LiveServer, free_port, kill_workloads, pid_gone, wait_until
 
 TERMINAL = {"completed", "failed", "killed"}
 
@@ -70,12 +69,6 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     for server in servers:
         server.kill()
     kill_workloads(tmp_path / "data")  # whatever a failed test left running
-
-
-def kill_workloads(data_dir: Path) -> None:
-    for shim_pid in find_shims(data_dir / "run").values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(shim_pid, signal.SIGKILL)
 
 
 def test_exit_codes(serve: Any) -> None:
