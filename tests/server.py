@@ -37,7 +37,7 @@ class LiveServer:
         *args: str,
         port: int | None = None,
         env: dict[str, str] | None = None,
-        open_files: int | None = None,
+        open_files: int | tuple[int, int] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.args = args
@@ -47,7 +47,7 @@ class LiveServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / f"server-{self.port}.log"
         self.open_files = open_files
-        """A hard limit on the server's open files (``ulimit -Hn``), for tests."""
+        """The server's open-files limit for tests: N (soft and hard) or (soft, hard)."""
 
     def start(self, timeout: float = 30.0) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,9 @@ class LiveServer:
 
     def _limits(self) -> None:
         if self.open_files is not None:
-            limit = (self.open_files, self.open_files)
+            limit = self.open_files
+            if isinstance(limit, int):
+                limit = (limit, limit)
             resource.setrlimit(resource.RLIMIT_NOFILE, limit)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

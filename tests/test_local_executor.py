@@ -55,7 +55,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         *args: str,
         env: dict[str, str] | None = None,
         port: int | None = None,
-        open_files: int | None = None,
+        open_files: int | tuple[int, int] | None = None,
     ) -> Api:
         server = LiveServer(
             tmp_path / "data", "--executor", "local", *args, env=env, port=port,
@@ -486,3 +486,13 @@ def test_a_kill_during_the_spawn_is_not_lost(serve: Any) -> None:
     # Within the grace period (1 s) and a margin, not at the next safety pass (5 s).
     wait_until(lambda: not workload_processes(ids), timeout=3)
     assert {api.get(w)["status"] for w in ids} == {"killed"}
+
+
+def test_workloads_get_the_open_files_limit_the_server_started_with(serve: Any) -> None:
+    """The server raises its own soft limit (each running workload holds a pidfd);
+    its workloads keep the one it was given, and never see how it is passed."""
+    api = serve(open_files=(512, 4096))
+    script = "ulimit -Sn; ulimit -Hn; env | grep -c CORRAL_SHIM || true"
+    w = api.wait(api.submit(["sh", "-c", script])["id"])
+    assert w["status"] == "completed", w
+    assert api.logs(w["id"]).split() == ["512", "4096", "0"]

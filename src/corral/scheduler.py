@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -196,17 +196,25 @@ class Scheduler:
             return False  # killed (or gone) since it was queued
         devices = sorted(self._free.gpus)[: workload.resources.gpus]
         self._allocate(running, devices)
-        task = asyncio.get_running_loop().create_task(self._launch(running, devices))
+        try:
+            started = self.executor.launch(running, devices)
+        except SpawnError as exc:
+            self._finish(Outcome(workload.id, spawn_error=str(exc)))
+            return True
+        except Exception as exc:  # a bug must not leave it running for ever
+            log.exception("launching %s failed", workload.id)
+            self._finish(Outcome(workload.id, spawn_error=f"{type(exc).__name__}: {exc}"))
+            return True
+        task = asyncio.get_running_loop().create_task(self._launched(running, started))
         self._launches.add(task)
         task.add_done_callback(self._launches.discard)
         return True
 
-    async def _launch(self, workload: Workload, devices: list[int]) -> None:
-        """Start the claimed workload's process (the pass goes on meanwhile: the
-        resources are already taken)."""
-        assert self.executor is not None
+    async def _launched(self, workload: Workload, started: Awaitable[None]) -> None:
+        """Wait for the claimed workload's process to run (the pass went on: the
+        resources are taken, and the executor already knows it is launching)."""
         try:
-            await self.executor.launch(workload, devices)
+            await started
         except SpawnError as exc:
             self._finish(Outcome(workload.id, spawn_error=str(exc)))
             self._poke()

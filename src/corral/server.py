@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -53,8 +52,8 @@ def serve(settings: Settings) -> None:
     except OSError as exc:
         raise ServeError(f"cannot use data dir {settings.data_dir}: {exc.strerror}") from None
     lock = _lock_data_dir(settings.data_dir)
-    _raise_open_files_limit()
-    executor = _executor(settings)
+    workload_open_files = _raise_open_files_limit()
+    executor = _executor(settings, workload_open_files)
     try:
         store = open_store(settings.db_url, server=True)
     except (ValueError, OSError, sqlite3.Error) as exc:
@@ -111,15 +110,21 @@ def _lock_data_dir(data_dir: Path) -> TextIO:
     return lock
 
 
-def _raise_open_files_limit() -> None:
+def _raise_open_files_limit() -> int | None:
     """Each running workload holds a descriptor (its pidfd); the usual soft limit of
     1,024 would make the 1,000th workload fail to start. Raise it to the hard limit,
-    as service managers do (workloads inherit it)."""
+    as service managers do, and return the soft limit it had (the one workloads get:
+    a huge limit slows programs that close every possible descriptor, and breaks
+    select()), or None when it was not changed."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return None
+    return soft
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -158,7 +163,7 @@ class _Server(uvicorn.Server):
             print(self.banner, file=sys.stderr, flush=True)
 
 
-def _executor(settings: Settings) -> LocalExecutor | None:
+def _executor(settings: Settings, workload_open_files: int | None) -> LocalExecutor | None:
     if settings.executor == "none":
         return None
     from corral.executors.local import LocalExecutor, detect_capacity
@@ -167,7 +172,10 @@ def _executor(settings: Settings) -> LocalExecutor | None:
     capacity = detect_capacity(settings.cpus, settings.memory_mb, settings.gpus)
     try:
         return LocalExecutor(
-            settings.data_dir, capacity=capacity, kill_grace_seconds=settings.kill_grace_seconds
+            settings.data_dir,
+            capacity=capacity,
+            kill_grace_seconds=settings.kill_grace_seconds,
+            workload_open_files=workload_open_files,
         )
     except ShimBuildError as exc:
         raise ServeError(str(exc)) from None

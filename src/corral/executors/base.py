@@ -7,7 +7,7 @@ one callback, with an ``Outcome``; the scheduler turns that into a transition.
 from __future__ import annotations
 
 import signal as signals
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,10 +60,11 @@ class Executor(Protocol):
         adopted workload, when its process is over."""
         ...
 
-    async def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> None:
-        """Start the workload's process; return once it runs and is watched, or raise
-        ``SpawnError``. A ``terminate`` while this is under way is not lost: the
-        process is stopped as soon as it exists."""
+    def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> Awaitable[None]:
+        """Start the workload's process: raise ``SpawnError`` now, or return an
+        awaitable that ends once the process runs and is watched (or raises
+        ``SpawnError``). From this call on, a ``terminate`` is not lost: the process
+        is stopped as soon as it exists."""
         ...
 
     def adopt(self, workload: Workload) -> list[int] | None:

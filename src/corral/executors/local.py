@@ -30,7 +30,8 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 """Copied from the server's environment; everything else comes from the workload."""
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+NOFILE_VARIABLE = "CORRAL_SHIM_NOFILE"
+"""Tells the shim the workload's soft open-files limit; the shim removes it."""
 SPAWN_THREADS = 2
 """Spawns in flight at once: each waits (without the GIL) for one shim's exec."""
 SHIM_NAME = "corral-shim"
@@ -98,8 +101,17 @@ def _count_gpus() -> int:
 class LocalExecutor:
     """Processes on this machine, each under a shim; see the module docstring."""
 
-    def __init__(self, data_dir: Path, *, capacity: Capacity, kill_grace_seconds: float) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        capacity: Capacity,
+        kill_grace_seconds: float,
+        workload_open_files: int | None = None,
+    ) -> None:
         self.capacity = capacity
+        self.workload_open_files = workload_open_files
+        """The soft open-files limit workloads get (the server's own may be raised)."""
         self.kill_grace_seconds = kill_grace_seconds
         self.data_dir = data_dir
         self.run_dir = data_dir / "run"
@@ -127,10 +139,10 @@ class LocalExecutor:
 
     # --- launch -------------------------------------------------------------------
 
-    async def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> None:
-        """See ``Executor.launch``. The spawn runs on a worker thread (``spawn.py``
-        says why); a ``terminate`` that arrives meanwhile is applied once the shim is
-        watched."""
+    def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> Awaitable[None]:
+        """See ``Executor.launch``. The spawn starts now on a worker thread
+        (``spawn.py`` says why), and the workload counts as launching from this call
+        on: a ``terminate`` before the shim is watched is applied once it is."""
         assert self._loop is not None, "start() first"
         state = self.run_dir / workload.id
         if gpu_devices:
@@ -141,36 +153,58 @@ class LocalExecutor:
         env = {**self._base_env, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
         if self.capacity.gpus or gpu_devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_devices))
+        if self.workload_open_files is not None:
+            env[NOFILE_VARIABLE] = str(self.workload_open_files)
         cwd = Path(workload.cwd) if workload.cwd else None
         argv = shim_argv(self.shim, state, self.kill_grace_seconds, cwd, workload.command)
         log = log_path(self.data_dir, workload.id)
+        spawned = self._loop.run_in_executor(self._spawner, _spawn_shim, argv, env, log)
         self._launching.add(workload.id)
+        return self._watch_spawned(workload, spawned)
+
+    async def _watch_spawned(self, workload: Workload, spawned: Awaitable[int]) -> None:
+        wid = workload.id
         try:
-            pid = await self._loop.run_in_executor(self._spawner, _spawn_shim, argv, env, log)
+            pid = await spawned
+        except BaseException:
+            self._stop_on_start.discard(wid)
+            raise
         finally:
-            self._launching.discard(workload.id)
+            self._launching.discard(wid)
         try:
             self._watch(workload, pid, is_child=True)
         except OSError as exc:
             # Unwatched, it could be neither killed nor followed: stop it now. The
             # workload has a process group of its own, which only the shim knows, so
-            # the shim is asked (it stops the group as for a kill, then exits) and is
-            # reaped by a spawn thread.
-            self._stop_on_start.discard(workload.id)
+            # the shim is asked (it stops the group as for a kill, then exits); a
+            # thread of its own reaps it and removes its state files.
+            self._stop_on_start.discard(wid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            self._spawner.submit(os.waitpid, pid, 0)
+            threading.Thread(target=self._reap_unwatched, args=(wid, pid), daemon=True).start()
             raise SpawnError(f"cannot watch its process: {exc.strerror}") from None
-        if workload.id in self._stop_on_start:
-            self._stop_on_start.discard(workload.id)
-            self.terminate(workload.id)
+        if wid in self._stop_on_start:
+            self._stop_on_start.discard(wid)
+            self.terminate(wid)
+
+    def _reap_unwatched(self, workload_id: str, pid: int) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self.forget, workload_id)
 
     def _watch(self, workload: Workload, pid: int, *, is_child: bool) -> None:
         assert self._loop is not None, "start() first"
         pidfd = os.pidfd_open(pid)
+        try:
+            self._loop.add_reader(pidfd, self._exited, workload.id)
+        except BaseException:
+            os.close(pidfd)
+            raise
         state = self.run_dir / workload.id
         self._procs[workload.id] = _Proc(pid, pidfd, state, is_child, workload.cwd)
-        self._loop.add_reader(pidfd, self._exited, workload.id)
 
     def _exited(self, workload_id: str) -> None:
         proc = self._procs.pop(workload_id)
@@ -234,10 +268,17 @@ class LocalExecutor:
         for workload_id, shim_pid in strays.items():
             try:
                 pidfd = os.pidfd_open(shim_pid)
-                os.kill(shim_pid, signal.SIGTERM)  # the shim stops its group, then exits
             except ProcessLookupError:
                 self.forget(workload_id)
                 continue
+            # The pidfd pins the process: if it is still this workload's shim now (and
+            # not a reused pid), the signal reaches that shim.
+            if _shim_state(shim_pid) != str(self.run_dir / workload_id):
+                os.close(pidfd)
+                self.forget(workload_id)
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGTERM)  # it stops its group
             self._stray_pidfds.add(pidfd)
             self._loop.add_reader(pidfd, self._stray_exited, workload_id, pidfd)
             log.warning("stopping workload %s: it is not running in the store", workload_id)
@@ -320,16 +361,22 @@ def find_shims(run_dir: Path) -> dict[str, int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 2 and Path(argv[0].decode(errors="replace")).name.startswith(SHIM_NAME):
-            state = argv[1].decode(errors="replace")
-            if state.startswith(prefix) and is_alive(int(entry)):
-                found[state.removeprefix(prefix)] = int(entry)
+        state = _shim_state(int(entry))
+        if state is not None and state.startswith(prefix) and is_alive(int(entry)):
+            found[state.removeprefix(prefix)] = int(entry)
     return found
+
+
+def _shim_state(pid: int) -> str | None:
+    """The state path of the shim running as ``pid``, or None if it is no shim."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return None
+    if len(argv) > 2 and Path(argv[0].decode(errors="replace")).name.startswith(SHIM_NAME):
+        return argv[1].decode(errors="replace")
+    return None
 
 
 def _is_workload_process(pid: int, workload_id: str) -> bool:

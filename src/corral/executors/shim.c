@@ -24,6 +24,8 @@
  *   - SIGTERM, SIGINT or SIGHUP to the shim: SIGTERM (and SIGCONT) to the workload's
  *     group, then SIGKILL after GRACE_SECONDS if anything is left in it. Processes left
  *     in the group after the workload itself exits are treated the same way.
+ *   - CORRAL_SHIM_NOFILE=N in the environment: the workload's soft open-files limit
+ *     (lowered to N; the variable is removed before the workload starts).
  *   - Exit code: 0 once status is written, 1 if it could not be, 2 on bad arguments.
  *
  * Processes that leave the group (setsid, setpgid) are not tracked.
@@ -37,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -138,6 +141,22 @@ int main(int argc, char **argv)
         return usage("bad GRACE_SECONDS");
     const char *cwd = argv[3];
     char **cmd = argv + 5;
+
+    /* The server may run with a raised open-files limit; the workload gets the soft
+     * limit the server started with (as systemd does for its services' children). */
+    const char *nofile = getenv("CORRAL_SHIM_NOFILE");
+    if (nofile != NULL) {
+        char *nend;
+        unsigned long long n = strtoull(nofile, &nend, 10);
+        struct rlimit rl;
+        if (nend != nofile && *nend == '\0' && getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+            (rlim_t)n < rl.rlim_cur) {
+            rl.rlim_cur = (rlim_t)n;
+            if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                say("cannot lower the open-files limit: ", strerror(errno));
+        }
+        unsetenv("CORRAL_SHIM_NOFILE");
+    }
 
     /* Default dispositions (SIG_IGN is inherited across exec, and an ignored SIGCHLD
      * would auto-reap); the signals we handle are blocked and taken by sigtimedwait. */

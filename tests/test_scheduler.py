@@ -1,0 +1,52 @@
+"""The scheduler with a real store and a real local executor, in process, where a
+test must control what happens within one turn of the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from corral.executors.base import Capacity
+from corral.executors.local import LocalExecutor
+from corral.model import Status, WorkloadCreate
+from corral.scheduler import Scheduler
+from corral.store.sqlite import SQLiteStore
+from tests.server import kill_workloads, pid_gone
+
+
+def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -> None:
+    """The claim commits ``running`` and the spawn is under way on a thread; a kill
+    handled before the launch task first runs must still stop the process."""
+
+    async def scenario() -> tuple[Status, list[int]]:
+        store = SQLiteStore(tmp_path / "corral.db")
+        executor = LocalExecutor(
+            tmp_path, capacity=Capacity(cpus=4, memory_mb=1000, gpus=0), kill_grace_seconds=1
+        )
+        scheduler = Scheduler(store, executor)
+        await scheduler.start()
+        try:
+            workload, _ = store.create_workload(WorkloadCreate(command=["sleep", "30"]))
+            scheduler.submitted(workload)
+            scheduler._schedule()  # claims it and starts the spawn
+            killed = store.update_workload_status(workload.id, Status.KILLED, actor="test")
+            scheduler.stopped(killed)  # the same turn: the launch task has not run yet
+            pidfile = tmp_path / "run" / f"{workload.id}.pid"
+            for _ in range(100):  # wait for the workload's pid (up to 5 s)
+                if pidfile.exists() and pidfile.read_text().strip():
+                    break
+                await asyncio.sleep(0.05)
+            pids = [int(pidfile.read_text())] if pidfile.exists() else []
+            for _ in range(60):  # gone within the grace period (1 s) and a margin
+                if all(pid_gone(p) for p in pids) and not executor.active():
+                    break
+                await asyncio.sleep(0.05)
+            return store.get_workload(workload.id).status, [p for p in pids if not pid_gone(p)]
+        finally:
+            await scheduler.stop()
+            store.close()
+            kill_workloads(tmp_path)
+
+    status, alive = asyncio.run(scenario())
+    assert status is Status.KILLED
+    assert alive == [], "the killed workload's process kept running"
