@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from corral.executors.local import find_shims, is_alive
+from corral.executors.local import is_alive, kill_all
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("CORRAL_BENCH_CACHE", "/tmp/corral-bench-cache"))
@@ -133,14 +133,14 @@ class Server:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            kill_leftover_workloads(self.data_dir)  # first, so the server reaps its shims
+            kill_all(self.data_dir / "run")  # first, so the server reaps its shims
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        kill_leftover_workloads(self.data_dir)
+        kill_all(self.data_dir / "run")
 
     def __enter__(self) -> Server:
         try:
@@ -151,28 +151,6 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def kill_leftover_workloads(data_dir: Path) -> None:
-    """SIGKILL the shim and the process group of every workload still on disk, and wait
-    (a few seconds at most) until they are gone."""
-    run = data_dir / "run"
-    if not run.is_dir():
-        return
-    killed = []
-    for shim in find_shims(run).values():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(shim, signal.SIGKILL)
-            killed.append(shim)
-    for pidfile in run.glob("*.pid"):
-        pid = read_first_int(pidfile)
-        if pid and not pid_gone(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-                killed.append(pid)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not all(pid_gone(p) for p in killed):
-        time.sleep(0.01)
 
 
 def read_first_int(path: Path) -> int | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import signal
@@ -16,8 +15,7 @@ from typing import TypeVar
 
 import httpx
 
-from corral.executors.local import find_shims, is_alive
-from corral.executors.shim import read_pid
+from corral.executors.local import is_alive
 
 T = TypeVar("T")
 
@@ -106,20 +104,3 @@ def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: floa
 def pid_gone(pid: int) -> bool:
     """True when ``pid`` has exited; a zombie counts as gone (PID 1 here does not reap)."""
     return not is_alive(pid)
-
-
-def kill_workloads(data_dir: Path) -> None:
-    """SIGKILL every workload of ``data_dir`` and its shim, for test teardown (after a
-    failed test, or a test that leaves workloads running). A workload has a process
-    group of its own, so its shim and its group are killed separately."""
-    run_dir = data_dir / "run"
-    for workload_id, shim_pid in find_shims(run_dir).items():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(shim_pid, signal.SIGKILL)
-        try:
-            pgid = read_pid(run_dir / workload_id)
-        except ValueError:
-            continue
-        if pgid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)

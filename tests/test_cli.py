@@ -19,8 +19,9 @@ import pytest
 
 from corral.cli import exit_status
 from corral.client import ServerUnreachable
+from corral.executors.local import kill_all
 from corral.model import Resources, Status, Workload
-from tests.server import LiveServer, free_port, kill_workloads, pid_gone, wait_until
+from tests.server import LiveServer, free_port, pid_gone, wait_until
 
 ID_RE = re.compile(r"^[0-9a-z]{26}$")
 UNKNOWN_ID = "01aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -489,7 +490,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = LiveServer(data, "--executor", "local", "--kill-grace", "2").start()
     yield live
     live.kill()
-    kill_workloads(data)  # whatever a test left running
+    kill_all(data / "run")  # whatever a test left running
 
 
 @pytest.mark.parametrize(

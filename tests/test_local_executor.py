@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from corral.executors.local import find_shims
+from corral.executors.local import find_shims, kill_all
 from corral.model import Status
 from corral.store.sqlite import SQLiteStore
-from tests.server import LiveServer, free_port, kill_workloads, pid_gone, wait_until
+from tests.server import LiveServer, free_port, pid_gone, wait_until
 
 TERMINAL = {"completed", "failed", "killed"}
 
@@ -68,7 +68,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in servers:
         server.kill()
-    kill_workloads(tmp_path / "data")  # whatever a failed test left running
+    kill_all(tmp_path / "data" / "run")  # whatever a failed test left running
 
 
 def test_exit_codes(serve: Any) -> None:

@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 
 from corral.executors.base import Capacity
-from corral.executors.local import LocalExecutor
+from corral.executors.local import LocalExecutor, kill_all
 from corral.model import Status, WorkloadCreate
 from corral.scheduler import Scheduler
 from corral.store.sqlite import SQLiteStore
-from tests.server import kill_workloads, pid_gone
+from tests.server import pid_gone
 
 
 def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -
         finally:
             await scheduler.stop()
             store.close()
-            kill_workloads(tmp_path)
+            kill_all(tmp_path / "run")
 
     status, alive = asyncio.run(scenario())
     assert status is Status.KILLED

@@ -31,13 +31,21 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from corral.executors.base import Capacity, OnExit, Outcome, SpawnError
-from corral.executors.shim import ensure_shim, read_pid, read_status, shim_argv, state_file
+from corral.executors.shim import (
+    PID_FILE,
+    ensure_shim,
+    read_pid,
+    read_status,
+    shim_argv,
+    state_file,
+)
 from corral.executors.spawn import spawn_session
 from corral.logs import log_path
 from corral.model import Workload
@@ -365,6 +373,32 @@ def find_shims(run_dir: Path) -> dict[str, int]:
         if state is not None and state.startswith(prefix) and is_alive(int(entry)):
             found[state.removeprefix(prefix)] = int(entry)
     return found
+
+
+def kill_all(run_dir: Path, *, wait_seconds: float = 5.0) -> None:
+    """SIGKILL every shim of ``run_dir`` and every workload process group recorded
+    there (a workload leads a group of its own, which killing its shim misses), then
+    wait until they are gone. For the teardown of tests and benchmarks: the server
+    never calls it."""
+    if not run_dir.is_dir():
+        return
+    killed = []
+    for shim_pid in find_shims(run_dir).values():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(shim_pid, signal.SIGKILL)
+            killed.append(shim_pid)
+    for pid_file in run_dir.glob(f"*.{PID_FILE}"):
+        try:
+            pgid = read_pid(run_dir / pid_file.name.removesuffix(f".{PID_FILE}"))
+        except ValueError:
+            continue
+        if pgid and is_alive(pgid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+                killed.append(pgid)
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline and any(is_alive(p) for p in killed):
+        time.sleep(0.01)
 
 
 def _shim_state(pid: int) -> str | None:
