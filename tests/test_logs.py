@@ -10,10 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral import logs
-from corral.logs import log_chunks, log_start, read_log
+from corral.logs import log_chunks, log_start
 
 LINE = st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"."))
 LONG_LINE = st.integers(0, 3 * logs.TAIL_BLOCK_BYTES).map(lambda n: b"y" * n)
+
+
+def read_log(path: Path, *, tail: int | None = None) -> bytes:
+    """What the logs endpoint sends: the chunks from where the last ``tail`` lines
+    begin."""
+    return b"".join(log_chunks(path, start=log_start(path, tail)))
 
 
 def reference_tail(data: bytes, n: int | None) -> bytes:

@@ -16,12 +16,6 @@ def log_path(data_dir: Path, workload_id: str) -> Path:
     return data_dir / "logs" / f"{workload_id}.log"
 
 
-def read_log(path: Path, *, tail: int | None = None) -> bytes:
-    """The whole log, or its last ``tail`` lines, in memory (for small logs and tests;
-    the API streams with ``log_chunks``)."""
-    return b"".join(log_chunks(path, start=log_start(path, tail)))
-
-
 def log_start(path: Path, tail: int | None) -> int:
     """The byte offset where the last ``tail`` lines begin (0 for the whole log)."""
     if tail is None:

@@ -198,12 +198,8 @@ class Scheduler:
         self._allocate(running, devices)
         try:
             started = self.executor.launch(running, devices)
-        except SpawnError as exc:
-            self._finish(Outcome(workload.id, spawn_error=str(exc)))
-            return True
-        except Exception as exc:  # a bug must not leave it running for ever
-            log.exception("launching %s failed", workload.id)
-            self._finish(Outcome(workload.id, spawn_error=f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:
+            self._launch_failed(workload.id, exc)
             return True
         task = asyncio.get_running_loop().create_task(self._launched(running, started))
         self._launches.add(task)
@@ -215,16 +211,22 @@ class Scheduler:
         resources are taken, and the executor already knows it is launching)."""
         try:
             await started
-        except SpawnError as exc:
-            self._finish(Outcome(workload.id, spawn_error=str(exc)))
-            self._poke()
-            return
-        except Exception as exc:  # a bug must not leave it running for ever
-            log.exception("launching %s failed", workload.id)
-            self._finish(Outcome(workload.id, spawn_error=f"{type(exc).__name__}: {exc}"))
-            self._poke()
+        except Exception as exc:
+            self._launch_failed(workload.id, exc)
+            self._poke()  # its resources are free again
             return
         self._arm_timeout(workload, started_at=None)
+
+    def _launch_failed(self, workload_id: str, exc: Exception) -> None:
+        """End a claimed workload whose process could not be started (called from an
+        ``except`` block): running→failed with the OS's message, or, for anything
+        but a ``SpawnError``, the error's (a bug must not leave it running for ever)."""
+        if isinstance(exc, SpawnError):
+            reason = str(exc)
+        else:
+            log.exception("launching %s failed", workload_id)
+            reason = f"{type(exc).__name__}: {exc}"
+        self._finish(Outcome(workload_id, spawn_error=reason))
 
     def _allocate(self, workload: Workload, devices: list[int]) -> None:
         self._allocated[workload.id] = (workload, devices)
