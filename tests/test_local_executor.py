@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from corral.executors.local import find_shims, kill_all
-from corral.model import Status
+from corral.model import Status, WorkloadCreate
 from corral.store.sqlite import SQLiteStore
 from tests.server import LiveServer, free_port, pid_gone, wait_until
 
@@ -274,6 +274,29 @@ def test_restart_follows_a_workload_that_ends_later(serve: Any, tmp_path: Path) 
     flag.touch()  # ends only now, under the restarted server
     done = api.wait(w["id"])
     assert done["status"] == "failed" and done["exit_code"] == 4
+
+
+def test_a_claimed_workload_that_never_started_is_started_after_a_restart(
+    serve: Any, tmp_path: Path
+) -> None:
+    """The server died between the claim (pending→running committed) and the spawn:
+    no shim, no pid file. The restart runs it once, and it ends with its own exit."""
+    api = serve()
+    first = serve.servers[0]
+    first.kill(signal.SIGKILL)
+    store = SQLiteStore(tmp_path / "data" / "corral.db")
+    try:
+        w, _ = store.create_workload(
+            WorkloadCreate(command=["sh", "-c", "echo ran; exit 4"], cwd=str(tmp_path))
+        )
+        store.update_workload_status(w.id, Status.RUNNING, actor="scheduler")
+    finally:
+        store.close()
+    api = serve(port=first.port)
+    done = api.wait(w.id)
+    assert done["status"] == "failed" and done["exit_code"] == 4, done
+    assert api.logs(w.id) == "ran\n"
+    assert [e["to_status"] for e in api.events(w.id)] == ["pending", "running", "failed"]
 
 
 def test_lost_workload_fails_and_leaves_no_process(serve: Any, tmp_path: Path) -> None:

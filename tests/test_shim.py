@@ -217,6 +217,23 @@ def test_sigterm_escalates_to_sigkill_for_the_whole_group(start: Callable[..., R
     assert live_members(pid) == []
 
 
+def test_no_command_runs_unless_its_pid_file_is_written(
+    start: Callable[..., Run], tmp_path: Path
+) -> None:
+    """A restarted server starts a running workload that has neither a live shim nor a
+    pid file; that is only safe if the command cannot run before the pid file exists."""
+    ran, not_ran = tmp_path / "ran", tmp_path / "not-ran"
+    assert start(["touch", str(ran)]).wait() == ShimStatus("exit", 0)
+    assert ran.exists()
+
+    unwritable = tmp_path / "no-such-dir" / "w"
+    args = shim_argv(Path("shim"), unwritable, 1.0, None, ["touch", str(not_ran)])[1:]
+    blocked = start([], raw_args=args)
+    assert blocked.exit_code() == 1  # it could write neither file
+    assert not not_ran.exists(), "the command ran without a pid file"
+    assert "cannot write" in blocked.log.read_text()
+
+
 @pytest.mark.parametrize(
     ("leftover", "min_seconds"),
     [("sleep 100 & echo $!", 0.0), ('trap "" TERM; sleep 100 & echo $!', 0.3)],

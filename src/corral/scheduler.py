@@ -11,9 +11,10 @@ checked against the state machine and recorded as an event.
   ``reason`` ("waiting for 2 GPUs, 0 free").
 - **Claim, then spawn.** pending→running is committed before the process is started
   (never a transaction around a spawn); the spawn runs as a task, so a pass never
-  waits for an exec. If the spawn fails, running→failed with the
-  OS's message. If the server dies between the two, the restart finds a running
-  workload without a process and fails it as lost: a workload runs at most once.
+  waits for an exec. If the spawn fails, running→failed with the OS's message. If
+  the server dies between the two, the restart finds a running workload that no
+  process ever ran (the executor can prove it: ``NotStartedError``) and starts it
+  then; a workload still runs at most once.
 - **Wake-ups, not polling.** A submit, a kill or an exit sets an ``asyncio.Event``; the
   pass runs on the next loop turn. A slow safety poll (``SAFETY_POLL_SECONDS``)
   reconciles the store with the executor: a terminal workload has no live process, a
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from corral.errors import ExceedsCapacityError
-from corral.executors.base import Executor, Outcome, SpawnError
+from corral.executors.base import Executor, NotStartedError, Outcome, SpawnError
 from corral.model import Resources, Status, Workload
 from corral.store import InvalidTransitionError, NotFoundError, Store
 
@@ -109,12 +110,20 @@ class Scheduler:
             return
         self._wake = asyncio.Event()
         self.executor.start(self._on_exit)
+        not_started = []
         for workload in self._iter_store(Status.RUNNING):
-            devices = self.executor.adopt(workload)
+            try:
+                devices = self.executor.adopt(workload)
+            except NotStartedError:
+                not_started.append(workload)
+                continue
             if devices is not None:
                 self._allocate(workload, devices)
                 self._arm_timeout(workload, started_at=workload.started_at)
         self.executor.stop_unadopted()
+        for workload in not_started:  # after the adopted ones have their GPUs back
+            log.warning("starting %s: the last server stopped before it ran", workload.id)
+            self._launch(workload)
         for workload in self._iter_store(Status.PENDING):
             self._pending[workload.id] = workload
             self._reasons[workload.id] = workload.reason
@@ -194,17 +203,22 @@ class Scheduler:
             )
         except (InvalidTransitionError, NotFoundError):
             return False  # killed (or gone) since it was queued
-        devices = sorted(self._free.gpus)[: workload.resources.gpus]
+        self._launch(running)
+        return True
+
+    def _launch(self, running: Workload) -> None:
+        """Take the resources of a workload claimed as running and start its process."""
+        assert self.executor is not None
+        devices = sorted(self._free.gpus)[: running.resources.gpus]
         self._allocate(running, devices)
         try:
             started = self.executor.launch(running, devices)
         except Exception as exc:
-            self._launch_failed(workload.id, exc)
-            return True
+            self._launch_failed(running.id, exc)
+            return
         task = asyncio.get_running_loop().create_task(self._launched(running, started))
         self._launches.add(task)
         task.add_done_callback(self._launches.discard)
-        return True
 
     async def _launched(self, workload: Workload, started: Awaitable[None]) -> None:
         """Wait for the claimed workload's process to run (the pass went on: the

@@ -50,6 +50,12 @@ class SpawnError(Exception):
     """The workload's process could not be started; the message is the OS's."""
 
 
+class NotStartedError(Exception):
+    """From ``adopt``: no process ever ran the workload (an earlier server stopped
+    between claiming it and starting it), so it can be started now and still runs
+    at most once."""
+
+
 class Executor(Protocol):
     """Runs processes for the scheduler; every method is called on the event loop."""
 
@@ -70,7 +76,8 @@ class Executor(Protocol):
     def adopt(self, workload: Workload) -> list[int] | None:
         """Take over a workload left ``running`` by an earlier server. Returns its GPU
         devices while it still runs (its exit is reported later), or None when it is
-        already over (reported at once through ``on_exit``)."""
+        already over (reported at once through ``on_exit``). Raises
+        ``NotStartedError`` when provably no process of it ever ran."""
         ...
 
     def stop_unadopted(self) -> list[str]:

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.executors.base import Capacity, OnExit, Outcome, SpawnError
+from corral.executors.base import Capacity, NotStartedError, OnExit, Outcome, SpawnError
 from corral.executors.shim import (
     PID_FILE,
     ensure_shim,
@@ -262,9 +262,9 @@ class LocalExecutor:
             except ProcessLookupError:
                 pass  # exited just now: its status (if any) is on disk
         if not state_file(state, "pid").exists() and not state_file(state, "status").exists():
-            why = "the server stopped before its process started"
-            self._report_soon(Outcome(workload.id, lost=why))
-            return None
+            # No shim, and none wrote a pid (the shim does so before the command may
+            # exec): the earlier server stopped between the claim and the spawn.
+            raise NotStartedError(workload.id)
         self._report_soon(self._outcome(workload.id, state, workload.cwd, "is gone"))
         return None
 

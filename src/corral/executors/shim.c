@@ -11,8 +11,10 @@
  *   - The shim is a child subreaper: orphaned descendants of the workload become its
  *     children and it reaps them. The workload runs in its own process group, whose id
  *     is the workload's pid, in CWD (or in the shim's directory when CWD is "").
- *   - STATE.pid         "<workload pid>\n", written right after the fork (STATE is a
- *                       path prefix, e.g. DATA/run/<workload id>).
+ *   - STATE.pid         "<workload pid>\n", written right after the fork and before
+ *                       the workload may exec (STATE is a path prefix, e.g.
+ *                       DATA/run/<workload id>). So neither STATE.pid nor a live shim
+ *                       means the command never ran: a restarted server may start it.
  *   - STATE.status      written exactly once, as the shim's last act:
  *                         "exit N\n"    the workload exited with code N
  *                         "signal N\n"  the workload was killed by signal N
@@ -81,15 +83,26 @@ static int write_state(const char *name, const char *line)
     }
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
+        int e = errno;
         say("cannot write ", tmp);
+        errno = e;
         return -1;
     }
     size_t len = strlen(line);
     int ok = write(fd, line, len) == (ssize_t)len;
-    ok = close(fd) == 0 && ok;
-    if (!ok || rename(tmp, path) < 0) {
+    int e = ok ? 0 : (errno ? errno : EIO);
+    if (close(fd) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (ok && rename(tmp, path) < 0) {
+        ok = 0;
+        e = errno;
+    }
+    if (!ok) {
         say("cannot write ", path);
         unlink(tmp);
+        errno = e;
         return -1;
     }
     return 0;
@@ -174,9 +187,10 @@ int main(int argc, char **argv)
         say("cannot become a child subreaper: ", strerror(errno));
 
     /* The child reports a failed exec as its errno, a failed chdir as minus its errno,
-     * on a close-on-exec pipe. */
-    int errpipe[2];
-    if (pipe2(errpipe, O_CLOEXEC) < 0)
+     * on a close-on-exec pipe. It waits on a second one (for EOF) until STATE.pid is
+     * written: no command runs without a trace on disk. */
+    int errpipe[2], gopipe[2];
+    if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(gopipe, O_CLOEXEC) < 0)
         return finish("spawn", errno);
     pid_t child = fork();
     if (child < 0)
@@ -186,6 +200,12 @@ int main(int argc, char **argv)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0);
+        close(gopipe[1]);
+        char go;
+        ssize_t r;
+        do
+            r = read(gopipe[0], &go, 1);
+        while (r < 0 && errno == EINTR);
         int err;
         if (cwd[0] != '\0' && chdir(cwd) != 0) {
             err = -errno;
@@ -202,7 +222,14 @@ int main(int argc, char **argv)
 
     char line[32];
     snprintf(line, sizeof line, "%d\n", (int)child);
-    write_state("pid", line);
+    if (write_state("pid", line) < 0) { /* the command has not run: it never will */
+        int e = errno;
+        kill(child, SIGKILL);
+        waitpid(child, NULL, 0);
+        return finish("spawn", e);
+    }
+    close(gopipe[0]);
+    close(gopipe[1]); /* the child may exec now */
 
     int err;
     ssize_t n;
