@@ -199,10 +199,26 @@ def test_sigterm_to_the_shim_terminates_the_workload(start: Callable[..., Run]) 
 def test_a_stopped_workload_is_continued_to_see_sigterm(start: Callable[..., Run]) -> None:
     run = start(["sleep", "100"], grace=10)
     pid = run.pid()
-    wait_for(lambda: bool(live_members(pid)), what="the workload")
+    wait_for(lambda: Path(f"/proc/{pid}/comm").read_text().strip() == "sleep", what="exec")
     os.kill(pid, signal.SIGSTOP)
     os.kill(run.shim_pid, signal.SIGTERM)
     assert run.wait(timeout=2) == ShimStatus("signal", signal.SIGTERM)
+
+
+def test_a_kill_before_the_workload_has_exec_d_is_answered(
+    start: Callable[..., Run], shim: Path
+) -> None:
+    """The workload's process is stopped between the fork and the exec (a PATH of
+    40,000 missing directories makes that window tens of milliseconds wide): the
+    shim still answers SIGTERM instead of waiting for the exec. It used to block on
+    its exec-error pipe there (found by a flaky run of the test above)."""
+    path = ":".join(["/n"] * 40_000) + ":/usr/bin:/bin"  # under 128 kB, one variable's limit
+    run = start(["sleep", "100"], grace=10, env={"PATH": path})
+    pid = run.pid()
+    os.kill(pid, signal.SIGSTOP)
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == shim.name[:15], "exec'd already"
+    os.kill(run.shim_pid, signal.SIGTERM)
+    assert run.wait(timeout=3) == ShimStatus("signal", signal.SIGTERM)
 
 
 def test_sigterm_escalates_to_sigkill_for_the_whole_group(start: Callable[..., Run]) -> None:

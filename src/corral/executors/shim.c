@@ -230,17 +230,9 @@ int main(int argc, char **argv)
     }
     close(gopipe[0]);
     close(gopipe[1]); /* the child may exec now */
-
-    int err;
-    ssize_t n;
-    do
-        n = read(errpipe[0], &err, sizeof err);
-    while (n < 0 && errno == EINTR);
-    close(errpipe[0]);
-    if (n == (ssize_t)sizeof err) {
-        waitpid(child, NULL, 0);
-        return err < 0 ? finish("chdir", -err) : finish("spawn", err);
-    }
+    /* A failed chdir or exec is read from errpipe once the child is reaped, not here:
+     * until the child has exec'd (and it may be stopped before), a blocking read would
+     * leave kill requests unanswered. */
 
     int status = 0, reaped = 0, terminating = 0, killed = 0;
     double deadline = 0, killed_at = 0;
@@ -278,6 +270,13 @@ int main(int argc, char **argv)
             deadline = now() + grace;
         }
     }
+    int err;
+    ssize_t n;
+    do /* no writer is left: the child is reaped, and the pipe closed on its exec */
+        n = read(errpipe[0], &err, sizeof err);
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof err)
+        return err < 0 ? finish("chdir", -err) : finish("spawn", err);
     if (WIFSIGNALED(status))
         return finish("signal", WTERMSIG(status));
     return finish("exit", WEXITSTATUS(status));
