@@ -179,6 +179,25 @@ def test_cwd_and_environment_reach_the_workload(start: Callable[..., Run], tmp_p
     assert run.log.read_text() == f"{workdir}\nbar baz\noops\n"
 
 
+def test_the_workload_inherits_no_descriptors_and_no_ignored_signals(
+    start: Callable[..., Run],
+) -> None:
+    """The starter's inheritable descriptor 77 does not reach the workload, nor does
+    any ignored signal: Python ignores SIGPIPE, and glibc's own signals 32 and 33
+    (which its sigaction refuses to reset) came through ignored before."""
+    r, w = os.pipe()
+    os.dup2(w, 77, inheritable=True)
+    try:
+        script = "test -e /proc/$$/fd/77 && echo fd77 open || echo fd77 closed; "
+        script += "grep SigIgn /proc/$$/status"
+        run = start(["sh", "-c", script])
+    finally:
+        for fd in (77, r, w):
+            os.close(fd)
+    assert run.wait() == ShimStatus("exit", 0)
+    assert run.log.read_text() == "fd77 closed\nSigIgn:\t0000000000000000\n"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
 def test_workload_killed_by_a_foreign_signal(start: Callable[..., Run], sig: int) -> None:
     run = start(["sleep", "100"])

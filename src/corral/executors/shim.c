@@ -7,7 +7,8 @@
  * Protocol with the server:
  *   - The server starts the shim as a session leader (setsid), stdin /dev/null, stdout
  *     and stderr on the workload's log file. The shim's environment is the workload's,
- *     passed unchanged (PROGRAM is looked up in its PATH).
+ *     passed unchanged (PROGRAM is looked up in its PATH). The shim closes every other
+ *     descriptor it inherited and sets every signal to its default disposition.
  *   - The shim is a child subreaper: orphaned descendants of the workload become its
  *     children and it reaps them. The workload runs in its own process group, whose id
  *     is the workload's pid, in CWD (or in the shim's directory when CWD is "").
@@ -34,6 +35,7 @@
  * Build: cc -O2 -s -static -o corral-shim shim.c
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -42,6 +44,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -143,6 +146,46 @@ static int usage(const char *why)
     return 2;
 }
 
+/* Closes every descriptor above stderr: the server's own are close-on-exec, but
+ * whatever the server inherited from its parent without that flag would otherwise
+ * reach every workload (and keep, say, the pipe of `corral serve | tee` open). */
+static void close_inherited(void)
+{
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, 3U, ~0U, 0U) == 0)
+        return;
+#endif
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir == NULL) {
+        for (int fd = 3; fd < 1024; fd++)
+            close(fd);
+        return;
+    }
+    int own = dirfd(dir);
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        int fd = atoi(entry->d_name);
+        if (fd > 2 && fd != own)
+            close(fd);
+    }
+    closedir(dir);
+}
+
+/* Default dispositions for every signal (SIG_IGN is inherited across exec, and an
+ * ignored SIGCHLD would auto-reap). Through the system call: glibc refuses to touch
+ * its internal signals 32 and 33, which would stay ignored in every workload. A
+ * zeroed kernel sigaction is SIG_DFL with no flags and an empty mask. */
+static void default_dispositions(void)
+{
+    for (int s = 1; s < NSIG; s++) {
+        if (s == SIGKILL || s == SIGSTOP)
+            continue;
+        unsigned long action[4] = {0, 0, 0, 0};
+        if (syscall(SYS_rt_sigaction, s, action, NULL, sizeof(unsigned long)) < 0)
+            signal(s, SIG_DFL);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 6 || strcmp(argv[4], "--") != 0)
@@ -171,10 +214,8 @@ int main(int argc, char **argv)
         unsetenv("CORRAL_SHIM_NOFILE");
     }
 
-    /* Default dispositions (SIG_IGN is inherited across exec, and an ignored SIGCHLD
-     * would auto-reap); the signals we handle are blocked and taken by sigtimedwait. */
-    for (int s = 1; s < NSIG; s++)
-        signal(s, SIG_DFL);
+    close_inherited();
+    default_dispositions();
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
