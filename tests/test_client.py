@@ -282,3 +282,17 @@ def test_import_corral_stays_cheap() -> None:
         "assert Client.__module__ == 'corral.client'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_package_exports_exactly_the_client_s_names_lazily() -> None:
+    """``corral`` repeats the client's ``__all__`` (it must not import the client at
+    start-up): the two lists must agree, and ``import corral`` must stay light."""
+    import corral
+    import corral.client
+
+    assert set(corral.__all__) - {"__version__"} == set(corral.client.__all__)
+    for name in corral.client.__all__:
+        assert getattr(corral, name) is getattr(corral.client, name)
+    code = "import sys, corral; print('corral.client' in sys.modules, 'httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr
