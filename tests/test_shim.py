@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.executors.local import find_shims
 from corral.executors.shim import (
     SHIM_SOURCE,
     ShimBuildError,
@@ -227,17 +228,33 @@ def test_a_stopped_workload_is_continued_to_see_sigterm(start: Callable[..., Run
 def test_a_kill_before_the_workload_has_exec_d_is_answered(
     start: Callable[..., Run], shim: Path
 ) -> None:
-    """The workload's process is stopped between the fork and the exec (a PATH of
-    40,000 missing directories makes that window tens of milliseconds wide): the
-    shim still answers SIGTERM instead of waiting for the exec. It used to block on
-    its exec-error pipe there (found by a flaky run of the test above)."""
+    """The workload's process is stopped between the fork and the exec: the shim
+    still answers SIGTERM instead of waiting for the exec. It used to block on its
+    exec-error pipe there (found by a flaky run of the test above)."""
+    run = start_held_before_exec(start, shim)
+    os.kill(run.shim_pid, signal.SIGTERM)
+    assert run.wait(timeout=3) == ShimStatus("signal", signal.SIGTERM)
+
+
+def test_a_workload_before_its_exec_is_not_taken_for_its_shim(
+    start: Callable[..., Run], shim: Path
+) -> None:
+    """Between the fork and the exec the workload's process has the shim's command
+    line; a restart looking for shims must still find the shim (the session leader),
+    or it would watch, and signal, the wrong process."""
+    run = start_held_before_exec(start, shim)
+    assert find_shims(run.state.parent) == {run.state.name: run.shim_pid}
+
+
+def start_held_before_exec(start: Callable[..., Run], shim: Path) -> Run:
+    """A shim whose workload is stopped between its fork and its exec: a PATH of
+    40,000 missing directories makes that window tens of milliseconds wide."""
     path = ":".join(["/n"] * 40_000) + ":/usr/bin:/bin"  # under 128 kB, one variable's limit
     run = start(["sleep", "100"], grace=10, env={"PATH": path})
     pid = run.pid()
     os.kill(pid, signal.SIGSTOP)
     assert Path(f"/proc/{pid}/comm").read_text().strip() == shim.name[:15], "exec'd already"
-    os.kill(run.shim_pid, signal.SIGTERM)
-    assert run.wait(timeout=3) == ShimStatus("signal", signal.SIGTERM)
+    return run
 
 
 def test_sigterm_escalates_to_sigkill_for_the_whole_group(start: Callable[..., Run]) -> None:

@@ -370,7 +370,7 @@ def find_shims(run_dir: Path) -> dict[str, int]:
         if not entry.isdigit():
             continue
         state = _shim_state(int(entry))
-        if state is not None and state.startswith(prefix) and is_alive(int(entry)):
+        if state is not None and state.startswith(prefix):
             found[state.removeprefix(prefix)] = int(entry)
     return found
 
@@ -402,15 +402,27 @@ def kill_all(run_dir: Path, *, wait_seconds: float = 5.0) -> None:
 
 
 def _shim_state(pid: int) -> str | None:
-    """The state path of the shim running as ``pid``, or None if it is no shim."""
+    """The state path of the live shim running as ``pid``, or None if it is no shim.
+
+    A shim is a session leader (the server starts it with setsid). Its workload's
+    process, between the fork and the exec, has the same command line but a session
+    of its parent's: without that check a restart could take it for the shim."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
         return None
-    if len(argv) > 2 and Path(argv[0].decode(errors="replace")).name.startswith(SHIM_NAME):
-        return argv[1].decode(errors="replace")
-    return None
+    if len(argv) <= 2 or not Path(argv[0].decode(errors="replace")).name.startswith(SHIM_NAME):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    state, _ppid, _pgrp, session = stat[stat.rindex(b")") + 2 :].split()[:4]
+    if state in (b"Z", b"X") or int(session) != pid:
+        return None
+    return argv[1].decode(errors="replace")
 
 
 def _is_workload_process(pid: int, workload_id: str) -> bool:
