@@ -186,6 +186,62 @@ def test_priority_then_fifo_under_a_full_machine(serve: Any) -> None:
     assert order == ["e9", "b5", "d5", "a0", "c0"]
 
 
+def test_order_holds_across_bursts_kills_and_priorities_on_a_deep_queue(
+    serve: Any, tmp_path: Path
+) -> None:
+    """Submits arrive in bursts while the machine is full (most sort last and are only
+    appended, some jump ahead by priority), pending ones are killed, including the
+    head of the line: once the machine frees up, they start in priority order, then
+    submission order, and the killed ones never start."""
+    api = serve("--cpus", "2")
+    flag = tmp_path / "go"
+    blocker = api.submit(["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.05; done"],
+                         resources={"cpus": 2})  # fmt: skip
+    api.wait(blocker["id"], {"running"})
+    rng = random.Random(7)
+    submitted: list[tuple[int, str]] = []  # (priority, id)
+    for burst in range(6):
+        for _ in range(20):
+            priority = rng.choice([0, 0, 0, 0, 1, 5]) if burst % 2 else 0
+            w = api.submit(["true"], resources={"cpus": rng.choice([1, 2])}, priority=priority)
+            submitted.append((priority, w["id"]))
+        head = min(submitted, key=lambda pw: (-pw[0], pw[1]))
+        for _, wid in [head, rng.choice(submitted)]:
+            api.http.delete(f"/v1/workloads/{wid}")
+        wait_until(lambda: api.get(submitted[-1][1])["reason"])
+    killed = {wid for _, wid in submitted if api.get(wid)["status"] == "killed"}
+    assert len(killed) >= 6
+    flag.touch()
+    finals = {wid: api.wait(wid, timeout=60) for _, wid in submitted}
+    started = [wid for wid, w in finals.items() if w["status"] == "completed"]
+    assert set(started) == {wid for _, wid in submitted} - killed
+    by_start = sorted(started, key=lambda wid: finals[wid]["started_at"])
+    ranked = [wid for _, wid in sorted(submitted, key=lambda pw: (-pw[0], pw[1]))]
+    assert by_start == [wid for wid in ranked if wid not in killed]
+
+
+def test_a_higher_priority_submit_goes_ahead_of_the_head_of_the_line(
+    serve: Any, tmp_path: Path
+) -> None:
+    """One CPU of two is taken; the head of the line needs both and reserves them, so
+    a 1-CPU workload of its priority waits behind it, while one of a higher priority
+    is ahead of it and starts at once."""
+    api = serve("--cpus", "2")
+    flag = tmp_path / "go"
+    hold = ["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.05; done"]
+    api.wait(api.submit(hold, resources={"cpus": 1})["id"], {"running"})
+    head = api.submit(["true"], resources={"cpus": 2})
+    assert wait_until(lambda: api.get(head["id"])["reason"]) == "waiting for 2 CPUs, 1 free"
+    behind = api.submit(["true"], resources={"cpus": 1})
+    reason = wait_until(lambda: api.get(behind["id"])["reason"])
+    assert reason == f"waiting behind {head['id']} (priority 0), which needs more"
+    urgent = api.submit(hold, resources={"cpus": 1}, priority=5)
+    assert api.wait(urgent["id"], {"running"})["status"] == "running"
+    assert api.get(head["id"])["status"] == "pending"
+    flag.touch()
+    assert [api.wait(w["id"])["status"] for w in (head, behind, urgent)] == ["completed"] * 3
+
+
 def test_gpus_are_exclusive_and_a_third_waits(serve: Any, tmp_path: Path) -> None:
     api = serve("--gpus", "2")
     flag = tmp_path / "go"

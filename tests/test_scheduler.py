@@ -50,3 +50,61 @@ def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -
     status, alive = asyncio.run(scenario())
     assert status is Status.KILLED
     assert alive == [], "the killed workload's process kept running"
+
+
+def test_passes_after_submits_match_a_pass_over_everything(tmp_path: Path) -> None:
+    """A pass that follows only submits walks just the new tail of the queue; each
+    decision must still be the one a pass over the whole queue makes. Of three CPUs
+    one is taken; the head needs all three and reserves them, so a 1-CPU workload of
+    its priority waits behind it; one of a higher priority (submitted out of order:
+    it goes ahead of the head) starts at once; killing the head lets the one behind
+    it start."""
+    seen: dict[str, tuple[Status, str | None]] = {}
+    ids: dict[str, str] = {}
+
+    async def scenario() -> None:
+        store = SQLiteStore(tmp_path / "corral.db")
+        executor = LocalExecutor(
+            tmp_path, capacity=Capacity(cpus=3, memory_mb=1000, gpus=0), kill_grace_seconds=1
+        )
+        scheduler = Scheduler(store, executor)
+        await scheduler.start()
+
+        def submit(name: str, cpus: float, priority: int = 0) -> None:
+            spec = WorkloadCreate(
+                command=["sleep", "30"], resources={"cpus": cpus}, priority=priority
+            )
+            workload, _ = store.create_workload(spec)
+            ids[name] = workload.id
+            scheduler.submitted(workload)
+            scheduler._schedule()
+
+        def look(name: str) -> None:
+            w = store.get_workload(ids[name])
+            seen[name] = (w.status, w.reason)
+
+        try:
+            submit("hold", 1)
+            submit("head", 3)
+            submit("behind", 1)
+            look("behind")
+            submit("urgent", 1, priority=5)
+            look("urgent")
+            look("head")
+            killed = store.update_workload_status(ids["head"], Status.KILLED, actor="test")
+            scheduler.stopped(killed)
+            scheduler._schedule()
+            ids["behind, once the head is gone"] = ids["behind"]
+            look("behind, once the head is gone")
+        finally:
+            await scheduler.stop()
+            store.close()
+            kill_all(tmp_path / "run")
+
+    asyncio.run(scenario())
+    assert seen == {
+        "behind": (Status.PENDING, f"waiting behind {ids['head']} (priority 0), which needs more"),
+        "urgent": (Status.RUNNING, None),
+        "head": (Status.PENDING, "waiting for 3 CPUs, 1 free"),
+        "behind, once the head is gone": (Status.RUNNING, None),
+    }

@@ -9,6 +9,16 @@ checked against the state machine and recorded as an event.
   GPUs fit in what is free. The first one that does not fit *reserves* what it needs,
   so smaller workloads behind it cannot starve it; everyone left waiting gets a
   ``reason`` ("waiting for 2 GPUs, 0 free").
+- **Deep queues stay cheap.** A submit must not cost a walk of every pending
+  workload (10,000 queued behind a full machine made each submit take 40 ms). So:
+  the queue is a list kept in order (a submit that sorts last, the usual case, is
+  appended; another one marks it for a sort); a pass that follows only submits
+  resumes where the last one stopped (its free capacity, its head of the line) and
+  walks just the new tail; only a change that can let earlier workloads start (an
+  exit, a pending workload leaving, an out-of-order submit, the safety poll) makes
+  the next pass walk everything. Within a pass, the reason of a waiting workload
+  depends only on its resource shape until something starts, so it is computed once
+  per shape.
 - **Claim, then spawn.** pending→running is committed before the process is started
   (never a transaction around a spawn); the spawn runs as a task, so a pass never
   waits for an exec. If the spawn fails, running→failed with the OS's message. If
@@ -56,6 +66,22 @@ class _Free:
     gpus: set[int] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class _Pass:
+    """Where a pass over the queue stands, so that the next one can resume: what is
+    left for the workloads behind, the head of the line, and the reason given to
+    each resource shape (cpus, memory_mb, gpus) that does not fit."""
+
+    avail: _Free
+    head: Workload | None = None
+    waiting: dict[tuple[float, int, int], str] = field(default_factory=dict)
+
+
+def _rank(workload: Workload) -> tuple[int, str]:
+    """Queue order: higher priority first, then submission order (ids grow)."""
+    return (-workload.priority, workload.id)
+
+
 class Scheduler:
     """Decides what runs; see the module docstring."""
 
@@ -66,6 +92,11 @@ class Scheduler:
         self._total = _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus))) if cap else _Free(0, 0)
         self._free = _Free(self._total.cpus, self._total.memory_mb, set(self._total.gpus))
         self._pending: dict[str, Workload] = {}
+        self._queue: list[Workload] = []  # _pending in order; stale entries are skipped
+        self._sorted = True  # _queue is in order
+        self._walked = 0  # _queue[:_walked] was walked by the last pass
+        self._full = True  # the next pass walks the whole queue
+        self._last_pass: _Pass | None = None
         self._allocated: dict[str, tuple[Workload, list[int]]] = {}
         self._reasons: dict[str, str | None] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -86,7 +117,7 @@ class Scheduler:
         """A new pending workload was stored."""
         if self.executor is None:
             return
-        self._pending[workload.id] = workload
+        self._enqueue(workload)
         self._poke()
 
     def stopped(self, workload: Workload) -> None:
@@ -95,6 +126,7 @@ class Scheduler:
             return
         if self._pending.pop(workload.id, None) is not None:
             self._reasons.pop(workload.id, None)
+            self._full = True  # it may have been the head of the line
             self._poke()
         if workload.id in self._allocated:
             self.executor.terminate(workload.id)
@@ -125,7 +157,7 @@ class Scheduler:
             log.warning("starting %s: the last server stopped before it ran", workload.id)
             self._launch(workload)
         for workload in self._iter_store(Status.PENDING):
-            self._pending[workload.id] = workload
+            self._enqueue(workload)
             self._reasons[workload.id] = workload.reason
         self._task = asyncio.create_task(self._run(), name="corral-scheduler")
         self._poke()
@@ -165,33 +197,66 @@ class Scheduler:
 
     # --- admission -----------------------------------------------------------------
 
+    def _enqueue(self, workload: Workload) -> None:
+        self._pending[workload.id] = workload
+        if self._queue and _rank(workload) < _rank(self._queue[-1]):
+            self._sorted = False  # it goes ahead of workloads already walked
+            self._full = True
+        self._queue.append(workload)
+
     def _schedule(self) -> None:
-        order = sorted(self._pending.values(), key=lambda w: (-w.priority, w.id))
-        avail = _Free(self._free.cpus, self._free.memory_mb, set(self._free.gpus))
-        head: Workload | None = None
-        reasons: list[tuple[str, str]] = []
-        for workload in order:
-            res = workload.resources
-            if _fits(res, avail):
-                if self._claim_and_launch(workload):
-                    _take(avail, res)
-                continue
-            excess = _excess(res, self._total)
-            if excess:  # only after a restart with less capacity: it must not block the line
-                reason = f"waiting, but it {excess}"
-            elif head is None:
-                head = workload
-                reason = _shortfall(res, avail)
-                _take(avail, res)  # reserve what the head of the line needs
-            elif _fits(res, self._free):
-                reason = f"waiting behind {head.id} (priority {head.priority}), which needs more"
+        if self._full or self._last_pass is None:
+            self._full = False
+            if self._sorted:  # drop what was claimed or stopped since
+                self._queue = [w for w in self._queue if w.id in self._pending]
             else:
-                reason = _shortfall(res, self._free)
+                self._queue = sorted(self._pending.values(), key=_rank)
+                self._sorted = True
+            free = self._free
+            self._last_pass = _Pass(_Free(free.cpus, free.memory_mb, set(free.gpus)))
+            self._walked = 0
+        todo, self._walked = self._queue[self._walked :], len(self._queue)
+        self._walk(todo, self._last_pass)
+
+    def _walk(self, workloads: list[Workload], p: _Pass) -> None:
+        reasons: list[tuple[str, str]] = []
+        for workload in workloads:
+            if workload.id not in self._pending:
+                continue  # claimed or stopped since it was queued
+            res = workload.resources
+            reason = p.waiting.get((res.cpus, res.memory_mb, res.gpus))
+            if reason is None:
+                if _fits(res, p.avail):
+                    if self._claim_and_launch(workload):
+                        _take(p.avail, res)
+                        p.waiting.clear()  # what is free changed
+                    continue
+                reason = self._why_waiting(workload, p)
             if self._reasons.get(workload.id) != reason:
                 self._reasons[workload.id] = reason
                 reasons.append((workload.id, reason))
         if reasons:
             self.store.set_pending_reasons(reasons)
+
+    def _why_waiting(self, workload: Workload, p: _Pass) -> str:
+        """The reason of a workload that does not fit in what the pass has left; the
+        first becomes the head of the line and reserves what it needs."""
+        res = workload.resources
+        excess = _excess(res, self._total)
+        if excess:  # only after a restart with less capacity: it must not block the line
+            reason = f"waiting, but it {excess}"
+        elif p.head is None:
+            p.head = workload
+            reason = _shortfall(res, p.avail)
+            _take(p.avail, res)  # reserve what the head of the line needs
+            return reason  # the next workload of its shape waits behind it instead
+        elif _fits(res, self._free):
+            head = p.head
+            reason = f"waiting behind {head.id} (priority {head.priority}), which needs more"
+        else:
+            reason = _shortfall(res, self._free)
+        p.waiting[(res.cpus, res.memory_mb, res.gpus)] = reason
+        return reason
 
     def _claim_and_launch(self, workload: Workload) -> bool:
         assert self.executor is not None
@@ -252,6 +317,7 @@ class Scheduler:
         entry = self._allocated.pop(workload_id, None)
         if entry is None:
             return
+        self._full = True  # workloads walked before may fit now
         workload, devices = entry
         self._free.cpus += workload.resources.cpus
         self._free.memory_mb += workload.resources.memory_mb
@@ -311,8 +377,9 @@ class Scheduler:
             self._fail_unowned(wid)
         for workload in self._iter_store(Status.PENDING):
             if workload.id not in self._pending:
-                self._pending[workload.id] = workload
+                self._enqueue(workload)
                 self._reasons[workload.id] = workload.reason
+        self._full = True
 
     def _fail_unowned(self, workload_id: str) -> None:
         with contextlib.suppress(InvalidTransitionError, NotFoundError):
