@@ -11,6 +11,7 @@ from corral.executors.local import LocalExecutor, kill_all
 from corral.model import Status, WorkloadCreate
 from corral.scheduler import Scheduler
 from corral.store.sqlite import SQLiteStore
+from tests.conftest import event_inserts_fail
 from tests.server import pid_gone
 
 
@@ -107,4 +108,42 @@ def test_passes_after_submits_match_a_pass_over_everything(tmp_path: Path) -> No
         "urgent": (Status.RUNNING, None),
         "head": (Status.PENDING, "waiting for 3 CPUs, 1 free"),
         "behind, once the head is gone": (Status.RUNNING, None),
+    }
+
+
+def test_a_pass_the_database_fails_is_walked_again(tmp_path: Path) -> None:
+    """The claim of ``older`` fails in the database (its event row is refused): it
+    stays pending and queued, and the next pass, after a newer submit, walks it
+    again, so it starts before the newer one instead of being skipped."""
+    statuses: dict[str, Status] = {}
+
+    async def scenario() -> None:
+        store = SQLiteStore(tmp_path / "corral.db")
+        executor = LocalExecutor(
+            tmp_path, capacity=Capacity(cpus=1, memory_mb=1000, gpus=0), kill_grace_seconds=1
+        )
+        scheduler = Scheduler(store, executor)
+        await scheduler.start()
+        spec = WorkloadCreate(command=["sleep", "30"], resources={"cpus": 1})
+        try:
+            older, _ = store.create_workload(spec)
+            newer, _ = store.create_workload(spec)
+            with event_inserts_fail(store):
+                scheduler.submitted(older)
+                scheduler._guard(scheduler._schedule)  # logs the failure, as _run does
+            statuses["older, claim refused"] = store.get_workload(older.id).status
+            scheduler.submitted(newer)
+            scheduler._schedule()
+            statuses["older"] = store.get_workload(older.id).status
+            statuses["newer"] = store.get_workload(newer.id).status
+        finally:
+            await scheduler.stop()
+            store.close()
+            kill_all(tmp_path / "run")
+
+    asyncio.run(scenario())
+    assert statuses == {
+        "older, claim refused": Status.PENDING,
+        "older": Status.RUNNING,
+        "newer": Status.PENDING,
     }

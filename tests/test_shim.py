@@ -117,8 +117,9 @@ def start(shim: Path, tmp_path: Path) -> Iterator[Callable[..., Run]]:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
         raw_args: Sequence[str] | None = None,
+        state_dir_exists: bool = False,
     ) -> Run:
-        (tmp_path / f"run{len(runs)}").mkdir()
+        (tmp_path / f"run{len(runs)}").mkdir(exist_ok=state_dir_exists)
         state = tmp_path / f"run{len(runs)}" / "w"
         log = tmp_path / f"log{len(runs)}"
         args = shim_argv(shim, state, grace, cwd, argv) if raw_args is None else [str(shim)]
@@ -223,6 +224,27 @@ def test_a_stopped_workload_is_continued_to_see_sigterm(start: Callable[..., Run
     os.kill(pid, signal.SIGSTOP)
     os.kill(run.shim_pid, signal.SIGTERM)
     assert run.wait(timeout=2) == ShimStatus("signal", signal.SIGTERM)
+
+
+def test_a_shim_that_dies_before_recording_the_pid_runs_nothing(
+    start: Callable[..., Run], tmp_path: Path
+) -> None:
+    """A FIFO where the pid file is written holds the shim just after its fork; it is
+    SIGKILLed there. Its child must not run the command: with no pid file and no live
+    shim, a restarted server starts the workload again."""
+    marker = tmp_path / "ran"
+    fifo = tmp_path / "run0" / "w.pid.tmp"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    run = start(["touch", str(marker)], state_dir_exists=True)
+    children = Path(f"/proc/{run.shim_pid}/task/{run.shim_pid}/children")
+    wait_for(lambda: children.read_text().strip() != "", what="the fork")
+    child = int(children.read_text().split()[0])
+    os.kill(run.shim_pid, signal.SIGKILL)
+    assert run.exit_code() == -signal.SIGKILL
+    wait_for(lambda: is_gone(child), what="the child to exit")
+    assert not marker.exists(), "the command ran though its shim never recorded it"
+    assert read_pid(run.state) is None
 
 
 def test_a_kill_before_the_workload_has_exec_d_is_answered(

@@ -198,6 +198,8 @@ class Scheduler:
     # --- admission -----------------------------------------------------------------
 
     def _enqueue(self, workload: Workload) -> None:
+        if workload.id in self._pending:  # the safety poll found it first
+            return
         self._pending[workload.id] = workload
         if self._queue and _rank(workload) < _rank(self._queue[-1]):
             self._sorted = False  # it goes ahead of workloads already walked
@@ -216,7 +218,11 @@ class Scheduler:
             self._last_pass = _Pass(_Free(free.cpus, free.memory_mb, set(free.gpus)))
             self._walked = 0
         todo, self._walked = self._queue[self._walked :], len(self._queue)
-        self._walk(todo, self._last_pass)
+        try:
+            self._walk(todo, self._last_pass)
+        except BaseException:
+            self._full = True  # part of the tail was not walked
+            raise
 
     def _walk(self, workloads: list[Workload], p: _Pass) -> None:
         reasons: list[tuple[str, str]] = []
@@ -260,14 +266,17 @@ class Scheduler:
 
     def _claim_and_launch(self, workload: Workload) -> bool:
         assert self.executor is not None
-        del self._pending[workload.id]
-        self._reasons.pop(workload.id, None)
         try:
             running = self.store.update_workload_status(
                 workload.id, Status.RUNNING, actor="scheduler"
             )
         except (InvalidTransitionError, NotFoundError):
-            return False  # killed (or gone) since it was queued
+            running = None  # killed (or gone) since it was queued
+        # Anything else (the database failing) leaves it queued for the next pass.
+        del self._pending[workload.id]
+        self._reasons.pop(workload.id, None)
+        if running is None:
+            return False
         self._launch(running)
         return True
 
@@ -280,6 +289,7 @@ class Scheduler:
             started = self.executor.launch(running, devices)
         except Exception as exc:
             self._launch_failed(running.id, exc)
+            self._poke()  # its resources are free again
             return
         task = asyncio.get_running_loop().create_task(self._launched(running, started))
         self._launches.add(task)

@@ -214,8 +214,8 @@ int main(int argc, char **argv)
         unsetenv("CORRAL_SHIM_NOFILE");
     }
 
-    close_inherited();
-    default_dispositions();
+    /* Block the signals taken by sigwaitinfo first: a kill request that comes while
+     * the shim starts up must wait for it, not kill it with nothing recorded. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -224,11 +224,16 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGCHLD);
     sigaddset(&set, SIGALRM);
     sigprocmask(SIG_BLOCK, &set, NULL);
+    close_inherited();
+    default_dispositions();
+    /* The shim's own writes (a message on a full log, say) must not kill it. */
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
         say("cannot become a child subreaper: ", strerror(errno));
 
     /* The child reports a failed exec as its errno, a failed chdir as minus its errno,
-     * on a close-on-exec pipe. It waits on a second one (for EOF) until STATE.pid is
+     * on a close-on-exec pipe. It waits on a second one for a byte sent once STATE.pid is
      * written: no command runs without a trace on disk. */
     int errpipe[2], gopipe[2];
     if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(gopipe, O_CLOEXEC) < 0)
@@ -237,6 +242,8 @@ int main(int argc, char **argv)
     if (child < 0)
         return finish("spawn", errno);
     if (child == 0) {
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGXFSZ, SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -247,6 +254,8 @@ int main(int argc, char **argv)
         do
             r = read(gopipe[0], &go, 1);
         while (r < 0 && errno == EINTR);
+        if (r != 1) /* EOF: the shim died before recording the pid; run nothing */
+            _exit(127);
         int err;
         if (cwd[0] != '\0' && chdir(cwd) != 0) {
             err = -errno;
@@ -270,7 +279,11 @@ int main(int argc, char **argv)
         return finish("spawn", e);
     }
     close(gopipe[0]);
-    close(gopipe[1]); /* the child may exec now */
+    ssize_t g;
+    do /* the child may exec now */
+        g = write(gopipe[1], "g", 1);
+    while (g < 0 && errno == EINTR);
+    close(gopipe[1]);
     /* A failed chdir or exec is read from errpipe once the child is reaped, not here:
      * until the child has exec'd (and it may be stopped before), a blocking read would
      * leave kill requests unanswered. */
