@@ -4,15 +4,33 @@ test must control what happens within one turn of the event loop."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from corral.executors.base import Capacity
 from corral.executors.local import LocalExecutor, kill_all
-from corral.model import Status, WorkloadCreate
+from corral.model import Resources, Status, WorkloadCreate
 from corral.scheduler import Scheduler
 from corral.store.sqlite import SQLiteStore
 from tests.conftest import event_inserts_fail
 from tests.server import pid_gone
+
+
+@asynccontextmanager
+async def started(tmp_path: Path, cpus: float) -> AsyncIterator[tuple[SQLiteStore, Scheduler]]:
+    """A started scheduler over a real store and local executor in ``tmp_path``; on
+    the way out it is stopped and every workload process it left is killed."""
+    store = SQLiteStore(tmp_path / "corral.db")
+    capacity = Capacity(cpus=cpus, memory_mb=1000, gpus=0)
+    scheduler = Scheduler(store, LocalExecutor(tmp_path, capacity=capacity, kill_grace_seconds=1))
+    await scheduler.start()
+    try:
+        yield store, scheduler
+    finally:
+        await scheduler.stop()
+        store.close()
+        kill_all(tmp_path / "run")
 
 
 def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -> None:
@@ -20,13 +38,9 @@ def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -
     handled before the launch task first runs must still stop the process."""
 
     async def scenario() -> tuple[Status, list[int]]:
-        store = SQLiteStore(tmp_path / "corral.db")
-        executor = LocalExecutor(
-            tmp_path, capacity=Capacity(cpus=4, memory_mb=1000, gpus=0), kill_grace_seconds=1
-        )
-        scheduler = Scheduler(store, executor)
-        await scheduler.start()
-        try:
+        async with started(tmp_path, cpus=4) as (store, scheduler):
+            assert scheduler.executor is not None
+            executor = scheduler.executor
             workload, _ = store.create_workload(WorkloadCreate(command=["sleep", "30"]))
             scheduler.submitted(workload)
             scheduler._schedule()  # claims it and starts the spawn
@@ -43,10 +57,6 @@ def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -
                     break
                 await asyncio.sleep(0.05)
             return store.get_workload(workload.id).status, [p for p in pids if not pid_gone(p)]
-        finally:
-            await scheduler.stop()
-            store.close()
-            kill_all(tmp_path / "run")
 
     status, alive = asyncio.run(scenario())
     assert status is Status.KILLED
@@ -64,16 +74,13 @@ def test_passes_after_submits_match_a_pass_over_everything(tmp_path: Path) -> No
     ids: dict[str, str] = {}
 
     async def scenario() -> None:
-        store = SQLiteStore(tmp_path / "corral.db")
-        executor = LocalExecutor(
-            tmp_path, capacity=Capacity(cpus=3, memory_mb=1000, gpus=0), kill_grace_seconds=1
-        )
-        scheduler = Scheduler(store, executor)
-        await scheduler.start()
+        async with started(tmp_path, cpus=3) as (store, scheduler):
+            await steps(store, scheduler)
 
+    async def steps(store: SQLiteStore, scheduler: Scheduler) -> None:
         def submit(name: str, cpus: float, priority: int = 0) -> None:
             spec = WorkloadCreate(
-                command=["sleep", "30"], resources={"cpus": cpus}, priority=priority
+                command=["sleep", "30"], resources=Resources(cpus=cpus), priority=priority
             )
             workload, _ = store.create_workload(spec)
             ids[name] = workload.id
@@ -84,23 +91,18 @@ def test_passes_after_submits_match_a_pass_over_everything(tmp_path: Path) -> No
             w = store.get_workload(ids[name])
             seen[name] = (w.status, w.reason)
 
-        try:
-            submit("hold", 1)
-            submit("head", 3)
-            submit("behind", 1)
-            look("behind")
-            submit("urgent", 1, priority=5)
-            look("urgent")
-            look("head")
-            killed = store.update_workload_status(ids["head"], Status.KILLED, actor="test")
-            scheduler.stopped(killed)
-            scheduler._schedule()
-            ids["behind, once the head is gone"] = ids["behind"]
-            look("behind, once the head is gone")
-        finally:
-            await scheduler.stop()
-            store.close()
-            kill_all(tmp_path / "run")
+        submit("hold", 1)
+        submit("head", 3)
+        submit("behind", 1)
+        look("behind")
+        submit("urgent", 1, priority=5)
+        look("urgent")
+        look("head")
+        killed = store.update_workload_status(ids["head"], Status.KILLED, actor="test")
+        scheduler.stopped(killed)
+        scheduler._schedule()
+        ids["behind, once the head is gone"] = ids["behind"]
+        look("behind, once the head is gone")
 
     asyncio.run(scenario())
     assert seen == {
@@ -118,14 +120,8 @@ def test_a_pass_the_database_fails_is_walked_again(tmp_path: Path) -> None:
     statuses: dict[str, Status] = {}
 
     async def scenario() -> None:
-        store = SQLiteStore(tmp_path / "corral.db")
-        executor = LocalExecutor(
-            tmp_path, capacity=Capacity(cpus=1, memory_mb=1000, gpus=0), kill_grace_seconds=1
-        )
-        scheduler = Scheduler(store, executor)
-        await scheduler.start()
-        spec = WorkloadCreate(command=["sleep", "30"], resources={"cpus": 1})
-        try:
+        spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
+        async with started(tmp_path, cpus=1) as (store, scheduler):
             older, _ = store.create_workload(spec)
             newer, _ = store.create_workload(spec)
             with event_inserts_fail(store):
@@ -136,10 +132,6 @@ def test_a_pass_the_database_fails_is_walked_again(tmp_path: Path) -> None:
             scheduler._schedule()
             statuses["older"] = store.get_workload(older.id).status
             statuses["newer"] = store.get_workload(newer.id).status
-        finally:
-            await scheduler.stop()
-            store.close()
-            kill_all(tmp_path / "run")
 
     asyncio.run(scenario())
     assert statuses == {
