@@ -427,6 +427,55 @@ def test_many_concurrent_sleeps_do_not_stall_the_api(serve: Any, tmp_path: Path)
     wait_until(lambda: all(pid_gone(p) for p in pids), timeout=30)
 
 
+def _launcher_pid(server: LiveServer) -> int | None:
+    """The server's shim launcher (``corral-shim --launcher`` from its data dir)."""
+    shims = str(server.data_dir / "bin") + "/"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or pid_gone(int(entry)):
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[1] == b"--launcher" and argv[0].decode().startswith(shims):
+            return int(entry)
+    return None
+
+
+def test_shims_come_from_the_launcher_which_is_restarted_when_it_dies(serve: Any) -> None:
+    """Shims are forked by one resident launcher; killed, it is started again at the
+    next launch, and no workload is lost on the way. It ends with its server."""
+    api = serve()
+    server = serve.servers[0]
+    assert api.wait(api.submit(["true"])["id"])["status"] == "completed"
+    launcher = _launcher_pid(server)
+    assert launcher is not None
+    sleeper = api.wait(api.submit(["sleep", "300"])["id"], {"running"})
+    shim = wait_until(lambda: find_shims(server.data_dir / "run").get(sleeper["id"]))
+    assert int(Path(f"/proc/{shim}/stat").read_text().rsplit(")", 1)[1].split()[1]) == launcher
+    os.kill(launcher, signal.SIGKILL)
+    wait_until(lambda: pid_gone(launcher))
+    done = api.wait(api.submit(["sh", "-c", "exit 5"])["id"])
+    assert done["exit_code"] == 5
+    again = _launcher_pid(server)
+    assert again is not None and again != launcher
+    assert api.http.delete(f"/v1/workloads/{sleeper['id']}").status_code == 200
+    assert api.wait(sleeper["id"])["status"] == "killed"
+    server.kill(signal.SIGKILL)
+    wait_until(lambda: pid_gone(again), timeout=5)  # EOF on its socket
+
+
+def test_a_request_too_large_for_the_launcher_is_spawned_directly(serve: Any) -> None:
+    """An environment of 180 kB does not fit in one launcher message: the server
+    spawns that shim itself, and the workload runs the same."""
+    api = serve()
+    big = "x" * 90_000  # one variable may not exceed 128 kB
+    w = api.submit(["sh", "-c", "echo ${#A} ${#B}"], env={"A": big, "B": big})
+    done = api.wait(w["id"])
+    assert done["status"] == "completed", done
+    assert api.logs(w["id"]) == "90000 90000\n"
+
+
 def workload_processes(ids: set[str]) -> list[int]:
     """Live processes (zombies count as gone) whose environment names one of ``ids``."""
     found = []

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.executors.base import Capacity, NotStartedError, OnExit, Outcome, SpawnError
+from corral.executors.launcher import Launcher
 from corral.executors.shim import (
     PID_FILE,
     ensure_shim,
@@ -135,6 +136,7 @@ class LocalExecutor:
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
         env.setdefault("PATH", DEFAULT_PATH)
         self._base_env = env
+        self._launcher = Launcher(self.shim, env, self.run_dir / "launcher.log")
         (data_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -166,21 +168,25 @@ class LocalExecutor:
         cwd = Path(workload.cwd) if workload.cwd else None
         argv = shim_argv(self.shim, state, self.kill_grace_seconds, cwd, workload.command)
         log = log_path(self.data_dir, workload.id)
-        spawned = self._loop.run_in_executor(self._spawner, _spawn_shim, argv, env, log)
+        spawned = self._loop.run_in_executor(self._spawner, self._spawn_shim, argv, env, log)
         self._launching.add(workload.id)
         return self._watch_spawned(workload, spawned)
 
-    async def _watch_spawned(self, workload: Workload, spawned: Awaitable[int]) -> None:
+    async def _watch_spawned(
+        self, workload: Workload, spawned: Awaitable[tuple[int, int | None]]
+    ) -> None:
         wid = workload.id
         try:
-            pid = await spawned
+            pid, pidfd = await spawned
         except BaseException:
             self._stop_on_start.discard(wid)
             raise
         finally:
             self._launching.discard(wid)
         try:
-            self._watch(workload, pid, is_child=True)
+            # A shim forked by the launcher comes with a pidfd (the launcher reaps
+            # it); one spawned here is our child, and waited for once it exits.
+            self._watch(workload, pid, is_child=pidfd is None, pidfd=pidfd)
         except OSError as exc:
             # Unwatched, it could be neither killed nor followed: stop it now. The
             # workload has a process group of its own, which only the shim knows, so
@@ -195,6 +201,26 @@ class LocalExecutor:
             self._stop_on_start.discard(wid)
             self.terminate(wid)
 
+    def _spawn_shim(
+        self, argv: list[str], env: dict[str, str], log: Path
+    ) -> tuple[int, int | None]:
+        """On a spawn thread: open the log and start the shim on it, through the
+        launcher when it can (see ``launcher.py``), else by ``posix_spawn``. Returns
+        the shim's pid and, from the launcher, a pidfd for it."""
+        try:
+            log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise SpawnError(f"cannot open its log: {exc.strerror}") from None
+        try:
+            launched = self._launcher.spawn(argv[1:], env, log_fd)
+            if launched is not None:
+                return launched
+            return spawn_session(argv[0], argv, env, log_fd), None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env
+            raise SpawnError(exc.strerror if isinstance(exc, OSError) else str(exc)) from None
+        finally:
+            os.close(log_fd)
+
     def _reap_unwatched(self, workload_id: str, pid: int) -> None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
@@ -203,9 +229,12 @@ class LocalExecutor:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(self.forget, workload_id)
 
-    def _watch(self, workload: Workload, pid: int, *, is_child: bool) -> None:
+    def _watch(
+        self, workload: Workload, pid: int, *, is_child: bool, pidfd: int | None = None
+    ) -> None:
         assert self._loop is not None, "start() first"
-        pidfd = os.pidfd_open(pid)
+        if pidfd is None:
+            pidfd = os.pidfd_open(pid)
         try:
             self._loop.add_reader(pidfd, self._exited, workload.id)
         except BaseException:
@@ -323,6 +352,7 @@ class LocalExecutor:
     def close(self) -> None:
         # A spawn in flight finishes (its shim is adopted by the next server).
         self._spawner.shutdown(wait=True)
+        self._launcher.close()
         for proc in self._procs.values():
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(proc.pidfd)
@@ -345,20 +375,6 @@ class LocalExecutor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             log.warning("killed the orphaned process group %d of workload %s", pgid, workload_id)
-
-
-def _spawn_shim(argv: list[str], env: dict[str, str], log: Path) -> int:
-    """On a spawn thread: open the log, start the shim on it, return the shim's pid."""
-    try:
-        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise SpawnError(f"cannot open its log: {exc.strerror}") from None
-    try:
-        return spawn_session(argv[0], argv, env, log_fd)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env
-        raise SpawnError(exc.strerror if isinstance(exc, OSError) else str(exc)) from None
-    finally:
-        os.close(log_fd)
 
 
 def find_shims(run_dir: Path) -> dict[str, int]:

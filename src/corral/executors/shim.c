@@ -38,12 +38,14 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -186,7 +188,7 @@ static void default_dispositions(void)
     }
 }
 
-int main(int argc, char **argv)
+static int shim_main(int argc, char **argv)
 {
     if (argc < 6 || strcmp(argv[4], "--") != 0)
         return usage("bad arguments");
@@ -334,4 +336,177 @@ int main(int argc, char **argv)
     if (WIFSIGNALED(status))
         return finish("signal", WTERMSIG(status));
     return finish("exit", WEXITSTATUS(status));
+}
+
+/* --- launcher mode ---------------------------------------------------------------
+ *
+ *   corral-shim --launcher PADDING
+ *
+ * A resident process that forks shims, so that a workload costs no exec of the shim
+ * (on a VM, glibc's start-up alone costs ~0.5 ms of CPU: every cpuid is a VM exit).
+ * stdin is a SOCK_SEQPACKET socket. Each request is one message: "N\0", then N
+ * strings (the shim's arguments: STATE GRACE CWD -- PROGRAM [ARG...]), then the
+ * environment's strings, each NUL-terminated; the workload's log travels as an
+ * SCM_RIGHTS descriptor. The forked shim starts a session, takes the log as stdout
+ * and stderr and /dev/null as stdin, writes its arguments over the launcher's
+ * command line (PADDING makes room) so that /proc/PID/cmdline names the shim and
+ * its STATE as for an exec'd one, and runs as above. The reply is the shim's pid as
+ * an int (or minus an errno), with a pidfd of it as SCM_RIGHTS: the launcher reaps
+ * its children, so the server could not open one itself in time. EOF on the socket
+ * (the server is gone) ends the launcher; the shims it forked live on.
+ */
+
+static char request[128 * 1024];
+
+static void on_sigchld(int sig)
+{
+    (void)sig; /* only interrupts ppoll */
+}
+
+static void set_cmdline(char *area, size_t size, char **args, int n)
+{
+    size_t used = 0;
+    memset(area, 0, size);
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(args[i]) + 1;
+        if (used + len >= size)
+            break;
+        memcpy(area + used, args[i], len);
+        used += len;
+    }
+}
+
+/* In the forked child: becomes the shim of one request. */
+static int launched(int logfd, size_t len, char *shim, char *area, size_t area_size)
+{
+    size_t count = 0;
+    for (size_t i = 0; i < len; i++)
+        count += request[i] == '\0';
+    char **strings = malloc((count + 2) * sizeof *strings);
+    if (strings == NULL)
+        return 1;
+    size_t k = 0;
+    for (size_t i = 0; i < len; i += strlen(request + i) + 1)
+        strings[k++] = request + i;
+    char *end;
+    long nargs = strtol(strings[0], &end, 10);
+    if (*end != '\0' || nargs < 5 || (size_t)nargs + 1 > count)
+        return 2;
+    char **args = strings; /* args[0] = the shim, then its NARGS arguments */
+    args[0] = shim;
+    char **env = strings + 1 + nargs;
+    char **envp = malloc((count - (size_t)nargs) * sizeof *envp);
+    if (envp == NULL)
+        return 1;
+    size_t e = 0;
+    for (char **p = env; p < strings + count; p++)
+        envp[e++] = *p;
+    envp[e] = NULL;
+    char **argv = malloc(((size_t)nargs + 2) * sizeof *argv);
+    if (argv == NULL)
+        return 1;
+    for (long i = 0; i <= nargs; i++)
+        argv[i] = args[i];
+    argv[nargs + 1] = NULL;
+
+    setsid();
+    int null = open("/dev/null", O_RDONLY);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+        return 1;
+    if (null > 2)
+        close(null);
+    if (logfd > 2)
+        close(logfd);
+    environ = envp;
+    set_cmdline(area, area_size, argv, (int)nargs + 1);
+    return shim_main((int)nargs + 1, argv);
+}
+
+static int launcher(int argc, char **argv)
+{
+    char *area = argv[0];
+    size_t area_size = (size_t)(argv[argc - 1] + strlen(argv[argc - 1]) + 1 - area);
+    char *shim = strdup(argv[0]);
+    if (shim == NULL)
+        return 1;
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t chld, none;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigemptyset(&none);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigchld;
+    sigaction(SIGCHLD, &sa, NULL);
+    for (;;) {
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+        struct pollfd pfd = {0, POLLIN, 0};
+        if (ppoll(&pfd, 1, NULL, &none) < 0) {
+            if (errno == EINTR)
+                continue;
+            return 1;
+        }
+        char control[CMSG_SPACE(sizeof(int))];
+        struct iovec iov = {request, sizeof request};
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        ssize_t n = recvmsg(0, &msg, MSG_CMSG_CLOEXEC);
+        if (n == 0)
+            return 0; /* the server is gone */
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return 1;
+        }
+        int logfd = -1;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        if (c != NULL && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+            c->cmsg_len == CMSG_LEN(sizeof(int)))
+            memcpy(&logfd, CMSG_DATA(c), sizeof(int));
+        int reply = -EINVAL, pidfd = -1;
+        if (logfd >= 0 && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) && request[n - 1] == '\0') {
+            pid_t pid = fork();
+            if (pid == 0)
+                _exit(launched(logfd, (size_t)n, shim, area, area_size));
+            reply = pid < 0 ? -errno : pid;
+            if (pid > 0)
+                pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        }
+        if (logfd >= 0)
+            close(logfd);
+        char out[CMSG_SPACE(sizeof(int))];
+        struct iovec riov = {&reply, sizeof reply};
+        struct msghdr rmsg;
+        memset(&rmsg, 0, sizeof rmsg);
+        rmsg.msg_iov = &riov;
+        rmsg.msg_iovlen = 1;
+        if (pidfd >= 0) {
+            memset(out, 0, sizeof out);
+            rmsg.msg_control = out;
+            rmsg.msg_controllen = sizeof out;
+            struct cmsghdr *rc = CMSG_FIRSTHDR(&rmsg);
+            rc->cmsg_level = SOL_SOCKET;
+            rc->cmsg_type = SCM_RIGHTS;
+            rc->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(rc), &pidfd, sizeof(int));
+        }
+        ssize_t sent = sendmsg(0, &rmsg, MSG_NOSIGNAL);
+        if (pidfd >= 0)
+            close(pidfd);
+        if (sent < 0 && errno == EPIPE)
+            return 0;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 3 && strcmp(argv[1], "--launcher") == 0)
+        return launcher(argc, argv);
+    return shim_main(argc, argv);
 }
