@@ -465,6 +465,24 @@ def test_shims_come_from_the_launcher_which_is_restarted_when_it_dies(serve: Any
     wait_until(lambda: pid_gone(again), timeout=5)  # EOF on its socket
 
 
+def test_a_stuck_launcher_fails_the_launch_and_runs_nothing(serve: Any, tmp_path: Path) -> None:
+    """A launcher that does not answer (stopped) is killed after its 10 s: the
+    workload ends failed, its command never ran, and the next launch gets a new
+    launcher."""
+    api = serve()
+    server = serve.servers[0]
+    assert api.wait(api.submit(["true"])["id"])["status"] == "completed"
+    launcher = _launcher_pid(server)
+    assert launcher is not None
+    os.kill(launcher, signal.SIGSTOP)
+    marker = tmp_path / "ran"
+    stuck = api.wait(api.submit(["touch", str(marker)])["id"], timeout=30)
+    assert stuck["status"] == "failed"
+    assert stuck["reason"] == "spawn failed: the shim launcher stopped while starting it"
+    assert api.wait(api.submit(["sh", "-c", "exit 4"])["id"])["exit_code"] == 4
+    assert not marker.exists()
+
+
 def test_a_request_too_large_for_the_launcher_is_spawned_directly(serve: Any) -> None:
     """An environment of 180 kB does not fit in one launcher message: the server
     spawns that shim itself, and the workload runs the same."""

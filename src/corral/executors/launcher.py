@@ -11,9 +11,10 @@ pid and a pidfd for it. The protocol is described in ``shim.c``.
 
 When the launcher cannot take a request (too large for one message, or the
 launcher could not be started) the caller spawns the shim itself; the result is the
-same, only slower. A launcher that dies is started again at the next request. Only
-after a request was sent and no answer came is there an error: a shim may have been
-forked for it, so spawning another could run the workload twice.
+same, only slower. A launcher found dead is replaced before the request is sent.
+A forked shim waits for the launcher's word, given only once the reply is sent, so
+a launcher that dies or stalls (10 s) with a request leaves no shim behind: it is
+killed, and the request fails as a spawn error (never a retry).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ PADDING = 8192
 """Bytes of the launcher's command line that a forked shim writes its own over."""
 MAX_REQUEST = 120 * 1024
 """Largest request sent as one message (the launcher reads up to 128 kB)."""
+ANSWER_SECONDS = 10.0
+"""How long a launcher may take to answer before it is taken for stuck (a fork takes
+well under a millisecond)."""
 
 
 class Launcher:
@@ -73,19 +77,13 @@ class Launcher:
                 try:
                     sock.sendmsg([body], rights)
                     break
-                except OSError:  # the launcher is gone: nothing was forked for this
-                    self._stop()
+                except OSError as exc:  # nothing was forked for this request
+                    if exc.errno in (errno.EMSGSIZE, errno.ENOBUFS, errno.ENOMEM):
+                        return None  # too large for this host's socket buffers
+                    self._stop()  # the launcher is gone
             else:
                 return None
-            try:
-                msg, fds, flags, _ = socket.recv_fds(sock, 16, 1)
-            except OSError:
-                msg, fds, flags = b"", [], 0
-            if len(msg) != 4:
-                for fd in fds:
-                    os.close(fd)
-                self._stop()
-                raise SpawnError("the shim launcher stopped while starting it")
+            msg, fds, flags = self._answer(sock)
         (pid,) = struct.unpack("i", msg)
         if pid < 0:
             for fd in fds:
@@ -101,6 +99,33 @@ class Launcher:
             err = errno.EMFILE if flags & socket.MSG_CTRUNC else errno.EIO
             raise OSError(err, os.strerror(err))
         return pid, fds[0]
+
+    def _answer(self, sock: socket.socket) -> tuple[bytes, list[int], int]:
+        """The launcher's reply. A forked shim runs only once its reply has been sent
+        (it waits for the launcher's word), so a launcher that dies or stalls first
+        leaves nothing running: it is killed, and a reply that made it out still
+        counts."""
+        try:
+            msg, fds, flags, _ = socket.recv_fds(sock, 16, 1, socket.MSG_CMSG_CLOEXEC)
+        except OSError:  # TimeoutError included
+            msg, fds, flags = b"", [], 0
+        if len(msg) != 4:
+            for fd in fds:
+                os.close(fd)
+            if self._proc is not None:
+                self._proc.kill()
+                self._proc.wait()
+            sock.setblocking(False)
+            try:
+                msg, fds, flags, _ = socket.recv_fds(sock, 16, 1, socket.MSG_CMSG_CLOEXEC)
+            except OSError:
+                msg, fds, flags = b"", [], 0
+            self._stop()
+            if len(msg) != 4:
+                for fd in fds:
+                    os.close(fd)
+                raise SpawnError("the shim launcher stopped while starting it")
+        return msg, fds, flags
 
     def _start(self) -> socket.socket | None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -119,6 +144,7 @@ class Launcher:
             return None
         finally:
             theirs.close()
+        ours.settimeout(ANSWER_SECONDS)
         self._sock = ours
         return ours
 

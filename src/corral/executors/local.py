@@ -1,7 +1,8 @@
 """``LocalExecutor``: runs workloads as processes on this machine.
 
-Each workload runs under its own ``corral-shim`` (see ``shim.c``), started with
-``posix_spawn`` as a session leader. The shim runs the command in its own process
+Each workload runs under its own ``corral-shim`` (see ``shim.c``), a session leader
+forked by the resident shim launcher (``launcher.py``; ``posix_spawn`` of the shim
+when a request does not fit the launcher). The shim runs the command in its own process
 group with stdout and stderr on ``<data>/logs/<id>.log``, forwards kill requests to
 the group (SIGTERM, then SIGKILL after the grace period), and writes how the command
 ended to ``<data>/run/<id>/status``. Because the shim, not the server, is the parent,
@@ -9,9 +10,9 @@ a restarted server re-adopts running workloads and still learns their exit codes
 
 Exits are noticed without threads or polling: each shim has a pidfd registered with
 the event loop, readable the moment the shim exits (whoever its parent is by then).
-Spawns run on a small pool of threads through ``spawn.spawn_session``, which releases
-the GIL while glibc waits for the shim's exec; ``os.posix_spawn`` held it, and the
-whole server waited for every exec.
+Launches run on a small pool of threads (a launcher request waits for the fork;
+``spawn.spawn_session`` releases the GIL while glibc waits for the shim's exec, which
+``os.posix_spawn`` held, and the whole server waited for every exec).
 
 Files in ``<data>/run/``, per workload: ``<id>.pid`` and ``<id>.status`` (written by
 the shim) and ``<id>.devices`` (GPU indices, by the server); removed once the

@@ -1,6 +1,8 @@
 /*
  * corral-shim: a tiny per-workload watcher (like conmon or containerd-shim). It runs
- * one workload, outlives the corral server, and records how the workload ended.
+ * one workload, outlives the corral server, and records how the workload ended. The
+ * same binary run as `corral-shim --launcher` forks shims on request (see the end of
+ * this file); a forked shim behaves exactly as an exec'd one.
  *
  *   corral-shim STATE GRACE_SECONDS CWD -- PROGRAM [ARG...]
  *
@@ -376,9 +378,18 @@ static void set_cmdline(char *area, size_t size, char **args, int n)
     }
 }
 
-/* In the forked child: becomes the shim of one request. */
-static int launched(int logfd, size_t len, char *shim, char *area, size_t area_size)
+/* In the forked child: becomes the shim of one request, once the launcher has told
+ * the server about it (a byte on GO; EOF means the reply never left: run nothing). */
+static int launched(int go, int logfd, size_t len, char *shim, char *area, size_t area_size)
 {
+    char byte;
+    ssize_t r;
+    do
+        r = read(go, &byte, 1);
+    while (r < 0 && errno == EINTR);
+    if (r != 1)
+        _exit(0);
+    close(go);
     size_t count = 0;
     for (size_t i = 0; i < len; i++)
         count += request[i] == '\0';
@@ -430,10 +441,18 @@ static int launcher(int argc, char **argv)
     if (shim == NULL)
         return 1;
     signal(SIGPIPE, SIG_IGN);
-    sigset_t chld, none;
+    /* SIGCHLD is taken in ppoll only. Kill requests stay blocked, here and so in every
+     * forked shim until it waits for them: one sent right after the launch is kept. */
+    sigset_t chld, waiting;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
-    sigemptyset(&none);
+    sigaddset(&chld, SIGTERM);
+    sigaddset(&chld, SIGINT);
+    sigaddset(&chld, SIGHUP);
+    sigemptyset(&waiting);
+    sigaddset(&waiting, SIGTERM);
+    sigaddset(&waiting, SIGINT);
+    sigaddset(&waiting, SIGHUP);
     sigprocmask(SIG_BLOCK, &chld, NULL);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -443,7 +462,7 @@ static int launcher(int argc, char **argv)
         while (waitpid(-1, NULL, WNOHANG) > 0)
             ;
         struct pollfd pfd = {0, POLLIN, 0};
-        if (ppoll(&pfd, 1, NULL, &none) < 0) {
+        if (ppoll(&pfd, 1, NULL, &waiting) < 0) {
             if (errno == EINTR)
                 continue;
             return 1;
@@ -469,14 +488,21 @@ static int launcher(int argc, char **argv)
         if (c != NULL && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
             c->cmsg_len == CMSG_LEN(sizeof(int)))
             memcpy(&logfd, CMSG_DATA(c), sizeof(int));
-        int reply = -EINVAL, pidfd = -1;
+        int reply = -EINVAL, pidfd = -1, go[2] = {-1, -1};
         if (logfd >= 0 && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) && request[n - 1] == '\0') {
-            pid_t pid = fork();
-            if (pid == 0)
-                _exit(launched(logfd, (size_t)n, shim, area, area_size));
+            pid_t pid = -1;
+            if (pipe2(go, O_CLOEXEC) == 0) {
+                pid = fork();
+                if (pid == 0) {
+                    close(go[1]);
+                    _exit(launched(go[0], logfd, (size_t)n, shim, area, area_size));
+                }
+            }
             reply = pid < 0 ? -errno : pid;
             if (pid > 0)
                 pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+            if (go[0] >= 0)
+                close(go[0]);
         }
         if (logfd >= 0)
             close(logfd);
@@ -496,10 +522,21 @@ static int launcher(int argc, char **argv)
             rc->cmsg_len = CMSG_LEN(sizeof(int));
             memcpy(CMSG_DATA(rc), &pidfd, sizeof(int));
         }
-        ssize_t sent = sendmsg(0, &rmsg, MSG_NOSIGNAL);
+        ssize_t sent;
+        do
+            sent = sendmsg(0, &rmsg, MSG_NOSIGNAL);
+        while (sent < 0 && errno == EINTR);
+        int gone = sent < 0 ? errno : 0;
         if (pidfd >= 0)
             close(pidfd);
-        if (sent < 0 && errno == EPIPE)
+        if (go[1] >= 0) {
+            if (sent > 0) { /* the server knows the shim: let it run */
+                ssize_t w = write(go[1], "g", 1);
+                (void)w;
+            }
+            close(go[1]); /* unanswered, it exits without running anything */
+        }
+        if (gone == EPIPE)
             return 0;
     }
 }
