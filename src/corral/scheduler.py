@@ -65,6 +65,9 @@ class _Free:
     memory_mb: int
     gpus: set[int] = field(default_factory=set)
 
+    def copy(self) -> _Free:
+        return _Free(self.cpus, self.memory_mb, set(self.gpus))
+
 
 @dataclass(slots=True)
 class _Pass:
@@ -90,7 +93,7 @@ class Scheduler:
         self.executor = executor
         cap = executor.capacity if executor else None
         self._total = _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus))) if cap else _Free(0, 0)
-        self._free = _Free(self._total.cpus, self._total.memory_mb, set(self._total.gpus))
+        self._free = self._total.copy()
         self._pending: dict[str, Workload] = {}
         self._queue: list[Workload] = []  # _pending in order; stale entries are skipped
         self._sorted = True  # _queue is in order
@@ -214,8 +217,7 @@ class Scheduler:
             else:
                 self._queue = sorted(self._pending.values(), key=_rank)
                 self._sorted = True
-            free = self._free
-            self._last_pass = _Pass(_Free(free.cpus, free.memory_mb, set(free.gpus)))
+            self._last_pass = _Pass(self._free.copy())
             self._walked = 0
         todo, self._walked = self._queue[self._walked :], len(self._queue)
         try:
@@ -230,21 +232,22 @@ class Scheduler:
             if workload.id not in self._pending:
                 continue  # claimed or stopped since it was queued
             res = workload.resources
-            reason = p.waiting.get((res.cpus, res.memory_mb, res.gpus))
+            shape = (res.cpus, res.memory_mb, res.gpus)
+            reason = p.waiting.get(shape)
             if reason is None:
                 if _fits(res, p.avail):
                     if self._claim_and_launch(workload):
                         _take(p.avail, res)
                         p.waiting.clear()  # what is free changed
                     continue
-                reason = self._why_waiting(workload, p)
+                reason = self._why_waiting(workload, shape, p)
             if self._reasons.get(workload.id) != reason:
                 self._reasons[workload.id] = reason
                 reasons.append((workload.id, reason))
         if reasons:
             self.store.set_pending_reasons(reasons)
 
-    def _why_waiting(self, workload: Workload, p: _Pass) -> str:
+    def _why_waiting(self, workload: Workload, shape: tuple[float, int, int], p: _Pass) -> str:
         """The reason of a workload that does not fit in what the pass has left; the
         first becomes the head of the line and reserves what it needs."""
         res = workload.resources
@@ -261,7 +264,7 @@ class Scheduler:
             reason = f"waiting behind {head.id} (priority {head.priority}), which needs more"
         else:
             reason = _shortfall(res, self._free)
-        p.waiting[(res.cpus, res.memory_mb, res.gpus)] = reason
+        p.waiting[shape] = reason
         return reason
 
     def _claim_and_launch(self, workload: Workload) -> bool:
@@ -289,7 +292,6 @@ class Scheduler:
             started = self.executor.launch(running, devices)
         except Exception as exc:
             self._launch_failed(running.id, exc)
-            self._poke()  # its resources are free again
             return
         task = asyncio.get_running_loop().create_task(self._launched(running, started))
         self._launches.add(task)
@@ -302,20 +304,20 @@ class Scheduler:
             await started
         except Exception as exc:
             self._launch_failed(workload.id, exc)
-            self._poke()  # its resources are free again
             return
         self._arm_timeout(workload, started_at=None)
 
     def _launch_failed(self, workload_id: str, exc: Exception) -> None:
         """End a claimed workload whose process could not be started (called from an
         ``except`` block): running→failed with the OS's message, or, for anything
-        but a ``SpawnError``, the error's (a bug must not leave it running for ever)."""
+        but a ``SpawnError``, the error's (a bug must not leave it running for ever).
+        Reported as an exit is: the next pass sees its resources free again."""
         if isinstance(exc, SpawnError):
             reason = str(exc)
         else:
             log.exception("launching %s failed", workload_id)
             reason = f"{type(exc).__name__}: {exc}"
-        self._finish(Outcome(workload_id, spawn_error=reason))
+        self._on_exit(Outcome(workload_id, spawn_error=reason))
 
     def _allocate(self, workload: Workload, devices: list[int]) -> None:
         self._allocated[workload.id] = (workload, devices)

@@ -5,7 +5,7 @@ forked by the resident shim launcher (``launcher.py``; ``posix_spawn`` of the sh
 when a request does not fit the launcher). The shim runs the command in its own process
 group with stdout and stderr on ``<data>/logs/<id>.log``, forwards kill requests to
 the group (SIGTERM, then SIGKILL after the grace period), and writes how the command
-ended to ``<data>/run/<id>/status``. Because the shim, not the server, is the parent,
+ended to ``<data>/run/<id>.status``. Because the shim, not the server, is the parent,
 a restarted server re-adopts running workloads and still learns their exit codes.
 
 Exits are noticed without threads or polling: each shim has a pidfd registered with
@@ -60,7 +60,8 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 NOFILE_VARIABLE = "CORRAL_SHIM_NOFILE"
 """Tells the shim the workload's soft open-files limit; the shim removes it."""
 SPAWN_THREADS = 2
-"""Spawns in flight at once: each waits (without the GIL) for one shim's exec."""
+"""Launches in flight at once: each waits (without the GIL) for the launcher's reply
+or for a directly spawned shim's exec."""
 SHIM_NAME = "corral-shim"
 
 
@@ -75,12 +76,22 @@ class _Proc:
 
 def is_alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie counts as gone (``/proc/PID/stat`` state)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in _GONE
+
+
+_GONE = (b"Z", b"X")  # /proc/PID/stat states of a process that has exited
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp,
+    session, …), or None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return raw[raw.rindex(b")") + 2 :].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return None
+    return raw[raw.rindex(b")") + 2 :].split()
 
 
 def detect_capacity(
@@ -151,9 +162,10 @@ class LocalExecutor:
     # --- launch -------------------------------------------------------------------
 
     def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> Awaitable[None]:
-        """See ``Executor.launch``. The spawn starts now on a worker thread
-        (``spawn.py`` says why), and the workload counts as launching from this call
-        on: a ``terminate`` before the shim is watched is applied once it is."""
+        """See ``Executor.launch``. The launch starts now on a worker thread (a
+        launcher request waits for its reply; ``spawn.py`` says why a direct spawn
+        needs a thread), and the workload counts as launching from this call on: a
+        ``terminate`` before the shim is watched is applied once it is."""
         assert self._loop is not None, "start() first"
         state = self.run_dir / workload.id
         if gpu_devices:
@@ -244,11 +256,14 @@ class LocalExecutor:
         state = self.run_dir / workload.id
         self._procs[workload.id] = _Proc(pid, pidfd, state, is_child, workload.cwd)
 
+    def _unwatch(self, pidfd: int) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(pidfd)
+        os.close(pidfd)
+
     def _exited(self, workload_id: str) -> None:
         proc = self._procs.pop(workload_id)
-        assert self._loop is not None
-        self._loop.remove_reader(proc.pidfd)
-        os.close(proc.pidfd)
+        self._unwatch(proc.pidfd)
         if proc.is_child:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(proc.shim_pid, os.WNOHANG)
@@ -323,10 +338,8 @@ class LocalExecutor:
         return list(strays)
 
     def _stray_exited(self, workload_id: str, pidfd: int) -> None:
-        assert self._loop is not None
-        self._loop.remove_reader(pidfd)
         self._stray_pidfds.discard(pidfd)
-        os.close(pidfd)
+        self._unwatch(pidfd)
         self.forget(workload_id)
 
     def _report_soon(self, outcome: Outcome) -> None:
@@ -354,15 +367,9 @@ class LocalExecutor:
         # A spawn in flight finishes (its shim is adopted by the next server).
         self._spawner.shutdown(wait=True)
         self._launcher.close()
-        for proc in self._procs.values():
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(proc.pidfd)
-            os.close(proc.pidfd)
+        for pidfd in [proc.pidfd for proc in self._procs.values()] + list(self._stray_pidfds):
+            self._unwatch(pidfd)
         self._procs.clear()
-        for pidfd in self._stray_pidfds:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(pidfd)
-            os.close(pidfd)
         self._stray_pidfds.clear()
 
     def _kill_orphaned_group(self, workload_id: str, state: Path) -> None:
@@ -421,7 +428,8 @@ def kill_all(run_dir: Path, *, wait_seconds: float = 5.0) -> None:
 def _shim_state(pid: int) -> str | None:
     """The state path of the live shim running as ``pid``, or None if it is no shim.
 
-    A shim is a session leader (the server starts it with setsid). Its workload's
+    A shim is a session leader (started with setsid, or forked by the launcher,
+    which calls it). Its workload's
     process, between the fork and the exec, has the same command line but a session
     of its parent's: without that check a restart could take it for the shim."""
     try:
@@ -431,13 +439,8 @@ def _shim_state(pid: int) -> str | None:
         return None
     if len(argv) <= 2 or not Path(argv[0].decode(errors="replace")).name.startswith(SHIM_NAME):
         return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    state, _ppid, _pgrp, session = stat[stat.rindex(b")") + 2 :].split()[:4]
-    if state in (b"Z", b"X") or int(session) != pid:
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in _GONE or int(fields[3]) != pid:  # 3: session
         return None
     return argv[1].decode(errors="replace")
 

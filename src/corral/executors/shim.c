@@ -150,6 +150,29 @@ static int usage(const char *why)
     return 2;
 }
 
+/* The go-ahead between a process and the child it forked: the parent writes one byte
+ * once the child may proceed; the child reads it, and takes EOF (the parent died or
+ * said no by closing) as an order to do nothing. */
+static void give_go(int fd)
+{
+    ssize_t w;
+    do
+        w = write(fd, "g", 1);
+    while (w < 0 && errno == EINTR);
+    close(fd);
+}
+
+static int await_go(int fd)
+{
+    char byte;
+    ssize_t r;
+    do
+        r = read(fd, &byte, 1);
+    while (r < 0 && errno == EINTR);
+    close(fd);
+    return r == 1;
+}
+
 /* Closes every descriptor above stderr: the server's own are close-on-exec, but
  * whatever the server inherited from its parent without that flag would otherwise
  * reach every workload (and keep, say, the pipe of `corral serve | tee` open). */
@@ -253,12 +276,7 @@ static int shim_main(int argc, char **argv)
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0);
         close(gopipe[1]);
-        char go;
-        ssize_t r;
-        do
-            r = read(gopipe[0], &go, 1);
-        while (r < 0 && errno == EINTR);
-        if (r != 1) /* EOF: the shim died before recording the pid; run nothing */
+        if (!await_go(gopipe[0])) /* the shim died before recording the pid */
             _exit(127);
         int err;
         if (cwd[0] != '\0' && chdir(cwd) != 0) {
@@ -283,11 +301,7 @@ static int shim_main(int argc, char **argv)
         return finish("spawn", e);
     }
     close(gopipe[0]);
-    ssize_t g;
-    do /* the child may exec now */
-        g = write(gopipe[1], "g", 1);
-    while (g < 0 && errno == EINTR);
-    close(gopipe[1]);
+    give_go(gopipe[1]); /* the child may exec now */
     /* A failed chdir or exec is read from errpipe once the child is reaped, not here:
      * until the child has exec'd (and it may be stopped before), a blocking read would
      * leave kill requests unanswered. */
@@ -382,14 +396,8 @@ static void set_cmdline(char *area, size_t size, char **args, int n)
  * the server about it (a byte on GO; EOF means the reply never left: run nothing). */
 static int launched(int go, int logfd, size_t len, char *shim, char *area, size_t area_size)
 {
-    char byte;
-    ssize_t r;
-    do
-        r = read(go, &byte, 1);
-    while (r < 0 && errno == EINTR);
-    if (r != 1)
+    if (!await_go(go))
         _exit(0);
-    close(go);
     size_t count = 0;
     for (size_t i = 0; i < len; i++)
         count += request[i] == '\0';
@@ -403,22 +411,16 @@ static int launched(int go, int logfd, size_t len, char *shim, char *area, size_
     long nargs = strtol(strings[0], &end, 10);
     if (*end != '\0' || nargs < 5 || (size_t)nargs + 1 > count)
         return 2;
-    char **args = strings; /* args[0] = the shim, then its NARGS arguments */
-    args[0] = shim;
-    char **env = strings + 1 + nargs;
     char **envp = malloc((count - (size_t)nargs) * sizeof *envp);
     if (envp == NULL)
         return 1;
     size_t e = 0;
-    for (char **p = env; p < strings + count; p++)
+    for (char **p = strings + 1 + nargs; p < strings + count; p++)
         envp[e++] = *p;
     envp[e] = NULL;
-    char **argv = malloc(((size_t)nargs + 2) * sizeof *argv);
-    if (argv == NULL)
-        return 1;
-    for (long i = 0; i <= nargs; i++)
-        argv[i] = args[i];
-    argv[nargs + 1] = NULL;
+    char **argv = strings; /* the shim, then its NARGS arguments */
+    argv[0] = shim;
+    argv[nargs + 1] = NULL; /* the first environment string, copied above */
 
     setsid();
     int null = open("/dev/null", O_RDONLY);
@@ -443,17 +445,17 @@ static int launcher(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     /* SIGCHLD is taken in ppoll only. Kill requests stay blocked, here and so in every
      * forked shim until it waits for them: one sent right after the launch is kept. */
-    sigset_t chld, waiting;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    sigaddset(&chld, SIGTERM);
-    sigaddset(&chld, SIGINT);
-    sigaddset(&chld, SIGHUP);
+    sigset_t blocked, waiting;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGCHLD);
+    sigaddset(&blocked, SIGTERM);
+    sigaddset(&blocked, SIGINT);
+    sigaddset(&blocked, SIGHUP);
     sigemptyset(&waiting);
     sigaddset(&waiting, SIGTERM);
     sigaddset(&waiting, SIGINT);
     sigaddset(&waiting, SIGHUP);
-    sigprocmask(SIG_BLOCK, &chld, NULL);
+    sigprocmask(SIG_BLOCK, &blocked, NULL);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigchld;
@@ -530,11 +532,10 @@ static int launcher(int argc, char **argv)
         if (pidfd >= 0)
             close(pidfd);
         if (go[1] >= 0) {
-            if (sent > 0) { /* the server knows the shim: let it run */
-                ssize_t w = write(go[1], "g", 1);
-                (void)w;
-            }
-            close(go[1]); /* unanswered, it exits without running anything */
+            if (sent > 0)
+                give_go(go[1]); /* the server knows the shim: let it run */
+            else
+                close(go[1]); /* unanswered, it exits without running anything */
         }
         if (gone == EPIPE)
             return 0;
