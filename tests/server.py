@@ -67,6 +67,33 @@ class LiveServer:
             time.sleep(0.05)
         raise RuntimeError(f"server did not become healthy: {self.log.read_text()}")
 
+    @property
+    def token(self) -> str | None:
+        """The admin key the server wrote to ``DATA_DIR/token`` (None without one)."""
+        try:
+            return (self.data_dir / "token").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Authorization`` for the admin key, when the server has one."""
+        token = self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def http(self, *, timeout: float = 30.0, token: str | None = None) -> httpx.Client:
+        """An HTTP client for this server, sending the admin key (or ``token``)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else self.headers
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """The environment for a ``corral`` CLI process aimed at this server."""
+        env = {**os.environ, "CORRAL_URL": self.url}
+        if self.token:
+            env["CORRAL_TOKEN"] = self.token
+        return env
+
     def _limits(self) -> None:
         if self.open_files is not None:
             limit = self.open_files

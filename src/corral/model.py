@@ -189,6 +189,8 @@ class Workload(BaseModel):
     """A stored workload: the user's spec plus what corral knows about it."""
 
     id: str
+    owner: str
+    """The user whose key submitted it; only they and admins see it."""
     name: str | None
     command: list[str]
     env: dict[str, str]
@@ -260,6 +262,45 @@ class StatusUpdate(BaseModel):
         if status is Status.FAILED and code == 0:
             raise ValueError("exit code 0 is completed, not failed")
         return self
+
+
+# --- users and API keys (spec §6) ---------------------------------------------------
+
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_.@-]{0,63}$")
+"""A corral user name: lower case, as Unix account names (plus ``.`` and ``@``)."""
+UserName = Annotated[str, StringConstraints(pattern=USER_NAME_RE.pattern)]
+UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
+"""A Unix account name, as ``useradd`` accepts it."""
+
+
+class TokenCreate(BaseModel):
+    """The body of ``POST /v1/tokens`` (admin keys only)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user: UserName
+    admin: bool = False
+    unix_user: Annotated[str | None, StringConstraints(pattern=UNIX_USER_RE.pattern)] = None
+    """Run this user's workloads as this Unix account (the server must run as root)."""
+    description: Annotated[str | None, Field(max_length=200)] = None
+
+
+class Token(BaseModel):
+    """An API key as listed: never the key itself, which only its creation returns."""
+
+    id: str
+    user: str
+    admin: bool
+    unix_user: str | None
+    description: str | None
+    created_at: str
+    revoked_at: str | None
+
+
+class NewToken(Token):
+    """The answer to ``POST /v1/tokens``: the key, shown this once."""
+
+    key: str
 
 
 def default_reason(status: Status, exit_code: int | None) -> str | None:
