@@ -39,7 +39,7 @@ SPEC = WorkloadCreate.model_validate(
 
 def _filled_store(path: Path, n: int) -> tuple[SQLiteStore, list[str]]:
     store = SQLiteStore(path)
-    ids = [store.create_workload(SPEC, actor="bench")[0].id for _ in range(n)]
+    ids = [store.create_workload(owner="alice", spec=SPEC, actor="bench")[0].id for _ in range(n)]
     return store, ids
 
 

@@ -11,10 +11,19 @@ from fastapi import FastAPI
 
 
 class SyncASGIClient:
-    def __init__(self, app: FastAPI, *, raise_app_exceptions: bool = True) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        raise_app_exceptions: bool = True,
+        token: str | None = None,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
-        self._client = httpx.AsyncClient(transport=transport, base_url="http://corral.test")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=headers
+        )
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         return self._loop.run_until_complete(self._client.request(method, url, **kwargs))

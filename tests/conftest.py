@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from corral.api import create_app
+from corral.keys import key_digest, new_key
 from corral.store import Store
 from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
@@ -62,9 +63,25 @@ def store(store_factory: Callable[[], Store]) -> Store:
     return store_factory()
 
 
+def add_key(store: Store, user: str, *, admin: bool = False) -> str:
+    """A new API key of ``user``, stored; returns the key."""
+    key = new_key()
+    store.create_api_key(user=user, admin=admin, key_sha256=key_digest(key))
+    return key
+
+
+ADMIN = "admin"
+
+
 @pytest.fixture
-def api(store: Store, tmp_path: Path) -> Iterator[SyncASGIClient]:
-    """The real app over a real store, driven in process (``--executor none``)."""
-    client = SyncASGIClient(create_app(store, data_dir=tmp_path))
+def admin_key(store: Store) -> str:
+    return add_key(store, ADMIN, admin=True)
+
+
+@pytest.fixture
+def api(store: Store, tmp_path: Path, admin_key: str) -> Iterator[SyncASGIClient]:
+    """The real app over a real store, driven in process (``--executor none``), with
+    an admin key."""
+    client = SyncASGIClient(create_app(store, data_dir=tmp_path), token=admin_key)
     yield client
     client.close()

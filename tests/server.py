@@ -39,7 +39,8 @@ class LiveServer:
     ) -> None:
         self.data_dir = data_dir
         self.args = args
-        self.env = {**os.environ, **(env or {})}
+        # No rate limit unless a test asks for one: tests submit faster than people.
+        self.env = {**os.environ, "CORRAL_RATE_LIMIT": "0", **(env or {})}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None

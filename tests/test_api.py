@@ -9,6 +9,9 @@ import pytest
 from corral.api import create_app
 from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
+from tests.conftest import add_key
+
+JSON_TYPE = {"Content-Type": "application/json"}
 
 PROBLEM = "application/problem+json"
 
@@ -46,9 +49,20 @@ def test_create_returns_201_location_and_workload(api: SyncASGIClient) -> None:
     assert api.get(response.headers["location"]).json() == body
 
 
-def test_create_accepts_json_without_content_type(api: SyncASGIClient) -> None:
-    response = api.post("/v1/workloads", content=b'{"command": ["true"]}')
-    assert response.status_code == 201
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_a_body_must_be_declared_json(api: SyncASGIClient, content_type: str | None) -> None:
+    """What a web page can send without a CORS preflight is refused, and stores nothing."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = api.post("/v1/workloads", content=b'{"command": ["true"]}', headers=headers)
+    assert "application/json" in str(assert_problem(response, 415)["detail"])
+    put = api.put("/v1/workloads/x/status", content=b'{"status": "running"}', headers=headers)
+    assert_problem(put, 415)
+    assert api.get("/v1/workloads").json()["items"] == []
+    charset = {"Content-Type": "application/json; charset=utf-8"}
+    ok = api.post("/v1/workloads", content=b'{"command": ["true"]}', headers=charset)
+    assert ok.status_code == 201
 
 
 @pytest.mark.parametrize(
@@ -64,7 +78,7 @@ def test_create_accepts_json_without_content_type(api: SyncASGIClient) -> None:
 def test_create_invalid_body_is_422_saying_what(
     api: SyncASGIClient, body: bytes, needle: str
 ) -> None:
-    problem = assert_problem(api.post("/v1/workloads", content=body), 422)
+    problem = assert_problem(api.post("/v1/workloads", content=body, headers=JSON_TYPE), 422)
     assert needle in str(problem["detail"]).lower()
     assert problem["errors"]
 
@@ -81,7 +95,7 @@ def test_chunked_body_over_limit_is_413(api: SyncASGIClient) -> None:
             yield b"x" * 65536
         yield b'"]}'
 
-    assert_problem(api.post("/v1/workloads", content=chunks()), 413)
+    assert_problem(api.post("/v1/workloads", content=chunks(), headers=JSON_TYPE), 413)
 
 
 def test_idempotency_key_replays_and_refuses_other_body(api: SyncASGIClient) -> None:
@@ -196,7 +210,9 @@ def test_unexpected_error_is_a_problem_500(tmp_path: Path) -> None:
     """A fault no handler expects (here: the store closed under the app) still answers
     with a problem document, not a bare text page or a stack trace."""
     store = SQLiteStore(tmp_path / "corral.db")
-    client = SyncASGIClient(create_app(store, data_dir=tmp_path), raise_app_exceptions=False)
+    key = add_key(store, "admin", admin=True)
+    app = create_app(store, data_dir=tmp_path)
+    client = SyncASGIClient(app, raise_app_exceptions=False, token=key)
     store.close()
     try:
         problem = assert_problem(client.get("/v1/workloads"), 500)
@@ -257,19 +273,26 @@ def test_logs_of_a_workload_without_output_are_empty(api: SyncASGIClient) -> Non
 
 def test_openapi_lists_every_response_code(api: SyncASGIClient) -> None:
     doc = api.get("/openapi.json").json()
+    keyed = {"400", "401", "413", "429"}  # the guard's and the body limit's answers
     expected = {
-        ("/v1/workloads", "post"): {"201", "413", "422"},
-        ("/v1/workloads", "get"): {"200", "413", "422"},
-        ("/v1/workloads/{workload_id}", "get"): {"200", "404", "413"},
-        ("/v1/workloads/{workload_id}", "delete"): {"200", "404", "409", "413"},
-        ("/v1/workloads/{workload_id}/status", "put"): {"200", "404", "409", "413", "422"},
-        ("/v1/workloads/{workload_id}/events", "get"): {"200", "404", "413"},
-        ("/v1/workloads/{workload_id}/logs", "get"): {"200", "404", "413", "422"},
-        ("/v1/transitions", "get"): {"200", "413"},
-        ("/healthz", "get"): {"200", "413"},
+        ("/v1/workloads", "post"): keyed | {"201", "403", "415", "422"},
+        ("/v1/workloads", "get"): keyed | {"200", "403", "422"},
+        ("/v1/workloads/{workload_id}", "get"): keyed | {"200", "404"},
+        ("/v1/workloads/{workload_id}", "delete"): keyed | {"200", "403", "404", "409"},
+        ("/v1/workloads/{workload_id}/status", "put"): keyed
+        | {"200", "403", "404", "409", "415", "422"},
+        ("/v1/workloads/{workload_id}/events", "get"): keyed | {"200", "404"},
+        ("/v1/workloads/{workload_id}/logs", "get"): keyed | {"200", "404", "422"},
+        ("/v1/tokens", "post"): keyed | {"201", "403", "409", "415", "422"},
+        ("/v1/tokens", "get"): keyed | {"200", "403"},
+        ("/v1/tokens/{token_id}", "delete"): keyed | {"200", "403", "404"},
+        ("/v1/transitions", "get"): keyed | {"200"},
+        ("/healthz", "get"): {"200", "400", "413"},
     }
     for (path, method), codes in expected.items():
         assert set(doc["paths"][path][method]["responses"]) == codes, (path, method)
+        secured = doc["paths"][path][method].get("security")
+        assert secured == (None if path == "/healthz" else [{"bearer": []}]), (path, method)
     created = doc["paths"]["/v1/workloads"]["post"]["responses"]["201"]
     assert set(created["headers"]) == {"Location", "Idempotent-Replayed"}
     assert doc["paths"]["/v1/workloads"]["get"]["parameters"][1]["schema"]["maxItems"] == 64

@@ -20,6 +20,7 @@ from corral.api import create_app
 from corral.model import TERMINAL, Status, valid_transition
 from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
+from tests.conftest import add_key
 
 EXAMPLES = 150
 STATUSES = st.sampled_from([s.value for s in Status] + ["paused", ""])
@@ -111,7 +112,8 @@ class APIStateMachine(RuleBasedStateMachine):
 
 def test_api_state_machine(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "corral.db")
-    APIStateMachine.api = SyncASGIClient(create_app(store, data_dir=tmp_path))
+    key = add_key(store, "admin", admin=True)
+    APIStateMachine.api = SyncASGIClient(create_app(store, data_dir=tmp_path), token=key)
     try:
         run_state_machine_as_test(
             APIStateMachine,

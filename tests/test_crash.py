@@ -16,7 +16,7 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     server = LiveServer(tmp_path, "--executor", "none").start()
     acked: dict[str, str] = {}  # id -> status the server acknowledged last
     acked_events: dict[str, int] = {}
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with server.http(timeout=10) as client:
         for i in range(CREATES):
             r = client.post("/v1/workloads", json={"command": ["true"], "labels": {"i": str(i)}})
             assert r.status_code == 201
@@ -36,7 +36,7 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     stop = threading.Event()
 
     def writer() -> None:
-        with httpx.Client(base_url=server.url, timeout=2) as client:
+        with server.http(timeout=2) as client:
             while not stop.is_set():
                 try:
                     r = client.post("/v1/workloads", json={"command": ["late"]})
@@ -55,7 +55,7 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
 
     restarted = LiveServer(tmp_path, "--executor", "none", port=server.port).start()
     try:
-        with httpx.Client(base_url=restarted.url, timeout=10) as client:
+        with restarted.http(timeout=10) as client:
             stored: dict[str, str] = {}
             cursor = ""
             while True:

@@ -26,8 +26,8 @@ TERMINAL = {"completed", "failed", "killed"}
 
 
 class Api:
-    def __init__(self, url: str) -> None:
-        self.http = httpx.Client(base_url=url, timeout=30)
+    def __init__(self, server: LiveServer) -> None:
+        self.http = server.http()
 
     def submit(self, command: list[str], **body: Any) -> dict[str, Any]:
         r = self.http.post("/v1/workloads", json={"command": command, **body})
@@ -62,7 +62,7 @@ def serve(tmp_path: Path) -> Iterator[Any]:
             open_files=open_files,
         )  # fmt: skip
         servers.append(server.start())
-        return Api(server.url)
+        return Api(server)
 
     start.servers = servers  # type: ignore[attr-defined]
     yield start
@@ -343,7 +343,8 @@ def test_a_claimed_workload_that_never_started_is_started_after_a_restart(
     store = SQLiteStore(tmp_path / "data" / "corral.db")
     try:
         w, _ = store.create_workload(
-            WorkloadCreate(command=["sh", "-c", "echo ran; exit 4"], cwd=str(tmp_path))
+            owner="alice",
+            spec=WorkloadCreate(command=["sh", "-c", "echo ran; exit 4"], cwd=str(tmp_path)),
         )
         store.update_workload_status(w.id, Status.RUNNING, actor="scheduler")
     finally:

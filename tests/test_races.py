@@ -47,7 +47,10 @@ def check_rounds(store: Store, ids: list[str], outcomes: list[Outcome], attempts
 
 def test_32_threads_100_rounds(store_factory: Callable[[], Store]) -> None:
     store = store_factory()
-    ids = [store.create_workload(WorkloadCreate(command=["true"]))[0].id for _ in range(ROUNDS)]
+    ids = [
+        store.create_workload(owner="alice", spec=WorkloadCreate(command=["true"]))[0].id
+        for _ in range(ROUNDS)
+    ]
     threads_n = 32
     barrier = threading.Barrier(threads_n)
     outcomes: list[Outcome] = []
@@ -90,7 +93,10 @@ def _process_worker(
 
 def test_4_processes_100_rounds(store_factory: Callable[[], Store]) -> None:
     store = store_factory()
-    ids = [store.create_workload(WorkloadCreate(command=["true"]))[0].id for _ in range(ROUNDS)]
+    ids = [
+        store.create_workload(owner="alice", spec=WorkloadCreate(command=["true"]))[0].id
+        for _ in range(ROUNDS)
+    ]
     procs_n = 4
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(procs_n)

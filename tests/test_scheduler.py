@@ -41,7 +41,9 @@ def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -
         async with started(tmp_path, cpus=4) as (store, scheduler):
             assert scheduler.executor is not None
             executor = scheduler.executor
-            workload, _ = store.create_workload(WorkloadCreate(command=["sleep", "30"]))
+            workload, _ = store.create_workload(
+                owner="alice", spec=WorkloadCreate(command=["sleep", "30"])
+            )
             scheduler.submitted(workload)
             scheduler._schedule()  # claims it and starts the spawn
             killed = store.update_workload_status(workload.id, Status.KILLED, actor="test")
@@ -82,7 +84,7 @@ def test_passes_after_submits_match_a_pass_over_everything(tmp_path: Path) -> No
             spec = WorkloadCreate(
                 command=["sleep", "30"], resources=Resources(cpus=cpus), priority=priority
             )
-            workload, _ = store.create_workload(spec)
+            workload, _ = store.create_workload(owner="alice", spec=spec)
             ids[name] = workload.id
             scheduler.submitted(workload)
             scheduler._schedule()
@@ -122,8 +124,8 @@ def test_a_pass_the_database_fails_is_walked_again(tmp_path: Path) -> None:
     async def scenario() -> None:
         spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
         async with started(tmp_path, cpus=1) as (store, scheduler):
-            older, _ = store.create_workload(spec)
-            newer, _ = store.create_workload(spec)
+            older, _ = store.create_workload(owner="alice", spec=spec)
+            newer, _ = store.create_workload(owner="alice", spec=spec)
             with event_inserts_fail(store):
                 scheduler.submitted(older)
                 scheduler._guard(scheduler._schedule)  # logs the failure, as _run does

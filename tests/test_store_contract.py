@@ -25,7 +25,7 @@ def test_create_get_roundtrip(store: Store) -> None:
         priority=5,
         timeout_seconds=2.5,
     )
-    created, replayed = store.create_workload(spec)
+    created, replayed = store.create_workload(owner="alice", spec=spec)
     assert not replayed
     assert created.status is Status.PENDING
     got = store.get_workload(created.id)
@@ -35,7 +35,7 @@ def test_create_get_roundtrip(store: Store) -> None:
 
 
 def test_pending_running_completed(store: Store) -> None:
-    w, _ = store.create_workload(SPEC)
+    w, _ = store.create_workload(owner="alice", spec=SPEC)
     running = store.update_workload_status(w.id, Status.RUNNING, actor="test")
     assert running.status is Status.RUNNING and running.started_at is not None
     done = store.update_workload_status(w.id, Status.COMPLETED, exit_code=0)
@@ -46,7 +46,7 @@ def test_pending_running_completed(store: Store) -> None:
 
 
 def test_pending_to_completed_raises_with_fields(store: Store) -> None:
-    w, _ = store.create_workload(SPEC)
+    w, _ = store.create_workload(owner="alice", spec=SPEC)
     with pytest.raises(InvalidTransitionError) as info:
         store.update_workload_status(w.id, Status.COMPLETED)
     err = info.value
@@ -60,7 +60,7 @@ def test_pending_to_completed_raises_with_fields(store: Store) -> None:
 
 @pytest.mark.parametrize("terminal", [Status.COMPLETED, Status.FAILED, Status.KILLED])
 def test_terminal_has_no_way_out(store: Store, terminal: Status) -> None:
-    w, _ = store.create_workload(SPEC)
+    w, _ = store.create_workload(owner="alice", spec=SPEC)
     store.update_workload_status(w.id, Status.RUNNING)
     store.update_workload_status(w.id, terminal)
     for target in Status:
@@ -70,7 +70,7 @@ def test_terminal_has_no_way_out(store: Store, terminal: Status) -> None:
 
 
 def test_same_status_is_invalid(store: Store) -> None:
-    w, _ = store.create_workload(SPEC)
+    w, _ = store.create_workload(owner="alice", spec=SPEC)
     with pytest.raises(InvalidTransitionError):
         store.update_workload_status(w.id, Status.PENDING)
     store.update_workload_status(w.id, Status.RUNNING)
@@ -79,7 +79,7 @@ def test_same_status_is_invalid(store: Store) -> None:
 
 
 def test_events_are_recorded_in_order(store: Store) -> None:
-    w, _ = store.create_workload(SPEC)
+    w, _ = store.create_workload(owner="alice", spec=SPEC)
     store.update_workload_status(w.id, Status.RUNNING, actor="scheduler")
     store.update_workload_status(w.id, Status.FAILED, exit_code=3, actor="scheduler")
     events = store.list_events(w.id)
@@ -105,7 +105,7 @@ def test_status_and_event_commit_together(
 ) -> None:
     """A transition whose event cannot be written leaves no trace: the status, its
     timestamps and the event log are as they were, and the store still works."""
-    w, _ = store.create_workload(SPEC)
+    w, _ = store.create_workload(owner="alice", spec=SPEC)
     for status in before:
         w = store.update_workload_status(w.id, status)
     events = store.list_events(w.id)
@@ -118,7 +118,7 @@ def test_status_and_event_commit_together(
 
 
 def test_kill_reason_defaults(store: Store) -> None:
-    w, _ = store.create_workload(SPEC)
+    w, _ = store.create_workload(owner="alice", spec=SPEC)
     killed = store.update_workload_status(w.id, Status.KILLED)
     assert killed.reason == "killed by request" and killed.finished_at is not None
 
@@ -133,13 +133,17 @@ def test_unknown_id_raises_not_found(store: Store) -> None:
 
 
 def test_idempotency_key(store: Store) -> None:
-    first, replayed = store.create_workload(SPEC, idempotency_key="k1")
+    first, replayed = store.create_workload(owner="alice", spec=SPEC, idempotency_key="k1")
     assert not replayed
-    again, replayed = store.create_workload(WorkloadCreate(command=["true"]), idempotency_key="k1")
+    again, replayed = store.create_workload(
+        owner="alice", spec=WorkloadCreate(command=["true"]), idempotency_key="k1"
+    )
     assert replayed and again == first
     with pytest.raises(IdempotencyKeyReusedError):
-        store.create_workload(WorkloadCreate(command=["false"]), idempotency_key="k1")
-    other, replayed = store.create_workload(SPEC, idempotency_key="k2")
+        store.create_workload(
+            owner="alice", spec=WorkloadCreate(command=["false"]), idempotency_key="k1"
+        )
+    other, replayed = store.create_workload(owner="alice", spec=SPEC, idempotency_key="k2")
     assert not replayed and other.id != first.id
     assert len(store.list_workloads(limit=10).items) == 2
 
@@ -148,7 +152,10 @@ def test_list_filters_newest_first(store: Store) -> None:
     ids = []
     for i in range(6):
         w, _ = store.create_workload(
-            WorkloadCreate(command=["true"], labels={"team": "a" if i % 2 else "b", "n": str(i)})
+            owner="alice",
+            spec=WorkloadCreate(
+                command=["true"], labels={"team": "a" if i % 2 else "b", "n": str(i)}
+            ),
         )
         ids.append(w.id)
     store.update_workload_status(ids[1], Status.RUNNING)
@@ -168,13 +175,13 @@ def test_list_filters_newest_first(store: Store) -> None:
 
 def test_pagination_exactly_once_while_inserting(store_factory: Callable[[], Store]) -> None:
     store = store_factory()
-    existing = {store.create_workload(SPEC)[0].id for _ in range(300)}
+    existing = {store.create_workload(owner="alice", spec=SPEC)[0].id for _ in range(300)}
     stop = threading.Event()
 
     def insert() -> None:
         writer = store_factory()
         while not stop.is_set():
-            writer.create_workload(SPEC)
+            writer.create_workload(owner="alice", spec=SPEC)
 
     thread = threading.Thread(target=insert)
     thread.start()
@@ -207,13 +214,13 @@ def test_limit_and_cursor_are_checked(store: Store) -> None:
 def test_create_workloads_is_atomic_per_item(store: Store) -> None:
     from corral.store.base import NewWorkload
 
-    store.create_workload(SPEC, idempotency_key="taken")
+    store.create_workload(owner="alice", spec=SPEC, idempotency_key="taken")
     results = store.create_workloads(
         [
-            NewWorkload(WorkloadCreate(command=["a"])),
-            NewWorkload(WorkloadCreate(command=["other"]), idempotency_key="taken"),
-            NewWorkload(WorkloadCreate(command=["b"]), idempotency_key="fresh"),
-            NewWorkload(WorkloadCreate(command=["b"]), idempotency_key="fresh"),
+            NewWorkload(WorkloadCreate(command=["a"]), "alice"),
+            NewWorkload(WorkloadCreate(command=["other"]), "alice", idempotency_key="taken"),
+            NewWorkload(WorkloadCreate(command=["b"]), "alice", idempotency_key="fresh"),
+            NewWorkload(WorkloadCreate(command=["b"]), "alice", idempotency_key="fresh"),
         ]
     )
     assert isinstance(results[1], IdempotencyKeyReusedError)

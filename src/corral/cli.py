@@ -174,6 +174,43 @@ def serve(
             show_default="10",
         ),
     ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="Check no API key: every request acts as an admin (loopback only; unsafe"
+            " on a shared machine).",
+        ),
+    ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME",
+            help="A host name clients may use besides the loopback ones (repeatable);"
+            " needed with a non-loopback --host.",
+        ),
+    ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="ORIGIN",
+            help="A browser origin (https://host[:port]) that may change state (repeatable).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Serve HTTPS with this certificate.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="The private key of --tls-cert.")
+    ] = None,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(
+            metavar="N",
+            help="Requests per second per API key (bursts of twice that); 0: no limit.",
+            show_default="200",
+        ),
+    ] = None,
 ) -> None:
     """Run the API server (and the scheduler and executor)."""
     from pydantic import ValidationError
@@ -193,6 +230,12 @@ def serve(
         "memory_mb": memory_mb,
         "gpus": gpus,
         "kill_grace_seconds": kill_grace,
+        "no_auth": no_auth or None,
+        "allowed_hosts": allowed_host,
+        "allowed_origins": allowed_origin,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "rate_limit": rate_limit,
     }
     overrides.update((k, v) for k, v in optional.items() if v is not None)
     try:

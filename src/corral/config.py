@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 KILL_GRACE_SECONDS = 10.0
+RATE_LIMIT_PER_SECOND = 200.0
+"""Requests per second per API key (bursts of twice that); clients wait and retry."""
 
 
 def default_data_dir() -> Path:
@@ -40,6 +42,23 @@ class Settings(BaseSettings):
     """Schedulable GPUs; default: counted by ``nvidia-smi``, else 0."""
     kill_grace_seconds: float = Field(KILL_GRACE_SECONDS, ge=0)
     max_body_bytes: int = Field(1 << 20, ge=1)
+    no_auth: bool = False
+    """Serve every request as an admin without a key (loopback only)."""
+    allowed_hosts: Annotated[list[str], NoDecode] = []
+    """Host names (or addresses) clients may use besides the loopback ones; ``*``: any."""
+    allowed_origins: Annotated[list[str], NoDecode] = []
+    """Browser origins (``https://host[:port]``) that may change state cross-origin."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    rate_limit: float = Field(RATE_LIMIT_PER_SECOND, ge=0)
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """``CORRAL_ALLOWED_HOSTS=a.example,b.example`` as well as a list."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @property
     def db_url(self) -> str:

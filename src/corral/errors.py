@@ -6,7 +6,11 @@
     ├── store.InvalidTransitionError   (409)  the state machine forbids the change
     ├── store.NotFoundError            (404)  no such workload
     ├── store.IdempotencyKeyReusedError (422) same key, different body
+    ├── store.TokenNotFoundError       (404)  no such API key
+    ├── store.UnixUserConflictError    (409)  the user already runs as another account
+    ├── ForbiddenError                 (403)  the key may not do this (not an admin)
     ├── ExceedsCapacityError           (422)  asks for more than the whole machine
+    ├── UnsupportedMediaTypeError      (415)  a body not declared application/json
     └── InvalidInputError              (422)  a bad filter, cursor or limit
 """
 
@@ -26,3 +30,11 @@ class ExceedsCapacityError(CorralError):
 
 class InvalidInputError(CorralError):
     """The request's parameters are invalid."""
+
+
+class ForbiddenError(CorralError):
+    """This key may not do that; an admin key may."""
+
+
+class UnsupportedMediaTypeError(CorralError):
+    """The request body is not declared as ``application/json``."""

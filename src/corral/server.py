@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -19,6 +20,7 @@ from corral.config import Settings
 
 if TYPE_CHECKING:
     from corral.executors.local import LocalExecutor
+    from corral.store import Store
 
 
 class ServeError(Exception):
@@ -34,23 +36,62 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_exposure(settings: Settings) -> list[str]:
+    """Refuse settings that would expose the server by accident (``ServeError``);
+    return warnings to print on every start for those it allows."""
+    warnings = []
+    loopback = is_loopback(settings.host)
+    if settings.no_auth:
+        if not loopback:
+            raise ServeError(
+                f"--no-auth is for loopback only: refusing to serve {settings.host} without"
+                " keys (anyone who reaches it could run commands as this user)"
+            )
+        warnings.append(
+            "WARNING: --no-auth: no API key is checked. Every local user, and any web page"
+            " this machine's browsers open that gets past the host and origin checks, can"
+            f" run commands as {getpass_user()} with admin rights. Do not use it on a shared"
+            " machine."
+        )
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ServeError("--tls-cert and --tls-key go together: give both, or neither")
+    if not loopback:
+        if not settings.allowed_hosts:
+            raise ServeError(
+                f"listening on {settings.host} needs --allowed-host NAME (repeatable): the"
+                " host names clients use to reach this server; requests naming any other"
+                " host are refused (DNS rebinding)"
+            )
+        if settings.tls_cert is None:
+            warnings.append(
+                f"WARNING: serving plain HTTP on {settings.host}: API keys cross the network"
+                " in clear. Use --tls-cert/--tls-key, or a TLS reverse proxy (README:"
+                " Exposing corral)."
+            )
+    return warnings
+
+
+def getpass_user() -> str:
+    from corral.keys import default_admin
+
+    return default_admin()
+
+
 def serve(settings: Settings) -> None:
     from corral.api import create_app
+    from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy
     from corral.scheduler import Scheduler
     from corral.store import open_store
+    from corral.store.base import Principal
 
-    if not is_loopback(settings.host):
-        raise ServeError(
-            f"refusing to listen on {settings.host}: corral runs commands for whoever can"
-            " reach it, and authentication is not available yet; use 127.0.0.1"
-        )
+    warnings = check_exposure(settings)
+    # Files this server creates are its user's alone (database, keys, logs, state);
+    # workloads get the umask it was started with back (through their shim).
+    workload_umask = os.umask(0o077)  # noqa: F841 - TEMP until the executor takes it
     # Take the port first: a second server on the same port must fail before it
     # touches the data dir (and its running workloads).
     sock = _listen(settings.host, settings.port)
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ServeError(f"cannot use data dir {settings.data_dir}: {exc.strerror}") from None
+    _private_dir(settings.data_dir)
     lock = _lock_data_dir(settings.data_dir)
     workload_open_files = _raise_open_files_limit()
     executor = _executor(settings, workload_open_files)
@@ -58,23 +99,43 @@ def serve(settings: Settings) -> None:
         store = open_store(settings.db_url, server=True)
     except (ValueError, OSError, sqlite3.Error) as exc:
         raise ServeError(f"cannot open the database {settings.db_url}: {exc}") from None
+    _private_files(settings.db_url)
+    key_file = ensure_admin_key(store, settings.data_dir)
     scheduler = Scheduler(store, executor)
+    policy = AccessPolicy(
+        auth=not settings.no_auth,
+        anonymous=Principal(None, getpass_user(), True),
+        allowed_hosts=LOOPBACK_HOSTS | {h.lower() for h in settings.allowed_hosts},
+        allowed_origins=frozenset(o.rstrip("/") for o in settings.allowed_origins),
+        rate_limit=settings.rate_limit,
+    )
     app = create_app(
         store,
         data_dir=settings.data_dir,
         scheduler=scheduler,
         max_body_bytes=settings.max_body_bytes,
+        policy=policy,
     )
     where = f"executor {settings.executor}"
     if executor is not None:
         cap = executor.capacity
         where += f": {cap.cpus:g} CPUs, {cap.memory_mb} MB, {cap.gpus} GPUs"
+    scheme = "https" if settings.tls_cert else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
     banner = (
-        f"corral serving http://{settings.host}:{settings.port}"
-        f" ({where}; data in {settings.data_dir})"
+        f"corral serving {scheme}://{host}:{settings.port}"
+        f" ({where}; data in {settings.data_dir}; admin key in {key_file})"
     )
+    for warning in warnings:
+        print(warning, file=sys.stderr, flush=True)
     config = uvicorn.Config(
-        app, loop="uvloop", http="httptools", access_log=False, log_level="warning"
+        app,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
     try:
         _Server(config, banner).run(sockets=[sock])
@@ -82,6 +143,66 @@ def serve(settings: Settings) -> None:
         store.close()
         sock.close()
         lock.close()
+
+
+def _private_dir(data_dir: Path) -> None:
+    """Create the data dir, or take an existing one, as 0700: it holds the admin key,
+    the database and every workload's output."""
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if data_dir.stat().st_mode & 0o077:
+            os.chmod(data_dir, 0o700)
+    except OSError as exc:
+        raise ServeError(f"cannot use data dir {data_dir}: {exc.strerror}") from None
+
+
+def _private_files(db_url: str) -> None:
+    """A database made by an older corral (or under another umask) becomes 0600."""
+    if not db_url.startswith("sqlite:///"):
+        return
+    path = db_url.removeprefix("sqlite:///")
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+
+
+def ensure_admin_key(store: Store, data_dir: Path) -> Path:
+    """``DATA_DIR/token`` holds an active admin key when this returns: the one there,
+    or a new one for the OS user running the server (first start, or the file was
+    deleted or its key revoked). Written 0600 to a new file, then renamed, so the
+    file never exists with other modes or half written."""
+    from corral.keys import KEY_FILE_NAME, default_admin, key_digest, new_key
+
+    path = data_dir / KEY_FILE_NAME
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    except OSError as exc:
+        raise ServeError(f"cannot read the admin key file {path}: {exc.strerror}") from None
+    if key:
+        found = store.find_api_key(key_digest(key))
+        if found is not None and found.admin:
+            return path
+    key = new_key()
+    store.create_api_key(
+        user=default_admin(),
+        admin=True,
+        key_sha256=key_digest(key),
+        description=f"written to {path} by corral serve",
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ServeError(f"cannot write the admin key file {path}: {exc.strerror}") from None
+    return path
 
 
 def _lock_data_dir(data_dir: Path) -> TextIO:

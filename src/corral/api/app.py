@@ -11,9 +11,18 @@ from fastapi import FastAPI
 
 from corral import __version__
 from corral.api import problems
+from corral.api.guard import (
+    BODY_METHODS,
+    PUBLIC_PATHS,
+    UNSAFE_METHODS,
+    AccessPolicy,
+    Guard,
+    KeyCache,
+)
 from corral.api.limits import MAX_BODY_BYTES, BodyLimit
 from corral.api.problems import PROBLEM_JSON
 from corral.api.routes import BODY_MODELS, QUERY_ITEM_PATTERNS, build_router
+from corral.api.tokens import build_token_router
 from corral.scheduler import Scheduler
 from corral.store import Store
 
@@ -24,9 +33,13 @@ def create_app(
     data_dir: Path,
     scheduler: Scheduler | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    policy: AccessPolicy | None = None,
 ) -> FastAPI:
     """The API over ``store``; ``scheduler`` (default: runs nothing) is started and
-    stopped with the app."""
+    stopped with the app; ``policy`` says who may reach it (default: keys required,
+    loopback host names, no rate limit)."""
+    policy = policy or AccessPolicy()
+    keys = KeyCache(store.find_api_key)
     sched = scheduler or Scheduler(store)
 
     @asynccontextmanager
@@ -45,15 +58,33 @@ def create_app(
     )
     problems.install(app)
     app.include_router(build_router(store, sched, data_dir))
+    app.include_router(build_token_router(store, keys.forget))
     _fix_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Guard, policy=policy, find_key=keys.find)  # outermost: first
     return app
 
 
-TOO_LARGE = {
-    "description": "Content Too Large",
-    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+def _problem_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+TOO_LARGE = _problem_response("Content Too Large")
+GUARD_RESPONSES = {
+    "400": _problem_response(
+        "Bad Request: the Host header names a host this server does not serve"
+    ),
 }
+KEYED_RESPONSES = {
+    "401": _problem_response("Unauthorized: no API key, or not a valid one"),
+    "429": _problem_response("Too Many Requests for this key; see Retry-After"),
+}
+UNSAFE_RESPONSES = {"403": _problem_response("Forbidden: a cross-origin request")}
+BODY_RESPONSES = {"415": _problem_response("Unsupported Media Type: send application/json")}
+BEARER = {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key."}}
 
 
 def _fix_openapi(app: FastAPI) -> None:
@@ -68,8 +99,9 @@ def _fix_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = base()
-            for operations in schema["paths"].values():
-                for operation in operations.values():
+            for path, operations in schema["paths"].items():
+                for method, operation in operations.items():
+                    _guard_responses(path, method.upper(), operation)
                     for param in operation.get("parameters", []):
                         pattern = QUERY_ITEM_PATTERNS.get(param["name"])
                         if pattern and param["schema"].get("type") == "array":
@@ -82,7 +114,8 @@ def _fix_openapi(app: FastAPI) -> None:
                         content = response.get("content", {})
                         if int(code) >= 400 and content:
                             response["content"] = {PROBLEM_JSON: next(iter(content.values()))}
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            schema.setdefault("components", {})["securitySchemes"] = BEARER
+            components = schema["components"].setdefault("schemas", {})
             components.pop("HTTPValidationError", None)
             components.pop("ValidationError", None)
             for model in BODY_MODELS:
@@ -93,3 +126,22 @@ def _fix_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _guard_responses(path: str, method: str, operation: dict[str, Any]) -> None:
+    """The answers of the ``Guard`` in front of every route (``guard.py``), and the
+    key it asks for."""
+    answers = operation["responses"]
+    for code, response in GUARD_RESPONSES.items():
+        answers.setdefault(code, response)
+    if method in UNSAFE_METHODS:
+        for code, response in UNSAFE_RESPONSES.items():
+            answers.setdefault(code, response)
+    if path in PUBLIC_PATHS:
+        return
+    operation["security"] = [{"bearer": []}]
+    for code, response in KEYED_RESPONSES.items():
+        answers.setdefault(code, response)
+    if method in BODY_METHODS:
+        for code, response in BODY_RESPONSES.items():
+            answers.setdefault(code, response)

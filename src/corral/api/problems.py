@@ -17,9 +17,21 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from corral.errors import CorralError, ExceedsCapacityError, InvalidInputError
+from corral.errors import (
+    CorralError,
+    ExceedsCapacityError,
+    ForbiddenError,
+    InvalidInputError,
+    UnsupportedMediaTypeError,
+)
 from corral.model import Status
-from corral.store.errors import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
+from corral.store.errors import (
+    IdempotencyKeyReusedError,
+    InvalidTransitionError,
+    NotFoundError,
+    TokenNotFoundError,
+    UnixUserConflictError,
+)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:corral:problem:"
@@ -94,8 +106,14 @@ async def _corral_error(request: Request, exc: Exception) -> Response:
             requested_status=exc.requested.value,
             allowed=[s.value for s in exc.allowed],
         )
-    if isinstance(exc, NotFoundError):
+    if isinstance(exc, NotFoundError | TokenNotFoundError):
         return problem(404, "not-found", str(exc))
+    if isinstance(exc, ForbiddenError):
+        return problem(403, "forbidden", str(exc))
+    if isinstance(exc, UnsupportedMediaTypeError):
+        return problem(415, "unsupported-media-type", str(exc))
+    if isinstance(exc, UnixUserConflictError):
+        return problem(409, "unix-user-conflict", str(exc))
     if isinstance(exc, IdempotencyKeyReusedError):
         return problem(422, "idempotency-key-reused", str(exc))
     if isinstance(exc, ExceedsCapacityError | InvalidInputError):

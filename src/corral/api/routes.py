@@ -17,8 +17,9 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from corral.api.guard import principal
 from corral.api.problems import responses
-from corral.errors import InvalidInputError
+from corral.errors import ForbiddenError, InvalidInputError, UnsupportedMediaTypeError
 from corral.logs import follow_log, log_chunks, log_path, log_start
 from corral.model import (
     LABEL_SELECTOR_RE,
@@ -27,6 +28,7 @@ from corral.model import (
     Event,
     Status,
     StatusUpdate,
+    TokenCreate,
     Workload,
     WorkloadCreate,
     check_label,
@@ -34,7 +36,7 @@ from corral.model import (
 )
 from corral.scheduler import Scheduler
 from corral.store import Store
-from corral.store.base import LIST_LIMIT_MAX
+from corral.store.base import LIST_LIMIT_MAX, Principal
 from corral.store.batch import CreateBatcher
 
 JSON = "application/json"
@@ -62,7 +64,7 @@ class EventList(BaseModel):
     items: list[Event]
 
 
-def _json(
+def json_response(
     model: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(model.model_dump_json(), status_code, headers, JSON)
@@ -87,8 +89,16 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
-    """Validate the JSON body whatever its Content-Type says (curl's ``-d`` sends
-    form-urlencoded), in one pass from bytes."""
+    """Validate the JSON body in one pass from bytes. It must be declared
+    ``application/json``: what a web page may send without a CORS preflight
+    (``text/plain``, forms) is refused with 415 before it is read."""
+    content_type = request.headers.get("content-type")
+    if (content_type or "").split(";", 1)[0].strip().lower() != JSON:
+        raise UnsupportedMediaTypeError(
+            f"the body must be JSON sent as Content-Type: application/json, not"
+            f" {content_type or 'without a Content-Type'}"
+            " (curl: --json '{…}', or -H 'Content-Type: application/json')"
+        )
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -108,7 +118,7 @@ QUERY_ITEM_PATTERNS = {"label": LABEL_SELECTOR_RE.pattern}
 """Patterns of list query items, which FastAPI neither documents nor checks
 (``parse_label_selector`` checks them)."""
 
-BODY_MODELS: tuple[type[BaseModel], ...] = (WorkloadCreate, StatusUpdate)
+BODY_MODELS: tuple[type[BaseModel], ...] = (WorkloadCreate, StatusUpdate, TokenCreate)
 
 
 CREATED_HEADERS = {
@@ -118,6 +128,11 @@ CREATED_HEADERS = {
         "schema": {"type": "string", "enum": ["true"]},
     },
 }
+
+
+def visible_to(who: Principal) -> str | None:
+    """The owner filter for ``who``: admins see every workload, users their own."""
+    return None if who.admin else who.user
 
 
 def build_router(store: Store, scheduler: Scheduler, data_dir: Path) -> APIRouter:
@@ -142,7 +157,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
             },
             **responses(413, 422),
         },
-        summary="Submit a workload",
+        summary="Submit a workload (owned by the key's user)",
         openapi_extra={**json_body(WorkloadCreate), "parameters": [IDEMPOTENCY_KEY_PARAM]},
     )
     async def create_workload(request: Request) -> Response:
@@ -153,23 +168,25 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
                 f"Idempotency-Key is longer than {IDEMPOTENCY_KEY_MAX_CHARS} characters"
             )
         scheduler.check_fits(spec.resources)
+        who = principal(request)
         workload, replayed = await creates.create(
-            spec, idempotency_key=idempotency_key, actor="api"
+            spec, owner=who.user, idempotency_key=idempotency_key, actor=who.user
         )
         headers = {"Location": f"/v1/workloads/{workload.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
         else:
             scheduler.submitted(workload)
-        return _json(workload, 201, headers)
+        return json_response(workload, 201, headers)
 
     @router.get(
         "/v1/workloads",
         response_model=WorkloadList,
-        responses=responses(422),
-        summary="List workloads, newest first",
+        responses=responses(403, 422),
+        summary="List workloads, newest first (the key's user's; all users' for admins)",
     )
     async def list_workloads(
+        request: Request,
         status: Annotated[list[Status], Query(description="Any of these statuses.")] = [],  # noqa: B006
         label: Annotated[
             list[str],
@@ -186,11 +203,23 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
                 description="`next_cursor` of the previous page; empty for the first.",
             ),
         ] = "",
+        all_users: Annotated[
+            bool, Query(description="Every user's workloads (admin keys only).")
+        ] = False,
     ) -> Response:
+        who = principal(request)
+        if all_users and not who.admin:
+            raise ForbiddenError("only admin keys may list every user's workloads")
         page = store.list_workloads(
-            statuses=status, labels=parse_label_selector(label), limit=limit, cursor=cursor or None
+            statuses=status,
+            labels=parse_label_selector(label),
+            limit=limit,
+            cursor=cursor or None,
+            owner=None if all_users else who.user,
         )
-        return _json(WorkloadList.model_construct(items=page.items, next_cursor=page.next_cursor))
+        return json_response(
+            WorkloadList.model_construct(items=page.items, next_cursor=page.next_cursor)
+        )
 
     @router.get(
         "/v1/workloads/{workload_id}",
@@ -198,8 +227,8 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         responses=responses(404),
         summary="Get a workload",
     )
-    async def get_workload(workload_id: WorkloadId) -> Response:
-        return _json(store.get_workload(workload_id))
+    async def get_workload(workload_id: WorkloadId, request: Request) -> Response:
+        return json_response(store.get_workload(workload_id, owner=visible_to(principal(request))))
 
     @router.delete(
         "/v1/workloads/{workload_id}",
@@ -207,30 +236,39 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         responses=responses(404, 409),
         summary="Kill a workload",
     )
-    async def kill_workload(workload_id: WorkloadId) -> Response:
-        workload = store.update_workload_status(workload_id, Status.KILLED, actor="api")
+    async def kill_workload(workload_id: WorkloadId, request: Request) -> Response:
+        who = principal(request)
+        workload = store.update_workload_status(
+            workload_id, Status.KILLED, actor=who.user, owner=visible_to(who)
+        )
         scheduler.stopped(workload)
-        return _json(workload)
+        return json_response(workload)
 
     @router.put(
         "/v1/workloads/{workload_id}/status",
         response_model=Workload,
-        responses=responses(404, 409, 413, 422),
-        summary="Change a workload's status (for runners outside corral)",
+        responses=responses(403, 404, 409, 413, 422),
+        summary="Change a workload's status (admin keys; for runners outside corral)",
         openapi_extra=json_body(StatusUpdate),
     )
     async def put_status(workload_id: WorkloadId, request: Request) -> Response:
+        who = principal(request)
+        if not who.admin:
+            store.get_workload(workload_id, owner=who.user)  # 404 unless it is theirs
+            raise ForbiddenError(
+                "only admin keys may set a workload's status; stop yours with DELETE"
+            )
         update = await parse_body(request, StatusUpdate)
         workload = store.update_workload_status(
             workload_id,
             update.status,
             exit_code=update.exit_code,
             reason=update.reason,
-            actor="api",
+            actor=who.user,
         )
         if workload.status in TERMINAL:
             scheduler.stopped(workload)
-        return _json(workload)
+        return json_response(workload)
 
     @router.get(
         "/v1/workloads/{workload_id}/events",
@@ -238,8 +276,9 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         responses=responses(404),
         summary="A workload's events, oldest first",
     )
-    async def list_events(workload_id: WorkloadId) -> Response:
-        return _json(EventList.model_construct(items=store.list_events(workload_id)))
+    async def list_events(workload_id: WorkloadId, request: Request) -> Response:
+        events = store.list_events(workload_id, owner=visible_to(principal(request)))
+        return json_response(EventList.model_construct(items=events))
 
 
 def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir: Path) -> None:
@@ -251,11 +290,12 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
         summary="A workload's output (stdout and stderr as written)",
     )
     async def get_logs(
+        request: Request,
         workload_id: WorkloadId,
         follow: Annotated[bool, Query(description="Stream until the workload ends.")] = False,
         tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
     ) -> Response:
-        store.get_workload(workload_id)  # 404 for an unknown id
+        store.get_workload(workload_id, owner=visible_to(principal(request)))  # else 404
         path = log_path(data_dir, workload_id)
         start = log_start(path, tail)
         if not follow:  # what is there now, streamed from disk

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from corral.errors import CorralError
-from corral.model import Event, Status, Workload, WorkloadCreate
+from corral.model import Event, Status, Token, Workload, WorkloadCreate
 
 LIST_LIMIT_MAX = 1000
 
@@ -25,8 +25,19 @@ class NewWorkload:
     """One item of ``Store.create_workloads``."""
 
     spec: WorkloadCreate
+    owner: str
     idempotency_key: str | None = None
     actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request speaks for: a user, through one key (``key_id`` None without
+    keys, with ``--no-auth``)."""
+
+    key_id: str | None
+    user: str
+    admin: bool
 
 
 Created = tuple[Workload, bool]
@@ -48,13 +59,16 @@ class Store(Protocol):
         self,
         spec: WorkloadCreate,
         *,
+        owner: str,
         idempotency_key: str | None = None,
         actor: str | None = None,
     ) -> Created:
-        """Store a new pending workload and its ``created`` event, atomically.
+        """Store a new pending workload of ``owner`` and its ``created`` event,
+        atomically.
 
-        With ``idempotency_key``, a key already stored with the same spec returns the
-        original workload and ``True`` (replayed) instead of creating another; with a
+        With ``idempotency_key`` (scoped to the owner: another owner's equal key is
+        another key), a key already stored with the same spec returns that workload as
+        it is now and ``True`` (replayed) instead of creating another; with a
         different spec it raises ``IdempotencyKeyReusedError``.
         """
         ...
@@ -65,8 +79,9 @@ class Store(Protocol):
         and the others are still stored."""
         ...
 
-    def get_workload(self, workload_id: str) -> Workload:
-        """The workload, or ``NotFoundError``."""
+    def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
+        """The workload, or ``NotFoundError`` (also when ``owner`` is given and the
+        workload is someone else's: for them it does not exist)."""
         ...
 
     def list_workloads(
@@ -76,15 +91,18 @@ class Store(Protocol):
         labels: Sequence[tuple[str, str]] = (),
         limit: int = 50,
         cursor: str | None = None,
+        owner: str | None = None,
     ) -> Page:
         """Newest first; a workload matches when its status is any of ``statuses`` (all
-        when empty) and it carries every one of ``labels``. Keyset pagination: a cursor
+        when empty), it carries every one of ``labels``, and it is ``owner``'s (anyone's
+        when None). Keyset pagination: a cursor
         continues strictly after the last item of the previous page, so concurrent
         inserts never duplicate or skip an existing row."""
         ...
 
-    def list_events(self, workload_id: str) -> list[Event]:
-        """The workload's events, oldest first (the first is ``created``)."""
+    def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
+        """The workload's events, oldest first (the first is ``created``);
+        ``NotFoundError`` as ``get_workload``."""
         ...
 
     def update_workload_status(
@@ -96,17 +114,52 @@ class Store(Protocol):
         reason: str | None = None,
         signal: str | None = None,
         actor: str | None = None,
+        owner: str | None = None,
     ) -> Workload:
         """The only way a status changes. Atomically: read the current status, check
         ``valid_transition``, write the status, timestamps, exit code, signal and
-        reason, and append the event -- or change nothing and raise
-        ``InvalidTransitionError`` / ``NotFoundError``. Of concurrent callers leaving
-        the same status, exactly one succeeds."""
+        reason, and append the event (stamped under the same lock, so events' times
+        follow their order) -- or change nothing and raise ``InvalidTransitionError``
+        / ``NotFoundError`` (also when ``owner`` is given and it is not theirs). Of
+        concurrent callers leaving the same status, exactly one succeeds."""
         ...
 
     def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
         """Set the ``reason`` of each ``(id, reason)`` whose workload is still pending,
         in one transaction; not a status change, so no event."""
+        ...
+
+    # --- users and API keys ---------------------------------------------------------
+
+    def create_api_key(
+        self,
+        *,
+        user: str,
+        admin: bool,
+        key_sha256: str,
+        unix_user: str | None = None,
+        description: str | None = None,
+    ) -> Token:
+        """Store a key (its hash only) for ``user``, creating the user on its first
+        key. A user's ``unix_user`` is fixed by its first key: a later key naming
+        another raises ``UnixUserConflictError`` and stores nothing."""
+        ...
+
+    def find_api_key(self, key_sha256: str) -> Principal | None:
+        """The active (not revoked) key with this hash, as who it speaks for."""
+        ...
+
+    def list_api_keys(self) -> list[Token]:
+        """Every key, newest first, revoked ones included (never the keys)."""
+        ...
+
+    def revoke_api_key(self, key_id: str) -> Token:
+        """Mark the key revoked (once: a second call returns it unchanged), or
+        ``TokenNotFoundError``."""
+        ...
+
+    def unix_user_of(self, user: str) -> str | None:
+        """The Unix account ``user``'s workloads run as (None: the server's own)."""
         ...
 
     def close(self) -> None:

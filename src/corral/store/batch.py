@@ -23,11 +23,16 @@ class CreateBatcher:
         self._queue: list[tuple[NewWorkload, asyncio.Future[Created]]] = []
 
     async def create(
-        self, spec: WorkloadCreate, *, idempotency_key: str | None = None, actor: str | None = None
+        self,
+        spec: WorkloadCreate,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        actor: str | None = None,
     ) -> Created:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Created] = loop.create_future()
-        self._queue.append((NewWorkload(spec, idempotency_key, actor), future))
+        self._queue.append((NewWorkload(spec, owner, idempotency_key, actor), future))
         if len(self._queue) == 1:
             loop.call_soon(self._flush)
         return await future

@@ -43,3 +43,26 @@ class IdempotencyKeyReusedError(CorralError):
             f"Idempotency-Key {key!r} was already used for workload {workload_id} with a"
             " different body; use a new key for a new workload"
         )
+
+
+class TokenNotFoundError(CorralError):
+    """No API key has this id."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(f"no API key has id {key_id!r}")
+
+
+class UnixUserConflictError(CorralError):
+    """The user already runs as another Unix account (fixed by its first key)."""
+
+    def __init__(self, user: str, current: str | None, requested: str | None) -> None:
+        self.user = user
+        super().__init__(
+            f"user {user!r} runs workloads as {_account(current)}, fixed by its first key;"
+            f" a key for it cannot run them as {_account(requested)}"
+        )
+
+
+def _account(unix_user: str | None) -> str:
+    return f"Unix user {unix_user!r}" if unix_user else "the server's own Unix user"

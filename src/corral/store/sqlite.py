@@ -53,6 +53,7 @@ from corral.model import (
 from corral.store import migrate
 from corral.store.base import LIST_LIMIT_MAX, Created, NewWorkload, Page
 from corral.store.errors import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
+from corral.store.sqlite_keys import SQLiteKeys
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,11 @@ CHECKPOINT_INTERVAL_SECONDS = 1.0
 
 _COLUMNS = (
     "id, name, command, env, cwd, cpus, memory_mb, gpus, labels, priority, timeout_seconds,"
-    " status, exit_code, signal, reason, created_at, updated_at, started_at, finished_at"
+    " status, exit_code, signal, reason, created_at, updated_at, started_at, finished_at, owner"
 )
 _INSERT_WORKLOAD = (
     f"INSERT INTO workloads ({_COLUMNS}) VALUES"
-    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, NULL, NULL)"
+    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, NULL, NULL, ?)"
 )
 _INSERT_EVENT = (
     "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
@@ -80,6 +81,7 @@ _UPDATE_STATUS = (
     " started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at)"
     f" WHERE id = ? AND status = ? RETURNING {_COLUMNS}"
 )
+_UPDATE_OWNED_STATUS = _UPDATE_STATUS.replace(" RETURNING", " AND owner = ? RETURNING")
 
 
 def _json_text(value: object) -> str:
@@ -107,6 +109,7 @@ def _row_to_workload(row: Sequence[Any]) -> Workload:
             "updated_at": row[16],
             "started_at": row[17],
             "finished_at": row[18],
+            "owner": row[19],
         }
     )
 
@@ -123,6 +126,7 @@ def list_query(
     labels: Sequence[tuple[str, str]],
     cursor: str | None,
     limit: int,
+    owner: str | None = None,
 ) -> tuple[str, list[Any]]:
     """The SQL of ``list_workloads``, shaped so that SQLite walks an index in id order
     and stops after ``limit`` matches, whatever the table's size:
@@ -132,22 +136,28 @@ def list_query(
     - with labels only: a walk of the first label's ``(key, value, workload_id)`` index;
     - with neither: a walk of the primary key.
 
+    With an ``owner``, the walks are of the ``(owner, status, id)`` and ``(owner, id)``
+    indexes instead (the label walk checks the owner of each row it meets).
+
     A ``status IN (…) ORDER BY id`` over one index would instead sort every matching
     row (250 ms at 10^6 rows). The slow case left: a label that is rare within a
     common status makes that status's walk long.
     """
     cols = ", ".join(f"w.{c.strip()}" for c in _COLUMNS.split(","))
     after = " AND w.id < ?" if cursor is not None else ""
+    mine = " AND w.owner = ?" if owner is not None else ""
+    owner_params = [owner] if owner is not None else []
     label_params = [x for pair in labels for x in pair]
     if statuses:
         parts, params = [], []
         for status in dict.fromkeys(Status(s).value for s in statuses):
             parts.append(
-                f"SELECT * FROM (SELECT {cols} FROM workloads AS w WHERE w.status = ?{after}"
+                f"SELECT * FROM (SELECT {cols} FROM workloads AS w"
+                f" WHERE w.status = ?{mine}{after}"
                 + _HAS_LABEL * len(labels)
                 + " ORDER BY w.id DESC LIMIT ?)"
             )
-            params += [status, *([cursor] if cursor else []), *label_params, limit]
+            params += [status, *owner_params, *([cursor] if cursor else []), *label_params, limit]
         return " UNION ALL ".join(parts) + " ORDER BY id DESC LIMIT ?", [*params, limit]
     if labels:
         (key, value), rest = labels[0], labels[1:]
@@ -155,16 +165,19 @@ def list_query(
             f"SELECT {cols} FROM workload_labels AS first CROSS JOIN workloads AS w"
             " ON w.id = first.workload_id WHERE first.key = ? AND first.value = ?"
             + after.replace("w.id", "first.workload_id")
+            + mine
             + _HAS_LABEL * len(rest)
             + " ORDER BY first.workload_id DESC LIMIT ?"
         )
         rest_params = [x for pair in rest for x in pair]
-        return sql, [key, value, *([cursor] if cursor else []), *rest_params, limit]
-    where = " WHERE w.id < ?" if cursor is not None else ""
-    return f"SELECT {cols} FROM workloads AS w{where} ORDER BY w.id DESC LIMIT ?", [
-        *([cursor] if cursor else []),
-        limit,
-    ]
+        cursor_params = [cursor] if cursor else []
+        return sql, [key, value, *cursor_params, *owner_params, *rest_params, limit]
+    terms = [t for t in ("w.owner = ?" if mine else "", "w.id < ?" if after else "") if t]
+    where = " WHERE " + " AND ".join(terms) if terms else ""
+    return (
+        f"SELECT {cols} FROM workloads AS w{where} ORDER BY w.id DESC LIMIT ?",
+        [*owner_params, *([cursor] if cursor else []), limit],
+    )
 
 
 def spec_digest(spec: WorkloadCreate) -> str:
@@ -172,7 +185,7 @@ def spec_digest(spec: WorkloadCreate) -> str:
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteKeys):
     """The ``Store`` on one SQLite file; see the module docstring for guarantees."""
 
     def __init__(
@@ -251,10 +264,11 @@ class SQLiteStore:
         self,
         spec: WorkloadCreate,
         *,
+        owner: str,
         idempotency_key: str | None = None,
         actor: str | None = None,
     ) -> Created:
-        result = self.create_workloads([NewWorkload(spec, idempotency_key, actor)])[0]
+        result = self.create_workloads([NewWorkload(spec, owner, idempotency_key, actor)])[0]
         if isinstance(result, CorralError):
             raise result
         return result
@@ -280,13 +294,13 @@ class SQLiteStore:
         if key is not None:
             digest = spec_digest(spec)
             row = conn.execute(
-                "SELECT body_sha256, workload_id, response FROM idempotency_keys WHERE key = ?",
-                (key,),
+                "SELECT body_sha256, workload_id FROM idempotency_keys WHERE owner = ? AND key = ?",
+                (item.owner, key),
             ).fetchone()
             if row is not None:
                 if row[0] != digest:
                     raise IdempotencyKeyReusedError(key, row[1])
-                return Workload.model_validate_json(row[2]), True
+                return self._get(conn, row[1], None), True
         workload_id = new_id()
         res = spec.resources
         conn.execute(
@@ -306,6 +320,7 @@ class SQLiteStore:
                 Status.PENDING.value,
                 now,
                 now,
+                item.owner,
             ),
         )
         if spec.labels:
@@ -321,6 +336,7 @@ class SQLiteStore:
             {
                 **spec.model_dump(),
                 "id": workload_id,
+                "owner": item.owner,
                 "status": Status.PENDING,
                 "exit_code": None,
                 "signal": None,
@@ -333,9 +349,9 @@ class SQLiteStore:
         )
         if key is not None:
             conn.execute(
-                "INSERT INTO idempotency_keys (key, body_sha256, workload_id, response, created_at)"
+                "INSERT INTO idempotency_keys (owner, key, body_sha256, workload_id, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (key, digest, workload_id, workload.model_dump_json(), now),
+                (item.owner, key, digest, workload_id, now),
             )
         return workload, False
 
@@ -348,34 +364,40 @@ class SQLiteStore:
         reason: str | None = None,
         signal: str | None = None,
         actor: str | None = None,
+        owner: str | None = None,
     ) -> Workload:
         status = Status(status)
         if reason is None:
             reason = default_reason(status, exit_code)
-        now = now_rfc3339()
-        values = (
-            status.value,
-            exit_code,
-            signal,
-            reason,
-            now,
-            now if status is Status.RUNNING else None,
-            now if status in TERMINAL else None,
-            workload_id,
-        )
         sources = sources_of(status)
         with self._write() as conn:
+            now = now_rfc3339()  # under the write lock: events' times follow their seq
+            values = (
+                status.value,
+                exit_code,
+                signal,
+                reason,
+                now,
+                now if status is Status.RUNNING else None,
+                now if status in TERMINAL else None,
+                workload_id,
+            )
             if len(sources) == 1:
                 # One status may lead here (running, completed, failed): the conditional
                 # UPDATE is the check, and a second look only explains a refusal.
                 (current,) = sources
             else:
-                current = self._current_status(conn, workload_id)
+                current = self._current_status(conn, workload_id, owner)
                 if not valid_transition(current, status):
                     raise InvalidTransitionError(workload_id, current, status)
-            updated = conn.execute(_UPDATE_STATUS, (*values, current.value)).fetchone()
+            if owner is None:
+                updated = conn.execute(_UPDATE_STATUS, (*values, current.value)).fetchone()
+            else:
+                updated = conn.execute(
+                    _UPDATE_OWNED_STATUS, (*values, current.value, owner)
+                ).fetchone()
             if updated is None:
-                self._refuse(conn, workload_id, status)
+                self._refuse(conn, workload_id, status, owner)
             conn.execute(
                 _INSERT_NEXT_EVENT,
                 (
@@ -392,16 +414,24 @@ class SQLiteStore:
         return _row_to_workload(updated)
 
     @staticmethod
-    def _current_status(conn: sqlite3.Connection, workload_id: str) -> Status:
-        row = conn.execute("SELECT status FROM workloads WHERE id = ?", (workload_id,)).fetchone()
-        if row is None:
+    def _current_status(
+        conn: sqlite3.Connection, workload_id: str, owner: str | None = None
+    ) -> Status:
+        """The workload's status; ``NotFoundError`` when there is none, or it is not
+        ``owner``'s (another user's workload does not exist for them)."""
+        row = conn.execute(
+            "SELECT status, owner FROM workloads WHERE id = ?", (workload_id,)
+        ).fetchone()
+        if row is None or (owner is not None and row[1] != owner):
             raise NotFoundError(workload_id)
         return Status(row[0])
 
-    def _refuse(self, conn: sqlite3.Connection, workload_id: str, status: Status) -> None:
-        """The conditional UPDATE matched nothing: say why (no workload, or another
-        status than the one the table allows)."""
-        current = self._current_status(conn, workload_id)
+    def _refuse(
+        self, conn: sqlite3.Connection, workload_id: str, status: Status, owner: str | None
+    ) -> None:
+        """The conditional UPDATE matched nothing: say why (no workload, not the
+        owner's, or another status than the one the table allows)."""
+        current = self._current_status(conn, workload_id, owner)
         assert not valid_transition(current, status), "matched nothing, yet allowed"
         raise InvalidTransitionError(workload_id, current, status)
 
@@ -414,13 +444,14 @@ class SQLiteStore:
 
     # --- reads -----------------------------------------------------------------
 
-    def get_workload(self, workload_id: str) -> Workload:
-        row = (
-            self._conn()
-            .execute(f"SELECT {_COLUMNS} FROM workloads WHERE id = ?", (workload_id,))
-            .fetchone()
-        )
-        if row is None:
+    def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
+        return self._get(self._conn(), workload_id, owner)
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, workload_id: str, owner: str | None) -> Workload:
+        sql = f"SELECT {_COLUMNS} FROM workloads WHERE id = ?"
+        row = conn.execute(sql, (workload_id,)).fetchone()
+        if row is None or (owner is not None and row[19] != owner):
             raise NotFoundError(workload_id)
         return _row_to_workload(row)
 
@@ -431,6 +462,7 @@ class SQLiteStore:
         labels: Sequence[tuple[str, str]] = (),
         limit: int = 50,
         cursor: str | None = None,
+        owner: str | None = None,
     ) -> Page:
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise InvalidInputError(f"limit must be between 1 and {LIST_LIMIT_MAX}")
@@ -442,14 +474,18 @@ class SQLiteStore:
             raise InvalidInputError(
                 f"{len(labels)} label filters; at most {LABELS_MAX_ENTRIES} are allowed"
             )
-        sql, params = list_query(statuses=statuses, labels=labels, cursor=cursor, limit=limit + 1)
+        sql, params = list_query(
+            statuses=statuses, labels=labels, cursor=cursor, limit=limit + 1, owner=owner
+        )
         rows = self._conn().execute(sql, params).fetchall()
         items = [_row_to_workload(r) for r in rows[:limit]]
         next_cursor = items[-1].id if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
 
-    def list_events(self, workload_id: str) -> list[Event]:
+    def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
         conn = self._conn()
+        if owner is not None:
+            self._current_status(conn, workload_id, owner)  # NotFoundError if not theirs
         rows = conn.execute(
             "SELECT seq, type, from_status, to_status, at, reason, actor FROM events"
             " WHERE workload_id = ? ORDER BY seq",

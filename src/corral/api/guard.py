@@ -1,0 +1,240 @@
+"""The request guard: one pure ASGI middleware that every request passes before a
+route sees it (design: ``docs/security.md``).
+
+In order: the ``Host`` must be one the server serves (DNS rebinding fails); a
+state-changing request from a foreign ``Origin`` is refused; every route but the
+public ones needs a valid bearer key, whose principal is put in
+``scope["corral.principal"]``; each key has a request budget (a token bucket).
+Refusals are problem details, built by ``problems.problem`` like every other error.
+(That a body is declared ``application/json`` is checked where bodies are read,
+``routes.parse_body``, after routing: an unknown method answers 405 first.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from corral.api.problems import problem
+from corral.keys import key_digest
+from corral.store.base import Principal
+
+PRINCIPAL = "corral.principal"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+"""Reachable without a key: liveness for probes, and the API's own description."""
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+KEY_CACHE_SECONDS = 2.0
+"""How long a key found valid is trusted without a database read (a revoke through
+this server clears the cache at once)."""
+MISSING_KEY = (
+    "this route needs an API key: send 'Authorization: Bearer KEY'. corral serve writes"
+    " an admin key to DATA_DIR/token on its first start (the CLI and corral.Client read"
+    " it, or $CORRAL_TOKEN); an admin makes more with: corral token create --user NAME"
+)
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may reach the API, and how (the server's settings)."""
+
+    auth: bool = True
+    """False only with ``--no-auth``: every request is ``anonymous``, an admin."""
+    anonymous: Principal = field(default_factory=lambda: Principal(None, "admin", True))
+    allowed_hosts: frozenset[str] = LOOPBACK_HOSTS
+    """Names (or addresses) the ``Host`` header may carry; ``*`` allows any."""
+    allowed_origins: frozenset[str] = frozenset()
+    """Origins (``scheme://host[:port]``) other than the server's own that may change
+    state, and get CORS answers."""
+    rate_limit: float = 0.0
+    """Requests per second per key (a burst of twice that); 0: no limit."""
+
+
+def principal(request: Request) -> Principal:
+    """Who the request speaks for (set by the guard)."""
+    found: Principal = request.scope[PRINCIPAL]
+    return found
+
+
+class _Buckets:
+    """A token bucket per key: ``rate`` tokens a second, at most ``2 * rate`` kept."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = max(1.0, 2 * rate)
+        self.clock = clock
+        self._buckets: dict[str | None, tuple[float, float]] = {}
+
+    def take(self, key: str | None) -> float:
+        """0 when the request may go on, else the seconds until it may."""
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._buckets[key] = (tokens - 1, now)
+        return 0.0
+
+
+class KeyCache:
+    """``find(sha256)``: the store's ``find_api_key``, remembering a valid key for
+    ``KEY_CACHE_SECONDS`` (a revoke through this server calls ``forget``)."""
+
+    def __init__(self, lookup: Callable[[str], Principal | None]) -> None:
+        self.lookup = lookup
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    def find(self, digest: str) -> Principal | None:
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        found = self.lookup(digest)
+        if found is None:
+            self._cache.pop(digest, None)
+            return None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (found, now + KEY_CACHE_SECONDS)
+        return found
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+class Guard:
+    """See the module docstring. ``find_key(sha256) -> Principal | None`` looks a key
+    up (a ``KeyCache``'s ``find``)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: AccessPolicy,
+        find_key: Callable[[str], Principal | None],
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self.find_key = find_key
+        self._buckets = _Buckets(policy.rate_limit) if policy.rate_limit > 0 else None
+        self._any_host = "*" in policy.allowed_hosts
+        self._cors = (
+            CORSMiddleware(
+                self._checked,
+                allow_origins=sorted(policy.allowed_origins),
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+                expose_headers=["Location", "Idempotent-Replayed", "Retry-After"],
+            )
+            if policy.allowed_origins
+            else None
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        host = headers.get("host", "")
+        if not self._any_host and _hostname(host) not in self.policy.allowed_hosts:
+            detail = (
+                f"this server does not serve the host {host!r}; an operator allows more"
+                " names with --allowed-host"
+            )
+            await problem(400, "host-not-allowed", detail)(scope, receive, send)
+            return
+        scope["corral.headers"] = headers
+        if self._cors is not None and headers.get("origin") in self.policy.allowed_origins:
+            await self._cors(scope, receive, send)
+            return
+        await self._checked(scope, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: dict[str, str] = scope["corral.headers"]
+        method: str = scope["method"]
+        if method in UNSAFE_METHODS and not self._same_origin(scope, headers):
+            origin = headers.get("origin") or headers.get("sec-fetch-site", "")
+            detail = (
+                f"cross-origin {method} refused (origin {origin!r}); an operator allows an"
+                " origin with --allowed-origin"
+            )
+            await problem(403, "origin-not-allowed", detail)(scope, receive, send)
+            return
+        if scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        who = self._principal(headers.get("authorization"))
+        if isinstance(who, str):
+            challenge = 'Bearer realm="corral"' + (', error="invalid_token"' if who else "")
+            response = problem(401, "unauthorized", who or MISSING_KEY)
+            response.headers["WWW-Authenticate"] = challenge
+            await response(scope, receive, send)
+            return
+        if self._buckets is not None:
+            wait = self._buckets.take(who.key_id)
+            if wait:
+                seconds = max(1, math.ceil(wait))
+                detail = (
+                    f"too many requests with this key (the limit is {self.policy.rate_limit:g}"
+                    f" a second); retry in {seconds} s"
+                )
+                response = problem(429, "rate-limited", detail)
+                response.headers["Retry-After"] = str(seconds)
+                await response(scope, receive, send)
+                return
+        scope[PRINCIPAL] = who
+        await self.app(scope, receive, send)
+
+    def _same_origin(self, scope: Scope, headers: dict[str, str]) -> bool:
+        """True unless a browser says the request comes from another site that is not
+        allowed. Requests without ``Origin`` (curl, the CLI) are not cross-origin."""
+        origin = headers.get("origin")
+        if origin is None:
+            return headers.get("sec-fetch-site") not in ("cross-site", "same-site")
+        if origin in self.policy.allowed_origins:
+            return True
+        scheme = scope.get("scheme", "http")
+        return origin == f"{scheme}://{headers.get('host', '')}"
+
+    def _principal(self, authorization: str | None) -> Principal | str:
+        """The key's principal, or why not: "" for no key, else the reason."""
+        if not self.policy.auth:
+            return self.policy.anonymous
+        if authorization is None:
+            return ""
+        scheme, _, key = authorization.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return "the Authorization header must be 'Bearer KEY'"
+        found = self.find_key(key_digest(key))
+        if found is None:
+            return "the API key is not valid: unknown, or revoked"
+        return found
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The headers the guard reads, decoded (the last of repeated ones)."""
+    wanted = _WANTED
+    return {
+        name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in wanted
+    }
+
+
+_WANTED = frozenset({b"host", b"origin", b"sec-fetch-site", b"authorization", b"content-type"})
+
+
+def _hostname(host: str) -> str:
+    """``Host`` without its port, lower case: ``[::1]:8765`` -> ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    name, sep, port = host.rpartition(":")
+    return name if sep and port.isdigit() else host

@@ -1,0 +1,97 @@
+"""``/v1/tokens``: API keys, managed by admin keys (``corral token …``)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from corral.api.guard import principal
+from corral.api.problems import responses
+from corral.api.routes import json_body, json_response, parse_body
+from corral.errors import ForbiddenError, InvalidInputError
+from corral.keys import key_digest, new_key
+from corral.model import NewToken, Token, TokenCreate
+from corral.store import Store
+
+TokenId = Annotated[str, PathParam(description="The key's id (from corral token list).")]
+
+
+class TokenList(BaseModel):
+    items: list[Token]
+
+
+def check_unix_user(unix_user: str) -> None:
+    """``InvalidInputError`` unless this server can run workloads as ``unix_user``."""
+    if os.geteuid() != 0:
+        raise InvalidInputError(
+            f"this server does not run as root, so it cannot run workloads as Unix user"
+            f" {unix_user!r}; run corral serve as root to map users to Unix accounts"
+        )
+    try:
+        pwd.getpwnam(unix_user)
+    except KeyError:
+        raise InvalidInputError(f"no Unix user {unix_user!r} on the server's machine") from None
+
+
+def _admin(request: Request) -> None:
+    if not principal(request).admin:
+        raise ForbiddenError("only admin keys may manage API keys")
+
+
+def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/tokens",
+        status_code=201,
+        response_model=NewToken,
+        responses=responses(403, 409, 413, 422),
+        summary="Create an API key (admin keys only); the key is in this answer only",
+        openapi_extra=json_body(TokenCreate),
+    )
+    async def create_token(request: Request) -> Response:
+        _admin(request)
+        body = await parse_body(request, TokenCreate)
+        if body.unix_user is not None:
+            check_unix_user(body.unix_user)
+        key = new_key()
+        token = store.create_api_key(
+            user=body.user,
+            admin=body.admin,
+            key_sha256=key_digest(key),
+            unix_user=body.unix_user,
+            description=body.description,
+        )
+        created = NewToken(**token.model_dump(), key=key)
+        return json_response(created, 201, {"Location": f"/v1/tokens/{token.id}"})
+
+    @router.get(
+        "/v1/tokens",
+        response_model=TokenList,
+        responses=responses(403),
+        summary="List API keys, newest first (admin keys only; never the keys)",
+    )
+    async def list_tokens(request: Request) -> Response:
+        _admin(request)
+        return json_response(TokenList.model_construct(items=store.list_api_keys()))
+
+    @router.delete(
+        "/v1/tokens/{token_id}",
+        response_model=Token,
+        responses=responses(403, 404),
+        summary="Revoke an API key (admin keys only)",
+    )
+    async def revoke_token(token_id: TokenId, request: Request) -> Response:
+        _admin(request)
+        token = store.revoke_api_key(token_id)
+        forget_keys()
+        return json_response(token)
+
+    return router

@@ -1,0 +1,43 @@
+"""API keys: how they are made, stored and compared (spec §6).
+
+A key is ``corral_`` followed by 32 random bytes in base64url (256 bits; the prefix
+lets secret scanners and people recognize one). Only its SHA-256 is stored: a key is
+random, so a fast hash is as good as a slow one, and a lookup by hash never compares
+the secret itself. The match is confirmed with ``hmac.compare_digest``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+import re
+import secrets
+
+KEY_PREFIX = "corral_"
+KEY_BYTES = 32
+KEY_FILE_NAME = "token"
+"""The admin key ``corral serve`` writes in its data dir (0600)."""
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
+
+
+def key_digest(key: str) -> str:
+    """The stored form of a key: its SHA-256, in hex."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def same_digest(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def default_admin() -> str:
+    """The name of the first admin: the OS user running the server."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER (some containers)
+        return "admin"
+    name = re.sub(r"[^a-z0-9_.@-]", "_", name.lower())[:64]
+    return name if re.match(r"^[a-z_]", name) else f"_{name}"[:64]

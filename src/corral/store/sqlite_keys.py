@@ -1,0 +1,100 @@
+"""Users and API keys in SQLite: the part of ``SQLiteStore`` that says who is asking."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from corral.ids import new_id, now_rfc3339
+from corral.keys import same_digest
+from corral.model import Token
+from corral.store.base import Principal
+from corral.store.errors import TokenNotFoundError, UnixUserConflictError
+
+_TOKEN_COLUMNS = "k.id, k.user, k.admin, u.unix_user, k.description, k.created_at, k.revoked_at"
+_TOKENS = f"SELECT {_TOKEN_COLUMNS} FROM api_keys AS k JOIN users AS u ON u.name = k.user"
+
+
+def _token(row: Sequence[Any]) -> Token:
+    return Token(
+        id=row[0],
+        user=row[1],
+        admin=bool(row[2]),
+        unix_user=row[3],
+        description=row[4],
+        created_at=row[5],
+        revoked_at=row[6],
+    )
+
+
+class SQLiteKeys:
+    """Mixed into ``SQLiteStore``: the users and api_keys tables."""
+
+    def _conn(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def create_api_key(
+        self,
+        *,
+        user: str,
+        admin: bool,
+        key_sha256: str,
+        unix_user: str | None = None,
+        description: str | None = None,
+    ) -> Token:
+        key_id = new_id()
+        with self._write() as conn:
+            now = now_rfc3339()
+            row = conn.execute("SELECT unix_user FROM users WHERE name = ?", (user,)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO users (name, unix_user, created_at) VALUES (?, ?, ?)",
+                    (user, unix_user, now),
+                )
+            elif row[0] != unix_user and unix_user is not None:
+                raise UnixUserConflictError(user, row[0], unix_user)
+            conn.execute(
+                "INSERT INTO api_keys (id, user, admin, key_sha256, description, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, user, admin, key_sha256, description, now),
+            )
+            found = conn.execute(f"{_TOKENS} WHERE k.id = ?", (key_id,)).fetchone()
+        return _token(found)
+
+    def find_api_key(self, key_sha256: str) -> Principal | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT id, user, admin, key_sha256 FROM api_keys"
+                " WHERE key_sha256 = ? AND revoked_at IS NULL",
+                (key_sha256,),
+            )
+            .fetchone()
+        )
+        if row is None or not same_digest(row[3], key_sha256):
+            return None
+        return Principal(key_id=row[0], user=row[1], admin=bool(row[2]))
+
+    def list_api_keys(self) -> list[Token]:
+        rows = self._conn().execute(f"{_TOKENS} ORDER BY k.id DESC").fetchall()
+        return [_token(r) for r in rows]
+
+    def revoke_api_key(self, key_id: str) -> Token:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now_rfc3339(), key_id),
+            )
+            row = conn.execute(f"{_TOKENS} WHERE k.id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise TokenNotFoundError(key_id)
+        return _token(row)
+
+    def unix_user_of(self, user: str) -> str | None:
+        row = self._conn().execute("SELECT unix_user FROM users WHERE name = ?", (user,)).fetchone()
+        return None if row is None else row[0]
