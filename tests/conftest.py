@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,23 +24,52 @@ def make_store(kind: str, tmp_path: Path) -> Store:
     raise AssertionError(kind)
 
 
-@contextmanager
-def event_inserts_fail(store: Store) -> Iterator[None]:
-    """While inside, the database itself refuses every transition event row (a
-    trigger), as a full disk or a crash between two statements would."""
-    if isinstance(store, SQLiteStore):
-        conn = sqlite3.connect(store.path, isolation_level=None)
-        conn.execute(
-            "CREATE TRIGGER refuse_events BEFORE INSERT ON events WHEN NEW.type = 'transition'"
-            " BEGIN SELECT RAISE(ABORT, 'event refused by the test'); END"
+class Refusal:
+    """A trigger that makes the database refuse some writes, until ``drop()``."""
+
+    def __init__(self, store: Store, name: str, on: str, when: str, message: str) -> None:
+        if not isinstance(store, SQLiteStore):
+            raise AssertionError(type(store))
+        self.name = name
+        self._conn: sqlite3.Connection | None = sqlite3.connect(store.path, isolation_level=None)
+        self._conn.execute(
+            f"CREATE TRIGGER {name} BEFORE {on} WHEN {when}"
+            f" BEGIN SELECT RAISE(ABORT, '{message}'); END"
         )
-        try:
-            yield
-        finally:
-            conn.execute("DROP TRIGGER refuse_events")
-            conn.close()
-        return
-    raise AssertionError(type(store))
+
+    def drop(self) -> None:
+        """From now on the database accepts these writes again (idempotent)."""
+        if self._conn is not None:
+            self._conn.execute(f"DROP TRIGGER {self.name}")
+            self._conn.close()
+            self._conn = None
+
+
+@contextmanager
+def writes_refused(
+    store: Store, *, on: str, when: str = "1", message: str = "write refused by the test"
+) -> Iterator[Refusal]:
+    """While inside, or until ``drop()`` on what it yields, the database itself refuses
+    ``on`` (``"INSERT ON events"``) for rows where ``when`` holds (a trigger), as a
+    full disk would."""
+    refusal = Refusal(store, f"refuse_{abs(hash((on, when)))}", on, when, message)
+    try:
+        yield refusal
+    finally:
+        refusal.drop()
+
+
+@contextmanager
+def event_inserts_fail(store: Store, *, to: Sequence[str] | None = None) -> Iterator[Refusal]:
+    """While inside (or until ``drop()``), the database refuses every transition event
+    row (or those to the statuses ``to``), as a full disk or a crash between two
+    statements would."""
+    when = "NEW.type = 'transition'"
+    if to is not None:
+        when += " AND NEW.to_status IN (" + ", ".join(f"'{s}'" for s in to) + ")"
+    message = "event refused by the test"
+    with writes_refused(store, on="INSERT ON events", when=when, message=message) as refusal:
+        yield refusal
 
 
 @pytest.fixture(params=STORE_KINDS)

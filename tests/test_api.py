@@ -273,19 +273,21 @@ def test_logs_of_a_workload_without_output_are_empty(api: SyncASGIClient) -> Non
 
 def test_openapi_lists_every_response_code(api: SyncASGIClient) -> None:
     doc = api.get("/openapi.json").json()
-    keyed = {"400", "401", "413", "429"}  # the guard's and the body limit's answers
+    keyed = {"400", "401", "413", "429", "503"}  # the guard's and the body limit's answers
+    write = {"503", "507"}  # a busy database (also for the key's lookup); a full disk
     expected = {
-        ("/v1/workloads", "post"): keyed | {"201", "403", "415", "422"},
+        ("/v1/workloads", "post"): keyed | write | {"201", "403", "415", "422"},
         ("/v1/workloads", "get"): keyed | {"200", "403", "422"},
         ("/v1/workloads/{workload_id}", "get"): keyed | {"200", "404"},
-        ("/v1/workloads/{workload_id}", "delete"): keyed | {"200", "403", "404", "409"},
+        ("/v1/workloads/{workload_id}", "delete"): keyed | write | {"200", "403", "404", "409"},
         ("/v1/workloads/{workload_id}/status", "put"): keyed
+        | write
         | {"200", "403", "404", "409", "415", "422"},
         ("/v1/workloads/{workload_id}/events", "get"): keyed | {"200", "404"},
         ("/v1/workloads/{workload_id}/logs", "get"): keyed | {"200", "404", "422"},
-        ("/v1/tokens", "post"): keyed | {"201", "403", "409", "415", "422"},
+        ("/v1/tokens", "post"): keyed | write | {"201", "403", "409", "415", "422"},
         ("/v1/tokens", "get"): keyed | {"200", "403"},
-        ("/v1/tokens/{token_id}", "delete"): keyed | {"200", "403", "404"},
+        ("/v1/tokens/{token_id}", "delete"): keyed | write | {"200", "403", "404"},
         ("/v1/transitions", "get"): keyed | {"200"},
         ("/healthz", "get"): {"200", "400", "413"},
     }
@@ -293,6 +295,9 @@ def test_openapi_lists_every_response_code(api: SyncASGIClient) -> None:
         assert set(doc["paths"][path][method]["responses"]) == codes, (path, method)
         secured = doc["paths"][path][method].get("security")
         assert secured == (None if path == "/healthz" else [{"bearer": []}]), (path, method)
+    busy = doc["paths"]["/v1/workloads"]["post"]["responses"]["503"]
+    assert set(busy["headers"]) == {"Retry-After"}
+    assert "application/problem+json" in busy["content"]
     created = doc["paths"]["/v1/workloads"]["post"]["responses"]["201"]
     assert set(created["headers"]) == {"Location", "Idempotent-Replayed"}
     assert doc["paths"]["/v1/workloads"]["get"]["parameters"][1]["schema"]["maxItems"] == 64

@@ -9,6 +9,9 @@
     ├── store.TokenNotFoundError       (404)  no such API key
     ├── store.UnixUserConflictError    (409)  the user already runs as another account
     ├── ForbiddenError                 (403)  the key may not do this (not an admin)
+    ├── store.StorageFullError         (507)  the database's disk is full; nothing stored
+    ├── store.StoreBusyError           (503)  locked by another writer beyond the busy
+    │                                         timeout; ``Retry-After: 1``
     ├── ExceedsCapacityError           (422)  asks for more than the whole machine
     ├── UnsupportedMediaTypeError      (415)  a body not declared application/json
     └── InvalidInputError              (422)  a bad filter, cursor or limit

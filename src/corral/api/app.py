@@ -81,6 +81,15 @@ GUARD_RESPONSES = {
 KEYED_RESPONSES = {
     "401": _problem_response("Unauthorized: no API key, or not a valid one"),
     "429": _problem_response("Too Many Requests for this key; see Retry-After"),
+    "503": {  # the key's lookup, like any read, may find the database busy
+        **_problem_response("Service Unavailable: the database is busy; retry"),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer"},
+            }
+        },
+    },
 }
 UNSAFE_RESPONSES = {"403": _problem_response("Forbidden: a cross-origin request")}
 BODY_RESPONSES = {"415": _problem_response("Unsupported Media Type: send application/json")}

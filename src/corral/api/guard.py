@@ -21,9 +21,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from corral.api.problems import problem
+from corral.api.problems import RETRY_AFTER_SECONDS, problem
 from corral.keys import key_digest
 from corral.store.base import Principal
+from corral.store.errors import StoreBusyError
 
 PRINCIPAL = "corral.principal"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -172,6 +173,11 @@ class Guard:
             await self.app(scope, receive, send)
             return
         who = self._principal(headers.get("authorization"))
+        if isinstance(who, StoreBusyError):
+            response = problem(503, "busy", str(who))
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            await response(scope, receive, send)
+            return
         if isinstance(who, str):
             challenge = 'Bearer realm="corral"' + (', error="invalid_token"' if who else "")
             response = problem(401, "unauthorized", who or MISSING_KEY)
@@ -204,8 +210,9 @@ class Guard:
         scheme = scope.get("scheme", "http")
         return origin == f"{scheme}://{headers.get('host', '')}"
 
-    def _principal(self, authorization: str | None) -> Principal | str:
-        """The key's principal, or why not: "" for no key, else the reason."""
+    def _principal(self, authorization: str | None) -> Principal | str | StoreBusyError:
+        """The key's principal, or why not: "" for no key, else the reason (or the
+        database's fault)."""
         if not self.policy.auth:
             return self.policy.anonymous
         if authorization is None:
@@ -214,7 +221,10 @@ class Guard:
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             return "the Authorization header must be 'Bearer KEY'"
-        found = self.find_key(key_digest(key))
+        try:
+            found = self.find_key(key_digest(key))
+        except StoreBusyError as exc:
+            return exc
         if found is None:
             return "the API key is not valid: unknown, or revoked"
         return found

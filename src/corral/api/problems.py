@@ -29,12 +29,20 @@ from corral.store.errors import (
     IdempotencyKeyReusedError,
     InvalidTransitionError,
     NotFoundError,
+    StorageFullError,
+    StoreBusyError,
     TokenNotFoundError,
     UnixUserConflictError,
 )
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:corral:problem:"
+RETRY_AFTER_SECONDS = 1
+"""``Retry-After`` of a 503 ``busy``: the server's busy timeout is 1 s."""
+READ_FAULTS = (503,)
+"""What a route that reads the store may answer besides its own codes."""
+WRITE_FAULTS = (503, 507)
+"""What a route that writes the store may answer besides its own codes."""
 
 
 class Problem(BaseModel):
@@ -120,6 +128,12 @@ async def _corral_error(request: Request, exc: Exception) -> Response:
         return problem(422, "invalid-input", str(exc))
     if isinstance(exc, BodyTooLargeError):
         return problem(413, "body-too-large", str(exc))
+    if isinstance(exc, StorageFullError):
+        return problem(507, "storage-full", str(exc))
+    if isinstance(exc, StoreBusyError):
+        response = problem(503, "busy", str(exc))
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     return problem(500, "internal", "an unexpected error occurred")
 
 
@@ -171,10 +185,21 @@ def install(app: FastAPI) -> None:
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the error codes a route can return."""
     models: dict[int, type[Problem]] = {409: TransitionProblem, 422: ValidationProblem}
-    return {
+    entries: dict[int | str, dict[str, Any]] = {
         code: {
             "model": models.get(code, Problem),
             "description": HTTPStatus(code).phrase,
         }
         for code in codes
     }
+    if 503 in entries:
+        entries[503]["description"] = "Service Unavailable: the database is busy; retry"
+        entries[503]["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer"},
+            }
+        }
+    if 507 in entries:
+        entries[507]["description"] = "Insufficient Storage: the server's disk is full"
+    return entries

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from corral.api.guard import principal
-from corral.api.problems import responses
+from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
 from corral.errors import ForbiddenError, InvalidInputError, UnsupportedMediaTypeError
 from corral.logs import follow_log, log_chunks, log_path, log_start
 from corral.model import (
@@ -38,6 +38,7 @@ from corral.scheduler import Scheduler
 from corral.store import Store
 from corral.store.base import LIST_LIMIT_MAX, Principal
 from corral.store.batch import CreateBatcher
+from corral.store.errors import StorageFullError, StoreBusyError
 
 JSON = "application/json"
 IDEMPOTENCY_KEY_MAX_CHARS = 255
@@ -155,7 +156,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
                 "description": "Created (or, with a repeated Idempotency-Key, replayed)",
                 "headers": CREATED_HEADERS,
             },
-            **responses(413, 422),
+            **responses(413, 422, *WRITE_FAULTS),
         },
         summary="Submit a workload (owned by the key's user)",
         openapi_extra={**json_body(WorkloadCreate), "parameters": [IDEMPOTENCY_KEY_PARAM]},
@@ -182,7 +183,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     @router.get(
         "/v1/workloads",
         response_model=WorkloadList,
-        responses=responses(403, 422),
+        responses=responses(403, 422, *READ_FAULTS),
         summary="List workloads, newest first (the key's user's; all users' for admins)",
     )
     async def list_workloads(
@@ -224,7 +225,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     @router.get(
         "/v1/workloads/{workload_id}",
         response_model=Workload,
-        responses=responses(404),
+        responses=responses(404, *READ_FAULTS),
         summary="Get a workload",
     )
     async def get_workload(workload_id: WorkloadId, request: Request) -> Response:
@@ -233,7 +234,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     @router.delete(
         "/v1/workloads/{workload_id}",
         response_model=Workload,
-        responses=responses(404, 409),
+        responses=responses(404, 409, *WRITE_FAULTS),
         summary="Kill a workload",
     )
     async def kill_workload(workload_id: WorkloadId, request: Request) -> Response:
@@ -247,7 +248,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     @router.put(
         "/v1/workloads/{workload_id}/status",
         response_model=Workload,
-        responses=responses(403, 404, 409, 413, 422),
+        responses=responses(403, 404, 409, 413, 422, *WRITE_FAULTS),
         summary="Change a workload's status (admin keys; for runners outside corral)",
         openapi_extra=json_body(StatusUpdate),
     )
@@ -273,7 +274,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     @router.get(
         "/v1/workloads/{workload_id}/events",
         response_model=EventList,
-        responses=responses(404),
+        responses=responses(404, *READ_FAULTS),
         summary="A workload's events, oldest first",
     )
     async def list_events(workload_id: WorkloadId, request: Request) -> Response:
@@ -286,7 +287,7 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
     @router.get(
         "/v1/workloads/{workload_id}/logs",
         response_class=PlainTextResponse,
-        responses={**responses(404, 422), 200: {"content": {"text/plain": {}}}},
+        responses={**responses(404, 422, *READ_FAULTS), 200: {"content": {"text/plain": {}}}},
         summary="A workload's output (stdout and stderr as written)",
     )
     async def get_logs(
@@ -304,7 +305,10 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
         def finished() -> bool:
             if scheduler.is_active(workload_id):
                 return False  # terminal already (killed), but the process may still write
-            return store.get_workload(workload_id).status in TERMINAL
+            try:
+                return store.get_workload(workload_id).status in TERMINAL
+            except (StorageFullError, StoreBusyError):
+                return False  # ask again on the next poll
 
         return StreamingResponse(follow_log(path, finished, start=start), media_type="text/plain")
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from corral.api.guard import principal
-from corral.api.problems import responses
+from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
 from corral.api.routes import json_body, json_response, parse_body
 from corral.errors import ForbiddenError, InvalidInputError
 from corral.keys import key_digest, new_key
@@ -52,7 +52,7 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
         "/v1/tokens",
         status_code=201,
         response_model=NewToken,
-        responses=responses(403, 409, 413, 422),
+        responses=responses(403, 409, 413, 422, *WRITE_FAULTS),
         summary="Create an API key (admin keys only); the key is in this answer only",
         openapi_extra=json_body(TokenCreate),
     )
@@ -75,7 +75,7 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
     @router.get(
         "/v1/tokens",
         response_model=TokenList,
-        responses=responses(403),
+        responses=responses(403, *READ_FAULTS),
         summary="List API keys, newest first (admin keys only; never the keys)",
     )
     async def list_tokens(request: Request) -> Response:
@@ -85,7 +85,7 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
     @router.delete(
         "/v1/tokens/{token_id}",
         response_model=Token,
-        responses=responses(403, 404),
+        responses=responses(403, 404, *WRITE_FAULTS),
         summary="Revoke an API key (admin keys only)",
     )
     async def revoke_token(token_id: TokenId, request: Request) -> Response:

@@ -7,16 +7,28 @@ implementation from a database URL (``sqlite:///path``).
 from __future__ import annotations
 
 from corral.store.base import Page, Store
-from corral.store.errors import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
+from corral.store.errors import (
+    IdempotencyKeyReusedError,
+    InvalidTransitionError,
+    NotFoundError,
+    StorageFullError,
+    StoreBusyError,
+)
 
 
 def open_store(url: str, *, server: bool = False) -> Store:
     """Open (and migrate to the latest schema) the store at ``url``; ``server``: tuned
-    for a long-lived server process (e.g. SQLite checkpoints in a background thread)."""
+    for a long-lived server process: SQLite checkpoints in a background thread, and a
+    short busy timeout (``SERVER_BUSY_TIMEOUT_MS``), since store calls run on the event
+    loop and a writer in another process must not stall every request for long."""
     if url.startswith("sqlite:///"):
-        from corral.store.sqlite import SQLiteStore
+        from corral.store.sqlite import BUSY_TIMEOUT_MS, SERVER_BUSY_TIMEOUT_MS, SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"), background_checkpoints=server)
+        return SQLiteStore(
+            url.removeprefix("sqlite:///"),
+            background_checkpoints=server,
+            busy_timeout_ms=SERVER_BUSY_TIMEOUT_MS if server else BUSY_TIMEOUT_MS,
+        )
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH")
 
 
@@ -25,6 +37,8 @@ __all__ = [
     "InvalidTransitionError",
     "NotFoundError",
     "Page",
+    "StorageFullError",
     "Store",
+    "StoreBusyError",
     "open_store",
 ]

@@ -66,3 +66,27 @@ class UnixUserConflictError(CorralError):
 
 def _account(unix_user: str | None) -> str:
     return f"Unix user {unix_user!r}" if unix_user else "the server's own Unix user"
+
+
+class StorageFullError(CorralError):
+    """The database's file system is full: nothing of the request was stored.
+
+    Raised for SQLite's ``SQLITE_FULL``, and for an I/O error while the file system
+    has no room left (``ENOSPC`` can surface as ``SQLITE_IOERR``)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            "the server's storage is full; nothing was stored. Free space and retry"
+            + (f" ({detail})" if detail else "")
+        )
+
+
+class StoreBusyError(CorralError):
+    """The database stayed locked by another writer for the whole busy timeout:
+    nothing was stored; retrying shortly may succeed."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            "the database is busy (locked by another writer); nothing was stored, retry shortly"
+            + (f" ({detail})" if detail else "")
+        )

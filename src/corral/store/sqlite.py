@@ -7,10 +7,11 @@ schema; this module owns the queries.
 
 Guarantees:
 
-- One connection per thread (``threading.local``), WAL journal, ``busy_timeout``,
-  ``synchronous=NORMAL``: a committed transaction is in the WAL file before the call
-  returns, so it survives a crash (``kill -9``) of the process. (It may not survive
-  a power loss; ``synchronous=FULL`` buys that at about a fifth of the speed.)
+- One connection per thread (``threading.local``), WAL journal, ``busy_timeout``
+  (30 s by default, 1 s in the server: see ``open_store``), ``synchronous=NORMAL``:
+  a committed transaction is in the WAL file before the call returns, so it survives
+  a crash (``kill -9``) of the process. (It may not survive a power loss;
+  ``synchronous=FULL`` buys that at about a fifth of the speed.)
 - Every read-then-write runs in ``BEGIN IMMEDIATE``: the write lock is taken before
   the read, so two writers never both see the same old status. A transition whose
   target has one allowed source status is a single conditional ``UPDATE``; see
@@ -19,6 +20,10 @@ Guarantees:
   step that calls ``fsync`` -- run in a thread of their own every
   ``CHECKPOINT_INTERVAL_SECONDS`` instead of inside whichever commit crosses SQLite's
   1000-page threshold, which on the server is a request on the event loop.
+- Faults are domain errors: ``SQLITE_FULL`` (or an I/O error while the file system
+  has no room) is ``StorageFullError``; ``SQLITE_BUSY``/``SQLITE_LOCKED`` once the
+  busy timeout has passed is ``StoreBusyError``. A write transaction that fails
+  rolls back whole: no partial rows. Other ``sqlite3`` errors propagate as they are.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -52,12 +58,27 @@ from corral.model import (
 )
 from corral.store import migrate
 from corral.store.base import LIST_LIMIT_MAX, Created, NewWorkload, Page
-from corral.store.errors import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
+from corral.store.errors import (
+    IdempotencyKeyReusedError,
+    InvalidTransitionError,
+    NotFoundError,
+    StorageFullError,
+    StoreBusyError,
+)
 from corral.store.sqlite_keys import SQLiteKeys
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
+SERVER_BUSY_TIMEOUT_MS = 1_000
+"""The server's: its store calls run on the event loop, which a writer in another
+process may stall for at most this long before the request gets a 503."""
+FULL_BELOW_BYTES = 1 << 20
+"""An I/O error while the file system has less room than this counts as a full disk
+(``ENOSPC`` surfaces as ``SQLITE_IOERR`` on some paths, e.g. growing the WAL index)."""
+
+# Primary result codes (the low byte of an extended code).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR, _SQLITE_FULL = 5, 6, 10, 13
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 
 _COLUMNS = (
@@ -194,8 +215,10 @@ class SQLiteStore(SQLiteKeys):
         *,
         migrate_schema: bool = True,
         background_checkpoints: bool = False,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
     ) -> None:
         self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -230,7 +253,7 @@ class SQLiteStore(SQLiteKeys):
             if self._closed:
                 raise RuntimeError("store is closed")
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -241,21 +264,47 @@ class SQLiteStore(SQLiteKeys):
                 self._connections.append(conn)
         return conn
 
+    def _raise_fault(self, exc: sqlite3.Error) -> None:
+        """Raise the domain error for a full disk or a busy database (from ``exc``);
+        return for any other error, which the caller re-raises as it is."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None:
+            return
+        primary = code & 0xFF
+        if primary == _SQLITE_FULL or (primary == _SQLITE_IOERR and self._no_room()):
+            raise StorageFullError(str(exc)) from exc
+        if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            raise StoreBusyError(str(exc)) from exc
+
+    def _no_room(self) -> bool:
+        try:
+            fs = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        return fs.f_bavail * fs.f_frsize < FULL_BELOW_BYTES
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds the write lock from its first statement."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        """A write transaction that holds the write lock from its first statement;
+        on any error it is rolled back whole, and faults become domain errors."""
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._raise_fault(exc)
+            raise
         try:
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             # SQLite may already have rolled back (an I/O error, a full disk); a failed
             # COMMIT may leave the transaction open. Either way the connection must
             # leave here outside a transaction, and the first error is the one to see.
             if conn.in_transaction:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                self._raise_fault(exc)
             raise
 
     # --- writes ----------------------------------------------------------------
@@ -445,7 +494,11 @@ class SQLiteStore(SQLiteKeys):
     # --- reads -----------------------------------------------------------------
 
     def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
-        return self._get(self._conn(), workload_id, owner)
+        try:
+            return self._get(self._conn(), workload_id, owner)
+        except sqlite3.Error as exc:
+            self._raise_fault(exc)
+            raise
 
     @staticmethod
     def _get(conn: sqlite3.Connection, workload_id: str, owner: str | None) -> Workload:
@@ -477,20 +530,28 @@ class SQLiteStore(SQLiteKeys):
         sql, params = list_query(
             statuses=statuses, labels=labels, cursor=cursor, limit=limit + 1, owner=owner
         )
-        rows = self._conn().execute(sql, params).fetchall()
+        try:
+            rows = self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            self._raise_fault(exc)
+            raise
         items = [_row_to_workload(r) for r in rows[:limit]]
         next_cursor = items[-1].id if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
 
     def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
         conn = self._conn()
-        if owner is not None:
-            self._current_status(conn, workload_id, owner)  # NotFoundError if not theirs
-        rows = conn.execute(
-            "SELECT seq, type, from_status, to_status, at, reason, actor FROM events"
-            " WHERE workload_id = ? ORDER BY seq",
-            (workload_id,),
-        ).fetchall()
+        try:
+            if owner is not None:
+                self._current_status(conn, workload_id, owner)  # NotFoundError if not theirs
+            rows = conn.execute(
+                "SELECT seq, type, from_status, to_status, at, reason, actor FROM events"
+                " WHERE workload_id = ? ORDER BY seq",
+                (workload_id,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._raise_fault(exc)
+            raise
         if not rows:
             # Every workload has its 'created' event, so no rows means no workload.
             raise NotFoundError(workload_id)
@@ -511,11 +572,18 @@ class SQLiteStore(SQLiteKeys):
 
     def _checkpoint_loop(self) -> None:
         conn = self._conn()  # this thread's own connection
+        failing = False  # log a failure once, not every second while a disk is full
         while not self._stop.wait(CHECKPOINT_INTERVAL_SECONDS):
             try:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                log.exception("WAL checkpoint failed; retrying")
+            except sqlite3.Error as exc:
+                if not failing:
+                    log.error("WAL checkpoint failed (%s); retrying every second", exc)
+                failing = True
+            else:
+                if failing:
+                    log.warning("WAL checkpoint works again")
+                failing = False
 
     def close(self) -> None:
         self._stop.set()
