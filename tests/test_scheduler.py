@@ -4,16 +4,20 @@ test must control what happens within one turn of the event loop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
+
+from corral.api import create_app
 from corral.executors.base import Capacity
 from corral.executors.local import LocalExecutor, kill_all
 from corral.model import Resources, Status, WorkloadCreate
-from corral.scheduler import Scheduler
+from corral.scheduler import RETRY_SECONDS, Scheduler
 from corral.store.sqlite import SQLiteStore
-from tests.conftest import event_inserts_fail
+from tests.conftest import event_inserts_fail, writes_refused
 from tests.server import pid_gone
 
 
@@ -31,6 +35,16 @@ async def started(tmp_path: Path, cpus: float) -> AsyncIterator[tuple[SQLiteStor
         await scheduler.stop()
         store.close()
         kill_all(tmp_path / "run")
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> float:
+    """Wait (on the loop) until ``predicate()`` is true; the seconds it took."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
 
 
 def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -> None:
@@ -140,4 +154,105 @@ def test_a_pass_the_database_fails_is_walked_again(tmp_path: Path) -> None:
         "older, claim refused": Status.PENDING,
         "older": Status.RUNNING,
         "newer": Status.PENDING,
+    }
+
+
+def test_an_exit_the_store_refuses_frees_its_capacity_and_is_recorded_later(
+    tmp_path: Path,
+) -> None:
+    """The database refuses the terminal event of a workload that exits (code 3)
+    through the real executor. At once: its CPU is free (a workload asking for the
+    whole machine starts), ``logs?follow`` ends, and the safety poll does not call it
+    lost; its shim's status file stays on disk. Once the refusal is dropped, the
+    retry records its true exit code."""
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        async with started(tmp_path, cpus=1) as (store, scheduler):
+            app = create_app(store, data_dir=tmp_path, scheduler=scheduler)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await steps(store, scheduler, client)
+
+    async def steps(store: SQLiteStore, scheduler: Scheduler, client: httpx.AsyncClient) -> None:
+        one_cpu = Resources(cpus=1)
+        with event_inserts_fail(store, to=["completed", "failed"]) as refusal:
+            spec = WorkloadCreate(command=["sh", "-c", "echo out; exit 3"], resources=one_cpu)
+            first, _ = store.create_workload(spec)
+            scheduler.submitted(first)
+            await until(lambda: scheduler.process_over(first.id))
+            seen["free CPUs once its process is over"] = scheduler._free.cpus
+            logs = client.get(f"/v1/workloads/{first.id}/logs", params={"follow": "true"})
+            seen["followed log"] = (await asyncio.wait_for(logs, 5)).text
+            status_file = tmp_path / "run" / f"{first.id}.status"
+            seen["status file kept"] = status_file.exists()
+            spec = WorkloadCreate(command=["sleep", "30"], resources=one_cpu)
+            second, _ = store.create_workload(spec)
+            scheduler.submitted(second)
+            await until(lambda: store.get_workload(second.id).status is Status.RUNNING)
+            scheduler._reconcile()  # the safety poll
+            await asyncio.sleep(3 * RETRY_SECONDS)  # retries, refused
+            seen["while refused"] = store.get_workload(first.id).status
+            refusal.drop()
+            seen["recorded within 2 retries"] = (
+                await until(
+                    lambda: store.get_workload(first.id).status is not Status.RUNNING, timeout=5
+                )
+                < 2 * RETRY_SECONDS + 0.5
+            )
+        done = store.get_workload(first.id)
+        seen["recorded"] = (done.status, done.exit_code, done.reason)
+        seen["events"] = [e.to_status for e in store.list_events(first.id)]
+        seen["status file after"] = status_file.exists()
+        seen["process over after"] = scheduler.process_over(first.id)
+
+    asyncio.run(scenario())
+    assert seen == {
+        "free CPUs once its process is over": 1,
+        "followed log": "out\n",
+        "status file kept": True,
+        "while refused": Status.RUNNING,
+        "recorded within 2 retries": True,
+        "recorded": (Status.FAILED, 3, "exit code 3"),
+        "events": [Status.PENDING, Status.RUNNING, Status.FAILED],
+        "status file after": False,
+        "process over after": False,
+    }
+
+
+def test_pending_reasons_and_claims_the_store_refused_are_retried(tmp_path: Path) -> None:
+    """A pass whose reasons the database refuses writes them on a later pass (the
+    reason counts as given only once stored), and a refused claim is retried without
+    waiting for the next submit or exit, nor for the safety poll."""
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        async with started(tmp_path, cpus=1) as (store, scheduler):
+            spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
+            hold, _ = store.create_workload(spec)
+            scheduler.submitted(hold)
+            await until(lambda: store.get_workload(hold.id).status is Status.RUNNING)
+            when = "NEW.status = 'pending' AND NEW.reason IS NOT NULL"
+            with writes_refused(store, on="UPDATE OF reason ON workloads", when=when) as refusal:
+                waiting, _ = store.create_workload(spec)
+                scheduler.submitted(waiting)
+                await asyncio.sleep(3 * RETRY_SECONDS)
+                seen["reason while refused"] = store.get_workload(waiting.id).reason
+                refusal.drop()
+                await until(lambda: store.get_workload(waiting.id).reason, timeout=5)
+            seen["reason"] = store.get_workload(waiting.id).reason
+            with event_inserts_fail(store, to=["running"]) as refusal:
+                killed = store.update_workload_status(hold.id, Status.KILLED, actor="test")
+                scheduler.stopped(killed)
+                await until(lambda: not scheduler.is_active(hold.id))
+                await asyncio.sleep(3 * RETRY_SECONDS)
+                seen["claim refused"] = store.get_workload(waiting.id).status
+                refusal.drop()
+            await until(lambda: store.get_workload(waiting.id).status is Status.RUNNING, 5)
+
+    asyncio.run(scenario())
+    assert seen == {
+        "reason while refused": None,
+        "reason": "waiting for 1 CPU, 0 free",
+        "claim refused": Status.PENDING,
     }

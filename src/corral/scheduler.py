@@ -34,6 +34,14 @@ checked against the state machine and recorded as an event.
   the workload ends ``failed`` ("timed out after N s") when the process is gone.
 - **Restart.** On start, running workloads are handed to the executor to adopt; it
   reports those that ended meanwhile.
+- **Faults.** A store that refuses a write (a full disk, a busy database) loses
+  nothing and wedges nothing. An exit is taken off the machine at once (its
+  resources are free again, ``process_over`` is true) and kept in memory until the
+  store accepts it, retried every ``RETRY_SECONDS`` and on every pass; only then is
+  the executor told to ``forget`` it, so a restart meanwhile still finds its status
+  on disk. The safety poll does not take such a workload for lost. A pass that
+  fails (a claim or the pending reasons refused) is run again after
+  ``RETRY_SECONDS``; a reason counts as given only once it is stored.
 
 With no executor (``--executor none``) the scheduler does nothing: workloads move
 only through ``PUT /v1/workloads/{id}/status``.
@@ -51,11 +59,19 @@ from datetime import UTC, datetime
 from corral.errors import ExceedsCapacityError
 from corral.executors.base import Executor, NotStartedError, Outcome, SpawnError
 from corral.model import Resources, Status, Workload
-from corral.store import InvalidTransitionError, NotFoundError, Store
+from corral.store import (
+    InvalidTransitionError,
+    NotFoundError,
+    StorageFullError,
+    Store,
+    StoreBusyError,
+)
 
 log = logging.getLogger(__name__)
 
 SAFETY_POLL_SECONDS = 5.0
+RETRY_SECONDS = 0.5
+"""How soon an exit the store refused, or a pass that failed, is tried again."""
 PAGE = 1000
 
 
@@ -78,6 +94,18 @@ class _Pass:
     avail: _Free
     head: Workload | None = None
     waiting: dict[tuple[float, int, int], str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Ending:
+    """How a workload's process ended, as the transition that records it."""
+
+    status: Status
+    reason: str | None
+    exit_code: int | None
+    signal: str | None
+    failures: int = 0
+    """Attempts the store refused so far."""
 
 
 def _rank(workload: Workload) -> tuple[int, str]:
@@ -107,6 +135,9 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._launches: set[asyncio.Task[None]] = set()
+        self._unrecorded: dict[str, _Ending] = {}  # process over, end not yet stored
+        self._retry: asyncio.TimerHandle | None = None
+        self._failing: str | None = None  # the last failure of a pass that was logged
 
     # --- called by the API ---------------------------------------------------------
 
@@ -137,6 +168,11 @@ class Scheduler:
     def is_active(self, workload_id: str) -> bool:
         """True while the workload's process (if any) may still write output."""
         return workload_id in self._allocated
+
+    def process_over(self, workload_id: str) -> bool:
+        """True when the workload's process is over but the store has not accepted
+        its end yet (it is retried): its output is complete."""
+        return workload_id in self._unrecorded
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -174,6 +210,10 @@ class Scheduler:
             await asyncio.gather(*self._launches, return_exceptions=True)
         for timer in self._timers.values():
             timer.cancel()
+        self._record_ends()  # a last try; what is left is found on disk by a restart
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self.executor is not None:
             self.executor.close()
 
@@ -185,18 +225,41 @@ class Scheduler:
             except TimeoutError:
                 self._guard(self._reconcile)
             self._wake.clear()
+            self._record_ends()
             self._guard(self._schedule)
 
-    @staticmethod
-    def _guard(step: Callable[[], None]) -> None:
+    def _guard(self, step: Callable[[], None]) -> None:
+        """Run a pass; one that fails is logged (once while it keeps failing the same
+        way) and run again after ``RETRY_SECONDS``: the loop must survive it."""
         try:
             step()
-        except Exception:  # the loop must survive a bad pass; the next one retries
-            log.exception("scheduler pass failed")
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            if failure != self._failing:
+                if isinstance(exc, StorageFullError | StoreBusyError):
+                    log.warning("scheduler pass failed (%s); retrying", exc)
+                else:
+                    log.exception("scheduler pass failed; retrying")
+                self._failing = failure
+            self._full = True
+            self._arm_retry()
+        else:
+            if self._failing is not None:
+                log.warning("scheduler passes work again")
+                self._failing = None
 
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
+
+    def _arm_retry(self) -> None:
+        if self._retry is None and self._wake is not None:
+            loop = asyncio.get_running_loop()
+            self._retry = loop.call_later(RETRY_SECONDS, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._poke()  # the loop records the ends kept and runs a full pass
 
     # --- admission -----------------------------------------------------------------
 
@@ -242,10 +305,10 @@ class Scheduler:
                     continue
                 reason = self._why_waiting(workload, shape, p)
             if self._reasons.get(workload.id) != reason:
-                self._reasons[workload.id] = reason
                 reasons.append((workload.id, reason))
         if reasons:
             self.store.set_pending_reasons(reasons)
+            self._reasons.update(reasons)  # given only once stored: a refusal is retried
 
     def _why_waiting(self, workload: Workload, shape: tuple[float, int, int], p: _Pass) -> str:
         """The reason of a workload that does not fit in what the pass has left; the
@@ -358,8 +421,9 @@ class Scheduler:
         self._poke()
 
     def _finish(self, outcome: Outcome) -> None:
-        """Record how the process ended (refused, harmlessly, when the workload was
-        already made terminal, e.g. killed), then free its resources."""
+        """The process is over: free its resources, then record how it ended (refused,
+        harmlessly, when the workload was already made terminal, e.g. killed). An end
+        the store cannot take now is kept and retried (see ``_record``)."""
         wid = outcome.workload_id
         timer = self._timers.pop(wid, None)
         if timer is not None:
@@ -368,14 +432,43 @@ class Scheduler:
         timeout = entry[0].timeout_seconds if entry else None
         timed_out = wid in self._timed_out
         self._timed_out.discard(wid)
-        status, reason, exit_code, signal = _translate(outcome, timed_out, timeout)
-        with contextlib.suppress(InvalidTransitionError, NotFoundError):
-            self.store.update_workload_status(
-                wid, status, exit_code=exit_code, reason=reason, signal=signal, actor="scheduler"
-            )
+        self._unrecorded[wid] = _Ending(*_translate(outcome, timed_out, timeout))
         self._release(wid)
+        self._record(wid)
+
+    def _record_ends(self) -> None:
+        """Try again to store the ends kept by ``_finish``, until one is refused."""
+        for wid in list(self._unrecorded):
+            if not self._record(wid):
+                return
+
+    def _record(self, wid: str) -> bool:
+        """Store the kept end of ``wid``; then (only then) the executor may forget
+        it. False, and a retry armed, when the store refused it."""
+        ending = self._unrecorded[wid]
+        try:
+            self.store.update_workload_status(
+                wid,
+                ending.status,
+                exit_code=ending.exit_code,
+                reason=ending.reason,
+                signal=ending.signal,
+                actor="scheduler",
+            )
+        except (InvalidTransitionError, NotFoundError):
+            pass  # already terminal (killed meanwhile), or gone: nothing to record
+        except Exception as exc:  # the database failing: keep it, try again soon
+            ending.failures += 1
+            if ending.failures == 1:
+                log.warning("cannot record the end of %s yet (%s); retrying", wid, exc)
+            self._arm_retry()
+            return False
+        if ending.failures:
+            log.warning("recorded the end of %s after %d refusals", wid, ending.failures)
+        del self._unrecorded[wid]
         if self.executor is not None:
             self.executor.forget(wid)
+        return True
 
     # --- reconciliation --------------------------------------------------------------
 
@@ -385,7 +478,7 @@ class Scheduler:
         running = {w.id for w in self._iter_store(Status.RUNNING)}
         for wid in set(self._allocated) - running:
             self.executor.terminate(wid)  # terminal in the store: stop its process
-        for wid in running - set(self._allocated):
+        for wid in running - set(self._allocated) - set(self._unrecorded):
             self._fail_unowned(wid)
         for workload in self._iter_store(Status.PENDING):
             if workload.id not in self._pending:

@@ -305,6 +305,8 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
         def finished() -> bool:
             if scheduler.is_active(workload_id):
                 return False  # terminal already (killed), but the process may still write
+            if scheduler.process_over(workload_id):
+                return True  # its end is not stored yet (retried), but its output is all
             try:
                 return store.get_workload(workload_id).status in TERMINAL
             except (StorageFullError, StoreBusyError):
