@@ -36,6 +36,7 @@ class LiveServer:
         port: int | None = None,
         env: dict[str, str] | None = None,
         open_files: int | tuple[int, int] | None = None,
+        log: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.args = args
@@ -44,7 +45,9 @@ class LiveServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = data_dir / f"server-{self.port}.log"
+        self.log = log or data_dir / f"server-{self.port}.log"
+        """The server's stdout and stderr (``log``: somewhere else than the data dir,
+        e.g. when that is on a file system a test fills up)."""
         self.open_files = open_files
         """The server's open-files limit for tests: N (soft and hard) or (soft, hard)."""
 

@@ -4,17 +4,25 @@ working. Real SQLite files; the end-to-end tests run a real ``corral serve``."""
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from corral.executors.local import kill_all
 from corral.model import WorkloadCreate
 from corral.store import StorageFullError, StoreBusyError
 from corral.store.base import NewWorkload
 from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
+from tests.server import LiveServer, pid_gone, wait_until
 
 PROBLEM = "application/problem+json"
 
@@ -135,3 +143,180 @@ def test_a_full_disk_answers_507_and_reads_200(api: SyncASGIClient, store: SQLit
     assert api.get(f"/v1/workloads/{kept['id']}").status_code == 200
     assert api.get("/v1/workloads").status_code == 200
     assert api.get(f"/v1/workloads/{kept['id']}/events").status_code == 200
+
+
+# --- a live server ----------------------------------------------------------------------
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["type"] == f"urn:corral:problem:{slug}" and body["status"] == status
+    assert body["detail"]
+
+
+def test_a_writer_holding_the_database_gets_503_and_reads_go_on(tmp_path: Path) -> None:
+    """Another process's connection holds ``BEGIN IMMEDIATE`` on a live server's
+    database: a create answers 503 (Retry-After: 1) after the server's 1 s busy
+    timeout, not 30 s; reads answer 200; once the lock is gone, creates work."""
+    server = LiveServer(tmp_path / "data", "--executor", "none")
+    with server, server.http() as http:
+        kept = http.post("/v1/workloads", json={"command": ["true"]}).json()
+        lock = sqlite3.connect(tmp_path / "data" / "corral.db", isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            refused = http.post("/v1/workloads", json={"command": ["true"], "name": "refused"})
+            took = time.monotonic() - started
+            assert_problem(refused, 503, "busy")
+            assert refused.headers["retry-after"] == "1"
+            assert 0.9 < took < 1.5, took
+            killed = http.delete(f"/v1/workloads/{kept['id']}")
+            assert_problem(killed, 503, "busy")
+            for path in ("", "/events", "/logs"):
+                assert http.get(f"/v1/workloads/{kept['id']}{path}").status_code == 200, path
+            assert len(http.get("/v1/workloads").json()["items"]) == 1
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert http.post("/v1/workloads", json={"command": ["true"]}).status_code == 201
+        assert http.delete(f"/v1/workloads/{kept['id']}").json()["status"] == "killed"
+        names = [w["name"] for w in http.get("/v1/workloads").json()["items"]]
+        assert "refused" not in names and len(names) == 2
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB tmpfs, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (to fill it up) needs root")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+def fill(path: Path) -> int:
+    """Write ``path`` until its file system has no byte left; the bytes written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    written = 0
+    try:
+        for size in (1 << 20, 1 << 12, 1):
+            chunk = b"\0" * size
+            while True:
+                try:
+                    written += os.write(fd, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    return written
+
+
+def test_a_full_disk_loses_nothing_and_wedges_nothing(small_fs: Path, tmp_path: Path) -> None:
+    """Issue 8, end to end. The data dir is on a small file system; two workloads
+    (1 CPU each, of 2) run when it fills up. Creates answer 507 and store nothing
+    partial; reads answer 200; the workloads end while the disk is full. Once the
+    filler is removed, without a restart: each ends with its true exit code (none
+    ``lost``), and the CPUs are free again (new workloads start and complete)."""
+    data = small_fs / "data"
+    server = LiveServer(
+        data, "--executor", "local", "--cpus", "2", "--kill-grace", "1",
+        log=tmp_path / "server.log",  # not on the file system that fills up
+    )  # fmt: skip
+    go = tmp_path / "go"  # off the full file system too, as are the pid files
+    codes: list[int] = []
+
+    def post(http: httpx.Client, body: dict[str, Any], key: str) -> httpx.Response:
+        response = http.post("/v1/workloads", json=body, headers={"Idempotency-Key": key})
+        codes.append(response.status_code)
+        return response
+
+    try:
+        with server, server.http() as http:
+            ended = {}
+            for code in (3, 4):
+                pid_file = tmp_path / f"pid-{code}"
+                script = (
+                    f"echo $$ > {pid_file}; while [ ! -e {go} ]; do sleep 0.05; done; exit {code}"
+                )
+                body = {"command": ["sh", "-c", script], "resources": {"cpus": 1}}
+                ended[code] = post(http, body, f"run-{code}").json()["id"]
+            wait_until(lambda: all((tmp_path / f"pid-{c}").exists() for c in ended))
+            pids = {c: int((tmp_path / f"pid-{c}").read_text()) for c in ended}
+
+            filler = small_fs / "filler"
+            fill(filler)
+            stored: list[str] = []  # creates answered 201 (a WAL reset can make room)
+            full = 0
+            for i in range(200):
+                body = {
+                    "command": ["echo", "x" * 3000],
+                    "name": f"while-full-{i}",
+                    "labels": {"phase": "full", "n": str(i)},
+                    "resources": {"cpus": 1},
+                }
+                response = post(http, body, f"full-{i}")
+                if response.status_code == 201:
+                    stored.append(response.json()["id"])
+                    continue
+                assert_problem(response, 507, "storage-full")
+                full += 1
+                if full == 5:
+                    break
+            assert full == 5, codes
+            for wid in ended.values():
+                for path in ("", "/events", "/logs"):
+                    assert http.get(f"/v1/workloads/{wid}{path}").status_code == 200
+            assert http.get("/v1/workloads", params={"limit": 1000}).status_code == 200
+
+            go.touch()  # the workloads end while the disk is full
+            wait_until(lambda: all(pid_gone(p) for p in pids.values()))
+            time.sleep(1.5)  # the server (and the shims) try to record their ends
+            for wid in ended.values():
+                assert http.get(f"/v1/workloads/{wid}").status_code == 200
+
+            filler.unlink()
+            ends = {}
+            for code, wid in ended.items():
+                done = wait_until(lambda w=wid: terminal(http, w), timeout=20)
+                ends[code] = (done["status"], done["exit_code"], done["reason"])
+            for wid in stored:  # queued while the disk was full: they run now
+                assert wait_until(lambda w=wid: terminal(http, w))["status"] == "completed"
+            after = [
+                post(http, {"command": ["true"], "resources": {"cpus": c}}, f"after-{i}").json()
+                for i, c in enumerate((2, 1, 1))
+            ]
+            for w in after:
+                assert wait_until(lambda w=w: terminal(http, w["id"]))["status"] == "completed"
+            items = http.get("/v1/workloads", params={"limit": 1000}).json()["items"]
+            assert {w["id"] for w in items} == {
+                *ended.values(),
+                *stored,
+                *(w["id"] for w in after),
+            }
+        assert 500 not in codes, codes
+        assert_clean(rows(data / "corral.db"))
+        # Last, as it needs the shim to wait for room to write its status file (a shim
+        # that cannot write it makes the end "lost: … it recorded no exit status").
+        assert ends == {c: ("failed", c, f"exit code {c}") for c in ended}, ends
+    finally:
+        server.kill()
+        kill_all(data / "run")
+
+
+def terminal(http: httpx.Client, wid: str) -> dict[str, Any] | None:
+    workload: dict[str, Any] = http.get(f"/v1/workloads/{wid}").json()
+    return workload if workload["status"] in {"completed", "failed", "killed"} else None
