@@ -464,7 +464,7 @@ class Scheduler:
             self._arm_retry()
             return False
         if ending.failures:
-            log.warning("recorded the end of %s after %d refusals", wid, ending.failures)
+            log.warning("recorded the end of %s (refused %d times before)", wid, ending.failures)
         del self._unrecorded[wid]
         if self.executor is not None:
             self.executor.forget(wid)
