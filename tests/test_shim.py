@@ -118,9 +118,11 @@ def start(shim: Path, tmp_path: Path) -> Iterator[Callable[..., Run]]:
         env: dict[str, str] | None = None,
         raw_args: Sequence[str] | None = None,
         state_dir_exists: bool = False,
+        state: Path | None = None,
     ) -> Run:
-        (tmp_path / f"run{len(runs)}").mkdir(exist_ok=state_dir_exists)
-        state = tmp_path / f"run{len(runs)}" / "w"
+        if state is None:
+            (tmp_path / f"run{len(runs)}").mkdir(exist_ok=state_dir_exists)
+            state = tmp_path / f"run{len(runs)}" / "w"
         log = tmp_path / f"log{len(runs)}"
         args = shim_argv(shim, state, grace, cwd, argv) if raw_args is None else [str(shim)]
         pid = os.posix_spawn(
@@ -295,17 +297,86 @@ def test_no_command_runs_unless_its_pid_file_is_written(
     start: Callable[..., Run], tmp_path: Path
 ) -> None:
     """A restarted server starts a running workload that has neither a live shim nor a
-    pid file; that is only safe if the command cannot run before the pid file exists."""
+    pid file; that is only safe if the command cannot run before the pid file exists.
+    A shim that cannot write the pid file runs nothing and reports a spawn failure,
+    once it can write its status (it retries until then)."""
     ran, not_ran = tmp_path / "ran", tmp_path / "not-ran"
     assert start(["touch", str(ran)]).wait() == ShimStatus("exit", 0)
     assert ran.exists()
 
-    unwritable = tmp_path / "no-such-dir" / "w"
-    args = shim_argv(Path("shim"), unwritable, 1.0, None, ["touch", str(not_ran)])[1:]
+    missing = tmp_path / "no-such-dir"
+    args = shim_argv(Path("shim"), missing / "w", 1.0, None, ["touch", str(not_ran)])[1:]
     blocked = start([], raw_args=args)
-    assert blocked.exit_code() == 1  # it could write neither file
+    wait_for(lambda: "retrying" in blocked.log.read_text(), what="the shim to say it retries")
+    time.sleep(0.3)
+    assert not is_gone(blocked.shim_pid), "the shim gave up on its status"
     assert not not_ran.exists(), "the command ran without a pid file"
-    assert "cannot write" in blocked.log.read_text()
+    log = blocked.log.read_text()
+    assert f"cannot write {missing}/w.pid: No such file or directory\n" in log
+    assert log.count("retrying") == 1, log
+    missing.mkdir()
+    assert blocked.exit_code() == 0
+    assert read_status(missing / "w") == ShimStatus("spawn", errno.ENOENT)
+    assert not not_ran.exists()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 kB tmpfs, unmounted afterwards (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = tmp_path / "small"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Writes ``path`` until its file system is full."""
+    with open(path, "wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"x" * 4096)
+        with contextlib.suppress(OSError):  # the last partial page
+            while True:
+                f.write(b"x")
+    probe = path.parent / "probe"
+    with pytest.raises(OSError) as full:
+        probe.write_bytes(b"x")
+    probe.unlink()
+    assert full.value.errno == errno.ENOSPC
+
+
+def test_a_status_that_cannot_be_written_is_retried_until_it_is(
+    start: Callable[..., Run], small_tmpfs: Path, tmp_path: Path
+) -> None:
+    """The state files are on a tmpfs that fills up while the workload runs: the
+    workload exits, the shim cannot record it and stays, saying why once, and writes
+    the true exit code as soon as there is room (it used to exit 1 with no status,
+    and the server took the workload for lost)."""
+    flag = tmp_path / "go"
+    script = f"while [ ! -e {flag} ]; do sleep 0.02; done; exit 7"
+    run = start(["sh", "-c", script], state=small_tmpfs / "w")
+    pid = run.pid()
+    filler = small_tmpfs / "filler"
+    fill(filler)
+    flag.touch()
+    wait_for(lambda: is_gone(pid), what="the workload to exit")
+    wait_for(lambda: "retrying" in run.log.read_text(), what="the shim to say it retries")
+    time.sleep(1.5)  # several retries
+    assert not is_gone(run.shim_pid), "the shim gave up"
+    assert read_status(run.state) is None
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler", "w.pid"]
+    log = run.log.read_text()
+    assert log.count("corral-shim: cannot write") == 1, log
+    assert f"cannot write {small_tmpfs}/w.status: No space left on device" in log
+    filler.unlink()
+    assert run.wait(timeout=3) == ShimStatus("exit", 7)
+    assert run.log.read_text().endswith(f"corral-shim: wrote {small_tmpfs}/w.status\n")
 
 
 @pytest.mark.parametrize(

@@ -21,17 +21,23 @@
  *   - STATE.status      written exactly once, as the shim's last act:
  *                         "exit N\n"    the workload exited with code N
  *                         "signal N\n"  the workload was killed by signal N
- *                         "spawn E\n"   never started: pipe, fork or exec failed, errno E
+ *                         "spawn E\n"   never started: pipe, fork or exec failed, or
+ *                                       STATE.pid could not be written, errno E
  *                         "chdir E\n"   never started: chdir to CWD failed, errno E
  *     When it appears the workload has exited and its log holds all its output, and the
  *     workload's process group is empty (unless members survived SIGKILL for 2 s).
+ *     A status that cannot be written (a full disk) is retried, after 50 ms doubling up
+ *     to every second, until it is; the shim says so once in the log and lives on
+ *     meanwhile, so a live shim with its workload gone means "finished, not recorded
+ *     yet", never "lost". A failed STATE.pid is not retried: the command never runs.
  *   - Both files are written to NAME.tmp then renamed: readers never see partial files.
  *   - SIGTERM, SIGINT or SIGHUP to the shim: SIGTERM (and SIGCONT) to the workload's
  *     group, then SIGKILL after GRACE_SECONDS if anything is left in it. Processes left
  *     in the group after the workload itself exits are treated the same way.
  *   - CORRAL_SHIM_NOFILE=N in the environment: the workload's soft open-files limit
  *     (lowered to N; the variable is removed before the workload starts).
- *   - Exit code: 0 once status is written, 1 if it could not be, 2 on bad arguments.
+ *   - Exit code: 0 once status is written, 1 if its path is too long for the system
+ *     (it never could be), 2 on bad arguments.
  *
  * Processes that leave the group (setsid, setpgid) are not tracked.
  * Build: cc -O2 -s -static -o corral-shim shim.c
@@ -79,48 +85,85 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Atomically sets STATE.NAME to LINE: writes NAME.tmp, then renames it. */
+/* Writes "corral-shim: cannot write PATH: <strerror(E)>TAIL" to the log. */
+static void say_cannot_write(const char *path, int e, const char *tail)
+{
+    char what[4200];
+    snprintf(what, sizeof what, "%s: %s%s", path, strerror(e), tail);
+    say("cannot write ", what);
+}
+
+static char state_path[4096], state_tmp[4096]; /* of the last write_state() */
+
+/* Atomically sets STATE.NAME to LINE: writes NAME.tmp, then renames it. Returns -1
+ * with errno set on failure (state_path names the file), having said nothing and
+ * removed NAME.tmp. Allocates nothing, so it can be retried forever. */
 static int write_state(const char *name, const char *line)
 {
-    char path[4096], tmp[4096];
-    if (snprintf(path, sizeof path, "%s.%s", state_dir, name) >= (int)sizeof path ||
-        snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        say("state path too long: ", path);
+    if (snprintf(state_path, sizeof state_path, "%s.%s", state_dir, name) >=
+            (int)sizeof state_path ||
+        snprintf(state_tmp, sizeof state_tmp, "%s.tmp", state_path) >= (int)sizeof state_tmp) {
+        errno = ENAMETOOLONG;
         return -1;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        int e = errno;
-        say("cannot write ", tmp);
-        errno = e;
+    int fd = open(state_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
         return -1;
-    }
     size_t len = strlen(line);
-    int ok = write(fd, line, len) == (ssize_t)len;
-    int e = ok ? 0 : (errno ? errno : EIO);
+    ssize_t w = write(fd, line, len);
+    int ok = w == (ssize_t)len;
+    int e = ok ? 0 : (w < 0 ? errno : ENOSPC); /* a short write: the disk is full */
     if (close(fd) != 0 && ok) {
         ok = 0;
         e = errno;
     }
-    if (ok && rename(tmp, path) < 0) {
+    if (ok && rename(state_tmp, state_path) < 0) {
         ok = 0;
         e = errno;
     }
     if (!ok) {
-        say("cannot write ", path);
-        unlink(tmp);
+        unlink(state_tmp);
         errno = e;
         return -1;
     }
     return 0;
 }
 
-/* Writes the final STATE.status "WORD N" and returns the shim's exit code. */
+#define RETRY_FIRST_MS 50 /* the status write is retried after 50 ms, then doubling... */
+#define RETRY_MAX_MS 1000 /* ...up to once a second, for as long as it fails */
+
+/* Writes the final STATE.status "WORD N" and returns the shim's exit code. A write
+ * that fails (a full disk, a quota, a missing directory) is retried until it succeeds,
+ * saying why once: a workload that ended must not be taken for lost because the disk
+ * was full for a while. Only a state path too long for the system gives up (exit 1).
+ * Orphans adopted meanwhile are reaped; kill requests stay blocked (the group is
+ * gone). Nothing is allocated, so a shim that waits for days costs no more. */
 static int finish(const char *word, int n)
 {
     char line[64];
     snprintf(line, sizeof line, "%s %d\n", word, n);
-    return write_state("status", line) == 0 ? 0 : 1;
+    long delay_ms = RETRY_FIRST_MS;
+    int said = 0;
+    while (write_state("status", line) < 0) {
+        int e = errno;
+        if (e == ENAMETOOLONG) {
+            say_cannot_write(state_path, e, "");
+            return 1;
+        }
+        if (!said) {
+            say_cannot_write(state_path, e, " (retrying until it can)");
+            said = 1;
+        }
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
+        struct timespec ts = {delay_ms / 1000, (delay_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+        delay_ms = delay_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : delay_ms * 2;
+    }
+    if (said)
+        say("wrote ", state_path);
+    return 0;
 }
 
 /* Reaps every exited child (the workload and adopted orphans) without blocking. */
@@ -296,6 +339,7 @@ static int shim_main(int argc, char **argv)
     snprintf(line, sizeof line, "%d\n", (int)child);
     if (write_state("pid", line) < 0) { /* the command has not run: it never will */
         int e = errno;
+        say_cannot_write(state_path, e, "");
         kill(child, SIGKILL);
         waitpid(child, NULL, 0);
         return finish("spawn", e);
