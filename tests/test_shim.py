@@ -183,6 +183,33 @@ def test_cwd_and_environment_reach_the_workload(start: Callable[..., Run], tmp_p
     assert run.log.read_text() == f"{workdir}\nbar baz\noops\n"
 
 
+def test_the_workload_gets_the_umask_it_is_given_and_state_files_are_private(
+    start: Callable[..., Run],
+) -> None:
+    """``CORRAL_SHIM_UMASK`` is the workload's umask (and gone from its environment);
+    the shim's own files are 0600 even when it runs with umask 000."""
+    env = {"PATH": os.environ["PATH"], "CORRAL_SHIM_UMASK": "0027"}
+    old = os.umask(0)
+    try:
+        run = start(["sh", "-c", "umask; env | grep -c CORRAL_SHIM || true"], env=env)
+        assert run.wait() == ShimStatus("exit", 0)
+    finally:
+        os.umask(old)
+    assert run.log.read_text() == "0027\n0\n"
+    for name in ("pid", "status"):
+        assert state_file(run.state, name).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("mask", ["999", "1000", "-1", " 22", "", "0x1"])
+def test_a_bad_umask_runs_nothing(start: Callable[..., Run], tmp_path: Path, mask: str) -> None:
+    marker = tmp_path / "ran"
+    env = {"PATH": os.environ["PATH"], "CORRAL_SHIM_UMASK": mask}
+    run = start(["touch", str(marker)], env=env)
+    assert run.wait() == ShimStatus("spawn", errno.EINVAL)
+    assert not marker.exists()
+    assert f"bad CORRAL_SHIM_UMASK: {mask}\n" in run.log.read_text()
+
+
 def test_the_workload_inherits_no_descriptors_and_no_ignored_signals(
     start: Callable[..., Run],
 ) -> None:

@@ -42,6 +42,10 @@ ANSWER_SECONDS = 10.0
 well under a millisecond)."""
 
 
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
 class Launcher:
     """Forks shims through one resident ``corral-shim --launcher``; thread-safe."""
 
@@ -130,7 +134,7 @@ class Launcher:
     def _start(self) -> socket.socket | None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            with open(self.log, "ab") as out:
+            with open(self.log, "ab", opener=_private) as out:
                 self._proc = subprocess.Popen(
                     [str(self.shim), "--launcher", "x" * PADDING],
                     stdin=theirs.fileno(),

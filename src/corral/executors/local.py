@@ -16,10 +16,12 @@ Launches run on a small pool of threads (a launcher request waits for the fork;
 
 Files in ``<data>/run/``, per workload: ``<id>.pid`` and ``<id>.status`` (written by
 the shim) and ``<id>.devices`` (GPU indices, by the server); removed once the
-scheduler has recorded the outcome. Nothing else is written per launch: the launch
-path is the executor's hot path, and every file operation showed in its profile. A
-restarted server finds live shims by their command line (``/proc/*/cmdline`` names
-the shim binary and the workload's state path), which also rules out reused pids.
+scheduler has recorded the outcome. These and the logs are created 0600 whatever the
+umask; workloads get ``workload_umask`` (the server's original one) through the shim.
+Nothing else is written per launch: the launch path is the executor's hot path, and
+every file operation showed in its profile. A restarted server finds live shims by
+their command line (``/proc/*/cmdline`` names the shim binary and the workload's
+state path), which also rules out reused pids.
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMP
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 NOFILE_VARIABLE = "CORRAL_SHIM_NOFILE"
 """Tells the shim the workload's soft open-files limit; the shim removes it."""
+UMASK_VARIABLE = "CORRAL_SHIM_UMASK"
+"""Tells the shim the workload's umask (octal); the shim removes it."""
+SHIM_VARIABLES = (NOFILE_VARIABLE, UMASK_VARIABLE)
+"""The shim's instructions: only the server sets them (a workload's own are dropped)."""
+FILE_MODE = 0o600
+"""Logs and state files, whatever the umask: only the server (and a log's owner) reads them."""
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 SPAWN_THREADS = 2
 """Launches in flight at once: each waits (without the GIL) for the launcher's reply
 or for a directly spawned shim's exec."""
@@ -129,10 +138,13 @@ class LocalExecutor:
         capacity: Capacity,
         kill_grace_seconds: float,
         workload_open_files: int | None = None,
+        workload_umask: int | None = None,
     ) -> None:
         self.capacity = capacity
         self.workload_open_files = workload_open_files
         """The soft open-files limit workloads get (the server's own may be raised)."""
+        self.workload_umask = workload_umask
+        """The umask workloads get (the server's own is 077), or None: the shim's."""
         self.kill_grace_seconds = kill_grace_seconds
         self.data_dir = data_dir
         self.run_dir = data_dir / "run"
@@ -170,14 +182,18 @@ class LocalExecutor:
         state = self.run_dir / workload.id
         if gpu_devices:
             try:
-                state_file(state, "devices").write_text(",".join(map(str, gpu_devices)))
+                _write_private(state_file(state, "devices"), ",".join(map(str, gpu_devices)))
             except OSError as exc:
                 raise SpawnError(f"cannot record its GPUs: {exc.strerror}") from None
         env = {**self._base_env, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
+        for name in SHIM_VARIABLES:
+            env.pop(name, None)
         if self.capacity.gpus or gpu_devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_devices))
         if self.workload_open_files is not None:
             env[NOFILE_VARIABLE] = str(self.workload_open_files)
+        if self.workload_umask is not None:
+            env[UMASK_VARIABLE] = f"{self.workload_umask:04o}"
         cwd = Path(workload.cwd) if workload.cwd else None
         argv = shim_argv(self.shim, state, self.kill_grace_seconds, cwd, workload.command)
         log = log_path(self.data_dir, workload.id)
@@ -221,7 +237,7 @@ class LocalExecutor:
         launcher when it can (see ``launcher.py``), else by ``posix_spawn``. Returns
         the shim's pid and, from the launcher, a pidfd for it."""
         try:
-            log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            log_fd = os.open(log, _LOG_FLAGS, FILE_MODE)
         except OSError as exc:
             raise SpawnError(f"cannot open its log: {exc.strerror}") from None
         try:
@@ -452,6 +468,15 @@ def _is_workload_process(pid: int, workload_id: str) -> bool:
     except OSError:
         return False
     return f"CORRAL_WORKLOAD_ID={workload_id}".encode() in environ and is_alive(pid)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes ``path`` (mode 0600 when it is created, whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _read_devices(state: Path) -> list[int]:

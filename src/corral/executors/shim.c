@@ -30,12 +30,16 @@
  *     to every second, until it is; the shim says so once in the log and lives on
  *     meanwhile, so a live shim with its workload gone means "finished, not recorded
  *     yet", never "lost". A failed STATE.pid is not retried: the command never runs.
- *   - Both files are written to NAME.tmp then renamed: readers never see partial files.
+ *   - Both files are written to NAME.tmp (mode 0600, whatever the umask) then renamed:
+ *     readers never see partial files.
  *   - SIGTERM, SIGINT or SIGHUP to the shim: SIGTERM (and SIGCONT) to the workload's
  *     group, then SIGKILL after GRACE_SECONDS if anything is left in it. Processes left
  *     in the group after the workload itself exits are treated the same way.
  *   - CORRAL_SHIM_NOFILE=N in the environment: the workload's soft open-files limit
  *     (lowered to N; the variable is removed before the workload starts).
+ *   - CORRAL_SHIM_UMASK=OCTAL: the workload's umask (the shim keeps its own, the
+ *     server's 077: STATE files are 0600 in any case). Removed before the workload
+ *     starts; a value that is not an octal number up to 0777 is "spawn 22" (EINVAL).
  *   - Exit code: 0 once status is written, 1 if its path is too long for the system
  *     (it never could be), 2 on bad arguments.
  *
@@ -54,6 +58,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -106,7 +111,7 @@ static int write_state(const char *name, const char *line)
         errno = ENAMETOOLONG;
         return -1;
     }
-    int fd = open(state_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(state_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -1;
     size_t len = strlen(line);
@@ -256,6 +261,20 @@ static void default_dispositions(void)
     }
 }
 
+/* Parses S, digits in BASE only, as a number up to MAX; -1 if it is not one. */
+static int parse_number(const char *s, int base, unsigned long max, unsigned long *out)
+{
+    if (s[0] < '0' || s[0] > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long n = strtoul(s, &end, base);
+    if (errno != 0 || *end != '\0' || n > max)
+        return -1;
+    *out = n;
+    return 0;
+}
+
 static int shim_main(int argc, char **argv)
 {
     if (argc < 6 || strcmp(argv[4], "--") != 0)
@@ -284,6 +303,22 @@ static int shim_main(int argc, char **argv)
         unsetenv("CORRAL_SHIM_NOFILE");
     }
 
+    /* The server runs with umask 077 (its files are 0600); the workload gets the umask
+     * the server was started with. A value that cannot be read runs nothing. */
+    int bad_env = 0;
+    long workload_umask = -1;
+    const char *mask = getenv("CORRAL_SHIM_UMASK");
+    if (mask != NULL) {
+        unsigned long m;
+        if (parse_number(mask, 8, 0777, &m) == 0)
+            workload_umask = (long)m;
+        else {
+            say("bad CORRAL_SHIM_UMASK: ", mask);
+            bad_env = 1;
+        }
+        unsetenv("CORRAL_SHIM_UMASK");
+    }
+
     /* Block the signals taken by sigwaitinfo first: a kill request that comes while
      * the shim starts up must wait for it, not kill it with nothing recorded. */
     sigset_t set;
@@ -301,6 +336,8 @@ static int shim_main(int argc, char **argv)
     signal(SIGXFSZ, SIG_IGN);
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
         say("cannot become a child subreaper: ", strerror(errno));
+    if (bad_env)
+        return finish("spawn", EINVAL);
 
     /* The child reports a failed exec as its errno, a failed chdir as minus its errno,
      * on a close-on-exec pipe. It waits on a second one for a byte sent once STATE.pid is
@@ -321,6 +358,8 @@ static int shim_main(int argc, char **argv)
         close(gopipe[1]);
         if (!await_go(gopipe[0])) /* the shim died before recording the pid */
             _exit(127);
+        if (workload_umask >= 0)
+            umask((mode_t)workload_umask);
         int err;
         if (cwd[0] != '\0' && chdir(cwd) != 0) {
             err = -errno;
