@@ -210,6 +210,30 @@ def test_a_bad_umask_runs_nothing(start: Callable[..., Run], tmp_path: Path, mas
     assert f"bad CORRAL_SHIM_UMASK: {mask}\n" in run.log.read_text()
 
 
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"CORRAL_SHIM_UID": "0"},
+        {"CORRAL_SHIM_UID": "0", "CORRAL_SHIM_GID": "0"},
+        {"CORRAL_SHIM_UID": "x", "CORRAL_SHIM_GID": "0", "CORRAL_SHIM_GROUPS": ""},
+        {"CORRAL_SHIM_UID": "0", "CORRAL_SHIM_GID": "0", "CORRAL_SHIM_GROUPS": "1,,2"},
+        {"CORRAL_SHIM_UID": "0", "CORRAL_SHIM_GID": "0", "CORRAL_SHIM_GROUPS": "1,"},
+        {"CORRAL_SHIM_UID": "4294967295", "CORRAL_SHIM_GID": "0", "CORRAL_SHIM_GROUPS": ""},
+    ],
+    ids=["uid-alone", "no-groups", "bad-uid", "empty-group", "trailing-comma", "uid-minus-1"],
+)
+def test_a_bad_or_incomplete_user_runs_nothing(
+    start: Callable[..., Run], tmp_path: Path, variables: dict[str, str]
+) -> None:
+    """Running as another user takes all three variables, well formed: anything else
+    runs nothing (it must never run as the shim's own user instead)."""
+    marker = tmp_path / "ran"
+    run = start(["touch", str(marker)], env={"PATH": os.environ["PATH"], **variables})
+    assert run.wait() == ShimStatus("spawn", errno.EINVAL)
+    assert not marker.exists()
+    assert "bad or incomplete CORRAL_SHIM_UID" in run.log.read_text()
+
+
 def test_the_workload_inherits_no_descriptors_and_no_ignored_signals(
     start: Callable[..., Run],
 ) -> None:

@@ -6,6 +6,8 @@ one callback, with an ``Outcome``; the scheduler turns that into a transition.
 
 from __future__ import annotations
 
+import os
+import pwd
 import signal as signals
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,30 @@ class Outcome:
 OnExit = Callable[[Outcome], None]
 
 
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """The Unix account a workload runs as (its owner's ``unix_user``)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    """Supplementary groups, the primary one included (as ``getgrouplist`` gives them)."""
+    name: str
+    home: str
+
+
+def resolve_run_as(unix_user: str) -> RunAs:
+    """The account named ``unix_user``, from the password and group databases, read
+    now (a later change to them applies to later launches). Raises ``ValueError`` for
+    an unknown account."""
+    try:
+        entry = pwd.getpwnam(unix_user)
+    except KeyError:
+        raise ValueError(f"no Unix user named {unix_user!r}") from None
+    groups = tuple(dict.fromkeys(os.getgrouplist(entry.pw_name, entry.pw_gid)))
+    return RunAs(entry.pw_uid, entry.pw_gid, groups, entry.pw_name, entry.pw_dir)
+
+
 class SpawnError(Exception):
     """The workload's process could not be started; the message is the OS's."""
 
@@ -66,11 +92,16 @@ class Executor(Protocol):
         adopted workload, when its process is over."""
         ...
 
-    def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> Awaitable[None]:
+    def launch(
+        self, workload: Workload, gpu_devices: Sequence[int], run_as: RunAs | None = None
+    ) -> Awaitable[None]:
         """Start the workload's process: raise ``SpawnError`` now, or return an
         awaitable that ends once the process runs and is watched (or raises
         ``SpawnError``). From this call on, a ``terminate`` is not lost: the process
-        is stopped as soon as it exists."""
+        is stopped as soon as it exists. With ``run_as`` the process runs as that
+        account (its groups, ``HOME``, ``USER``, ``LOGNAME``); what watches and stops
+        it keeps the server's rights. A failure to change to it is a ``SpawnError``
+        or a spawn-error outcome, and runs nothing."""
         ...
 
     def adopt(self, workload: Workload) -> list[int] | None:

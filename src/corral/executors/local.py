@@ -40,7 +40,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.executors.base import Capacity, NotStartedError, OnExit, Outcome, SpawnError
+from corral.executors.base import (
+    Capacity,
+    NotStartedError,
+    OnExit,
+    Outcome,
+    RunAs,
+    SpawnError,
+)
 from corral.executors.launcher import Launcher
 from corral.executors.shim import (
     PID_FILE,
@@ -63,7 +70,12 @@ NOFILE_VARIABLE = "CORRAL_SHIM_NOFILE"
 """Tells the shim the workload's soft open-files limit; the shim removes it."""
 UMASK_VARIABLE = "CORRAL_SHIM_UMASK"
 """Tells the shim the workload's umask (octal); the shim removes it."""
-SHIM_VARIABLES = (NOFILE_VARIABLE, UMASK_VARIABLE)
+UID_VARIABLE = "CORRAL_SHIM_UID"
+GID_VARIABLE = "CORRAL_SHIM_GID"
+GROUPS_VARIABLE = "CORRAL_SHIM_GROUPS"
+"""With the two above: run the workload as that user (its groups comma-separated);
+the shim removes all three."""
+SHIM_VARIABLES = (NOFILE_VARIABLE, UMASK_VARIABLE, UID_VARIABLE, GID_VARIABLE, GROUPS_VARIABLE)
 """The shim's instructions: only the server sets them (a workload's own are dropped)."""
 FILE_MODE = 0o600
 """Logs and state files, whatever the umask: only the server (and a log's owner) reads them."""
@@ -173,11 +185,19 @@ class LocalExecutor:
 
     # --- launch -------------------------------------------------------------------
 
-    def launch(self, workload: Workload, gpu_devices: Sequence[int]) -> Awaitable[None]:
+    def launch(
+        self, workload: Workload, gpu_devices: Sequence[int], run_as: RunAs | None = None
+    ) -> Awaitable[None]:
         """See ``Executor.launch``. The launch starts now on a worker thread (a
         launcher request waits for its reply; ``spawn.py`` says why a direct spawn
         needs a thread), and the workload counts as launching from this call on: a
-        ``terminate`` before the shim is watched is applied once it is."""
+        ``terminate`` before the shim is watched is applied once it is.
+
+        With ``run_as``, the log is given to that account before the shim starts,
+        and the shim's child drops to it before its chdir and exec (the shim stays
+        root). ``HOME``, ``USER`` and ``LOGNAME`` default to the account's instead of
+        the server's; like every variable of the base environment, the workload's
+        own ``env`` may still set them."""
         assert self._loop is not None, "start() first"
         state = self.run_dir / workload.id
         if gpu_devices:
@@ -185,7 +205,10 @@ class LocalExecutor:
                 _write_private(state_file(state, "devices"), ",".join(map(str, gpu_devices)))
             except OSError as exc:
                 raise SpawnError(f"cannot record its GPUs: {exc.strerror}") from None
-        env = {**self._base_env, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
+        base = self._base_env
+        if run_as is not None:
+            base = {**base, "HOME": run_as.home, "USER": run_as.name, "LOGNAME": run_as.name}
+        env = {**base, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
         for name in SHIM_VARIABLES:
             env.pop(name, None)
         if self.capacity.gpus or gpu_devices:
@@ -194,10 +217,16 @@ class LocalExecutor:
             env[NOFILE_VARIABLE] = str(self.workload_open_files)
         if self.workload_umask is not None:
             env[UMASK_VARIABLE] = f"{self.workload_umask:04o}"
+        if run_as is not None:
+            env[UID_VARIABLE] = str(run_as.uid)
+            env[GID_VARIABLE] = str(run_as.gid)
+            env[GROUPS_VARIABLE] = ",".join(map(str, run_as.groups))
         cwd = Path(workload.cwd) if workload.cwd else None
         argv = shim_argv(self.shim, state, self.kill_grace_seconds, cwd, workload.command)
         log = log_path(self.data_dir, workload.id)
-        spawned = self._loop.run_in_executor(self._spawner, self._spawn_shim, argv, env, log)
+        spawned = self._loop.run_in_executor(
+            self._spawner, self._spawn_shim, argv, env, log, run_as
+        )
         self._launching.add(workload.id)
         return self._watch_spawned(workload, spawned)
 
@@ -231,16 +260,22 @@ class LocalExecutor:
             self.terminate(wid)
 
     def _spawn_shim(
-        self, argv: list[str], env: dict[str, str], log: Path
+        self, argv: list[str], env: dict[str, str], log: Path, run_as: RunAs | None
     ) -> tuple[int, int | None]:
-        """On a spawn thread: open the log and start the shim on it, through the
-        launcher when it can (see ``launcher.py``), else by ``posix_spawn``. Returns
-        the shim's pid and, from the launcher, a pidfd for it."""
+        """On a spawn thread: open the log (giving it to ``run_as``) and start the
+        shim on it, through the launcher when it can (see ``launcher.py``), else by
+        ``posix_spawn``. Returns the shim's pid and, from the launcher, a pidfd."""
         try:
             log_fd = os.open(log, _LOG_FLAGS, FILE_MODE)
         except OSError as exc:
             raise SpawnError(f"cannot open its log: {exc.strerror}") from None
         try:
+            if run_as is not None:
+                try:
+                    os.fchown(log_fd, run_as.uid, run_as.gid)
+                except OSError as exc:
+                    reason = f"cannot give its log to {run_as.name}: {exc.strerror}"
+                    raise SpawnError(reason) from None
             launched = self._launcher.spawn(argv[1:], env, log_fd)
             if launched is not None:
                 return launched

@@ -21,8 +21,9 @@
  *   - STATE.status      written exactly once, as the shim's last act:
  *                         "exit N\n"    the workload exited with code N
  *                         "signal N\n"  the workload was killed by signal N
- *                         "spawn E\n"   never started: pipe, fork or exec failed, or
- *                                       STATE.pid could not be written, errno E
+ *                         "spawn E\n"   never started: pipe, fork, the change of user
+ *                                       or exec failed, or STATE.pid could not be
+ *                                       written, errno E
  *                         "chdir E\n"   never started: chdir to CWD failed, errno E
  *     When it appears the workload has exited and its log holds all its output, and the
  *     workload's process group is empty (unless members survived SIGKILL for 2 s).
@@ -40,6 +41,13 @@
  *   - CORRAL_SHIM_UMASK=OCTAL: the workload's umask (the shim keeps its own, the
  *     server's 077: STATE files are 0600 in any case). Removed before the workload
  *     starts; a value that is not an octal number up to 0777 is "spawn 22" (EINVAL).
+ *   - CORRAL_SHIM_UID=N, CORRAL_SHIM_GID=N, CORRAL_SHIM_GROUPS=G1,G2,... (all three or
+ *     none; GROUPS may be empty): run the workload as that user. The shim stays root, so
+ *     its kills reach the group; the child calls setgroups, setgid, setuid (in that
+ *     order, each checked) before chdir and exec, so the user's permissions apply to
+ *     CWD and PROGRAM. A failure is "spawn E"; values that cannot be read (or one
+ *     variable without the others) are "spawn 22" and run nothing. Removed before the
+ *     workload starts, like the others.
  *   - Exit code: 0 once status is written, 1 if its path is too long for the system
  *     (it never could be), 2 on bad arguments.
  *
@@ -50,6 +58,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -275,6 +284,37 @@ static int parse_number(const char *s, int base, unsigned long max, unsigned lon
     return 0;
 }
 
+/* Parses "G1,G2,..." (or "": none) into a new array; -1 if malformed. */
+static int parse_groups(const char *s, gid_t **out, size_t *count)
+{
+    size_t n = s[0] == '\0' ? 0 : 1;
+    for (const char *c = s; *c; c++)
+        n += *c == ',';
+    gid_t *groups = malloc((n ? n : 1) * sizeof *groups);
+    if (groups == NULL)
+        return -1;
+    char item[32];
+    const char *c = s;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strcspn(c, ",");
+        unsigned long g;
+        if (len >= sizeof item)
+            goto bad;
+        memcpy(item, c, len);
+        item[len] = '\0';
+        if (parse_number(item, 10, (gid_t)-2, &g) < 0)
+            goto bad;
+        groups[i] = (gid_t)g;
+        c += len + 1;
+    }
+    *out = groups;
+    *count = n;
+    return 0;
+bad:
+    free(groups);
+    return -1;
+}
+
 static int shim_main(int argc, char **argv)
 {
     if (argc < 6 || strcmp(argv[4], "--") != 0)
@@ -319,6 +359,28 @@ static int shim_main(int argc, char **argv)
         unsetenv("CORRAL_SHIM_UMASK");
     }
 
+    /* Run as another user: all three variables, or none. The shim stays root (its
+     * signals must reach the workload's group); only the child drops to the user. */
+    const char *uid_s = getenv("CORRAL_SHIM_UID"), *gid_s = getenv("CORRAL_SHIM_GID");
+    const char *groups_s = getenv("CORRAL_SHIM_GROUPS");
+    int run_as = uid_s != NULL || gid_s != NULL || groups_s != NULL;
+    unsigned long uid = 0, gid = 0;
+    gid_t *groups = NULL;
+    size_t ngroups = 0;
+    if (run_as) {
+        /* (uid_t)-1 and (gid_t)-1 mean "unchanged" to the kernel: never a user. */
+        if (uid_s == NULL || gid_s == NULL || groups_s == NULL ||
+            parse_number(uid_s, 10, (uid_t)-2, &uid) < 0 ||
+            parse_number(gid_s, 10, (gid_t)-2, &gid) < 0 ||
+            parse_groups(groups_s, &groups, &ngroups) < 0) {
+            say("bad or incomplete CORRAL_SHIM_UID, CORRAL_SHIM_GID, CORRAL_SHIM_GROUPS", "");
+            bad_env = 1;
+        }
+        unsetenv("CORRAL_SHIM_UID");
+        unsetenv("CORRAL_SHIM_GID");
+        unsetenv("CORRAL_SHIM_GROUPS");
+    }
+
     /* Block the signals taken by sigwaitinfo first: a kill request that comes while
      * the shim starts up must wait for it, not kill it with nothing recorded. */
     sigset_t set;
@@ -361,7 +423,12 @@ static int shim_main(int argc, char **argv)
         if (workload_umask >= 0)
             umask((mode_t)workload_umask);
         int err;
-        if (cwd[0] != '\0' && chdir(cwd) != 0) {
+        /* Groups first (only root may set them), the user last (then nothing more can
+         * be changed); before chdir and exec, so both are checked as the user. */
+        if (run_as && (setgroups(ngroups, groups) != 0 || setgid((gid_t)gid) != 0 ||
+                       setuid((uid_t)uid) != 0)) {
+            err = errno;
+        } else if (cwd[0] != '\0' && chdir(cwd) != 0) {
             err = -errno;
         } else {
             execvp(cmd[0], cmd);
