@@ -42,6 +42,8 @@ def now_rfc3339() -> str:
     second is cached: this runs several times per request)."""
     global _second
     seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
-    if seconds != _second[0]:
-        _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
-    return f"{_second[1]}.{micros:06d}Z"
+    cached = _second  # read once: another thread may replace it between two reads
+    if seconds != cached[0]:
+        cached = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+        _second = cached
+    return f"{cached[1]}.{micros:06d}Z"
