@@ -209,6 +209,13 @@ def serve(
             metavar="N",
             help="Requests per second per API key (bursts of twice that); 0: no limit.",
             show_default="200",
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            metavar="text|json",
+            help="The server log on stderr: one line per record, text or JSON"
+            " \\[env var: CORRAL_LOG_FORMAT].",
+            show_default="text",
         ),
     ] = None,
 ) -> None:
@@ -236,6 +243,7 @@ def serve(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "rate_limit": rate_limit,
+        "log_format": log_format,
     }
     overrides.update((k, v) for k, v in optional.items() if v is not None)
     try:

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    log_format: Literal["text", "json"] = "text"
+    """The server log on stderr: one line per record, as text or as a JSON object."""
+
     @property
     def db_url(self) -> str:
         return self.db or f"sqlite:///{self.data_dir / 'corral.db'}"

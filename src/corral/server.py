@@ -6,21 +6,25 @@ import contextlib
 import errno
 import fcntl
 import ipaddress
+import logging
 import os
 import resource
 import socket
 import sqlite3
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import uvicorn
 
+from corral import serverlog
 from corral.config import Settings
 
 if TYPE_CHECKING:
     from corral.executors.local import LocalExecutor
     from corral.store import Store
+
+log = logging.getLogger(__name__)
 
 
 class ServeError(Exception):
@@ -84,6 +88,7 @@ def serve(settings: Settings) -> None:
     from corral.store import open_store
     from corral.store.base import Principal
 
+    serverlog.configure(settings.log_format)
     warnings = check_exposure(settings)
     # Files this server creates are its user's alone (database, keys, logs, state);
     # workloads get the umask it was started with back (through their shim).
@@ -122,23 +127,28 @@ def serve(settings: Settings) -> None:
         where += f": {cap.cpus:g} CPUs, {cap.memory_mb} MB, {cap.gpus} GPUs"
     scheme = "https" if settings.tls_cert else "http"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    banner = (
-        f"corral serving {scheme}://{host}:{settings.port}"
-        f" ({where}; data in {settings.data_dir}; admin key in {key_file})"
-    )
-    for warning in warnings:
-        print(warning, file=sys.stderr, flush=True)
+    url = f"{scheme}://{host}:{settings.port}"
+    banner = f"corral serving {url} ({where}; data in {settings.data_dir}; admin key in {key_file})"
+
+    def announce() -> None:
+        for warning in warnings:
+            log.warning("%s", warning)
+        serverlog.announce(settings.log_format, banner, url=url, data_dir=str(settings.data_dir))
+
+    # serverlog owns logging: no uvicorn log config, no access log (api/access.py logs
+    # the requests that change something), uvicorn's loggers at WARNING.
     config = uvicorn.Config(
         app,
         loop="uvloop",
         http="httptools",
         access_log=False,
-        log_level="warning",
+        log_config=None,
+        log_level=None,
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
     )
     try:
-        _Server(config, banner).run(sockets=[sock])
+        _Server(config, announce).run(sockets=[sock])
     finally:
         store.close()
         sock.close()
@@ -274,14 +284,14 @@ class _Server(uvicorn.Server):
     """uvicorn's server, announcing itself once it answers requests (a banner printed
     earlier would claim a port the server may not get)."""
 
-    def __init__(self, config: uvicorn.Config, banner: str) -> None:
+    def __init__(self, config: uvicorn.Config, announce: Callable[[], None]) -> None:
         super().__init__(config)
-        self.banner = banner
+        self.announce = announce
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if not self.should_exit:
-            print(self.banner, file=sys.stderr, flush=True)
+            self.announce()
 
 
 def _executor(settings: Settings, workload_open_files: int | None) -> LocalExecutor | None:

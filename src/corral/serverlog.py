@@ -1,0 +1,227 @@
+"""Logging for ``corral serve``: one record per line, in text or JSON, on stderr.
+
+Text: ``2026-11-29T12:00:00.123Z INFO corral.api request method=POST status=201 …``.
+Every control character (CR, LF, ESC, …, and the Unicode line and paragraph
+separators and bidi controls) in the message, its arguments or the ``extra=``
+fields is escaped (``\\n``, ``\\r``, ``\\x1b``, ``\\u2028``), and so is ``\\``, so user
+text can never start a line of its own nor repaint the terminal. Values with spaces,
+``"`` or ``=`` are quoted. A traceback is the only multi-line part: each of its lines
+is indented by two spaces (and escaped the same way), so none can pass for a record.
+
+JSON: one object per line, ``{"ts", "level", "logger", "msg", <fields>, "exc"}``, with
+every non-ASCII character escaped (``\\u2028`` too), so a line is a record.
+
+Fields are the ``extra=`` items of the logging call, and the items of an
+``extra={"fields": {...}}`` dict (whose keys may be LogRecord attribute names, such
+as ``name``); they cannot replace ``ts``, ``level``, ``logger``, ``msg`` or ``exc``.
+
+uvicorn's loggers go through the same handler; its access log stays off
+(``api/access.py`` logs the state-changing requests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any, Literal, TextIO
+
+LogFormat = Literal["text", "json"]
+
+# LogRecord attributes that are not ``extra=`` fields (plus uvicorn's colored copy of
+# its message, and ``taskName`` from Python 3.12).
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
+
+_N_ATTRS = len(logging.makeLogRecord({}).__dict__)
+_UNSAFE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\\\\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+_QUOTE = re.compile('[\\s"=]')
+_PLAIN = re.compile('[^\\s"=\\x00-\\x1f\\x7f-\\x9f\\\\\u2028\u2029\u202a-\u202e\u2066-\u2069]+')
+"""A value written as it is: no character to escape, nor one that asks for quotes."""
+
+LOGGED_MARK = "__corral_logged__"
+"""Set on an exception once its traceback is in the log (``mark_logged``), so
+uvicorn's own "Exception in ASGI application" record of it is dropped."""
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character (and ``\\``) written as an escape."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _value(value: object) -> str:
+    if type(value) is int or type(value) is float:
+        return repr(value)
+    text = value if isinstance(value, str) else str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    text = escape(text)
+    if not text or _QUOTE.search(text):
+        return '"' + text.replace('"', '\\"') + '"'
+    return text
+
+
+FIELDS = "fields"
+"""``extra={"fields": {...}}`` gives fields whose names ``extra=`` refuses, being
+LogRecord attributes (``name``, ``args``, ``module``, …)."""
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields given to the logging call with ``extra=`` (``fields`` flattened)."""
+    attrs = record.__dict__
+    fields = attrs.get(FIELDS)
+    if len(attrs) == _N_ATTRS + 1 and isinstance(fields, dict):  # only "fields"
+        return fields
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if key in _RECORD_ATTRS:
+            continue
+        if key == FIELDS and isinstance(value, dict):
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
+class _Clock:
+    """``record.created`` as RFC 3339 UTC with milliseconds; the formatted second is
+    cached (read once per call, so a thread never mixes two seconds)."""
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = cached
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
+
+
+def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    parts = []
+    if record.exc_info:
+        parts.append(formatter.formatException(record.exc_info))
+    elif record.exc_text:
+        parts.append(record.exc_text)
+    if record.stack_info:
+        parts.append(formatter.formatStack(record.stack_info))
+    return "\n".join(parts) if parts else None
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._clock = _Clock()
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{self._clock(record)} {record.levelname} {escape(record.name)}"
+            f" {escape(record.getMessage())}"
+        )
+        fields = extra_fields(record)
+        if fields:
+            line += "".join([f" {escape(k)}={_value(v)}" for k, v in fields.items()])
+        trace = _traceback(self, record)
+        if trace:
+            line += "".join("\n  " + escape(part) for part in trace.split("\n"))
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._clock = _Clock()
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": self._clock(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in extra_fields(record).items():
+            out.setdefault(key, value)  # the fixed fields cannot be overridden
+        trace = _traceback(self, record)
+        if trace:
+            out["exc"] = trace
+        return json.dumps(out, default=str)  # ASCII only: "\u2028" is escaped too
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record as a line and flushes it (so a crash loses none), in one
+    locked step. Drops a record about an exception already logged with its traceback
+    (uvicorn logs what Starlette re-raises after answering 500)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and getattr(record.exc_info[1], LOGGED_MARK, False):
+            return
+        try:
+            line = self.format(record) + "\n"
+            self.stream.write(line)
+            self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def mark_logged(exc: BaseException) -> None:
+    # An exception that takes no attributes gets a second record, from uvicorn.
+    with contextlib.suppress(AttributeError):
+        setattr(exc, LOGGED_MARK, True)
+
+
+def configure(fmt: LogFormat = "text", stream: TextIO | None = None) -> None:
+    """Send every record (corral's at INFO, others' at WARNING) to ``stream``
+    (stderr) in ``fmt``; uvicorn's loggers included, its access log off. Call again
+    to reconfigure."""
+    handler = _Handler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        if isinstance(old, _Handler):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    # Neither format shows the caller's file and line, nor the process name: skip
+    # looking them up for every record (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logMultiprocessing = False
+    root.setLevel(logging.WARNING)
+    logging.getLogger("corral").setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+        logger.setLevel(logging.WARNING)
+    access = logging.getLogger("uvicorn.access")
+    access.handlers = []
+    access.propagate = False
+    access.disabled = True
+
+
+def announce(fmt: LogFormat, banner: str, **fields: object) -> None:
+    """The startup line: plain on stderr in text format (for the human who started
+    the server), a record in JSON."""
+    if fmt == "json":
+        logging.getLogger("corral.server").info(banner, extra=fields)
+    else:
+        print(banner, file=sys.stderr, flush=True)
