@@ -1,6 +1,6 @@
 """The server log: one record per line, in text or JSON; user text never forges a line.
 
-Formatters in process.
+Formatters in process, then a real ``corral serve`` (its stderr goes to a file).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from corral import serverlog
+from tests.server import LiveServer
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 TEXT_RECORD = re.compile(rf"^{TS} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+ ")
@@ -105,3 +107,132 @@ def test_json_is_one_object_per_line(emit: Any) -> None:
     assert record["name"] == "w"  # a LogRecord attribute's name, given through "fields"
     assert record["exc"].startswith("Traceback") and "ValueError: bad\nthing" in record["exc"]
     assert list(record)[:4] == ["ts", "level", "logger", "msg"]
+
+
+# --- a real server ---------------------------------------------------------------
+
+
+def _refuse_name(data_dir: Path, name: str) -> None:
+    """The database itself refuses a workload with this name (a fault the API does
+    not expect: it answers 500)."""
+    conn = sqlite3.connect(data_dir / "corral.db", timeout=10, isolation_level=None)
+    try:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON workloads"
+            f" WHEN NEW.name = '{name}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+    finally:
+        conn.close()
+
+
+def _exercise(server: LiveServer) -> dict[str, Any]:
+    """Requests carrying hostile text, a kill, a read and an unexpected error."""
+    _refuse_name(server.data_dir, "boom")
+    with server.http() as http:
+        created = http.post(
+            "/v1/workloads",
+            json={"command": ["echo", EVIL], "name": EVIL_NAME, "labels": {"team": "ml"}},
+        )
+        assert created.status_code == 201, created.text
+        wid = created.json()["id"]
+        bad_label = http.post("/v1/workloads", json={"command": ["x"], "labels": {"k": EVIL}})
+        assert bad_label.status_code == 422
+        evil_path = "/v1/workloads/x%0D%0AINFO%20corral.api%20forged%1B%5B31m"
+        assert http.delete(evil_path).status_code == 404
+        assert http.get(f"/v1/workloads/{wid}").status_code == 200
+        assert http.delete(f"/v1/workloads/{wid}").status_code == 200
+        boom = http.post("/v1/workloads", json={"command": ["x"], "name": "boom"})
+        assert boom.status_code == 500
+        assert boom.headers["content-type"] == "application/problem+json"
+        assert "Traceback" not in boom.text and "refused" not in boom.text
+    server.stop()
+    return {"id": wid}
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def test_text_log_of_a_real_server(data_dir: Path) -> None:
+    server = LiveServer(data_dir, "--executor", "none")
+    with server:
+        wid = _exercise(server)["id"]
+    raw = server.log.read_bytes()
+    assert b"\r" not in raw and b"\x1b" not in raw
+    text = raw.decode()
+    lines = text.splitlines()
+    assert lines[0].startswith("corral serving http://127.0.0.1:")  # the plain banner
+    records: list[str] = []
+    for line in lines[1:]:
+        if line.startswith("  "):  # a traceback line, under its record
+            records[-1] += "\n" + line
+        else:
+            assert TEXT_RECORD.match(line), line
+            records.append(line)
+    # In the name, the path and the id: always right after an escaped line break.
+    before_forged = text.split(FORGED)[:-1]
+    assert len(before_forged) == 3 and all(part.endswith("\\n") for part in before_forged)
+    assert f"\\n{FORGED}" in text and f"%0D%0A{FORGED}" not in text
+    assert f"\\r\\n{FORGED}\\x1b[31m" in text
+
+    requests = [r for r in records if " corral.api request " in r]
+    assert len(requests) == 5, requests  # the GET is not logged
+    create, bad, evil_kill, kill, boom = requests
+    assert " status=201 " in create and f" user=- id={wid} " in create
+    assert create.endswith(f' name="evil\\n{FORGED}"')
+    assert " status=422 " in bad and "method=POST path=/v1/workloads " in bad
+    assert "method=DELETE path=/v1/workloads/x\\r\\nINFO" in evil_kill.replace('"', "")
+    assert " status=404 " in evil_kill
+    assert kill.endswith(f" status=200 duration_ms={_ms(kill)} user=- id={wid}")
+    assert " status=500 " in boom
+    assert re.search(r" duration_ms=\d+(\.\d+)? ", create)
+
+    errors = [r for r in records if " ERROR " in r.split("\n")[0]]
+    assert len(errors) == 1, errors  # logged once: uvicorn's copy is dropped
+    (error,) = errors
+    head, *trace = error.split("\n")
+    assert head.endswith(" ERROR corral.api unexpected error method=POST path=/v1/workloads")
+    assert trace[0] == "  Traceback (most recent call last):"
+    assert any("refused by the test" in line for line in trace)
+
+
+def _ms(line: str) -> str:
+    found = re.search(r" duration_ms=(\S+) ", line)
+    assert found
+    return found.group(1)
+
+
+def test_json_log_of_a_real_server(data_dir: Path) -> None:
+    server = LiveServer(data_dir, "--executor", "none", env={"CORRAL_LOG_FORMAT": "json"})
+    with server:
+        wid = _exercise(server)["id"]
+    raw = server.log.read_bytes()
+    assert b"\r" not in raw and b"\x1b" not in raw
+    records = [json.loads(line) for line in raw.decode().splitlines()]
+    assert all(isinstance(r, dict) and re.fullmatch(TS, r["ts"]) for r in records)
+    assert all(FORGED not in line or "\\n" in line for line in raw.decode().splitlines())
+
+    banner = records[0]
+    assert banner["logger"] == "corral.server" and banner["level"] == "INFO"
+    assert banner["msg"].startswith("corral serving ") and banner["url"] == server.url
+
+    requests = [r for r in records if r["logger"] == "corral.api" and r["msg"] == "request"]
+    assert [(r["method"], r["status"]) for r in requests] == [
+        ("POST", 201),
+        ("POST", 422),
+        ("DELETE", 404),
+        ("DELETE", 200),
+        ("POST", 500),
+    ]
+    create, _, evil_kill, kill, _ = requests
+    assert create["id"] == wid and create["name"] == EVIL_NAME and create["user"] == "-"
+    assert create["path"] == "/v1/workloads" and isinstance(create["duration_ms"], float)
+    assert evil_kill["path"] == f"/v1/workloads/x\r\n{FORGED}\x1b[31m"
+    assert kill["id"] == wid
+
+    errors = [r for r in records if r["level"] == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0]["msg"] == "unexpected error" and errors[0]["path"] == "/v1/workloads"
+    assert errors[0]["exc"].startswith("Traceback (most recent call last):")
+    assert "refused by the test" in errors[0]["exc"]

@@ -209,6 +209,8 @@ def serve(
             metavar="N",
             help="Requests per second per API key (bursts of twice that); 0: no limit.",
             show_default="200",
+        ),
+    ] = None,
     log_format: Annotated[
         str | None,
         typer.Option(

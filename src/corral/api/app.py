@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from corral import __version__
 from corral.api import problems
+from corral.api.access import AccessLog
 from corral.api.guard import (
     BODY_METHODS,
     PUBLIC_PATHS,
@@ -61,7 +62,10 @@ def create_app(
     app.include_router(build_token_router(store, keys.forget))
     _fix_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(Guard, policy=policy, find_key=keys.find)  # outermost: first
+    app.add_middleware(Guard, policy=policy, find_key=keys.find)
+    # Outermost (added last): every state-changing request is logged, the ones the
+    # guard or the body limit refuse too.
+    app.add_middleware(AccessLog)
     return app
 
 

@@ -8,6 +8,7 @@ never build error responses themselves.
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -25,6 +26,7 @@ from corral.errors import (
     UnsupportedMediaTypeError,
 )
 from corral.model import Status
+from corral.serverlog import mark_logged
 from corral.store.errors import (
     IdempotencyKeyReusedError,
     InvalidTransitionError,
@@ -34,6 +36,8 @@ from corral.store.errors import (
     TokenNotFoundError,
     UnixUserConflictError,
 )
+
+log = logging.getLogger("corral.api")
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:corral:problem:"
@@ -134,7 +138,8 @@ async def _corral_error(request: Request, exc: Exception) -> Response:
         response = problem(503, "busy", str(exc))
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
-    return problem(500, "internal", "an unexpected error occurred")
+    _log_unexpected(request, exc)
+    return problem(500, "internal", "an unexpected error occurred; the server log has details")
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -168,9 +173,17 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _log_unexpected(request: Request, exc: Exception) -> None:
+    fields = {"method": request.method, "path": request.url.path}
+    log.error("unexpected error", exc_info=exc, extra=fields)
+    mark_logged(exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    # Starlette's ServerErrorMiddleware calls this, then re-raises for the server to log
-    # the traceback; the client gets a problem, never a stack.
+    # Starlette's ServerErrorMiddleware calls this, then re-raises for the server; the
+    # traceback is logged here (with the request), and serverlog drops uvicorn's second
+    # record of it. The client gets a problem, never a stack.
+    _log_unexpected(request, exc)
     return problem(500, "internal", "an unexpected error occurred; the server log has details")
 
 

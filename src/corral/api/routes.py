@@ -17,6 +17,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from corral.api.access import note
 from corral.api.guard import principal
 from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
 from corral.errors import ForbiddenError, InvalidInputError, UnsupportedMediaTypeError
@@ -174,6 +175,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
             spec, owner=who.user, idempotency_key=idempotency_key, actor=who.user
         )
         headers = {"Location": f"/v1/workloads/{workload.id}"}
+        note(request.scope, id=workload.id, name=workload.name)
         if replayed:
             headers["Idempotent-Replayed"] = "true"
         else:
@@ -238,6 +240,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         summary="Kill a workload",
     )
     async def kill_workload(workload_id: WorkloadId, request: Request) -> Response:
+        note(request.scope, id=workload_id)
         who = principal(request)
         workload = store.update_workload_status(
             workload_id, Status.KILLED, actor=who.user, owner=visible_to(who)
@@ -260,6 +263,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
                 "only admin keys may set a workload's status; stop yours with DELETE"
             )
         update = await parse_body(request, StatusUpdate)
+        note(request.scope, id=workload_id)
         workload = store.update_workload_status(
             workload_id,
             update.status,

@@ -1,0 +1,87 @@
+"""The request log: every state-changing request (POST, PUT, PATCH, DELETE), at INFO
+on ``corral.api`` once it is answered, with the acting user.
+
+Fields: ``method``, ``path``, ``status``, ``duration_ms``, ``user`` (``-`` without a
+principal), then ``id`` (from a 201's ``Location``) and whatever the route put in
+``scope["corral.log"]`` (a dict this middleware adds: create puts the new workload's
+``id`` and ``name``, kill its ``id``). Reads (GET, HEAD) are not logged.
+
+The principal is read from ``scope["corral.principal"]`` after the response, so the
+auth middleware may sit inside this one, as long as it sets the key on the scope it
+was given (not on a copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral.serverlog import FIELDS
+
+log = logging.getLogger("corral.api")
+
+LOGGED_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOG_KEY = "corral.log"
+PRINCIPAL_KEY = "corral.principal"
+
+
+def note(scope: Scope, **fields: object) -> None:
+    """Add ``fields`` (but the None ones) to this request's log record, if it has one."""
+    record = scope.get(LOG_KEY)
+    if record is not None:
+        record.update((k, v) for k, v in fields.items() if v is not None)
+
+
+class AccessLog:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in LOGGED_METHODS
+            or not log.isEnabledFor(logging.INFO)
+        ):
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        fields: dict[str, Any] = {}
+        scope[LOG_KEY] = fields
+        status = 0
+        location: bytes | None = None
+
+        async def logging_send(message: Message) -> None:
+            nonlocal status, location
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status == 201:
+                    for name, value in message.get("headers", ()):
+                        if name.lower() == b"location":
+                            location = value
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logging_send)
+        except asyncio.CancelledError:
+            status = status or 499  # the client went away before an answer
+            raise
+        except Exception:
+            status = status or 500  # Starlette's outermost layer answers 500 for it
+            raise
+        finally:
+            principal = scope.get(PRINCIPAL_KEY)
+            record: dict[str, Any] = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                "user": principal.user if principal is not None else "-",
+            }
+            if location is not None:
+                record["id"] = location.decode("latin-1").rpartition("/")[2]
+            record.update(fields)
+            log.info("request", extra={FIELDS: record})
