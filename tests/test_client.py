@@ -18,10 +18,14 @@ from corral import (
     APIError,
     Client,
     CorralClientError,
+    Forbidden,
     InvalidInput,
     InvalidTransition,
     NotFound,
+    RateLimited,
+    ServerError,
     ServerUnreachable,
+    Unauthorized,
     WaitTimeout,
 )
 from corral.client import error_from_response
@@ -40,13 +44,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def client(server: LiveServer) -> Iterator[Client]:
-    with Client(server.url) as c:
+    with Client(server.url, token=server.token) as c:
         yield c
 
 
 def put_status(server: LiveServer, workload_id: str, status: str, **extra: object) -> None:
     r = httpx.put(
-        f"{server.url}/v1/workloads/{workload_id}/status", json={"status": status, **extra}
+        f"{server.url}/v1/workloads/{workload_id}/status",
+        json={"status": status, **extra},
+        headers=server.headers,
     )
     assert r.status_code == 200, r.text
 
@@ -266,12 +272,17 @@ def test_errors_map_on_the_problem_type_then_the_status() -> None:
     assert type(error_from_response(problem_response(413, {"detail": "big"}))) is InvalidInput
     assert type(error_from_response(problem_response(404, text="nope"))) is NotFound
     plain = error_from_response(problem_response(502, text="<html>Bad gateway</html>"))
-    assert type(plain) is APIError
+    assert type(plain) is ServerError
     assert plain.status == 502
-    assert str(plain) == "HTTP 502 Bad Gateway: <html>Bad gateway</html>"
-    assert str(error_from_response(problem_response(500, text=""))) == (
+    assert plain.detail == "HTTP 502 Bad Gateway: <html>Bad gateway</html>"
+    assert str(plain).startswith("HTTP 502 Bad Gateway: <html>Bad gateway</html> (")
+    assert error_from_response(problem_response(500, text="")).detail == (
         "HTTP 500 Internal Server Error"
     )
+    assert type(error_from_response(problem_response(418, text="teapot"))) is APIError
+    assert type(error_from_response(problem_response(401, {"detail": "no"}))) is Unauthorized
+    assert type(error_from_response(problem_response(403, {"detail": "no"}))) is Forbidden
+    assert type(error_from_response(problem_response(429, {"detail": "no"}))) is RateLimited
 
 
 def test_import_corral_stays_cheap() -> None:

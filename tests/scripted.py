@@ -1,0 +1,103 @@
+"""A real HTTP server on loopback that answers from a script and records what it got:
+for testing the client's side (headers, retries, error mapping) without a corral."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PROBLEM_PREFIX = "urn:corral:problem:"
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: Any = None
+    """JSON-encoded unless bytes or str; None sends no body."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def problem(status: int, slug: str, detail: str, **headers: str) -> Answer:
+    body = {"type": PROBLEM_PREFIX + slug, "title": slug, "status": status, "detail": detail}
+    return Answer(status, body, {"Content-Type": "application/problem+json", **headers})
+
+
+class ScriptedServer:
+    """Answers each request with the next scripted ``Answer`` (the last one repeats),
+    or with ``answer(seen)`` when given a function."""
+
+    def __init__(self, *answers: Answer | Callable[[Seen], Answer]) -> None:
+        self.answers = list(answers) or [Answer()]
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                seen = Seen(
+                    self.command,
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    self.rfile.read(length),
+                )
+                answer = outer._next(seen)
+                data = answer.body
+                if data is None:
+                    payload = b""
+                elif isinstance(data, bytes):
+                    payload = data
+                elif isinstance(data, str):
+                    payload = data.encode()
+                else:
+                    payload = json.dumps(data).encode()
+                self.send_response(answer.status)
+                headers = {"Content-Type": "application/json", **answer.headers}
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def _next(self, seen: Seen) -> Answer:
+        with self._lock:
+            self.seen.append(seen)
+            step = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return step(seen) if callable(step) else step
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
