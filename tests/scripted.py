@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 PROBLEM_PREFIX = "urn:corral:problem:"
+KEY = "corral_" + "k" * 43
+"""A key of the right shape, known to no server."""
 
 
 @dataclass
@@ -101,3 +103,43 @@ class ScriptedServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# --- bodies as a corral server answers them ---------------------------------------------
+
+
+def token_body(**extra: object) -> dict[str, object]:
+    return {
+        "id": "t1",
+        "user": "alice",
+        "admin": False,
+        "unix_user": None,
+        "description": None,
+        "created_at": "2024-01-01T00:00:00Z",
+        "revoked_at": None,
+        **extra,
+    }
+
+
+def workload_body() -> dict[str, object]:
+    now = "2024-01-01T00:00:00Z"
+    return {
+        "id": "w1",
+        "owner": "alice",
+        "name": None,
+        "command": ["true"],
+        "env": {},
+        "cwd": None,
+        "resources": {"cpus": 1.0, "memory_mb": 0, "gpus": 0},
+        "labels": {},
+        "priority": 0,
+        "timeout_seconds": None,
+        "status": "pending",
+        "exit_code": None,
+        "signal": None,
+        "reason": None,
+        "created_at": now,
+        "updated_at": now,
+        "started_at": None,
+        "finished_at": None,
+    }

@@ -25,19 +25,35 @@ from tests.server import LiveServer, free_port, pid_gone, wait_until
 
 ID_RE = re.compile(r"^[0-9a-z]{26}$")
 UNKNOWN_ID = "01aaaaaaaaaaaaaaaaaaaaaaaa"
+SERVERS: dict[str, LiveServer] = {}
+"""The live servers by URL: the CLI gets the admin key of the one it talks to."""
+KEY_VARS = ("CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "CORRAL_DATA_DIR")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = LiveServer(tmp_path_factory.mktemp("cli"), "--executor", "none").start()
+    SERVERS[live.url] = live
     yield live
     live.kill()
 
 
+def cli_env(url: str, token: str | None = None) -> dict[str, str]:
+    """The environment of a CLI aimed at ``url``, with the admin key of the live server
+    there (or ``token``), and no key of the user running the tests."""
+    env = {k: v for k, v in os.environ.items() if k not in KEY_VARS}
+    env["CORRAL_URL"] = url
+    live = SERVERS.get(url)
+    key = token or (live.token if live else None)
+    if key:
+        env["CORRAL_TOKEN"] = key
+    return env
+
+
 def corral(
-    *args: str, url: str, cwd: Path | None = None, timeout: float = 60
+    *args: str, url: str, cwd: Path | None = None, timeout: float = 60, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CORRAL_URL": url}
+    env = cli_env(url, token)
     return subprocess.run(
         [sys.executable, "-m", "corral.cli", *args],
         capture_output=True,
@@ -49,7 +65,7 @@ def corral(
 
 
 def start(*args: str, url: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "CORRAL_URL": url}
+    env = cli_env(url)
     return subprocess.Popen(
         [sys.executable, "-m", "corral.cli", *args],
         stdout=subprocess.PIPE,
@@ -85,13 +101,16 @@ def submit(server: LiveServer, *args: str) -> str:
 
 def put_status(server: LiveServer, workload_id: str, status: str, **extra: object) -> None:
     r = httpx.put(
-        f"{server.url}/v1/workloads/{workload_id}/status", json={"status": status, **extra}
+        f"{server.url}/v1/workloads/{workload_id}/status",
+        json={"status": status, **extra},
+        headers=server.headers,
     )
     assert r.status_code == 200, r.text
 
 
 def get(server: LiveServer, workload_id: str) -> dict[str, object]:
-    body: dict[str, object] = httpx.get(f"{server.url}/v1/workloads/{workload_id}").json()
+    url = f"{server.url}/v1/workloads/{workload_id}"
+    body: dict[str, object] = httpx.get(url, headers=server.headers).json()
     return body
 
 
@@ -275,7 +294,10 @@ def test_submit_wait_json_prints_the_final_workload(server: LiveServer) -> None:
     deadline = time.monotonic() + 30
     workload_id = None
     while workload_id is None and time.monotonic() < deadline:
-        found = httpx.get(f"{server.url}/v1/workloads", params={"label": label}).json()["items"]
+        listed = httpx.get(
+            f"{server.url}/v1/workloads", params={"label": label}, headers=server.headers
+        )
+        found = listed.json()["items"]
         workload_id = found[0]["id"] if found else None
         time.sleep(0.05)
     assert workload_id is not None
@@ -310,6 +332,7 @@ def workload(
     end = f"2024-01-01T00:00:{ran:09.6f}Z"
     return Workload(
         id=UNKNOWN_ID,
+        owner="alice",
         name=None,
         command=["x"],
         env={},
@@ -404,8 +427,11 @@ def test_corral_alone_prints_help() -> None:
 
 def test_server_option_wins_over_the_environment(server: LiveServer) -> None:
     down = f"http://127.0.0.1:{free_port()}"
-    assert json.loads(ok(corral("--server", server.url, "ls", "--json", url=down))) is not None
-    assert json.loads(ok(corral("ls", "--server", server.url, "--json", url=down))) is not None
+    key = server.token
+    first = corral("--server", server.url, "ls", "--json", url=down, token=key)
+    assert json.loads(ok(first)) is not None
+    after = corral("ls", "--server", server.url, "--json", url=down, token=key)
+    assert json.loads(ok(after)) is not None
     message = one_line_error(corral("--server", server.url, "ls", "--server", down, url=down))
     assert down in message
 
@@ -488,6 +514,7 @@ def test_serve_announces_itself_once_it_answers(tmp_path: Path) -> None:
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     data = tmp_path_factory.mktemp("cli-local")
     live = LiveServer(data, "--executor", "local", "--kill-grace", "2").start()
+    SERVERS[live.url] = live
     yield live
     live.kill()
     kill_all(data / "run")  # whatever a test left running

@@ -23,11 +23,10 @@ from corral import (
     Unauthorized,
 )
 from corral.model import NewToken, Status, Token
-from tests.scripted import Answer, ScriptedServer, Seen, problem
+from tests.scripted import KEY, Answer, ScriptedServer, Seen, problem, token_body, workload_body
 from tests.server import LiveServer
 
 KEY_VARS = ("CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "CORRAL_DATA_DIR")
-KEY = "corral_" + "k" * 43
 
 
 @pytest.fixture
@@ -288,43 +287,6 @@ def test_streamed_logs_are_retried_too(no_keys: Path) -> None:
 
 
 # --- the token API, as sent -----------------------------------------------------------
-
-
-def token_body(**extra: object) -> dict[str, object]:
-    return {
-        "id": "t1",
-        "user": "alice",
-        "admin": False,
-        "unix_user": None,
-        "description": None,
-        "created_at": "2024-01-01T00:00:00Z",
-        "revoked_at": None,
-        **extra,
-    }
-
-
-def workload_body() -> dict[str, object]:
-    now = "2024-01-01T00:00:00Z"
-    return {
-        "id": "w1",
-        "owner": "alice",
-        "name": None,
-        "command": ["true"],
-        "env": {},
-        "cwd": None,
-        "resources": {"cpus": 1.0, "memory_mb": 0, "gpus": 0},
-        "labels": {},
-        "priority": 0,
-        "timeout_seconds": None,
-        "status": "pending",
-        "exit_code": None,
-        "signal": None,
-        "reason": None,
-        "created_at": now,
-        "updated_at": now,
-        "started_at": None,
-        "finished_at": None,
-    }
 
 
 def test_token_calls_send_what_the_contract_says(no_keys: Path) -> None:

@@ -25,18 +25,28 @@ from corral.cli_render import (
     print_json,
     print_out,
     stderr_console,
+    token_table,
     workload_detail,
     workload_table,
 )
 from corral.client import (
+    KEY_RE,
     Client,
     CorralClientError,
+    Forbidden,
     InvalidTransition,
     NotFound,
     WaitTimeout,
 )
 from corral.config import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
-from corral.model import ENV_NAME_RE, Status, Workload, check_label
+from corral.model import (
+    ENV_NAME_RE,
+    UNIX_USER_RE,
+    USER_NAME_RE,
+    Status,
+    Workload,
+    check_label,
+)
 
 __all__ = ["app", "exit_status", "main"]
 
@@ -77,20 +87,39 @@ ServerOption = Annotated[
 ]
 """After the command it wins over the one before it, which wins over $CORRAL_URL."""
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        metavar="KEY",
+        help="The API key. Prefer $CORRAL_TOKEN or $CORRAL_TOKEN_FILE: a flag is visible"
+        " to every user of this machine in ps.",
+        show_default="$CORRAL_TOKEN, $CORRAL_TOKEN_FILE, $CORRAL_DATA_DIR/token,"
+        " $XDG_DATA_HOME/corral/token",
+    ),
+]
+TOKEN_FLAG_SOURCE = "--token"
 
 
 @app.callback()
-def _root(ctx: typer.Context, server: RootServerOption = None) -> None:
+def _root(ctx: typer.Context, server: RootServerOption = None, token: TokenOption = None) -> None:
     """corral: submit commands, run them when resources allow, follow and kill them."""
-    ctx.obj = {"server": server}
+    if token is not None and not KEY_RE.fullmatch(token.strip()):
+        raise CliError(
+            "invalid --token: a key is one word of printable ASCII (corral_…)", EXIT_USAGE
+        )
+    ctx.obj = {"server": server, "token": token}
 
 
 @contextmanager
 def _client(ctx: typer.Context, server: str | None) -> Iterator[Client]:
     """A client for ``--server`` given after the command, else before it, else
-    ``$CORRAL_URL``, else the default."""
+    ``$CORRAL_URL``, else the default; with ``--token``, else the key it finds."""
     root = ctx.find_root().obj or {}
-    with Client(server or root.get("server")) as client:
+    token = root.get("token")
+    with Client(server or root.get("server"), token=token) as client:
+        if token is not None:
+            client.token_source = TOKEN_FLAG_SOURCE
         yield client
 
 
@@ -344,10 +373,14 @@ def list_workloads(
         typer.Option("--label", "-l", metavar="K=V", help="Only with this label (repeatable)."),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    all_users: Annotated[
+        bool,
+        typer.Option("--all-users", help="Everyone's, with an OWNER column (admin keys)."),
+    ] = False,
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
-    """List workloads, newest first."""
+    """List your workloads, newest first."""
     statuses = []
     for s in status or []:
         try:
@@ -358,12 +391,18 @@ def list_workloads(
     labels = _pairs(label, "--label", labels=True)
     with _client(ctx, server) as client:
         workloads = list(
-            client.list(status=statuses, labels=labels, limit=limit, page_size=min(limit, 1000))
+            client.list(
+                status=statuses,
+                labels=labels,
+                limit=limit,
+                page_size=min(limit, 1000),
+                all_users=all_users,
+            )
         )
     if as_json:
         print_json([w.model_dump(mode="json") for w in workloads])
     elif workloads:
-        print_out(workload_table(workloads))
+        print_out(workload_table(workloads, owner=all_users))
     else:
         stderr_console().print("no workloads")
 
@@ -457,8 +496,114 @@ def wait_for(
     raise typer.Exit(exit_status(final))
 
 
+# --- API keys ---------------------------------------------------------------------------
+
+token_app = typer.Typer(
+    help="Manage API keys (admin keys only).", no_args_is_help=True, add_completion=False
+)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    user: Annotated[
+        str,
+        typer.Option(
+            "--user", metavar="NAME", help="Whose key: a user name, created with its first key."
+        ),
+    ],
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An admin key: sees and manages everything.")
+    ] = False,
+    unix_user: Annotated[
+        str | None,
+        typer.Option(
+            "--unix-user",
+            metavar="U",
+            help="Run this user's workloads as this Unix account (the server must run as"
+            " root); fixed by the user's first key.",
+        ),
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="A note: who or what it is for.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the token as JSON (with its key).")
+    ] = False,
+    server: ServerOption = None,
+) -> None:
+    """Create an API key and print it (alone on stdout: KEY=$(corral token create …))."""
+    if not USER_NAME_RE.fullmatch(user):
+        raise CliError(
+            f"invalid --user {user!r}: lower-case letters, digits, '_', '.', '@' or '-',"
+            " starting with a letter or '_', at most 64",
+            EXIT_USAGE,
+        )
+    if unix_user is not None and not UNIX_USER_RE.fullmatch(unix_user):
+        raise CliError(f"invalid --unix-user {unix_user!r}: not a Unix user name", EXIT_USAGE)
+    with _client(ctx, server) as client:
+        new = client.create_token(user, admin=admin, unix_user=unix_user, description=description)
+    if as_json:
+        print_json(new.model_dump(mode="json"))
+    else:
+        print(new.key, flush=True)
+    kind = "admin key" if new.admin else "key"
+    stderr_console().print(
+        f"created {kind} {new.id} for {new.user}; it is shown only this once: give it to"
+        f" {new.user} to set as CORRAL_TOKEN, or to keep in a 0600 file named by"
+        " CORRAL_TOKEN_FILE"
+    )
+
+
+@token_app.command("list")
+def token_list(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """List API keys, newest first (never the keys themselves)."""
+    with _client(ctx, server) as client:
+        tokens = client.tokens()
+    if as_json:
+        print_json([t.model_dump(mode="json") for t in tokens])
+    elif tokens:
+        print_out(token_table(tokens))
+    else:
+        stderr_console().print("no tokens")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ctx: typer.Context,
+    token_id: Annotated[str, typer.Argument(metavar="ID")],
+    server: ServerOption = None,
+) -> None:
+    """Revoke an API key: its requests are refused from now on."""
+    with _client(ctx, server) as client:
+        try:
+            token = client.revoke_token(token_id)
+        except NotFound:
+            raise CliError(
+                f"no token {token_id} on this server (corral token list lists them)"
+            ) from None
+    print(f"revoked {token.id} ({token.user})")
+
+
 def _no_workload(workload_id: str) -> CliError:
     return CliError(f"no workload {workload_id} on this server (corral ls lists them)")
+
+
+def _forbidden(exc: Forbidden) -> str:
+    """A 403 with what to do: this needs an admin key (unless a browser origin was
+    refused, which the CLI never sends)."""
+    if exc.slug == "origin-not-allowed":
+        return str(exc)
+    source = exc.token_source or "the request"
+    return (
+        f"{exc} (the key from {source} is not an admin key: ask an admin to do it,"
+        " or for an admin key)"
+    )
 
 
 def _fail(message: str, code: int) -> None:
@@ -495,6 +640,8 @@ def main() -> None:
         _fail(str(exc), exc.code)
     except WaitTimeout as exc:
         _fail(str(exc), EXIT_WAIT_TIMEOUT)
+    except Forbidden as exc:
+        _fail(_forbidden(exc), EXIT_ERROR)
     except CorralClientError as exc:
         _fail(str(exc), EXIT_ERROR)
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from corral.model import Event, Status, Workload
+from corral.model import Event, Status, Token, Workload
 
 STATUS_STYLES = {
     Status.PENDING: "yellow",
@@ -155,14 +155,16 @@ def final_line(workload: Workload) -> Text:
 # --- whole views --------------------------------------------------------------------
 
 
-def workload_table(workloads: Iterable[Workload]) -> Table:
+def workload_table(workloads: Iterable[Workload], *, owner: bool = False) -> Table:
+    """The ``corral ls`` table; with ``owner``, an OWNER column after the id."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "NAME", "STATUS", "EXIT", "AGE"):
+    columns = ("ID", "OWNER", "NAME", "STATUS", "EXIT", "AGE") if owner else None
+    for column in columns or ("ID", "NAME", "STATUS", "EXIT", "AGE"):
         table.add_column(column, no_wrap=True)
     table.add_column("COMMAND", no_wrap=True, overflow="ellipsis")
     table.add_column("REASON", overflow="fold")
     for w in workloads:
-        table.add_row(
+        cells: list[str | Text] = [
             w.id,
             w.name or "",
             status_text(w.status),
@@ -170,6 +172,34 @@ def workload_table(workloads: Iterable[Workload]) -> Table:
             format_age(w.created_at),
             command_text(w.command),
             w.reason or "",
+        ]
+        if owner:
+            cells.insert(1, w.owner)
+        table.add_row(*cells)
+    return table
+
+
+def format_time(timestamp: str | None) -> str:
+    """``2024-01-01T12:00:00Z`` (UTC, to the second), or ``-``."""
+    parsed = parse_time(timestamp)
+    if parsed is None:
+        return timestamp or "-"
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def token_table(tokens: Iterable[Token]) -> Table:
+    """The ``corral token list`` table: never a key (the server never returns one)."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ID", "USER", "ADMIN", "UNIX-USER", "CREATED", "REVOKED"):
+        table.add_column(column, no_wrap=True)
+    for t in tokens:
+        table.add_row(
+            t.id,
+            t.user,
+            "yes" if t.admin else "no",
+            t.unix_user or "-",
+            format_time(t.created_at),
+            format_time(t.revoked_at) if t.revoked_at else "-",
         )
     return table
 
@@ -186,6 +216,7 @@ def workload_detail(workload: Workload, events: list[Event]) -> RenderableType:
     fields.add_column(overflow="fold")
     rows: list[tuple[str, str | Text]] = [
         ("id", w.id),
+        ("owner", w.owner),
         ("name", w.name or "-"),
         ("status", status_text(w.status)),
         ("reason", w.reason or "-"),

@@ -66,7 +66,7 @@ TOKEN_FILE_ENV = "CORRAL_TOKEN_FILE"
 DATA_DIR_ENV = "CORRAL_DATA_DIR"
 TOKEN_FILE_NAME = "token"
 KEY_FILE_MAX_BYTES = 4096
-_KEY_RE = re.compile(r"[\x21-\x7e]+")
+KEY_RE = re.compile(r"[\x21-\x7e]+")
 """One word of printable ASCII: anything else cannot go in an HTTP header."""
 
 __all__ = [
@@ -387,7 +387,7 @@ class _KeySearch:
             if explicit:
                 raise CorralClientError(f"the API key from {source} is empty")
             return False
-        if not _KEY_RE.fullmatch(key):
+        if not KEY_RE.fullmatch(key):
             raise CorralClientError(
                 f"the API key from {source} is malformed: a key is one word of printable"
                 " ASCII (corral_…), without spaces or control characters"
