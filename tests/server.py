@@ -37,6 +37,7 @@ class LiveServer:
         env: dict[str, str] | None = None,
         open_files: int | tuple[int, int] | None = None,
         log: Path | None = None,
+        umask: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.args = args
@@ -48,10 +49,12 @@ class LiveServer:
         self.log = log or data_dir / f"server-{self.port}.log"
         """The server's stdout and stderr (``log``: somewhere else than the data dir,
         e.g. when that is on a file system a test fills up)."""
+        self.umask = umask
+        """The umask the server is started with (None: the test's)."""
         self.open_files = open_files
         """The server's open-files limit for tests: N (soft and hard) or (soft, hard)."""
 
-    def start(self, timeout: float = 30.0) -> LiveServer:
+    def start(self, timeout: float = 30.0, *, verify: bool = True) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "corral.cli", "serve", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
@@ -64,7 +67,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -99,6 +102,8 @@ class LiveServer:
         return env
 
     def _limits(self) -> None:
+        if self.umask is not None:
+            os.umask(self.umask)
         if self.open_files is not None:
             limit = self.open_files
             if isinstance(limit, int):

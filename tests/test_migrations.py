@@ -35,3 +35,50 @@ def test_store_opening_migrates_and_is_idempotent(tmp_path: Path) -> None:
     assert migrate.current_revision(f"sqlite:///{path}") == migrate.head_revision()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_data_from_before_keys_belongs_to_the_first_admin(tmp_path: Path) -> None:
+    """A database of 0001 (no owners) upgrades in place: its workloads, events and
+    idempotency keys stay readable, owned by the OS user who will be the first admin."""
+    from corral.keys import default_admin
+    from corral.model import WorkloadCreate
+
+    path = tmp_path / "corral.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url, "0001")
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO workloads (id, name, command, env, cwd, cpus, memory_mb, gpus, labels,"
+            " priority, status, created_at, updated_at) VALUES ('01m8old0000000000000000000',"
+            " 'old', '[\"true\"]', '{}', NULL, 1, 0, 0, '{}', 0, 'pending', '2026-01-01T00:00:00Z',"
+            " '2026-01-01T00:00:00Z')"
+        )
+        conn.execute(
+            "INSERT INTO events (workload_id, seq, type, to_status, at, actor) VALUES"
+            " ('01m8old0000000000000000000', 1, 'created', 'pending', '2026-01-01T00:00:00Z',"
+            " 'api')"
+        )
+        spec = WorkloadCreate(command=["true"], name="old")
+        from corral.store.sqlite import spec_digest
+
+        conn.execute(
+            "INSERT INTO idempotency_keys (key, body_sha256, workload_id, response, created_at)"
+            " VALUES ('nightly', ?, '01m8old0000000000000000000', '{}', '2026-01-01T00:00:00Z')",
+            (spec_digest(spec),),
+        )
+    store = SQLiteStore(path)  # migrates to head
+    try:
+        admin = default_admin()
+        old = store.get_workload("01m8old0000000000000000000", owner=admin)
+        assert old.owner == admin and old.name == "old"
+        assert [e.to_status for e in store.list_events(old.id, owner=admin)] == ["pending"]
+        again, replayed = store.create_workload(spec, owner=admin, idempotency_key="nightly")
+        assert replayed and again.id == old.id
+        other, replayed = store.create_workload(spec, owner="bob", idempotency_key="nightly")
+        assert not replayed and other.id != old.id
+        assert store.list_workloads(owner="bob").items == [other]
+    finally:
+        store.close()
+    migrate.downgrade(url, "0001")  # and back: the owner column goes, the rows stay
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM workloads").fetchone()[0] == 2

@@ -333,3 +333,40 @@ def test_rate_limit_answers_429_with_retry_after(store: Store, tmp_path: Path) -
         assert u["bob"].get("/v1/workloads").status_code == 200  # per key
     finally:
         u.close()
+
+
+# --- limits: every one a clear 4xx, nothing stored -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"command": ["echo", "a\x00b"]}, "command.1"),
+        ({"command": ["\x00"]}, "command.0"),
+        ({"command": ["true"], "env": {"K": "v\x00"}}, "env.K"),
+        ({"command": ["true"], "cwd": "/tmp/\x00x"}, "cwd"),
+        ({"command": ["true"], "env": {"K\x00": "v"}}, "env"),
+        ({"command": ["x"] * 4097}, "command"),
+        ({"command": ["x" * 65537]}, "command.0"),
+        ({"command": ["true"], "env": {"K": "v" * 65537}}, "env.K"),
+        ({"command": ["true"], "env": {f"K{i}": "v" for i in range(1025)}}, "env"),
+        ({"command": ["true"], "labels": {f"k{i}": "v" for i in range(65)}}, "labels"),
+        ({"command": ["true"], "cwd": "/" + "d" * 4096}, "cwd"),
+        ({"command": ["true"], "name": "n" * 201}, "name"),
+    ],
+)
+def test_limits_and_what_the_os_cannot_take_are_422(
+    users: Users, body: dict[str, object], where: str
+) -> None:
+    r = users["alice"].post("/v1/workloads", json=body)
+    detail = str(problem(r, 422)["detail"])
+    assert detail.startswith(where), detail
+    if "\x00" in str(body):
+        assert "NUL" in detail or where == "env"
+    assert users["root"].get("/v1/workloads?all_users=true").json()["items"] == []
+
+
+def test_limits_of_a_list_page(users: Users) -> None:
+    problem(users["alice"].get("/v1/workloads?limit=1001"), 422)
+    problem(users["alice"].get("/v1/workloads?limit=0"), 422)
+    assert users["alice"].get("/v1/workloads?limit=1000").status_code == 200

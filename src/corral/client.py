@@ -169,9 +169,9 @@ class Unauthorized(APIError):
         server = f"the corral server at {self.url}" if self.url else "the corral server"
         if self.token_source:
             return (
-                f"{server} refused the API key from {self.token_source} ({self.detail});"
-                " it is unknown or revoked: ask an admin for a new one"
-                " (corral token create --user NAME) and set CORRAL_TOKEN to it"
+                f"{server} refused the API key from {self.token_source}: {self.detail};"
+                " ask an admin for a new one (corral token create --user NAME) and set"
+                " CORRAL_TOKEN to it"
             )
         if self.looked_in:
             return (

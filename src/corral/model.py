@@ -20,6 +20,7 @@ from functools import cache
 from typing import Annotated, Any, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -81,6 +82,14 @@ LABEL_VALUE_MAX_CHARS = 63
 ENV_MAX_ENTRIES = 1024
 LABELS_MAX_ENTRIES = 64
 COMMAND_MAX_ARGS = 4096
+ARG_MAX_CHARS = 65536
+"""Per argument and per environment value: under the kernel's 128 kB per string
+(``MAX_ARG_STRLEN``) for any text of 1- and 2-byte UTF-8 characters."""
+PATH_MAX_CHARS = 4096
+NO_NUL = r"^[^\x00]*$"
+"""The OS takes argv, environment and paths as C strings: a NUL would cut them short
+(or fail the spawn), so it is refused at submit. JSON cannot carry a lone surrogate,
+the only other character Python could not hand the OS."""
 
 # Kubernetes label keys: optional DNS-subdomain prefix and '/', then a name of at most
 # 63 characters: alphanumerics, '-', '_', '.', starting and ending alphanumeric.
@@ -112,6 +121,21 @@ LabelValue = Annotated[
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE.pattern, max_length=1024)]
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (the OS cannot take one)")
+    return value
+
+
+OSString = Annotated[
+    str,
+    StringConstraints(max_length=ARG_MAX_CHARS),
+    AfterValidator(_no_nul),
+    Field(json_schema_extra={"pattern": NO_NUL}),
+]
+"""An argument or environment value: no NUL, at most ``ARG_MAX_CHARS``."""
+
+
 def _keys_schema(schema: dict[str, Any]) -> None:
     """Pydantic documents constrained dict keys as ``patternProperties``, which lets
     other keys through; state them as ``propertyNames`` so the schema refuses what the
@@ -139,7 +163,7 @@ class WorkloadCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     command: Annotated[
-        list[str],
+        list[OSString],
         Field(
             min_length=1,
             max_length=COMMAND_MAX_ARGS,
@@ -149,10 +173,15 @@ class WorkloadCreate(BaseModel):
     ]
     name: Annotated[str | None, Field(max_length=NAME_MAX_CHARS)] = None
     env: Annotated[
-        dict[EnvName, str],
+        dict[EnvName, OSString],
         Field(max_length=ENV_MAX_ENTRIES, json_schema_extra=_keys_schema),
     ] = Field(default_factory=dict)
-    cwd: Annotated[str | None, StringConstraints(pattern=r"^/", max_length=4096)] = None
+    cwd: Annotated[
+        str | None,
+        StringConstraints(pattern=r"^/", max_length=PATH_MAX_CHARS),
+        AfterValidator(lambda v: v if v is None else _no_nul(v)),
+        Field(json_schema_extra={"pattern": "^/[^\\x00]*$"}),
+    ] = None
     resources: Resources = Field(default_factory=Resources)
     labels: Annotated[
         dict[LabelKey, LabelValue],

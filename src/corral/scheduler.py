@@ -57,7 +57,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from corral.errors import ExceedsCapacityError
-from corral.executors.base import Executor, NotStartedError, Outcome, SpawnError
+from corral.executors.base import (
+    Executor,
+    NotStartedError,
+    Outcome,
+    RunAs,
+    SpawnError,
+    resolve_run_as,
+)
 from corral.model import Resources, Status, Workload
 from corral.store import (
     InvalidTransitionError,
@@ -135,6 +142,7 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._launches: set[asyncio.Task[None]] = set()
+        self._accounts: dict[str, RunAs | None] = {}
         self._unrecorded: dict[str, _Ending] = {}  # process over, end not yet stored
         self._retry: asyncio.TimerHandle | None = None
         self._failing: str | None = None  # the last failure of a pass that was logged
@@ -352,13 +360,25 @@ class Scheduler:
         devices = sorted(self._free.gpus)[: running.resources.gpus]
         self._allocate(running, devices)
         try:
-            started = self.executor.launch(running, devices)
+            started = self.executor.launch(running, devices, self._run_as(running.owner))
         except Exception as exc:
             self._launch_failed(running.id, exc)
             return
         task = asyncio.get_running_loop().create_task(self._launched(running, started))
         self._launches.add(task)
         task.add_done_callback(self._launches.discard)
+
+    def _run_as(self, owner: str) -> RunAs | None:
+        """The Unix account ``owner``'s workloads run as (None: the server's own). A
+        user's mapping never changes (its first key fixes it), so it is looked up once."""
+        if owner not in self._accounts:
+            unix_user = self.store.unix_user_of(owner)
+            try:
+                account = None if unix_user is None else resolve_run_as(unix_user)
+            except ValueError as exc:
+                raise SpawnError(f"cannot run as Unix user {unix_user!r}: {exc}") from None
+            self._accounts[owner] = account
+        return self._accounts[owner]
 
     async def _launched(self, workload: Workload, started: Awaitable[None]) -> None:
         """Wait for the claimed workload's process to run (the pass went on: the

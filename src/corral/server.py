@@ -52,7 +52,7 @@ def check_exposure(settings: Settings) -> list[str]:
                 " keys (anyone who reaches it could run commands as this user)"
             )
         warnings.append(
-            "WARNING: --no-auth: no API key is checked. Every local user, and any web page"
+            "--no-auth: no API key is checked. Every local user, and any web page"
             " this machine's browsers open that gets past the host and origin checks, can"
             f" run commands as {getpass_user()} with admin rights. Do not use it on a shared"
             " machine."
@@ -68,7 +68,7 @@ def check_exposure(settings: Settings) -> list[str]:
             )
         if settings.tls_cert is None:
             warnings.append(
-                f"WARNING: serving plain HTTP on {settings.host}: API keys cross the network"
+                f"serving plain HTTP on {settings.host}: API keys cross the network"
                 " in clear. Use --tls-cert/--tls-key, or a TLS reverse proxy (README:"
                 " Exposing corral)."
             )
@@ -92,14 +92,14 @@ def serve(settings: Settings) -> None:
     warnings = check_exposure(settings)
     # Files this server creates are its user's alone (database, keys, logs, state);
     # workloads get the umask it was started with back (through their shim).
-    workload_umask = os.umask(0o077)  # noqa: F841 - TEMP until the executor takes it
+    workload_umask = os.umask(0o077)
     # Take the port first: a second server on the same port must fail before it
     # touches the data dir (and its running workloads).
     sock = _listen(settings.host, settings.port)
     _private_dir(settings.data_dir)
     lock = _lock_data_dir(settings.data_dir)
     workload_open_files = _raise_open_files_limit()
-    executor = _executor(settings, workload_open_files)
+    executor = _executor(settings, workload_open_files, workload_umask)
     try:
         store = open_store(settings.db_url, server=True)
     except (ValueError, OSError, sqlite3.Error) as exc:
@@ -294,7 +294,9 @@ class _Server(uvicorn.Server):
             self.announce()
 
 
-def _executor(settings: Settings, workload_open_files: int | None) -> LocalExecutor | None:
+def _executor(
+    settings: Settings, workload_open_files: int | None, workload_umask: int
+) -> LocalExecutor | None:
     if settings.executor == "none":
         return None
     from corral.executors.local import LocalExecutor, detect_capacity
@@ -307,6 +309,7 @@ def _executor(settings: Settings, workload_open_files: int | None) -> LocalExecu
             capacity=capacity,
             kill_grace_seconds=settings.kill_grace_seconds,
             workload_open_files=workload_open_files,
+            workload_umask=workload_umask,
         )
     except ShimBuildError as exc:
         raise ServeError(str(exc)) from None

@@ -1,0 +1,283 @@
+"""Security end to end (spec §6): a real ``corral serve`` on loopback, attacked and
+used as a browser, another local user or a careless operator would."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral.executors.local import kill_all
+from tests.server import LiveServer, free_port, wait_until
+from tests.test_executor_isolation import USER_A, USER_B, Users, users  # noqa: F401
+
+TERMINAL = {"completed", "failed", "killed"}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    srv = LiveServer(tmp_path / "data", "--kill-grace", "1", umask=0).start()
+    yield srv
+    srv.kill()
+    kill_all(srv.data_dir / "run")
+
+
+def wait_done(client: httpx.Client, wid: str, timeout: float = 30) -> dict[str, object]:
+    def done() -> dict[str, object] | None:
+        body: dict[str, object] = client.get(f"/v1/workloads/{wid}").json()
+        return body if body["status"] in TERMINAL else None
+
+    return wait_until(done, timeout)
+
+
+def test_no_key_no_service_and_the_key_is_never_stored_or_logged(server: LiveServer) -> None:
+    anonymous = httpx.Client(base_url=server.url, timeout=10)
+    with anonymous, server.http() as admin:
+        for method, path in (("POST", "/v1/workloads"), ("GET", "/v1/workloads")):
+            r = anonymous.request(method, path, json={"command": ["true"]})
+            assert r.status_code == 401 and "token" in r.json()["detail"]
+        created = admin.post("/v1/tokens", json={"user": "alice"})
+        alice_key = created.json()["key"]
+        bad = anonymous.get("/v1/workloads", headers={"Authorization": "Bearer corral_guess"})
+        assert bad.status_code == 401
+        with server.http(token=alice_key) as alice:
+            wid = alice.post("/v1/workloads", json={"command": ["true"], "name": "n"}).json()["id"]
+            assert wait_done(alice, wid)["status"] == "completed"
+        admin.delete(f"/v1/tokens/{created.json()['id']}")
+        with server.http(token=alice_key) as alice:
+            assert alice.get("/v1/workloads").status_code == 401
+        assert admin.get("/v1/workloads", params={"all_users": "true"}).status_code == 200
+    server.stop()
+    admin_key = server.token
+    assert admin_key
+    stored = b"".join(
+        p.read_bytes()
+        for p in server.data_dir.rglob("*")
+        if p.is_file() and p.name != "token" and "bin" not in p.parts
+    )
+    logged = server.log.read_bytes()
+    assert b"POST" in logged  # the requests were logged, and without the key
+    for key in (admin_key, alice_key):
+        assert key.encode() not in stored, "a raw key is in the data dir"
+        assert key.encode() not in logged, "a raw key is in the server's log"
+
+
+def test_what_a_web_page_can_send_is_refused(server: LiveServer) -> None:
+    """A page the user visits can POST text/plain or a form to 127.0.0.1 without a
+    preflight, or rebind a DNS name to it; none of it creates anything."""
+    key = {"Authorization": f"Bearer {server.token}"}
+    with httpx.Client(base_url=server.url, timeout=10) as raw:
+        body = b'{"command": ["touch", "/tmp/pwned"]}'
+        for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+            r = raw.post("/v1/workloads", content=body, headers={"Content-Type": content_type})
+            assert r.status_code == 401  # no key: refused before anything else
+            r = raw.post(
+                "/v1/workloads", content=body, headers={**key, "Content-Type": content_type}
+            )
+            assert r.status_code == 415, r.text
+        rebound = {**key, "Host": f"attacker.example:{server.port}"}
+        assert raw.post("/v1/workloads", content=body, headers=rebound).status_code == 400
+        assert raw.get("/v1/workloads", headers=rebound).status_code == 400
+        assert raw.get("/healthz", headers=rebound).status_code == 400
+        foreign = {**key, "Origin": "https://attacker.example", "Content-Type": "application/json"}
+        assert raw.post("/v1/workloads", content=body, headers=foreign).status_code == 403
+        listed = raw.get("/v1/workloads", params={"all_users": "true"}, headers=key).json()
+        assert listed["items"] == []
+        wid = raw.post(
+            "/v1/workloads",
+            json={"command": ["sleep", "30"]},
+            headers={**key, "Origin": server.url},  # the server's own origin
+        ).json()["id"]
+        put = raw.put(f"/v1/workloads/{wid}/status", json={"status": "killed"}, headers=foreign)
+        assert put.status_code == 403
+        assert raw.delete(f"/v1/workloads/{wid}", headers=foreign).status_code == 403
+        assert raw.get(f"/v1/workloads/{wid}", headers=key).json()["status"] != "killed"
+        assert raw.delete(f"/v1/workloads/{wid}", headers=key).json()["status"] == "killed"
+    assert not Path("/tmp/pwned").exists()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_files_are_private_whatever_the_umask(server: LiveServer) -> None:
+    """The server was started with umask 000; its workloads get that umask back."""
+    with server.http() as client:
+        wid = client.post(
+            "/v1/workloads",
+            json={"command": ["sh", "-c", "umask; echo out"], "cwd": "/tmp"},
+        ).json()["id"]
+        assert wait_done(client, wid)["status"] == "completed"
+        assert client.get(f"/v1/workloads/{wid}/logs").text == "0000\nout\n"
+        sleeper = client.post("/v1/workloads", json={"command": ["sleep", "30"]}).json()["id"]
+        wait_until(lambda: (server.data_dir / "run" / f"{sleeper}.pid").exists())
+        data = server.data_dir
+        assert mode(data) == 0o700
+        private = [
+            data / "corral.db",
+            data / "corral.db-wal",
+            data / "token",
+            data / "logs" / f"{wid}.log",
+            data / "run" / f"{sleeper}.pid",
+        ]
+        for path in private:
+            assert mode(path) == 0o600, path
+        client.delete(f"/v1/workloads/{sleeper}")
+
+
+def test_a_data_dir_made_by_an_older_corral_becomes_private(tmp_path: Path) -> None:
+    data = tmp_path / "old"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    with LiveServer(data, "--executor", "none") as srv:
+        assert mode(data) == 0o700
+        assert mode(data / "token") == 0o600
+        assert srv.token and srv.token.startswith("corral_")
+
+
+def test_the_admin_key_survives_restarts_and_comes_back_if_deleted(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with LiveServer(data, "--executor", "none") as first:
+        key = first.token
+    with LiveServer(data, "--executor", "none") as second:
+        assert second.token == key
+        (data / "token").unlink()
+    with LiveServer(data, "--executor", "none") as third:
+        assert third.token and third.token != key
+        with third.http() as client:
+            tokens = client.get("/v1/tokens").json()["items"]
+        assert len([t for t in tokens if t["admin"]]) == 2  # the old one is not revoked
+        with third.http(token=key) as old:
+            assert old.get("/v1/workloads").status_code == 200
+
+
+def serve(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
+    """``corral serve`` that is expected to refuse to start."""
+    cmd = [sys.executable, "-m", "corral.cli", "serve", "--data-dir", str(data), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_exposure_needs_a_choice(tmp_path: Path) -> None:
+    port = str(free_port())
+    wild = serve("--host", "0.0.0.0", "--port", port, data=tmp_path)
+    assert wild.returncode == 1 and "--allowed-host" in wild.stderr
+    assert len(wild.stderr.strip().splitlines()) == 1
+    no_auth = serve("--host", "0.0.0.0", "--allowed-host", "x", "--no-auth", data=tmp_path)
+    assert no_auth.returncode == 1 and "loopback only" in no_auth.stderr
+    half = serve("--tls-cert", "/nonexistent", data=tmp_path)
+    assert half.returncode == 1 and "--tls-key" in half.stderr
+
+
+def test_no_auth_on_loopback_warns_on_every_start(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    for _ in range(2):
+        with LiveServer(tmp_path / "data", "--no-auth", "--executor", "none", log=log) as srv:
+            with httpx.Client(base_url=srv.url, timeout=10) as raw:
+                r = raw.post("/v1/workloads", json={"command": ["true"]})
+                assert r.status_code == 201 and r.json()["owner"]
+                # Browsers are still kept out.
+                evil = {"Origin": "https://attacker.example"}
+                assert raw.post("/v1/workloads", json={"command": ["x"]}, headers=evil).is_error
+            wait_until(lambda srv=srv: "--no-auth" in srv.log.read_text())
+    assert log.read_text().count("WARNING corral.server --no-auth: no API key") == 2
+
+
+def test_tls_on_a_non_loopback_address(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=corral.test", "-addext", "subjectAltName=DNS:corral.test"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    args = ["--host", "0.0.0.0", "--allowed-host", "corral.test", "--executor", "none"]
+    args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+    srv = LiveServer(tmp_path / "data", *args, port=port)
+    srv.url = f"https://127.0.0.1:{port}"
+    srv.start(verify=False)
+    try:
+        headers = {"Host": f"corral.test:{port}", "Authorization": f"Bearer {srv.token}"}
+        with httpx.Client(base_url=srv.url, verify=False, timeout=10) as client:
+            r = client.post("/v1/workloads", json={"command": ["true"]}, headers=headers)
+            assert r.status_code == 201
+            assert (
+                client.get("/v1/workloads", headers={**headers, "Host": "other"}).status_code == 400
+            )
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not served
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert "corral serving https://0.0.0.0" in srv.log.read_text()
+    finally:
+        srv.kill()
+
+
+# --- workloads as mapped Unix users (needs root) ---------------------------------------
+
+
+def test_mapped_users_run_as_themselves(users: Users, tmp_path: Path) -> None:  # noqa: F811
+    with LiveServer(tmp_path / "data", "--kill-grace", "1") as srv, srv.http() as admin:
+        keys = {}
+        for name, account in (("ta", USER_A), ("tb", USER_B)):
+            r = admin.post("/v1/tokens", json={"user": name, "unix_user": account})
+            assert r.status_code == 201, r.text
+            keys[name] = r.json()["key"]
+        with srv.http(token=keys["ta"]) as ta, srv.http(token=keys["tb"]) as tb:
+            b_id = tb.post("/v1/workloads", json={"command": ["echo", "b secret"]}).json()["id"]
+            assert wait_done(tb, b_id)["status"] == "completed"
+            b_log = srv.data_dir / "logs" / f"{b_id}.log"
+            assert b_log.stat().st_uid == users.b.uid and mode(b_log) == 0o600
+            script = f"id -u; cat {b_log} || echo denied"
+            a_id = ta.post(
+                "/v1/workloads", json={"command": ["sh", "-c", script], "cwd": "/tmp"}
+            ).json()["id"]
+            assert wait_done(ta, a_id)["status"] == "completed"
+            out = ta.get(f"/v1/workloads/{a_id}/logs").text
+            assert out.splitlines()[0] == str(users.a.uid)
+            assert "b secret" not in out and "denied" in out
+            # Kill and timeout still reach a workload that runs as another user.
+            trap = "trap '' TERM; sleep 60"
+            killed = ta.post("/v1/workloads", json={"command": ["sh", "-c", trap], "cwd": "/tmp"})
+            timed = ta.post(
+                "/v1/workloads",
+                json={"command": ["sleep", "60"], "cwd": "/tmp", "timeout_seconds": 0.5},
+            )
+            kid, tid = killed.json()["id"], timed.json()["id"]
+            wait_until(lambda: ta.get(f"/v1/workloads/{kid}").json()["status"] == "running")
+            pgid = int(wait_until(lambda: _read(srv.data_dir / "run" / f"{kid}.pid")))
+            assert _uid_of(pgid) == users.a.uid
+            start = time.monotonic()
+            assert ta.delete(f"/v1/workloads/{kid}").json()["status"] == "killed"
+            wait_until(lambda: _gone(pgid), timeout=5)
+            assert time.monotonic() - start < 1 + 1.5  # grace 1 s, then SIGKILL
+            assert wait_done(ta, tid)["reason"] == "timed out after 0.5 s"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(pid)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
