@@ -35,7 +35,7 @@ def fill_database(store: SQLiteStore) -> None:
     conn.execute(f"PRAGMA max_page_count = {pages}")
     for i in range(10_000):
         try:
-            store.create_workload(big_spec(i), idempotency_key=f"fill-{i}")
+            store.create_workload(owner="alice", spec=big_spec(i), idempotency_key=f"fill-{i}")
         except StorageFullError:
             return
     raise AssertionError("the database never filled up")
@@ -88,7 +88,7 @@ def assert_clean(counts: dict[str, int]) -> None:
 def test_a_full_database_refuses_a_batch_whole_and_reads_go_on(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "corral.db")
     try:
-        first, _ = store.create_workload(big_spec(99999))
+        first, _ = store.create_workload(owner="alice", spec=big_spec(99999))
         fill_database(store)
         before = rows(store.path)
         items = [NewWorkload(big_spec(100 + i), f"batch-{i}", "test") for i in range(5)]
@@ -100,7 +100,9 @@ def test_a_full_database_refuses_a_batch_whole_and_reads_go_on(tmp_path: Path) -
         assert len(store.list_workloads(limit=1000).items) == before["workloads"]
         assert store.list_events(first.id)[0].type == "created"
         store._conn().execute("PRAGMA max_page_count = 1000000")  # room again
-        created, replayed = store.create_workload(big_spec(100), idempotency_key="batch-0")
+        created, replayed = store.create_workload(
+            owner="alice", spec=big_spec(100), idempotency_key="batch-0"
+        )
         assert not replayed and created.name == "w100"
     finally:
         store.close()
@@ -110,15 +112,18 @@ def test_a_busy_database_is_store_busy_after_the_timeout(tmp_path: Path) -> None
     store = SQLiteStore(tmp_path / "corral.db", busy_timeout_ms=200)
     other = sqlite3.connect(store.path, isolation_level=None)
     try:
-        kept, _ = store.create_workload(big_spec(0))
+        kept, _ = store.create_workload(owner="alice", spec=big_spec(0))
         other.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
         with pytest.raises(StoreBusyError, match="busy"):
-            store.create_workload(big_spec(1), idempotency_key="k")
+            store.create_workload(owner="alice", spec=big_spec(1), idempotency_key="k")
         assert 0.15 < time.monotonic() - started < 2
         assert store.get_workload(kept.id).id == kept.id  # WAL: readers never wait
         other.execute("ROLLBACK")
-        assert store.create_workload(big_spec(1), idempotency_key="k")[0].name == "w1"
+        assert (
+            store.create_workload(owner="alice", spec=big_spec(1), idempotency_key="k")[0].name
+            == "w1"
+        )
         assert rows(store.path)["workloads"] == 2
     finally:
         other.close()

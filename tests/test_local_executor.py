@@ -99,8 +99,6 @@ def test_spawn_failure_fails_via_running(serve: Any, tmp_path: Path) -> None:
     assert [e["to_status"] for e in events] == ["pending", "running", "failed"]
     bad_cwd = api.wait(api.submit(["true"], cwd=str(tmp_path / "nowhere"))["id"])
     assert bad_cwd["reason"] == f"spawn failed: cwd {tmp_path}/nowhere: No such file or directory"
-    nul = api.wait(api.submit(["echo", "a\x00b"])["id"])
-    assert nul["status"] == "failed" and nul["reason"].startswith("spawn failed")
 
 
 def test_env_and_cwd(serve: Any, tmp_path: Path) -> None:

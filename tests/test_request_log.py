@@ -4,42 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api import create_app
 from corral.errors import CorralError
 from corral.serverlog import extra_fields
 from corral.store import Store
 from tests.asgi import SyncASGIClient
+from tests.conftest import add_key
 
 PROBLEM = "application/problem+json"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """What the auth guard puts in ``scope["corral.principal"]`` (the part read here)."""
-
-    user: str
-
-
-class SetPrincipal:
-    """Stands where the auth guard will: inside the request log, setting the principal
-    on the scope it is given."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for name, value in scope.get("headers", ()):
-            if name == b"x-test-user":
-                scope["corral.principal"] = Principal(value.decode())
-        await self.app(scope, receive, send)
 
 
 class OddError(CorralError):
@@ -49,7 +26,6 @@ class OddError(CorralError):
 @pytest.fixture
 def app(store: Store, tmp_path: Path) -> FastAPI:
     app = create_app(store, data_dir=tmp_path, max_body_bytes=1000)
-    app.user_middleware.append(Middleware(SetPrincipal))  # innermost
 
     @app.post("/test/crash")
     async def crash() -> None:
@@ -63,11 +39,26 @@ def app(store: Store, tmp_path: Path) -> FastAPI:
 
 
 @pytest.fixture
-def client(app: FastAPI, caplog: pytest.LogCaptureFixture) -> Iterator[SyncASGIClient]:
+def keys(store: Store) -> dict[str, str]:
+    return {
+        "root": add_key(store, "root", admin=True),
+        "alice": add_key(store, "alice"),
+        "bob": add_key(store, "bob", admin=True),
+    }
+
+
+@pytest.fixture
+def client(
+    app: FastAPI, keys: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> Iterator[SyncASGIClient]:
     caplog.set_level(logging.INFO, logger="corral")
-    c = SyncASGIClient(app, raise_app_exceptions=False)
+    c = SyncASGIClient(app, raise_app_exceptions=False, token=keys["root"])
     yield c
     c.close()
+
+
+def as_user(keys: dict[str, str], name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {keys[name]}"}
 
 
 def requests(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
@@ -79,18 +70,18 @@ def requests(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
 
 
 def test_state_changing_requests_are_logged_with_user_id_and_name(
-    client: SyncASGIClient, caplog: pytest.LogCaptureFixture
+    client: SyncASGIClient, keys: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     created = client.post(
         "/v1/workloads",
         json={"command": ["true"], "name": "train"},
-        headers={"x-test-user": "alice"},
+        headers=as_user(keys, "alice"),
     )
     wid = created.json()["id"]
     client.get(f"/v1/workloads/{wid}")
     client.get("/v1/workloads")
     client.put(f"/v1/workloads/{wid}/status", json={"status": "running"})
-    client.delete(f"/v1/workloads/{wid}", headers={"x-test-user": "bob"})
+    client.delete(f"/v1/workloads/{wid}", headers=as_user(keys, "bob"))
     logged = requests(caplog)
     for record in logged:
         assert isinstance(record.pop("duration_ms"), float)
@@ -107,7 +98,7 @@ def test_state_changing_requests_are_logged_with_user_id_and_name(
             "method": "PUT",
             "path": f"/v1/workloads/{wid}/status",
             "status": 200,
-            "user": "-",
+            "user": "root",
             "id": wid,
         },
         {
@@ -123,13 +114,22 @@ def test_state_changing_requests_are_logged_with_user_id_and_name(
 def test_refused_requests_are_logged_too(
     client: SyncASGIClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The log is outside the body limit (and the guard): a refused request is logged."""
+    """The log is outside the body limit and the guard: a refused request is logged,
+    with no user when it had no valid key."""
     too_big = client.post("/v1/workloads", json={"command": ["echo", "x" * 2000]})
     assert too_big.status_code == 413
-    assert client.post("/v1/workloads", content=b"{").status_code == 422
+    json = {"Content-Type": "application/json"}
+    assert client.post("/v1/workloads", content=b"{", headers=json).status_code == 422
     assert client.delete("/v1/workloads/nope").status_code == 404
-    logged = [(r["method"], r["status"], r.get("id")) for r in requests(caplog)]
-    assert logged == [("POST", 413, None), ("POST", 422, None), ("DELETE", 404, "nope")]
+    bad_key = {"Authorization": "Bearer corral_nope"}
+    assert client.post("/v1/workloads", json={"command": ["x"]}, headers=bad_key).status_code == 401
+    logged = [(r["method"], r["status"], r["user"], r.get("id")) for r in requests(caplog)]
+    assert logged == [
+        ("POST", 413, "root", None),  # the body limit runs after the key is checked
+        ("POST", 422, "root", None),
+        ("DELETE", 404, "root", "nope"),
+        ("POST", 401, "-", None),
+    ]
 
 
 @pytest.mark.parametrize("path", ["/test/crash", "/test/odd"])

@@ -17,7 +17,7 @@ from corral.executors.local import LocalExecutor, kill_all
 from corral.model import Resources, Status, WorkloadCreate
 from corral.scheduler import RETRY_SECONDS, Scheduler
 from corral.store.sqlite import SQLiteStore
-from tests.conftest import event_inserts_fail, writes_refused
+from tests.conftest import add_key, event_inserts_fail, writes_refused
 from tests.server import pid_gone
 
 
@@ -171,14 +171,17 @@ def test_an_exit_the_store_refuses_frees_its_capacity_and_is_recorded_later(
         async with started(tmp_path, cpus=1) as (store, scheduler):
             app = create_app(store, data_dir=tmp_path, scheduler=scheduler)
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            key = {"Authorization": f"Bearer {add_key(store, 'alice')}"}
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://localhost", headers=key
+            ) as client:
                 await steps(store, scheduler, client)
 
     async def steps(store: SQLiteStore, scheduler: Scheduler, client: httpx.AsyncClient) -> None:
         one_cpu = Resources(cpus=1)
         with event_inserts_fail(store, to=["completed", "failed"]) as refusal:
             spec = WorkloadCreate(command=["sh", "-c", "echo out; exit 3"], resources=one_cpu)
-            first, _ = store.create_workload(spec)
+            first, _ = store.create_workload(owner="alice", spec=spec)
             scheduler.submitted(first)
             await until(lambda: scheduler.process_over(first.id))
             seen["free CPUs once its process is over"] = scheduler._free.cpus
@@ -187,7 +190,7 @@ def test_an_exit_the_store_refuses_frees_its_capacity_and_is_recorded_later(
             status_file = tmp_path / "run" / f"{first.id}.status"
             seen["status file kept"] = status_file.exists()
             spec = WorkloadCreate(command=["sleep", "30"], resources=one_cpu)
-            second, _ = store.create_workload(spec)
+            second, _ = store.create_workload(owner="alice", spec=spec)
             scheduler.submitted(second)
             await until(lambda: store.get_workload(second.id).status is Status.RUNNING)
             scheduler._reconcile()  # the safety poll
@@ -229,12 +232,12 @@ def test_pending_reasons_and_claims_the_store_refused_are_retried(tmp_path: Path
     async def scenario() -> None:
         async with started(tmp_path, cpus=1) as (store, scheduler):
             spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
-            hold, _ = store.create_workload(spec)
+            hold, _ = store.create_workload(owner="alice", spec=spec)
             scheduler.submitted(hold)
             await until(lambda: store.get_workload(hold.id).status is Status.RUNNING)
             when = "NEW.status = 'pending' AND NEW.reason IS NOT NULL"
             with writes_refused(store, on="UPDATE OF reason ON workloads", when=when) as refusal:
-                waiting, _ = store.create_workload(spec)
+                waiting, _ = store.create_workload(owner="alice", spec=spec)
                 scheduler.submitted(waiting)
                 await asyncio.sleep(3 * RETRY_SECONDS)
                 seen["reason while refused"] = store.get_workload(waiting.id).reason

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from corral import serverlog
+from corral.keys import default_admin
 from tests.server import LiveServer
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
@@ -154,6 +155,9 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+ADMIN = default_admin()  # the user of the admin key the server makes
+
+
 def test_text_log_of_a_real_server(data_dir: Path) -> None:
     server = LiveServer(data_dir, "--executor", "none")
     with server:
@@ -179,12 +183,12 @@ def test_text_log_of_a_real_server(data_dir: Path) -> None:
     requests = [r for r in records if " corral.api request " in r]
     assert len(requests) == 5, requests  # the GET is not logged
     create, bad, evil_kill, kill, boom = requests
-    assert " status=201 " in create and f" user=- id={wid} " in create
+    assert " status=201 " in create and f" user={ADMIN} id={wid} " in create
     assert create.endswith(f' name="evil\\n{FORGED}"')
     assert " status=422 " in bad and "method=POST path=/v1/workloads " in bad
     assert "method=DELETE path=/v1/workloads/x\\r\\nINFO" in evil_kill.replace('"', "")
     assert " status=404 " in evil_kill
-    assert kill.endswith(f" status=200 duration_ms={_ms(kill)} user=- id={wid}")
+    assert kill.endswith(f" status=200 duration_ms={_ms(kill)} user={ADMIN} id={wid}")
     assert " status=500 " in boom
     assert re.search(r" duration_ms=\d+(\.\d+)? ", create)
 
@@ -226,7 +230,7 @@ def test_json_log_of_a_real_server(data_dir: Path) -> None:
         ("POST", 500),
     ]
     create, _, evil_kill, kill, _ = requests
-    assert create["id"] == wid and create["name"] == EVIL_NAME and create["user"] == "-"
+    assert create["id"] == wid and create["name"] == EVIL_NAME and create["user"] == ADMIN
     assert create["path"] == "/v1/workloads" and isinstance(create["duration_ms"], float)
     assert evil_kill["path"] == f"/v1/workloads/x\r\n{FORGED}\x1b[31m"
     assert kill["id"] == wid

@@ -82,9 +82,11 @@ LABEL_VALUE_MAX_CHARS = 63
 ENV_MAX_ENTRIES = 1024
 LABELS_MAX_ENTRIES = 64
 COMMAND_MAX_ARGS = 4096
-ARG_MAX_CHARS = 65536
-"""Per argument and per environment value: under the kernel's 128 kB per string
-(``MAX_ARG_STRLEN``) for any text of 1- and 2-byte UTF-8 characters."""
+ARG_MAX_CHARS = 128 * 1024 - 1
+"""Per argument and per environment value: the kernel's limit per string
+(``MAX_ARG_STRLEN``, 128 kB with its NUL), in characters. Text of multi-byte characters
+can still pass it in bytes; the spawn then fails with the OS's "Argument list too
+long"."""
 PATH_MAX_CHARS = 4096
 NO_NUL = r"^[^\x00]*$"
 """The OS takes argv, environment and paths as C strings: a NUL would cut them short
