@@ -102,7 +102,9 @@ class Server:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
+        # Keys are on, as in production (every request pays for the guard); the rate
+        # limit is off: a benchmark is one client submitting as fast as it can.
+        self.env = {**os.environ, "CORRAL_RATE_LIMIT": "0", **(env or {})}
         self.argv = [a.replace("{port}", str(self.port)) for a in argv] if argv else [
             PYTHON, "-m", "corral.cli", "serve", "--port", str(self.port),
             "--data-dir", str(data_dir), "--executor", executor,
@@ -122,6 +124,9 @@ class Server:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
             with contextlib.suppress(OSError):
                 if request(self.port, "GET", "/healthz")[0] == 200:
+                    token = self.data_dir / "token"
+                    if token.exists():
+                        TOKENS[self.port] = token.read_text().strip()
                     return self
             time.sleep(0.05)
         raise RuntimeError(f"server did not become healthy: {self.log.read_text()[-2000:]}")
@@ -160,12 +165,24 @@ def read_first_int(path: Path) -> int | None:
         return None
 
 
+TOKENS: dict[int, str] = {}
+"""The admin key of each server under test, by port (read from its data dir)."""
+
+
+def auth(port: int) -> dict[str, str]:
+    """The ``Authorization`` header for the server on ``port`` (none for a bare app)."""
+    token = TOKENS.get(port)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """One HTTP request on a new connection; the JSON answer (or text)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload else {}
+        headers = auth(port)
+        if payload:
+            headers["Content-Type"] = "application/json"
         conn.request(method, path, payload, headers)
         resp = conn.getresponse()
         raw = resp.read()

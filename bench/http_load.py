@@ -21,11 +21,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from bench.common import PYTHON, REPO
+from bench.common import PYTHON, REPO, TOKENS
 
 
 def encode_request(method: str, path: str, body: bytes = b"", port: int = 0) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    if port in TOKENS:
+        head += f"Authorization: Bearer {TOKENS[port]}\r\n"
     if body or method in ("POST", "PUT"):
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     return (head + "\r\n").encode("latin-1") + body

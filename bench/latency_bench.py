@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Metric, Server, percentile, pid_gone, read_first_int, wait_until
+from bench.common import Metric, Server, auth, percentile, pid_gone, read_first_int, wait_until
 from bench.process_bench import local_server
 from corral.logs import log_path
 
@@ -31,7 +31,8 @@ SLEEP = shutil.which("sleep") or "/bin/sleep"
 
 
 def _post(conn: http.client.HTTPConnection, body: dict[str, Any]) -> dict[str, Any]:
-    conn.request("POST", "/v1/workloads", json.dumps(body), {"Content-Type": "application/json"})
+    headers = {**auth(conn.port), "Content-Type": "application/json"}
+    conn.request("POST", "/v1/workloads", json.dumps(body), headers)
     resp = conn.getresponse()
     data: dict[str, Any] = json.loads(resp.read())
     if resp.status != 201:
@@ -40,7 +41,7 @@ def _post(conn: http.client.HTTPConnection, body: dict[str, Any]) -> dict[str, A
 
 
 def _call(conn: http.client.HTTPConnection, method: str, path: str) -> tuple[int, Any]:
-    conn.request(method, path)
+    conn.request(method, path, headers=auth(conn.port))
     resp = conn.getresponse()
     return resp.status, json.loads(resp.read())
 

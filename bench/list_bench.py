@@ -23,15 +23,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE_DIR, Metric, Server, fresh_dir, percentile
+from bench.common import CACHE_DIR, Metric, Server, auth, fresh_dir, percentile
+from corral.keys import default_admin
 from corral.model import Status
 from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, list_query
 
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 COLUMNS = (
     "id, name, command, env, cwd, cpus, memory_mb, gpus, labels, priority, timeout_seconds,"
-    " status, exit_code, signal, reason, created_at, updated_at, started_at, finished_at"
+    " status, exit_code, signal, reason, created_at, updated_at, started_at, finished_at, owner"
 )
+OWNER = default_admin()
+"""Every workload is the admin's, whose key the HTTP queries use: a user listing their
+own workloads (the owner filter is part of every query, as for any user)."""
 STATUS_WEIGHTS = {"completed": 80, "failed": 10, "killed": 5, "pending": 3, "running": 2}
 TEAMS = [f"t{i}" for i in range(10)]
 ENVS = ["prod", "staging", "dev"]
@@ -77,6 +81,7 @@ def _rows(n: int, rng: random.Random) -> Iterator[tuple[tuple[Any, ...], list[tu
             finished if terminal else started if status == "running" else created,
             None if status == "pending" else started,
             finished if terminal else None,
+            OWNER,
         )  # fmt: skip
         yield row, list(labels.items())
 
@@ -93,7 +98,7 @@ def build(n: int, path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA cache_size = -200000")
-    insert_w = f"INSERT INTO workloads ({COLUMNS}) VALUES ({', '.join('?' * 19)})"
+    insert_w = f"INSERT INTO workloads ({COLUMNS}) VALUES ({', '.join('?' * 20)})"
     insert_l = "INSERT INTO workload_labels (key, value, workload_id) VALUES (?, ?, ?)"
     insert_e = (
         "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
@@ -139,7 +144,11 @@ def _sql(statuses: list[str], team: str) -> tuple[str, list[Any]]:
     """corral's own SQL for this filter (``list_query``), so the bound runs exactly
     the query the store runs, without the store's Python around it."""
     return list_query(
-        statuses=[Status(s) for s in statuses], labels=[("team", team)], cursor=None, limit=101
+        statuses=[Status(s) for s in statuses],
+        labels=[("team", team)],
+        cursor=None,
+        limit=101,
+        owner=OWNER,
     )
 
 
@@ -169,7 +178,7 @@ class StoreQuery:
 
     def __call__(self, statuses: list[str], team: str) -> None:
         sts = [Status(s) for s in statuses]
-        self.store.list_workloads(statuses=sts, labels=[("team", team)], limit=100)
+        self.store.list_workloads(statuses=sts, labels=[("team", team)], limit=100, owner=OWNER)
 
     def close(self) -> None:
         self.store.close()
@@ -180,11 +189,12 @@ class HttpQuery:
 
     def __init__(self, port: int) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = auth(port)
         self.errors = 0
 
     def __call__(self, statuses: list[str], team: str) -> None:
         query = "&".join(f"status={s}" for s in statuses) + f"&label=team={team}&limit=100"
-        self.conn.request("GET", f"/v1/workloads?{query}")
+        self.conn.request("GET", f"/v1/workloads?{query}", headers=self.headers)
         resp = self.conn.getresponse()
         body = resp.read()
         if resp.status != 200 or len(json.loads(body)["items"]) != 100:

@@ -14,7 +14,16 @@ import json
 import time
 from typing import Any
 
-from bench.common import Metric, Server, pid_gone, proc_kb, read_first_int, request, wait_until
+from bench.common import (
+    Metric,
+    Server,
+    auth,
+    pid_gone,
+    proc_kb,
+    read_first_int,
+    request,
+    wait_until,
+)
 from bench.process_bench import local_server
 from corral.executors.local import find_shims
 
@@ -25,7 +34,8 @@ def _submit(port: int, n: int) -> list[str]:
     ids = []
     try:
         for _ in range(n):
-            conn.request("POST", "/v1/workloads", body, {"Content-Type": "application/json"})
+            headers = {**auth(port), "Content-Type": "application/json"}
+            conn.request("POST", "/v1/workloads", body, headers)
             resp = conn.getresponse()
             data = json.loads(resp.read())
             if resp.status != 201:
@@ -52,7 +62,7 @@ def _kill_all(srv: Server, ids: list[str], shims: list[int]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
     try:
         for wid in ids:
-            conn.request("DELETE", f"/v1/workloads/{wid}")
+            conn.request("DELETE", f"/v1/workloads/{wid}", headers=auth(srv.port))
             conn.getresponse().read()
     finally:
         conn.close()

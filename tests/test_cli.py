@@ -571,3 +571,29 @@ def test_logs_of_a_large_log_stream_whole_and_tail(local: LiveServer) -> None:
     assert ok(corral("logs", "--tail", "2", workload_id, url=local.url)) == (
         "line 199998\nline 199999\n"
     )
+
+
+def test_user_text_cannot_drive_the_terminal() -> None:
+    """A workload's name, reason, cwd or args reach another user's (an admin's)
+    terminal: control characters come out escaped and Rich markup as text."""
+    from rich.console import Console
+
+    from corral.cli_render import workload_detail, workload_table
+
+    evil = "evil\r\n\x1b[31mforged [bold]x[/bold]\x07"
+    w = Workload(
+        id="01m8mq0000000000000000000a", owner=evil, name=evil, command=["sh", "-c", evil],
+        env={"K": evil}, cwd="/tmp/" + evil, resources=Resources(), labels={}, priority=0,
+        timeout_seconds=None, status=Status.FAILED, exit_code=1, signal=None, reason=evil,
+        created_at="2026-11-29T00:00:00Z", updated_at="2026-11-29T00:00:00Z",
+        started_at=None, finished_at=None,
+    )  # fmt: skip
+    for view in (workload_table([w], owner=True), workload_detail(w, [])):
+        console = Console(width=400, force_terminal=False, color_system=None)
+        with console.capture() as captured:
+            console.print(view)
+        out = captured.get()
+        assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+        assert "[bold]x[/bold]" in out  # shown as typed, not as markup
+        assert "\\x1b[31mforged" in out
+        assert not any(line.startswith("\\x1b") for line in out.splitlines())

@@ -86,6 +86,24 @@ def test_key_discovery_order(
     assert sent_key() is None
 
 
+def test_a_data_dir_key_goes_to_loopback_servers_only(
+    no_keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key a local server wrote is this machine's admin key: pointing the client at
+    another server must not hand it over. A key given explicitly goes anywhere."""
+    write(no_keys / "token", "default-key\n")
+    named = write(tmp_path / "named", "named-key\n")
+    for url in ("http://127.0.0.1:1", "http://localhost:1", "http://[::1]:1"):
+        assert Client(url).token_source == str(no_keys / "token"), url
+    for url in ("http://10.1.2.3:1", "https://corral.example.org", "http://[2001:db8::1]:1"):
+        client = Client(url)
+        assert client.token_source is None, url
+        assert any("loopback" in place for place in client._looked_in), url
+        assert Client(url, token="arg-key").token_source == "the token argument"
+    monkeypatch.setenv("CORRAL_TOKEN_FILE", str(named))
+    assert Client("http://10.1.2.3:1").token_source == str(named)
+
+
 def test_an_explicit_key_file_must_hold_a_key(
     no_keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

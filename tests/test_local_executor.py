@@ -493,6 +493,27 @@ def test_a_request_too_large_for_the_launcher_is_spawned_directly(serve: Any) ->
     assert api.logs(w["id"]) == "90000 90000\n"
 
 
+def test_a_shim_exec_by_the_server_never_sees_the_loader_variables(
+    serve: Any, tmp_path: Path
+) -> None:
+    """A shim started without the launcher is exec'd with the workload's environment;
+    LD_* and the like reach it renamed (a dynamic shim stays root and would load them),
+    and the workload gets them back as it asked."""
+    api = serve()
+    big = "x" * 90_000  # too large for the launcher: the server exec's this shim
+    env = {"A": big, "B": big, "LD_LIBRARY_PATH": "/nowhere/corral", "GCONV_PATH": "/gc"}
+    script = "echo $LD_LIBRARY_PATH $GCONV_PATH ${CORRAL_SHIM_ENV_GCONV_PATH:-gone}; sleep 30"
+    w = api.submit(["sh", "-c", script], env=env)
+    run = tmp_path / "data" / "run"
+    shim = wait_until(lambda: find_shims(run).get(w["id"]))
+    shim_env = Path(f"/proc/{shim}/environ").read_bytes().split(b"\0")
+    assert b"CORRAL_SHIM_ENV_LD_LIBRARY_PATH=/nowhere/corral" in shim_env
+    assert not any(v.startswith((b"LD_LIBRARY_PATH=", b"GCONV_PATH=")) for v in shim_env)
+    wait_until(lambda: api.logs(w["id"]))
+    assert api.logs(w["id"]) == "/nowhere/corral /gc gone\n"
+    api.http.delete(f"/v1/workloads/{w['id']}")
+
+
 def workload_processes(ids: set[str]) -> list[int]:
     """Live processes (zombies count as gone) whose environment names one of ``ids``."""
     found = []

@@ -370,3 +370,72 @@ def test_limits_of_a_list_page(users: Users) -> None:
     problem(users["alice"].get("/v1/workloads?limit=1001"), 422)
     problem(users["alice"].get("/v1/workloads?limit=0"), 422)
     assert users["alice"].get("/v1/workloads?limit=1000").status_code == 200
+
+
+# --- what a review found: parser confusion, guessing, reserved names ------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Host", "evil.example"), ("Host", "localhost")],
+        [("Authorization", "Bearer corral_wrong"), ("Authorization", "Bearer {key}")],
+        [("Origin", "https://evil.example"), ("Origin", "http://localhost")],
+    ],
+)
+def test_a_guarded_header_given_twice_is_refused(
+    users: Users, headers: list[tuple[str, str]]
+) -> None:
+    key = users.keys["alice"]
+    raw = [(k, v.format(key=key)) for k, v in headers]
+    if not any(k == "Authorization" for k, _ in raw):
+        raw.append(("Authorization", f"Bearer {key}"))
+    r = users.anonymous.request("GET", "/v1/workloads", headers=httpx_headers(raw))
+    assert "more than once" in str(problem(r, 400)["detail"])
+
+
+def httpx_headers(pairs: list[tuple[str, str]]) -> object:
+    import httpx
+
+    return httpx.Headers(pairs)
+
+
+@pytest.mark.parametrize(
+    "host", ["[::1].evil.com", "[::1]evil:8765", " 127.0.0.1 ", "localhost\t", "a@localhost"]
+)
+def test_hosts_are_parsed_strictly(users: Users, host: str) -> None:
+    problem(users["alice"].get("/v1/workloads", headers={"Host": host}), 400)
+
+
+def test_sec_fetch_site_in_any_case(users: Users) -> None:
+    r = users["alice"].post(
+        "/v1/workloads", json={"command": ["true"]}, headers={"Sec-Fetch-Site": "CROSS-SITE"}
+    )
+    problem(r, 403)
+
+
+def test_guessing_keys_from_one_address_is_slowed(store: Store, tmp_path: Path) -> None:
+    u = Users(store, tmp_path, AccessPolicy(rate_limit=3))
+    try:
+        wrong = {"Authorization": "Bearer corral_guess"}
+        details = [str(problem(u.anonymous.get("/v1/workloads", headers=wrong), 401)["detail"])]
+        details += [
+            str(problem(u.anonymous.get("/v1/workloads", headers=wrong), 401)["detail"])
+            for _ in range(8)
+        ]
+        assert "not valid" in details[0] and "slow down" in details[-1]
+        assert u["alice"].get("/v1/workloads").status_code == 200  # keys keep their budget
+    finally:
+        u.close()
+
+
+def test_reserved_names_and_root_for_non_admins(users: Users) -> None:
+    r = users["root"].post("/v1/tokens", json={"user": "scheduler"})
+    assert "corral uses" in str(problem(r, 422)["detail"])
+    if os.geteuid() == 0:
+        root = users["root"].post("/v1/tokens", json={"user": "rooty", "unix_user": "root"})
+        assert "only an admin" in str(problem(root, 422)["detail"])
+        ok = users["root"].post(
+            "/v1/tokens", json={"user": "ops", "unix_user": "root", "admin": True}
+        )
+        assert ok.status_code == 201

@@ -3,6 +3,7 @@ used as a browser, another local user or a careless operator would."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def test_no_key_no_service_and_the_key_is_never_stored_or_logged(server: LiveSer
         assert bad.status_code == 401
         with server.http(token=alice_key) as alice:
             wid = alice.post("/v1/workloads", json={"command": ["true"], "name": "n"}).json()["id"]
-            assert wait_done(alice, wid)["status"] == "completed"
+            assert alice.get(f"/v1/workloads/{wid}").status_code == 200
         admin.delete(f"/v1/tokens/{created.json()['id']}")
         with server.http(token=alice_key) as alice:
             assert alice.get("/v1/workloads").status_code == 401
@@ -170,6 +171,11 @@ def test_exposure_needs_a_choice(tmp_path: Path) -> None:
     assert len(wild.stderr.strip().splitlines()) == 1
     no_auth = serve("--host", "0.0.0.0", "--allowed-host", "x", "--no-auth", data=tmp_path)
     assert no_auth.returncode == 1 and "loopback only" in no_auth.stderr
+    rebindable = serve("--allowed-host", "*", "--no-auth", "--port", port, data=tmp_path)
+    assert rebindable.returncode == 1 and "DNS rebinding" in rebindable.stderr
+    for origin in ("null", "*", "https://x.example/path", "dash.example"):
+        bad = serve("--allowed-origin", origin, "--port", port, data=tmp_path)
+        assert bad.returncode == 1 and "is not an origin" in bad.stderr, origin
     half = serve("--tls-cert", "/nonexistent", data=tmp_path)
     assert half.returncode == 1 and "--tls-key" in half.stderr
 
@@ -281,3 +287,21 @@ def _gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return state in ("Z", "X")
+
+
+def test_a_root_server_runs_nothing_as_root_for_a_plain_user(tmp_path: Path) -> None:
+    """Without a Unix account, a user key on a root server would be root: its
+    workloads fail saying what to do, while an admin's run."""
+    if os.geteuid() != 0:
+        pytest.skip("needs a server running as root")
+    with LiveServer(tmp_path / "data") as srv, srv.http() as admin:
+        key = admin.post("/v1/tokens", json={"user": "alice"}).json()["key"]
+        with srv.http(token=key) as alice:
+            wid = alice.post("/v1/workloads", json={"command": ["id", "-u"]}).json()["id"]
+            done = wait_done(alice, wid)
+        assert done["status"] == "failed"
+        assert "has no Unix user and this server runs as root" in str(done["reason"])
+        assert "--unix-user" in str(done["reason"])
+        mine = admin.post("/v1/workloads", json={"command": ["id", "-u"]}).json()["id"]
+        assert wait_done(admin, mine)["status"] == "completed"
+        assert admin.get(f"/v1/workloads/{mine}/logs").text == "0\n"

@@ -9,6 +9,7 @@ import pytest
 
 from corral.model import Status, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError, Store
+from corral.store.sqlite import SQLiteStore
 from tests.conftest import event_inserts_fail
 
 SPEC = WorkloadCreate(command=["true"])
@@ -232,3 +233,45 @@ def test_create_workloads_is_atomic_per_item(store: Store) -> None:
     stored = {w.command[0] for w in store.list_workloads(limit=10).items}
     assert stored == {"true", "a", "b"}
     assert len(store.list_events(first[0].id)) == 1
+
+
+def test_event_times_follow_their_order_under_contention(
+    store_factory: Callable[[], Store],
+) -> None:
+    """A kill that waits for the write lock while a claim commits is stamped after the
+    claim: an event's ``at`` is taken under the lock, so a later ``seq`` never carries
+    an earlier time. (Stamped before the lock, the kill's event came out 0.3 s older
+    than the claim's that precedes it.)"""
+    import sqlite3
+    import time
+
+    from corral.ids import now_rfc3339
+
+    store = store_factory()
+    w, _ = store.create_workload(owner="alice", spec=SPEC)
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("holds SQLite's write lock directly")
+    claim = sqlite3.connect(store.path, isolation_level=None)
+    claim.execute("BEGIN IMMEDIATE")  # another writer (a scheduler) holds the lock
+    killer = threading.Thread(
+        target=lambda: store_factory().update_workload_status(w.id, Status.KILLED, actor="bob")
+    )
+    killer.start()
+    time.sleep(0.3)  # the kill waits for the lock meanwhile
+    claim.execute("UPDATE workloads SET status = 'running' WHERE id = ?", (w.id,))
+    claim.execute(
+        "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, actor)"
+        " VALUES (?, 2, 'transition', 'pending', 'running', ?, 'scheduler')",
+        (w.id, now_rfc3339()),
+    )
+    claim.execute("COMMIT")
+    killer.join()
+    claim.close()
+    events = store.list_events(w.id)
+    assert [(e.seq, e.to_status) for e in events] == [
+        (1, Status.PENDING),
+        (2, Status.RUNNING),
+        (3, Status.KILLED),
+    ]
+    times = [e.at for e in events]
+    assert times == sorted(times), events

@@ -5,6 +5,7 @@ only; no requests."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import signal
 import sys
@@ -111,6 +112,20 @@ def elapsed(workload: Workload) -> float | None:
 # --- pieces -------------------------------------------------------------------------
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """User text made safe for a terminal: control characters escaped (``\\n``,
+    ``\\x1b``), so a name cannot move the cursor, recolour or forge a line."""
+    return _CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def shown(text: str) -> Text:
+    """``clean`` text as a Rich ``Text``: never read as Rich markup either."""
+    return Text(clean(text))
+
+
 def status_text(status: Status) -> Text:
     return Text(str(status), style=STATUS_STYLES.get(status, ""))
 
@@ -122,14 +137,14 @@ def exit_text(workload: Workload) -> str:
 
 
 def command_text(command: list[str], limit: int | None = COMMAND_MAX_CHARS) -> str:
-    text = shlex.join(command)
+    text = clean(shlex.join(command))
     if limit is not None and len(text) > limit:
         return text[: limit - 1] + "…"
     return text
 
 
 def pairs_text(pairs: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(pairs.items()))
+    return clean(", ".join(f"{k}={v}" for k, v in sorted(pairs.items())))
 
 
 def status_line(workload: Workload) -> Text:
@@ -138,7 +153,7 @@ def status_line(workload: Workload) -> Text:
     line.append_text(status_text(workload.status))
     line.append(f" {format_duration(elapsed(workload))}")
     if workload.status is Status.PENDING and workload.reason:
-        line.append(f" ({workload.reason})", style="dim")
+        line.append(f" ({clean(workload.reason)})", style="dim")
     return line
 
 
@@ -148,7 +163,7 @@ def final_line(workload: Workload) -> Text:
     line.append_text(status_text(workload.status))
     line.append(f" after {format_duration(elapsed(workload))}")
     if workload.reason:
-        line.append(f": {workload.reason}")
+        line.append(f": {clean(workload.reason)}")
     return line
 
 
@@ -166,15 +181,15 @@ def workload_table(workloads: Iterable[Workload], *, owner: bool = False) -> Tab
     for w in workloads:
         cells: list[str | Text] = [
             w.id,
-            w.name or "",
+            shown(w.name or ""),
             status_text(w.status),
             exit_text(w),
             format_age(w.created_at),
-            command_text(w.command),
-            w.reason or "",
+            Text(command_text(w.command)),
+            shown(w.reason or ""),
         ]
         if owner:
-            cells.insert(1, w.owner)
+            cells.insert(1, shown(w.owner))
         table.add_row(*cells)
     return table
 
@@ -216,16 +231,16 @@ def workload_detail(workload: Workload, events: list[Event]) -> RenderableType:
     fields.add_column(overflow="fold")
     rows: list[tuple[str, str | Text]] = [
         ("id", w.id),
-        ("owner", w.owner),
-        ("name", w.name or "-"),
+        ("owner", shown(w.owner)),
+        ("name", shown(w.name or "-")),
         ("status", status_text(w.status)),
-        ("reason", w.reason or "-"),
+        ("reason", shown(w.reason or "-")),
         ("exit code", "-" if w.exit_code is None else str(w.exit_code)),
         ("signal", w.signal or "-"),
-        ("command", command_text(w.command, limit=None)),
-        ("cwd", w.cwd or "-"),
-        ("env", pairs_text(w.env) or "-"),
-        ("labels", pairs_text(w.labels) or "-"),
+        ("command", Text(command_text(w.command, limit=None))),
+        ("cwd", shown(w.cwd or "-")),
+        ("env", Text(pairs_text(w.env) or "-")),
+        ("labels", Text(pairs_text(w.labels) or "-")),
         ("resources", f"cpus {r.cpus:g}, memory {r.memory_mb} MB, gpus {r.gpus}"),
         ("priority", str(w.priority)),
         ("timeout", "-" if w.timeout_seconds is None else format_duration(w.timeout_seconds)),
@@ -247,8 +262,8 @@ def workload_detail(workload: Workload, events: list[Event]) -> RenderableType:
             e.type,
             status_text(e.from_status) if e.from_status else "-",
             status_text(e.to_status),
-            e.actor or "-",
-            e.reason or "",
+            shown(e.actor or "-"),
+            shown(e.reason or ""),
         )
     return Group(fields, Text(""), Text("events", style="bold"), history)
 

@@ -39,6 +39,7 @@ one of these errors, each with a message fit to show a user as is::
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import os
 import re
 import time
@@ -355,10 +356,22 @@ def _connect_reason(exc: httpx.TransportError) -> str:
     return text[:1].lower() + text[1:]
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class _KeySearch:
     """Where the client looks for its API key, in order; see ``Client``."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, *, local: bool = True) -> None:
+        """``local``: the server is on loopback. A data dir's key file is a local
+        server's admin key, never sent elsewhere (pointing the CLI at another server
+        must not hand it this machine's key); a key given explicitly goes anywhere."""
         self.key: str | None = None
         self.source: str | None = None
         self.looked_in: list[str] = []
@@ -374,6 +387,9 @@ class _KeySearch:
             self._from_file(os.path.expanduser(named), explicit=True)
             return
         self.looked_in.append(f"${TOKEN_FILE_ENV}")
+        if not local:
+            self.looked_in.append("no data dir's key file: those go to loopback servers only")
+            return
         data_dir = os.environ.get(DATA_DIR_ENV, "")
         if data_dir and self._from_file(
             os.path.join(os.path.expanduser(data_dir), TOKEN_FILE_NAME), explicit=False
@@ -465,7 +481,7 @@ class Client:
         self.url = _normalize_url(url or os.environ.get("CORRAL_URL") or DEFAULT_URL)
         self.timeout = timeout
         self.retry_for = retry_for
-        search = _KeySearch(token)
+        search = _KeySearch(token, local=_is_loopback(httpx.URL(self.url).host))
         self.token_source: str | None = search.source
         """Where the key came from (``$CORRAL_TOKEN``, a file's path, …), or None."""
         self._looked_in = tuple(search.looked_in)

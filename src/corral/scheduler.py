@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -369,16 +370,33 @@ class Scheduler:
         task.add_done_callback(self._launches.discard)
 
     def _run_as(self, owner: str) -> RunAs | None:
-        """The Unix account ``owner``'s workloads run as (None: the server's own). A
-        user's mapping never changes (its first key fixes it), so it is looked up once."""
-        if owner not in self._accounts:
-            unix_user = self.store.unix_user_of(owner)
+        """The Unix account ``owner``'s workloads run as (None: the server's own).
+
+        A server running as root runs nothing as root for a user without an admin key:
+        such a user needs a Unix account (``--unix-user``), else the workload fails
+        saying so. A user's mapping never changes (its first key fixes it), so an
+        accepted answer is kept; a refusal is asked again at the next launch."""
+        if owner in self._accounts:
+            return self._accounts[owner]
+        account = self.store.account_of(owner)
+        if account.unix_user is None:
+            run_as = None
+            if os.geteuid() == 0 and not account.admin:
+                raise SpawnError(
+                    f"user {owner!r} has no Unix user and this server runs as root, which"
+                    " runs nothing as root for a user without an admin key; an admin maps"
+                    f" it: corral token create --user {owner} --unix-user ACCOUNT"
+                )
+        else:
             try:
-                account = None if unix_user is None else resolve_run_as(unix_user)
+                run_as = resolve_run_as(account.unix_user)
             except ValueError as exc:
-                raise SpawnError(f"cannot run as Unix user {unix_user!r}: {exc}") from None
-            self._accounts[owner] = account
-        return self._accounts[owner]
+                reason = f"cannot run as Unix user {account.unix_user!r}: {exc}"
+                raise SpawnError(reason) from None
+            if run_as.uid == 0 and not account.admin:
+                raise SpawnError(f"user {owner!r} maps to uid 0 without an admin key")
+        self._accounts[owner] = run_as
+        return run_as
 
     async def _launched(self, workload: Workload, started: Awaitable[None]) -> None:
         """Wait for the claimed workload's process to run (the pass went on: the

@@ -8,6 +8,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import re
 import resource
 import socket
 import sqlite3
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from corral.store import Store
 
 log = logging.getLogger(__name__)
+
+ORIGIN_RE = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
 class ServeError(Exception):
@@ -46,10 +49,12 @@ def check_exposure(settings: Settings) -> list[str]:
     warnings = []
     loopback = is_loopback(settings.host)
     if settings.no_auth:
-        if not loopback:
+        if not loopback or settings.allowed_hosts:
             raise ServeError(
-                f"--no-auth is for loopback only: refusing to serve {settings.host} without"
-                " keys (anyone who reaches it could run commands as this user)"
+                "--no-auth is for loopback only (no --allowed-host): refusing to serve"
+                f" without keys on {settings.host} or under other host names, where anyone"
+                " who reaches it, or a web page by DNS rebinding, could run commands as"
+                " this user"
             )
         warnings.append(
             "--no-auth: no API key is checked. Every local user, and any web page"
@@ -57,6 +62,12 @@ def check_exposure(settings: Settings) -> list[str]:
             f" run commands as {getpass_user()} with admin rights. Do not use it on a shared"
             " machine."
         )
+    for origin in settings.allowed_origins:
+        if not ORIGIN_RE.fullmatch(origin.rstrip("/")):
+            raise ServeError(
+                f"--allowed-origin {origin!r} is not an origin: give scheme://host[:port],"
+                " e.g. https://dash.example.org (not null, not *)"
+            )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ServeError("--tls-cert and --tls-key go together: give both, or neither")
     if not loopback:
@@ -194,6 +205,9 @@ def ensure_admin_key(store: Store, data_dir: Path) -> Path:
     if key:
         found = store.find_api_key(key_digest(key))
         if found is not None and found.admin:
+            with contextlib.suppress(OSError):
+                if path.stat().st_mode & 0o077:
+                    os.chmod(path, 0o600)
             return path
     key = new_key()
     store.create_api_key(

@@ -13,6 +13,7 @@ Refusals are problem details, built by ``problems.problem`` like every other err
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,10 +141,17 @@ class Guard:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # none is served: refuse before any route
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = _headers(scope)
+        headers, repeated = _headers(scope)
+        if repeated:
+            detail = f"the {repeated} header is given more than once"
+            await problem(400, "bad-request", detail)(scope, receive, send)
+            return
         host = headers.get("host", "")
         if not self._any_host and _hostname(host) not in self.policy.allowed_hosts:
             detail = (
@@ -173,6 +181,12 @@ class Guard:
             await self.app(scope, receive, send)
             return
         who = self._principal(headers.get("authorization"))
+        if isinstance(who, str) and who and self._buckets is not None:
+            # Wrong keys from one address share a budget: guessing is futile at 256
+            # bits, but each guess costs a database read.
+            client = scope.get("client")
+            if self._buckets.take(f"address {client[0] if client else '?'}"):
+                who = "too many requests with invalid keys from this address; slow down"
         if isinstance(who, StoreBusyError):
             response = problem(503, "busy", str(who))
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -204,7 +218,8 @@ class Guard:
         allowed. Requests without ``Origin`` (curl, the CLI) are not cross-origin."""
         origin = headers.get("origin")
         if origin is None:
-            return headers.get("sec-fetch-site") not in ("cross-site", "same-site")
+            site = headers.get("sec-fetch-site", "").lower()
+            return site not in ("cross-site", "same-site")
         if origin in self.policy.allowed_origins:
             return True
         scheme = scope.get("scheme", "http")
@@ -230,21 +245,29 @@ class Guard:
         return found
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    """The headers the guard reads, decoded (the last of repeated ones)."""
-    wanted = _WANTED
-    return {
-        name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in wanted
-    }
+def _headers(scope: Scope) -> tuple[dict[str, str], str | None]:
+    """The headers the guard reads, decoded, and the name of one given twice (parsers
+    disagree on which of two counts, so neither does)."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED:
+            key = name.decode()
+            if key in found:
+                return found, key
+            found[key] = value.decode("latin-1")
+    return found, None
 
 
-_WANTED = frozenset({b"host", b"origin", b"sec-fetch-site", b"authorization", b"content-type"})
+_WANTED = frozenset({b"host", b"origin", b"sec-fetch-site", b"authorization"})
+
+
+_HOST_RE = re.compile(r"^(?:\[([0-9a-f:.]+)\]|([a-z0-9.-]+))(?::[0-9]{1,5})?$")
 
 
 def _hostname(host: str) -> str:
-    """``Host`` without its port, lower case: ``[::1]:8765`` -> ``::1``."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    name, sep, port = host.rpartition(":")
-    return name if sep and port.isdigit() else host
+    """``Host`` without its port, lower case: ``[::1]:8765`` -> ``::1``; "" for
+    anything but a name or an address and an optional port."""
+    match = _HOST_RE.fullmatch(host.lower())
+    if match is None:
+        return ""
+    return match.group(1) or match.group(2)

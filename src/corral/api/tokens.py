@@ -20,6 +20,9 @@ from corral.keys import key_digest, new_key
 from corral.model import NewToken, Token, TokenCreate
 from corral.store import Store
 
+RESERVED_USERS = frozenset({"scheduler"})
+"""Actors corral records itself: no user may pass for one."""
+
 TokenId = Annotated[str, PathParam(description="The key's id (from corral token list).")]
 
 
@@ -27,17 +30,22 @@ class TokenList(BaseModel):
     items: list[Token]
 
 
-def check_unix_user(unix_user: str) -> None:
-    """``InvalidInputError`` unless this server can run workloads as ``unix_user``."""
+def check_unix_user(unix_user: str, *, admin: bool = False) -> None:
+    """``InvalidInputError`` unless this server can run workloads as ``unix_user`` (and
+    only an admin key may run them as root)."""
     if os.geteuid() != 0:
         raise InvalidInputError(
             f"this server does not run as root, so it cannot run workloads as Unix user"
             f" {unix_user!r}; run corral serve as root to map users to Unix accounts"
         )
     try:
-        pwd.getpwnam(unix_user)
+        entry = pwd.getpwnam(unix_user)
     except KeyError:
         raise InvalidInputError(f"no Unix user {unix_user!r} on the server's machine") from None
+    if entry.pw_uid == 0 and not admin:
+        raise InvalidInputError(
+            f"{unix_user!r} is root (uid 0): only an admin key may run workloads as root"
+        )
 
 
 def _admin(request: Request) -> None:
@@ -59,8 +67,12 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
     async def create_token(request: Request) -> Response:
         _admin(request)
         body = await parse_body(request, TokenCreate)
+        if body.user in RESERVED_USERS:
+            raise InvalidInputError(
+                f"{body.user!r} is a name corral uses for itself in events; choose another"
+            )
         if body.unix_user is not None:
-            check_unix_user(body.unix_user)
+            check_unix_user(body.unix_user, admin=body.admin)
         key = new_key()
         token = store.create_api_key(
             user=body.user,

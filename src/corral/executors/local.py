@@ -76,7 +76,31 @@ GROUPS_VARIABLE = "CORRAL_SHIM_GROUPS"
 """With the two above: run the workload as that user (its groups comma-separated);
 the shim removes all three."""
 SHIM_VARIABLES = (NOFILE_VARIABLE, UMASK_VARIABLE, UID_VARIABLE, GID_VARIABLE, GROUPS_VARIABLE)
-"""The shim's instructions: only the server sets them (a workload's own are dropped)."""
+"""The shim's instructions: only the server sets them (a workload's own ``CORRAL_SHIM_*``
+are dropped)."""
+HIDDEN_PREFIX = "CORRAL_SHIM_ENV_"
+"""A shim exec'd by the server gets the workload's loader variables under this prefix
+(it renames them back): a dynamically linked shim stays root, and must not load a
+library a user named."""
+LOADER_VARIABLES = frozenset(
+    {
+        "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN",
+        "LOCPATH", "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS",
+        "TMPDIR", "TZDIR",
+    }
+)  # fmt: skip
+"""glibc's list of variables unsafe for a privileged program (``unsecvars.h``), with
+every ``LD_*`` besides."""
+
+
+def hide_loader_variables(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for exec'ing a shim: loader variables renamed with ``HIDDEN_PREFIX``."""
+    return {
+        (HIDDEN_PREFIX + k if k.startswith("LD_") or k in LOADER_VARIABLES else k): v
+        for k, v in env.items()
+    }
+
+
 FILE_MODE = 0o600
 """Logs and state files, whatever the umask: only the server (and a log's owner) reads them."""
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -209,8 +233,8 @@ class LocalExecutor:
         if run_as is not None:
             base = {**base, "HOME": run_as.home, "USER": run_as.name, "LOGNAME": run_as.name}
         env = {**base, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
-        for name in SHIM_VARIABLES:
-            env.pop(name, None)
+        for name in [k for k in env if k.startswith("CORRAL_SHIM_")]:
+            env.pop(name)
         if self.capacity.gpus or gpu_devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_devices))
         if self.workload_open_files is not None:
@@ -279,7 +303,7 @@ class LocalExecutor:
             launched = self._launcher.spawn(argv[1:], env, log_fd)
             if launched is not None:
                 return launched
-            return spawn_session(argv[0], argv, env, log_fd), None
+            return spawn_session(argv[0], argv, hide_loader_variables(env), log_fd), None
         except (OSError, ValueError) as exc:  # ValueError: a NUL in argv or env
             raise SpawnError(exc.strerror if isinstance(exc, OSError) else str(exc)) from None
         finally:

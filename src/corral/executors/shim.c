@@ -48,6 +48,10 @@
  *     CWD and PROGRAM. A failure is "spawn E"; values that cannot be read (or one
  *     variable without the others) are "spawn 22" and run nothing. Removed before the
  *     workload starts, like the others.
+ *   - CORRAL_SHIM_ENV_NAME=VALUE: the workload's NAME=VALUE, hidden from the shim's own
+ *     start (the server exec's a shim with LD_PRELOAD, LD_LIBRARY_PATH, GCONV_PATH…
+ *     renamed so, or a dynamically linked shim, which stays root, would load what a
+ *     user named). The shim renames them back before the workload starts.
  *   - Exit code: 0 once status is written, 1 if its path is too long for the system
  *     (it never could be), 2 on bad arguments.
  *
@@ -315,6 +319,32 @@ bad:
     return -1;
 }
 
+/* CORRAL_SHIM_ENV_NAME=VALUE becomes NAME=VALUE (see the protocol above). */
+static void restore_hidden_env(void)
+{
+    static const char prefix[] = "CORRAL_SHIM_ENV_";
+    const size_t plen = sizeof prefix - 1;
+    for (;;) {
+        char *found = NULL;
+        for (char **e = environ; *e != NULL; e++) {
+            if (strncmp(*e, prefix, plen) == 0 && strchr(*e, '=') != NULL) {
+                found = *e;
+                break;
+            }
+        }
+        if (found == NULL)
+            return;
+        char *eq = strchr(found, '=');
+        size_t len = (size_t)(eq - found);
+        char name[len + 1];
+        memcpy(name, found, len);
+        name[len] = '\0';
+        if (len > plen && setenv(name + plen, eq + 1, 1) != 0)
+            say("cannot restore ", name + plen);
+        unsetenv(name); /* also drops an empty CORRAL_SHIM_ENV_ */
+    }
+}
+
 static int shim_main(int argc, char **argv)
 {
     if (argc < 6 || strcmp(argv[4], "--") != 0)
@@ -404,6 +434,7 @@ static int shim_main(int argc, char **argv)
     /* The child reports a failed exec as its errno, a failed chdir as minus its errno,
      * on a close-on-exec pipe. It waits on a second one for a byte sent once STATE.pid is
      * written: no command runs without a trace on disk. */
+    restore_hidden_env(); /* last: a restored name never instructs the shim */
     int errpipe[2], gopipe[2];
     if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(gopipe, O_CLOEXEC) < 0)
         return finish("spawn", errno);

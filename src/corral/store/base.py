@@ -40,6 +40,15 @@ class Principal:
     admin: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Account:
+    """What a user's workloads run as: ``unix_user`` (None: the server's own account),
+    and ``admin``: the user holds an active admin key."""
+
+    unix_user: str | None
+    admin: bool
+
+
 Created = tuple[Workload, bool]
 """A workload and whether it was replayed for an idempotency key."""
 
@@ -158,8 +167,9 @@ class Store(Protocol):
         ``TokenNotFoundError``."""
         ...
 
-    def unix_user_of(self, user: str) -> str | None:
-        """The Unix account ``user``'s workloads run as (None: the server's own)."""
+    def account_of(self, user: str) -> Account:
+        """The Unix account ``user``'s workloads run as, and whether the user holds
+        an active admin key."""
         ...
 
     def close(self) -> None:

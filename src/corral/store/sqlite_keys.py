@@ -10,7 +10,7 @@ from typing import Any
 from corral.ids import new_id, now_rfc3339
 from corral.keys import same_digest
 from corral.model import Token
-from corral.store.base import Principal
+from corral.store.base import Account, Principal
 from corral.store.errors import TokenNotFoundError, UnixUserConflictError
 
 _TOKEN_COLUMNS = "k.id, k.user, k.admin, u.unix_user, k.description, k.created_at, k.revoked_at"
@@ -95,6 +95,14 @@ class SQLiteKeys:
             raise TokenNotFoundError(key_id)
         return _token(row)
 
-    def unix_user_of(self, user: str) -> str | None:
-        row = self._conn().execute("SELECT unix_user FROM users WHERE name = ?", (user,)).fetchone()
-        return None if row is None else row[0]
+    def account_of(self, user: str) -> Account:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT unix_user, EXISTS (SELECT 1 FROM api_keys WHERE user = ?"
+                " AND admin AND revoked_at IS NULL) FROM users WHERE name = ?",
+                (user, user),
+            )
+            .fetchone()
+        )
+        return Account(None, False) if row is None else Account(row[0], bool(row[1]))
