@@ -33,6 +33,7 @@ from corral.executors.shim import ShimStatus, read_pid, read_status, shim_argv, 
 from corral.ids import new_id
 from corral.logs import log_path
 from corral.model import Resources, Status, Workload
+from tests.conftest import needs_root
 
 T = TypeVar("T")
 
@@ -219,8 +220,7 @@ def _ensure(kind: str, name: str, *args: str) -> None:
 def users() -> Users:
     """Two accounts, created once (and left for the next run: useradd is idempotent
     here); ``corral-ta`` is also in ``corral-tg``."""
-    if os.geteuid() != 0:
-        pytest.skip("running workloads as other users needs root (useradd, setuid)")
+    needs_root("running workloads as other users (useradd, setuid)")
     _ensure("groupadd", GROUP)
     _ensure("useradd", USER_A, "-m", "-G", GROUP)
     _ensure("useradd", USER_B, "-m")

@@ -22,6 +22,7 @@ from corral.store import StorageFullError, StoreBusyError
 from corral.store.base import NewWorkload
 from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
+from tests.conftest import needs_root
 from tests.server import LiveServer, pid_gone, wait_until
 
 PROBLEM = "application/problem+json"
@@ -194,8 +195,7 @@ def test_a_writer_holding_the_database_gets_503_and_reads_go_on(tmp_path: Path) 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 32 MiB tmpfs, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (to fill it up) needs root")
+    needs_root("mounting a small tmpfs, to fill it up")
     mount = tmp_path / "fs"
     mount.mkdir()
     done = subprocess.run(
@@ -203,8 +203,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         capture_output=True,
         text=True,
     )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    assert done.returncode == 0, f"cannot mount a tmpfs: {done.stderr.strip()}"
     try:
         yield mount
     finally:

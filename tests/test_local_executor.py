@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from corral.executors.local import find_shims, kill_all
+from corral.keys import default_admin
 from corral.model import Status, WorkloadCreate
 from corral.store.sqlite import SQLiteStore
 from tests.server import LiveServer, free_port, pid_gone, wait_until
@@ -341,7 +342,7 @@ def test_a_claimed_workload_that_never_started_is_started_after_a_restart(
     store = SQLiteStore(tmp_path / "data" / "corral.db")
     try:
         w, _ = store.create_workload(
-            owner="alice",
+            owner=default_admin(),  # the server's admin: a root server runs it as root
             spec=WorkloadCreate(command=["sh", "-c", "echo ran; exit 4"], cwd=str(tmp_path)),
         )
         store.update_workload_status(w.id, Status.RUNNING, actor="scheduler")

@@ -26,6 +26,9 @@ async def started(tmp_path: Path, cpus: float) -> AsyncIterator[tuple[SQLiteStor
     """A started scheduler over a real store and local executor in ``tmp_path``; on
     the way out it is stopped and every workload process it left is killed."""
     store = SQLiteStore(tmp_path / "corral.db")
+    # The workloads' owner holds an admin key: a server running as root (as the tests
+    # may) runs nothing as itself for a user without one.
+    add_key(store, "alice", admin=True)
     capacity = Capacity(cpus=cpus, memory_mb=1000, gpus=0)
     scheduler = Scheduler(store, LocalExecutor(tmp_path, capacity=capacity, kill_grace_seconds=1))
     await scheduler.start()

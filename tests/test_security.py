@@ -12,7 +12,7 @@ from corral.api import create_app
 from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy
 from corral.store import Store
 from tests.asgi import SyncASGIClient
-from tests.conftest import add_key
+from tests.conftest import add_key, needs_root
 
 WORKLOAD_ROUTES = [
     ("GET", "/v1/workloads/{id}", None),
@@ -215,8 +215,7 @@ def test_a_unix_user_needs_a_root_server_and_a_real_account(users: Users) -> Non
 def test_a_server_not_running_as_root_refuses_a_mapping() -> None:
     """The check itself, run in a child that has given up root (as a server run by an
     ordinary user has)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to another user")
+    needs_root("dropping to another user")
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: become nobody, then ask

@@ -3,7 +3,6 @@ used as a browser, another local user or a careless operator would."""
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from corral.executors.local import kill_all
+from tests.conftest import needs_root
 from tests.server import LiveServer, free_port, wait_until
 from tests.test_executor_isolation import USER_A, USER_B, Users, users  # noqa: F401
 
@@ -292,8 +292,7 @@ def _gone(pid: int) -> bool:
 def test_a_root_server_runs_nothing_as_root_for_a_plain_user(tmp_path: Path) -> None:
     """Without a Unix account, a user key on a root server would be root: its
     workloads fail saying what to do, while an admin's run."""
-    if os.geteuid() != 0:
-        pytest.skip("needs a server running as root")
+    needs_root("a server running as root")
     with LiveServer(tmp_path / "data") as srv, srv.http() as admin:
         key = admin.post("/v1/tokens", json={"user": "alice"}).json()["key"]
         with srv.http(token=key) as alice:

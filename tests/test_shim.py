@@ -28,6 +28,7 @@ from corral.executors.shim import (
     shim_argv,
     state_file,
 )
+from tests.conftest import needs_root
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -374,8 +375,7 @@ def test_no_command_runs_unless_its_pid_file_is_written(
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 64 kB tmpfs, unmounted afterwards (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    needs_root("mounting a tmpfs")
     where = tmp_path / "small"
     where.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], check=True)
