@@ -324,3 +324,28 @@ def test_a_full_disk_loses_nothing_and_wedges_nothing(small_fs: Path, tmp_path: 
 def terminal(http: httpx.Client, wid: str) -> dict[str, Any] | None:
     workload: dict[str, Any] = http.get(f"/v1/workloads/{wid}").json()
     return workload if workload["status"] in {"completed", "failed", "killed"} else None
+
+
+def test_a_log_that_cannot_be_opened_fails_its_workload_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """The logs dir gone (a file in its place): a workload ends ``failed`` saying why,
+    its log reads as empty, the server goes on, and runs workloads again once the dir
+    is back."""
+    data = tmp_path / "data"
+    with LiveServer(data, "--executor", "local") as srv, srv.http() as http:
+        logs = data / "logs"
+        logs.rmdir()
+        logs.write_text("not a directory")
+        wid = http.post("/v1/workloads", json={"command": ["echo", "hi"]}).json()["id"]
+        done = wait_until(lambda: terminal(http, wid))
+        assert done["status"] == "failed"
+        assert done["reason"] == "spawn failed: cannot open its log: Not a directory"
+        assert http.get(f"/v1/workloads/{wid}/logs").text == ""
+        followed = http.get(f"/v1/workloads/{wid}/logs", params={"follow": "true"})
+        assert followed.status_code == 200 and followed.text == ""
+        logs.unlink()
+        logs.mkdir()
+        again = http.post("/v1/workloads", json={"command": ["echo", "hi"]}).json()["id"]
+        assert wait_until(lambda: terminal(http, again))["status"] == "completed"
+        assert http.get(f"/v1/workloads/{again}/logs").text == "hi\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral import logs
-from corral.logs import log_chunks, log_start
+from corral.logs import log_chunks, log_start, open_log
 
 LINE = st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"."))
 LONG_LINE = st.integers(0, 3 * logs.TAIL_BLOCK_BYTES).map(lambda n: b"y" * n)
@@ -19,7 +20,8 @@ LONG_LINE = st.integers(0, 3 * logs.TAIL_BLOCK_BYTES).map(lambda n: b"y" * n)
 def read_log(path: Path, *, tail: int | None = None) -> bytes:
     """What the logs endpoint sends: the chunks from where the last ``tail`` lines
     begin."""
-    return b"".join(log_chunks(path, start=log_start(path, tail)))
+    fd = open_log(path)
+    return b"".join(log_chunks(fd, start=log_start(fd, tail)))
 
 
 def reference_tail(data: bytes, n: int | None) -> bytes:
@@ -49,13 +51,18 @@ def test_chunks_cover_the_log_once_and_stay_small(tmp_path: Path) -> None:
     path = tmp_path / "w.log"
     data = bytes(range(11, 256)) * 5000  # 1.2 MB, no newline at all
     path.write_bytes(data)
-    chunks = list(log_chunks(path, start=1000))
+    chunks = list(log_chunks(open_log(path), start=1000))
     assert b"".join(chunks) == data[1000:]
     assert max(map(len, chunks)) <= logs.READ_CHUNK_BYTES and len(chunks) > 4
-    assert log_start(path, 1) == 0  # one (unterminated) line: all of it
+    fd = open_log(path)
+    assert log_start(fd, 1) == 0  # one (unterminated) line: all of it
+    assert fd is not None
+    os.close(fd)
 
 
 def test_a_log_not_written_yet_is_empty(tmp_path: Path) -> None:
     missing = tmp_path / "none.log"
     assert read_log(missing) == b"" and read_log(missing, tail=5) == b""
-    assert list(log_chunks(missing)) == []
+    assert open_log(missing) is None and list(log_chunks(None)) == []
+    (tmp_path / "a-file").write_text("")
+    assert open_log(tmp_path / "a-file" / "under-a-file.log") is None  # ENOTDIR

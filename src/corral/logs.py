@@ -8,6 +8,8 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+from corral.errors import CorralError
+
 TAIL_BLOCK_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 256 * 1024
 
@@ -16,26 +18,36 @@ def log_path(data_dir: Path, workload_id: str) -> Path:
     return data_dir / "logs" / f"{workload_id}.log"
 
 
-def log_start(path: Path, tail: int | None) -> int:
+class LogUnavailableError(CorralError):
+    """The log exists but cannot be read (the OS's reason follows)."""
+
+
+_ABSENT = (FileNotFoundError, NotADirectoryError)
+"""A log that is not there (yet, or any more): read as empty."""
+
+
+def open_log(path: Path) -> int | None:
+    """A descriptor of the log, None when there is none, or ``LogUnavailableError``
+    when the OS refuses it (so a route answers a problem before it starts a body)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except _ABSENT:
+        return None
+    except OSError as exc:
+        raise LogUnavailableError(f"cannot read the log: {exc.strerror}") from None
+
+
+def log_start(fd: int | None, tail: int | None) -> int:
     """The byte offset where the last ``tail`` lines begin (0 for the whole log)."""
-    if tail is None:
+    if tail is None or fd is None:
         return 0
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return 0
-    try:
-        return _tail_offset(fd, tail)
-    finally:
-        os.close(fd)
+    return _tail_offset(fd, tail)
 
 
-def log_chunks(path: Path, *, start: int = 0) -> Iterator[bytes]:
-    """The log from byte ``start`` to its size now, in chunks of at most
-    ``READ_CHUNK_BYTES``: memory stays flat however large the log."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+def log_chunks(fd: int | None, *, start: int = 0) -> Iterator[bytes]:
+    """The log (open as ``fd``, which this closes) from byte ``start`` to its size now,
+    in chunks of at most ``READ_CHUNK_BYTES``: memory stays flat however large."""
+    if fd is None:
         return
     try:
         end = os.fstat(fd).st_size
@@ -102,8 +114,8 @@ async def follow_log(
 
 def _read_from(path: Path, offset: int) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except _ABSENT:
         return b""
     try:
         return os.pread(fd, READ_CHUNK_BYTES, offset)

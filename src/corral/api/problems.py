@@ -25,6 +25,7 @@ from corral.errors import (
     InvalidInputError,
     UnsupportedMediaTypeError,
 )
+from corral.logs import LogUnavailableError
 from corral.model import Status
 from corral.serverlog import mark_logged
 from corral.store.errors import (
@@ -122,6 +123,8 @@ async def _corral_error(request: Request, exc: Exception) -> Response:
         return problem(404, "not-found", str(exc))
     if isinstance(exc, ForbiddenError):
         return problem(403, "forbidden", str(exc))
+    if isinstance(exc, LogUnavailableError):
+        return problem(503, "log-unavailable", str(exc))
     if isinstance(exc, UnsupportedMediaTypeError):
         return problem(415, "unsupported-media-type", str(exc))
     if isinstance(exc, UnixUserConflictError):

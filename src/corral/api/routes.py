@@ -7,6 +7,7 @@ without a second validation pass).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,7 +22,7 @@ from corral.api.access import note
 from corral.api.guard import principal
 from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
 from corral.errors import ForbiddenError, InvalidInputError, UnsupportedMediaTypeError
-from corral.logs import follow_log, log_chunks, log_path, log_start
+from corral.logs import follow_log, log_chunks, log_path, log_start, open_log
 from corral.model import (
     LABEL_SELECTOR_RE,
     LABELS_MAX_ENTRIES,
@@ -302,9 +303,17 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
     ) -> Response:
         store.get_workload(workload_id, owner=visible_to(principal(request)))  # else 404
         path = log_path(data_dir, workload_id)
-        start = log_start(path, tail)
+        fd = open_log(path)
+        try:
+            start = log_start(fd, tail)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
         if not follow:  # what is there now, streamed from disk
-            return StreamingResponse(log_chunks(path, start=start), media_type="text/plain")
+            return StreamingResponse(log_chunks(fd, start=start), media_type="text/plain")
+        if fd is not None:
+            os.close(fd)
 
         def finished() -> bool:
             if scheduler.is_active(workload_id):
