@@ -3,6 +3,7 @@
 Run as its own process, so it never shares the server's GIL::
 
     python -m bench.http_load '{"port": 8765, "requests": [...], "conns": 32, ...}'
+    python -m bench.http_load @spec.json      # (read, then removed)
 
 ``requests`` are ready-made request bytes (latin-1 strings in the JSON), used round
 robin. Each connection keeps one request in flight. Two modes: ``duration`` (count
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -179,8 +182,12 @@ async def _main(spec: dict[str, Any]) -> dict[str, Any]:
 
 def start_load(spec: dict[str, Any]) -> subprocess.Popen[str]:
     """Start the generator in its own process; ``finish_load`` collects its report."""
+    # In a file the generator reads and removes: thousands of requests, each with its
+    # key, outgrow one argument (128 kB).
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
     return subprocess.Popen(
-        [PYTHON, "-m", "bench.http_load", json.dumps(spec)],
+        [PYTHON, "-m", "bench.http_load", f"@{f.name}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -207,7 +214,13 @@ def run_load(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
 
 
 def main() -> None:
-    spec = json.loads(sys.argv[1])
+    arg = sys.argv[1]
+    if arg.startswith("@"):
+        with open(arg[1:]) as f:
+            spec = json.load(f)
+        os.unlink(arg[1:])
+    else:
+        spec = json.loads(arg)
     try:
         import uvloop
 

@@ -21,12 +21,14 @@ uvicorn's loggers go through the same handler; its access log stays off
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
 import sys
 import time
+from logging import INFO
 from typing import Any, Literal, TextIO
 
 LogFormat = Literal["text", "json"]
@@ -110,12 +112,15 @@ class _Clock:
         self._second: tuple[int, str] = (-1, "")
 
     def __call__(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        return self.at(record.created)
+
+    def at(self, created: float) -> str:
+        second = int(created)
         cached = self._second
         if cached[0] != second:
             cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
             self._second = cached
-        return f"{cached[1]}.{int(record.msecs):03d}Z"
+        return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
 
 
 def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
@@ -169,19 +174,95 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes each record as a line and flushes it (so a crash loses none), in one
-    locked step. Drops a record about an exception already logged with its traceback
-    (uvicorn logs what Starlette re-raises after answering 500)."""
+    """Writes each record as a line. A warning or worse is written and flushed at once;
+    INFO lines logged on an event loop (one per state-changing request) are gathered
+    and written together when the loop turn ends: one write for a batch of requests
+    instead of one each (it was a tenth of a create's cost). A crash may lose the INFO
+    lines of its last loop turn, never a warning; the events table keeps who did what.
+    Drops a record about an exception already logged with its traceback (uvicorn logs
+    what Starlette re-raises after answering 500)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info and getattr(record.exc_info[1], LOGGED_MARK, False):
             return
         try:
             line = self.format(record) + "\n"
-            self.stream.write(line)
-            self.stream.flush()
+            if record.levelno < logging.WARNING and self._later(line):
+                return
+            self._write([*self._pending, line])
+            self._pending.clear()
         except Exception:
             self.handleError(record)
+
+    def _later(self, line: str) -> bool:
+        """Queue ``line`` for the end of this loop turn; False off a loop."""
+        if self._pending:
+            self._pending.append(line)
+            return True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._pending.append(line)
+        loop.call_soon(self._drain)
+        return True
+
+    def _drain(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                lines, self._pending = self._pending, []
+                try:
+                    self._write(lines)
+                except Exception:
+                    self.handleError(logging.makeLogRecord({"msg": "request log lost"}))
+
+    def _write(self, lines: list[str]) -> None:
+        self.stream.write("".join(lines))
+        self.stream.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                lines, self._pending = self._pending, []
+                self._write(lines)
+        super().flush()
+
+
+_FAST_CLOCK = _Clock()
+_direct: tuple[_Handler, LogFormat] | None = None
+"""corral's handler and format once ``configure`` ran: ``info_fields`` writes to it
+directly."""
+
+
+def info_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
+    """``logger.info(msg, extra={"fields": fields})``, the same line, at a third of the
+    cost when corral's handler is the one that writes it (the request log's path: a
+    LogRecord, the logger tree and the handler's locking were most of it)."""
+    direct = _direct
+    if direct is None or logger.handlers or logger.filters or not logger.isEnabledFor(INFO):
+        logger.info(msg, extra={FIELDS: fields})
+        return
+    handler, fmt = direct
+    stamp = _FAST_CLOCK.at(time.time())
+    if fmt == "json":
+        out: dict[str, Any] = {"ts": stamp, "level": "INFO", "logger": logger.name, "msg": msg}
+        for key, value in fields.items():
+            out.setdefault(key, value)
+        line = json.dumps(out, default=str)
+    else:
+        line = f"{stamp} INFO {escape(logger.name)} {escape(msg)}" + "".join(
+            [f" {escape(k)}={_value(v)}" for k, v in fields.items()]
+        )
+    with handler.lock:  # type: ignore[union-attr]
+        try:
+            if not handler._later(line + "\n"):
+                handler._write([line + "\n"])
+        except Exception:
+            handler.handleError(logging.makeLogRecord({"msg": msg}))
 
 
 def mark_logged(exc: BaseException) -> None:
@@ -201,6 +282,8 @@ def configure(fmt: LogFormat = "text", stream: TextIO | None = None) -> None:
         if isinstance(old, _Handler):
             root.removeHandler(old)
     root.addHandler(handler)
+    global _direct
+    _direct = (handler, fmt)
     # Neither format shows the caller's file and line, nor the process name: skip
     # looking them up for every record (the logging HOWTO's "Optimization").
     logging._srcfile = None

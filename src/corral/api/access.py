@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.serverlog import FIELDS
+from corral.serverlog import info_fields
 
 log = logging.getLogger("corral.api")
 
@@ -84,4 +84,4 @@ class AccessLog:
             if location is not None:
                 record["id"] = location.decode("latin-1").rpartition("/")[2]
             record.update(fields)
-            log.info("request", extra={FIELDS: record})
+            info_fields(log, "request", record)
