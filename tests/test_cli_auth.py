@@ -16,6 +16,7 @@ import pytest
 
 from tests.scripted import KEY, Answer, ScriptedServer, Seen, problem, token_body, workload_body
 from tests.server import LiveServer
+from tests.test_cli import one_line_error as cli_error_line
 
 KEY_VARS = ("CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "CORRAL_DATA_DIR", "CORRAL_URL")
 
@@ -49,13 +50,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("corral: ")
-    return lines[0].removeprefix("corral: ")
+    return cli_error_line(result, code)
 
 
 # --- against a scripted server -----------------------------------------------------------

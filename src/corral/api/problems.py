@@ -109,6 +109,24 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more
 
 
+PROBLEMS: dict[type[CorralError], tuple[int, str]] = {
+    NotFoundError: (404, "not-found"),
+    TokenNotFoundError: (404, "not-found"),
+    ForbiddenError: (403, "forbidden"),
+    UnsupportedMediaTypeError: (415, "unsupported-media-type"),
+    UnixUserConflictError: (409, "unix-user-conflict"),
+    IdempotencyKeyReusedError: (422, "idempotency-key-reused"),
+    ExceedsCapacityError: (422, "invalid-input"),
+    InvalidInputError: (422, "invalid-input"),
+    BodyTooLargeError: (413, "body-too-large"),
+    StorageFullError: (507, "storage-full"),
+    StoreBusyError: (503, "busy"),
+    LogUnavailableError: (503, "log-unavailable"),
+}
+"""Each domain error's status and problem type (``InvalidTransitionError`` adds the
+state machine's fields; a 503 ``busy`` says when to retry)."""
+
+
 async def _corral_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, InvalidTransitionError):
         return problem(
@@ -119,30 +137,14 @@ async def _corral_error(request: Request, exc: Exception) -> Response:
             requested_status=exc.requested.value,
             allowed=[s.value for s in exc.allowed],
         )
-    if isinstance(exc, NotFoundError | TokenNotFoundError):
-        return problem(404, "not-found", str(exc))
-    if isinstance(exc, ForbiddenError):
-        return problem(403, "forbidden", str(exc))
-    if isinstance(exc, LogUnavailableError):
-        return problem(503, "log-unavailable", str(exc))
-    if isinstance(exc, UnsupportedMediaTypeError):
-        return problem(415, "unsupported-media-type", str(exc))
-    if isinstance(exc, UnixUserConflictError):
-        return problem(409, "unix-user-conflict", str(exc))
-    if isinstance(exc, IdempotencyKeyReusedError):
-        return problem(422, "idempotency-key-reused", str(exc))
-    if isinstance(exc, ExceedsCapacityError | InvalidInputError):
-        return problem(422, "invalid-input", str(exc))
-    if isinstance(exc, BodyTooLargeError):
-        return problem(413, "body-too-large", str(exc))
-    if isinstance(exc, StorageFullError):
-        return problem(507, "storage-full", str(exc))
+    mapped = next((PROBLEMS[c] for c in type(exc).__mro__ if c in PROBLEMS), None)
+    if mapped is None:
+        _log_unexpected(request, exc)
+        return problem(500, "internal", "an unexpected error occurred; the server log has details")
+    response = problem(*mapped, str(exc))
     if isinstance(exc, StoreBusyError):
-        response = problem(503, "busy", str(exc))
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
-    _log_unexpected(request, exc)
-    return problem(500, "internal", "an unexpected error occurred; the server log has details")
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
