@@ -28,7 +28,7 @@ from corral.keys import default_admin
 from corral.model import Status
 from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, list_query
 
-BUILD_VERSION = "2"
+BUILD_VERSION = "3"
 COLUMNS = (
     "id, name, command, env, cwd, cpus, memory_mb, gpus, labels, priority, timeout_seconds,"
     " status, exit_code, signal, reason, created_at, updated_at, started_at, finished_at, owner"

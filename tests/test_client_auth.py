@@ -23,7 +23,7 @@ from corral import (
 )
 from corral.model import NewToken, Status, Token
 from tests.scripted import KEY, Answer, ScriptedServer, Seen, problem, token_body, workload_body
-from tests.server import LiveServer
+from tests.server import LiveServer, free_port
 
 KEY_VARS = ("CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "CORRAL_DATA_DIR")
 
@@ -422,3 +422,16 @@ def test_no_key_is_refused_with_where_to_find_one(server: LiveServer, no_keys: P
     with Client(server.url) as client, pytest.raises(Unauthorized) as info:
         client.submit(["true"])
     assert "none was found" in str(info.value)
+
+
+def test_a_loopback_server_is_reached_without_the_environment_s_proxy(
+    no_keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$HTTP_PROXY would see the key, and cannot reach this machine's loopback."""
+    write(no_keys / "token", "default-key\n")
+    dead = free_port()
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{dead}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert sent_key() == "Bearer default-key"

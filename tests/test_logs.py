@@ -21,7 +21,10 @@ def read_log(path: Path, *, tail: int | None = None) -> bytes:
     """What the logs endpoint sends: the chunks from where the last ``tail`` lines
     begin."""
     fd = open_log(path)
-    return b"".join(log_chunks(fd, start=log_start(fd, tail)))
+    start = log_start(fd, tail)
+    if fd is not None:
+        os.close(fd)
+    return b"".join(log_chunks(path, start=start))
 
 
 def reference_tail(data: bytes, n: int | None) -> bytes:
@@ -51,7 +54,7 @@ def test_chunks_cover_the_log_once_and_stay_small(tmp_path: Path) -> None:
     path = tmp_path / "w.log"
     data = bytes(range(11, 256)) * 5000  # 1.2 MB, no newline at all
     path.write_bytes(data)
-    chunks = list(log_chunks(open_log(path), start=1000))
+    chunks = list(log_chunks(path, start=1000))
     assert b"".join(chunks) == data[1000:]
     assert max(map(len, chunks)) <= logs.READ_CHUNK_BYTES and len(chunks) > 4
     fd = open_log(path)
@@ -63,6 +66,6 @@ def test_chunks_cover_the_log_once_and_stay_small(tmp_path: Path) -> None:
 def test_a_log_not_written_yet_is_empty(tmp_path: Path) -> None:
     missing = tmp_path / "none.log"
     assert read_log(missing) == b"" and read_log(missing, tail=5) == b""
-    assert open_log(missing) is None and list(log_chunks(None)) == []
+    assert open_log(missing) is None and list(log_chunks(missing)) == []
     (tmp_path / "a-file").write_text("")
     assert open_log(tmp_path / "a-file" / "under-a-file.log") is None  # ENOTDIR

@@ -82,3 +82,14 @@ def test_data_from_before_keys_belongs_to_the_first_admin(tmp_path: Path) -> Non
     migrate.downgrade(url, "0001")  # and back: the owner column goes, the rows stay
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM workloads").fetchone()[0] == 2
+
+
+def test_a_development_0002_with_its_second_owner_index_goes_down(tmp_path: Path) -> None:
+    """An early build of 0002 also made ``(owner, id)``; the downgrade drops it first."""
+    path = tmp_path / "corral.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE INDEX ix_workloads_owner_id ON workloads (owner, id)")
+    migrate.downgrade(url, "0001")
+    assert migrate.current_revision(url) == "0001"

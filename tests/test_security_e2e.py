@@ -3,6 +3,7 @@ used as a browser, another local user or a careless operator would."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -172,7 +173,12 @@ def test_exposure_needs_a_choice(tmp_path: Path) -> None:
     no_auth = serve("--host", "0.0.0.0", "--allowed-host", "x", "--no-auth", data=tmp_path)
     assert no_auth.returncode == 1 and "loopback only" in no_auth.stderr
     rebindable = serve("--allowed-host", "*", "--no-auth", "--port", port, data=tmp_path)
-    assert rebindable.returncode == 1 and "DNS rebinding" in rebindable.stderr
+    assert rebindable.returncode == 1 and "loopback only" in rebindable.stderr
+    origin = serve("--allowed-origin", "https://x.example", "--no-auth", data=tmp_path)
+    assert origin.returncode == 1 and "loopback only" in origin.stderr
+    for name in ("my_svc", "ex.org:8443", "a b"):
+        bad = serve("--allowed-host", name, "--port", port, data=tmp_path)
+        assert bad.returncode == 1 and "is not a host name" in bad.stderr, name
     for origin in ("null", "*", "https://x.example/path", "dash.example"):
         bad = serve("--allowed-origin", origin, "--port", port, data=tmp_path)
         assert bad.returncode == 1 and "is not an origin" in bad.stderr, origin
@@ -304,3 +310,45 @@ def test_a_root_server_runs_nothing_as_root_for_a_plain_user(tmp_path: Path) -> 
         mine = admin.post("/v1/workloads", json={"command": ["id", "-u"]}).json()["id"]
         assert wait_done(admin, mine)["status"] == "completed"
         assert admin.get(f"/v1/workloads/{mine}/logs").text == "0\n"
+
+
+def test_an_admin_key_revoked_stops_counting_at_once(tmp_path: Path) -> None:
+    """On a root server, a user ran as root while holding an admin key; once it is
+    revoked, the user's next workload does not."""
+    needs_root("a server running as root")
+    with LiveServer(tmp_path / "data") as srv, srv.http() as admin:
+        boss = admin.post("/v1/tokens", json={"user": "boss", "admin": True}).json()
+        plain = admin.post("/v1/tokens", json={"user": "boss"}).json()["key"]
+        with srv.http(token=plain) as key:
+            first = key.post("/v1/workloads", json={"command": ["id", "-u"]}).json()["id"]
+            assert wait_done(key, first)["status"] == "completed"
+            assert key.get(f"/v1/workloads/{first}/logs").text == "0\n"
+            admin.delete(f"/v1/tokens/{boss['id']}")
+            second = key.post("/v1/workloads", json={"command": ["id", "-u"]}).json()["id"]
+            done = wait_done(key, second)
+        assert done["status"] == "failed" and "has no Unix user" in str(done["reason"])
+
+
+def test_log_requests_abandoned_early_leak_no_descriptor(server: LiveServer) -> None:
+    import socket
+
+    with server.http() as http:
+        wid = http.post("/v1/workloads", json={"command": ["echo", "x"]}).json()["id"]
+        wait_done(http, wid)
+    assert server.proc is not None
+    fds = Path(f"/proc/{server.proc.pid}/fd")
+    before = len(list(fds.iterdir()))
+    request = (
+        f"GET /v1/workloads/{wid}/logs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {server.token}\r\n\r\n"
+    ).encode()
+    for _ in range(300):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            sock.sendall(request)  # and reset at once
+    time.sleep(0.5)
+    log_fds = [p for p in fds.iterdir() if str(os.readlink(p)).endswith(f"{wid}.log")]
+    assert log_fds == []
+    assert len(list(fds.iterdir())) <= before + 5

@@ -481,14 +481,19 @@ class Client:
         self.url = _normalize_url(url or os.environ.get("CORRAL_URL") or DEFAULT_URL)
         self.timeout = timeout
         self.retry_for = retry_for
-        search = _KeySearch(token, local=_is_loopback(httpx.URL(self.url).host))
+        local = _is_loopback(httpx.URL(self.url).host)
+        search = _KeySearch(token, local=local)
         self.token_source: str | None = search.source
         """Where the key came from (``$CORRAL_TOKEN``, a file's path, …), or None."""
         self._looked_in = tuple(search.looked_in)
         headers = {"User-Agent": f"corral-client/{__version__}"}
         if search.key is not None:
             headers["Authorization"] = f"Bearer {search.key}"
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        # A loopback server is reached directly: never through $HTTP_PROXY (which
+        # would see the key, and cannot reach this machine's loopback anyway).
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, headers=headers, trust_env=not local
+        )
 
     def __enter__(self) -> Client:
         return self

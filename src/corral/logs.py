@@ -44,22 +44,22 @@ def log_start(fd: int | None, tail: int | None) -> int:
     return _tail_offset(fd, tail)
 
 
-def log_chunks(fd: int | None, *, start: int = 0) -> Iterator[bytes]:
-    """The log (open as ``fd``, which this closes) from byte ``start`` to its size now,
-    in chunks of at most ``READ_CHUNK_BYTES``: memory stays flat however large."""
-    if fd is None:
-        return
+def log_chunks(path: Path, *, start: int = 0) -> Iterator[bytes]:
+    """The log from byte ``start`` to its size when iteration starts, in chunks of at
+    most ``READ_CHUNK_BYTES``: memory stays flat however large. No descriptor is held
+    between chunks (each is read by ``_read_from``): a body abandoned half-way, its
+    client gone, holds nothing open. A log the OS refuses by then ends the body."""
     try:
-        end = os.fstat(fd).st_size
-        offset = start
-        while offset < end:
-            chunk = os.pread(fd, min(READ_CHUNK_BYTES, end - offset), offset)
-            if not chunk:
-                return
-            offset += len(chunk)
-            yield chunk
-    finally:
-        os.close(fd)
+        end = os.stat(path).st_size
+    except OSError:
+        return
+    offset = start
+    while offset < end:
+        chunk = _read_from(path, offset, min(READ_CHUNK_BYTES, end - offset))
+        if not chunk:
+            return
+        offset += len(chunk)
+        yield chunk
 
 
 def _tail_offset(fd: int, lines: int) -> int:
@@ -112,12 +112,16 @@ async def follow_log(
         await asyncio.sleep(FOLLOW_POLL_SECONDS)
 
 
-def _read_from(path: Path, offset: int) -> bytes:
+def _read_from(path: Path, offset: int, size: int = READ_CHUNK_BYTES) -> bytes:
+    """Up to ``size`` bytes of the log at ``offset`` (b"" for a log that is not there
+    or that the OS refuses), opened and closed around the read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except _ABSENT:
+    except OSError:
         return b""
     try:
-        return os.pread(fd, READ_CHUNK_BYTES, offset)
+        return os.pread(fd, size, offset)
+    except OSError:
+        return b""
     finally:
         os.close(fd)

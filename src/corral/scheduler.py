@@ -143,7 +143,7 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._launches: set[asyncio.Task[None]] = set()
-        self._accounts: dict[str, RunAs | None] = {}
+        self._accounts: dict[str, RunAs] = {}  # by Unix user name
         self._unrecorded: dict[str, _Ending] = {}  # process over, end not yet stored
         self._retry: asyncio.TimerHandle | None = None
         self._failing: str | None = None  # the last failure of a pass that was logged
@@ -374,10 +374,9 @@ class Scheduler:
 
         A server running as root runs nothing as root for a user without an admin key:
         such a user needs a Unix account (``--unix-user``), else the workload fails
-        saying so. A user's mapping never changes (its first key fixes it), so an
-        accepted answer is kept; a refusal is asked again at the next launch."""
-        if owner in self._accounts:
-            return self._accounts[owner]
+        saying so. Whether the user holds an admin key is asked at every launch (a
+        revoked admin key must stop counting at once); only the account's uid and
+        groups are kept, by Unix user name."""
         account = self.store.account_of(owner)
         if account.unix_user is None:
             run_as = None
@@ -388,14 +387,16 @@ class Scheduler:
                     f" it: corral token create --user {owner} --unix-user ACCOUNT"
                 )
         else:
-            try:
-                run_as = resolve_run_as(account.unix_user)
-            except ValueError as exc:
-                reason = f"cannot run as Unix user {account.unix_user!r}: {exc}"
-                raise SpawnError(reason) from None
+            run_as = self._accounts.get(account.unix_user)
+            if run_as is None:
+                try:
+                    run_as = resolve_run_as(account.unix_user)
+                except ValueError as exc:
+                    reason = f"cannot run as Unix user {account.unix_user!r}: {exc}"
+                    raise SpawnError(reason) from None
+                self._accounts[account.unix_user] = run_as
             if run_as.uid == 0 and not account.admin:
                 raise SpawnError(f"user {owner!r} maps to uid 0 without an admin key")
-        self._accounts[owner] = run_as
         return run_as
 
     async def _launched(self, workload: Workload, started: Awaitable[None]) -> None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HOST_NAME_RE = re.compile(r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.?)+$|^[0-9a-f:.]*:[0-9a-f:.]*$")
 ORIGIN_RE = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
@@ -49,12 +50,12 @@ def check_exposure(settings: Settings) -> list[str]:
     warnings = []
     loopback = is_loopback(settings.host)
     if settings.no_auth:
-        if not loopback or settings.allowed_hosts:
+        if not loopback or settings.allowed_hosts or settings.allowed_origins:
             raise ServeError(
-                "--no-auth is for loopback only (no --allowed-host): refusing to serve"
-                f" without keys on {settings.host} or under other host names, where anyone"
-                " who reaches it, or a web page by DNS rebinding, could run commands as"
-                " this user"
+                "--no-auth is for loopback only (no --allowed-host, no --allowed-origin):"
+                f" refusing to serve without keys on {settings.host}, under other host"
+                " names or to other origins, where anyone who reaches it, or a web page,"
+                " could run commands as this user"
             )
         warnings.append(
             "--no-auth: no API key is checked. Every local user, and any web page"
@@ -62,6 +63,13 @@ def check_exposure(settings: Settings) -> list[str]:
             f" run commands as {getpass_user()} with admin rights. Do not use it on a shared"
             " machine."
         )
+    for name in settings.allowed_hosts:
+        if name != "*" and not HOST_NAME_RE.fullmatch(name.lower()):
+            raise ServeError(
+                f"--allowed-host {name!r} is not a host name or address: give what"
+                " clients put in the URL, without a port (corral.example.org, 10.0.0.5,"
+                " ::1)"
+            )
     for origin in settings.allowed_origins:
         if not ORIGIN_RE.fullmatch(origin.rstrip("/")):
             raise ServeError(
@@ -121,8 +129,8 @@ def serve(settings: Settings) -> None:
     policy = AccessPolicy(
         auth=not settings.no_auth,
         anonymous=Principal(None, getpass_user(), True),
-        allowed_hosts=LOOPBACK_HOSTS | {h.lower() for h in settings.allowed_hosts},
-        allowed_origins=frozenset(o.rstrip("/") for o in settings.allowed_origins),
+        allowed_hosts=LOOPBACK_HOSTS | {h.lower().strip("[]") for h in settings.allowed_hosts},
+        allowed_origins=frozenset(o.rstrip("/").lower() for o in settings.allowed_origins),
         rate_limit=settings.rate_limit,
     )
     app = create_app(
@@ -153,6 +161,7 @@ def serve(settings: Settings) -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # the client address is the peer's: X-Forwarded-For is not trusted
         log_config=None,
         log_level=None,
         ssl_certfile=settings.tls_cert,

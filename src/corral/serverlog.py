@@ -193,8 +193,8 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
             line = self.format(record) + "\n"
             if record.levelno < logging.WARNING and self._later(line):
                 return
-            self._write([*self._pending, line])
-            self._pending.clear()
+            lines, self._pending = [*self._pending, line], []
+            self._write(lines)  # (lines a failed write took are not written twice)
         except Exception:
             self.handleError(record)
 
@@ -243,7 +243,14 @@ def info_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> Non
     cost when corral's handler is the one that writes it (the request log's path: a
     LogRecord, the logger tree and the handler's locking were most of it)."""
     direct = _direct
-    if direct is None or logger.handlers or logger.filters or not logger.isEnabledFor(INFO):
+    if (
+        direct is None
+        or logger.handlers
+        or logger.filters
+        or direct[0].filters
+        or logging.root.handlers != [direct[0]]  # others (a test's, Sentry's) get records
+        or not logger.isEnabledFor(INFO)
+    ):
         logger.info(msg, extra={FIELDS: fields})
         return
     handler, fmt = direct

@@ -62,7 +62,7 @@ def create_app(
     app.include_router(build_token_router(store, keys.forget))
     _fix_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(Guard, policy=policy, find_key=keys.find)
+    app.add_middleware(Guard, policy=policy, keys=keys)
     # Outermost (added last): every state-changing request is logged, the ones the
     # guard or the body limit refuse too.
     app.add_middleware(AccessLog)

@@ -65,6 +65,10 @@ def principal(request: Request) -> Principal:
     return found
 
 
+BUCKETS_MAX = 100_000
+"""Buckets kept at most (one a key); full ones are dropped first."""
+
+
 class _Buckets:
     """A token bucket per key: ``rate`` tokens a second, at most ``2 * rate`` kept."""
 
@@ -77,6 +81,8 @@ class _Buckets:
     def take(self, key: str | None) -> float:
         """0 when the request may go on, else the seconds until it may."""
         now = self.clock()
+        if key not in self._buckets and len(self._buckets) >= BUCKETS_MAX:
+            self._forget_full(now)
         tokens, last = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens < 1:
@@ -84,6 +90,19 @@ class _Buckets:
             return (1 - tokens) / self.rate
         self._buckets[key] = (tokens - 1, now)
         return 0.0
+
+    def _forget_full(self, now: float) -> None:
+        """Drop every bucket that has refilled (it is as good as new); if none has,
+        drop them all rather than grow without end."""
+        full = [
+            k
+            for k, (t, last) in self._buckets.items()
+            if t + (now - last) * self.rate >= self.burst
+        ]
+        for key in full:
+            del self._buckets[key]
+        if not full:
+            self._buckets.clear()
 
 
 class KeyCache:
@@ -113,19 +132,18 @@ class KeyCache:
 
 
 class Guard:
-    """See the module docstring. ``find_key(sha256) -> Principal | None`` looks a key
-    up (a ``KeyCache``'s ``find``)."""
+    """See the module docstring; ``keys`` looks keys up (and remembers valid ones)."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         policy: AccessPolicy,
-        find_key: Callable[[str], Principal | None],
+        keys: KeyCache,
     ) -> None:
         self.app = app
         self.policy = policy
-        self.find_key = find_key
+        self.keys = keys
         self._buckets = _Buckets(policy.rate_limit) if policy.rate_limit > 0 else None
         self._any_host = "*" in policy.allowed_hosts
         self._cors = (
@@ -181,12 +199,6 @@ class Guard:
             await self.app(scope, receive, send)
             return
         who = self._principal(headers.get("authorization"))
-        if isinstance(who, str) and who and self._buckets is not None:
-            # Wrong keys from one address share a budget: guessing is futile at 256
-            # bits, but each guess costs a database read.
-            client = scope.get("client")
-            if self._buckets.take(f"address {client[0] if client else '?'}"):
-                who = "too many requests with invalid keys from this address; slow down"
         if isinstance(who, StoreBusyError):
             response = problem(503, "busy", str(who))
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -227,7 +239,9 @@ class Guard:
 
     def _principal(self, authorization: str | None) -> Principal | str | StoreBusyError:
         """The key's principal, or why not: "" for no key, else the reason (or the
-        database's fault)."""
+        database's fault). Invalid keys are not throttled here: guessing is futile at
+        256 bits, each costs one indexed read, and a per-address budget would lock out
+        everyone behind the same proxy as a guesser; limiting floods is a proxy's job."""
         if not self.policy.auth:
             return self.policy.anonymous
         if authorization is None:
@@ -237,7 +251,7 @@ class Guard:
         if scheme.lower() != "bearer" or not key:
             return "the Authorization header must be 'Bearer KEY'"
         try:
-            found = self.find_key(key_digest(key))
+            found = self.keys.find(key_digest(key))
         except StoreBusyError as exc:
             return exc
         if found is None:

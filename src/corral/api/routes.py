@@ -303,17 +303,14 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
     ) -> Response:
         store.get_workload(workload_id, owner=visible_to(principal(request)))  # else 404
         path = log_path(data_dir, workload_id)
-        fd = open_log(path)
+        fd = open_log(path)  # a log the OS refuses is a problem now, before a body
         try:
             start = log_start(fd, tail)
-        except BaseException:
+        finally:
             if fd is not None:
                 os.close(fd)
-            raise
         if not follow:  # what is there now, streamed from disk
-            return StreamingResponse(log_chunks(fd, start=start), media_type="text/plain")
-        if fd is not None:
-            os.close(fd)
+            return StreamingResponse(log_chunks(path, start=start), media_type="text/plain")
 
         def finished() -> bool:
             if scheduler.is_active(workload_id):

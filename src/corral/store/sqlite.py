@@ -196,12 +196,11 @@ def list_query(
         rest_params = [x for pair in rest for x in pair]
         cursor_params = [cursor] if cursor else []
         return sql, [key, value, *cursor_params, *owner_params, *rest_params, limit]
-    terms = [t for t in ("w.owner = ?" if mine else "", "w.id < ?" if after else "") if t]
-    where = " WHERE " + " AND ".join(terms) if terms else ""
-    return (
-        f"SELECT {cols} FROM workloads AS w{where} ORDER BY w.id DESC LIMIT ?",
-        [*owner_params, *([cursor] if cursor else []), limit],
-    )
+    where = " WHERE w.id < ?" if cursor is not None else ""  # (an owner took a path above)
+    return f"SELECT {cols} FROM workloads AS w{where} ORDER BY w.id DESC LIMIT ?", [
+        *([cursor] if cursor else []),
+        limit,
+    ]
 
 
 def spec_digest(spec: WorkloadCreate) -> str:

@@ -88,5 +88,8 @@ def downgrade() -> None:
     op.drop_table("api_keys")
     op.drop_table("users")
     op.drop_index("ix_workloads_owner_status_id", table_name="workloads")
+    # A development build of 0002 also made (owner, id); the rebuild below would fail
+    # recreating it without its column.
+    op.execute("DROP INDEX IF EXISTS ix_workloads_owner_id")
     with op.batch_alter_table("workloads") as batch:
         batch.drop_column("owner")
