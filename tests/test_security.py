@@ -208,6 +208,14 @@ def test_a_unix_user_needs_a_root_server_and_a_real_account(users: Users) -> Non
         assert "nobody" in str(problem(clash, 409)["detail"])
         same = users["root"].post("/v1/tokens", json={"user": "dave", "unix_user": "nobody"})
         assert same.status_code == 201
+        # A user made without a mapping may be given one by a later key, once.
+        assert users["root"].post("/v1/tokens", json={"user": "erin"}).status_code == 201
+        mapped = users["root"].post("/v1/tokens", json={"user": "erin", "unix_user": "nobody"})
+        assert mapped.json()["unix_user"] == "nobody"
+        again = users["root"].post("/v1/tokens", json={"user": "erin", "unix_user": "daemon"})
+        problem(again, 409)
+        plain = users["root"].post("/v1/tokens", json={"user": "erin"}).json()
+        assert plain["unix_user"] == "nobody"
     else:
         assert "root" in detail
 

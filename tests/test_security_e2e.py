@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral.client import Client, CorralClientError
 from corral.executors.local import kill_all
 from tests.conftest import needs_root
 from tests.server import LiveServer, free_port, wait_until
@@ -205,7 +206,8 @@ def test_tls_on_a_non_loopback_address(tmp_path: Path) -> None:
     subprocess.run(
         [
             *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=corral.test", "-addext", "subjectAltName=DNS:corral.test"),
+            *("-subj", "/CN=corral.test"),
+            *("-addext", "subjectAltName=DNS:corral.test,IP:127.0.0.1"),
             *("-keyout", str(key), "-out", str(cert)),
         ],
         check=True,
@@ -227,6 +229,16 @@ def test_tls_on_a_non_loopback_address(tmp_path: Path) -> None:
             )
         with pytest.raises(httpx.TransportError):  # plain HTTP is not served
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        # The Python client trusts the certificate through SSL_CERT_FILE, and says so
+        # in one line when it does not.
+        with pytest.raises(CorralClientError, match="SSL_CERT_FILE"):
+            Client(srv.url, token=srv.token).get("01nosuchworkload0000000000")
+        os.environ["SSL_CERT_FILE"] = str(cert)
+        try:
+            with Client(srv.url, token=srv.token) as client:
+                assert client.get(r.json()["id"]).status == "pending"
+        finally:
+            del os.environ["SSL_CERT_FILE"]
         assert "corral serving https://0.0.0.0" in srv.log.read_text()
     finally:
         srv.kill()

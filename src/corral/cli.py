@@ -522,7 +522,7 @@ def token_create(
             "--unix-user",
             metavar="U",
             help="Run this user's workloads as this Unix account (the server must run as"
-            " root); fixed by the user's first key.",
+            " root); fixed once given.",
         ),
     ] = None,
     description: Annotated[

@@ -42,6 +42,7 @@ import builtins
 import ipaddress
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -490,9 +491,22 @@ class Client:
         if search.key is not None:
             headers["Authorization"] = f"Bearer {search.key}"
         # A loopback server is reached directly: never through $HTTP_PROXY (which
-        # would see the key, and cannot reach this machine's loopback anyway).
+        # would see the key, and cannot reach this machine's loopback anyway). Its
+        # certificate's CA may still come from $SSL_CERT_FILE.
+        verify: ssl.SSLContext | bool = True
+        ca_file = os.environ.get("SSL_CERT_FILE")
+        if local and ca_file:
+            try:
+                verify = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise CorralClientError(f"cannot use SSL_CERT_FILE {ca_file}: {reason}") from None
         self._http = httpx.Client(
-            base_url=self.url, timeout=timeout, headers=headers, trust_env=not local
+            base_url=self.url,
+            timeout=timeout,
+            headers=headers,
+            trust_env=not local,
+            verify=verify,
         )
 
     def __enter__(self) -> Client:
@@ -758,6 +772,12 @@ class Client:
         return error
 
     def _transport_error(self, exc: httpx.TransportError) -> CorralClientError:
+        if isinstance(exc, httpx.ConnectError) and "CERTIFICATE" in str(exc):
+            return CorralClientError(
+                f"cannot trust the TLS certificate of the corral server at {self.url}"
+                f" ({_connect_reason(exc)}); for a certificate of your own CA, set"
+                " SSL_CERT_FILE to the CA's certificate"
+            )
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             return ServerUnreachable(self.url, _connect_reason(exc))
         if isinstance(exc, httpx.TimeoutException):

@@ -150,8 +150,9 @@ class Store(Protocol):
         description: str | None = None,
     ) -> Token:
         """Store a key (its hash only) for ``user``, creating the user on its first
-        key. A user's ``unix_user`` is fixed by its first key: a later key naming
-        another raises ``UnixUserConflictError`` and stores nothing."""
+        key. A user's ``unix_user``, once given, is fixed: a later key naming another
+        raises ``UnixUserConflictError`` and stores nothing (a key naming none keeps
+        it; an unmapped user may be mapped by a later key)."""
         ...
 
     def find_api_key(self, key_sha256: str) -> Principal | None:

@@ -54,18 +54,14 @@ class TokenNotFoundError(CorralError):
 
 
 class UnixUserConflictError(CorralError):
-    """The user already runs as another Unix account (fixed by its first key)."""
+    """The user already runs as another Unix account (fixed once given)."""
 
-    def __init__(self, user: str, current: str | None, requested: str | None) -> None:
+    def __init__(self, user: str, current: str, requested: str) -> None:
         self.user = user
         super().__init__(
-            f"user {user!r} runs workloads as {_account(current)}, fixed by its first key;"
-            f" a key for it cannot run them as {_account(requested)}"
+            f"user {user!r} runs workloads as Unix user {current!r}, fixed when it was"
+            f" given; a key for it cannot run them as {requested!r} (use another user name)"
         )
-
-
-def _account(unix_user: str | None) -> str:
-    return f"Unix user {unix_user!r}" if unix_user else "the server's own Unix user"
 
 
 class StorageFullError(CorralError):

@@ -56,7 +56,9 @@ class SQLiteKeys:
                     "INSERT INTO users (name, unix_user, created_at) VALUES (?, ?, ?)",
                     (user, unix_user, now),
                 )
-            elif row[0] != unix_user and unix_user is not None:
+            elif unix_user is not None and row[0] is None:  # a first mapping, given now
+                conn.execute("UPDATE users SET unix_user = ? WHERE name = ?", (unix_user, user))
+            elif unix_user is not None and row[0] != unix_user:
                 raise UnixUserConflictError(user, row[0], unix_user)
             conn.execute(
                 "INSERT INTO api_keys (id, user, admin, key_sha256, description, created_at)"
