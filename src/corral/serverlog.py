@@ -105,16 +105,13 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class _Clock:
-    """``record.created`` as RFC 3339 UTC with milliseconds; the formatted second is
-    cached (read once per call, so a thread never mixes two seconds)."""
+    """A record's time (``time.time()``) as RFC 3339 UTC with milliseconds; the
+    formatted second is cached (read once per call, so a thread never mixes two)."""
 
     def __init__(self) -> None:
         self._second: tuple[int, str] = (-1, "")
 
-    def __call__(self, record: logging.LogRecord) -> str:
-        return self.at(record.created)
-
-    def at(self, created: float) -> str:
+    def __call__(self, created: float) -> str:
         second = int(created)
         cached = self._second
         if cached[0] != second:
@@ -134,40 +131,72 @@ def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str |
     return "\n".join(parts) if parts else None
 
 
-class TextFormatter(logging.Formatter):
+class _Formatter(logging.Formatter):
+    """A record as one line (``render``), from a LogRecord or, for ``info_fields``,
+    from its parts."""
+
     def __init__(self) -> None:
         super().__init__()
         self._clock = _Clock()
 
     def format(self, record: logging.LogRecord) -> str:
-        line = (
-            f"{self._clock(record)} {record.levelname} {escape(record.name)}"
-            f" {escape(record.getMessage())}"
+        return self.render(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            extra_fields(record),
+            _traceback(self, record),
         )
-        fields = extra_fields(record)
+
+    def render(
+        self,
+        created: float,
+        level: str,
+        name: str,
+        msg: str,
+        fields: dict[str, Any],
+        trace: str | None = None,
+    ) -> str:
+        raise NotImplementedError
+
+
+class TextFormatter(_Formatter):
+    def render(
+        self,
+        created: float,
+        level: str,
+        name: str,
+        msg: str,
+        fields: dict[str, Any],
+        trace: str | None = None,
+    ) -> str:
+        line = f"{self._clock(created)} {level} {escape(name)} {escape(msg)}"
         if fields:
             line += "".join([f" {escape(k)}={_value(v)}" for k, v in fields.items()])
-        trace = _traceback(self, record)
         if trace:
             line += "".join("\n  " + escape(part) for part in trace.split("\n"))
         return line
 
 
-class JsonFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__()
-        self._clock = _Clock()
-
-    def format(self, record: logging.LogRecord) -> str:
+class JsonFormatter(_Formatter):
+    def render(
+        self,
+        created: float,
+        level: str,
+        name: str,
+        msg: str,
+        fields: dict[str, Any],
+        trace: str | None = None,
+    ) -> str:
         out: dict[str, Any] = {
-            "ts": self._clock(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
+            "ts": self._clock(created),
+            "level": level,
+            "logger": name,
+            "msg": msg,
         }
-        for key, value in extra_fields(record).items():
+        for key, value in fields.items():
             out.setdefault(key, value)  # the fixed fields cannot be overridden
-        trace = _traceback(self, record)
         if trace:
             out["exc"] = trace
         return json.dumps(out, default=str)  # ASCII only: "\u2028" is escaped too
@@ -190,13 +219,17 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         if record.exc_info and getattr(record.exc_info[1], LOGGED_MARK, False):
             return
         try:
-            line = self.format(record) + "\n"
-            if record.levelno < logging.WARNING and self._later(line):
-                return
-            lines, self._pending = [*self._pending, line], []
-            self._write(lines)  # (lines a failed write took are not written twice)
+            self.put(self.format(record) + "\n", now=record.levelno >= logging.WARNING)
         except Exception:
             self.handleError(record)
+
+    def put(self, line: str, *, now: bool) -> None:
+        """Write ``line`` after the lines queued before it: at once when ``now`` or
+        off a loop, else at the end of this loop turn. (Called under the lock.)"""
+        if not now and self._later(line):
+            return
+        lines, self._pending = [*self._pending, line], []
+        self._write(lines)  # (lines a failed write took are not written twice)
 
     def _later(self, line: str) -> bool:
         """Queue ``line`` for the end of this loop turn; False off a loop."""
@@ -225,17 +258,13 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         self.stream.flush()
 
     def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            if self._pending:
-                lines, self._pending = self._pending, []
-                self._write(lines)
+        self._drain()
         super().flush()
 
 
-_FAST_CLOCK = _Clock()
-_direct: tuple[_Handler, LogFormat] | None = None
-"""corral's handler and format once ``configure`` ran: ``info_fields`` writes to it
-directly."""
+_direct: tuple[_Handler, _Formatter] | None = None
+"""corral's handler and its formatter once ``configure`` ran: ``info_fields`` writes
+to it directly."""
 
 
 def info_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
@@ -253,21 +282,11 @@ def info_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> Non
     ):
         logger.info(msg, extra={FIELDS: fields})
         return
-    handler, fmt = direct
-    stamp = _FAST_CLOCK.at(time.time())
-    if fmt == "json":
-        out: dict[str, Any] = {"ts": stamp, "level": "INFO", "logger": logger.name, "msg": msg}
-        for key, value in fields.items():
-            out.setdefault(key, value)
-        line = json.dumps(out, default=str)
-    else:
-        line = f"{stamp} INFO {escape(logger.name)} {escape(msg)}" + "".join(
-            [f" {escape(k)}={_value(v)}" for k, v in fields.items()]
-        )
+    handler, formatter = direct
+    line = formatter.render(time.time(), "INFO", logger.name, msg, fields)
     with handler.lock:  # type: ignore[union-attr]
         try:
-            if not handler._later(line + "\n"):
-                handler._write([line + "\n"])
+            handler.put(line + "\n", now=False)
         except Exception:
             handler.handleError(logging.makeLogRecord({"msg": msg}))
 
@@ -283,14 +302,15 @@ def configure(fmt: LogFormat = "text", stream: TextIO | None = None) -> None:
     (stderr) in ``fmt``; uvicorn's loggers included, its access log off. Call again
     to reconfigure."""
     handler = _Handler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    formatter: _Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in root.handlers[:]:
         if isinstance(old, _Handler):
             root.removeHandler(old)
     root.addHandler(handler)
     global _direct
-    _direct = (handler, fmt)
+    _direct = (handler, formatter)
     # Neither format shows the caller's file and line, nor the process name: skip
     # looking them up for every record (the logging HOWTO's "Optimization").
     logging._srcfile = None
