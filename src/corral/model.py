@@ -170,7 +170,18 @@ class WorkloadCreate(BaseModel):
             min_length=1,
             max_length=COMMAND_MAX_ARGS,
             description="argv; command[0] is the program, looked up in PATH. No shell.",
-            json_schema_extra={"prefixItems": [{"type": "string", "minLength": 1}]},
+            # In JSON Schema, ``items`` skips what ``prefixItems`` covers: command[0]
+            # restates every rule of an argument besides its own (not empty).
+            json_schema_extra={
+                "prefixItems": [
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": ARG_MAX_CHARS,
+                        "pattern": NO_NUL,
+                    }
+                ]
+            },
         ),
     ]
     name: Annotated[str | None, Field(max_length=NAME_MAX_CHARS)] = None

@@ -21,7 +21,7 @@ from corral.api.guard import (
     KeyCache,
 )
 from corral.api.limits import MAX_BODY_BYTES, BodyLimit
-from corral.api.problems import PROBLEM_JSON
+from corral.api.problems import PROBLEM_JSON, RETRY_AFTER_HEADER
 from corral.api.routes import BODY_MODELS, QUERY_ITEM_PATTERNS, build_router
 from corral.api.tokens import build_token_router
 from corral.scheduler import Scheduler
@@ -84,15 +84,13 @@ GUARD_RESPONSES = {
 }
 KEYED_RESPONSES = {
     "401": _problem_response("Unauthorized: no API key, or not a valid one"),
-    "429": _problem_response("Too Many Requests for this key; see Retry-After"),
+    "429": {
+        **_problem_response("Too Many Requests for this key; see Retry-After"),
+        "headers": RETRY_AFTER_HEADER,
+    },
     "503": {  # the key's lookup, like any read, may find the database busy
         **_problem_response("Service Unavailable: the database is busy; retry"),
-        "headers": {
-            "Retry-After": {
-                "description": "Seconds to wait before retrying.",
-                "schema": {"type": "integer"},
-            }
-        },
+        "headers": RETRY_AFTER_HEADER,
     },
 }
 UNSAFE_RESPONSES = {"403": _problem_response("Forbidden: a cross-origin request")}

@@ -44,6 +44,13 @@ PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:corral:problem:"
 RETRY_AFTER_SECONDS = 1
 """``Retry-After`` of a 503 ``busy``: the server's busy timeout is 1 s."""
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer"},
+    }
+}
+"""The OpenAPI ``headers`` of a 429 or 503."""
 READ_FAULTS = (503,)
 """What a route that reads the store may answer besides its own codes."""
 WRITE_FAULTS = (503, 507)
@@ -212,12 +219,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
     if 503 in entries:
         entries[503]["description"] = "Service Unavailable: the database is busy; retry"
-        entries[503]["headers"] = {
-            "Retry-After": {
-                "description": "Seconds to wait before retrying.",
-                "schema": {"type": "integer"},
-            }
-        }
+        entries[503]["headers"] = RETRY_AFTER_HEADER
     if 507 in entries:
         entries[507]["description"] = "Insufficient Storage: the server's disk is full"
     return entries
