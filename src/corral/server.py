@@ -20,6 +20,7 @@ import uvicorn
 
 from corral import serverlog
 from corral.config import Settings
+from corral.keys import KEY_FILE_NAME, default_admin, key_digest, new_key
 
 if TYPE_CHECKING:
     from corral.executors.local import LocalExecutor
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HOST_NAME_RE = re.compile(r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.?)+$|^[0-9a-f:.]*:[0-9a-f:.]*$")
 ORIGIN_RE = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
@@ -60,11 +60,13 @@ def check_exposure(settings: Settings) -> list[str]:
         warnings.append(
             "--no-auth: no API key is checked. Every local user, and any web page"
             " this machine's browsers open that gets past the host and origin checks, can"
-            f" run commands as {getpass_user()} with admin rights. Do not use it on a shared"
+            f" run commands as {default_admin()} with admin rights. Do not use it on a shared"
             " machine."
         )
+    from corral.api.guard import host_name
+
     for name in settings.allowed_hosts:
-        if name != "*" and not HOST_NAME_RE.fullmatch(name.lower()):
+        if name != "*" and host_name(name) is None:
             raise ServeError(
                 f"--allowed-host {name!r} is not a host name or address: give what"
                 " clients put in the URL, without a port (corral.example.org, 10.0.0.5,"
@@ -94,15 +96,9 @@ def check_exposure(settings: Settings) -> list[str]:
     return warnings
 
 
-def getpass_user() -> str:
-    from corral.keys import default_admin
-
-    return default_admin()
-
-
 def serve(settings: Settings) -> None:
     from corral.api import create_app
-    from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy
+    from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy, host_name
     from corral.scheduler import Scheduler
     from corral.store import open_store
     from corral.store.base import Principal
@@ -128,8 +124,8 @@ def serve(settings: Settings) -> None:
     scheduler = Scheduler(store, executor)
     policy = AccessPolicy(
         auth=not settings.no_auth,
-        anonymous=Principal(None, getpass_user(), True),
-        allowed_hosts=LOOPBACK_HOSTS | {h.lower().strip("[]") for h in settings.allowed_hosts},
+        anonymous=Principal(None, default_admin(), True),
+        allowed_hosts=LOOPBACK_HOSTS | {host_name(h) or h for h in settings.allowed_hosts},
         allowed_origins=frozenset(o.rstrip("/").lower() for o in settings.allowed_origins),
         rate_limit=settings.rate_limit,
     )
@@ -175,13 +171,20 @@ def serve(settings: Settings) -> None:
         lock.close()
 
 
+def _make_private(path: str | Path, mode: int) -> None:
+    """``path`` (made by an older corral, or under another umask) gets ``mode`` when
+    group or others have any access to it; a missing file is left alone."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, mode)
+
+
 def _private_dir(data_dir: Path) -> None:
     """Create the data dir, or take an existing one, as 0700: it holds the admin key,
     the database and every workload's output."""
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if data_dir.stat().st_mode & 0o077:
-            os.chmod(data_dir, 0o700)
+        _make_private(data_dir, 0o700)
     except OSError as exc:
         raise ServeError(f"cannot use data dir {data_dir}: {exc.strerror}") from None
 
@@ -192,9 +195,7 @@ def _private_files(db_url: str) -> None:
         return
     path = db_url.removeprefix("sqlite:///")
     for name in (path, f"{path}-wal", f"{path}-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(name).st_mode & 0o077:
-                os.chmod(name, 0o600)
+        _make_private(name, 0o600)
 
 
 def ensure_admin_key(store: Store, data_dir: Path) -> Path:
@@ -202,8 +203,6 @@ def ensure_admin_key(store: Store, data_dir: Path) -> Path:
     or a new one for the OS user running the server (first start, or the file was
     deleted or its key revoked). Written 0600 to a new file, then renamed, so the
     file never exists with other modes or half written."""
-    from corral.keys import KEY_FILE_NAME, default_admin, key_digest, new_key
-
     path = data_dir / KEY_FILE_NAME
     try:
         key = path.read_text().strip()
@@ -215,8 +214,7 @@ def ensure_admin_key(store: Store, data_dir: Path) -> Path:
         found = store.find_api_key(key_digest(key))
         if found is not None and found.admin:
             with contextlib.suppress(OSError):
-                if path.stat().st_mode & 0o077:
-                    os.chmod(path, 0o600)
+                _make_private(path, 0o600)
             return path
     key = new_key()
     store.create_api_key(

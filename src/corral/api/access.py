@@ -20,13 +20,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from corral.api.guard import PRINCIPAL
 from corral.serverlog import info_fields
 
 log = logging.getLogger("corral.api")
 
 LOGGED_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOG_KEY = "corral.log"
-PRINCIPAL_KEY = "corral.principal"
 
 
 def note(scope: Scope, **fields: object) -> None:
@@ -73,7 +73,7 @@ class AccessLog:
             status = status or 500  # Starlette's outermost layer answers 500 for it
             raise
         finally:
-            principal = scope.get(PRINCIPAL_KEY)
+            principal = scope.get(PRINCIPAL)
             record: dict[str, Any] = {
                 "method": scope["method"],
                 "path": scope["path"],

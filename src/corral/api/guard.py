@@ -285,3 +285,10 @@ def _hostname(host: str) -> str:
     if match is None:
         return ""
     return match.group(1) or match.group(2)
+
+
+def host_name(name: str) -> str | None:
+    """An ``--allowed-host`` value as the guard compares it (``::1``, ``[::1]`` ->
+    ``::1``; lower case), or None when no ``Host`` header could ever name it."""
+    bare = name.lower().strip("[]")
+    return bare if _hostname(f"[{bare}]" if ":" in bare else bare) == bare else None
