@@ -4,6 +4,7 @@ working. Real SQLite files; the end-to-end tests run a real ``corral serve``."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
@@ -16,13 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
+from corral.api import create_app
 from corral.executors.local import kill_all
 from corral.model import WorkloadCreate
 from corral.store import StorageFullError, StoreBusyError
 from corral.store.base import NewWorkload
 from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
-from tests.conftest import needs_root
+from tests.conftest import add_key, needs_root
 from tests.server import LiveServer, pid_gone, wait_until
 
 PROBLEM = "application/problem+json"
@@ -128,6 +130,40 @@ def test_a_busy_database_is_store_busy_after_the_timeout(tmp_path: Path) -> None
         assert rows(store.path)["workloads"] == 2
     finally:
         other.close()
+        store.close()
+
+
+def test_reads_of_a_database_locked_exclusively_are_store_busy(tmp_path: Path) -> None:
+    """Every read, the key lookups of the guard included, turns a busy database into
+    ``StoreBusyError`` (503 with Retry-After), never a raw SQLite error (500)."""
+    path = tmp_path / "corral.db"
+    with contextlib.closing(SQLiteStore(path)) as setup:
+        key = add_key(setup, "alice", admin=True)
+        wid = setup.create_workload(owner="alice", spec=big_spec(0))[0].id
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode = EXCLUSIVE")  # readers are shut out too
+    other.execute("BEGIN EXCLUSIVE")
+    store = SQLiteStore(path, busy_timeout_ms=200, migrate_schema=False)
+    client = SyncASGIClient(create_app(store, data_dir=tmp_path), token=key)
+    try:
+        reads = (
+            lambda: store.find_api_key("0" * 64),
+            lambda: store.list_api_keys(),
+            lambda: store.account_of("alice"),
+            lambda: store.get_workload(wid),
+            lambda: store.list_workloads(),
+            lambda: store.list_events(wid),
+        )
+        for read in reads:
+            with pytest.raises(StoreBusyError):
+                read()
+        answer = client.get("/v1/workloads")  # the guard's lookup of the key
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        other.close()  # the lock goes with the connection
+        assert client.get("/v1/workloads").status_code == 200
+    finally:
+        other.close()
+        client.close()
         store.close()
 
 

@@ -286,15 +286,21 @@ class SQLiteStore(SQLiteKeys):
         return fs.f_bavail * fs.f_frsize < FULL_BELOW_BYTES
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds the write lock from its first statement;
-        on any error it is rolled back whole, and faults become domain errors."""
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, for statements outside a write transaction (reads,
+        and ``BEGIN``): a full disk or a busy database is raised as the domain error."""
         try:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            yield self._conn()
         except sqlite3.Error as exc:
             self._raise_fault(exc)
             raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the write lock from its first statement;
+        on any error it is rolled back whole, and faults become domain errors."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
             conn.execute("COMMIT")
@@ -496,11 +502,8 @@ class SQLiteStore(SQLiteKeys):
     # --- reads -----------------------------------------------------------------
 
     def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
-        try:
-            return self._get(self._conn(), workload_id, owner)
-        except sqlite3.Error as exc:
-            self._raise_fault(exc)
-            raise
+        with self._connection() as conn:
+            return self._get(conn, workload_id, owner)
 
     @staticmethod
     def _get(conn: sqlite3.Connection, workload_id: str, owner: str | None) -> Workload:
@@ -532,18 +535,14 @@ class SQLiteStore(SQLiteKeys):
         sql, params = list_query(
             statuses=statuses, labels=labels, cursor=cursor, limit=limit + 1, owner=owner
         )
-        try:
-            rows = self._conn().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            self._raise_fault(exc)
-            raise
+        with self._connection() as conn:
+            rows = conn.execute(sql, params).fetchall()
         items = [_row_to_workload(r) for r in rows[:limit]]
         next_cursor = items[-1].id if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
 
     def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
-        conn = self._conn()
-        try:
+        with self._connection() as conn:
             if owner is not None:
                 self._current_status(conn, workload_id, owner)  # NotFoundError if not theirs
             rows = conn.execute(
@@ -551,9 +550,6 @@ class SQLiteStore(SQLiteKeys):
                 " WHERE workload_id = ? ORDER BY seq",
                 (workload_id,),
             ).fetchall()
-        except sqlite3.Error as exc:
-            self._raise_fault(exc)
-            raise
         if not rows:
             # Every workload has its 'created' event, so no rows means no workload.
             raise NotFoundError(workload_id)

@@ -32,7 +32,7 @@ def _token(row: Sequence[Any]) -> Token:
 class SQLiteKeys:
     """Mixed into ``SQLiteStore``: the users and api_keys tables."""
 
-    def _conn(self) -> sqlite3.Connection:
+    def _connection(self) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
@@ -69,21 +69,19 @@ class SQLiteKeys:
         return _token(found)
 
     def find_api_key(self, key_sha256: str) -> Principal | None:
-        row = (
-            self._conn()
-            .execute(
+        with self._connection() as conn:
+            row = conn.execute(
                 "SELECT id, user, admin, key_sha256 FROM api_keys"
                 " WHERE key_sha256 = ? AND revoked_at IS NULL",
                 (key_sha256,),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         if row is None or not same_digest(row[3], key_sha256):
             return None
         return Principal(key_id=row[0], user=row[1], admin=bool(row[2]))
 
     def list_api_keys(self) -> list[Token]:
-        rows = self._conn().execute(f"{_TOKENS} ORDER BY k.id DESC").fetchall()
+        with self._connection() as conn:
+            rows = conn.execute(f"{_TOKENS} ORDER BY k.id DESC").fetchall()
         return [_token(r) for r in rows]
 
     def revoke_api_key(self, key_id: str) -> Token:
@@ -98,13 +96,10 @@ class SQLiteKeys:
         return _token(row)
 
     def account_of(self, user: str) -> Account:
-        row = (
-            self._conn()
-            .execute(
+        with self._connection() as conn:
+            row = conn.execute(
                 "SELECT unix_user, EXISTS (SELECT 1 FROM api_keys WHERE user = ?"
                 " AND admin AND revoked_at IS NULL) FROM users WHERE name = ?",
                 (user, user),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         return Account(None, False) if row is None else Account(row[0], bool(row[1]))
