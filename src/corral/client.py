@@ -39,7 +39,6 @@ one of these errors, each with a message fit to show a user as is::
 from __future__ import annotations
 
 import builtins
-import ipaddress
 import os
 import re
 import ssl
@@ -52,7 +51,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from corral import __version__
-from corral.config import DEFAULT_PORT, DEFAULT_URL, default_data_dir
+from corral.config import DEFAULT_PORT, DEFAULT_URL, default_data_dir, is_loopback
+from corral.keys import KEY_FILE_NAME
 from corral.model import TERMINAL, Event, NewToken, Status, Token, Workload
 
 PROBLEM_TYPE_PREFIX = "urn:corral:problem:"
@@ -66,7 +66,6 @@ RETRY_MAX_DELAY = 5.0
 TOKEN_ENV = "CORRAL_TOKEN"
 TOKEN_FILE_ENV = "CORRAL_TOKEN_FILE"
 DATA_DIR_ENV = "CORRAL_DATA_DIR"
-TOKEN_FILE_NAME = "token"
 KEY_FILE_MAX_BYTES = 4096
 KEY_RE = re.compile(r"[\x21-\x7e]+")
 """One word of printable ASCII: anything else cannot go in an HTTP header."""
@@ -357,15 +356,6 @@ def _connect_reason(exc: httpx.TransportError) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class _KeySearch:
     """Where the client looks for its API key, in order; see ``Client``."""
 
@@ -393,10 +383,10 @@ class _KeySearch:
             return
         data_dir = os.environ.get(DATA_DIR_ENV, "")
         if data_dir and self._from_file(
-            os.path.join(os.path.expanduser(data_dir), TOKEN_FILE_NAME), explicit=False
+            os.path.join(os.path.expanduser(data_dir), KEY_FILE_NAME), explicit=False
         ):
             return
-        self._from_file(str(default_data_dir() / TOKEN_FILE_NAME), explicit=False)
+        self._from_file(str(default_data_dir() / KEY_FILE_NAME), explicit=False)
 
     def _found(self, text: str, source: str, *, explicit: bool) -> bool:
         key = text.strip()
@@ -482,7 +472,7 @@ class Client:
         self.url = _normalize_url(url or os.environ.get("CORRAL_URL") or DEFAULT_URL)
         self.timeout = timeout
         self.retry_for = retry_for
-        local = _is_loopback(httpx.URL(self.url).host)
+        local = is_loopback(httpx.URL(self.url).host)
         search = _KeySearch(token, local=local)
         self.token_source: str | None = search.source
         """Where the key came from (``$CORRAL_TOKEN``, a file's path, …), or None."""

@@ -3,6 +3,7 @@ by command-line flags."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,6 +17,17 @@ DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 KILL_GRACE_SECONDS = 10.0
 RATE_LIMIT_PER_SECOND = 200.0
 """Requests per second per API key (bursts of twice that); clients wait and retry."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (``127.0.0.1``, ``::1``,
+    ``[::1]``): the server's own machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def default_data_dir() -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import ipaddress
 import logging
 import os
 import re
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 import uvicorn
 
 from corral import serverlog
-from corral.config import Settings
+from corral.config import Settings, is_loopback
 from corral.keys import KEY_FILE_NAME, default_admin, key_digest, new_key
 
 if TYPE_CHECKING:
@@ -33,15 +32,6 @@ ORIGIN_RE = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,
 
 class ServeError(Exception):
     """A setting that keeps the server from starting; the message says which."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(settings: Settings) -> list[str]:
