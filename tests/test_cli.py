@@ -580,7 +580,7 @@ def test_user_text_cannot_drive_the_terminal() -> None:
 
     from corral.cli_render import workload_detail, workload_table
 
-    evil = "evil\r\n\x1b[31mforged [bold]x[/bold]\x07"
+    evil = "evil\r\n\x1b[31mforged [bold]x[/bold]\x07\u202egnp.exe"
     w = Workload(
         id="01m8mq0000000000000000000a", owner=evil, name=evil, command=["sh", "-c", evil],
         env={"K": evil}, cwd="/tmp/" + evil, resources=Resources(), labels={}, priority=0,
@@ -594,6 +594,7 @@ def test_user_text_cannot_drive_the_terminal() -> None:
             console.print(view)
         out = captured.get()
         assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+        assert "\u202e" not in out and "\\u202egnp.exe" in out  # no reordered text
         assert "[bold]x[/bold]" in out  # shown as typed, not as markup
         assert "\\x1b[31mforged" in out
         assert not any(line.startswith("\\x1b") for line in out.splitlines())

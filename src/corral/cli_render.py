@@ -112,7 +112,9 @@ def elapsed(workload: Workload) -> float | None:
 # --- pieces -------------------------------------------------------------------------
 
 
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""Control characters, line separators and bidi controls (which reorder what the
+terminal shows)."""
 
 
 def clean(text: str) -> str:

@@ -75,10 +75,10 @@ GID_VARIABLE = "CORRAL_SHIM_GID"
 GROUPS_VARIABLE = "CORRAL_SHIM_GROUPS"
 """With the two above: run the workload as that user (its groups comma-separated);
 the shim removes all three."""
-SHIM_VARIABLES = (NOFILE_VARIABLE, UMASK_VARIABLE, UID_VARIABLE, GID_VARIABLE, GROUPS_VARIABLE)
-"""The shim's instructions: only the server sets them (a workload's own ``CORRAL_SHIM_*``
-are dropped)."""
-HIDDEN_PREFIX = "CORRAL_SHIM_ENV_"
+SHIM_PREFIX = "CORRAL_SHIM_"
+"""Of the variables above, the shim's instructions: only the server sets them (a
+workload's own are dropped)."""
+HIDDEN_PREFIX = SHIM_PREFIX + "ENV_"
 """A shim exec'd by the server gets the workload's loader variables under this prefix
 (it renames them back): a dynamically linked shim stays root, and must not load a
 library a user named."""
@@ -233,7 +233,7 @@ class LocalExecutor:
         if run_as is not None:
             base = {**base, "HOME": run_as.home, "USER": run_as.name, "LOGNAME": run_as.name}
         env = {**base, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
-        for name in [k for k in env if k.startswith("CORRAL_SHIM_")]:
+        for name in [k for k in env if k.startswith(SHIM_PREFIX)]:
             env.pop(name)
         if self.capacity.gpus or gpu_devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_devices))
