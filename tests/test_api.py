@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from corral.api import create_app
+from corral.store import Store
 from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
 from tests.conftest import add_key
@@ -52,13 +53,18 @@ def test_create_returns_201_location_and_workload(api: SyncASGIClient) -> None:
 @pytest.mark.parametrize(
     "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
 )
-def test_a_body_must_be_declared_json(api: SyncASGIClient, content_type: str | None) -> None:
+def test_a_body_must_be_declared_json(
+    api: SyncASGIClient, store: Store, content_type: str | None
+) -> None:
     """What a web page can send without a CORS preflight is refused, and stores nothing."""
     headers = {"Content-Type": content_type} if content_type else {}
     response = api.post("/v1/workloads", content=b'{"command": ["true"]}', headers=headers)
     assert "application/json" in str(assert_problem(response, 415)["detail"])
     put = api.put("/v1/workloads/x/status", content=b'{"status": "running"}', headers=headers)
     assert_problem(put, 415)
+    token = api.post("/v1/tokens", content=b'{"user": "mallory"}', headers=headers)
+    assert_problem(token, 415)
+    assert [t.user for t in store.list_api_keys()] == ["admin"]
     assert api.get("/v1/workloads").json()["items"] == []
     charset = {"Content-Type": "application/json; charset=utf-8"}
     ok = api.post("/v1/workloads", content=b'{"command": ["true"]}', headers=charset)

@@ -10,6 +10,7 @@ import pytest
 
 from corral.api import create_app
 from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy
+from corral.keys import key_digest
 from corral.store import Store
 from tests.asgi import SyncASGIClient
 from tests.conftest import add_key, needs_root
@@ -106,6 +107,7 @@ def test_every_route_needs_a_valid_key(
 def test_public_routes_need_no_key(users: Users) -> None:
     assert users.anonymous.get("/healthz").status_code == 200
     assert users.anonymous.get("/openapi.json").status_code == 200
+    assert users.anonymous.get("/docs").status_code == 200
 
 
 @pytest.mark.parametrize(("method", "path", "body"), WORKLOAD_ROUTES)
@@ -170,9 +172,12 @@ def test_idempotency_keys_are_per_owner(users: Users) -> None:
 
 
 def test_tokens_are_managed_by_admins_and_never_shown_again(users: Users, store: Store) -> None:
+    root_key = next(t.id for t in store.list_api_keys() if t.user == "root")
     for name in ("alice", "bob"):
         problem(users[name].post("/v1/tokens", json={"user": "eve"}), 403)
         problem(users[name].get("/v1/tokens"), 403)
+        problem(users[name].delete(f"/v1/tokens/{root_key}"), 403)
+    assert store.find_api_key(key_digest(users.keys["root"])) is not None  # not revoked
     created = users["root"].post("/v1/tokens", json={"user": "carol", "description": "ci"})
     assert created.status_code == 201
     token = created.json()
