@@ -21,7 +21,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import api_bench, latency_bench, list_bench, memory, process_bench, store_bench
+from bench import (
+    api_bench,
+    cli_bench,
+    latency_bench,
+    list_bench,
+    memory,
+    process_bench,
+    store_bench,
+)
 from bench.common import REPO, Metric, machine_info, remove_fresh_dirs
 
 GroupRun = Callable[[bool, set[str]], dict[str, Metric]]
@@ -33,6 +41,7 @@ GROUPS: list[tuple[str, GroupRun, tuple[str, ...]]] = [
      ("start_latency_p50_ms", "start_latency_p99_ms", "kill_latency_p99_ms")),
     ("list", list_bench.run, ("list_p99_ms",)),
     ("memory", memory.run, ("rss_idle_mb", "rss_busy_mb")),
+    ("cli", cli_bench.run, ("cli_call_ms",)),
 ]  # fmt: skip
 NAMES = [name for _, _, names in GROUPS for name in names]
 
@@ -74,6 +83,7 @@ TARGETS: dict[str, Target] = {
     "list_p99_ms": Target(max=20),
     "rss_idle_mb": Target(max=100),
     "rss_busy_mb": Target(max=250),
+    "cli_call_ms": Target(max=80, min_ratio=1 / 6),
 }
 """The targets, set for full mode on a 2-core machine (applied to quick mode too)."""
 
