@@ -126,8 +126,8 @@ def test_token_list_and_revoke(home: Path) -> None:
     [
         (("token", "create", "--user", "Alice"), "invalid --user 'Alice': lower-case"),
         (("token", "create", "--user", "a", "--unix-user", "x y"), "invalid --unix-user 'x y'"),
-        (("token", "create"), "Missing option '--user'. (see: corral token create --help)"),
-        (("token", "revoke"), "Missing argument 'ID'. (see: corral token revoke --help)"),
+        (("token", "create"), "missing --user (see: corral token create --help)"),
+        (("token", "revoke"), "missing ID (see: corral token revoke --help)"),
         (("--token", "two words", "ls"), "invalid --token: a key is one word"),
         (("--token", "", "ls"), "invalid --token: a key is one word"),
     ],
@@ -140,7 +140,7 @@ def test_malformed_key_options(home: Path, args: tuple[str, ...], expected: str)
 def test_the_token_flag_wins_and_is_named_when_refused(home: Path) -> None:
     with ScriptedServer(problem(401, "unauthorized", "invalid API key")) as srv:
         result = corral("--token", "flag-key", "ls", url=srv.url, home=home, token="env-key")
-        message = one_line_error(result)
+        message = one_line_error(result, 4)
     assert srv.seen[0].headers["authorization"] == "Bearer flag-key"
     assert message.startswith(f"the corral server at {srv.url} refused the API key from --token")
     assert "corral token create" in message
@@ -151,7 +151,7 @@ def test_no_key_found_says_where_corral_looks(home: Path, tmp_path: Path) -> Non
     with ScriptedServer(problem(401, "unauthorized", "an API key is needed")) as srv:
         data = tmp_path / "data"
         result = corral("submit", "--", "true", url=srv.url, home=home, CORRAL_DATA_DIR=str(data))
-        message = one_line_error(result)
+        message = one_line_error(result, 4)
     assert "none was found" in message
     assert str(data / "token") in message and str(home / "corral" / "token") in message
     assert "corral serve writes its admin key to DATA_DIR/token" in message
@@ -176,7 +176,7 @@ def test_a_key_file_is_read(home: Path, tmp_path: Path) -> None:
 def test_403_is_one_line_with_a_hint(home: Path) -> None:
     refused = problem(403, "forbidden", "listing every user's workloads needs an admin key")
     with ScriptedServer(refused) as srv:
-        message = one_line_error(corral("ls", "--all-users", url=srv.url, home=home, token="u"))
+        message = one_line_error(corral("ls", "--all-users", url=srv.url, home=home, token="u"), 4)
     assert message.startswith("listing every user's workloads needs an admin key (the key from")
     assert "$CORRAL_TOKEN is not an admin key" in message
 
@@ -206,8 +206,9 @@ def test_a_busy_server_is_retried(home: Path) -> None:
 
 def test_ls_all_users_has_an_owner_column_and_show_the_owner(home: Path) -> None:
     def answer(seen: Seen) -> Answer:
-        if seen.path.startswith("/v1/workloads?"):
-            return Answer(200, {"items": [workload_body()], "next_cursor": None})
+        if seen.path.startswith("/v1/workloads?"):  # w1 is pending, and named w1 here
+            items = [{**workload_body(), "name": "w1"}] if "status=pending" in seen.path else []
+            return Answer(200, {"items": items, "next_cursor": None, "total": len(items)})
         if seen.path.endswith("/events"):
             return Answer(200, {"items": []})
         return Answer(200, workload_body())
@@ -217,10 +218,10 @@ def test_ls_all_users_has_an_owner_column_and_show_the_owner(home: Path) -> None
         mine = ok(corral("ls", url=srv.url, home=home)).splitlines()
         shown = ok(corral("show", "w1", url=srv.url, home=home))
     assert everyone[0].split()[:3] == ["ID", "OWNER", "NAME"]
-    assert everyone[1].split()[:3] == ["w1", "alice", "pending"]
+    assert everyone[1].split()[:4] == ["w1", "alice", "w1", "pending"]
     assert mine[0].split()[:2] == ["ID", "NAME"]
-    assert "all_users=true" in srv.seen[0].path
-    assert "all_users" not in srv.seen[1].path
+    assert all("all_users=true" in seen.path for seen in srv.seen[:2])  # active, finished
+    assert not any("all_users" in seen.path for seen in srv.seen[2:])
     assert any(line.split() == ["owner", "alice"] for line in shown.splitlines())
 
 
@@ -263,9 +264,9 @@ def test_tokens_and_owners_through_the_cli(server: LiveServer, home: Path) -> No
     assert owners[erin_id] == "erin" and {owners[i] for i in dave_ids} == {"dave"}
     assert "owner" in ok(as_admin("show", erin_id)) and "erin" in ok(as_admin("show", erin_id))
 
-    forbidden = one_line_error(corral("ls", "--all-users", url=url, home=home, token=dave))
+    forbidden = one_line_error(corral("ls", "--all-users", url=url, home=home, token=dave), 4)
     assert "the key from $CORRAL_TOKEN is not an admin key" in forbidden
-    one_line_error(corral("token", "list", url=url, home=home, token=dave))
+    one_line_error(corral("token", "list", url=url, home=home, token=dave), 4)
 
     listed = json.loads(ok(as_admin("token", "list", "--json")))
     by_user = {t["user"]: t for t in listed}
@@ -276,7 +277,7 @@ def test_tokens_and_owners_through_the_cli(server: LiveServer, home: Path) -> No
 
     dave_id = by_user["dave"]["id"]
     assert ok(as_admin("token", "revoke", dave_id)) == f"revoked {dave_id} (dave)\n"
-    revoked = one_line_error(corral("ls", url=url, home=home, token=dave))
+    revoked = one_line_error(corral("ls", url=url, home=home, token=dave), 4)
     assert revoked.startswith(f"the corral server at {url} refused the API key from $CORRAL_TOKEN")
     assert dave not in revoked
     assert submit_as(erin)  # other keys keep working
@@ -288,6 +289,6 @@ def test_the_server_s_own_key_is_found_without_a_step(server: LiveServer, home: 
 
 
 def test_no_key_against_a_real_server(server: LiveServer, home: Path) -> None:
-    message = one_line_error(corral("ls", url=server.url, home=home))
+    message = one_line_error(corral("ls", url=server.url, home=home), 4)
     assert "none was found" in message
     assert str(home / "corral" / "token") in message

@@ -1,47 +1,56 @@
 """The ``corral`` command line: a thin face over ``corral.Client`` (and ``serve``).
 
-Every failure prints one line to stderr and exits non-zero; no tracebacks. Exit
-codes: ``wait`` and ``submit --wait`` mirror the workload (see ``exit_status``);
-otherwise 0 on success, 1 when corral could not do it, 2 for a malformed option,
-124 when ``wait --timeout`` runs out, 130 on Ctrl-C.
+It starts in tens of milliseconds: ``argparse`` and the light client only (standard
+library), plain text out (``cli_render``); ``corral serve`` imports the server when it
+runs. Every failure prints one line to stderr, never a traceback, and exits with a
+status that says what kind of failure it was (``EXIT_HELP``).
+
+Handles: wherever a workload is named, a full id, a unique prefix of one (at least
+``PREFIX_MIN`` characters), or a name unique among the caller's active workloads
+(``resolve``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, NoReturn
 
-import typer
-
+from corral import __version__
 from corral.cli_render import (
     EXIT_ERROR,
     StatusLine,
+    as_json,
+    colour_on,
     exit_status,
     final_line,
     print_json,
-    print_out,
-    stderr_console,
+    status_view,
+    table_width,
     token_table,
     workload_detail,
     workload_table,
+    write_lines,
 )
 from corral.client import (
-    KEY_RE,
     Client,
     CorralClientError,
     Forbidden,
+    InvalidInput,
     InvalidTransition,
     NotFound,
+    ServerUnreachable,
+    Unauthorized,
     WaitTimeout,
 )
-from corral.defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
+from corral.defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, is_loopback
 from corral.wire import (
     ENV_NAME_RE,
+    TERMINAL,
     UNIX_USER_RE,
     USER_NAME_RE,
     Status,
@@ -49,553 +58,1316 @@ from corral.wire import (
     check_label,
 )
 
-__all__ = ["app", "exit_status", "main"]
+__all__ = ["exit_status", "main", "run"]
 
-app = typer.Typer(
-    help="corral: submit commands, run them when resources allow, follow and kill them.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
+EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_KEY_REFUSED = 4
 EXIT_WAIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+EXIT_HELP = """\
+exit status:
+  0    done (wait, submit --wait: the workload completed)
+  1    corral refused: not found, conflict, invalid input, server error
+  2    usage: a bad flag or value, too short an id prefix
+  3    the server cannot be reached (nothing listens, DNS, TLS)
+  4    the server refused the API key (401, 403)
+  124  wait --timeout ran out
+  130  interrupted (Ctrl-C)
+  wait and submit --wait exit with the workload's outcome: 0 completed, its exit code
+  when it failed with one, 128+N when killed by signal N, 143 killed through corral,
+  1 any other failure (timeout, spawn failure, lost); with several, the outcome of the
+  first (in the order given) that did not complete.
+
+workloads are named by a full id, a unique prefix of one (4 characters or more), or
+a name unique among your active workloads.
+
+environment: CORRAL_URL (the server), CORRAL_TOKEN or CORRAL_TOKEN_FILE (the API key),
+CORRAL_DATA_DIR (a local server's data dir, whose key file is used), NO_COLOR."""
+
+PREFIX_MIN = 4
+ID_LENGTH = 26
+ID_RE = re.compile(r"[0-9a-hjkmnp-tv-z]{26}")
+PREFIX_RE = re.compile(r"[0-9a-hjkmnp-tv-z]+")
+"""Ids are Crockford base32, lower case."""
+KEY_RE = re.compile(r"[\x21-\x7e]+")
+ACTIVE = (Status.PENDING, Status.RUNNING)
+FINISHED = tuple(s for s in Status if s in TERMINAL)
+PAGE_MAX = 1000
+"""The largest page the server returns (``limit`` of ``GET /v1/workloads``)."""
+BATCH_MAX = 1000
+"""The most workloads one batch may create (``POST /v1/workloads/batch``)."""
+CANDIDATES_SHOWN = 10
+TOKEN_FLAG_SOURCE = "--token"
+NEVER_EXPORTED = frozenset({"CORRAL_TOKEN", "CORRAL_TOKEN_FILE"})
+STATUS_CHOICES = ", ".join(Status)
 
 
 class CliError(Exception):
-    """An error to show the user as one line."""
+    """An error to show the user as one line, with its exit status."""
 
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
 
 
-_SERVER_HELP = "The corral server."
-RootServerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--server", envvar="CORRAL_URL", metavar="URL", help=_SERVER_HELP, show_default=DEFAULT_URL
-    ),
-]
-ServerOption = Annotated[
-    str | None,
-    typer.Option(
+def usage(message: str) -> CliError:
+    return CliError(message, EXIT_USAGE)
+
+
+# --- the parser -------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` whose errors are one line naming the command's ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        raise usage(f"{_usage_text(message)} (see: {self.prog} --help)")
+
+
+def _usage_text(message: str) -> str:
+    """argparse's wording, made plainer."""
+    if message.startswith("the following arguments are required: "):
+        return "missing " + message.split(": ", 1)[1]
+    match = re.match(r"argument (\S+): invalid choice: '([^']*)'", message)
+    if match and match[1] == "COMMAND":
+        return f"no command {match[2]!r}"
+    if match:
+        return f"invalid {match[1]} {match[2]!r}"
+    match = re.match(r"argument ([^:]+): expected one argument", message)
+    if match:
+        return f"{match[1].split('/')[-1]} needs a value"
+    if message.startswith("unrecognized arguments: "):
+        return "unknown argument " + message.split(": ", 1)[1]
+    return message
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=min(table_width() or 100, 100))
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> Parser:
+    root = Parser(
+        prog="corral",
+        description="corral: submit commands, run them when resources allow, follow and kill them.",
+        epilog=EXIT_HELP,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
+    root.add_argument(
         "--server",
         metavar="URL",
-        help=_SERVER_HELP + " \\[env var: CORRAL_URL]",
-        show_default=DEFAULT_URL,
-    ),
-]
-"""After the command it wins over the one before it, which wins over $CORRAL_URL."""
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
+        help=f"the corral server (default: $CORRAL_URL, else {DEFAULT_URL})",
+    )
+    root.add_argument(
         "--token",
         metavar="KEY",
-        help="The API key. Prefer $CORRAL_TOKEN or $CORRAL_TOKEN_FILE: a flag is visible"
-        " to every user of this machine in ps.",
-        show_default="$CORRAL_TOKEN, $CORRAL_TOKEN_FILE, $CORRAL_DATA_DIR/token,"
-        " $XDG_DATA_HOME/corral/token",
-    ),
-]
-TOKEN_FLAG_SOURCE = "--token"
+        help="the API key (default: $CORRAL_TOKEN, $CORRAL_TOKEN_FILE, $CORRAL_DATA_DIR/token,"
+        " $XDG_DATA_HOME/corral/token); a flag is visible to every user of this machine in ps",
+    )
+    root.add_argument("--version", action="version", version=f"corral {__version__}")
+    commands = root.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-
-@app.callback()
-def _root(ctx: typer.Context, server: RootServerOption = None, token: TokenOption = None) -> None:
-    """corral: submit commands, run them when resources allow, follow and kill them."""
-    if token is not None and not KEY_RE.fullmatch(token.strip()):
-        raise CliError(
-            "invalid --token: a key is one word of printable ASCII (corral_…)", EXIT_USAGE
+    def command(name: str, handler: Handler, summary: str, **kwargs: Any) -> Parser:
+        sub: Parser = commands.add_parser(
+            name,
+            help=summary,
+            description=kwargs.pop("description", summary),
+            formatter_class=HelpFormatter,
+            allow_abbrev=False,
+            **kwargs,
         )
-    ctx.obj = {"server": server, "token": token}
+        sub.set_defaults(handler=handler)
+        if name not in ("serve", "completion"):
+            sub.add_argument(
+                "--server", dest="server_after", metavar="URL", help="the corral server"
+            )
+        return sub
+
+    _serve_parser(command("serve", cmd_serve, "run the API server (and scheduler, executor)"))
+    _submit_parser(
+        command(
+            "submit",
+            cmd_submit,
+            "submit a command (or many); print the ids",
+            usage="corral submit [OPTIONS] [--] CMD [ARG...]\n"
+            "       corral submit [OPTIONS] --from-file FILE",
+        )
+    )
+    _ls_parser(command("ls", cmd_ls, "list workloads: active ones, then recent finished ones"))
+    show = command("show", cmd_show, "show one workload and its history")
+    show.add_argument("handle", metavar="ID", help="an id, a unique prefix of one, or a name")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    _kill_parser(command("kill", cmd_kill, "kill workloads (SIGTERM, then SIGKILL)"))
+    _wait_parser(command("wait", cmd_wait, "wait until workloads end; exit like them"))
+    logs = command("logs", cmd_logs, "print a workload's output (stdout and stderr)")
+    logs.add_argument("handle", metavar="ID", help="an id, a unique prefix of one, or a name")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the workload ends"
+    )
+    logs.add_argument("--tail", metavar="N", help="start with the last N lines")
+    status = command(
+        "status", cmd_status, "the machine: capacity, used, free, counts, head of the queue"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    _token_parser(command("token", cmd_token_help, "manage API keys (admin keys only)"))
+    completion = command(
+        "completion",
+        cmd_completion,
+        "print a shell completion script",
+        description="print a completion script: commands, flags, and ids through corral ls"
+        ' -q.\n  bash: eval "$(corral completion bash)" in ~/.bashrc\n'
+        '  zsh:  eval "$(corral completion zsh)" in ~/.zshrc (after compinit)\n'
+        "  fish: corral completion fish > ~/.config/fish/completions/corral.fish",
+    )
+    completion.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "fish"))
+    return root
+
+
+def _serve_parser(p: Parser) -> None:
+    p.add_argument("--host", help=f"address to listen on (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=_int_flag("--port"), help=f"port (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--db", metavar="URL", help="database URL (default sqlite:///DATA_DIR/corral.db)"
+    )
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="database and logs (default $XDG_DATA_HOME/corral)"
+    )
+    p.add_argument(
+        "--executor",
+        metavar="local|none",
+        help="local: run workloads here; none: API only (default local)",
+    )
+    p.add_argument("--cpus", type=_float_flag("--cpus"), help="CPUs to schedule (default: all)")
+    p.add_argument(
+        "--memory-mb", metavar="SIZE", help="memory to schedule: MiB, or 64G (default: all)"
+    )
+    p.add_argument(
+        "--gpus", type=_int_flag("--gpus"), help="GPUs to schedule (default: nvidia-smi's count)"
+    )
+    p.add_argument(
+        "--kill-grace",
+        metavar="DURATION",
+        help="time between SIGTERM and SIGKILL when stopping a workload (default 10s)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="check no API key: every request acts as an admin (loopback only; unsafe on a"
+        " shared machine)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a host name clients may use besides the loopback ones (repeatable); needed"
+        " with a non-loopback --host",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser origin (https://host[:port]) that may change state (repeatable)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert")
+    p.add_argument(
+        "--rate-limit",
+        type=_float_flag("--rate-limit"),
+        metavar="N",
+        help="requests per second per API key (bursts of twice that); 0: no limit (default 200)",
+    )
+    p.add_argument(
+        "--log-format",
+        metavar="text|json",
+        help="the server log on stderr, one line per record (default text; $CORRAL_LOG_FORMAT)",
+    )
+
+
+def _submit_parser(p: Parser) -> None:
+    p.add_argument("--name", help="a name: shown in listings, usable as a handle")
+    p.add_argument("-l", "--label", action="append", metavar="K=V", help="a label (repeatable)")
+    p.add_argument(
+        "-e", "--env", action="append", metavar="K=V", help="set a variable (repeatable; wins)"
+    )
+    p.add_argument(
+        "--export",
+        metavar="ALL|NONE|VAR,...",
+        default="ALL",
+        help="which of this shell's variables the workload gets (default ALL, as sbatch;"
+        " never CORRAL_TOKEN, CORRAL_TOKEN_FILE or the API key)",
+    )
+    p.add_argument("--cpus", metavar="N", help="CPUs it needs (default 1)")
+    p.add_argument("--memory", metavar="SIZE", help="memory it needs: 512M, 4G, 1.5T (MiB bare)")
+    p.add_argument("--memory-mb", metavar="MIB", help="memory it needs, in MiB (or --memory)")
+    p.add_argument("--gpus", metavar="N", help="GPUs it needs (default 0)")
+    p.add_argument("--priority", metavar="N", help="higher runs first (default 0)")
+    p.add_argument(
+        "--timeout",
+        metavar="DURATION",
+        help="stop it (as failed) after this long running: 90 (seconds), 15m, 1h30m, 1:30:00",
+    )
+    p.add_argument(
+        "--cwd", metavar="DIR", help="working directory (default: the current one, as sbatch)"
+    )
+    p.add_argument(
+        "--after",
+        action="append",
+        metavar="ID,...",
+        help="start only once these completed (killed with them if one fails)",
+    )
+    p.add_argument(
+        "--after-any",
+        action="append",
+        metavar="ID,...",
+        help="start only once these ended, however they ended",
+    )
+    p.add_argument(
+        "--array",
+        metavar="SPEC",
+        help="one workload per index, each with $CORRAL_ARRAY_INDEX: 0-99, 0-99%%4 (at most"
+        " 4 running at once), 1,3,5, 0-15:4 (every 4th)",
+    )
+    p.add_argument(
+        "--from-file",
+        metavar="FILE",
+        help="one command a line (quoted as in a shell; blank lines and # comments skipped;"
+        " - reads stdin), submitted together",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the end; exit like it")
+    p.add_argument("--json", action="store_true", help="print the workloads as JSON")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="print the ids only; nothing on stderr"
+    )
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="CMD",
+        help="the command and its arguments (options after it are its own)",
+    )
+
+
+def _selector_flags(p: Parser, *, status_help: str) -> None:
+    p.add_argument(
+        "-l", "--label", action="append", metavar="K=V", help="with this label (repeatable)"
+    )
+    p.add_argument(
+        "--status", action="append", metavar="STATUS", help=f"{status_help}: {STATUS_CHOICES}"
+    )
+    p.add_argument("--name", metavar="NAME", help="with this name")
+
+
+def _ls_parser(p: Parser) -> None:
+    _selector_flags(p, status_help="only these statuses (comma-separated or repeated)")
+    p.add_argument("--limit", metavar="N", help="at most N (default 50)")
+    p.add_argument("--all", action="store_true", help="every one, no limit")
+    p.add_argument(
+        "-o", dest="output", metavar="wide", choices=("wide",), help="wide: more columns, uncut"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON, every field")
+    p.add_argument("-q", "--quiet", action="store_true", help="print the ids only")
+    p.add_argument(
+        "--all-users", action="store_true", help="everyone's, with an OWNER column (admin keys)"
+    )
+
+
+def _kill_parser(p: Parser) -> None:
+    p.add_argument("handles", nargs="*", metavar="ID", help="ids, unique prefixes or names")
+    _selector_flags(p, status_help="those with these statuses (default: pending, running)")
+    p.add_argument("--all", action="store_true", help="every active workload of yours")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask to confirm --all")
+    p.add_argument("--json", action="store_true", help="print what was killed as JSON")
+
+
+def _wait_parser(p: Parser) -> None:
+    p.add_argument("handles", nargs="*", metavar="ID", help="ids, unique prefixes or names")
+    _selector_flags(p, status_help="those with these statuses (default: any)")
+    p.add_argument(
+        "--timeout", metavar="DURATION", help="give up after this long (exit 124): 30, 5m, 1h"
+    )
+    p.add_argument("--json", action="store_true", help="print the final workloads as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="nothing on stderr but errors")
+
+
+def _token_parser(p: Parser) -> None:
+    p.set_defaults(token_parser=p)
+    tokens = p.add_subparsers(dest="token_command", metavar="COMMAND", title="commands")
+    create = tokens.add_parser(
+        "create",
+        help="create an API key and print it",
+        description="Create an API key and print it (alone on stdout: KEY=$(corral token"
+        " create ...)).",
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
+    create.set_defaults(handler=cmd_token_create)
+    create.add_argument(
+        "--user", required=True, metavar="NAME", help="whose key (created with its first key)"
+    )
+    create.add_argument("--admin", action="store_true", help="an admin key: sees everything")
+    create.add_argument(
+        "--unix-user",
+        metavar="U",
+        help="run this user's workloads as this Unix account (the server must run as root)",
+    )
+    create.add_argument("--description", metavar="TEXT", help="who or what it is for")
+    create.add_argument("--json", action="store_true", help="print the token as JSON (with key)")
+    listing = tokens.add_parser(
+        "list",
+        help="list API keys (never the keys)",
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
+    listing.set_defaults(handler=cmd_token_list)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    revoke = tokens.add_parser(
+        "revoke",
+        help="revoke an API key",
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
+    revoke.set_defaults(handler=cmd_token_revoke)
+    revoke.add_argument("token_id", metavar="ID")
+    for sub in (create, listing, revoke):
+        sub.add_argument("--server", dest="server_after", metavar="URL", help="the corral server")
+
+
+def _int_flag(flag: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise usage(f"invalid {flag} {text!r}: expected a whole number") from None
+
+    return convert
+
+
+def _float_flag(flag: str) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise usage(f"invalid {flag} {text!r}: expected a number") from None
+
+    return convert
+
+
+# --- the client and handles ----------------------------------------------------------------
+
+_root_args: argparse.Namespace | None = None
 
 
 @contextmanager
-def _client(ctx: typer.Context, server: str | None) -> Iterator[Client]:
-    """A client for ``--server`` given after the command, else before it, else
+def connect(args: argparse.Namespace) -> Iterator[Client]:
+    """A client for ``--server`` after the command, else before it, else
     ``$CORRAL_URL``, else the default; with ``--token``, else the key it finds."""
-    root = ctx.find_root().obj or {}
-    token = root.get("token")
-    with Client(server or root.get("server"), token=token) as client:
+    token = args.token
+    if token is not None and not KEY_RE.fullmatch(token.strip()):
+        raise usage("invalid --token: a key is one word of printable ASCII (corral_…)")
+    url = getattr(args, "server_after", None) or args.server
+    with Client(url, token=token) as client:
         if token is not None:
             client.token_source = TOKEN_FLAG_SOURCE
         yield client
 
 
-def _pairs(
-    values: list[str] | None, option: str, *, labels: bool = False, env: bool = False
+def resolve(client: Client, handle: str) -> str:
+    """The id a handle names: a full id as is; else the one workload whose id starts
+    with it (4 characters or more); else the one active workload of the caller with
+    that name. Ambiguous: exit 1 listing the candidates; too short: exit 2."""
+    text = handle.strip()
+    lowered = text.lower()
+    if ID_RE.fullmatch(lowered):
+        return lowered
+    is_prefix = bool(PREFIX_RE.fullmatch(lowered))
+    if is_prefix and len(lowered) >= PREFIX_MIN:
+        matches, total = _matches(client, lowered, id_prefix=lowered)
+        if not matches:  # an admin may name anyone's
+            with suppress(Forbidden):
+                matches, total = _matches(client, lowered, id_prefix=lowered, all_users=True)
+        if len(matches) == 1:
+            return matches[0].id
+        if matches:
+            raise _ambiguous(text, matches, total)
+    named, total = _matches(client, text, name=text, status=ACTIVE)
+    if len(named) == 1:
+        return named[0].id
+    if named:
+        raise _ambiguous(text, named, total)
+    if is_prefix and len(lowered) < PREFIX_MIN:
+        raise usage(
+            f"{text!r} is too short for an id prefix (at least {PREFIX_MIN} characters) and"
+            " names no active workload"
+        )
+    raise _no_workload(text)
+
+
+def _matches(client: Client, handle: str, **query: Any) -> tuple[list[Workload], int | None]:
+    """The workloads a prefix or a name matches (at most ``CANDIDATES_SHOWN``), and how
+    many in all. Checked here too: a server that ignored the filter names nothing."""
+    page = client.page(limit=CANDIDATES_SHOWN, count=True, **query)
+    prefix = query.get("id_prefix")
+    items = [
+        w
+        for w in page.items
+        if (w.id.startswith(prefix) if prefix is not None else w.name == handle)
+    ]
+    return items, page.total if len(items) == len(page.items) else len(items)
+
+
+def _ambiguous(handle: str, items: Sequence[Workload], total: int | None) -> CliError:
+    count = max(total or 0, len(items))
+    shown = ", ".join(f"{w.id} ({_clean(w.name or '-')}, {w.status})" for w in items)
+    more = ", …" if count > len(items) else ""
+    return CliError(f"{handle} matches {count} workloads: {shown}{more}")
+
+
+def _clean(text: str) -> str:
+    from corral.cli_render import clean
+
+    return clean(text)
+
+
+def _no_workload(handle: str) -> CliError:
+    return CliError(f"no workload {_clean(handle)} on this server (corral ls lists them)")
+
+
+def resolve_all(client: Client, handles: Sequence[str]) -> list[str]:
+    """Each handle's id, in order, without repeats."""
+    ids: list[str] = []
+    for handle in handles:
+        workload_id = resolve(client, handle)
+        if workload_id not in ids:
+            ids.append(workload_id)
+    return ids
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+def pairs(
+    values: Sequence[str] | None, flag: str, *, labels: bool = False, env: bool = False
 ) -> dict[str, str]:
-    """``["K=V", …]`` -> ``{"K": "V"}``; a malformed one is a one-line error."""
-    pairs: dict[str, str] = {}
+    """``["K=V", …]`` -> ``{"K": "V"}``; a malformed one is a usage error."""
+    out: dict[str, str] = {}
     for item in values or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CliError(f"invalid {option} {item!r}: expected KEY=VALUE", EXIT_USAGE)
+            raise usage(f"invalid {flag} {item!r}: expected KEY=VALUE")
         if labels:
             try:
                 check_label(key, value)
             except ValueError as exc:
-                raise CliError(f"invalid {option} {item!r}: {exc}", EXIT_USAGE) from None
+                raise usage(f"invalid {flag} {item!r}: {exc}") from None
         if env and not ENV_NAME_RE.fullmatch(key):
-            raise CliError(
-                f"invalid {option} {item!r}: {key!r} is not a variable name"
-                " (letters, digits and _, not starting with a digit)",
-                EXIT_USAGE,
+            raise usage(
+                f"invalid {flag} {item!r}: {key!r} is not a variable name"
+                " (letters, digits and _, not starting with a digit)"
             )
-        pairs[key] = value
-    return pairs
+        out[key] = value
+    return out
 
 
-def _wait(client: Client, workload_id: str, timeout: float | None) -> Workload:
-    """Wait with a live status line on stderr, then print the final line there."""
-    console = stderr_console()
-    line = StatusLine(console)
+def statuses(values: Sequence[str] | None) -> list[Status]:
+    """``--status running,pending --status failed`` -> the statuses, validated."""
+    out: list[Status] = []
+    for value in values or []:
+        for part in value.split(","):
+            name = part.strip().lower()
+            try:
+                status = Status(name)
+            except ValueError:
+                raise usage(f"invalid --status {part!r}: use one of {STATUS_CHOICES}") from None
+            if status not in out:
+                out.append(status)
+    return out
+
+
+def number(text: str | None, flag: str, *, integer: bool = False, minimum: float = 0) -> Any:
+    """``text`` as a number (None stays None); below ``minimum`` is a usage error."""
+    if text is None:
+        return None
     try:
-        with line.shown():
-            workload = client.wait(workload_id, timeout=timeout, on_update=line.update)
-    except KeyboardInterrupt:
-        if line.workload is not None:
-            console.print(
-                f"stopped waiting; {workload_id} is still {line.workload.status}"
-                f" (corral kill {workload_id} stops it)"
-            )
-        raise
-    console.print(final_line(workload))
-    return workload
+        value: float = int(text) if integer else float(text)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise usage(f"invalid {flag} {text!r}: expected {kind}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise usage(f"invalid {flag} {text!r}: expected a finite number")
+    if value < minimum:
+        raise usage(f"{flag} must be >= {minimum:g}")
+    return value
 
 
-@app.command()
-def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Address to listen on.", show_default=DEFAULT_HOST)
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="Port to listen on.", show_default=str(DEFAULT_PORT))
-    ] = None,
-    db: Annotated[
-        str | None, typer.Option(help="Database URL.", show_default="sqlite:///DATA_DIR/corral.db")
-    ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where the database and logs live.", show_default="$XDG_DATA_HOME/corral"
-        ),
-    ] = None,
-    executor: Annotated[
-        str | None,
-        typer.Option(help="local: run workloads here; none: API only.", show_default="local"),
-    ] = None,
-    cpus: Annotated[
-        float | None, typer.Option(help="CPUs to schedule.", show_default="this machine's")
-    ] = None,
-    memory_mb: Annotated[
-        int | None, typer.Option(help="Memory to schedule, in MB.", show_default="this machine's")
-    ] = None,
-    gpus: Annotated[
-        int | None, typer.Option(help="GPUs to schedule.", show_default="counted by nvidia-smi")
-    ] = None,
-    kill_grace: Annotated[
-        float | None,
-        typer.Option(
-            metavar="SECONDS",
-            help="Time between SIGTERM and SIGKILL when stopping a workload.",
-            show_default="10",
-        ),
-    ] = None,
-    no_auth: Annotated[
-        bool,
-        typer.Option(
-            "--no-auth",
-            help="Check no API key: every request acts as an admin (loopback only; unsafe"
-            " on a shared machine).",
-        ),
-    ] = False,
-    allowed_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="NAME",
-            help="A host name clients may use besides the loopback ones (repeatable);"
-            " needed with a non-loopback --host.",
-        ),
-    ] = None,
-    allowed_origin: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="ORIGIN",
-            help="A browser origin (https://host[:port]) that may change state (repeatable).",
-        ),
-    ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option(metavar="FILE", help="Serve HTTPS with this certificate.")
-    ] = None,
-    tls_key: Annotated[
-        Path | None, typer.Option(metavar="FILE", help="The private key of --tls-cert.")
-    ] = None,
-    rate_limit: Annotated[
-        float | None,
-        typer.Option(
-            metavar="N",
-            help="Requests per second per API key (bursts of twice that); 0: no limit.",
-            show_default="200",
-        ),
-    ] = None,
-    log_format: Annotated[
-        str | None,
-        typer.Option(
-            metavar="text|json",
-            help="The server log on stderr: one line per record, text or JSON"
-            " \\[env var: CORRAL_LOG_FORMAT].",
-            show_default="text",
-        ),
-    ] = None,
-) -> None:
-    """Run the API server (and the scheduler and executor)."""
-    from pydantic import ValidationError
+def size(text: str | None, flag: str) -> int | None:
+    if text is None:
+        return None
+    from corral.units import parse_size
 
-    from corral.config import Settings
-    from corral.server import ServeError
-    from corral.server import serve as run_server
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise usage(f"invalid {flag}: {exc}") from None
 
-    overrides: dict[str, object] = {}
+
+def duration(text: str | None, flag: str, *, zero: bool = False) -> float | None:
+    if text is None:
+        return None
+    from corral.units import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise usage(f"invalid {flag}: {exc}") from None
+    if seconds <= 0 and not (zero and seconds == 0):
+        raise usage(f"{flag} must be > 0")
+    return seconds
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the API server; its packages are imported here, and only here."""
+    try:
+        from pydantic import ValidationError
+
+        from corral.config import Settings
+        from corral.server import ServeError
+        from corral.server import serve as run_server
+    except ImportError as exc:
+        missing = exc.name or "a server package"
+        raise CliError(
+            f"corral serve needs the server's packages ({missing} is missing):"
+            " pip install 'corral[server]'"
+        ) from None
     optional = {
-        "host": host,
-        "port": port,
-        "executor": executor,
-        "db": db,
-        "data_dir": data_dir,
-        "cpus": cpus,
-        "memory_mb": memory_mb,
-        "gpus": gpus,
-        "kill_grace_seconds": kill_grace,
-        "no_auth": no_auth or None,
-        "allowed_hosts": allowed_host,
-        "allowed_origins": allowed_origin,
-        "tls_cert": tls_cert,
-        "tls_key": tls_key,
-        "rate_limit": rate_limit,
-        "log_format": log_format,
+        "host": args.host,
+        "port": args.port,
+        "executor": args.executor,
+        "db": args.db,
+        "data_dir": args.data_dir,
+        "cpus": args.cpus,
+        "memory_mb": size(args.memory_mb, "--memory-mb"),
+        "gpus": args.gpus,
+        "kill_grace_seconds": duration(args.kill_grace, "--kill-grace", zero=True),
+        "no_auth": args.no_auth or None,
+        "allowed_hosts": args.allowed_host,
+        "allowed_origins": args.allowed_origin,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "rate_limit": args.rate_limit,
+        "log_format": args.log_format,
     }
-    overrides.update((k, v) for k, v in optional.items() if v is not None)
+    overrides = {k: v for k, v in optional.items() if v is not None}
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         option = str(first["loc"][0]).replace("_seconds", "").replace("_", "-")
-        raise CliError(f"invalid --{option}: {first['msg']}", EXIT_USAGE) from None
+        option = {"allowed-hosts": "allowed-host", "allowed-origins": "allowed-origin"}.get(
+            option, option
+        )
+        raise usage(f"invalid --{option}: {first['msg']}") from None
     try:
         run_server(settings)
     except ServeError as exc:
         raise CliError(str(exc)) from None
+    return EXIT_OK
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
-def submit(
-    ctx: typer.Context,
-    command: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="CMD",
-            help="The command; everything after it (or after --) is its arguments.",
-            show_default=False,
-        ),
-    ],
-    name: Annotated[str | None, typer.Option(help="A name to show in listings.")] = None,
-    env: Annotated[
-        list[str] | None,
-        typer.Option("--env", "-e", metavar="K=V", help="An environment variable (repeatable)."),
-    ] = None,
-    label: Annotated[
-        list[str] | None,
-        typer.Option("--label", "-l", metavar="K=V", help="A label (repeatable)."),
-    ] = None,
-    cpus: Annotated[float | None, typer.Option(help="CPUs it needs.", show_default="1")] = None,
-    memory_mb: Annotated[int | None, typer.Option(help="Memory it needs, in MB.")] = None,
-    gpus: Annotated[int | None, typer.Option(help="GPUs it needs.")] = None,
-    priority: Annotated[
-        int | None, typer.Option(help="Higher runs first.", show_default="0")
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(metavar="SECONDS", help="Stop it (as failed) after this long running."),
-    ] = None,
-    cwd: Annotated[
-        str | None,
-        typer.Option(
-            metavar="DIR",
-            help="Working directory (made absolute here).",
-            show_default="the current directory, as with sbatch",
-        ),
-    ] = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the end; exit with its exit code.")
-    ] = False,
-    as_json: JsonOption = False,
-    server: ServerOption = None,
-) -> None:
-    """Submit a command; print its id. Options go before the command."""
-    envs = _pairs(env, "--env", env=True)
-    labels = _pairs(label, "--label", labels=True)
-    workdir = os.path.abspath(os.path.expanduser(cwd if cwd is not None else os.curdir))
-    with _client(ctx, server) as client:
-        workload = client.submit(
-            command,
-            name=name,
-            env=envs or None,
-            cwd=workdir,
-            cpus=cpus,
-            memory_mb=memory_mb,
-            gpus=gpus,
-            labels=labels or None,
-            priority=priority,
-            timeout_seconds=timeout,
-        )
-        if not wait:
-            if as_json:
-                print_json(asdict(workload))
-            else:
-                print(workload.id)
-            return
-        if not as_json:
-            print(workload.id, flush=True)
-        final = _wait(client, workload.id, None)
-    if as_json:
-        print_json(asdict(final))
-    raise typer.Exit(exit_status(final))
+# --- submit -----------------------------------------------------------------------------------
 
 
-@app.command("ls")
-def list_workloads(
-    ctx: typer.Context,
-    status: Annotated[
-        list[str] | None,
-        typer.Option(metavar="STATUS", help="Only this status (repeatable: any of them)."),
-    ] = None,
-    label: Annotated[
-        list[str] | None,
-        typer.Option("--label", "-l", metavar="K=V", help="Only with this label (repeatable)."),
-    ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
-    all_users: Annotated[
-        bool,
-        typer.Option("--all-users", help="Everyone's, with an OWNER column (admin keys)."),
-    ] = False,
-    as_json: JsonOption = False,
-    server: ServerOption = None,
-) -> None:
-    """List your workloads, newest first."""
-    statuses = []
-    for s in status or []:
-        try:
-            statuses.append(Status(s.lower()))
-        except ValueError:
-            choices = ", ".join(Status)
-            raise CliError(f"invalid --status {s!r}: use one of {choices}", EXIT_USAGE) from None
-    labels = _pairs(label, "--label", labels=True)
-    with _client(ctx, server) as client:
-        workloads = list(
-            client.list(
-                status=statuses,
-                labels=labels,
-                limit=limit,
-                page_size=min(limit, 1000),
-                all_users=all_users,
-            )
-        )
-    if as_json:
-        print_json([asdict(w) for w in workloads])
-    elif workloads:
-        print_out(workload_table(workloads, owner=all_users))
+def exported_env(spec: str, key: str | None) -> dict[str, str]:
+    """The submitting shell's variables that ``--export`` passes on: ``ALL``, ``NONE``
+    or ``VAR,VAR…`` (those that are set). Never ``CORRAL_TOKEN``, ``CORRAL_TOKEN_FILE``,
+    a variable whose value contains the API key in use, or a name that is not a
+    variable name (bash's exported functions, ``BASH_FUNC_f%%``)."""
+    choice = spec.strip()
+    if choice.upper() == "NONE":
+        return {}
+    if choice.upper() == "ALL":
+        names = list(os.environ)
     else:
-        stderr_console().print("no workloads")
+        names = [n.strip() for n in choice.split(",") if n.strip()]
+        for name in names:
+            if not ENV_NAME_RE.fullmatch(name):
+                raise usage(
+                    f"invalid --export {spec!r}: {name!r} is not a variable name (ALL, NONE,"
+                    " or names separated by commas)"
+                )
+        if not names:
+            raise usage("invalid --export '': ALL, NONE, or names separated by commas")
+    env = {}
+    for name in names:
+        value = os.environ.get(name)
+        if value is None or name in NEVER_EXPORTED or not ENV_NAME_RE.fullmatch(name):
+            continue
+        if key and key in value:
+            continue
+        env[name] = value
+    return env
 
 
-@app.command()
-def show(
-    ctx: typer.Context,
-    workload_id: Annotated[str, typer.Argument(metavar="ID")],
-    as_json: JsonOption = False,
-    server: ServerOption = None,
-) -> None:
-    """Show one workload and its events."""
-    with _client(ctx, server) as client:
+def key_in_use(client: Client) -> str | None:
+    """The API key the client sends, to keep it out of the exported environment."""
+    key = getattr(client, "key", None)
+    if isinstance(key, str) and key:
+        return key
+    headers = getattr(client, "_headers", None) or {}  # the Client keeps it only there
+    bearer = headers.get("Authorization", "") if isinstance(headers, dict) else ""
+    return bearer.removeprefix("Bearer ").strip() or None
+
+
+def parse_array(spec: str) -> tuple[list[int], int | None]:
+    """``0-99%4`` -> (0…99, 4); ``1,3,5``; ``0-15:4`` (every 4th). Usage errors name
+    ``--array``."""
+    text, percent, limit = spec.strip().partition("%")
+    max_running = None
+    if percent:
+        if not limit.isdigit() or int(limit) < 1:
+            raise usage(f"invalid --array {spec!r}: %N needs a whole number N >= 1")
+        max_running = int(limit)
+    indices: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:-(\d+)(?::(\d+))?)?\s*", part)
+        if match is None:
+            raise usage(
+                f"invalid --array {spec!r}: use ranges and indices, e.g. 0-99, 0-99%4, 1,3,5,"
+                " 0-15:4"
+            )
+        first = int(match[1])
+        last = int(match[2]) if match[2] is not None else first
+        step = int(match[3]) if match[3] is not None else 1
+        if last < first:
+            raise usage(f"invalid --array {spec!r}: {first}-{last} ends before it starts")
+        if step < 1:
+            raise usage(f"invalid --array {spec!r}: a step is at least 1")
+        if (last - first) // step + 1 > BATCH_MAX:
+            raise usage(f"invalid --array {spec!r}: at most {BATCH_MAX} workloads in one submit")
+        indices.extend(range(first, last + 1, step))
+    unique = sorted(set(indices))
+    if len(unique) > BATCH_MAX:
+        raise usage(f"invalid --array {spec!r}: at most {BATCH_MAX} workloads in one submit")
+    return unique, max_running
+
+
+def read_commands(path: str) -> list[tuple[int, list[str]]]:
+    """``--from-file``: (line number, argv) for each command line, quoted as in a
+    shell; blank lines and comments skipped."""
+    import shlex
+
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(os.path.expanduser(path), encoding="utf-8") as f:
+                text = f.read()
+    except OSError as exc:
+        raise usage(f"cannot read --from-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise usage(f"cannot read --from-file {path}: not UTF-8 text") from None
+    commands = []
+    for number_, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            argv = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise usage(f"{path} line {number_}: {str(exc).lower()}") from None
+        if argv:
+            commands.append((number_, argv))
+    if not commands:
+        raise usage(f"--from-file {path} has no command")
+    if len(commands) > BATCH_MAX:
+        raise usage(f"--from-file {path} has {len(commands)} commands; at most {BATCH_MAX}")
+    return commands
+
+
+def _dependencies(client: Client, args: argparse.Namespace) -> tuple[list[str], str | None]:
+    after = [h for v in args.after or [] for h in v.split(",") if h.strip()]
+    after_any = [h for v in args.after_any or [] for h in v.split(",") if h.strip()]
+    if after and after_any:
+        raise usage("give --after or --after-any, not both")
+    if not after and not after_any:
+        return [], None
+    return resolve_all(client, after or after_any), "afterok" if after else "afterany"
+
+
+def _base_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The API body every workload of this submit shares (no command yet)."""
+    if args.memory is not None and args.memory_mb is not None:
+        raise usage("give --memory or --memory-mb, not both")
+    memory = size(args.memory, "--memory")
+    if memory is None:
+        memory = size(args.memory_mb, "--memory-mb")
+    resources = {
+        "cpus": number(args.cpus, "--cpus"),
+        "memory_mb": memory,
+        "gpus": number(args.gpus, "--gpus", integer=True),
+    }
+    spec: dict[str, Any] = {
+        "name": args.name,
+        "labels": pairs(args.label, "--label", labels=True) or None,
+        "priority": number(args.priority, "--priority", integer=True, minimum=-(2**31)),
+        "timeout_seconds": duration(args.timeout, "--timeout"),
+        "cwd": os.path.abspath(os.path.expanduser(args.cwd if args.cwd is not None else ".")),
+    }
+    spec = {k: v for k, v in spec.items() if v is not None}
+    if any(v is not None for v in resources.values()):
+        spec["resources"] = {k: v for k, v in resources.items() if v is not None}
+    return spec
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    """The command after the options (and ``--``); none with ``--from-file``."""
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if args.from_file is not None and command:
+        raise usage("give a command or --from-file, not both (see: corral submit --help)")
+    if args.from_file is not None and args.array is not None:
+        raise usage("give --array or --from-file, not both")
+    if args.from_file is None and not command:
+        raise usage("missing the command: corral submit [OPTIONS] -- CMD [ARG...]")
+    return command
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    command = _command(args)
+    base = _base_spec(args)
+    extra_env = pairs(args.env, "--env", env=True)
+    array = parse_array(args.array) if args.array is not None else None
+    lines = read_commands(args.from_file) if args.from_file is not None else None
+    single = array is None and lines is None
+    with connect(args) as client:
+        env = {**exported_env(args.export, key_in_use(client)), **extra_env}
+        if env:
+            base["env"] = env
+        depends_on, dependency_type = _dependencies(client, args)
+        if depends_on:
+            base["depends_on"] = depends_on
+            base["dependency_type"] = dependency_type
+        if array is not None:
+            specs = [{**base, "command": command, "array_index": i} for i in array[0]]
+            origins = [f"--array index {i}" for i in array[0]]
+            created = _submit_many(client, specs, array[1], origins)
+        elif lines is not None:
+            specs = [{**base, "command": argv} for _, argv in lines]
+            origins = [f"{args.from_file} line {n}" for n, _ in lines]
+            created = _submit_many(client, specs, None, origins)
+        else:
+            created = [_submit_one(client, command, base)]
+        if not args.wait:
+            if args.json:
+                print_json(as_json(created[0] if single else created))
+            else:
+                write_lines(w.id for w in created)
+            return EXIT_OK
+        if not args.json:
+            write_lines(w.id for w in created)
+            sys.stdout.flush()
+        finals = wait_for(client, [w.id for w in created], None, quiet=args.quiet)
+    if args.json:
+        print_json(as_json(finals[0] if single else finals))
+    return outcome(finals)
+
+
+def _submit_one(client: Client, command: list[str], spec: dict[str, Any]) -> Workload:
+    resources = spec.get("resources", {})
+    try:
+        return client.submit(
+            command,
+            name=spec.get("name"),
+            env=spec.get("env"),
+            cwd=spec.get("cwd"),
+            cpus=resources.get("cpus"),
+            memory_mb=resources.get("memory_mb"),
+            gpus=resources.get("gpus"),
+            labels=spec.get("labels"),
+            priority=spec.get("priority"),
+            timeout_seconds=spec.get("timeout_seconds"),
+            depends_on=spec.get("depends_on"),
+            dependency_type=spec.get("dependency_type"),
+            idempotency_key=os.urandom(16).hex(),
+        )
+    except InvalidInput as exc:
+        raise CliError(flag_names(exc), EXIT_ERROR) from None
+
+
+def _submit_many(
+    client: Client, specs: list[dict[str, Any]], max_running: int | None, origins: list[str]
+) -> list[Workload]:
+    try:
+        return client.submit_many(
+            specs, max_running=max_running, idempotency_key=os.urandom(16).hex()
+        )
+    except InvalidInput as exc:
+        message = flag_names(exc, origins)
+        if exc.status == 413:
+            message += (
+                f" ({len(specs)} workloads, each with the exported environment: fewer at a"
+                " time, or --export NONE / --export VAR,…)"
+            )
+        raise CliError(message, EXIT_ERROR) from None
+
+
+_FIELD_FLAGS = (
+    (r"resources\.cpus", "--cpus"),
+    (r"resources\.memory_mb", "--memory"),
+    (r"resources\.gpus", "--gpus"),
+    (r"resources", "--cpus/--memory/--gpus"),
+    (r"timeout_seconds", "--timeout"),
+    (r"priority", "--priority"),
+    (r"labels(?:\.[^:\s]+)?", "--label"),
+    (r"env(?:\.[A-Za-z_][A-Za-z0-9_]*)?", "--env"),
+    (r"cwd", "--cwd"),
+    (r"command(?:\.\d+|\[\d+\])?", "the command"),
+    (r"name", "--name"),
+    (r"depends_on(?:\.\d+|\[\d+\])?", "--after"),
+    (r"dependency_type", "--after-any"),
+    (r"array_index", "--array"),
+    (r"max_running", "--array %N"),
+)
+_FIELD_RE = re.compile(
+    r"(?:^|(?<=; ))(?:items(?:\[(\d+)\]|\.(\d+))\.?)?("
+    + "|".join(f"(?:{pattern})" for pattern, _ in _FIELD_FLAGS)
+    + r")(?=:)"
+)
+_WORDS = {"timeout_seconds": "--timeout", "memory_mb": "--memory"}
+
+
+def flag_names(exc: InvalidInput, origins: Sequence[str] = ()) -> str:
+    """The server's 422 with its field paths as the CLI's flags: ``resources.cpus:
+    …`` -> ``--cpus: …``; ``items[3].command: …`` -> ``jobs.txt line 7: the command:
+    …``."""
+
+    def replace(match: re.Match[str]) -> str:
+        index = match[1] or match[2]
+        field = match[3]
+        flag = next(f for p, f in _FIELD_FLAGS if re.fullmatch(p, field))
+        if flag == "--env" and "." in field:
+            flag = f"--env {field.split('.', 1)[1]}"
+        if index is not None:
+            i = int(index)
+            where = origins[i] if i < len(origins) else f"workload {i + 1}"
+            return f"{where}: {flag}"
+        return flag
+
+    text = _FIELD_RE.sub(replace, str(exc))
+    for word, flag in _WORDS.items():
+        text = re.sub(rf"\b{word}\b", flag, text)
+    return text
+
+
+# --- ls ---------------------------------------------------------------------------------------
+
+
+def _fetch(
+    client: Client,
+    status: Sequence[Status],
+    limit: int | None,
+    filters: dict[str, Any],
+) -> tuple[list[Workload], int]:
+    """At most ``limit`` (None: all) workloads with these statuses, newest first, and
+    how many match in all."""
+    if limit is None:
+        items = list(client.list(status=status, page_size=PAGE_MAX, **filters))
+        return items, len(items)
+    if limit == 0:
+        page = client.page(status=status, limit=1, count=True, **filters)
+        return [], page.total if page.total is not None else len(page.items)
+    if limit <= PAGE_MAX:
+        page = client.page(status=status, limit=limit, count=True, **filters)
+        return page.items, page.total if page.total is not None else len(page.items)
+    items = list(client.list(status=status, limit=limit, page_size=PAGE_MAX, **filters))
+    if len(items) < limit:
+        return items, len(items)
+    total = client.page(status=status, limit=1, count=True, **filters).total
+    return items, total if total is not None else len(items)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    wanted = statuses(args.status)
+    filters: dict[str, Any] = {"labels": pairs(args.label, "--label", labels=True) or None}
+    if args.name is not None:
+        filters["name"] = args.name
+    if args.all_users:
+        filters["all_users"] = True
+    if args.all and args.limit is not None:
+        raise usage("give --limit or --all, not both")
+    limit = None if args.all else number(args.limit or "50", "--limit", integer=True, minimum=1)
+    with connect(args) as client:
+        if wanted:
+            items, total = _fetch(client, wanted, limit, filters)
+        else:  # the active ones first, then the most recent finished ones
+            items, total = _fetch(client, ACTIVE, limit, filters)
+            room = None if limit is None else max(limit - len(items), 0)
+            finished, finished_total = _fetch(client, FINISHED, room, filters)
+            items += finished
+            total += finished_total
+    if args.json:
+        print_json(as_json(items))
+    elif args.quiet:
+        write_lines(w.id for w in items)
+    elif items:
+        lines = workload_table(
+            items,
+            owner=args.all_users,
+            wide=args.output == "wide",
+            width=table_width(),
+            colour=colour_on(sys.stdout),
+        )
+        write_lines(lines)
+    else:
+        print("no workloads", file=sys.stderr)
+    if len(items) < total:
+        sys.stdout.flush()
+        print(f"showing {len(items)} of {total} (--limit N, --all)", file=sys.stderr)
+    return EXIT_OK
+
+
+# --- show, logs, status --------------------------------------------------------------------
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        workload_id = resolve(client, args.handle)
         try:
             workload = client.get(workload_id)
             events = client.events(workload_id)
         except NotFound:
-            raise _no_workload(workload_id) from None
-    if as_json:
-        print_json(
-            {
-                "workload": asdict(workload),
-                "events": [asdict(e) for e in events],
-            }
-        )
+            raise _no_workload(args.handle) from None
+    if args.json:
+        print_json({"workload": as_json(workload), "events": as_json(events)})
     else:
-        print_out(workload_detail(workload, events))
+        write_lines(workload_detail(workload, events, colour_on(sys.stdout)))
+    return EXIT_OK
 
 
-@app.command()
-def kill(
-    ctx: typer.Context,
-    workload_id: Annotated[str, typer.Argument(metavar="ID")],
-    server: ServerOption = None,
-) -> None:
-    """Kill a workload (SIGTERM, then SIGKILL after the grace period)."""
-    with _client(ctx, server) as client:
-        try:
-            client.kill(workload_id)
-        except NotFound:
-            raise _no_workload(workload_id) from None
-        except InvalidTransition as exc:
-            current = exc.current_status or "finished"
-            raise CliError(
-                f"workload {workload_id} is already {current}; nothing to kill"
-            ) from None
-    print(f"killed {workload_id}")
-
-
-@app.command()
-def logs(
-    ctx: typer.Context,
-    workload_id: Annotated[str, typer.Argument(metavar="ID")],
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing until the workload ends.")
-    ] = False,
-    tail: Annotated[
-        int | None, typer.Option(min=0, metavar="N", help="Start with the last N lines.")
-    ] = None,
-    server: ServerOption = None,
-) -> None:
-    """Print a workload's output (stdout and stderr as written)."""
+def cmd_logs(args: argparse.Namespace) -> int:
+    tail = number(args.tail, "--tail", integer=True)
     out = sys.stdout.buffer
-    with _client(ctx, server) as client:
+    with connect(args) as client:
+        workload_id = resolve(client, args.handle)
         try:
-            for chunk in client.stream_logs(workload_id, tail=tail, follow=follow):
+            for chunk in client.stream_logs(workload_id, tail=tail, follow=args.follow):
                 out.write(chunk)
-                if follow:
+                if args.follow:
                     out.flush()
             out.flush()
         except NotFound:
-            raise _no_workload(workload_id) from None
+            raise _no_workload(args.handle) from None
+    return EXIT_OK
 
 
-@app.command("wait")
-def wait_for(
-    ctx: typer.Context,
-    workload_id: Annotated[str, typer.Argument(metavar="ID")],
-    timeout: Annotated[
-        float | None,
-        typer.Option(metavar="SECONDS", help="Give up after this long (exit 124)."),
-    ] = None,
-    server: ServerOption = None,
-) -> None:
-    """Wait until a workload ends; exit with its exit code."""
-    with _client(ctx, server) as client:
-        try:
-            final = _wait(client, workload_id, timeout)
-        except NotFound:
-            raise _no_workload(workload_id) from None
-    raise typer.Exit(exit_status(final))
+def cmd_status(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        status = client.status()
+    if args.json:
+        print_json(as_json(status))
+    else:
+        write_lines(status_view(status, table_width(), colour_on(sys.stdout)))
+    return EXIT_OK
 
 
-# --- API keys ---------------------------------------------------------------------------
-
-token_app = typer.Typer(
-    help="Manage API keys (admin keys only).", no_args_is_help=True, add_completion=False
-)
-app.add_typer(token_app, name="token")
+# --- kill ---------------------------------------------------------------------------------------
 
 
-@token_app.command("create")
-def token_create(
-    ctx: typer.Context,
-    user: Annotated[
-        str,
-        typer.Option(
-            "--user", metavar="NAME", help="Whose key: a user name, created with its first key."
-        ),
-    ],
-    admin: Annotated[
-        bool, typer.Option("--admin", help="An admin key: sees and manages everything.")
-    ] = False,
-    unix_user: Annotated[
-        str | None,
-        typer.Option(
-            "--unix-user",
-            metavar="U",
-            help="Run this user's workloads as this Unix account (the server must run as"
-            " root); fixed once given.",
-        ),
-    ] = None,
-    description: Annotated[
-        str | None, typer.Option(metavar="TEXT", help="A note: who or what it is for.")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the token as JSON (with its key).")
-    ] = False,
-    server: ServerOption = None,
-) -> None:
-    """Create an API key and print it (alone on stdout: KEY=$(corral token create …))."""
-    if not USER_NAME_RE.fullmatch(user):
-        raise CliError(
-            f"invalid --user {user!r}: lower-case letters, digits, '_', '.', '@' or '-',"
-            " starting with a letter or '_', at most 64",
-            EXIT_USAGE,
+def _selectors(args: argparse.Namespace) -> dict[str, Any]:
+    selected: dict[str, Any] = {}
+    wanted = statuses(args.status)
+    if wanted:
+        selected["status"] = wanted
+    labels = pairs(args.label, "--label", labels=True)
+    if labels:
+        selected["labels"] = labels
+    if args.name is not None:
+        selected["name"] = args.name
+    return selected
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    selected = _selectors(args)
+    if args.handles and (selected or args.all):
+        raise usage("give workloads (ids, prefixes, names) or selectors, not both")
+    if args.all and selected:
+        raise usage("--all goes alone: it kills every active workload of yours")
+    if not args.handles and not selected and not args.all:
+        raise usage(
+            "say which workloads: IDs, --label, --status, --name or --all (see: corral kill --help)"
         )
-    if unix_user is not None and not UNIX_USER_RE.fullmatch(unix_user):
-        raise CliError(f"invalid --unix-user {unix_user!r}: not a Unix user name", EXIT_USAGE)
-    with _client(ctx, server) as client:
-        new = client.create_token(user, admin=admin, unix_user=unix_user, description=description)
-    if as_json:
-        print_json(asdict(new))
+    with connect(args) as client:
+        if len(args.handles) == 1 and not args.json:
+            return _kill_one(client, args.handles[0])
+        if args.handles:
+            ids = resolve_all(client, args.handles)
+            result = client.kill_many(ids=ids)
+        else:
+            if args.all and not args.yes and _interactive() and not _confirm_all(client):
+                print("nothing killed", file=sys.stderr)
+                return EXIT_OK
+            result = client.kill_many(
+                status=selected.get("status", ()),
+                labels=selected.get("labels"),
+                name=selected.get("name"),
+                all=args.all,
+            )
+    if args.json:
+        print_json(as_json(result))
+    else:
+        write_lines(_killed_line(w) for w in result.killed)
+    sys.stdout.flush()
+    for item in result.not_killed:
+        print(f"corral: {item.id} is already {item.status}; not killed", file=sys.stderr)
+    for missing in result.not_found:
+        print(f"corral: {_no_workload(missing)}", file=sys.stderr)
+    if not args.handles and not result.killed and not result.not_killed:
+        print("no workload matches; nothing killed", file=sys.stderr)
+    if args.handles and (result.not_killed or result.not_found):
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _killed_line(workload: Workload) -> str:
+    return f"killed {workload.id}" + (" (stopping)" if workload.stopping else "")
+
+
+def _kill_one(client: Client, handle: str) -> int:
+    workload_id = resolve(client, handle)
+    try:
+        killed = client.kill(workload_id)
+    except NotFound:
+        raise _no_workload(handle) from None
+    except InvalidTransition as exc:
+        current = exc.current_status or "finished"
+        raise CliError(f"workload {workload_id} is already {current}; nothing to kill") from None
+    print(_killed_line(killed))
+    return EXIT_OK
+
+
+def _interactive() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _confirm_all(client: Client) -> bool:
+    count = client.page(status=ACTIVE, limit=1, count=True).total
+    what = f"all {count} active workloads" if count is not None else "every active workload"
+    sys.stderr.write(f"kill {what} of yours? [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")
+
+
+# --- wait ----------------------------------------------------------------------------------------
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    selected = _selectors(args)
+    if args.handles and selected:
+        raise usage("give workloads (ids, prefixes, names) or selectors, not both")
+    if not args.handles and not selected:
+        raise usage("say which workloads: IDs, --label, --status or --name")
+    timeout = duration(args.timeout, "--timeout", zero=True)
+    with connect(args) as client:
+        if args.handles:
+            ids = resolve_all(client, args.handles)
+        else:
+            found = client.list(
+                status=selected.get("status", ()),
+                labels=selected.get("labels"),
+                name=selected.get("name"),
+                page_size=PAGE_MAX,
+            )
+            ids = [w.id for w in found][::-1]  # in the order they were submitted
+            if not ids:
+                raise CliError("no workload matches; nothing to wait for")
+        finals = wait_for(client, ids, timeout, quiet=args.quiet)
+    if args.json:
+        print_json(as_json(finals[0] if len(args.handles) == 1 else finals))
+    return outcome(finals)
+
+
+def wait_for(
+    client: Client,
+    ids: Sequence[str],
+    timeout: float | None,
+    *,
+    quiet: bool = False,
+) -> list[Workload]:
+    """Wait for each workload in turn (all within ``timeout``), with a live line on a
+    terminal's stderr; then the final line of each on stderr (with many, those that did
+    not complete and a count)."""
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    line = StatusLine(sys.stderr, enabled=not quiet and _stderr_tty())
+    last: dict[str, Workload] = {}
+
+    def seen(workload: Workload) -> None:
+        last["w"] = workload
+        line.update(workload)
+
+    finals: list[Workload] = []
+    try:
+        for n, workload_id in enumerate(ids):
+            if len(ids) > 1:
+                line.prefix = f"[{n + 1}/{len(ids)}] "
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                finals.append(client.wait(workload_id, timeout=remaining, on_update=seen))
+            except NotFound:
+                raise _no_workload(workload_id) from None
+            except WaitTimeout as exc:
+                line.clear()
+                if len(ids) == 1:
+                    raise CliError(
+                        f"workload {workload_id} is still {exc.workload.status} after waiting"
+                        f" {timeout:g} s",
+                        EXIT_WAIT_TIMEOUT,
+                    ) from None
+                left = len(ids) - n
+                raise CliError(
+                    f"{left} of {len(ids)} workloads not finished after waiting {timeout:g} s"
+                    f" ({exc.workload.id} is still {exc.workload.status})",
+                    EXIT_WAIT_TIMEOUT,
+                ) from None
+    except KeyboardInterrupt:
+        line.clear()
+        current = last.get("w")
+        if current is not None and current.status not in TERMINAL:
+            print(
+                f"stopped waiting; {current.id} is still {current.status}"
+                f" (corral kill {current.id} stops it)",
+                file=sys.stderr,
+            )
+        raise
+    line.clear()
+    if not quiet:
+        _final_lines(finals)
+    return finals
+
+
+def _final_lines(finals: Sequence[Workload]) -> None:
+    colour = colour_on(sys.stderr)
+    shown = finals if len(finals) <= 20 else [w for w in finals if w.status != Status.COMPLETED]
+    for workload in shown:
+        print(final_line(workload, colour), file=sys.stderr)
+    if len(finals) > 1:
+        counts: dict[str, int] = {}
+        for w in finals:
+            counts[str(w.status)] = counts.get(str(w.status), 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+        print(f"{len(finals)} workloads: {summary}", file=sys.stderr)
+
+
+def _stderr_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def outcome(finals: Sequence[Workload]) -> int:
+    """The exit status of the first workload (in order) that did not complete; 0."""
+    for workload in finals:
+        code = exit_status(workload)
+        if code != EXIT_OK:
+            return code
+    return EXIT_OK
+
+
+# --- API keys ------------------------------------------------------------------------------------
+
+
+def cmd_token_help(args: argparse.Namespace) -> int:
+    args.token_parser.print_help()
+    return EXIT_OK
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    if not USER_NAME_RE.fullmatch(args.user):
+        raise usage(
+            f"invalid --user {args.user!r}: lower-case letters, digits, '_', '.', '@' or '-',"
+            " starting with a letter or '_', at most 64"
+        )
+    if args.unix_user is not None and not UNIX_USER_RE.fullmatch(args.unix_user):
+        raise usage(f"invalid --unix-user {args.unix_user!r}: not a Unix user name")
+    with connect(args) as client:
+        new = client.create_token(
+            args.user, admin=args.admin, unix_user=args.unix_user, description=args.description
+        )
+    if args.json:
+        print_json(as_json(new))
     else:
         print(new.key, flush=True)
     kind = "admin key" if new.admin else "key"
-    stderr_console().print(
+    print(
         f"created {kind} {new.id} for {new.user}; it is shown only this once: give it to"
         f" {new.user} to set as CORRAL_TOKEN, or to keep in a 0600 file named by"
-        " CORRAL_TOKEN_FILE"
+        " CORRAL_TOKEN_FILE",
+        file=sys.stderr,
     )
+    return EXIT_OK
 
 
-@token_app.command("list")
-def token_list(
-    ctx: typer.Context,
-    as_json: JsonOption = False,
-    server: ServerOption = None,
-) -> None:
-    """List API keys, newest first (never the keys themselves)."""
-    with _client(ctx, server) as client:
+def cmd_token_list(args: argparse.Namespace) -> int:
+    with connect(args) as client:
         tokens = client.tokens()
-    if as_json:
-        print_json([asdict(t) for t in tokens])
+    if args.json:
+        print_json(as_json(tokens))
     elif tokens:
-        print_out(token_table(tokens))
+        write_lines(token_table(tokens, colour_on(sys.stdout)))
     else:
-        stderr_console().print("no tokens")
+        print("no tokens", file=sys.stderr)
+    return EXIT_OK
 
 
-@token_app.command("revoke")
-def token_revoke(
-    ctx: typer.Context,
-    token_id: Annotated[str, typer.Argument(metavar="ID")],
-    server: ServerOption = None,
-) -> None:
-    """Revoke an API key: its requests are refused from now on."""
-    with _client(ctx, server) as client:
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    with connect(args) as client:
         try:
-            token = client.revoke_token(token_id)
+            token = client.revoke_token(args.token_id)
         except NotFound:
             raise CliError(
-                f"no token {token_id} on this server (corral token list lists them)"
+                f"no token {_clean(args.token_id)} on this server (corral token list lists them)"
             ) from None
     print(f"revoked {token.id} ({token.user})")
+    return EXIT_OK
 
 
-def _no_workload(workload_id: str) -> CliError:
-    return CliError(f"no workload {workload_id} on this server (corral ls lists them)")
+def cmd_completion(args: argparse.Namespace) -> int:
+    from corral.cli_complete import script
+
+    sys.stdout.write(script(args.shell, build_parser()))
+    return EXIT_OK
+
+
+# --- errors and main --------------------------------------------------------------------------
+
+
+def unreachable_message(url: str, reason: str) -> str:
+    """``cannot reach …``; for a loopback URL, how to start a server there."""
+    from urllib.parse import urlsplit
+
+    message = f"cannot reach a corral server at {url} ({reason})"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return message
+    if not is_loopback(host):
+        return message
+    hint = "corral serve" + (f" --port {port}" if port and port != DEFAULT_PORT else "")
+    return f"{message}; start one with: {hint}"
 
 
 def _forbidden(exc: Forbidden) -> str:
@@ -610,51 +1382,82 @@ def _forbidden(exc: Forbidden) -> str:
     )
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"corral: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(code)
+def _failure(exc: BaseException) -> tuple[str, int]:
+    """The one line and exit status of an error."""
+    if isinstance(exc, CliError):
+        return str(exc), exc.code
+    if isinstance(exc, WaitTimeout):
+        return str(exc), EXIT_WAIT_TIMEOUT
+    if isinstance(exc, ServerUnreachable):
+        return unreachable_message(exc.url, exc.reason), EXIT_UNREACHABLE
+    if isinstance(exc, Forbidden):
+        return _forbidden(exc), EXIT_KEY_REFUSED
+    if isinstance(exc, Unauthorized):
+        return str(exc), EXIT_KEY_REFUSED
+    if isinstance(exc, InvalidInput):
+        return flag_names(exc), EXIT_ERROR
+    if isinstance(exc, CorralClientError):
+        text = str(exc)
+        tls = text.startswith("cannot trust the TLS certificate")
+        return text, EXIT_UNREACHABLE if tls else EXIT_ERROR
+    return f"unexpected error, please report it: {exc!r} (CORRAL_DEBUG=1 shows more)", EXIT_ERROR
 
 
-def _unexpected(exc: Exception) -> None:
-    """Typer's usage errors (a missing argument, an unknown option) become one line.
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status."""
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not arguments:
+            parser.print_help()
+            return EXIT_OK
+        args, extra = parser.parse_known_args(arguments)
+        if extra:
+            _unknown(parser, args, extra)
+        handler: Handler | None = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return EXIT_OK
+        code = handler(args)
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_ERROR
+    except Exception as exc:
+        if os.environ.get("CORRAL_DEBUG") and not isinstance(exc, CliError | CorralClientError):
+            raise
+        message, code = _failure(exc)
+        print(f"corral: {' '.join(message.split())}", file=sys.stderr)
+        return code
 
-    Typer vendors Click privately (``typer._click``) and exports no ``UsageError``, so
-    they are recognized by shape: ``format_message()`` and ``exit_code``. Anything else
-    is a bug in corral: one line too, with the traceback when ``CORRAL_DEBUG`` is set.
-    """
-    format_message = getattr(exc, "format_message", None)
-    code = getattr(exc, "exit_code", None)
-    if callable(format_message) and isinstance(code, int):
-        if not format_message():  # plain `corral`: the help is printed, as asked
-            sys.exit(0)
-        ctx = getattr(exc, "ctx", None)
-        command = getattr(ctx, "command_path", None) or "corral"
-        _fail(f"{format_message()} (see: {command} --help)", code)
-    if os.environ.get("CORRAL_DEBUG"):
-        raise exc
-    _fail(f"unexpected error, please report it: {exc!r} (CORRAL_DEBUG=1 shows more)", 1)
+
+def _unknown(parser: Parser, args: argparse.Namespace, extra: list[str]) -> NoReturn:
+    """Arguments no parser took, reported against the command's own ``--help``."""
+    prog = "corral"
+    command = getattr(args, "command", None)
+    if command:
+        prog += f" {command}"
+        if command == "token" and getattr(args, "token_command", None):
+            prog += f" {args.token_command}"
+    word = extra[0]
+    kind = "option" if word.startswith("-") else "argument"
+    raise usage(f"unknown {kind} {word} (see: {prog} --help)")
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (``corral ls | head``): no second error at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def main() -> None:
-    try:
-        result = app(prog_name="corral", standalone_mode=False)
-    except typer.Abort:
-        sys.exit(130)
-    except CliError as exc:
-        _fail(str(exc), exc.code)
-    except WaitTimeout as exc:
-        _fail(str(exc), EXIT_WAIT_TIMEOUT)
-    except Forbidden as exc:
-        _fail(_forbidden(exc), EXIT_ERROR)
-    except CorralClientError as exc:
-        _fail(str(exc), EXIT_ERROR)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:
-        _unexpected(exc)
-    else:
-        if isinstance(result, int) and result:
-            sys.exit(result)
+    sys.exit(run())
 
 
 if __name__ == "__main__":
