@@ -151,7 +151,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> Parser:
+def build_parser(only: str | None = None, *, every: bool = True) -> Parser:
+    """The whole parser; with ``every=False``, only the arguments of the command
+    ``only`` (None: of none): every command is still listed, and building what one
+    call does not use would cost each call a few milliseconds."""
     root = Parser(
         prog="corral",
         description="corral: submit commands, run them when resources allow, follow and kill them.",
@@ -173,60 +176,104 @@ def build_parser() -> Parser:
     root.add_argument("--version", action="version", version=f"corral {__version__}")
     commands = root.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    def command(name: str, handler: Handler, summary: str, **kwargs: Any) -> Parser:
+    for name, handler, summary, populate, extra in _commands():
         sub: Parser = commands.add_parser(
             name,
             help=summary,
-            description=kwargs.pop("description", summary),
+            description=extra.pop("description", summary),
             formatter_class=HelpFormatter,
             allow_abbrev=False,
-            **kwargs,
+            **extra,
         )
         sub.set_defaults(handler=handler)
+        if not every and name != only:
+            continue
         if name not in ("serve", "completion"):
             sub.add_argument(
                 "--server", dest="server_after", metavar="URL", help="the corral server"
             )
-        return sub
+        populate(sub)
+    return root
 
-    _serve_parser(command("serve", cmd_serve, "run the API server (and scheduler, executor)"))
-    _submit_parser(
-        command(
+
+def _commands() -> list[tuple[str, Handler, str, Callable[[Parser], None], dict[str, Any]]]:
+    """Each command: name, handler, summary, what adds its arguments, parser options."""
+    completion = (
+        "print a completion script: commands, flags, and ids through corral ls -q.\n"
+        '  bash: eval "$(corral completion bash)" in ~/.bashrc\n'
+        '  zsh:  eval "$(corral completion zsh)" in ~/.zshrc (after compinit)\n'
+        "  fish: corral completion fish > ~/.config/fish/completions/corral.fish"
+    )
+    submit_usage = (
+        "corral submit [OPTIONS] [--] CMD [ARG...]\n       corral submit [OPTIONS] --from-file FILE"
+    )
+    return [
+        ("serve", cmd_serve, "run the API server (and scheduler, executor)", _serve_parser, {}),
+        (
             "submit",
             cmd_submit,
             "submit a command (or many); print the ids",
-            usage="corral submit [OPTIONS] [--] CMD [ARG...]\n"
-            "       corral submit [OPTIONS] --from-file FILE",
-        )
-    )
-    _ls_parser(command("ls", cmd_ls, "list workloads: active ones, then recent finished ones"))
-    show = command("show", cmd_show, "show one workload and its history")
-    show.add_argument("handle", metavar="ID", help="an id, a unique prefix of one, or a name")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    _kill_parser(command("kill", cmd_kill, "kill workloads (SIGTERM, then SIGKILL)"))
-    _wait_parser(command("wait", cmd_wait, "wait until workloads end; exit like them"))
-    logs = command("logs", cmd_logs, "print a workload's output (stdout and stderr)")
-    logs.add_argument("handle", metavar="ID", help="an id, a unique prefix of one, or a name")
-    logs.add_argument(
+            _submit_parser,
+            {"usage": submit_usage},
+        ),
+        ("ls", cmd_ls, "list workloads: active ones, then recent finished ones", _ls_parser, {}),
+        ("show", cmd_show, "show one workload and its history", _show_parser, {}),
+        ("kill", cmd_kill, "kill workloads (SIGTERM, then SIGKILL)", _kill_parser, {}),
+        ("wait", cmd_wait, "wait until workloads end; exit like them", _wait_parser, {}),
+        ("logs", cmd_logs, "print a workload's output (stdout and stderr)", _logs_parser, {}),
+        (
+            "status",
+            cmd_status,
+            "the machine: capacity, used, free, counts, head of the queue",
+            _json_flag,
+            {},
+        ),
+        ("token", cmd_token_help, "manage API keys (admin keys only)", _token_parser, {}),
+        (
+            "completion",
+            cmd_completion,
+            "print a shell completion script",
+            _completion_parser,
+            {"description": completion},
+        ),
+    ]
+
+
+def _json_flag(p: Parser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _show_parser(p: Parser) -> None:
+    p.add_argument("handle", metavar="ID", help="an id, a unique prefix of one, or a name")
+    _json_flag(p)
+
+
+def _logs_parser(p: Parser) -> None:
+    p.add_argument("handle", metavar="ID", help="an id, a unique prefix of one, or a name")
+    p.add_argument(
         "-f", "--follow", action="store_true", help="keep printing until the workload ends"
     )
-    logs.add_argument("--tail", metavar="N", help="start with the last N lines")
-    status = command(
-        "status", cmd_status, "the machine: capacity, used, free, counts, head of the queue"
-    )
-    status.add_argument("--json", action="store_true", help="print JSON")
-    _token_parser(command("token", cmd_token_help, "manage API keys (admin keys only)"))
-    completion = command(
-        "completion",
-        cmd_completion,
-        "print a shell completion script",
-        description="print a completion script: commands, flags, and ids through corral ls"
-        ' -q.\n  bash: eval "$(corral completion bash)" in ~/.bashrc\n'
-        '  zsh:  eval "$(corral completion zsh)" in ~/.zshrc (after compinit)\n'
-        "  fish: corral completion fish > ~/.config/fish/completions/corral.fish",
-    )
-    completion.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "fish"))
-    return root
+    p.add_argument("--tail", metavar="N", help="start with the last N lines")
+
+
+def _completion_parser(p: Parser) -> None:
+    p.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "fish"))
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (the first word not an option or the value of
+    ``--server`` or ``--token``), or None."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in ("--server", "--token"):
+            skip = True
+        elif word == "--":
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _serve_parser(p: Parser) -> None:
@@ -935,11 +982,12 @@ _FIELD_FLAGS = (
     (r"array_index", "--array"),
     (r"max_running", "--array %N"),
 )
-_FIELD_RE = re.compile(
+_FIELD_RE = (
     r"(?:^|(?<=; ))(?:items(?:\[(\d+)\]|\.(\d+))\.?)?("
     + "|".join(f"(?:{pattern})" for pattern, _ in _FIELD_FLAGS)
     + r")(?=:)"
 )
+"""A field path at the start of a part of a 422's detail (compiled on an error only)."""
 _WORDS = {"timeout_seconds": "--timeout", "memory_mb": "--memory"}
 
 
@@ -960,7 +1008,7 @@ def flag_names(exc: InvalidInput, origins: Sequence[str] = ()) -> str:
             return f"{where}: {flag}"
         return flag
 
-    text = _FIELD_RE.sub(replace, str(exc))
+    text = re.sub(_FIELD_RE, replace, str(exc))
     for word, flag in _WORDS.items():
         text = re.sub(rf"\b{word}\b", flag, text)
     return text
@@ -1405,8 +1453,8 @@ def _failure(exc: BaseException) -> tuple[str, int]:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status."""
-    parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(command_word(arguments), every=False)
     try:
         if not arguments:
             parser.print_help()

@@ -18,19 +18,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
-import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from corral.units import format_size
 from corral.wire import Event, ServerStatus, Status, Token, Workload
 
+if TYPE_CHECKING:
+    from datetime import datetime
+
+# datetime, shlex and signal are imported where used: submit and kill never need them.
+
 EXIT_ERROR = 1
-EXIT_KILLED = 128 + signal.SIGTERM
+EXIT_KILLED = 143
+"""128 + SIGTERM: a workload killed through corral."""
 COMMAND_MAX_CHARS = 60
 """The COMMAND column of ``ls`` at most (``-o wide`` and ``show`` show it whole)."""
 CUT_MIN = 12
@@ -155,6 +158,8 @@ def cut(text: str, width: int) -> str:
 
 
 def command_text(command: Sequence[str]) -> str:
+    import shlex
+
     return clean(shlex.join(command))
 
 
@@ -166,6 +171,8 @@ def pairs_text(pairs: dict[str, str]) -> str:
 
 
 def parse_time(value: str | None) -> datetime | None:
+    from datetime import UTC, datetime
+
     if not value:
         return None
     try:
@@ -177,6 +184,8 @@ def parse_time(value: str | None) -> datetime | None:
 
 def seconds_between(start: str | None, end: str | None = None) -> float | None:
     """Seconds from ``start`` to ``end`` (default: now), or None when unknown."""
+    from datetime import UTC, datetime
+
     begin = parse_time(start)
     if begin is None:
         return None
@@ -211,6 +220,8 @@ def format_age(timestamp: str | None) -> str:
 
 def format_time(timestamp: str | None) -> str:
     """``2024-01-01T12:00:00Z`` (UTC, to the second), or ``-``."""
+    from datetime import UTC
+
     parsed = parse_time(timestamp)
     if parsed is None:
         return timestamp or "-"
@@ -561,6 +572,8 @@ def exit_status(workload: Workload) -> int:
 
 def _signal_number(name: str | None) -> int | None:
     """``SIGSEGV``, ``SEGV`` or ``11`` -> 11; None when unknown."""
+    import signal
+
     if not name:
         return None
     text = name.strip().upper()
