@@ -1158,6 +1158,8 @@ class Client:
     def _done(self, conn: _Connection, response: _Response) -> None:
         """The caller is done with ``response``: keep its connection for the next
         request if the answer was read whole, else close it."""
+        if response.length == 0 and not response.isclosed():
+            response.close()  # read whole (``read1`` leaves it open at its end)
         if not response.isclosed():
             conn.close()
         self._release(conn)
