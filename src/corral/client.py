@@ -1088,10 +1088,13 @@ class Client:
             if not reused:
                 self._connect(conn)
             try:
-                assert conn.sock is not None
                 conn.sock.settimeout(None if follow else self.timeout)
                 conn.request(method, target, body=payload, headers=headers)
                 return conn, conn.getresponse()
+            except ValueError:  # a header http.client refuses (a line break in it)
+                conn.close()
+                self._release(conn)
+                raise
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 self._release(conn)
