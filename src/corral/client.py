@@ -1088,10 +1088,13 @@ class Client:
             if not reused:
                 self._connect(conn)
             try:
-                assert conn.sock is not None
                 conn.sock.settimeout(None if follow else self.timeout)
                 conn.request(method, target, body=payload, headers=headers)
                 return conn, conn.getresponse()
+            except ValueError:  # a header http.client refuses (a line break in it)
+                conn.close()
+                self._release(conn)
+                raise
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 self._release(conn)
@@ -1158,6 +1161,8 @@ class Client:
     def _done(self, conn: _Connection, response: _Response) -> None:
         """The caller is done with ``response``: keep its connection for the next
         request if the answer was read whole, else close it."""
+        if response.length == 0 and not response.isclosed():
+            response.close()  # read whole (``read1`` leaves it open at its end)
         if not response.isclosed():
             conn.close()
         self._release(conn)
