@@ -423,12 +423,12 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     async def kill_workloads(request: Request) -> Response:
         who = principal(request)
         body = await parse_body(request, KillRequest)
-        if body.all_users and not who.admin:
-            raise ForbiddenError("only admin keys may kill every user's workloads")
         if not body.ids and not body.selects:
             raise InvalidInputError(
                 "say which workloads: ids, a selector (status, labels, name) or all"
             )
+        if body.all_users and not who.admin:
+            raise ForbiddenError("only admin keys may kill every user's workloads")
         owner = None if body.all_users else who.user
         result = KillResult(killed=[], not_killed=[], not_found=[])
         seen: set[str] = set()
