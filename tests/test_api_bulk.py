@@ -145,7 +145,8 @@ def test_a_selector_kills_the_callers_active_matches_only(users: Users) -> None:
     web = submit(alice, labels={"team": "web"})["id"]
     bobs = submit(bob, labels={"team": "ml"})["id"]
     result = kill(alice, {"labels": {"team": "ml"}})
-    assert {w["id"] for w in result["killed"]} == {ml[0], ml[1], ml[3]}
+    # The pending ones first (newest first), then the running ones.
+    assert [w["id"] for w in result["killed"]] == [ml[3], ml[0], ml[1]]
     assert result["not_killed"] == [] and result["not_found"] == []  # failed: not selected
     assert [status_of(users, w) for w in (ml[2], web, bobs)] == ["failed", "pending", "pending"]
 
