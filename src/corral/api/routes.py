@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -423,12 +424,12 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     async def kill_workloads(request: Request) -> Response:
         who = principal(request)
         body = await parse_body(request, KillRequest)
-        if body.all_users and not who.admin:
-            raise ForbiddenError("only admin keys may kill every user's workloads")
         if not body.ids and not body.selects:
             raise InvalidInputError(
                 "say which workloads: ids, a selector (status, labels, name) or all"
             )
+        if body.all_users and not who.admin:
+            raise ForbiddenError("only admin keys may kill every user's workloads")
         owner = None if body.all_users else who.user
         result = KillResult(killed=[], not_killed=[], not_found=[])
         seen: set[str] = set()
@@ -438,26 +439,14 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
             if n % KILLS_PER_TURN == 0:
                 await asyncio.sleep(0)
         if body.selects:
-            statuses = [Status(s) for s in body.status] or [Status.PENDING, Status.RUNNING]
-            labels = sorted(body.labels.items())
-            cursor = None
-            while True:
-                page = store.list_workloads(
-                    statuses=statuses,
-                    labels=labels,
-                    name=body.name,
-                    owner=owner,
-                    limit=KILLS_PER_TURN,
-                    cursor=cursor,
-                )
-                for workload in page.items:
+            # Pending ones first: a running one killed frees resources that the
+            # scheduler (running between pages) would hand to a pending one to be killed.
+            statuses = {Status(s) for s in body.status} or {Status.PENDING, Status.RUNNING}
+            for status in sorted(statuses, key=lambda s: s is not Status.PENDING):
+                async for workload in _selected(store, status, body, owner):
                     if workload.id not in seen:
                         seen.add(workload.id)
                         _kill_one(store, scheduler, workload.id, who.user, owner, result)
-                if page.next_cursor is None:
-                    break
-                cursor = page.next_cursor
-                await asyncio.sleep(0)
         note(
             request.scope,
             killed=len(result.killed),
@@ -465,6 +454,29 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
             not_found=len(result.not_found),
         )
         return json_response(result)
+
+
+async def _selected(
+    store: Store, status: Status, body: KillRequest, owner: str | None
+) -> AsyncIterator[Workload]:
+    """The workloads of ``status`` that ``body``'s selector selects, page by page
+    (the event loop serves others between two pages)."""
+    cursor = None
+    while True:
+        page = store.list_workloads(
+            statuses=[status],
+            labels=sorted(body.labels.items()),
+            name=body.name,
+            owner=owner,
+            limit=KILLS_PER_TURN,
+            cursor=cursor,
+        )
+        for workload in page.items:
+            yield workload
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+        await asyncio.sleep(0)
 
 
 def _kill_one(
