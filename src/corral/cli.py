@@ -18,7 +18,6 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, NoReturn
 
 from corral import __version__
 from corral.cli_render import (
@@ -57,6 +56,10 @@ from corral.wire import (
     Workload,
     check_label,
 )
+
+TYPE_CHECKING = False  # not typing's: importing typing costs each call milliseconds
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = ["exit_status", "main", "run"]
 
