@@ -28,7 +28,7 @@ from typing import Literal, cast
 SHIM_SOURCE = Path(__file__).with_name("shim.c")
 PREBUILT_SHIM = Path(__file__).with_name("bin") / "corral-shim"
 """The shim a wheel carries, compiled from ``SHIM_SOURCE`` when the wheel was built
-(``setup.py``); absent from an editable or source install."""
+(``setup.py``); absent from an editable install or a source tree."""
 PID_FILE = "pid"
 STATUS_FILE = "status"
 
@@ -63,8 +63,8 @@ def ensure_shim(cache_dir: Path, prebuilt: Path | None = PREBUILT_SHIM) -> Path:
     so a changed source (an upgraded corral) gets a new binary. It comes from the
     ``prebuilt`` one that a wheel carries (``PREBUILT_SHIM``, built from the same
     ``shim.c`` when the wheel was) when there is one: a copy, so that a file in the
-    install, which its owner may replace, is never the one run; else (an editable or
-    source install) it is compiled with ``$CC`` (``build_shim``), logging one line
+    install, which its owner may replace, is never the one run; else (an editable
+    install, or a source tree) it is compiled with ``$CC`` (``build_shim``), logging one line
     saying why. ``cache_dir`` is made 0700. Raises ``ShimBuildError`` with neither a
     prebuilt shim nor a working compiler, naming both remedies.
     """
@@ -80,7 +80,7 @@ def ensure_shim(cache_dir: Path, prebuilt: Path | None = PREBUILT_SHIM) -> Path:
     compiler = _compiler()
     if compiler is None:
         raise ShimBuildError(
-            "no prebuilt corral-shim in this install (an editable or source install) and"
+            "no prebuilt corral-shim in this install (an editable one, or a source tree) and"
             f" no C compiler ({os.environ.get('CC') or 'cc'}) to build one from {SHIM_SOURCE}:"
             " install a C compiler (e.g. gcc, or set CC), or install corral from a wheel,"
             " which carries a prebuilt corral-shim (`pip wheel .` makes one on a machine"
