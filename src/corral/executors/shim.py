@@ -64,16 +64,16 @@ def ensure_shim(cache_dir: Path, prebuilt: Path | None = PREBUILT_SHIM) -> Path:
     ``prebuilt`` one that a wheel carries (``PREBUILT_SHIM``, built from the same
     ``shim.c`` when the wheel was) when there is one: a copy, so that a file in the
     install, which its owner may replace, is never the one run; else (an editable
-    install, or a source tree) it is compiled with ``$CC`` (``build_shim``), logging one line
-    saying why. ``cache_dir`` is made 0700. Raises ``ShimBuildError`` with neither a
-    prebuilt shim nor a working compiler, naming both remedies.
+    install, or a source tree) it is compiled with ``$CC`` (``build_shim``), logging
+    one line saying why. ``cache_dir`` gets the umask's mode: the server's 077 makes
+    it 0700 (in a 0700 data dir). Raises ``ShimBuildError`` with neither a prebuilt
+    shim nor a working compiler, naming both remedies.
     """
     source = SHIM_SOURCE.read_bytes()
     target = cache_dir / f"corral-shim-{hashlib.sha256(source).hexdigest()[:12]}"
     if os.access(target, os.X_OK):
         return target
-    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cache_dir.chmod(0o700)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     if prebuilt is not None and prebuilt.is_file():
         _install(prebuilt, target)
         return target
