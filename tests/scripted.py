@@ -4,7 +4,10 @@ for testing the client's side (headers, retries, error mapping) without a corral
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +24,14 @@ class Answer:
     body: Any = None
     """JSON-encoded unless bytes or str; None sends no body."""
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    """Seconds to wait before answering."""
+    hang_up: bool = False
+    """Close the connection without answering (a kept-alive connection the server
+    dropped just as the request came)."""
+    close_after: bool = False
+    """Answer, then close the connection without saying so (no ``Connection: close``):
+    the client finds its kept-alive connection dropped when it next uses it."""
 
 
 @dataclass
@@ -29,6 +40,8 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    peer: tuple[str, int] = ("", 0)
+    """The client's address: one per connection."""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -41,9 +54,11 @@ def problem(status: int, slug: str, detail: str, **headers: str) -> Answer:
 
 class ScriptedServer:
     """Answers each request with the next scripted ``Answer`` (the last one repeats),
-    or with ``answer(seen)`` when given a function."""
+    or with ``answer(seen)`` when given a function. With ``tls``, it speaks HTTPS."""
 
-    def __init__(self, *answers: Answer | Callable[[Seen], Answer]) -> None:
+    def __init__(
+        self, *answers: Answer | Callable[[Seen], Answer], tls: ssl.SSLContext | None = None
+    ) -> None:
         self.answers = list(answers) or [Answer()]
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
@@ -59,8 +74,13 @@ class ScriptedServer:
                     self.path,
                     {k.lower(): v for k, v in self.headers.items()},
                     self.rfile.read(length),
+                    (self.client_address[0], self.client_address[1]),
                 )
                 answer = outer._next(seen)
+                time.sleep(answer.delay)
+                if answer.hang_up:
+                    self.close_connection = True
+                    return
                 data = answer.body
                 if data is None:
                     payload = b""
@@ -77,6 +97,10 @@ class ScriptedServer:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+                if answer.close_after:
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_WR)  # now, right after the answer
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
@@ -85,7 +109,11 @@ class ScriptedServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.port = self.httpd.server_address[1]
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -121,7 +149,7 @@ def token_body(**extra: object) -> dict[str, object]:
     }
 
 
-def workload_body() -> dict[str, object]:
+def workload_body(**extra: object) -> dict[str, object]:
     now = "2024-01-01T00:00:00Z"
     return {
         "id": "w1",
@@ -142,4 +170,5 @@ def workload_body() -> dict[str, object]:
         "updated_at": now,
         "started_at": None,
         "finished_at": None,
+        **extra,
     }

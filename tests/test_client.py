@@ -3,6 +3,7 @@ when the test moves them with ``PUT /v1/workloads/{id}/status``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ from corral import (
     WaitTimeout,
 )
 from corral.client import error_from_response
-from corral.model import Event, Status, Workload
+from corral.wire import Event, Status, Workload
 from tests.server import LiveServer, free_port
 
 UNKNOWN_ID = "01aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -243,46 +244,44 @@ def test_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
         Client("ftp://example.com")
 
 
-def problem_response(status: int, body: object = None, text: str | None = None) -> httpx.Response:
-    if text is not None:
-        return httpx.Response(status, text=text)
-    return httpx.Response(status, json=body)
+def problem_response(status: int, body: object = None, text: str | None = None) -> APIError:
+    """The client's error for an answer of ``status`` with a JSON ``body`` or ``text``."""
+    payload = text.encode() if text is not None else json.dumps(body).encode()
+    return error_from_response(status, payload)
 
 
 def test_errors_map_on_the_problem_type_then_the_status() -> None:
-    by_type = error_from_response(
-        problem_response(
-            409,
-            {
-                "type": "urn:corral:problem:invalid-transition",
-                "title": "Conflict",
-                "status": 409,
-                "detail": "cannot move",
-                "current_status": "completed",
-                "requested_status": "killed",
-                "allowed": [],
-            },
-        )
+    by_type = problem_response(
+        409,
+        {
+            "type": "urn:corral:problem:invalid-transition",
+            "title": "Conflict",
+            "status": 409,
+            "detail": "cannot move",
+            "current_status": "completed",
+            "requested_status": "killed",
+            "allowed": [],
+        },
     )
     assert isinstance(by_type, InvalidTransition)
     assert by_type.current_status is Status.COMPLETED
     assert str(by_type) == "cannot move"
     reused = {"type": "urn:corral:problem:idempotency-key-reused", "detail": "reused"}
-    assert type(error_from_response(problem_response(422, reused))) is InvalidInput
-    assert type(error_from_response(problem_response(413, {"detail": "big"}))) is InvalidInput
-    assert type(error_from_response(problem_response(404, text="nope"))) is NotFound
-    plain = error_from_response(problem_response(502, text="<html>Bad gateway</html>"))
+    assert type(problem_response(422, reused)) is InvalidInput
+    assert type(problem_response(413, {"detail": "big"})) is InvalidInput
+    assert type(problem_response(404, text="nope")) is NotFound
+    plain = problem_response(502, text="<html>Bad gateway</html>")
     assert type(plain) is ServerError
     assert plain.status == 502
     assert plain.detail == "HTTP 502 Bad Gateway: <html>Bad gateway</html>"
     assert str(plain).startswith("HTTP 502 Bad Gateway: <html>Bad gateway</html> (")
-    assert error_from_response(problem_response(500, text="")).detail == (
-        "HTTP 500 Internal Server Error"
-    )
-    assert type(error_from_response(problem_response(418, text="teapot"))) is APIError
-    assert type(error_from_response(problem_response(401, {"detail": "no"}))) is Unauthorized
-    assert type(error_from_response(problem_response(403, {"detail": "no"}))) is Forbidden
-    assert type(error_from_response(problem_response(429, {"detail": "no"}))) is RateLimited
+    assert problem_response(500, text="").detail == "HTTP 500 Internal Server Error"
+    assert type(problem_response(418, text="teapot")) is APIError
+    assert type(problem_response(401, {"detail": "no"})) is Unauthorized
+    assert type(problem_response(403, {"detail": "no"})) is Forbidden
+    assert type(problem_response(429, {"detail": "no"})) is RateLimited
+    assert error_from_response(503, b"", reason="Gone Fishing").detail == "HTTP 503 Gone Fishing"
+    assert error_from_response(429, b"{}", retry_after_header="3").retry_after == 3
 
 
 def test_import_corral_stays_cheap() -> None:

@@ -21,7 +21,7 @@ from corral import (
     ServerError,
     Unauthorized,
 )
-from corral.model import NewToken, Status, Token
+from corral.wire import NewToken, Status, Token
 from tests.scripted import KEY, Answer, ScriptedServer, Seen, problem, token_body, workload_body
 from tests.server import LiveServer, free_port
 
@@ -135,7 +135,7 @@ def test_the_key_is_never_shown(no_keys: Path) -> None:
         client = Client(srv.url, token=KEY)
         with pytest.raises(Unauthorized) as info:
             client.get("x")
-    for text in (repr(client), str(client), repr(client._http.headers), str(info.value)):
+    for text in (repr(client), str(client), repr(client._headers), str(info.value)):
         assert KEY not in text
     assert KEY not in repr(info.value.args)
 

@@ -1,47 +1,75 @@
 """corral: a workload manager.
 
-``from corral import Client`` gives the Python client; it and its errors are imported
-on first use, so ``import corral`` stays cheap for the server.
+``from corral import Client`` gives the Python client, its errors and the types of its
+answers (``Workload``, ``Status``, ``Page``, …, from ``corral.wire``); they are imported
+on first use, so ``import corral`` stays cheap for the server. ``corral.client``,
+``corral.wire`` and ``corral.defaults`` use the standard library only.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs milliseconds
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APIError",
+    "Capacity",
     "Client",
     "CorralClientError",
+    "Event",
     "Forbidden",
     "InvalidInput",
     "InvalidTransition",
+    "KillResult",
+    "NewToken",
     "NotFound",
+    "NotKilled",
+    "Page",
+    "QueueEntry",
     "RateLimited",
+    "Resources",
     "ServerError",
+    "ServerStatus",
     "ServerUnreachable",
+    "Status",
+    "Token",
     "Unauthorized",
     "WaitTimeout",
+    "Workload",
     "__version__",
 ]
 
 _CLIENT_NAMES = frozenset(__all__) - {"__version__"}
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from corral.client import (
         APIError,
+        Capacity,
         Client,
         CorralClientError,
+        Event,
         Forbidden,
         InvalidInput,
         InvalidTransition,
+        KillResult,
+        NewToken,
         NotFound,
+        NotKilled,
+        Page,
+        QueueEntry,
         RateLimited,
+        Resources,
         ServerError,
+        ServerStatus,
         ServerUnreachable,
+        Status,
+        Token,
         Unauthorized,
         WaitTimeout,
+        Workload,
     )
 
 

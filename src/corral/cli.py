@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -38,8 +39,8 @@ from corral.client import (
     NotFound,
     WaitTimeout,
 )
-from corral.config import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
-from corral.model import (
+from corral.defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL
+from corral.wire import (
     ENV_NAME_RE,
     UNIX_USER_RE,
     USER_NAME_RE,
@@ -351,13 +352,16 @@ def submit(
             timeout_seconds=timeout,
         )
         if not wait:
-            print(workload.model_dump_json(indent=2) if as_json else workload.id)
+            if as_json:
+                print_json(asdict(workload))
+            else:
+                print(workload.id)
             return
         if not as_json:
             print(workload.id, flush=True)
         final = _wait(client, workload.id, None)
     if as_json:
-        print(final.model_dump_json(indent=2))
+        print_json(asdict(final))
     raise typer.Exit(exit_status(final))
 
 
@@ -400,7 +404,7 @@ def list_workloads(
             )
         )
     if as_json:
-        print_json([w.model_dump(mode="json") for w in workloads])
+        print_json([asdict(w) for w in workloads])
     elif workloads:
         print_out(workload_table(workloads, owner=all_users))
     else:
@@ -424,8 +428,8 @@ def show(
     if as_json:
         print_json(
             {
-                "workload": workload.model_dump(mode="json"),
-                "events": [e.model_dump(mode="json") for e in events],
+                "workload": asdict(workload),
+                "events": [asdict(e) for e in events],
             }
         )
     else:
@@ -545,7 +549,7 @@ def token_create(
     with _client(ctx, server) as client:
         new = client.create_token(user, admin=admin, unix_user=unix_user, description=description)
     if as_json:
-        print_json(new.model_dump(mode="json"))
+        print_json(asdict(new))
     else:
         print(new.key, flush=True)
     kind = "admin key" if new.admin else "key"
@@ -566,7 +570,7 @@ def token_list(
     with _client(ctx, server) as client:
         tokens = client.tokens()
     if as_json:
-        print_json([t.model_dump(mode="json") for t in tokens])
+        print_json([asdict(t) for t in tokens])
     elif tokens:
         print_out(token_table(tokens))
     else:

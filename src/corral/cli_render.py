@@ -19,7 +19,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from corral.model import Event, Status, Token, Workload
+from corral.wire import Event, Status, Token, Workload
 
 STATUS_STYLES = {
     Status.PENDING: "yellow",

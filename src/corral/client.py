@@ -9,16 +9,21 @@
         done = corral.wait(workload.id)
         print(done.status, done.exit_code, corral.logs(done.id, tail=20))
 
+Standard library only (``http.client``, ``ssl``, ``json``): importing it loads none of
+the server's dependencies, so a command line built on it starts quickly.
+
 The API key (sent as ``Authorization: Bearer KEY``) is the first of: the ``token=``
 argument, ``$CORRAL_TOKEN``, the file named by ``$CORRAL_TOKEN_FILE``,
 ``$CORRAL_DATA_DIR/token``, the default data dir's ``token`` (where ``corral serve``
 writes its admin key on first start). ``Client.token_source`` says which it was.
 
-Results are ``corral.model.Workload`` and ``Event`` objects. Every failure is raised as
-one of these errors, each with a message fit to show a user as is::
+Results are ``corral.wire`` dataclasses (``Workload``, ``Event``, ``Page``, …). Every
+failure is raised as one of these errors, each with a message fit to show a user as is::
 
-    CorralClientError               root: anything the client could not do
-    ├── ServerUnreachable           no connection (refused, unknown host, connect timeout)
+    CorralClientError               root: anything the client could not do (also: an
+    │                               answer that is not what a corral server sends)
+    ├── ServerUnreachable           no connection (refused, unknown host, connect timeout,
+    │                               TLS handshake, a proxy refusing the tunnel)
     ├── WaitTimeout                 wait(timeout=…) ran out; .workload is the last seen
     └── APIError                    the server answered with an error (.status, .problem, .detail)
         ├── Unauthorized            401: no key, or an unknown or revoked one (.token_source)
@@ -34,26 +39,65 @@ one of these errors, each with a message fit to show a user as is::
 
 429 and 503 answers are retried transparently (see ``Client``), so ``RateLimited`` and a
 503 ``ServerError`` mean the server stayed that way for ``retry_for`` seconds.
+
+Transport: a small pool of keep-alive connections (one per thread that is using one
+at the moment; idle ones are kept and reused). An idle connection the server has
+closed is noticed before it is reused (it reads as ready: end of file); if one still
+drops under a request that is safe to send again (GET, PUT, DELETE, or a POST with an
+``Idempotency-Key``), the request is sent once more on a new connection.
+
+Proxies: a loopback server is always reached directly. Any other goes through the
+proxy ``urllib.request.getproxies()`` names for its scheme (``$HTTP_PROXY``,
+``$HTTPS_PROXY``, else ``$ALL_PROXY``) unless ``urllib.request.proxy_bypass`` (``$NO_PROXY``)
+exempts it: plain HTTP in absolute form, HTTPS through a ``CONNECT`` tunnel, with
+``Proxy-Authorization: Basic`` from the proxy URL's user and password. Only
+``http://`` proxies are supported (not SOCKS, not TLS to the proxy); any other is
+refused with a message naming the variable to change.
+
+TLS: the system's CA store, or ``$SSL_CERT_FILE`` (and ``$SSL_CERT_DIR``) when set.
 """
 
 from __future__ import annotations
 
 import builtins
+import http.client
+import json
 import os
 import re
+import select
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
-from urllib.parse import quote
-
-import httpx
-from pydantic import BaseModel, ValidationError
+from http import HTTPStatus
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from corral import __version__
-from corral.config import DEFAULT_PORT, DEFAULT_URL, default_data_dir, is_loopback
+from corral.defaults import DEFAULT_PORT, DEFAULT_URL, default_data_dir, is_loopback
 from corral.keys import KEY_FILE_NAME
-from corral.model import TERMINAL, Event, NewToken, Status, Token, Workload
+from corral.keys import KEY_RE as KEY_RE
+from corral.wire import (
+    TERMINAL,
+    Capacity,
+    Event,
+    KillResult,
+    NewToken,
+    NotKilled,
+    Page,
+    QueueEntry,
+    Resources,
+    ServerStatus,
+    Status,
+    Token,
+    WireError,
+    Workload,
+)
+
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs milliseconds
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 PROBLEM_TYPE_PREFIX = "urn:corral:problem:"
 WAIT_MIN_DELAY = 0.05
@@ -67,22 +111,38 @@ TOKEN_ENV = "CORRAL_TOKEN"
 TOKEN_FILE_ENV = "CORRAL_TOKEN_FILE"
 DATA_DIR_ENV = "CORRAL_DATA_DIR"
 KEY_FILE_MAX_BYTES = 4096
-KEY_RE = re.compile(r"[\x21-\x7e]+")
-"""One word of printable ASCII: anything else cannot go in an HTTP header."""
+LOG_CHUNK_BYTES = 64 * 1024
+"""At most this much of a log per chunk of ``stream_logs`` (less when less has come)."""
+ERROR_BODY_MAX_BYTES = 1 << 20
+"""An error answer's body is read up to this; a longer one is cut (and its connection
+closed)."""
+IDLE_CONNECTIONS_MAX = 8
 
 __all__ = [
     "APIError",
+    "Capacity",
     "Client",
     "CorralClientError",
+    "Event",
     "Forbidden",
     "InvalidInput",
     "InvalidTransition",
+    "KillResult",
+    "NewToken",
     "NotFound",
+    "NotKilled",
+    "Page",
+    "QueueEntry",
     "RateLimited",
+    "Resources",
     "ServerError",
+    "ServerStatus",
     "ServerUnreachable",
+    "Status",
+    "Token",
     "Unauthorized",
     "WaitTimeout",
+    "Workload",
 ]
 
 
@@ -95,8 +155,8 @@ class CorralClientError(Exception):
 
 def _serve_hint(url: str) -> str:
     try:
-        port = httpx.URL(url).port
-    except httpx.InvalidURL:
+        port = urlsplit(url).port
+    except ValueError:
         port = None
     return "corral serve" + (f" --port {port}" if port and port != DEFAULT_PORT else "")
 
@@ -289,30 +349,41 @@ def _status_or_none(value: object) -> Status | None:
         return None
 
 
-def error_from_response(response: httpx.Response) -> APIError:
-    """The typed error for an error response, from its problem details when it has
-    them (a body that is not JSON still gives a readable message)."""
-    status = response.status_code
+def error_from_response(
+    status: int, body: bytes, *, reason: str = "", retry_after_header: str | None = None
+) -> APIError:
+    """The typed error for an error answer, from its problem details when it has them
+    (a body that is not JSON still gives a readable message). ``reason``: the status
+    line's phrase (default: the standard one); ``retry_after_header``: its
+    ``Retry-After``."""
     problem: dict[str, Any] = {}
     try:
-        body = response.json()
+        parsed = json.loads(body) if body else None
     except ValueError:
-        body = None
-    if isinstance(body, dict):
-        problem = body
+        parsed = None
+    if isinstance(parsed, dict):
+        problem = parsed
     detail = problem.get("detail") or problem.get("title")
     if not isinstance(detail, str) or not detail:
-        text = " ".join(response.text.split())[:200]
-        detail = f"HTTP {status} {response.reason_phrase}" + (f": {text}" if text else "")
+        text = " ".join(body.decode("utf-8", errors="replace").split())[:200]
+        phrase = reason or _standard_phrase(status)
+        detail = f"HTTP {status} {phrase}".rstrip() + (f": {text}" if text else "")
     cls = _BY_SLUG.get(_slug(problem) or "") or _BY_STATUS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else APIError
-    return cls(status, problem, detail, retry_after=retry_after(response))
+    return cls(status, problem, detail, retry_after=retry_after(retry_after_header))
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    """The response's ``Retry-After`` in seconds (delay-seconds or an HTTP date)."""
-    value = response.headers.get("Retry-After", "").strip()
+def _standard_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (delay-seconds or an HTTP date), or None."""
+    value = (value or "").strip()
     if not value:
         return None
     try:
@@ -328,9 +399,7 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-# --- the client ---------------------------------------------------------------------
-
-M = TypeVar("M", bound=BaseModel)
+# --- URLs, proxies, transport errors --------------------------------------------------
 
 
 def _normalize_url(url: str) -> str:
@@ -338,22 +407,101 @@ def _normalize_url(url: str) -> str:
     if "://" not in raw:
         raw = "http://" + raw
     try:
-        parsed = httpx.URL(raw)
-    except httpx.InvalidURL as exc:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
         raise CorralClientError(f"invalid server URL {url!r}: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise CorralClientError(f"invalid server URL {url!r}: expected http://HOST:PORT")
     return raw.rstrip("/")
 
 
-def _connect_reason(exc: httpx.TransportError) -> str:
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_SSL_NOISE = re.compile(r"^\[[A-Z_: ]+\] | \(_ssl\.c:\d+\)$")
+
+
+def _reason(exc: BaseException) -> str:
     """``[Errno 111] Connection refused`` -> ``connection refused``."""
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out connecting"
-    text = str(exc) or type(exc).__name__
-    if text.startswith("[Errno") and "] " in text:
-        text = text.split("] ", 1)[1]
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        text = f"certificate verify failed: {exc.verify_message}"
+    elif isinstance(exc, ssl.SSLError):
+        text = _SSL_NOISE.sub("", str(exc))
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
     return text[:1].lower() + text[1:]
+
+
+class _Proxy:
+    """An ``http://`` proxy from the environment, for one server."""
+
+    def __init__(self, url: str, variable: str, server: str) -> None:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        try:
+            port = parts.port or 80
+        except ValueError:
+            port = 0
+        host = parts.hostname
+        self.shown = f"{parts.scheme}://{_hostport(host, port) if host else '?'}"
+        """The proxy, without its user and password, for messages."""
+        if parts.scheme != "http" or not host or not port:
+            raise CorralClientError(
+                f"cannot use the proxy {self.shown} from ${variable} to reach {server}:"
+                " the corral client speaks to http:// proxies only; set NO_PROXY to the"
+                " server's host to reach it directly"
+            )
+        self.host, self.port = host, port
+        self.headers: dict[str, str] = {}
+        if parts.username is not None:
+            import base64
+
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            credentials = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+            self.headers["Proxy-Authorization"] = f"Basic {credentials}"
+
+
+def _proxy_for(scheme: str, host: str, port: int, server: str) -> _Proxy | None:
+    """The environment's proxy for a (non-loopback) server, or None: none, or bypassed."""
+    import urllib.request  # here: never loaded for a loopback server
+
+    proxies = urllib.request.getproxies()
+    url = proxies.get(scheme) or proxies.get("all")
+    if not url or urllib.request.proxy_bypass(_hostport(host, port)):
+        return None
+    name = scheme if proxies.get(scheme) else "all"
+    variable = f"{name.upper()}_PROXY"
+    return _Proxy(url, variable, server)
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """True when an idle kept-alive connection cannot be reused: the server closed it
+    (its socket reads as ready: end of file) or sent something unasked for."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class _Headers(dict[str, str]):
+    """Request headers whose ``repr`` never shows the key."""
+
+    def __repr__(self) -> str:
+        secret = ("authorization", "proxy-authorization")
+        return repr({k: "[secret]" if k.lower() in secret else v for k, v in self.items()})
+
+
+# --- the client ---------------------------------------------------------------------
 
 
 class _KeySearch:
@@ -435,6 +583,9 @@ class _KeySearch:
 
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_NO_BODY: Any = object()
+_Response = http.client.HTTPResponse
+_Connection = http.client.HTTPConnection
 
 
 class Client:
@@ -447,7 +598,8 @@ class Client:
     dir's ``token`` (``$XDG_DATA_HOME/corral/token``, where a local ``corral serve``
     writes its admin key). ``token_source`` says where the key came from (None when
     none was found: requests then go without one, which only a ``--no-auth`` server
-    accepts). The key itself is never shown, in a ``repr`` or a message.
+    accepts). The key itself is never shown, in a ``repr`` or a message. ``timeout``
+    bounds connecting and each wait for the server (not a followed log).
 
     Retries: a 429 (rate limited) or a 503 (busy) answer is retried after the
     server's ``Retry-After`` (else a short backoff), for ``retry_for`` seconds in all,
@@ -472,32 +624,43 @@ class Client:
         self.url = _normalize_url(url or os.environ.get("CORRAL_URL") or DEFAULT_URL)
         self.timeout = timeout
         self.retry_for = retry_for
-        local = is_loopback(httpx.URL(self.url).host)
+        parts = urlsplit(self.url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._https else 80)
+        self._base_path = parts.path.rstrip("/")
+        local = is_loopback(self._host)
         search = _KeySearch(token, local=local)
         self.token_source: str | None = search.source
         """Where the key came from (``$CORRAL_TOKEN``, a file's path, …), or None."""
         self._looked_in = tuple(search.looked_in)
-        headers = {"User-Agent": f"corral-client/{__version__}"}
+        self._headers = _Headers({"User-Agent": f"corral-client/{__version__}"})
         if search.key is not None:
-            headers["Authorization"] = f"Bearer {search.key}"
+            self._headers["Authorization"] = f"Bearer {search.key}"
         # A loopback server is reached directly: never through $HTTP_PROXY (which
-        # would see the key, and cannot reach this machine's loopback anyway). Its
-        # certificate's CA may still come from $SSL_CERT_FILE.
-        verify: ssl.SSLContext | bool = True
-        ca_file = os.environ.get("SSL_CERT_FILE")
-        if local and ca_file:
-            try:
-                verify = ssl.create_default_context(cafile=ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                raise CorralClientError(f"cannot use SSL_CERT_FILE {ca_file}: {reason}") from None
-        self._http = httpx.Client(
-            base_url=self.url,
-            timeout=timeout,
-            headers=headers,
-            trust_env=not local,
-            verify=verify,
-        )
+        # would see the key, and cannot reach this machine's loopback anyway).
+        self._proxy = None if local else _proxy_for(parts.scheme, self._host, self._port, self.url)
+        self._origin = f"{parts.scheme}://{_hostport(self._host, self._port)}"
+        if self._proxy is not None and not self._https:
+            self._headers.update(self._proxy.headers)  # absolute form: to the proxy
+        self._ssl = self._ssl_context() if self._https else None
+        self._idle: builtins.list[_Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @staticmethod
+    def _ssl_context() -> ssl.SSLContext:
+        """The system's CAs, or ``$SSL_CERT_FILE`` (and ``$SSL_CERT_DIR``) instead."""
+        ca_file = os.environ.get("SSL_CERT_FILE") or None
+        ca_dir = os.environ.get("SSL_CERT_DIR") or None
+        if ca_file is None and ca_dir is None:
+            return ssl.create_default_context()
+        try:
+            return ssl.create_default_context(cafile=ca_file, capath=ca_dir)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            where = f"SSL_CERT_FILE {ca_file}" if ca_file else f"SSL_CERT_DIR {ca_dir}"
+            raise CorralClientError(f"cannot use {where}: {reason}") from None
 
     def __enter__(self) -> Client:
         return self
@@ -506,7 +669,12 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        """Close the idle connections; one in use closes when its request is done."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -526,9 +694,14 @@ class Client:
         labels: Mapping[str, str] | None = None,
         priority: int | None = None,
         timeout_seconds: float | None = None,
+        depends_on: Iterable[str] | None = None,
+        dependency_type: str | None = None,
+        array_index: int | None = None,
         idempotency_key: str | None = None,
     ) -> Workload:
-        """Submit a workload; unset fields take the server's defaults."""
+        """Submit a workload; unset fields take the server's defaults. ``depends_on``:
+        ids of workloads it waits for; ``dependency_type``: ``afterok`` (the server's
+        default: each dependency must complete) or ``afterany`` (each must end)."""
         if isinstance(command, str | bytes):
             raise TypeError("command must be a sequence of arguments, e.g. ['echo', 'hi']")
         body: dict[str, Any] = {"command": builtins.list(command)}
@@ -539,62 +712,155 @@ class Client:
             "labels": dict(labels) if labels is not None else None,
             "priority": priority,
             "timeout_seconds": timeout_seconds,
+            "depends_on": builtins.list(depends_on) if depends_on is not None else None,
+            "dependency_type": dependency_type,
+            "array_index": array_index,
         }
         body.update((k, v) for k, v in optional.items() if v is not None)
         resources = {"cpus": cpus, "memory_mb": memory_mb, "gpus": gpus}
         if any(v is not None for v in resources.values()):
             body["resources"] = {k: v for k, v in resources.items() if v is not None}
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
-        response = self._request("POST", "/v1/workloads", json=body, headers=headers)
-        return self._parse(Workload, response)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+        data = self._call("POST", "/v1/workloads", body=body, headers=headers)
+        return self._read(Workload.from_json, data)
+
+    def submit_many(
+        self,
+        specs: Iterable[Mapping[str, Any]],
+        *,
+        max_running: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> builtins.list[Workload]:
+        """Submit several workloads at once, all or none (``POST /v1/workloads/batch``);
+        each spec is a ``POST /v1/workloads`` body (``{"command": [...], ...}``), whose
+        ``depends_on`` may also name another item by its index. ``max_running``: at
+        most this many of them run at once. The stored workloads, in the order given."""
+        items = [dict(spec) for spec in specs]
+        body: dict[str, Any] = {"items": items}
+        if max_running is not None:
+            body["max_running"] = max_running
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+        data = self._call("POST", "/v1/workloads/batch", body=body, headers=headers)
+        return self._items(data, Workload.from_json, "workloads")
 
     def get(self, workload_id: str) -> Workload:
         """The workload, or ``NotFound``."""
-        return self._parse(Workload, self._request("GET", self._path(workload_id)))
+        return self._read(Workload.from_json, self._call("GET", self._path(workload_id)))
 
     def events(self, workload_id: str) -> builtins.list[Event]:
         """The workload's history, oldest first (the first is ``created``)."""
-        body = self._json(self._request("GET", self._path(workload_id, "events")))
-        items = body.get("items") if isinstance(body, dict) else None
-        return [self._validate(Event, item) for item in (items or [])]
+        data = self._call("GET", self._path(workload_id, "events"))
+        return self._items(data, Event.from_json, "events")
 
     def kill(self, workload_id: str) -> Workload:
         """Kill the workload (now ``killed``); ``InvalidTransition`` when it already
         ended, ``NotFound`` when there is no such workload."""
-        return self._parse(Workload, self._request("DELETE", self._path(workload_id)))
+        return self._read(Workload.from_json, self._call("DELETE", self._path(workload_id)))
+
+    def kill_many(
+        self,
+        *,
+        ids: Iterable[str] = (),
+        status: Iterable[str | Status] = (),
+        labels: Mapping[str, str] | None = None,
+        name: str | None = None,
+        all: bool = False,
+        all_users: bool = False,
+    ) -> KillResult:
+        """Kill the workloads named by ``ids`` and/or matching a selector (any of
+        ``status``, every one of ``labels``, ``name``; without ``status``: the active
+        ones), or ``all`` the caller's active ones (``all_users``: everyone's, admin
+        keys only). Each is killed independently: the result lists the ``killed``, the
+        ``not_killed`` (they had ended; with the server's detail) and the ``not_found``
+        ids. Naming nothing at all is ``InvalidInput``."""
+        body: dict[str, Any] = {}
+        if ids := builtins.list(ids):
+            body["ids"] = ids
+        if statuses := [str(s) for s in status]:
+            body["status"] = statuses
+        if labels:
+            body["labels"] = dict(labels)
+        if name is not None:
+            body["name"] = name
+        if all:
+            body["all"] = True
+        if all_users:
+            body["all_users"] = True
+        data = self._call("POST", "/v1/workloads/kill", body=body)
+        return self._read(KillResult.from_json, data)
 
     def list(
         self,
         *,
         status: Iterable[str | Status] = (),
         labels: Mapping[str, str] | None = None,
+        name: str | None = None,
+        id_prefix: str | None = None,
         page_size: int = 100,
         limit: int | None = None,
         all_users: bool = False,
     ) -> Iterator[Workload]:
         """Workloads newest first, fetched ``page_size`` at a time; any of ``status``,
-        every one of ``labels``; at most ``limit`` of them. Only the key's user's own,
+        every one of ``labels``, named ``name``, with an id starting with ``id_prefix``
+        (at least 4 characters); at most ``limit`` of them. Only the key's user's own,
         unless ``all_users`` (admin keys only; ``Forbidden`` otherwise)."""
-        params: builtins.list[tuple[str, str]] = [("status", str(s)) for s in status]
-        params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
-        if all_users:
-            params.append(("all_users", "true"))
+        params = self._filters(status, labels, name, id_prefix, all_users)
         remaining = limit
         cursor = ""
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
             query = [*params, ("limit", str(size)), ("cursor", cursor)]
-            body = self._json(self._request("GET", "/v1/workloads", params=query))
-            if not isinstance(body, dict):
-                raise self._unexpected("a workload list was expected")
-            items = body.get("items") or []
-            for item in items:
-                yield self._validate(Workload, item)
+            page = self._read(Page.from_json, self._call("GET", "/v1/workloads", params=query))
+            yield from page.items
             if remaining is not None:
-                remaining -= len(items)
-            cursor = body.get("next_cursor") or ""
-            if not cursor or not items:
+                remaining -= len(page.items)
+            cursor = page.next_cursor or ""
+            if not cursor or not page.items:
                 return
+
+    def page(
+        self,
+        *,
+        status: Iterable[str | Status] = (),
+        labels: Mapping[str, str] | None = None,
+        name: str | None = None,
+        id_prefix: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        count: bool = False,
+        all_users: bool = False,
+    ) -> Page:
+        """One page of ``list``: at most ``limit`` workloads after ``cursor`` (None:
+        the first page), and the cursor of the next page (None after the last). With
+        ``count``, ``total`` is the number of workloads the filter matches in all."""
+        query = self._filters(status, labels, name, id_prefix, all_users)
+        query += [("limit", str(limit)), ("cursor", cursor or "")]
+        if count:
+            query.append(("count", "true"))
+        return self._read(Page.from_json, self._call("GET", "/v1/workloads", params=query))
+
+    @staticmethod
+    def _filters(
+        status: Iterable[str | Status],
+        labels: Mapping[str, str] | None,
+        name: str | None,
+        id_prefix: str | None,
+        all_users: bool,
+    ) -> builtins.list[tuple[str, str]]:
+        params: builtins.list[tuple[str, str]] = [("status", str(s)) for s in status]
+        params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
+        if name is not None:
+            params.append(("name", name))
+        if id_prefix is not None:
+            params.append(("id_prefix", id_prefix))
+        if all_users:
+            params.append(("all_users", "true"))
+        return params
+
+    def status(self) -> ServerStatus:
+        """The executor's capacity, what is used and free, the caller's workloads
+        counted by status (an admin's: everyone's) and the head of the queue."""
+        return self._read(ServerStatus.from_json, self._call("GET", "/v1/status"))
 
     # --- API keys (admin keys only) ---------------------------------------------------
 
@@ -614,15 +880,11 @@ class Client:
             body["unix_user"] = unix_user
         if description is not None:
             body["description"] = description
-        return self._parse(NewToken, self._request("POST", "/v1/tokens", json=body))
+        return self._read(NewToken.from_json, self._call("POST", "/v1/tokens", body=body))
 
     def tokens(self) -> builtins.list[Token]:
         """Every API key (never the keys themselves), newest first."""
-        body = self._json(self._request("GET", "/v1/tokens"))
-        items = body.get("items") if isinstance(body, dict) else None
-        if not isinstance(items, builtins.list):
-            raise self._unexpected("a token list was expected")
-        return [self._validate(Token, item) for item in items]
+        return self._items(self._call("GET", "/v1/tokens"), Token.from_json, "tokens")
 
     def revoke_token(self, token_id: str) -> Token:
         """Revoke a key (its requests then get 401); revoking it again changes nothing.
@@ -630,7 +892,7 @@ class Client:
         if token_id in ("", ".", ".."):
             raise NotFound(404, {}, f"no token {token_id!r}")
         path = "/v1/tokens/" + quote(token_id, safe="")
-        return self._parse(Token, self._request("DELETE", path))
+        return self._read(Token.from_json, self._call("DELETE", path))
 
     # --- logs -----------------------------------------------------------------------
 
@@ -653,18 +915,19 @@ class Client:
     ) -> Iterator[bytes]:
         """The output in chunks as they arrive, however large the log; with ``follow``,
         new output as it is written, until the workload ends (no read timeout then)."""
-        params = {"follow": "true"} if follow else {}
+        params = [("follow", "true")] if follow else []
         if tail is not None:
-            params["tail"] = str(tail)
-        timeout = httpx.Timeout(self.timeout, read=None) if follow else httpx.USE_CLIENT_DEFAULT
+            params.append(("tail", str(tail)))
         path = self._path(workload_id, "logs")
-        response = self._request("GET", path, params=params, timeout=timeout, stream=True)
+        conn, response = self._request("GET", path, params=params, follow=follow)
         try:
-            yield from response.iter_bytes()
-        except httpx.TransportError as exc:
+            while chunk := response.read1(LOG_CHUNK_BYTES):
+                yield chunk
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
             raise self._transport_error(exc) from exc
         finally:
-            response.close()
+            self._done(conn, response)
 
     def follow_logs(self, workload_id: str, *, tail: int | None = None) -> Iterator[bytes]:
         """``stream_logs(..., follow=True)``: new output as it is written, until the
@@ -702,7 +965,7 @@ class Client:
             time.sleep(pause)
             delay = min(delay * 2, WAIT_MAX_DELAY)
 
-    # --- plumbing -------------------------------------------------------------------
+    # --- plumbing: answers ------------------------------------------------------------
 
     @staticmethod
     def _path(workload_id: str, *rest: str) -> str:
@@ -710,41 +973,207 @@ class Client:
             raise NotFound(404, {}, f"no workload {workload_id!r}")
         return "/".join(("/v1/workloads", quote(workload_id, safe=""), *rest))
 
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] = (),
+        body: Any = _NO_BODY,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Send a request and return its JSON answer (see ``_request``)."""
+        conn, response = self._request(method, path, params=params, body=body, headers=headers)
+        try:
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._transport_error(exc) from exc
+        finally:
+            self._done(conn, response)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise self._unexpected("not JSON") from None
+
+    def _read(self, parse: Callable[[Any], T], data: Any) -> T:
+        try:
+            return parse(data)
+        except WireError as exc:
+            raise self._unexpected(str(exc)) from None
+
+    def _items(self, data: Any, parse: Callable[[Any, str], T], what: str) -> builtins.list[T]:
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, builtins.list):
+            raise self._unexpected(f"a list of {what} was expected")
+        try:
+            return [parse(item, f"items[{i}]") for i, item in enumerate(items)]
+        except WireError as exc:
+            raise self._unexpected(str(exc)) from None
+
+    def _unexpected(self, what: str) -> CorralClientError:
+        return CorralClientError(
+            f"unexpected answer from {self.url} ({what}); is it a corral server?"
+        )
+
+    # --- plumbing: requests -----------------------------------------------------------
+
     def _request(
-        self, method: str, path: str, *, stream: bool = False, **kwargs: Any
-    ) -> httpx.Response:
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] = (),
+        body: Any = _NO_BODY,
+        headers: Mapping[str, str] | None = None,
+        follow: bool = False,
+    ) -> tuple[_Connection, _Response]:
         """Send, retrying 429 and 503 (see the class docstring); raise the typed error
-        of an error answer. With ``stream``, the caller reads and closes the body."""
-        request = self._http.build_request(method, path, **kwargs)
+        of an error answer. The caller reads the answer, then calls ``_done``."""
+        target = self._base_path + path
+        if params:
+            target += "?" + urlencode(params)
+        if self._proxy is not None and not self._https:
+            target = self._origin + target  # absolute form, for the proxy
+        all_headers = dict(self._headers)
+        payload: bytes | None = None
+        if body is not _NO_BODY:
+            payload = json.dumps(body).encode("utf-8")
+            all_headers["Content-Type"] = "application/json"
+        all_headers.update(headers or {})
+        replayable = method in _IDEMPOTENT or "Idempotency-Key" in all_headers
         waited = 0.0
         attempt = 0
         while True:
+            conn, response = self._send(
+                method, target, payload, all_headers, replayable=replayable, follow=follow
+            )
+            if response.status < 400:
+                return conn, response
             try:
-                response = self._http.send(request, stream=stream)
-            except httpx.TransportError as exc:
+                data = response.read(ERROR_BODY_MAX_BYTES)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
                 raise self._transport_error(exc) from exc
-            if not response.is_error:
-                return response
-            if stream:
-                response.read()
-                response.close()
-            error = error_from_response(response)
-            delay = self._retry_delay(request, error, attempt)
+            finally:
+                self._done(conn, response)
+            error = error_from_response(
+                response.status,
+                data,
+                reason=response.reason,
+                retry_after_header=response.getheader("Retry-After"),
+            )
+            delay = self._retry_delay(method, all_headers, error, attempt)
             if delay is None or waited + delay > self.retry_for:
                 raise self._explain(error)
             time.sleep(delay)
             waited += delay
             attempt += 1
 
-    @staticmethod
-    def _retry_delay(request: httpx.Request, error: APIError, attempt: int) -> float | None:
-        """Seconds to wait before sending ``request`` again, or None not to."""
-        if error.status == 503:
-            safe = (
-                request.method in _IDEMPOTENT
-                or error.slug == "busy"
-                or "Idempotency-Key" in request.headers
+    def _send(
+        self,
+        method: str,
+        target: str,
+        payload: bytes | None,
+        headers: Mapping[str, str],
+        *,
+        replayable: bool,
+        follow: bool,
+    ) -> tuple[_Connection, _Response]:
+        """One request on a pooled connection, sent again on a new one when a
+        kept-alive connection turns out dropped and the request is ``replayable``."""
+        for last_try in (False, True):
+            conn = self._new_connection() if last_try else self._acquire()
+            reused = conn.sock is not None
+            if not reused:
+                self._connect(conn)
+            try:
+                conn.sock.settimeout(None if follow else self.timeout)
+                conn.request(method, target, body=payload, headers=headers)
+                return conn, conn.getresponse()
+            except ValueError:  # a header http.client refuses (a line break in it)
+                conn.close()
+                self._release(conn)
+                raise
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._release(conn)
+                dropped = isinstance(exc, ConnectionError | http.client.BadStatusLine)
+                if reused and dropped and replayable and not last_try:
+                    continue
+                raise self._transport_error(exc) from exc
+        raise AssertionError("unreachable")
+
+    def _connect(self, conn: _Connection) -> None:
+        """Open ``conn`` (through the proxy's tunnel, for HTTPS through a proxy), or
+        raise ``ServerUnreachable`` or the certificate's error."""
+        try:
+            conn.connect()
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            self._release(conn)
+            raise CorralClientError(
+                f"cannot trust the TLS certificate of the corral server at {self.url}"
+                f" ({_reason(exc)}); for a certificate of your own CA, set SSL_CERT_FILE"
+                " to the CA's certificate"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            self._release(conn)
+            reason = "timed out connecting" if isinstance(exc, TimeoutError) else _reason(exc)
+            if self._proxy is not None:
+                reason += f", through the proxy {self._proxy.shown}"
+            raise ServerUnreachable(self.url, reason) from None
+
+    def _new_connection(self) -> _Connection:
+        proxy = self._proxy
+        if not self._https:
+            host, port = (proxy.host, proxy.port) if proxy else (self._host, self._port)
+            return http.client.HTTPConnection(host, port, timeout=self.timeout)
+        if proxy is None:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout, context=self._ssl
             )
+        conn = http.client.HTTPSConnection(
+            proxy.host, proxy.port, timeout=self.timeout, context=self._ssl
+        )
+        conn.set_tunnel(self._host, self._port, headers=proxy.headers)
+        return conn
+
+    def _acquire(self) -> _Connection:
+        """An idle kept-alive connection (one the server closed is reopened), else a
+        new one, not yet connected."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            return self._new_connection()
+        if _dropped(conn):
+            conn.close()
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < IDLE_CONNECTIONS_MAX:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _done(self, conn: _Connection, response: _Response) -> None:
+        """The caller is done with ``response``: keep its connection for the next
+        request if the answer was read whole, else close it."""
+        if response.length == 0 and not response.isclosed():
+            response.close()  # read whole (``read1`` leaves it open at its end)
+        if not response.isclosed():
+            conn.close()
+        self._release(conn)
+
+    @staticmethod
+    def _retry_delay(
+        method: str, headers: Mapping[str, str], error: APIError, attempt: int
+    ) -> float | None:
+        """Seconds to wait before sending the request again, or None not to."""
+        if error.status == 503:
+            safe = method in _IDEMPOTENT or error.slug == "busy" or "Idempotency-Key" in headers
             if not safe:
                 return None
         elif error.status != 429:
@@ -761,42 +1190,12 @@ class Client:
             error.token_source = self.token_source
         return error
 
-    def _transport_error(self, exc: httpx.TransportError) -> CorralClientError:
-        if isinstance(exc, httpx.ConnectError) and "CERTIFICATE" in str(exc):
-            return CorralClientError(
-                f"cannot trust the TLS certificate of the corral server at {self.url}"
-                f" ({_connect_reason(exc)}); for a certificate of your own CA, set"
-                " SSL_CERT_FILE to the CA's certificate"
-            )
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            return ServerUnreachable(self.url, _connect_reason(exc))
-        if isinstance(exc, httpx.TimeoutException):
+    def _transport_error(self, exc: BaseException) -> CorralClientError:
+        """An error after the connection was made: no answer in time, or a lost one."""
+        if isinstance(exc, TimeoutError):
             return CorralClientError(
                 f"the corral server at {self.url} did not answer within {self.timeout:g} s"
             )
-        reason = str(exc) or type(exc).__name__
         return CorralClientError(
-            f"lost the connection to the corral server at {self.url}: {reason}"
+            f"lost the connection to the corral server at {self.url}: {_reason(exc)}"
         )
-
-    def _unexpected(self, what: str) -> CorralClientError:
-        return CorralClientError(
-            f"unexpected answer from {self.url} ({what}); is it a corral server?"
-        )
-
-    def _json(self, response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            raise self._unexpected("not JSON") from None
-
-    def _validate(self, model: type[M], data: Any) -> M:
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise self._unexpected(
-                f"not a valid {model.__name__}: {exc.error_count()} errors"
-            ) from None
-
-    def _parse(self, model: type[M], response: httpx.Response) -> M:
-        return self._validate(model, self._json(response))

@@ -3,36 +3,21 @@ by command-line flags."""
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
-DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+from corral.defaults import DEFAULT_HOST as DEFAULT_HOST
+from corral.defaults import DEFAULT_PORT as DEFAULT_PORT
+from corral.defaults import DEFAULT_URL as DEFAULT_URL
+from corral.defaults import default_data_dir as default_data_dir
+from corral.defaults import is_loopback as is_loopback
+
 KILL_GRACE_SECONDS = 10.0
 RATE_LIMIT_PER_SECOND = 200.0
 """Requests per second per API key (bursts of twice that); clients wait and retry."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (``127.0.0.1``, ``::1``,
-    ``[::1]``): the server's own machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "corral"
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,9 @@ KEY_PREFIX = "corral_"
 KEY_BYTES = 32
 KEY_FILE_NAME = "token"
 """The admin key ``corral serve`` writes in its data dir (0600)."""
+KEY_RE = re.compile(r"[\x21-\x7e]+")
+"""What a client accepts as a key: one word of printable ASCII (anything else cannot
+go in an HTTP header)."""
 
 
 def new_key() -> str:

@@ -1,22 +1,14 @@
-"""The workload state machine and the plain data types.
+"""The server's data types (pydantic): request bodies and stored resources.
 
-This module is the only place the state machine is stated: ``TRANSITIONS`` maps
-each status to the statuses it may move to, and everything else (the store's
-guard, the API's 409 bodies, ``GET /v1/transitions``, the CLI) reads it from
-here. It knows nothing of HTTP, SQL or processes.
-
-::
-
-    pending ──▶ running ──▶ completed
-       │           ├──────▶ failed
-       └───────────┴──────▶ killed
+The state machine (``Status``, ``TRANSITIONS``, ``TERMINAL``) and the syntax of labels,
+environment and user names are stated in ``corral.wire`` (standard library only, for
+the light client) and re-exported here, so everything else (the store's guard, the
+API's 409 bodies, ``GET /v1/transitions``) may read them from either. This module
+knows nothing of HTTP, SQL or processes.
 """
 
 from __future__ import annotations
 
-import re
-from enum import StrEnum
-from functools import cache
 from typing import Annotated, Any, Self
 
 from pydantic import (
@@ -32,53 +24,24 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
-
-class Status(StrEnum):
-    """The status of a workload; only ``store.update_workload_status`` changes it."""
-
-    PENDING = "pending"
-    """Stored and waiting for resources; ``reason`` says what it waits for."""
-    RUNNING = "running"
-    """Claimed by an executor; its process has been started."""
-    COMPLETED = "completed"
-    """The process exited with status 0."""
-    FAILED = "failed"
-    """Non-zero exit, a foreign signal, a spawn error, a timeout, or lost."""
-    KILLED = "killed"
-    """Stopped on request (DELETE), whatever the process did afterwards."""
-
-
-TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.RUNNING, Status.KILLED}),
-    Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.KILLED}),
-    Status.COMPLETED: frozenset(),
-    Status.FAILED: frozenset(),
-    Status.KILLED: frozenset(),
-}
-"""The state machine: status -> statuses it may move to. Nothing else restates it."""
-
-TERMINAL: frozenset[Status] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
-"""Statuses with no way out."""
-
-
-def valid_transition(from_status: Status | str, to_status: Status | str) -> bool:
-    """True when the table allows ``from_status -> to_status``; unknown names are False."""
-    try:
-        return Status(to_status) in TRANSITIONS[Status(from_status)]
-    except ValueError:
-        return False
-
-
-@cache
-def sources_of(to_status: Status) -> frozenset[Status]:
-    """The statuses from which ``to_status`` may be reached (read off ``TRANSITIONS``)."""
-    return frozenset(s for s, targets in TRANSITIONS.items() if to_status in targets)
-
+from corral.wire import ENV_NAME_RE as ENV_NAME_RE
+from corral.wire import LABEL_KEY_MAX_CHARS as LABEL_KEY_MAX_CHARS
+from corral.wire import LABEL_KEY_RE as LABEL_KEY_RE
+from corral.wire import LABEL_SELECTOR_RE as LABEL_SELECTOR_RE
+from corral.wire import LABEL_VALUE_MAX_CHARS as LABEL_VALUE_MAX_CHARS
+from corral.wire import LABEL_VALUE_RE as LABEL_VALUE_RE
+from corral.wire import TERMINAL as TERMINAL
+from corral.wire import TRANSITIONS as TRANSITIONS
+from corral.wire import UNIX_USER_RE as UNIX_USER_RE
+from corral.wire import USER_NAME_RE as USER_NAME_RE
+from corral.wire import Status as Status
+from corral.wire import check_label as check_label
+from corral.wire import sources_of as sources_of
+from corral.wire import valid_transition as valid_transition
 
 # --- the workload resource (spec §2) -------------------------------------------------
 
 NAME_MAX_CHARS = 200
-LABEL_VALUE_MAX_CHARS = 63
 ENV_MAX_ENTRIES = 1024
 LABELS_MAX_ENTRIES = 64
 COMMAND_MAX_ARGS = 4096
@@ -93,16 +56,6 @@ NO_NUL = r"^[^\x00]*$"
 (or fail the spawn), so it is refused at submit. JSON cannot carry a lone surrogate,
 the only other character Python could not hand the OS."""
 
-# Kubernetes label keys: optional DNS-subdomain prefix and '/', then a name of at most
-# 63 characters: alphanumerics, '-', '_', '.', starting and ending alphanumeric.
-_LABEL_NAME = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
-_LABEL_PREFIX = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
-LABEL_KEY_RE = re.compile(rf"^({_LABEL_PREFIX}/)?{_LABEL_NAME}$")
-LABEL_VALUE_RE = re.compile(rf"^({_LABEL_NAME})?$")
-LABEL_SELECTOR_RE = re.compile(rf"^({_LABEL_PREFIX}/)?{_LABEL_NAME}=({_LABEL_NAME})?$")
-"""``key=value``, as in ``GET /v1/workloads?label=team=ml``."""
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 
 def _integral(value: Any) -> Any:
     """JSON Schema counts ``3.0`` as an integer; so do we (strict mode would not)."""
@@ -116,7 +69,9 @@ INTEGRAL = BeforeValidator(_integral)
 strings, no booleans), also written as ``3.0``; after the constraints, so that they
 still appear in the JSON schema."""
 
-LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_RE.pattern, max_length=253)]
+LabelKey = Annotated[
+    str, StringConstraints(pattern=LABEL_KEY_RE.pattern, max_length=LABEL_KEY_MAX_CHARS)
+]
 LabelValue = Annotated[
     str, StringConstraints(pattern=LABEL_VALUE_RE.pattern, max_length=LABEL_VALUE_MAX_CHARS)
 ]
@@ -213,20 +168,6 @@ class WorkloadCreate(BaseModel):
         return value
 
 
-def check_label(key: str, value: str) -> None:
-    """Raise ``ValueError`` unless ``key=value`` is a valid Kubernetes-style label."""
-    if len(key) > 253 or not LABEL_KEY_RE.fullmatch(key):
-        raise ValueError(
-            f"label key {key!r} is invalid: use an optional DNS prefix and '/', then up to"
-            " 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
-        )
-    if len(value) > LABEL_VALUE_MAX_CHARS or not LABEL_VALUE_RE.fullmatch(value):
-        raise ValueError(
-            f"label value {value!r} of {key!r} is invalid: up to 63 alphanumerics, '-', '_'"
-            " or '.', starting and ending alphanumeric, or empty"
-        )
-
-
 class Workload(BaseModel):
     """A stored workload: the user's spec plus what corral knows about it."""
 
@@ -308,11 +249,7 @@ class StatusUpdate(BaseModel):
 
 # --- users and API keys (spec §6) ---------------------------------------------------
 
-USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_.@-]{0,63}$")
-"""A corral user name: lower case, as Unix account names (plus ``.`` and ``@``)."""
 UserName = Annotated[str, StringConstraints(pattern=USER_NAME_RE.pattern)]
-UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\$?$")
-"""A Unix account name, as ``useradd`` accepts it."""
 
 
 class TokenCreate(BaseModel):
