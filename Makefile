@@ -6,18 +6,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck bench bench-quick clean
 
-$(STAMP): pyproject.toml
+# The server's dependencies and the test tools; corral itself editable (its shim is then
+# compiled at the first `corral serve`: see docs/design.md).
+$(STAMP): pyproject.toml setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[server,dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/corral serve $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench setup.py
+	$(BIN)/ruff format --check src tests bench setup.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

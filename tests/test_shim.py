@@ -504,13 +504,80 @@ def test_ensure_shim_is_cached_by_source_hash(shim: Path) -> None:
     assert [p.name for p in shim.parent.iterdir()] == [shim.name]
 
 
-@pytest.mark.parametrize("cc", ["/nonexistent/cc", "false"])
-def test_ensure_shim_without_a_working_compiler(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cc: str
+def test_ensure_shim_copies_a_prebuilt_shim_without_compiling(
+    shim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("CC", cc)
+    """A wheel's shim is copied into the private cache (a file its owner replaces later
+    is not the one run), named for the source, and no compiler is needed."""
+    prebuilt = tmp_path / "site-packages" / "corral-shim"
+    prebuilt.parent.mkdir()
+    prebuilt.write_bytes(shim.read_bytes())
+    prebuilt.chmod(0o644)  # as a wheel installed without the x bit would leave it
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    cache = tmp_path / "data" / "bin"
+    with caplog.at_level("INFO", logger="corral.executors.shim"):
+        installed = ensure_shim(cache, prebuilt)
+    assert installed == cache / shim.name
+    assert installed.read_bytes() == shim.read_bytes()
+    assert installed.stat().st_ino != prebuilt.stat().st_ino
+    assert installed.stat().st_mode & 0o777 == 0o755
+    assert caplog.records == []
+    prebuilt.write_bytes(b"#!/bin/sh\necho replaced\n")
+    assert ensure_shim(cache, prebuilt).read_bytes() == shim.read_bytes()
+    assert sorted(p.name for p in cache.iterdir()) == [shim.name]
+    ran = subprocess.run([installed], capture_output=True, text=True, check=False)
+    assert "usage: corral-shim" in ran.stderr
+
+
+def test_ensure_shim_replaces_a_shim_of_another_source_version(
+    shim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgraded corral (another shim.c) never runs the shim an older one installed."""
+    prebuilt = tmp_path / "corral-shim"
+    prebuilt.write_bytes(shim.read_bytes())
+    cache = tmp_path / "bin"
+    cache.mkdir()
+    old = cache / "corral-shim-000000000000"
+    old.write_bytes(b"#!/bin/sh\nexit 0\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert ensure_shim(cache, prebuilt) == cache / shim.name
+
+
+def test_ensure_shim_compiles_without_a_prebuilt_shim_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "bin"
+    with caplog.at_level("INFO", logger="corral.executors.shim"):
+        installed = ensure_shim(cache, tmp_path / "no-such-prebuilt")
+        assert ensure_shim(cache, None) == installed
+    assert os.access(installed, os.X_OK)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no prebuilt corral-shim in this install; compiling {SHIM_SOURCE} with cc"
+    ]
+
+
+def test_ensure_shim_without_a_prebuilt_shim_nor_a_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error names both ways out: a compiler, or a wheel (which carries the shim)."""
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(ShimBuildError) as error:
+        ensure_shim(tmp_path, tmp_path / "no-such-prebuilt")
+    message = str(error.value)
+    assert "no prebuilt corral-shim in this install" in message
+    assert "install a C compiler (e.g. gcc, or set CC)" in message
+    assert "install corral from a wheel" in message
+    assert "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ensure_shim_with_a_failing_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CC", "false")
     with pytest.raises(ShimBuildError, match="install gcc"):
-        ensure_shim(tmp_path)
+        ensure_shim(tmp_path, None)
     assert list(tmp_path.iterdir()) == []
 
 

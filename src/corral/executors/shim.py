@@ -6,13 +6,15 @@ process group, reaps it and its orphans, forwards kill requests (SIGTERM, then S
 after a grace period) to the whole group, and records how the workload ended in a state
 file pair ``STATE.pid`` / ``STATE.status`` (``STATE`` is a path prefix such as
 ``<data>/run/<workload id>``: no directory per workload to create and remove). The
-protocol is described at the top of ``shim.c``; this module builds the binary once per
-source version and reads the state files it writes.
+protocol is described at the top of ``shim.c``; this module installs the binary once
+per source version (a copy of the one a wheel carries, else compiled with ``cc``: see
+``ensure_shim``) and reads the state files it writes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shlex
 import shutil
@@ -24,8 +26,13 @@ from pathlib import Path
 from typing import Literal, cast
 
 SHIM_SOURCE = Path(__file__).with_name("shim.c")
+PREBUILT_SHIM = Path(__file__).with_name("bin") / "corral-shim"
+"""The shim a wheel carries, compiled from ``SHIM_SOURCE`` when the wheel was built
+(``setup.py``); absent from an editable install or a source tree."""
 PID_FILE = "pid"
 STATUS_FILE = "status"
+
+log = logging.getLogger(__name__)
 
 _STATUS_KINDS = ("exit", "signal", "spawn", "chdir")
 _INSTALL_HINT = "corral needs a C compiler (cc) once to build its process watcher: install gcc"
@@ -48,24 +55,60 @@ class ShimStatus:
     value: int
 
 
-def ensure_shim(cache_dir: Path) -> Path:
-    """The path of a compiled shim for the current ``shim.c``, building it if missing.
+def ensure_shim(cache_dir: Path, prebuilt: Path | None = PREBUILT_SHIM) -> Path:
+    """The path of a shim for the current ``shim.c`` in ``cache_dir``, installing it if
+    missing.
 
     The binary is ``cache_dir / "corral-shim-<first 12 hex digits of sha256(source)>"``,
-    so a changed source gets a new binary. It is built with ``$CC`` (default ``cc``),
-    statically when the C library allows it, into a temporary file that is then renamed:
-    concurrent callers never see a partial binary. Raises ``ShimBuildError`` when no
-    compiler is found or compilation fails.
+    so a changed source (an upgraded corral) gets a new binary. It comes from the
+    ``prebuilt`` one that a wheel carries (``PREBUILT_SHIM``, built from the same
+    ``shim.c`` when the wheel was) when there is one: a copy, so that a file in the
+    install, which its owner may replace, is never the one run; else (an editable
+    install, or a source tree) it is compiled with ``$CC`` (``build_shim``), logging
+    one line saying why. ``cache_dir`` gets the umask's mode: the server's 077 makes
+    it 0700 (in a 0700 data dir). Raises ``ShimBuildError`` with neither a prebuilt
+    shim nor a working compiler, naming both remedies.
     """
     source = SHIM_SOURCE.read_bytes()
     target = cache_dir / f"corral-shim-{hashlib.sha256(source).hexdigest()[:12]}"
     if os.access(target, os.X_OK):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    compiler = shlex.split(os.environ.get("CC") or "cc")
-    if not compiler or shutil.which(compiler[0]) is None:
-        raise ShimBuildError(f"{_INSTALL_HINT} (no {compiler[0] if compiler else 'cc'} found)")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir)
+    if prebuilt is not None and prebuilt.is_file():
+        _install(prebuilt, target)
+        return target
+    compiler = _compiler()
+    if compiler is None:
+        raise ShimBuildError(
+            "no prebuilt corral-shim in this install (an editable one, or a source tree) and"
+            f" no C compiler ({os.environ.get('CC') or 'cc'}) to build one from {SHIM_SOURCE}:"
+            " install a C compiler (e.g. gcc, or set CC), or install corral from a wheel,"
+            " which carries a prebuilt corral-shim (`pip wheel .` makes one on a machine"
+            " with a compiler)"
+        )
+    log.info(
+        "no prebuilt corral-shim in this install; compiling %s with %s",
+        SHIM_SOURCE,
+        shlex.join(compiler),
+    )
+    build_shim(target, compiler)
+    return target
+
+
+def build_shim(output: Path, compiler: list[str] | None = None) -> None:
+    """Compile ``shim.c`` into ``output`` (executable), with ``compiler`` (default: ``$CC``,
+    else ``cc``): statically when the C library allows it, into a temporary file that is
+    then renamed, so concurrent callers never see a partial binary. The wheel's build
+    (``setup.py``) and ``ensure_shim`` both use it. Raises ``ShimBuildError`` when no
+    compiler is found or compilation fails.
+    """
+    if compiler is None:
+        compiler = _compiler()
+    if compiler is None:
+        name = os.environ.get("CC") or "cc"
+        raise ShimBuildError(f"{_INSTALL_HINT} (no {name} found)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -75,10 +118,17 @@ def ensure_shim(cache_dir: Path) -> Path:
         if error is not None:
             raise ShimBuildError(f"{_INSTALL_HINT} ({compiler[0]} failed: {error})")
         tmp.chmod(0o755)
-        os.replace(tmp, target)
+        os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    return target
+
+
+def _compiler() -> list[str] | None:
+    """``$CC`` (default ``cc``) as a command line, or None when it is not found."""
+    compiler = shlex.split(os.environ.get("CC") or "cc")
+    if not compiler or shutil.which(compiler[0]) is None:
+        return None
+    return compiler
 
 
 def _compile(compiler: list[str], output: Path, *, static: bool) -> str | None:
@@ -100,6 +150,19 @@ def _compile(compiler: list[str], output: Path, *, static: bool) -> str | None:
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
     return (errors or lines or [f"exit status {done.returncode}"])[0]
+
+
+def _install(prebuilt: Path, target: Path) -> None:
+    """Copy ``prebuilt`` to ``target`` (mode 0755) through a temporary file and a rename."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, prebuilt.open("rb") as src:
+            shutil.copyfileobj(src, out)
+        tmp.chmod(0o755)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def shim_argv(
