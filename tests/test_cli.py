@@ -502,6 +502,7 @@ def test_server_option_wins_over_the_environment(server: LiveServer) -> None:
         (("kill",), "say which workloads: IDs, --label, --status, --name or --all"),
         (("kill", UNKNOWN_ID, "--all"), "give workloads (ids, prefixes, names) or selectors"),
         (("ls", "--limit", "0"), "--limit must be >= 1"),
+        (("--server", "ftp://host", "ls"), "invalid server URL 'ftp://host'"),
         (("completion", "tcsh"), "invalid SHELL 'tcsh' (see: corral completion --help)"),
     ],
 )
@@ -1069,3 +1070,16 @@ def test_serve_without_the_server_packages_says_what_to_install(tmp_path: Path) 
     message = one_line_error(result, 1)
     assert message.startswith("corral serve needs the server's packages (")
     assert message.endswith("pip install 'corral[server]'")
+
+
+def test_a_batch_too_large_for_the_server_says_what_to_do(tmp_path: Path) -> None:
+    from tests.scripted import ScriptedServer, problem
+
+    too_large = problem(413, "body-too-large", "the request body is larger than 1048576 bytes")
+    with ScriptedServer(too_large) as srv:
+        result = corral("submit", "--array", "0-999", "--", "true", url=srv.url, token="k")
+    message = one_line_error(result, 1)
+    assert message.startswith("the request body is larger than 1048576 bytes (1000 workloads")
+    assert "--export NONE" in message
+    assert srv.seen[0].path == "/v1/workloads/batch"
+    assert len(srv.seen[0].json()["items"]) == 1000

@@ -520,7 +520,13 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
     if token is not None and not KEY_RE.fullmatch(token.strip()):
         raise usage("invalid --token: a key is one word of printable ASCII (corral_…)")
     url = getattr(args, "server_after", None) or args.server
-    with Client(url, token=token) as client:
+    try:
+        client = Client(url, token=token)
+    except CorralClientError as exc:
+        if str(exc).startswith("invalid server URL"):  # a bad --server or $CORRAL_URL
+            raise usage(str(exc)) from None
+        raise
+    with client:
         if token is not None:
             client.token_source = TOKEN_FLAG_SOURCE
         yield client
