@@ -155,9 +155,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser(only: str | None = None, *, every: bool = True) -> Parser:
-    """The whole parser; with ``every=False``, only the arguments of the command
-    ``only`` (None: of none): every command is still listed, and building what one
-    call does not use would cost each call a few milliseconds."""
+    """The whole parser; with ``every=False``, only the command ``only`` and its
+    arguments (every command listed, none with arguments, when ``only`` is None or
+    unknown: for the help and the error): building what one call does not use would
+    cost each call milliseconds."""
     root = Parser(
         prog="corral",
         description="corral: submit commands, run them when resources allow, follow and kill them.",
@@ -179,7 +180,11 @@ def build_parser(only: str | None = None, *, every: bool = True) -> Parser:
     root.add_argument("--version", action="version", version=f"corral {__version__}")
     commands = root.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    for name, handler, summary, populate, extra in _commands():
+    table = _commands()
+    known = only in {name for name, *_ in table}
+    for name, handler, summary, populate, extra in table:
+        if not every and known and name != only:
+            continue  # another command: not even listed, when no help lists them
         sub: Parser = commands.add_parser(
             name,
             help=summary,
@@ -265,14 +270,14 @@ def _completion_parser(p: Parser) -> None:
 
 def command_word(argv: Sequence[str]) -> str | None:
     """The command named in ``argv`` (the first word not an option or the value of
-    ``--server`` or ``--token``), or None."""
+    ``--server`` or ``--token``), or None (also after ``--help``, which lists them all)."""
     skip = False
     for word in argv:
         if skip:
             skip = False
         elif word in ("--server", "--token"):
             skip = True
-        elif word == "--":
+        elif word in ("--", "-h", "--help"):
             return None
         elif not word.startswith("-"):
             return word

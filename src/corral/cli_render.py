@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-from corral.units import format_size
 from corral.wire import Event, ServerStatus, Status, Token, Workload
 
 TYPE_CHECKING = False  # not typing's: importing typing costs each call milliseconds
@@ -30,7 +29,8 @@ if TYPE_CHECKING:
     from datetime import datetime
     from typing import IO, Any
 
-# datetime, shlex and signal are imported where used: submit and kill never need them.
+# datetime, shlex, signal and corral.units are imported where used: submit and kill
+# never need them.
 
 EXIT_ERROR = 1
 EXIT_KILLED = 143
@@ -485,6 +485,12 @@ def workload_detail(workload: Workload, events: Sequence[Event], colour: bool = 
         paint("events", "bold", colour),
         *render_table(history, None, colour),
     ]
+
+
+def format_size(mib: int) -> str:
+    from corral.units import format_size as size
+
+    return size(mib)
 
 
 def _amounts(cpus: float, memory_mb: int, gpus: int) -> str:
