@@ -296,6 +296,8 @@ def test_openapi_lists_every_response_code(api: SyncASGIClient) -> None:
         ("/v1/tokens/{token_id}", "delete"): keyed | write | {"200", "403", "404"},
         ("/v1/transitions", "get"): keyed | {"200"},
         ("/healthz", "get"): {"200", "400", "413"},
+        ("/v1/workloads/kill", "post"): keyed | write | {"200", "403", "415", "422"},
+        ("/v1/status", "get"): keyed | {"200"},
     }
     for (path, method), codes in expected.items():
         assert set(doc["paths"][path][method]["responses"]) == codes, (path, method)
@@ -329,3 +331,79 @@ def test_concurrent_creates_share_a_batch_and_each_gets_its_own_answer(
     names = {r.json()["name"] for r in responses if r.status_code == 201}  # type: ignore[attr-defined]
     assert names == {f"n{i}" for i in range(20)} - {"n7"}
     assert len({r.json()["id"] for r in responses if r.status_code == 201}) == 19  # type: ignore[attr-defined]
+
+
+OPERATIONS = {
+    ("/v1/workloads", "post"): ("create_workload", "workloads"),
+    ("/v1/workloads", "get"): ("list_workloads", "workloads"),
+    ("/v1/workloads/{workload_id}", "get"): ("get_workload", "workloads"),
+    ("/v1/workloads/{workload_id}", "delete"): ("kill_workload", "workloads"),
+    ("/v1/workloads/{workload_id}/status", "put"): ("set_workload_status", "workloads"),
+    ("/v1/workloads/{workload_id}/events", "get"): ("list_workload_events", "workloads"),
+    ("/v1/workloads/{workload_id}/logs", "get"): ("get_workload_logs", "workloads"),
+    ("/v1/workloads/kill", "post"): ("kill_workloads", "workloads"),
+    ("/v1/tokens", "post"): ("create_token", "tokens"),
+    ("/v1/tokens", "get"): ("list_tokens", "tokens"),
+    ("/v1/tokens/{token_id}", "delete"): ("revoke_token", "tokens"),
+    ("/v1/transitions", "get"): ("get_transitions", "meta"),
+    ("/v1/status", "get"): ("get_status", "meta"),
+    ("/healthz", "get"): ("healthz", "meta"),
+}
+
+
+def test_every_operation_has_its_short_id_and_a_tag(api: SyncASGIClient) -> None:
+    doc = api.get("/openapi.json").json()
+    found = {
+        (path, method): (op.get("operationId"), op.get("tags"))
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+    }
+    assert found == {key: (op, [tag]) for key, (op, tag) in OPERATIONS.items()}
+
+
+def test_openapi_describes_the_new_answers(api: SyncASGIClient) -> None:
+    doc = api.get("/openapi.json").json()
+    paths, schemas = doc["paths"], doc["components"]["schemas"]
+
+    def answer(path: str, method: str) -> str:
+        ok = paths[path][method]["responses"]["200"]["content"]["application/json"]
+        return str(ok["schema"]["$ref"]).rpartition("/")[2]
+
+    assert answer("/v1/transitions", "get") == "Transitions"
+    assert schemas["Transitions"]["propertyNames"] == {"$ref": "#/components/schemas/Status"}
+    assert answer("/v1/status", "get") == "ServerStatus"
+    assert answer("/v1/workloads/kill", "post") == "KillResult"
+    assert set(schemas["KillResult"]["required"]) == {"killed", "not_killed", "not_found"}
+    kill_body = paths["/v1/workloads/kill"]["post"]["requestBody"]["content"]
+    assert kill_body["application/json"]["schema"]["$ref"].endswith("/KillRequest")
+    assert "stopping" in schemas["Workload"]["properties"]
+    assert "total" in schemas["WorkloadList"]["properties"]
+    params = {p["name"]: p for p in paths["/v1/workloads"]["get"]["parameters"]}
+    assert params["id_prefix"]["schema"]["pattern"].startswith("^([0123456789abcdefghjkm")
+    assert set(params) >= {"id_prefix", "name", "count"}
+
+
+def test_docs_work_offline(tmp_path: Path, store: Store) -> None:
+    """/docs names no asset on another host, and the ones it names are served here,
+    without a key."""
+    import re
+
+    anonymous = SyncASGIClient(create_app(store, data_dir=tmp_path))
+    try:
+        page = anonymous.get("/docs")
+        assert page.status_code == 200, page.text
+        assert not re.search(r"https?://", page.text), page.text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert len(assets) == 3
+        for url in assets:
+            response = anonymous.get(url)
+            assert response.status_code == 200, url
+            assert len(response.content) > 100
+        assert "SwaggerUIBundle" in anonymous.get(assets[-1]).text
+        assert "'/openapi.json'" in page.text
+        assert '"validatorUrl": null' in page.text  # no badge from validator.swagger.io
+        assert anonymous.get("/docs/oauth2-redirect").status_code == 200
+        for other in ("/docs/assets/index.html", "/docs/assets/swagger-ui.js", "/redoc"):
+            assert anonymous.get(other).status_code in (401, 404), other
+    finally:
+        anonymous.close()

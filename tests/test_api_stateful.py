@@ -82,6 +82,23 @@ class APIStateMachine(RuleBasedStateMachine):
             assert response.status_code == 200
             self.model[wid] = Status.KILLED
 
+    @rule(wids=st.lists(workloads, max_size=4))
+    def kill_many(self, wids: list[str]) -> None:
+        response = self.api.post("/v1/workloads/kill", json={"ids": wids})
+        if not wids:
+            assert response.status_code == 422
+            return
+        assert response.status_code == 200, response.text
+        body = response.json()
+        unique = list(dict.fromkeys(wids))
+        active = [w for w in unique if self.model[w] not in TERMINAL]
+        assert [w["id"] for w in body["killed"]] == active
+        assert [(w["id"], w["status"]) for w in body["not_killed"]] == [
+            (w, self.model[w].value) for w in unique if w not in active
+        ]
+        assert body["not_found"] == []
+        self.model.update(dict.fromkeys(active, Status.KILLED))
+
     @rule(wid=workloads)
     def get_and_events(self, wid: str) -> None:
         assert self.api.get(f"/v1/workloads/{wid}").json()["status"] == self.model[wid].value

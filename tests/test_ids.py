@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import threading
 import time
@@ -73,3 +74,18 @@ def test_now_rfc3339_is_never_outside_the_call_across_threads(eager_switching: N
         t.join()
     assert sum(counts) > 1000
     assert not bad, f"{len(bad)} of {sum(counts)} stamps outside their call, e.g. {bad[:3]}"
+
+
+def test_an_id_prefix_range_holds_exactly_the_ids_with_that_prefix() -> None:
+    rng = random.Random(9)
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+    made = [ids.new_id() for _ in range(200)]
+    made += ["".join(rng.choice(alphabet) for _ in range(26)) for _ in range(2000)]
+    for _ in range(300):
+        source = rng.choice(made)
+        prefix = source[: rng.randint(4, 26)]
+        if rng.random() < 0.5:  # change its last character, often to z or 9
+            prefix = prefix[:-1] + rng.choice(alphabet[-3:] + "9" + alphabet)
+        ids.check_id_prefix(prefix)
+        low, high = ids.id_prefix_range(prefix)
+        assert {i for i in made if low <= i < high} == {i for i in made if i.startswith(prefix)}

@@ -28,6 +28,8 @@ EVERY_KEYED_ROUTE = [
     ("GET", "/v1/workloads", None),
     *WORKLOAD_ROUTES,
     ("GET", "/v1/transitions", None),
+    ("POST", "/v1/workloads/kill", {"all": True}),
+    ("GET", "/v1/status", None),
     ("POST", "/v1/tokens", {"user": "x"}),
     ("GET", "/v1/tokens", None),
     ("DELETE", "/v1/tokens/{id}", None),

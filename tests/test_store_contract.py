@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from corral.errors import InvalidInputError
 from corral.model import Status, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError, Store
 from corral.store.sqlite import SQLiteStore
@@ -275,3 +276,100 @@ def test_event_times_follow_their_order_under_contention(
     ]
     times = [e.at for e in events]
     assert times == sorted(times), events
+
+
+def _all_pages(store: Store, limit: int = 3, **filters: object) -> list[str]:
+    """Every id ``list_workloads`` lists with these filters, page after page."""
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.list_workloads(limit=limit, cursor=cursor, **filters)  # type: ignore[arg-type]
+        seen += [w.id for w in page.items]
+        if page.next_cursor is None:
+            return seen
+        cursor = page.next_cursor
+
+
+def test_id_prefix_name_and_count_filter_as_a_python_filter_would(store: Store) -> None:
+    made = []
+    for i in range(24):
+        spec = WorkloadCreate(
+            command=["true"], name=f"n{i % 3}", labels={"team": "ml" if i % 2 else "web"}
+        )
+        w, _ = store.create_workload(spec, owner="alice" if i % 4 else "bob")
+        if i % 5 == 0:
+            w = store.update_workload_status(w.id, Status.KILLED)
+        made.append(w)
+    prefixes = [None] + [made[i].id[:n] for i in (0, 7, 23) for n in (4, 10, 11, 13, 25, 26)]
+    prefixes.append(made[3].id[:12][:-1] + ("0" if made[3].id[11] != "0" else "1"))
+    filters: list[dict[str, object]] = [
+        {},
+        {"statuses": [Status.PENDING]},
+        {"statuses": [Status.KILLED, Status.PENDING], "labels": [("team", "ml")]},
+        {"labels": [("team", "web")]},
+        {"owner": "alice"},
+        {"owner": "bob", "labels": [("team", "web")]},
+        {"owner": "alice", "statuses": [Status.PENDING]},
+    ]
+    for base in filters:
+        for prefix in prefixes:
+            for name in (None, "n1", "nobody"):
+                query = {**base, "id_prefix": prefix, "name": name}
+                expected = sorted(
+                    (
+                        w.id
+                        for w in made
+                        if (prefix is None or w.id.startswith(prefix))
+                        and (name is None or w.name == name)
+                        and w.status in (base.get("statuses") or list(Status))  # type: ignore[operator]
+                        and all(w.labels.get(k) == v for k, v in base.get("labels", []))  # type: ignore[attr-defined]
+                        and base.get("owner") in (None, w.owner)
+                    ),
+                    reverse=True,
+                )
+                assert _all_pages(store, **query) == expected, query
+                assert store.count_workloads(**query) == len(expected), query  # type: ignore[arg-type]
+
+
+def test_a_full_id_as_prefix_finds_exactly_it(store: Store) -> None:
+    ids = [store.create_workload(SPEC, owner="alice")[0].id for _ in range(50)]
+    for wid in ids:
+        assert _all_pages(store, id_prefix=wid) == [wid]
+    first4 = {wid[:4] for wid in ids}  # made within a second: they share 4 characters
+    assert len(first4) == 1
+    assert store.count_workloads(id_prefix=first4.pop()) == 50
+
+
+@pytest.mark.parametrize(
+    ("prefix", "says"),
+    [
+        ("", "too short"),
+        ("01m", "too short"),
+        ("01M8", "lower case"),
+        ("01m8i", "'i'"),
+        ("01m8-", "'-'"),
+        ("0" * 27, "longer than an id"),
+    ],
+)
+def test_a_bad_id_prefix_is_invalid_input_saying_why(store: Store, prefix: str, says: str) -> None:
+    with pytest.raises(InvalidInputError, match=says):
+        store.list_workloads(id_prefix=prefix)
+    with pytest.raises(InvalidInputError, match=says):
+        store.count_workloads(id_prefix=prefix)
+
+
+def test_count_by_status_counts_everyone_or_one_owner(store: Store) -> None:
+    assert store.count_by_status() == dict.fromkeys(Status, 0)
+    for owner, status in [("alice", None), ("alice", Status.RUNNING), ("bob", Status.KILLED)]:
+        w, _ = store.create_workload(SPEC, owner=owner)
+        if status is not None:
+            store.update_workload_status(w.id, status)
+    store.create_workload(SPEC, owner="bob")
+    assert store.count_by_status() == {
+        Status.PENDING: 2, Status.RUNNING: 1, Status.COMPLETED: 0, Status.FAILED: 0,
+        Status.KILLED: 1,
+    }  # fmt: skip
+    assert store.count_by_status(owner="alice") == {
+        **dict.fromkeys(Status, 0), Status.PENDING: 1, Status.RUNNING: 1
+    }  # fmt: skip
+    assert store.count_by_status(owner="carol") == dict.fromkeys(Status, 0)

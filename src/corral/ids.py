@@ -34,6 +34,38 @@ def looks_like_id(text: str) -> bool:
     return len(text) == ID_LENGTH and all(c in _ALPHABET for c in text)
 
 
+ID_PREFIX_MIN = 4
+"""The shortest id prefix a listing accepts: 4 characters (20 bits) are what a person
+types to name a workload among those of the same hour or so."""
+ID_PREFIX_PATTERN = f"^[{_ALPHABET}]{{{ID_PREFIX_MIN},{ID_LENGTH}}}$"
+
+
+def check_id_prefix(prefix: str) -> None:
+    """Raise ``ValueError`` saying why, unless ``prefix`` can start an id: 4 to 26
+    characters of the id alphabet (lower-case Crockford base32)."""
+    if len(prefix) < ID_PREFIX_MIN:
+        raise ValueError(
+            f"id prefix {prefix!r} is too short: give at least {ID_PREFIX_MIN} characters"
+        )
+    if len(prefix) > ID_LENGTH:
+        raise ValueError(
+            f"id prefix {prefix[:40]!r}… is longer than an id ({ID_LENGTH} characters)"
+        )
+    bad = sorted({c for c in prefix if c not in _ALPHABET})
+    if bad:
+        hint = " (ids are lower case)" if any(c.lower() in _ALPHABET for c in bad) else ""
+        raise ValueError(
+            f"id prefix {prefix!r} has characters no id has: {', '.join(map(repr, bad))}{hint};"
+            " ids use 0-9 and a-z but i, l, o and u"
+        )
+
+
+def id_prefix_range(prefix: str) -> tuple[str, str]:
+    """``(low, high)``: the ids starting with ``prefix`` are those with ``low <= id <
+    high`` (the alphabet is in ASCII order, so this is a range of the primary key)."""
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 _second: tuple[int, str] = (-1, "")
 
 

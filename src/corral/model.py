@@ -190,6 +190,12 @@ class Workload(BaseModel):
     updated_at: str
     started_at: str | None
     finished_at: str | None
+    stopping: bool = Field(
+        default=False,
+        description="corral is stopping the workload's process, which has not exited yet:"
+        " killed (or set terminal) and in its grace period, or timed out and being stopped"
+        " (still `running` until it exits). In answers only; never stored.",
+    )
 
 
 class Event(BaseModel):

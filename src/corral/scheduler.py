@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -59,6 +60,7 @@ from datetime import UTC, datetime
 
 from corral.errors import ExceedsCapacityError
 from corral.executors.base import (
+    Capacity,
     Executor,
     NotStartedError,
     Outcome,
@@ -66,7 +68,7 @@ from corral.executors.base import (
     SpawnError,
     resolve_run_as,
 )
-from corral.model import Resources, Status, Workload
+from corral.model import TERMINAL, Resources, Status, Workload
 from corral.store import (
     InvalidTransitionError,
     NotFoundError,
@@ -182,6 +184,34 @@ class Scheduler:
         """True when the workload's process is over but the store has not accepted
         its end yet (it is retried): its output is complete."""
         return workload_id in self._unrecorded
+
+    # --- read by the API (GET /v1/status, a workload's ``stopping``) ---------------
+
+    def is_stopping(self, workload: Workload) -> bool:
+        """True while corral stops the workload's process and it has not exited: it is
+        terminal in the store (killed, or set by an admin), or it timed out."""
+        return workload.id in self._allocated and (
+            workload.status in TERMINAL or workload.id in self._timed_out
+        )
+
+    def capacity(self) -> Capacity:
+        """What the executor may run at once (nothing without one)."""
+        total = self._total
+        return Capacity(total.cpus, total.memory_mb, len(total.gpus))
+
+    def free(self) -> Capacity:
+        """What is not taken by the processes that run (or are still being stopped)."""
+        free = self._free
+        return Capacity(max(free.cpus, 0.0), max(free.memory_mb, 0), len(free.gpus))
+
+    def queue_head(
+        self, limit: int, *, owner: str | None = None
+    ) -> tuple[list[tuple[Workload, str | None]], int]:
+        """The first ``limit`` queued workloads (``owner``'s only, when given) in the
+        order passes consider them, each with its reason, and how many are queued."""
+        queued = [w for w in self._pending.values() if owner is None or w.owner == owner]
+        head = heapq.nsmallest(limit, queued, key=_rank)
+        return [(w, self._reasons.get(w.id) or w.reason) for w in head], len(queued)
 
     # --- life cycle ----------------------------------------------------------------
 

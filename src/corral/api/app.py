@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from corral import __version__
 from corral.api import problems
 from corral.api.access import AccessLog
+from corral.api.docs import install_docs
 from corral.api.guard import (
     BODY_METHODS,
     PUBLIC_PATHS,
@@ -56,8 +57,10 @@ def create_app(
         version=__version__,
         summary="A workload manager: submit commands, run them, follow and kill them.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves it, without a CDN
     )
     problems.install(app)
+    install_docs(app, title="corral")
     app.include_router(build_router(store, sched, data_dir))
     app.include_router(build_token_router(store, keys.forget))
     _fix_openapi(app)

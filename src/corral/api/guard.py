@@ -22,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from corral.api.docs import ASSET_PATHS, DOCS_PATH, OAUTH2_REDIRECT_PATH
 from corral.api.problems import RETRY_AFTER_SECONDS, problem
 from corral.keys import key_digest
 from corral.store.base import Principal
@@ -29,7 +30,9 @@ from corral.store.errors import StoreBusyError
 
 PRINCIPAL = "corral.principal"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+PUBLIC_PATHS = frozenset(
+    {"/healthz", DOCS_PATH, OAUTH2_REDIRECT_PATH, "/openapi.json", *ASSET_PATHS}
+)
 """Reachable without a key: liveness for probes, and the API's own description."""
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

@@ -7,7 +7,9 @@ without a second validation pass).
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,11 +23,24 @@ from starlette.responses import Response
 from corral.api.access import note
 from corral.api.guard import principal
 from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
+from corral.api.schemas import (
+    QUEUE_HEAD,
+    Amounts,
+    KillRequest,
+    KillResult,
+    NotKilled,
+    QueueEntry,
+    ServerStatus,
+    Transitions,
+    WorkloadList,
+)
 from corral.errors import ForbiddenError, InvalidInputError, UnsupportedMediaTypeError
+from corral.ids import ID_LENGTH, ID_PREFIX_MIN, ID_PREFIX_PATTERN
 from corral.logs import follow_log, log_chunks, log_path, log_start, open_log
 from corral.model import (
     LABEL_SELECTOR_RE,
     LABELS_MAX_ENTRIES,
+    NAME_MAX_CHARS,
     TERMINAL,
     Event,
     Status,
@@ -37,7 +52,7 @@ from corral.model import (
     transitions_as_data,
 )
 from corral.scheduler import Scheduler
-from corral.store import Store
+from corral.store import InvalidTransitionError, NotFoundError, Store
 from corral.store.base import LIST_LIMIT_MAX, Principal
 from corral.store.batch import CreateBatcher
 from corral.store.errors import StorageFullError, StoreBusyError
@@ -56,11 +71,6 @@ dependency machinery cost about a tenth of the create path."""
 CURSOR_PATTERN = "^([0-9a-hjkmnp-tv-z]{26})?$"
 
 WorkloadId = Annotated[str, PathParam(description="The workload's id.")]
-
-
-class WorkloadList(BaseModel):
-    items: list[Workload]
-    next_cursor: str | None
 
 
 class EventList(BaseModel):
@@ -121,7 +131,14 @@ QUERY_ITEM_PATTERNS = {"label": LABEL_SELECTOR_RE.pattern}
 """Patterns of list query items, which FastAPI neither documents nor checks
 (``parse_label_selector`` checks them)."""
 
-BODY_MODELS: tuple[type[BaseModel], ...] = (WorkloadCreate, StatusUpdate, TokenCreate)
+BODY_MODELS: tuple[type[BaseModel], ...] = (
+    WorkloadCreate,
+    StatusUpdate,
+    TokenCreate,
+    KillRequest,
+)
+KILLS_PER_TURN = 100
+"""A bulk kill lets the event loop serve others after this many kills."""
 
 
 CREATED_HEADERS = {
@@ -141,9 +158,19 @@ def visible_to(who: Principal) -> str | None:
 def build_router(store: Store, scheduler: Scheduler, data_dir: Path) -> APIRouter:
     router = APIRouter()
     _workload_routes(router, store, scheduler)
+    _list_route(router, store, scheduler)
+    _bulk_kill_route(router, store, scheduler)
     _log_routes(router, store, scheduler, data_dir)
-    _meta_routes(router)
+    _meta_routes(router, store, scheduler)
     return router
+
+
+def with_stopping(scheduler: Scheduler, workload: Workload) -> Workload:
+    """``workload`` with ``stopping`` set from what the scheduler knows (only a
+    workload past ``pending`` can have a process)."""
+    if workload.status is not Status.PENDING and scheduler.is_stopping(workload):
+        workload.stopping = True
+    return workload
 
 
 def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
@@ -161,6 +188,8 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
             **responses(413, 422, *WRITE_FAULTS),
         },
         summary="Submit a workload (owned by the key's user)",
+        operation_id="create_workload",
+        tags=["workloads"],
         openapi_extra={**json_body(WorkloadCreate), "parameters": [IDEMPOTENCY_KEY_PARAM]},
     )
     async def create_workload(request: Request) -> Response:
@@ -184,10 +213,81 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         return json_response(workload, 201, headers)
 
     @router.get(
+        "/v1/workloads/{workload_id}",
+        response_model=Workload,
+        responses=responses(404, *READ_FAULTS),
+        summary="Get a workload",
+        operation_id="get_workload",
+        tags=["workloads"],
+    )
+    async def get_workload(workload_id: WorkloadId, request: Request) -> Response:
+        workload = store.get_workload(workload_id, owner=visible_to(principal(request)))
+        return json_response(with_stopping(scheduler, workload))
+
+    @router.delete(
+        "/v1/workloads/{workload_id}",
+        response_model=Workload,
+        responses=responses(404, 409, *WRITE_FAULTS),
+        summary="Kill a workload",
+        operation_id="kill_workload",
+        tags=["workloads"],
+    )
+    async def kill_workload(workload_id: WorkloadId, request: Request) -> Response:
+        note(request.scope, id=workload_id)
+        who = principal(request)
+        return json_response(kill(store, scheduler, workload_id, who.user, visible_to(who)))
+
+    @router.put(
+        "/v1/workloads/{workload_id}/status",
+        response_model=Workload,
+        responses=responses(403, 404, 409, 413, 422, *WRITE_FAULTS),
+        summary="Change a workload's status (admin keys; for runners outside corral)",
+        openapi_extra=json_body(StatusUpdate),
+        operation_id="set_workload_status",
+        tags=["workloads"],
+    )
+    async def put_status(workload_id: WorkloadId, request: Request) -> Response:
+        who = principal(request)
+        if not who.admin:
+            store.get_workload(workload_id, owner=who.user)  # 404 unless it is theirs
+            raise ForbiddenError(
+                "only admin keys may set a workload's status; stop yours with DELETE"
+            )
+        update = await parse_body(request, StatusUpdate)
+        note(request.scope, id=workload_id)
+        workload = store.update_workload_status(
+            workload_id,
+            update.status,
+            exit_code=update.exit_code,
+            reason=update.reason,
+            actor=who.user,
+        )
+        if workload.status in TERMINAL:
+            scheduler.stopped(workload)
+        return json_response(with_stopping(scheduler, workload))
+
+    @router.get(
+        "/v1/workloads/{workload_id}/events",
+        response_model=EventList,
+        responses=responses(404, *READ_FAULTS),
+        summary="A workload's events, oldest first",
+        operation_id="list_workload_events",
+        tags=["workloads"],
+    )
+    async def list_events(workload_id: WorkloadId, request: Request) -> Response:
+        events = store.list_events(workload_id, owner=visible_to(principal(request)))
+        return json_response(EventList.model_construct(items=events))
+
+
+def _list_route(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
+
+    @router.get(
         "/v1/workloads",
         response_model=WorkloadList,
         responses=responses(403, 422, *READ_FAULTS),
         summary="List workloads, newest first (the key's user's; all users' for admins)",
+        operation_id="list_workloads",
+        tags=["workloads"],
     )
     async def list_workloads(
         request: Request,
@@ -210,81 +310,50 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         all_users: Annotated[
             bool, Query(description="Every user's workloads (admin keys only).")
         ] = False,
+        id_prefix: Annotated[
+            str,
+            Query(
+                description=f"Ids starting with this ({ID_PREFIX_MIN} to {ID_LENGTH}"
+                " characters of an id); empty for any.",
+                # Checked by the store, which says what is wrong with a bad one.
+                json_schema_extra={"pattern": f"^({ID_PREFIX_PATTERN[1:-1]})?$"},
+            ),
+        ] = "",
+        name: Annotated[
+            str | None, Query(max_length=NAME_MAX_CHARS, description="This exact name.")
+        ] = None,
+        count: Annotated[
+            bool,
+            Query(description="Add `total`: how many match, on every page together."),
+        ] = False,
     ) -> Response:
         who = principal(request)
         if all_users and not who.admin:
             raise ForbiddenError("only admin keys may list every user's workloads")
+        labels = parse_label_selector(label)
+        owner = None if all_users else who.user
         page = store.list_workloads(
             statuses=status,
-            labels=parse_label_selector(label),
+            labels=labels,
             limit=limit,
             cursor=cursor or None,
-            owner=None if all_users else who.user,
+            owner=owner,
+            id_prefix=id_prefix or None,
+            name=name,
+        )
+        for item in page.items:
+            with_stopping(scheduler, item)
+        if not count:
+            body = WorkloadList.model_construct(items=page.items, next_cursor=page.next_cursor)
+            return Response(body.model_dump_json(exclude={"total"}), media_type=JSON)
+        total = store.count_workloads(
+            statuses=status, labels=labels, owner=owner, id_prefix=id_prefix or None, name=name
         )
         return json_response(
-            WorkloadList.model_construct(items=page.items, next_cursor=page.next_cursor)
-        )
-
-    @router.get(
-        "/v1/workloads/{workload_id}",
-        response_model=Workload,
-        responses=responses(404, *READ_FAULTS),
-        summary="Get a workload",
-    )
-    async def get_workload(workload_id: WorkloadId, request: Request) -> Response:
-        return json_response(store.get_workload(workload_id, owner=visible_to(principal(request))))
-
-    @router.delete(
-        "/v1/workloads/{workload_id}",
-        response_model=Workload,
-        responses=responses(404, 409, *WRITE_FAULTS),
-        summary="Kill a workload",
-    )
-    async def kill_workload(workload_id: WorkloadId, request: Request) -> Response:
-        note(request.scope, id=workload_id)
-        who = principal(request)
-        workload = store.update_workload_status(
-            workload_id, Status.KILLED, actor=who.user, owner=visible_to(who)
-        )
-        scheduler.stopped(workload)
-        return json_response(workload)
-
-    @router.put(
-        "/v1/workloads/{workload_id}/status",
-        response_model=Workload,
-        responses=responses(403, 404, 409, 413, 422, *WRITE_FAULTS),
-        summary="Change a workload's status (admin keys; for runners outside corral)",
-        openapi_extra=json_body(StatusUpdate),
-    )
-    async def put_status(workload_id: WorkloadId, request: Request) -> Response:
-        who = principal(request)
-        if not who.admin:
-            store.get_workload(workload_id, owner=who.user)  # 404 unless it is theirs
-            raise ForbiddenError(
-                "only admin keys may set a workload's status; stop yours with DELETE"
+            WorkloadList.model_construct(
+                items=page.items, next_cursor=page.next_cursor, total=total
             )
-        update = await parse_body(request, StatusUpdate)
-        note(request.scope, id=workload_id)
-        workload = store.update_workload_status(
-            workload_id,
-            update.status,
-            exit_code=update.exit_code,
-            reason=update.reason,
-            actor=who.user,
         )
-        if workload.status in TERMINAL:
-            scheduler.stopped(workload)
-        return json_response(workload)
-
-    @router.get(
-        "/v1/workloads/{workload_id}/events",
-        response_model=EventList,
-        responses=responses(404, *READ_FAULTS),
-        summary="A workload's events, oldest first",
-    )
-    async def list_events(workload_id: WorkloadId, request: Request) -> Response:
-        events = store.list_events(workload_id, owner=visible_to(principal(request)))
-        return json_response(EventList.model_construct(items=events))
 
 
 def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir: Path) -> None:
@@ -294,6 +363,8 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
         response_class=PlainTextResponse,
         responses={**responses(404, 422, *READ_FAULTS), 200: {"content": {"text/plain": {}}}},
         summary="A workload's output (stdout and stderr as written)",
+        operation_id="get_workload_logs",
+        tags=["workloads"],
     )
     async def get_logs(
         request: Request,
@@ -325,12 +396,158 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
         return StreamingResponse(follow_log(path, finished, start=start), media_type="text/plain")
 
 
-def _meta_routes(router: APIRouter) -> None:
+def kill(
+    store: Store, scheduler: Scheduler, workload_id: str, actor: str, owner: str | None
+) -> Workload:
+    """Kill one workload (``owner``'s, when given) as ``actor``: the store's transition,
+    then the scheduler stops its process. ``NotFoundError``, ``InvalidTransitionError``
+    as the store's."""
+    workload = store.update_workload_status(workload_id, Status.KILLED, actor=actor, owner=owner)
+    scheduler.stopped(workload)
+    return with_stopping(scheduler, workload)
 
-    @router.get("/v1/transitions", summary="The state machine as data")
+
+def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
+
+    @router.post(
+        "/v1/workloads/kill",
+        response_model=KillResult,
+        responses=responses(403, 413, 422, *WRITE_FAULTS),
+        summary="Kill several workloads: by id, by a selector, or all the active ones",
+        description="Each workload is killed on its own, as by `DELETE /v1/workloads/{id}`;"
+        " one that ended first is in `not_killed`. A database fault stops the request"
+        " (503, 507) with the kills before it done: send it again.",
+        openapi_extra=json_body(KillRequest),
+        operation_id="kill_workloads",
+        tags=["workloads"],
+    )
+    async def kill_workloads(request: Request) -> Response:
+        who = principal(request)
+        body = await parse_body(request, KillRequest)
+        if not body.ids and not body.selects:
+            raise InvalidInputError(
+                "say which workloads: ids, a selector (status, labels, name) or all"
+            )
+        if body.all_users and not who.admin:
+            raise ForbiddenError("only admin keys may kill every user's workloads")
+        owner = None if body.all_users else who.user
+        result = KillResult(killed=[], not_killed=[], not_found=[])
+        seen: set[str] = set()
+        for n, workload_id in enumerate(dict.fromkeys(body.ids), 1):
+            seen.add(workload_id)
+            _kill_one(store, scheduler, workload_id, who.user, owner, result)
+            if n % KILLS_PER_TURN == 0:
+                await asyncio.sleep(0)
+        if body.selects:
+            # Pending ones first: a running one killed frees resources that the
+            # scheduler (running between pages) would hand to a pending one to be killed.
+            statuses = {Status(s) for s in body.status} or {Status.PENDING, Status.RUNNING}
+            for status in sorted(statuses, key=lambda s: s is not Status.PENDING):
+                async for workload in _selected(store, status, body, owner):
+                    if workload.id not in seen:
+                        seen.add(workload.id)
+                        _kill_one(store, scheduler, workload.id, who.user, owner, result)
+        note(
+            request.scope,
+            killed=len(result.killed),
+            not_killed=len(result.not_killed),
+            not_found=len(result.not_found),
+        )
+        return json_response(result)
+
+
+async def _selected(
+    store: Store, status: Status, body: KillRequest, owner: str | None
+) -> AsyncIterator[Workload]:
+    """The workloads of ``status`` that ``body``'s selector selects, page by page
+    (the event loop serves others between two pages)."""
+    cursor = None
+    while True:
+        page = store.list_workloads(
+            statuses=[status],
+            labels=sorted(body.labels.items()),
+            name=body.name,
+            owner=owner,
+            limit=KILLS_PER_TURN,
+            cursor=cursor,
+        )
+        for workload in page.items:
+            yield workload
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+        await asyncio.sleep(0)
+
+
+def _kill_one(
+    store: Store,
+    scheduler: Scheduler,
+    workload_id: str,
+    actor: str,
+    owner: str | None,
+    result: KillResult,
+) -> None:
+    """Kill one target of a bulk kill, putting it in the list of ``result`` it belongs
+    to (faults of the database propagate)."""
+    try:
+        result.killed.append(kill(store, scheduler, workload_id, actor, owner))
+    except NotFoundError:
+        result.not_found.append(workload_id)
+    except InvalidTransitionError as exc:
+        result.not_killed.append(NotKilled(id=workload_id, status=exc.current, detail=str(exc)))
+
+
+def _meta_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
+
+    @router.get(
+        "/v1/status",
+        response_model=ServerStatus,
+        responses=responses(*READ_FAULTS),
+        summary="What the server can run, what runs, and the head of the queue",
+        operation_id="get_status",
+        tags=["meta"],
+    )
+    async def get_status(request: Request) -> Response:
+        who = principal(request)
+        owner = visible_to(who)
+        counts = store.count_by_status(owner=owner)
+        cap, free = scheduler.capacity(), scheduler.free()
+        head, length = scheduler.queue_head(QUEUE_HEAD, owner=owner)
+        status = ServerStatus(
+            executor="none" if scheduler.executor is None else "local",
+            capacity=Amounts(cpus=cap.cpus, memory_mb=cap.memory_mb, gpus=cap.gpus),
+            used=Amounts(
+                cpus=round(max(cap.cpus - free.cpus, 0.0), 6),
+                memory_mb=max(cap.memory_mb - free.memory_mb, 0),
+                gpus=max(cap.gpus - free.gpus, 0),
+            ),
+            free=Amounts(cpus=round(free.cpus, 6), memory_mb=free.memory_mb, gpus=free.gpus),
+            counts=counts,
+            queue=[
+                QueueEntry(
+                    id=w.id,
+                    name=w.name,
+                    owner=w.owner,
+                    resources=w.resources,
+                    priority=w.priority,
+                    reason=reason,
+                )
+                for w, reason in head
+            ],
+            queue_length=length,
+        )
+        return json_response(status)
+
+    @router.get(
+        "/v1/transitions",
+        response_model=Transitions,
+        summary="The state machine as data",
+        operation_id="get_transitions",
+        tags=["meta"],
+    )
     async def transitions() -> dict[str, list[str]]:
         return transitions_as_data()
 
-    @router.get("/healthz", summary="Liveness")
+    @router.get("/healthz", summary="Liveness", operation_id="healthz", tags=["meta"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

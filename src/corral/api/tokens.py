@@ -62,6 +62,8 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
         response_model=NewToken,
         responses=responses(403, 409, 413, 422, *WRITE_FAULTS),
         summary="Create an API key (admin keys only); the key is in this answer only",
+        operation_id="create_token",
+        tags=["tokens"],
         openapi_extra=json_body(TokenCreate),
     )
     async def create_token(request: Request) -> Response:
@@ -89,6 +91,8 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
         response_model=TokenList,
         responses=responses(403, *READ_FAULTS),
         summary="List API keys, newest first (admin keys only; never the keys)",
+        operation_id="list_tokens",
+        tags=["tokens"],
     )
     async def list_tokens(request: Request) -> Response:
         _admin(request)
@@ -99,6 +103,8 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
         response_model=Token,
         responses=responses(403, 404, *WRITE_FAULTS),
         summary="Revoke an API key (admin keys only)",
+        operation_id="revoke_token",
+        tags=["tokens"],
     )
     async def revoke_token(token_id: TokenId, request: Request) -> Response:
         _admin(request)

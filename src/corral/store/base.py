@@ -101,12 +101,33 @@ class Store(Protocol):
         limit: int = 50,
         cursor: str | None = None,
         owner: str | None = None,
+        id_prefix: str | None = None,
+        name: str | None = None,
     ) -> Page:
         """Newest first; a workload matches when its status is any of ``statuses`` (all
-        when empty), it carries every one of ``labels``, and it is ``owner``'s (anyone's
-        when None). Keyset pagination: a cursor
-        continues strictly after the last item of the previous page, so concurrent
-        inserts never duplicate or skip an existing row."""
+        when empty), it carries every one of ``labels``, it is ``owner``'s (anyone's
+        when None), its id starts with ``id_prefix`` (4 to 26 characters of the id
+        alphabet, else ``InvalidInputError``) and its name is ``name`` (when given).
+        Keyset pagination: a cursor continues strictly after the last item of the
+        previous page, so concurrent inserts never duplicate or skip an existing row."""
+        ...
+
+    def count_workloads(
+        self,
+        *,
+        statuses: Sequence[Status] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        owner: str | None = None,
+        id_prefix: str | None = None,
+        name: str | None = None,
+    ) -> int:
+        """How many workloads ``list_workloads`` with these filters would list over all
+        its pages."""
+        ...
+
+    def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
+        """The number of workloads (``owner``'s, or everyone's when None) in each
+        status, every status present (0 when none)."""
         ...
 
     def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:

@@ -43,7 +43,7 @@ from typing import Any
 from pydantic_core import to_json
 
 from corral.errors import CorralError, InvalidInputError
-from corral.ids import looks_like_id, new_id, now_rfc3339
+from corral.ids import check_id_prefix, id_prefix_range, looks_like_id, new_id, now_rfc3339
 from corral.model import (
     LABELS_MAX_ENTRIES,
     TERMINAL,
@@ -148,6 +148,8 @@ def list_query(
     cursor: str | None,
     limit: int,
     owner: str | None = None,
+    id_prefix: str | None = None,
+    name: str | None = None,
 ) -> tuple[str, list[Any]]:
     """The SQL of ``list_workloads``, shaped so that SQLite walks an index in id order
     and stops after ``limit`` matches, whatever the table's size:
@@ -159,48 +161,120 @@ def list_query(
 
     With an ``owner``, the walks are of the ``(owner, status, id)`` index instead, one
     per status when no status is asked for (the label walk checks the owner of each
-    row it meets).
+    row it meets). An ``id_prefix`` is a range of the id in whichever index is walked;
+    a ``name`` is checked on each row met (no index has names).
 
     A ``status IN (…) ORDER BY id`` over one index would instead sort every matching
-    row (250 ms at 10^6 rows). The slow case left: a label that is rare within a
-    common status makes that status's walk long.
+    row (250 ms at 10^6 rows). The slow cases left: a label, or a name, that is rare
+    within a common status makes that status's walk long.
     """
     cols = ", ".join(f"w.{c.strip()}" for c in _COLUMNS.split(","))
-    after = " AND w.id < ?" if cursor is not None else ""
-    mine = " AND w.owner = ?" if owner is not None else ""
-    owner_params = [owner] if owner is not None else []
-    label_params = [x for pair in labels for x in pair]
     if owner is not None and not statuses and not labels:
         statuses = list(Status)  # a walk per status of (owner, status, id), merged
     if statuses:
         parts, params = [], []
         for status in dict.fromkeys(Status(s).value for s in statuses):
+            where, where_params = _conditions("w.id", cursor, id_prefix, owner, name, labels)
             parts.append(
                 f"SELECT * FROM (SELECT {cols} FROM workloads AS w"
-                f" WHERE w.status = ?{mine}{after}"
-                + _HAS_LABEL * len(labels)
-                + " ORDER BY w.id DESC LIMIT ?)"
+                f" WHERE w.status = ?{where} ORDER BY w.id DESC LIMIT ?)"
             )
-            params += [status, *owner_params, *([cursor] if cursor else []), *label_params, limit]
+            params += [status, *where_params, limit]
         return " UNION ALL ".join(parts) + " ORDER BY id DESC LIMIT ?", [*params, limit]
     if labels:
         (key, value), rest = labels[0], labels[1:]
+        where, params = _conditions("first.workload_id", cursor, id_prefix, owner, name, rest)
         sql = (
             f"SELECT {cols} FROM workload_labels AS first CROSS JOIN workloads AS w"
-            " ON w.id = first.workload_id WHERE first.key = ? AND first.value = ?"
-            + after.replace("w.id", "first.workload_id")
-            + mine
-            + _HAS_LABEL * len(rest)
-            + " ORDER BY first.workload_id DESC LIMIT ?"
+            f" ON w.id = first.workload_id WHERE first.key = ? AND first.value = ?{where}"
+            " ORDER BY first.workload_id DESC LIMIT ?"
         )
-        rest_params = [x for pair in rest for x in pair]
-        cursor_params = [cursor] if cursor else []
-        return sql, [key, value, *cursor_params, *owner_params, *rest_params, limit]
-    where = " WHERE w.id < ?" if cursor is not None else ""  # (an owner took a path above)
-    return f"SELECT {cols} FROM workloads AS w{where} ORDER BY w.id DESC LIMIT ?", [
-        *([cursor] if cursor else []),
-        limit,
-    ]
+        return sql, [key, value, *params, limit]
+    # (an owner took a path above)
+    where, params = _conditions("w.id", cursor, id_prefix, None, name, ())
+    where = f" WHERE{where.removeprefix(' AND')}" if where else ""
+    return f"SELECT {cols} FROM workloads AS w{where} ORDER BY w.id DESC LIMIT ?", [*params, limit]
+
+
+def count_query(
+    *,
+    statuses: Sequence[Status],
+    labels: Sequence[tuple[str, str]],
+    owner: str | None = None,
+    id_prefix: str | None = None,
+    name: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The SQL of ``count_workloads``: a walk of the first label's index when there
+    are labels (a label is usually rarer than a status), else of ``(owner, status,
+    id)`` or ``(status, id)`` for the statuses (every status for an owner without
+    labels: an id prefix is then a range within each), else of the primary key; no
+    order, no limit."""
+    if owner is not None and not statuses and not labels:
+        statuses = list(Status)
+    status_values = list(dict.fromkeys(Status(s).value for s in statuses))
+    in_statuses = f" AND w.status IN ({', '.join('?' * len(status_values))})"
+    if not status_values:
+        in_statuses = ""
+    if labels:
+        (key, value), rest = labels[0], labels[1:]
+        where, params = _conditions("first.workload_id", None, id_prefix, owner, name, rest)
+        sql = (
+            "SELECT COUNT(*) FROM workload_labels AS first CROSS JOIN workloads AS w"
+            " ON w.id = first.workload_id WHERE first.key = ? AND first.value = ?"
+            f"{in_statuses}{where}"
+        )
+        return sql, [key, value, *status_values, *params]
+    where, params = _conditions("w.id", None, id_prefix, owner, name, ())
+    where = (in_statuses + where).removeprefix(" AND")
+    sql = "SELECT COUNT(*) FROM workloads AS w" + (f" WHERE{where}" if where else "")
+    return sql, [*status_values, *params]
+
+
+def _conditions(
+    id_column: str,
+    cursor: str | None,
+    id_prefix: str | None,
+    owner: str | None,
+    name: str | None,
+    labels: Sequence[tuple[str, str]],
+) -> tuple[str, list[Any]]:
+    """`` AND …`` terms of a listing's walk, and their parameters; ``id_column`` is
+    the id of the index walked, so that the cursor and the prefix are ranges of it."""
+    sql, params = "", []
+    if cursor is not None:
+        sql += f" AND {id_column} < ?"
+        params.append(cursor)
+    if id_prefix is not None:
+        sql += f" AND {id_column} >= ? AND {id_column} < ?"
+        params += id_prefix_range(id_prefix)
+    if owner is not None:
+        sql += " AND w.owner = ?"
+        params.append(owner)
+    if name is not None:
+        sql += " AND w.name = ?"
+        params.append(name)
+    sql += _HAS_LABEL * len(labels)
+    params += [x for pair in labels for x in pair]
+    return sql, params
+
+
+def _checked_filters(
+    labels: Sequence[tuple[str, str]], id_prefix: str | None
+) -> list[tuple[str, str]]:
+    """The label filters without repeats, or ``InvalidInputError`` for too many of
+    them or a bad id prefix."""
+    labels = list(dict.fromkeys(labels))
+    if len(labels) > LABELS_MAX_ENTRIES:
+        # Each filter is one more EXISTS term; SQLite caps an expression's depth.
+        raise InvalidInputError(
+            f"{len(labels)} label filters; at most {LABELS_MAX_ENTRIES} are allowed"
+        )
+    if id_prefix is not None:
+        try:
+            check_id_prefix(id_prefix)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+    return labels
 
 
 def spec_digest(spec: WorkloadCreate) -> str:
@@ -521,25 +595,54 @@ class SQLiteStore(SQLiteKeys):
         limit: int = 50,
         cursor: str | None = None,
         owner: str | None = None,
+        id_prefix: str | None = None,
+        name: str | None = None,
     ) -> Page:
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise InvalidInputError(f"limit must be between 1 and {LIST_LIMIT_MAX}")
         if cursor is not None and not looks_like_id(cursor):
             raise InvalidInputError(f"cursor {cursor!r} is not one returned by this API")
-        labels = list(dict.fromkeys(labels))
-        if len(labels) > LABELS_MAX_ENTRIES:
-            # Each filter is one more EXISTS term; SQLite caps an expression's depth.
-            raise InvalidInputError(
-                f"{len(labels)} label filters; at most {LABELS_MAX_ENTRIES} are allowed"
-            )
+        labels = _checked_filters(labels, id_prefix)
         sql, params = list_query(
-            statuses=statuses, labels=labels, cursor=cursor, limit=limit + 1, owner=owner
+            statuses=statuses,
+            labels=labels,
+            cursor=cursor,
+            limit=limit + 1,
+            owner=owner,
+            id_prefix=id_prefix,
+            name=name,
         )
         with self._connection() as conn:
             rows = conn.execute(sql, params).fetchall()
         items = [_row_to_workload(r) for r in rows[:limit]]
         next_cursor = items[-1].id if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
+
+    def count_workloads(
+        self,
+        *,
+        statuses: Sequence[Status] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        owner: str | None = None,
+        id_prefix: str | None = None,
+        name: str | None = None,
+    ) -> int:
+        labels = _checked_filters(labels, id_prefix)
+        sql, params = count_query(
+            statuses=statuses, labels=labels, owner=owner, id_prefix=id_prefix, name=name
+        )
+        with self._connection() as conn:
+            count: int = conn.execute(sql, params).fetchone()[0]
+        return count
+
+    def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
+        sql = "SELECT status, COUNT(*) FROM workloads"
+        sql += " WHERE owner = ? GROUP BY status" if owner is not None else " GROUP BY status"
+        with self._connection() as conn:
+            rows = conn.execute(sql, () if owner is None else (owner,)).fetchall()
+        counts = dict.fromkeys(Status, 0)
+        counts.update((Status(status), n) for status, n in rows)
+        return counts
 
     def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
         with self._connection() as conn:
