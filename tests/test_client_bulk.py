@@ -159,10 +159,6 @@ def test_status_reads_the_server_s_status() -> None:
 
 # --- end to end -----------------------------------------------------------------------
 
-NEEDS_I9_API = pytest.mark.skip(
-    reason="needs the routes of branch i9-api (GET /v1/status, POST /v1/workloads/kill, the"
-    " id_prefix/name/count filters, stopping): enable after merging it"
-)
 NEEDS_I9_DEPS = pytest.mark.skip(
     reason="needs the routes of branch i9-deps (POST /v1/workloads/batch, depends_on,"
     " dependency_type, array_index): enable after merging it"
@@ -182,7 +178,6 @@ def client(server: LiveServer) -> Iterator[Client]:
         yield c
 
 
-@NEEDS_I9_API
 def test_filters_bulk_kill_and_status_end_to_end(client: Client) -> None:
     tag = {"run": uuid.uuid4().hex[:12]}
     name = f"job-{tag['run']}"

@@ -19,7 +19,7 @@ STUBBORN = 'trap "" TERM; echo ready; while :; do sleep 0.05; done'
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LiveServer]:
-    args = ("--cpus", "2", "--memory-mb", "1000", "--gpus", "1", "--kill-grace", "2")
+    args = ("--cpus", "2", "--memory-mb", "1000", "--gpus", "1", "--kill-grace", "3")
     live = LiveServer(tmp_path / "data", "--executor", "local", *args).start()
     yield live
     live.kill()
@@ -74,7 +74,7 @@ def test_status_shows_capacity_use_counts_and_the_queue(server: LiveServer) -> N
 
         def queued(status: dict[str, Any]) -> list[Any] | None:
             queue = status["queue"]
-            return queue if len(queue) == 3 and queue[0]["reason"] else None
+            return queue if len(queue) == 3 and all(e["reason"] for e in queue) else None
 
         everyone = admin.get("/v1/status").json()
         assert everyone["used"] == {"cpus": 1.5, "memory_mb": 300, "gpus": 1}
@@ -118,7 +118,7 @@ def test_stopping_while_a_killed_workload_ignores_sigterm(server: LiveServer) ->
         assert (killed["status"], killed["stopping"]) == ("killed", True)
         result = http.post("/v1/workloads/kill", json={"ids": [two["id"]]}).json()
         assert [(w["id"], w["stopping"]) for w in result["killed"]] == [(two["id"], True)]
-        for w in (one, two):  # within the 2 s grace period: SIGTERM is ignored
+        for w in (one, two):  # within the 3 s grace period: SIGTERM is ignored
             assert get(http, w["id"])["stopping"] is True
             assert listed(http, w["id"])["stopping"] is True
         for w in (one, two):  # SIGKILL after the grace period
