@@ -503,6 +503,7 @@ def test_server_option_wins_over_the_environment(server: LiveServer) -> None:
         (("kill", UNKNOWN_ID, "--all"), "give workloads (ids, prefixes, names) or selectors"),
         (("ls", "--limit", "0"), "--limit must be >= 1"),
         (("--server", "ftp://host", "ls"), "invalid server URL 'ftp://host'"),
+        (("show", " "), "an empty workload id or name"),
         (("completion", "tcsh"), "invalid SHELL 'tcsh' (see: corral completion --help)"),
     ],
 )

@@ -24,6 +24,7 @@ from corral.cli_render import (
     EXIT_ERROR,
     StatusLine,
     as_json,
+    clean,
     colour_on,
     exit_status,
     final_line,
@@ -514,8 +515,6 @@ def _float_flag(flag: str) -> Callable[[str], float]:
 
 # --- the client and handles ----------------------------------------------------------------
 
-_root_args: argparse.Namespace | None = None
-
 
 @contextmanager
 def connect(args: argparse.Namespace) -> Iterator[Client]:
@@ -543,6 +542,8 @@ def resolve(client: Client, handle: str) -> str:
     that name. Ambiguous: exit 1 listing the candidates; too short: exit 2."""
     text = handle.strip()
     lowered = text.lower()
+    if not text:
+        raise usage("an empty workload id or name")
     if ID_RE.fullmatch(lowered):
         return lowered
     is_prefix = bool(PREFIX_RE.fullmatch(lowered))
@@ -583,19 +584,13 @@ def _matches(client: Client, handle: str, **query: Any) -> tuple[list[Workload],
 
 def _ambiguous(handle: str, items: Sequence[Workload], total: int | None) -> CliError:
     count = max(total or 0, len(items))
-    shown = ", ".join(f"{w.id} ({_clean(w.name or '-')}, {w.status})" for w in items)
+    shown = ", ".join(f"{w.id} ({clean(w.name or '-')}, {w.status})" for w in items)
     more = ", …" if count > len(items) else ""
-    return CliError(f"{handle} matches {count} workloads: {shown}{more}")
-
-
-def _clean(text: str) -> str:
-    from corral.cli_render import clean
-
-    return clean(text)
+    return CliError(f"{clean(handle)} matches {count} workloads: {shown}{more}")
 
 
 def _no_workload(handle: str) -> CliError:
-    return CliError(f"no workload {_clean(handle)} on this server (corral ls lists them)")
+    return CliError(f"no workload {clean(handle)} on this server (corral ls lists them)")
 
 
 def resolve_all(client: Client, handles: Sequence[str]) -> list[str]:
@@ -1400,7 +1395,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
             token = client.revoke_token(args.token_id)
         except NotFound:
             raise CliError(
-                f"no token {_clean(args.token_id)} on this server (corral token list lists them)"
+                f"no token {clean(args.token_id)} on this server (corral token list lists them)"
             ) from None
     print(f"revoked {token.id} ({token.user})")
     return EXIT_OK
