@@ -168,6 +168,18 @@ def pairs_text(pairs: dict[str, str]) -> str:
     return clean(", ".join(f"{k}={v}" for k, v in sorted(pairs.items())))
 
 
+ENV_SHOWN_MAX = 8
+
+
+def env_text(env: dict[str, str]) -> str:
+    """A few variables as ``K=V``; a whole exported environment as a count."""
+    if not env:
+        return "-"
+    if len(env) <= ENV_SHOWN_MAX:
+        return pairs_text(env)
+    return f"{len(env)} variables (--json shows them)"
+
+
 # --- time -----------------------------------------------------------------------------
 
 
@@ -442,7 +454,7 @@ def workload_detail(workload: Workload, events: Sequence[Event], colour: bool = 
         ("signal", w.signal or "-"),
         ("command", command_text(w.command)),
         ("cwd", clean(w.cwd or "-")),
-        ("env", pairs_text(w.env) or "-"),
+        ("env", env_text(w.env)),
         ("labels", pairs_text(w.labels) or "-"),
         ("resources", f"cpus {r.cpus:g}, memory {format_size(r.memory_mb)}, gpus {r.gpus}"),
         ("priority", str(w.priority)),
