@@ -91,3 +91,61 @@ def test_bash_completes_commands_flags_values_and_ids(server: LiveServer, tmp_pa
     assert complete(server, tmp_path, "--server", server.url, "wait", workload_id[:-2]) == [
         workload_id
     ]
+
+
+def test_fish_completes_commands_values_and_ids(server: LiveServer, tmp_path: Path) -> None:
+    if shutil.which("fish") is None:
+        pytest.skip("fish is not installed")
+    path = tmp_path / "corral.fish"
+    path.write_text(script("fish"))
+    workload_id = submit(server, "true")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "corral").write_text(f'#!/bin/sh\nexec {sys.executable} -m corral.cli "$@"\n')
+    (bin_dir / "corral").chmod(0o755)
+    env = {**cli_env(server.url), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    def complete(line: str) -> list[str]:
+        program = f"source {path}; complete -C {_quote(line)}"
+        done = subprocess.run(["fish", "-c", program], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return [row.split("\t")[0] for row in done.stdout.splitlines()]
+
+    assert set(complete("corral s")) == {"serve", "submit", "show", "status"}
+    assert complete("corral ls --status r") == ["running"]
+    assert set(complete("corral token ")) == {"create", "list", "revoke"}
+    assert workload_id in complete("corral kill ")
+
+
+def test_zsh_completes_commands_values_and_flags(tmp_path: Path) -> None:
+    """zsh's completion system needs a terminal; its builtins are stood in for by
+    functions that print what they are given."""
+    if shutil.which("zsh") is None:
+        pytest.skip("zsh is not installed")
+    path = tmp_path / "corral.zsh"
+    path.write_text(script("zsh"))
+    stubs = (
+        "compdef() { :; }\n"
+        'compadd() { local after=0; for a in "$@"; do'
+        " if (( after )); then print -r -- $a;"
+        " elif [[ $a == -- ]]; then after=1;"
+        " elif [[ $a == -a ]]; then print -rl -- ${(P)${@[-1]}}; return; fi; done; }\n"
+        "_describe() { print -rl -- ${(P)${@[-1]}}; }\n"
+        "_files() { print -r -- '<files>'; }\n"
+        f"source {path}\n"
+    )
+
+    def complete(*words: str) -> list[str]:
+        program = stubs + (
+            f"words=({' '.join(_quote(w) for w in ('corral', *words))}); "
+            f"CURRENT={len(words) + 1}; _corral"
+        )
+        done = subprocess.run(["zsh", "-c", program], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    assert complete("ls", "--status", "") == ["pending", "running", "completed", "failed", "killed"]
+    assert [c.split(":")[0] for c in complete("")][:3] == ["serve", "submit", "ls"]
+    assert complete("token", "") == ["create", "list", "revoke"]
+    assert {"--after", "--after-any", "--array"} <= set(complete("submit", "--a"))
+    assert complete("submit", "--from-file", "") == ["<files>"]
