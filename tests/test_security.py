@@ -353,13 +353,13 @@ def test_rate_limit_answers_429_with_retry_after(store: Store, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("body", "where"),
     [
-        ({"command": ["echo", "a\x00b"]}, "command.1"),
-        ({"command": ["\x00"]}, "command.0"),
+        ({"command": ["echo", "a\x00b"]}, "command[1]"),
+        ({"command": ["\x00"]}, "command[0]"),
         ({"command": ["true"], "env": {"K": "v\x00"}}, "env.K"),
         ({"command": ["true"], "cwd": "/tmp/\x00x"}, "cwd"),
         ({"command": ["true"], "env": {"K\x00": "v"}}, "env"),
         ({"command": ["x"] * 4097}, "command"),
-        ({"command": ["x" * 131072]}, "command.0"),
+        ({"command": ["x" * 131072]}, "command[0]"),
         ({"command": ["true"], "env": {"K": "v" * 131072}}, "env.K"),
         ({"command": ["true"], "env": {f"K{i}": "v" for i in range(1025)}}, "env"),
         ({"command": ["true"], "labels": {f"k{i}": "v" for i in range(65)}}, "labels"),

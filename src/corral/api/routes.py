@@ -21,7 +21,13 @@ from starlette.responses import Response
 from corral.api.access import note
 from corral.api.guard import principal
 from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
-from corral.errors import ForbiddenError, InvalidInputError, UnsupportedMediaTypeError
+from corral.errors import (
+    ExceedsCapacityError,
+    FieldError,
+    ForbiddenError,
+    InvalidInputError,
+    UnsupportedMediaTypeError,
+)
 from corral.logs import follow_log, log_chunks, log_path, log_start, open_log
 from corral.model import (
     LABEL_SELECTOR_RE,
@@ -32,6 +38,7 @@ from corral.model import (
     StatusUpdate,
     TokenCreate,
     Workload,
+    WorkloadBatch,
     WorkloadCreate,
     check_label,
     transitions_as_data,
@@ -65,6 +72,12 @@ class WorkloadList(BaseModel):
 
 class EventList(BaseModel):
     items: list[Event]
+
+
+class WorkloadBatchCreated(BaseModel):
+    """The answer to ``POST /v1/workloads/batch``: the workloads, in the order given."""
+
+    items: list[Workload]
 
 
 def json_response(
@@ -121,7 +134,12 @@ QUERY_ITEM_PATTERNS = {"label": LABEL_SELECTOR_RE.pattern}
 """Patterns of list query items, which FastAPI neither documents nor checks
 (``parse_label_selector`` checks them)."""
 
-BODY_MODELS: tuple[type[BaseModel], ...] = (WorkloadCreate, StatusUpdate, TokenCreate)
+BODY_MODELS: tuple[type[BaseModel], ...] = (
+    WorkloadCreate,
+    WorkloadBatch,
+    StatusUpdate,
+    TokenCreate,
+)
 
 
 CREATED_HEADERS = {
@@ -141,6 +159,7 @@ def visible_to(who: Principal) -> str | None:
 def build_router(store: Store, scheduler: Scheduler, data_dir: Path) -> APIRouter:
     router = APIRouter()
     _workload_routes(router, store, scheduler)
+    _batch_routes(router, store, scheduler)
     _log_routes(router, store, scheduler, data_dir)
     _meta_routes(router)
     return router
@@ -285,6 +304,55 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     async def list_events(workload_id: WorkloadId, request: Request) -> Response:
         events = store.list_events(workload_id, owner=visible_to(principal(request)))
         return json_response(EventList.model_construct(items=events))
+
+
+def _batch_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
+
+    @router.post(
+        "/v1/workloads/batch",
+        status_code=201,
+        response_model=WorkloadBatchCreated,
+        operation_id="create_workloads",
+        tags=["workloads"],
+        responses={
+            201: {
+                "description": "Created, all of them (or, with a repeated Idempotency-Key,"
+                " replayed)",
+                "headers": {"Idempotent-Replayed": CREATED_HEADERS["Idempotent-Replayed"]},
+            },
+            **responses(413, 422, *WRITE_FAULTS),
+        },
+        summary="Submit several workloads, all or none (a batch, an array, a pipeline)",
+        openapi_extra={**json_body(WorkloadBatch), "parameters": [IDEMPOTENCY_KEY_PARAM]},
+    )
+    async def create_workloads(request: Request) -> Response:
+        batch = await parse_body(request, WorkloadBatch)
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX_CHARS:
+            raise InvalidInputError(
+                f"Idempotency-Key is longer than {IDEMPOTENCY_KEY_MAX_CHARS} characters"
+            )
+        for i, spec in enumerate(batch.items):
+            try:
+                scheduler.check_fits(spec.resources)
+            except ExceedsCapacityError as exc:
+                raise FieldError(("items", i, "resources"), str(exc)) from None
+        who = principal(request)
+        workloads, replayed = store.create_batch(
+            batch.items,
+            owner=who.user,
+            max_running=batch.max_running,
+            idempotency_key=idempotency_key,
+            actor=who.user,
+        )
+        note(request.scope, batch_id=workloads[0].batch_id, count=len(workloads))
+        headers = {}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        else:
+            for workload in workloads:
+                scheduler.submitted(workload)
+        return json_response(WorkloadBatchCreated.model_construct(items=workloads), 201, headers)
 
 
 def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir: Path) -> None:
