@@ -163,7 +163,7 @@ class Scheduler:
         self._accounts: dict[str, RunAs] = {}  # by Unix user name
         self._unrecorded: dict[str, _Ending] = {}  # process over, end not yet stored
         self._retry: asyncio.TimerHandle | None = None
-        self._failing: str | None = None  # the last failure of a pass that was logged
+        self._failing: dict[str, str] = {}  # by step: its last failure, logged
         self._blocked: dict[str, Workload] = {}  # pending, dependencies not met yet
         self._dependants: dict[str, set[str]] = {}  # dependency -> blocked ids
         self._recheck: set[str] = set()  # blocked ids whose dependencies may have ended
@@ -261,27 +261,28 @@ class Scheduler:
                 self._guard(self._reconcile)
             self._wake.clear()
             self._record_ends()
+            self._guard(self._check_blocked)  # apart: a failure must not stop the pass
             self._guard(self._schedule)
 
     def _guard(self, step: Callable[[], None]) -> None:
         """Run a pass; one that fails is logged (once while it keeps failing the same
         way) and run again after ``RETRY_SECONDS``: the loop must survive it."""
+        name = step.__name__
         try:
             step()
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
-            if failure != self._failing:
+            if failure != self._failing.get(name):
                 if isinstance(exc, StorageFullError | StoreBusyError):
                     log.warning("scheduler pass failed (%s); retrying", exc)
                 else:
                     log.exception("scheduler pass failed; retrying")
-                self._failing = failure
+                self._failing[name] = failure
             self._full = True
             self._arm_retry()
         else:
-            if self._failing is not None:
+            if self._failing.pop(name, None) is not None:
                 log.warning("scheduler passes work again")
-                self._failing = None
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -405,8 +406,6 @@ class Scheduler:
         self._queue.append(workload)
 
     def _schedule(self) -> None:
-        if self._recheck:
-            self._check_blocked()
         if self._full or self._last_pass is None:
             self._full = False
             if self._sorted:  # drop what was claimed or stopped since
