@@ -401,13 +401,15 @@ class Workload(BaseModel):
     labels: dict[str, str]
     priority: int
     timeout_seconds: float | None
-    depends_on: list[str]
+    # Defaults: the fields of issue 9 are absent from an older server's JSON and from
+    # workloads built without them.
+    depends_on: list[str] = Field(default_factory=list)
     """Ids of the workloads it waits for."""
-    dependency_type: DependencyType
-    array_index: int | None
-    batch_id: str | None
+    dependency_type: DependencyType = "afterok"
+    array_index: int | None = None
+    batch_id: str | None = None
     """The batch request that created it (``POST /v1/workloads/batch``), else None."""
-    max_running: int | None
+    max_running: int | None = None
     """Its batch's limit of workloads running at once (None: no limit)."""
     status: Status
     exit_code: int | None

@@ -339,7 +339,7 @@ class Scheduler:
         reasons: list[tuple[str, str]] = []
         try:
             while self._recheck:
-                self._recheck &= self._blocked.keys()
+                self._recheck.intersection_update(self._blocked)
                 todo = [self._blocked[wid] for wid in self._recheck]
                 statuses = self.store.statuses([d for w in todo for d in w.depends_on])
                 for workload in todo:
