@@ -192,7 +192,7 @@ class Scheduler:
             self._reasons.pop(workload.id, None)
             self._full = True  # it may have been the head of the line
             self._poke()
-        if self._unblock(workload.id):
+        if self._unblock(workload.id) is not None:
             self._reasons.pop(workload.id, None)
         if workload.id in self._allocated:
             self.executor.terminate(workload.id)
