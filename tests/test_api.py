@@ -342,6 +342,7 @@ OPERATIONS = {
     ("/v1/workloads/{workload_id}/events", "get"): ("list_workload_events", "workloads"),
     ("/v1/workloads/{workload_id}/logs", "get"): ("get_workload_logs", "workloads"),
     ("/v1/workloads/kill", "post"): ("kill_workloads", "workloads"),
+    ("/v1/workloads/batch", "post"): ("create_workloads", "workloads"),
     ("/v1/tokens", "post"): ("create_token", "tokens"),
     ("/v1/tokens", "get"): ("list_tokens", "tokens"),
     ("/v1/tokens/{token_id}", "delete"): ("revoke_token", "tokens"),

@@ -211,7 +211,7 @@ def test_all_users_is_for_admins(users: Users) -> None:
         ({"ids": []}, "say which workloads"),
         ({"all_users": True}, "say which workloads"),
         ({"all": False, "labels": {}}, "say which workloads"),
-        ({"status": ["completed"]}, "status.0"),
+        ({"status": ["completed"]}, "status[0]"),
         ({"ids": ["x"] * 1001}, "ids"),
         ({"labels": {"bad key": "v"}}, "labels"),
         ({"ids": "01m8"}, "ids"),

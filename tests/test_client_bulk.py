@@ -159,11 +159,6 @@ def test_status_reads_the_server_s_status() -> None:
 
 # --- end to end -----------------------------------------------------------------------
 
-NEEDS_I9_DEPS = pytest.mark.skip(
-    reason="needs the routes of branch i9-deps (POST /v1/workloads/batch, depends_on,"
-    " dependency_type, array_index): enable after merging it"
-)
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
@@ -206,7 +201,6 @@ def test_filters_bulk_kill_and_status_end_to_end(client: Client) -> None:
     assert status.queue_length == len(status.queue) or len(status.queue) == 10
 
 
-@NEEDS_I9_DEPS
 def test_batches_and_dependencies_end_to_end(client: Client, server: LiveServer) -> None:
     made = client.submit_many(
         [{"command": ["echo", str(i)], "array_index": i} for i in range(3)], max_running=2

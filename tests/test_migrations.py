@@ -93,3 +93,57 @@ def test_a_development_0002_with_its_second_owner_index_goes_down(tmp_path: Path
         conn.execute("CREATE INDEX ix_workloads_owner_id ON workloads (owner, id)")
     migrate.downgrade(url, "0001")
     assert migrate.current_revision(url) == "0001"
+
+
+def test_data_from_before_dependencies_reads_with_defaults(tmp_path: Path) -> None:
+    """A database of 0002 upgrades in place: its workloads have no dependencies, no
+    batch, and an idempotency key stored then still replays the same body (its digest
+    is the one 0002's code computed, written out here)."""
+    import hashlib
+
+    from corral.model import WorkloadCreate
+
+    path = tmp_path / "corral.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url, "0002")
+    old_body = (
+        '{"command":["true"],"name":"old","env":{},"cwd":null,'
+        '"resources":{"cpus":1.0,"memory_mb":0,"gpus":0},"labels":{},"priority":0,'
+        '"timeout_seconds":null}'
+    )
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO workloads (id, name, command, env, cwd, cpus, memory_mb, gpus, labels,"
+            " priority, status, created_at, updated_at, owner) VALUES"
+            " ('01m8a1d0000000000000000000', 'old', '[\"true\"]', '{}', NULL, 1, 0, 0, '{}', 0,"
+            " 'pending', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 'alice')"
+        )
+        conn.execute(
+            "INSERT INTO events (workload_id, seq, type, to_status, at, actor) VALUES"
+            " ('01m8a1d0000000000000000000', 1, 'created', 'pending', '2026-01-01T00:00:00Z',"
+            " 'alice')"
+        )
+        conn.execute(
+            "INSERT INTO idempotency_keys (owner, key, body_sha256, workload_id, created_at)"
+            " VALUES ('alice', 'nightly', ?, '01m8a1d0000000000000000000',"
+            " '2026-01-01T00:00:00Z')",
+            (hashlib.sha256(old_body.encode()).hexdigest(),),
+        )
+    store = SQLiteStore(path)  # migrates to head
+    try:
+        old = store.get_workload("01m8a1d0000000000000000000")
+        assert (old.depends_on, old.dependency_type, old.array_index) == ([], "afterok", None)
+        assert (old.batch_id, old.max_running) == (None, None)
+        spec = WorkloadCreate(command=["true"], name="old")
+        again, replayed = store.create_workload(spec, owner="alice", idempotency_key="nightly")
+        assert replayed and again == old
+        later = store.create_workload(
+            WorkloadCreate(command=["true"], depends_on=[old.id]), owner="alice"
+        )[0]
+        assert later.depends_on == [old.id]
+    finally:
+        store.close()
+    migrate.downgrade(url, "0002")  # and back: the columns and the table go, the rows stay
+    assert "workload_dependencies" not in tables(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM workloads").fetchone()[0] == 2

@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
+from corral import scheduler as scheduler_module
 from corral.api import create_app
 from corral.executors.base import Capacity
 from corral.executors.local import LocalExecutor, kill_all
-from corral.model import Resources, Status, WorkloadCreate
+from corral.model import Resources, Status, WorkloadBatchItem, WorkloadCreate
 from corral.scheduler import RETRY_SECONDS, Scheduler
 from corral.store.sqlite import SQLiteStore
 from tests.conftest import add_key, event_inserts_fail, writes_refused
@@ -261,4 +263,65 @@ def test_pending_reasons_and_claims_the_store_refused_are_retried(tmp_path: Path
         "reason while refused": None,
         "reason": "waiting for 1 CPU, 0 free",
         "claim refused": Status.PENDING,
+    }
+
+
+def test_dependency_reasons_and_kills_the_store_refuses_are_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blocked workload's reason, and the kill of an afterok dependant whose
+    dependency failed, are retried until the store takes them (nothing is lost), and
+    the passes go on meanwhile: other workloads still start. (No safety poll during
+    the test: the retries alone must do it.)"""
+    monkeypatch.setattr(scheduler_module, "SAFETY_POLL_SECONDS", 600.0)
+    seen: dict[str, object] = {}
+
+    def item(command: list[str], depends_on: list[int | str] | None = None) -> WorkloadBatchItem:
+        return WorkloadBatchItem(command=command, depends_on=depends_on or [])
+
+    async def scenario() -> None:
+        async with started(tmp_path, cpus=4) as (store, scheduler):
+            when = "NEW.status = 'pending' AND NEW.reason LIKE 'waiting for%'"
+            with writes_refused(store, on="UPDATE OF reason ON workloads", when=when) as refusal:
+                (hold, blocked), _ = store.create_batch(
+                    [item(["sleep", "30"]), item(["true"], [0])], owner="alice"
+                )
+                scheduler.submitted(hold)
+                scheduler.submitted(blocked)
+                await until(lambda: store.get_workload(hold.id).status is Status.RUNNING)
+                await asyncio.sleep(3 * RETRY_SECONDS)
+                seen["reason while refused"] = store.get_workload(blocked.id).reason
+                refusal.drop()
+                await until(lambda: store.get_workload(blocked.id).reason, timeout=5)
+            seen["reason"] = store.get_workload(blocked.id).reason == (
+                f"waiting for {hold.id} to complete"
+            )
+            with event_inserts_fail(store, to=["killed"]) as refusal:
+                (a, b, c), _ = store.create_batch(
+                    [item(["sh", "-c", "exit 3"]), item(["true"], [0]), item(["true"], [1])],
+                    owner="alice",
+                )
+                for workload in (a, b, c):
+                    scheduler.submitted(workload)
+                await until(lambda: store.get_workload(a.id).status is Status.FAILED)
+                await asyncio.sleep(3 * RETRY_SECONDS)
+                seen["while refused"] = [store.get_workload(w.id).status for w in (b, c)]
+                other, _ = store.create_workload(WorkloadCreate(command=["true"]), owner="alice")
+                scheduler.submitted(other)
+                await until(lambda: store.get_workload(other.id).status is Status.COMPLETED)
+                refusal.drop()
+            await until(lambda: store.get_workload(c.id).status is Status.KILLED, timeout=5)
+            seen["killed"] = [store.get_workload(w.id).reason for w in (b, c)] == [
+                f"dependency {a.id} failed",
+                f"dependency {b.id} was killed",
+            ]
+            seen["blocked still"] = store.get_workload(blocked.id).status
+
+    asyncio.run(scenario())
+    assert seen == {
+        "reason while refused": None,
+        "reason": True,
+        "while refused": [Status.PENDING, Status.PENDING],
+        "killed": True,
+        "blocked still": Status.PENDING,
     }

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable
 
 import pytest
 
-from corral.errors import InvalidInputError
-from corral.model import Status, WorkloadCreate
+from corral.errors import FieldError, InvalidInputError
+from corral.model import Status, WorkloadBatchItem, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError, Store
 from corral.store.sqlite import SQLiteStore
-from tests.conftest import event_inserts_fail
+from tests.conftest import event_inserts_fail, writes_refused
 
 SPEC = WorkloadCreate(command=["true"])
 
@@ -243,7 +244,6 @@ def test_event_times_follow_their_order_under_contention(
     claim: an event's ``at`` is taken under the lock, so a later ``seq`` never carries
     an earlier time. (Stamped before the lock, the kill's event came out 0.3 s older
     than the claim's that precedes it.)"""
-    import sqlite3
     import time
 
     from corral.ids import now_rfc3339
@@ -373,3 +373,142 @@ def test_count_by_status_counts_everyone_or_one_owner(store: Store) -> None:
         **dict.fromkeys(Status, 0), Status.PENDING: 1, Status.RUNNING: 1
     }  # fmt: skip
     assert store.count_by_status(owner="carol") == dict.fromkeys(Status, 0)
+
+
+# --- batches and dependencies (issue 9) ---------------------------------------------
+
+
+def table_rows(store: Store, table: str) -> list[tuple[object, ...]]:
+    assert isinstance(store, SQLiteStore)
+    with sqlite3.connect(store.path) as conn:
+        return conn.execute(f"SELECT * FROM {table}").fetchall()
+
+
+def item(command: str = "true", **fields: object) -> WorkloadBatchItem:
+    return WorkloadBatchItem.model_validate({"command": [command], **fields})
+
+
+def test_a_batch_stores_its_items_in_order_with_their_dependencies(store: Store) -> None:
+    """Integers name items of the batch and become their ids; ids name workloads
+    stored before; each dependency is stored once (workload and table alike)."""
+    before, _ = store.create_workload(owner="alice", spec=SPEC)
+    specs = [
+        item("a", array_index=0),
+        item("b", array_index=1, depends_on=[0, 0], dependency_type="afterany"),
+        item("c", depends_on=[1, before.id, 0]),
+    ]
+    made, replayed = store.create_batch(specs, owner="alice", max_running=2, actor="alice")
+    assert not replayed
+    a, b, c = made
+    assert [w.command[0] for w in made] == ["a", "b", "c"]
+    assert [w.id for w in made] == sorted(w.id for w in made)
+    assert a.batch_id is not None and {w.batch_id for w in made} == {a.batch_id}
+    assert {w.max_running for w in made} == {2}
+    assert (a.array_index, b.array_index, c.array_index) == (0, 1, None)
+    assert a.depends_on == [] and b.depends_on == [a.id]
+    assert c.depends_on == [b.id, before.id, a.id]
+    assert (b.dependency_type, c.dependency_type) == ("afterany", "afterok")
+    assert [store.get_workload(w.id) for w in made] == made
+    assert before.batch_id is None and before.depends_on == [] and before.max_running is None
+    assert sorted(table_rows(store, "workload_dependencies")) == sorted(
+        [(b.id, a.id), (c.id, b.id), (c.id, before.id), (c.id, a.id)]
+    )
+    assert [e.actor for e in store.list_events(c.id)] == ["alice"]
+    assert store.statuses([a.id, before.id, "01m8n0ne000000000000000000"]) == {
+        a.id: Status.PENDING,
+        before.id: Status.PENDING,
+    }
+
+
+@pytest.mark.parametrize(
+    ("depends_on", "where", "message"),
+    [
+        ([5], ("items", 2, "depends_on", 0), "no item 5 in this batch"),
+        ([2], ("items", 2, "depends_on", 0), "cannot depend on itself"),
+        # the entry that closes the cycle, walking from the first item
+        ([0, 3], ("items", 3, "depends_on", 0), "a dependency cycle: items 2 -> 3 -> 2"),
+        (["01m8n0ne000000000000000000"], ("items", 2, "depends_on", 0), "no workload"),
+    ],
+)
+def test_a_bad_reference_refuses_the_whole_batch(
+    store: Store, depends_on: list[object], where: tuple[object, ...], message: str
+) -> None:
+    specs = [item("a"), item("b"), item("c", depends_on=depends_on), item("d", depends_on=[2])]
+    with pytest.raises(FieldError) as info:
+        store.create_batch(specs, owner="alice")
+    assert info.value.loc == where and message in info.value.msg
+    assert str(info.value).startswith(f"items[{where[1]}].depends_on[{where[3]}]: ")
+    assert store.list_workloads().items == []
+    assert table_rows(store, "events") == [] and table_rows(store, "workload_dependencies") == []
+
+
+def test_a_batch_that_fails_in_the_database_stores_nothing(store: Store) -> None:
+    """All or none: the database refuses the labels of the third item (after two
+    were written in the same transaction); no workload, event or label is left."""
+    kept, _ = store.create_workload(owner="alice", spec=SPEC)
+    specs = [item("a", labels={"n": "1"}), item("b", depends_on=[0]), item("c", labels={"n": "x"})]
+    with (
+        writes_refused(store, on="INSERT ON workload_labels", when="NEW.value = 'x'"),
+        pytest.raises(sqlite3.IntegrityError, match="refused by the test"),
+    ):
+        store.create_batch(specs, owner="alice", idempotency_key="k")
+    assert [w.id for w in store.list_workloads().items] == [kept.id]
+    assert len(table_rows(store, "events")) == 1
+    assert table_rows(store, "workload_labels") == []
+    assert table_rows(store, "workload_dependencies") == []
+    made, replayed = store.create_batch(specs, owner="alice", idempotency_key="k")
+    assert not replayed and len(made) == 3  # the key was not taken either
+
+
+def test_dependencies_name_the_owners_own_workloads(store: Store) -> None:
+    """Another user's workload does not exist for them: the same 422 as an unknown id."""
+    mine, _ = store.create_workload(owner="alice", spec=SPEC)
+    theirs, _ = store.create_workload(owner="bob", spec=SPEC)
+    spec = WorkloadCreate(command=["true"], depends_on=[mine.id, theirs.id])
+    with pytest.raises(FieldError) as info:
+        store.create_workload(spec, owner="alice")
+    assert str(info.value) == f"depends_on[1]: no workload has id {theirs.id!r}"
+    with pytest.raises(FieldError):
+        store.create_batch([item(depends_on=[theirs.id])], owner="alice")
+    assert len(store.list_workloads(owner="alice").items) == 1
+    done, _ = store.create_workload(
+        WorkloadCreate(command=["true"], depends_on=[mine.id, mine.id]), owner="alice"
+    )
+    assert done.depends_on == [mine.id] and store.get_workload(done.id) == done
+    assert done.batch_id is None and done.dependency_type == "afterok"
+
+
+def test_a_refused_item_of_a_group_commit_leaves_the_others(store: Store) -> None:
+    """The single-create path commits several requests together: one naming an
+    unknown dependency is refused alone."""
+    from corral.store.base import NewWorkload
+
+    unknown = WorkloadCreate(command=["x"], depends_on=["01m8n0ne000000000000000000"])
+    results = store.create_workloads(
+        [NewWorkload(SPEC, "alice"), NewWorkload(unknown, "alice"), NewWorkload(SPEC, "alice")]
+    )
+    assert isinstance(results[1], FieldError)
+    assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
+    assert len(store.list_workloads().items) == 2
+
+
+def test_a_batch_idempotency_key_replays_the_whole_batch(store: Store) -> None:
+    specs = [item("a"), item("b", depends_on=[0])]
+    made, replayed = store.create_batch(specs, owner="alice", idempotency_key="k")
+    store.update_workload_status(made[0].id, Status.RUNNING)
+    again, replayed = store.create_batch(
+        [item("a"), item("b", depends_on=[0])], owner="alice", idempotency_key="k"
+    )
+    assert replayed
+    assert [w.id for w in again] == [w.id for w in made]
+    assert again[0].status is Status.RUNNING  # as it is now
+    with pytest.raises(IdempotencyKeyReusedError):
+        store.create_batch(specs, owner="alice", max_running=1, idempotency_key="k")
+    with pytest.raises(IdempotencyKeyReusedError):
+        store.create_workload(SPEC, owner="alice", idempotency_key="k")
+    store.create_workload(SPEC, owner="alice", idempotency_key="single")
+    with pytest.raises(IdempotencyKeyReusedError):
+        store.create_batch([item()], owner="alice", idempotency_key="single")
+    other, replayed = store.create_batch(specs, owner="bob", idempotency_key="k")
+    assert not replayed and other[0].id != made[0].id
+    assert len(store.list_workloads().items) == 5

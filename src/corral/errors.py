@@ -15,9 +15,12 @@
     ├── ExceedsCapacityError           (422)  asks for more than the whole machine
     ├── UnsupportedMediaTypeError      (415)  a body not declared application/json
     └── InvalidInputError              (422)  a bad filter, cursor or limit
+        └── FieldError                 (422)  one field of the body, by its path
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class CorralError(Exception):
@@ -41,3 +44,25 @@ class ForbiddenError(CorralError):
 
 class UnsupportedMediaTypeError(CorralError):
     """The request body is not declared as ``application/json``."""
+
+
+def format_loc(loc: Sequence[str | int]) -> str:
+    """A path in a request body as users write it: ``items[3].depends_on[0]``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+class FieldError(InvalidInputError):
+    """One field of the request body is invalid, found past its schema (an unknown
+    dependency, a cycle): ``loc`` is its path in the body, ``msg`` what is wrong."""
+
+    def __init__(self, loc: Sequence[str | int], msg: str) -> None:
+        self.loc = tuple(loc)
+        self.msg = msg
+        super().__init__(f"{format_loc(self.loc)}: {msg}")
+
+    def within(self, *prefix: str | int) -> FieldError:
+        """The same error, for a body that holds this one at ``prefix``."""
+        return FieldError((*prefix, *self.loc), self.msg)

@@ -9,7 +9,8 @@ knows nothing of HTTP, SQL or processes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -18,12 +19,16 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PlainValidator,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic.config import JsonDict
 
+from corral.errors import FieldError
+from corral.ids import looks_like_id
 from corral.wire import ENV_NAME_RE as ENV_NAME_RE
 from corral.wire import LABEL_KEY_MAX_CHARS as LABEL_KEY_MAX_CHARS
 from corral.wire import LABEL_KEY_RE as LABEL_KEY_RE
@@ -55,6 +60,11 @@ NO_NUL = r"^[^\x00]*$"
 """The OS takes argv, environment and paths as C strings: a NUL would cut them short
 (or fail the spawn), so it is refused at submit. JSON cannot carry a lone surrogate,
 the only other character Python could not hand the OS."""
+
+DEPENDS_ON_MAX_ENTRIES = 100
+BATCH_MAX_ITEMS = 1000
+INT32_MAX = 2**31 - 1
+ID_PATTERN = "^[0-9a-hjkmnp-tv-z]{26}$"
 
 
 def _integral(value: Any) -> Any:
@@ -114,8 +124,63 @@ class Resources(BaseModel):
     gpus: Annotated[int, Field(ge=0, le=1024), INTEGRAL] = 0
 
 
-class WorkloadCreate(BaseModel):
-    """The body of ``POST /v1/workloads``: what the user asks to run."""
+def _dependency_ref(value: Any) -> str | int:
+    """An entry of ``depends_on``: a workload id, or (in a batch) an item's index."""
+    if isinstance(value, str):
+        if not looks_like_id(value):
+            raise ValueError(f"{value[:40]!r} is not a workload id (26 characters)")
+        return value
+    value = _integral(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < BATCH_MAX_ITEMS:
+            raise ValueError(f"an item index is between 0 and {BATCH_MAX_ITEMS - 1}")
+        return value
+    raise ValueError("must be a workload id, or (in a batch) the index of another item")
+
+
+def _workload_id(value: Any) -> str:
+    """An entry of ``depends_on`` outside a batch: a workload id."""
+    if isinstance(value, str) and looks_like_id(value):
+        return value
+    if isinstance(value, str):
+        raise ValueError(f"{value[:40]!r} is not a workload id (26 characters)")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            "an integer names another item of a batch (POST /v1/workloads/batch);"
+            " here give a workload id"
+        )
+    raise ValueError("must be a workload id")
+
+
+WorkloadIdRef = Annotated[
+    str,
+    PlainValidator(_workload_id),
+    WithJsonSchema({"type": "string", "pattern": ID_PATTERN}),
+]
+"""A workload id, in ``depends_on``."""
+
+DependencyRef = Annotated[
+    str | int,
+    PlainValidator(_dependency_ref),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": ID_PATTERN},
+                {"type": "integer", "minimum": 0, "maximum": BATCH_MAX_ITEMS - 1},
+            ]
+        }
+    ),
+]
+"""A workload id, or in a batch the index of another item of the same batch."""
+
+DependencyType = Literal["afterok", "afterany"]
+"""Slurm's names: start once every dependency ``completed`` (afterok; a dependency
+that fails or is killed kills the dependant), or once every one ended (afterany)."""
+
+
+class WorkloadSpec(BaseModel):
+    """What the user asks to run, but for ``depends_on`` (see ``WorkloadCreate`` and
+    ``WorkloadBatchItem``)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -159,6 +224,17 @@ class WorkloadCreate(BaseModel):
     timeout_seconds: Annotated[
         float | None, Field(gt=0, le=10 * 365 * 86400, allow_inf_nan=False)
     ] = None
+    dependency_type: DependencyType = "afterok"
+    array_index: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=INT32_MAX,
+            description="The task's index in an array (the"
+            " CORRAL_ARRAY_INDEX variable of its process).",
+        ),
+        INTEGRAL,
+    ] = None
 
     @field_validator("command")
     @classmethod
@@ -166,6 +242,90 @@ class WorkloadCreate(BaseModel):
         if not value[0]:
             raise ValueError("command[0] (the program) must not be empty")
         return value
+
+
+class WorkloadCreate(WorkloadSpec):
+    """The body of ``POST /v1/workloads``: what the user asks to run."""
+
+    depends_on: Annotated[
+        list[WorkloadIdRef],
+        Field(
+            max_length=DEPENDS_ON_MAX_ENTRIES,
+            description="Workloads (of the same user) that must end first.",
+        ),
+    ] = Field(default_factory=list)
+
+
+class WorkloadBatchItem(WorkloadSpec):
+    """An item of ``POST /v1/workloads/batch``: a ``WorkloadCreate`` whose
+    ``depends_on`` may also name another item of the batch by its index."""
+
+    depends_on: Annotated[
+        list[DependencyRef],
+        Field(
+            max_length=DEPENDS_ON_MAX_ENTRIES,
+            description="Workloads (of the same user) that must end first: ids, or"
+            " indexes of other items of this batch.",
+        ),
+    ] = Field(default_factory=list)
+
+
+class WorkloadBatch(BaseModel):
+    """The body of ``POST /v1/workloads/batch``: workloads created all or none."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    items: Annotated[list[WorkloadBatchItem], Field(min_length=1, max_length=BATCH_MAX_ITEMS)]
+    max_running: Annotated[
+        int | None,
+        Field(ge=1, le=INT32_MAX, description="At most this many of them run at once."),
+        INTEGRAL,
+    ] = None
+
+
+def check_batch_references(items: Sequence[WorkloadBatchItem]) -> None:
+    """The integer entries of the items' ``depends_on`` name other items: each must
+    be within the batch and not the item itself, and together they must not form a
+    cycle; else ``FieldError`` at the first entry at fault (``items[3].depends_on[0]``).
+    """
+    edges: list[list[tuple[int, int]]] = []  # item -> [(entry, item it names)]
+    for i, item in enumerate(items):
+        edges.append([])
+        for j, ref in enumerate(item.depends_on):
+            if not isinstance(ref, int):
+                continue
+            loc = ("items", i, "depends_on", j)
+            if ref >= len(items):
+                raise FieldError(
+                    loc, f"no item {ref} in this batch (its items are 0 to {len(items) - 1})"
+                )
+            if ref == i:
+                raise FieldError(loc, "an item cannot depend on itself")
+            edges[i].append((j, ref))
+    # Depth-first, without recursion: 0 unseen, 1 on the current path, 2 done.
+    state = [0] * len(items)
+    for root in range(len(items)):
+        if state[root]:
+            continue
+        path: list[tuple[int, int]] = [(root, 0)]  # (item, next edge to follow)
+        state[root] = 1
+        while path:
+            node, k = path[-1]
+            if k == len(edges[node]):
+                state[node] = 2
+                path.pop()
+                continue
+            path[-1] = (node, k + 1)
+            j, target = edges[node][k]
+            if state[target] == 1:
+                cycle = [n for n, _ in path[[n for n, _ in path].index(target) :]]
+                loop = " -> ".join(map(str, [*cycle, target]))
+                raise FieldError(
+                    ("items", node, "depends_on", j), f"a dependency cycle: items {loop}"
+                )
+            if state[target] == 0:
+                state[target] = 1
+                path.append((target, 0))
 
 
 class Workload(BaseModel):
@@ -182,6 +342,16 @@ class Workload(BaseModel):
     labels: dict[str, str]
     priority: int
     timeout_seconds: float | None
+    # Defaults: the fields of issue 9 are absent from an older server's JSON and from
+    # workloads built without them.
+    depends_on: list[str] = Field(default_factory=list)
+    """Ids of the workloads it waits for."""
+    dependency_type: DependencyType = "afterok"
+    array_index: int | None = None
+    batch_id: str | None = None
+    """The batch request that created it (``POST /v1/workloads/batch``), else None."""
+    max_running: int | None = None
+    """Its batch's limit of workloads running at once (None: no limit)."""
     status: Status
     exit_code: int | None
     signal: str | None

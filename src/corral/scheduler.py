@@ -30,6 +30,20 @@ checked against the state machine and recorded as an event.
   reconciles the store with the executor: a terminal workload has no live process, a
   running one has one (or is lost), and pending ones written by other processes are
   picked up.
+- **Dependencies.** A pending workload with dependencies is *blocked* (kept apart,
+  not in the queue) until they are met: afterok, every one ``completed``; afterany,
+  every one terminal with its process gone. Its reason names what it waits for. When
+  a workload ends (an exit recorded, a kill or status change through the API, a
+  lost one), the blocked workloads waiting for it are marked for a re-check, which
+  the next pass does with one read of their dependencies' statuses: met, it joins
+  the queue; afterok and a dependency ``failed`` or ``killed``, it is killed
+  ("dependency X failed"), which in turn marks its own dependants, down the chain.
+  A mark is cleared only once acted on, so a store fault loses none; on start and
+  on every safety poll, every blocked workload is re-checked from the store (a
+  restart resumes a chain; dependencies ended by other processes are seen).
+- **Batches.** A workload of a batch with ``max_running`` is skipped by a pass while
+  that many of its batch hold resources (counted from ``_allocated``: adopted on
+  start, then claims and exits), without reserving anything.
 - **Timeouts** use the loop's monotonic timers: the process group is terminated, and
   the workload ends ``failed`` ("timed out after N s") when the process is gone.
 - **Restart.** On start, running workloads are handed to the executor to adopt; it
@@ -57,6 +71,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 from corral.errors import ExceedsCapacityError
 from corral.executors.base import (
@@ -83,6 +98,8 @@ SAFETY_POLL_SECONDS = 5.0
 RETRY_SECONDS = 0.5
 """How soon an exit the store refused, or a pass that failed, is tried again."""
 PAGE = 1000
+REASON_IDS = 3
+"""How many unmet dependencies a reason names before "and N more"."""
 
 
 @dataclass(slots=True)
@@ -148,7 +165,11 @@ class Scheduler:
         self._accounts: dict[str, RunAs] = {}  # by Unix user name
         self._unrecorded: dict[str, _Ending] = {}  # process over, end not yet stored
         self._retry: asyncio.TimerHandle | None = None
-        self._failing: str | None = None  # the last failure of a pass that was logged
+        self._failing: dict[str, str] = {}  # by step: its last failure, logged
+        self._blocked: dict[str, Workload] = {}  # pending, dependencies not met yet
+        self._dependants: dict[str, set[str]] = {}  # dependency -> blocked ids
+        self._recheck: set[str] = set()  # blocked ids whose dependencies may have ended
+        self._batch_running: dict[str, int] = {}  # batch_id (with a limit) -> allocated
 
     # --- called by the API ---------------------------------------------------------
 
@@ -162,7 +183,7 @@ class Scheduler:
         """A new pending workload was stored."""
         if self.executor is None:
             return
-        self._enqueue(workload)
+        self._admit(workload)
         self._poke()
 
     def stopped(self, workload: Workload) -> None:
@@ -173,8 +194,13 @@ class Scheduler:
             self._reasons.pop(workload.id, None)
             self._full = True  # it may have been the head of the line
             self._poke()
+        if self._unblock(workload.id) is not None:
+            self._reasons.pop(workload.id, None)
         if workload.id in self._allocated:
             self.executor.terminate(workload.id)
+        # afterok dependants of a killed workload die now; afterany ones see it ended
+        # once its process is gone (its exit marks them again).
+        self._ended(workload.id)
 
     def is_active(self, workload_id: str) -> bool:
         """True while the workload's process (if any) may still write output."""
@@ -235,7 +261,7 @@ class Scheduler:
             log.warning("starting %s: the last server stopped before it ran", workload.id)
             self._launch(workload)
         for workload in self._iter_store(Status.PENDING):
-            self._enqueue(workload)
+            self._admit(workload)
             self._reasons[workload.id] = workload.reason
         self._task = asyncio.create_task(self._run(), name="corral-scheduler")
         self._poke()
@@ -265,27 +291,28 @@ class Scheduler:
                 self._guard(self._reconcile)
             self._wake.clear()
             self._record_ends()
+            self._guard(self._check_blocked)  # apart: a failure must not stop the pass
             self._guard(self._schedule)
 
     def _guard(self, step: Callable[[], None]) -> None:
         """Run a pass; one that fails is logged (once while it keeps failing the same
         way) and run again after ``RETRY_SECONDS``: the loop must survive it."""
+        name = step.__name__
         try:
             step()
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
-            if failure != self._failing:
+            if failure != self._failing.get(name):
                 if isinstance(exc, StorageFullError | StoreBusyError):
                     log.warning("scheduler pass failed (%s); retrying", exc)
                 else:
                     log.exception("scheduler pass failed; retrying")
-                self._failing = failure
+                self._failing[name] = failure
             self._full = True
             self._arm_retry()
         else:
-            if self._failing is not None:
+            if self._failing.pop(name, None) is not None:
                 log.warning("scheduler passes work again")
-                self._failing = None
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -299,6 +326,103 @@ class Scheduler:
     def _retry_now(self) -> None:
         self._retry = None
         self._poke()  # the loop records the ends kept and runs a full pass
+
+    # --- dependencies ----------------------------------------------------------------
+
+    def _admit(self, workload: Workload) -> None:
+        """A pending workload: queued, or blocked when it has dependencies (the next
+        pass checks them)."""
+        if not workload.depends_on:
+            self._enqueue(workload)
+        elif workload.id not in self._blocked and workload.id not in self._pending:
+            self._blocked[workload.id] = workload
+            for dep in workload.depends_on:
+                self._dependants.setdefault(dep, set()).add(workload.id)
+            self._recheck.add(workload.id)
+
+    def _unblock(self, workload_id: str) -> Workload | None:
+        """Take a workload out of the blocked ones (None: it was not blocked)."""
+        workload = self._blocked.pop(workload_id, None)
+        self._recheck.discard(workload_id)
+        if workload is not None:
+            for dep in workload.depends_on:
+                waiting = self._dependants.get(dep)
+                if waiting is not None:
+                    waiting.discard(workload_id)
+                    if not waiting:
+                        del self._dependants[dep]
+        return workload
+
+    def _ended(self, workload_id: str) -> None:
+        """``workload_id`` ended (or its process did): re-check what waits for it."""
+        waiting = self._dependants.get(workload_id)
+        if waiting:
+            self._recheck.update(waiting)
+            self._poke()
+
+    def _check_blocked(self) -> None:
+        """Act on the blocked workloads marked for a re-check: queue those whose
+        dependencies are met, kill the afterok ones a dependency failed (which marks
+        their own dependants: the loop goes down the chain), and give the others
+        their reason. A mark is cleared only once acted on: whatever the store
+        refuses stays marked, and the pass that raised is retried."""
+        reasons: list[tuple[str, str]] = []
+        try:
+            while self._recheck:
+                self._recheck.intersection_update(self._blocked)
+                todo = [self._blocked[wid] for wid in self._recheck]
+                statuses = self.store.statuses([d for w in todo for d in w.depends_on])
+                for workload in todo:
+                    verdict, reason = self._dependencies(workload, statuses)
+                    if verdict == "met":
+                        self._unblock(workload.id)
+                        self._enqueue(workload)
+                    elif verdict == "kill":
+                        self._kill_dependant(workload, reason)
+                    else:
+                        self._recheck.discard(workload.id)
+                        if self._reasons.get(workload.id) != reason:
+                            reasons.append((workload.id, reason))
+            if reasons:
+                self.store.set_pending_reasons(reasons)
+        except Exception:  # a reason counts as given only once stored
+            self._recheck.update(wid for wid, _ in reasons if wid in self._blocked)
+            raise
+        self._reasons.update(reasons)
+
+    def _dependencies(
+        self, workload: Workload, statuses: dict[str, Status]
+    ) -> tuple[Literal["met", "wait", "kill"], str]:
+        """Whether its dependencies are met; else why it waits ("waiting for …"), or
+        why it must be killed ("dependency … failed")."""
+        afterok = workload.dependency_type == "afterok"
+        unmet = []
+        for dep in workload.depends_on:
+            status = statuses.get(dep)
+            if status is None:
+                return "kill", f"dependency {dep} does not exist"
+            if afterok and status is Status.FAILED:
+                return "kill", f"dependency {dep} failed"
+            if afterok and status is Status.KILLED:
+                return "kill", f"dependency {dep} was killed"
+            if status not in TERMINAL or dep in self._allocated:
+                unmet.append(dep)
+        if not unmet:
+            return "met", ""
+        named = ", ".join(unmet[:REASON_IDS])
+        if len(unmet) > REASON_IDS:
+            named += f" and {len(unmet) - REASON_IDS} more"
+        return "wait", f"waiting for {named} to {'complete' if afterok else 'end'}"
+
+    def _kill_dependant(self, workload: Workload, reason: str) -> None:
+        """pending→killed for a dependency that failed; its dependants are next."""
+        with contextlib.suppress(InvalidTransitionError, NotFoundError):  # ended already
+            self.store.update_workload_status(
+                workload.id, Status.KILLED, reason=reason, actor="scheduler"
+            )
+        self._unblock(workload.id)
+        self._reasons.pop(workload.id, None)
+        self._ended(workload.id)
 
     # --- admission -----------------------------------------------------------------
 
@@ -333,6 +457,11 @@ class Scheduler:
         for workload in workloads:
             if workload.id not in self._pending:
                 continue  # claimed or stopped since it was queued
+            batch_full = self._batch_full(workload)
+            if batch_full is not None:  # skipped: it reserves nothing
+                if self._reasons.get(workload.id) != batch_full:
+                    reasons.append((workload.id, batch_full))
+                continue
             res = workload.resources
             shape = (res.cpus, res.memory_mb, res.gpus)
             reason = p.waiting.get(shape)
@@ -348,6 +477,16 @@ class Scheduler:
         if reasons:
             self.store.set_pending_reasons(reasons)
             self._reasons.update(reasons)  # given only once stored: a refusal is retried
+
+    def _batch_full(self, workload: Workload) -> str | None:
+        """The reason it waits when its batch already runs ``max_running``, else None."""
+        limit, batch = workload.max_running, workload.batch_id
+        if limit is None or batch is None:
+            return None
+        running = self._batch_running.get(batch, 0)
+        if running < limit:
+            return None
+        return f"waiting: {running} of its batch already running (limit {limit})"
 
     def _why_waiting(self, workload: Workload, shape: tuple[float, int, int], p: _Pass) -> str:
         """The reason of a workload that does not fit in what the pass has left; the
@@ -381,6 +520,7 @@ class Scheduler:
         del self._pending[workload.id]
         self._reasons.pop(workload.id, None)
         if running is None:
+            self._ended(workload.id)  # killed by another process: its dependants see it
             return False
         self._launch(running)
         return True
@@ -453,6 +593,9 @@ class Scheduler:
 
     def _allocate(self, workload: Workload, devices: list[int]) -> None:
         self._allocated[workload.id] = (workload, devices)
+        if workload.batch_id is not None and workload.max_running is not None:
+            batch = workload.batch_id
+            self._batch_running[batch] = self._batch_running.get(batch, 0) + 1
         self._free.cpus -= workload.resources.cpus
         self._free.memory_mb -= workload.resources.memory_mb
         self._free.gpus -= set(devices)
@@ -463,6 +606,10 @@ class Scheduler:
             return
         self._full = True  # workloads walked before may fit now
         workload, devices = entry
+        if workload.batch_id is not None and workload.max_running is not None:
+            left = self._batch_running.pop(workload.batch_id, 0) - 1
+            if left > 0:
+                self._batch_running[workload.batch_id] = left
         self._free.cpus += workload.resources.cpus
         self._free.memory_mb += workload.resources.memory_mb
         self._free.gpus |= set(devices)
@@ -537,6 +684,7 @@ class Scheduler:
         del self._unrecorded[wid]
         if self.executor is not None:
             self.executor.forget(wid)
+        self._ended(wid)
         return True
 
     # --- reconciliation --------------------------------------------------------------
@@ -549,10 +697,17 @@ class Scheduler:
             self.executor.terminate(wid)  # terminal in the store: stop its process
         for wid in running - set(self._allocated) - set(self._unrecorded):
             self._fail_unowned(wid)
+        pending = set()
         for workload in self._iter_store(Status.PENDING):
-            if workload.id not in self._pending:
-                self._enqueue(workload)
+            pending.add(workload.id)
+            if workload.id not in self._pending and workload.id not in self._blocked:
+                self._admit(workload)
                 self._reasons[workload.id] = workload.reason
+        for wid in self._blocked.keys() - pending:  # killed by another process
+            self._unblock(wid)
+            self._reasons.pop(wid, None)
+            self._ended(wid)
+        self._recheck.update(self._blocked)  # dependencies may have ended elsewhere
         self._full = True
 
     def _fail_unowned(self, workload_id: str) -> None:
@@ -563,6 +718,7 @@ class Scheduler:
                 reason="lost: it is running in the store, but no process of this server runs it",
                 actor="scheduler",
             )
+        self._ended(workload_id)
 
     def _iter_store(self, status: Status) -> Iterator[Workload]:
         cursor = None

@@ -21,9 +21,11 @@ from starlette.responses import Response
 from corral.errors import (
     CorralError,
     ExceedsCapacityError,
+    FieldError,
     ForbiddenError,
     InvalidInputError,
     UnsupportedMediaTypeError,
+    format_loc,
 )
 from corral.logs import LogUnavailableError
 from corral.model import Status
@@ -110,7 +112,7 @@ def _clean_errors(errors: Any) -> list[dict[str, Any]]:
 def _describe(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors[:5]:
-        where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        where = format_loc([p for p in err["loc"] if p != "body"]) or "body"
         parts.append(f"{where}: {err['msg']}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return "; ".join(parts) + more
@@ -144,6 +146,9 @@ async def _corral_error(request: Request, exc: Exception) -> Response:
             requested_status=exc.requested.value,
             allowed=[s.value for s in exc.allowed],
         )
+    if isinstance(exc, FieldError):
+        errors = [{"loc": ["body", *exc.loc], "msg": exc.msg, "type": "value_error"}]
+        return problem(422, "invalid-input", str(exc), errors=errors)
     mapped = next((PROBLEMS[c] for c in type(exc).__mro__ if c in PROBLEMS), None)
     if mapped is None:
         _log_unexpected(request, exc)

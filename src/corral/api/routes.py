@@ -34,7 +34,13 @@ from corral.api.schemas import (
     Transitions,
     WorkloadList,
 )
-from corral.errors import ForbiddenError, InvalidInputError, UnsupportedMediaTypeError
+from corral.errors import (
+    ExceedsCapacityError,
+    FieldError,
+    ForbiddenError,
+    InvalidInputError,
+    UnsupportedMediaTypeError,
+)
 from corral.ids import ID_LENGTH, ID_PREFIX_MIN, ID_PREFIX_PATTERN
 from corral.logs import follow_log, log_chunks, log_path, log_start, open_log
 from corral.model import (
@@ -47,6 +53,7 @@ from corral.model import (
     StatusUpdate,
     TokenCreate,
     Workload,
+    WorkloadBatch,
     WorkloadCreate,
     check_label,
     transitions_as_data,
@@ -75,6 +82,12 @@ WorkloadId = Annotated[str, PathParam(description="The workload's id.")]
 
 class EventList(BaseModel):
     items: list[Event]
+
+
+class WorkloadBatchCreated(BaseModel):
+    """The answer to ``POST /v1/workloads/batch``: the workloads, in the order given."""
+
+    items: list[Workload]
 
 
 def json_response(
@@ -133,6 +146,7 @@ QUERY_ITEM_PATTERNS = {"label": LABEL_SELECTOR_RE.pattern}
 
 BODY_MODELS: tuple[type[BaseModel], ...] = (
     WorkloadCreate,
+    WorkloadBatch,
     StatusUpdate,
     TokenCreate,
     KillRequest,
@@ -160,6 +174,7 @@ def build_router(store: Store, scheduler: Scheduler, data_dir: Path) -> APIRoute
     _workload_routes(router, store, scheduler)
     _list_route(router, store, scheduler)
     _bulk_kill_route(router, store, scheduler)
+    _batch_routes(router, store, scheduler)
     _log_routes(router, store, scheduler, data_dir)
     _meta_routes(router, store, scheduler)
     return router
@@ -354,6 +369,55 @@ def _list_route(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
                 items=page.items, next_cursor=page.next_cursor, total=total
             )
         )
+
+
+def _batch_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
+
+    @router.post(
+        "/v1/workloads/batch",
+        status_code=201,
+        response_model=WorkloadBatchCreated,
+        operation_id="create_workloads",
+        tags=["workloads"],
+        responses={
+            201: {
+                "description": "Created, all of them (or, with a repeated Idempotency-Key,"
+                " replayed)",
+                "headers": {"Idempotent-Replayed": CREATED_HEADERS["Idempotent-Replayed"]},
+            },
+            **responses(413, 422, *WRITE_FAULTS),
+        },
+        summary="Submit several workloads, all or none (a batch, an array, a pipeline)",
+        openapi_extra={**json_body(WorkloadBatch), "parameters": [IDEMPOTENCY_KEY_PARAM]},
+    )
+    async def create_workloads(request: Request) -> Response:
+        batch = await parse_body(request, WorkloadBatch)
+        idempotency_key = request.headers.get("idempotency-key")
+        if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX_CHARS:
+            raise InvalidInputError(
+                f"Idempotency-Key is longer than {IDEMPOTENCY_KEY_MAX_CHARS} characters"
+            )
+        for i, spec in enumerate(batch.items):
+            try:
+                scheduler.check_fits(spec.resources)
+            except ExceedsCapacityError as exc:
+                raise FieldError(("items", i, "resources"), str(exc)) from None
+        who = principal(request)
+        workloads, replayed = store.create_batch(
+            batch.items,
+            owner=who.user,
+            max_running=batch.max_running,
+            idempotency_key=idempotency_key,
+            actor=who.user,
+        )
+        note(request.scope, batch_id=workloads[0].batch_id, count=len(workloads))
+        headers = {}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        else:
+            for workload in workloads:
+                scheduler.submitted(workload)
+        return json_response(WorkloadBatchCreated.model_construct(items=workloads), 201, headers)
 
 
 def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir: Path) -> None:

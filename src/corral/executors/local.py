@@ -233,6 +233,8 @@ class LocalExecutor:
         if run_as is not None:
             base = {**base, "HOME": run_as.home, "USER": run_as.name, "LOGNAME": run_as.name}
         env = {**base, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
+        if workload.array_index is not None:
+            env["CORRAL_ARRAY_INDEX"] = str(workload.array_index)
         for name in [k for k in env if k.startswith(SHIM_PREFIX)]:
             env.pop(name)
         if self.capacity.gpus or gpu_devices:

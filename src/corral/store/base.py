@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from corral.errors import CorralError
-from corral.model import Event, Status, Token, Workload, WorkloadCreate
+from corral.model import Event, Status, Token, Workload, WorkloadBatchItem, WorkloadCreate
 
 LIST_LIMIT_MAX = 1000
 
@@ -51,6 +51,8 @@ class Account:
 
 Created = tuple[Workload, bool]
 """A workload and whether it was replayed for an idempotency key."""
+BatchCreated = tuple[list[Workload], bool]
+"""A batch's workloads, in order, and whether they were replayed for an idempotency key."""
 
 
 class Store(Protocol):
@@ -75,6 +77,9 @@ class Store(Protocol):
         """Store a new pending workload of ``owner`` and its ``created`` event,
         atomically.
 
+        Each id in ``spec.depends_on`` must be a workload of ``owner``, else
+        ``FieldError`` (``depends_on[j]``); the stored workload lists each once.
+
         With ``idempotency_key`` (scoped to the owner: another owner's equal key is
         another key), a key already stored with the same spec returns that workload as
         it is now and ``True`` (replayed) instead of creating another; with a
@@ -86,6 +91,27 @@ class Store(Protocol):
         """``create_workload`` for several, in one transaction (a group commit). Each
         item is atomic on its own: an item's domain error takes its place in the result
         and the others are still stored."""
+        ...
+
+    def create_batch(
+        self,
+        specs: Sequence[WorkloadBatchItem],
+        *,
+        owner: str,
+        max_running: int | None = None,
+        idempotency_key: str | None = None,
+        actor: str | None = None,
+    ) -> BatchCreated:
+        """Store the pending workloads of one batch request, all or none, in one
+        transaction: they share a new ``batch_id`` and ``max_running``, and an
+        integer in an item's ``depends_on`` becomes the id of the item it names.
+
+        Refused whole (``FieldError`` at ``items[i]…``): an integer reference outside
+        the batch, to the item itself, or in a cycle (``check_batch_references``);
+        an id that is not a workload of ``owner``. ``idempotency_key`` works as for
+        ``create_workload``, for the whole batch (a replay returns its workloads as
+        they are now).
+        """
         ...
 
     def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
@@ -128,6 +154,11 @@ class Store(Protocol):
     def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
         """The number of workloads (``owner``'s, or everyone's when None) in each
         status, every status present (0 when none)."""
+        ...
+
+    def statuses(self, workload_ids: Sequence[str]) -> dict[str, Status]:
+        """The status of each of ``workload_ids`` that exists (one query per few
+        hundred ids)."""
         ...
 
     def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:

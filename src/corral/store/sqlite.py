@@ -42,7 +42,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from corral.errors import CorralError, InvalidInputError
+from corral.errors import CorralError, FieldError, InvalidInputError
 from corral.ids import check_id_prefix, id_prefix_range, looks_like_id, new_id, now_rfc3339
 from corral.model import (
     LABELS_MAX_ENTRIES,
@@ -50,14 +50,17 @@ from corral.model import (
     Event,
     Status,
     Workload,
+    WorkloadBatchItem,
     WorkloadCreate,
+    WorkloadSpec,
+    check_batch_references,
     default_reason,
     sources_of,
     valid_transition,
     workload_from_row,
 )
 from corral.store import migrate
-from corral.store.base import LIST_LIMIT_MAX, Created, NewWorkload, Page
+from corral.store.base import LIST_LIMIT_MAX, BatchCreated, Created, NewWorkload, Page
 from corral.store.errors import (
     IdempotencyKeyReusedError,
     InvalidTransitionError,
@@ -83,12 +86,15 @@ CHECKPOINT_INTERVAL_SECONDS = 1.0
 
 _COLUMNS = (
     "id, name, command, env, cwd, cpus, memory_mb, gpus, labels, priority, timeout_seconds,"
-    " status, exit_code, signal, reason, created_at, updated_at, started_at, finished_at, owner"
+    " status, exit_code, signal, reason, created_at, updated_at, started_at, finished_at, owner,"
+    " depends_on, dependency_type, array_index, batch_id, max_running"
 )
 _INSERT_WORKLOAD = (
-    f"INSERT INTO workloads ({_COLUMNS}) VALUES"
-    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, NULL, NULL, ?)"
+    f"INSERT INTO workloads ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+    " NULL, NULL, NULL, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?)"
 )
+_ID_CHUNK = 500
+"""Ids per ``IN (…)`` query (SQLite allows 32,766 parameters; short lists plan better)."""
 _INSERT_EVENT = (
     "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -131,6 +137,11 @@ def _row_to_workload(row: Sequence[Any]) -> Workload:
             "started_at": row[17],
             "finished_at": row[18],
             "owner": row[19],
+            "depends_on": json.loads(row[20]),
+            "dependency_type": row[21],
+            "array_index": row[22],
+            "batch_id": row[23],
+            "max_running": row[24],
         }
     )
 
@@ -277,9 +288,23 @@ def _checked_filters(
     return labels
 
 
+_LATER_FIELDS = {"depends_on", "dependency_type", "array_index"}
+"""Fields added to ``WorkloadCreate`` after idempotency keys were first stored."""
+
+
 def spec_digest(spec: WorkloadCreate) -> str:
-    """A digest of the spec's meaning (defaults filled in), for idempotency checks."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+    """A digest of the spec's meaning (defaults filled in), for idempotency checks.
+    The fields added later count only when set, so a key stored before them still
+    matches its body after an upgrade."""
+    later = spec.depends_on or spec.dependency_type != "afterok" or spec.array_index is not None
+    text = spec.model_dump_json(exclude=None if later else _LATER_FIELDS)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def batch_digest(specs: Sequence[WorkloadBatchItem], max_running: int | None) -> str:
+    """A digest of a batch body's meaning; never equal to a ``spec_digest``."""
+    text = _json_text({"items": [s.model_dump() for s in specs], "max_running": max_running})
+    return hashlib.sha256(b"batch:" + text.encode()).hexdigest()
 
 
 class SQLiteStore(SQLiteKeys):
@@ -408,8 +433,11 @@ class SQLiteStore(SQLiteKeys):
         results: list[Created | CorralError] = []
         with self._write() as conn:
             for item in items:
-                if item.idempotency_key is None:  # nothing in _insert refuses it
-                    results.append(self._insert(conn, item, now_rfc3339()))
+                if item.idempotency_key is None:  # _insert refuses only before it writes
+                    try:
+                        results.append(self._insert(conn, item, now_rfc3339()))
+                    except CorralError as exc:
+                        results.append(exc)
                     continue
                 conn.execute("SAVEPOINT item")
                 try:
@@ -432,7 +460,55 @@ class SQLiteStore(SQLiteKeys):
                 if row[0] != digest:
                     raise IdempotencyKeyReusedError(key, row[1])
                 return self._get(conn, row[1], None), True
-        workload_id = new_id()
+        if spec.depends_on:
+            refs = [(("depends_on", j), ref) for j, ref in enumerate(spec.depends_on)]
+            self._check_dependencies(conn, item.owner, refs)
+        depends_on = list(dict.fromkeys(spec.depends_on))
+        workload = self._insert_row(conn, spec, item.owner, item.actor, now, new_id(), depends_on)
+        if key is not None:
+            conn.execute(
+                "INSERT INTO idempotency_keys (owner, key, body_sha256, workload_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (item.owner, key, digest, workload.id, now),
+            )
+        return workload, False
+
+    @staticmethod
+    def _check_dependencies(
+        conn: sqlite3.Connection, owner: str, refs: Sequence[tuple[tuple[str | int, ...], str]]
+    ) -> None:
+        """``FieldError`` at the first of ``refs`` (path, id) that is not a workload of
+        ``owner`` (another user's workload does not exist for them)."""
+        ids = list(dict.fromkeys(r for _, r in refs))
+        found: set[str] = set()
+        for i in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[i : i + _ID_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in conn.execute(
+                    f"SELECT id FROM workloads WHERE owner = ? AND id IN ({marks})",
+                    (owner, *chunk),
+                )
+            )
+        for loc, ref in refs:
+            if ref not in found:
+                raise FieldError(loc, f"no workload has id {ref!r}")
+
+    @staticmethod
+    def _insert_row(
+        conn: sqlite3.Connection,
+        spec: WorkloadSpec,
+        owner: str,
+        actor: str | None,
+        now: str,
+        workload_id: str,
+        depends_on: list[str],
+        batch_id: str | None = None,
+        max_running: int | None = None,
+    ) -> Workload:
+        """Write a new pending workload (``depends_on`` as ids), its labels,
+        dependencies and ``created`` event."""
         res = spec.resources
         conn.execute(
             _INSERT_WORKLOAD,
@@ -451,7 +527,12 @@ class SQLiteStore(SQLiteKeys):
                 Status.PENDING.value,
                 now,
                 now,
-                item.owner,
+                owner,
+                _json_text(depends_on) if depends_on else "[]",
+                spec.dependency_type,
+                spec.array_index,
+                batch_id,
+                max_running,
             ),
         )
         if spec.labels:
@@ -459,15 +540,23 @@ class SQLiteStore(SQLiteKeys):
                 "INSERT INTO workload_labels (key, value, workload_id) VALUES (?, ?, ?)",
                 [(k, v, workload_id) for k, v in spec.labels.items()],
             )
+        if depends_on:
+            conn.executemany(
+                "INSERT INTO workload_dependencies (workload_id, depends_on) VALUES (?, ?)",
+                [(workload_id, d) for d in depends_on],
+            )
         conn.execute(
             _INSERT_EVENT,
-            (workload_id, 1, "created", None, Status.PENDING.value, now, None, item.actor),
+            (workload_id, 1, "created", None, Status.PENDING.value, now, None, actor),
         )
-        workload = workload_from_row(
+        return workload_from_row(
             {
                 **spec.model_dump(),
                 "id": workload_id,
-                "owner": item.owner,
+                "owner": owner,
+                "depends_on": depends_on,
+                "batch_id": batch_id,
+                "max_running": max_running,
                 "status": Status.PENDING,
                 "exit_code": None,
                 "signal": None,
@@ -478,13 +567,75 @@ class SQLiteStore(SQLiteKeys):
                 "finished_at": None,
             }
         )
-        if key is not None:
-            conn.execute(
-                "INSERT INTO idempotency_keys (owner, key, body_sha256, workload_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (item.owner, key, digest, workload_id, now),
-            )
-        return workload, False
+
+    def create_batch(
+        self,
+        specs: Sequence[WorkloadBatchItem],
+        *,
+        owner: str,
+        max_running: int | None = None,
+        idempotency_key: str | None = None,
+        actor: str | None = None,
+    ) -> BatchCreated:
+        if not specs:
+            raise InvalidInputError("a batch needs at least one workload")
+        check_batch_references(specs)
+        with self._write() as conn:
+            if idempotency_key is not None:
+                digest = batch_digest(specs, max_running)
+                row = conn.execute(
+                    "SELECT body_sha256, workload_id FROM idempotency_keys"
+                    " WHERE owner = ? AND key = ?",
+                    (owner, idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    if row[0] != digest:
+                        raise IdempotencyKeyReusedError(idempotency_key, row[1])
+                    return self._batch_of(conn, row[1]), True
+            refs = [
+                (("items", i, "depends_on", j), ref)
+                for i, spec in enumerate(specs)
+                for j, ref in enumerate(spec.depends_on)
+                if isinstance(ref, str)
+            ]
+            if refs:
+                self._check_dependencies(conn, owner, refs)
+            batch_id = new_id()
+            ids = [new_id() for _ in specs]  # increasing: the batch's order is id order
+            now = now_rfc3339()
+            workloads = []
+            for spec, workload_id in zip(specs, ids, strict=True):
+                depends_on = [ids[r] if isinstance(r, int) else r for r in spec.depends_on]
+                workloads.append(
+                    self._insert_row(
+                        conn,
+                        spec,
+                        owner,
+                        actor,
+                        now,
+                        workload_id,
+                        list(dict.fromkeys(depends_on)),
+                        batch_id,
+                        max_running,
+                    )
+                )
+            if idempotency_key is not None:
+                conn.execute(
+                    "INSERT INTO idempotency_keys (owner, key, body_sha256, workload_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?)",
+                    (owner, idempotency_key, digest, ids[0], now),
+                )
+        return workloads, False
+
+    @staticmethod
+    def _batch_of(conn: sqlite3.Connection, first_id: str) -> list[Workload]:
+        """The workloads of the batch whose first workload is ``first_id``, in order."""
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM workloads WHERE batch_id ="
+            " (SELECT batch_id FROM workloads WHERE id = ?) ORDER BY id",
+            (first_id,),
+        ).fetchall()
+        return [_row_to_workload(r) for r in rows]
 
     def update_workload_status(
         self,
@@ -574,6 +725,17 @@ class SQLiteStore(SQLiteKeys):
             )
 
     # --- reads -----------------------------------------------------------------
+
+    def statuses(self, workload_ids: Sequence[str]) -> dict[str, Status]:
+        ids = list(dict.fromkeys(workload_ids))
+        found: dict[str, Status] = {}
+        with self._connection() as conn:
+            for i in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[i : i + _ID_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT id, status FROM workloads WHERE id IN ({marks})"
+                found.update((r[0], Status(r[1])) for r in conn.execute(sql, chunk))
+        return found
 
     def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
         with self._connection() as conn:
