@@ -81,25 +81,11 @@ def print_json(data: object) -> None:
 
 
 def as_json(value: Any) -> Any:
-    """A wire dataclass (or a list of them) as JSON-ready data, every field."""
+    """A wire record (or a list of them) as JSON-ready data, every field."""
     if isinstance(value, list):
         return [as_json(v) for v in value]
-    fields = getattr(value, "__dataclass_fields__", None)
-    if fields is None:
-        return value
-    out: dict[str, Any] = {}
-    for name in fields:
-        item = getattr(value, name)
-        if isinstance(item, Status):
-            item = item.value
-        elif isinstance(item, list):
-            item = [as_json(v) for v in item]
-        elif hasattr(item, "__dataclass_fields__"):
-            item = as_json(item)
-        elif isinstance(item, dict):
-            item = dict(item)
-        out[name] = item
-    return out
+    as_dict = getattr(value, "as_dict", None)
+    return value if as_dict is None else as_dict()
 
 
 def table_width(stream: IO[str] | None = None) -> int | None:

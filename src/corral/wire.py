@@ -10,7 +10,9 @@ This module states the workload state machine (``Status``, ``TRANSITIONS``,
        │           ├──────▶ failed
        └───────────┴──────▶ killed
 
-The rest are frozen dataclasses for the server's answers, each built by
+The rest are frozen records for the server's answers (``@record``: typed as
+dataclasses, built without the ``dataclasses`` module, whose import and class
+building cost every CLI call ~18 ms), each built by
 ``from_json(data)``: fields the server does not send take their defaults (an old
 server), fields this module does not know are ignored (a new server), and a field of
 the wrong type raises ``WireError`` naming it (``workload.resources.cpus: expected a
@@ -22,13 +24,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
 
 TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs milliseconds
 if TYPE_CHECKING:
-    from typing import Any, Self
+    from typing import Any, Self, TypeVar, dataclass_transform
+
+    _T = TypeVar("_T")
 
 __all__ = [
     "ENV_NAME_RE",
@@ -259,8 +262,90 @@ def _list(data: Mapping[str, Any], name: str, where: str) -> list[Any]:
 # --- the answers -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Resources:
+class _Record:
+    """The behaviour of a ``@record``: keyword or positional construction in field
+    order, defaults (a list or dict default is copied), frozen attributes, ``==``,
+    ``repr`` and ``as_dict``."""
+
+    _fields: tuple[str, ...] = ()
+    _defaults: dict[str, Any] = {}  # noqa: RUF012 (per class, set by @record)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        fields = self._fields
+        if len(args) > len(fields):
+            raise TypeError(f"{type(self).__name__} takes {len(fields)} fields")
+        values = dict(zip(fields, args, strict=False))
+        for name, value in kwargs.items():
+            if name not in fields or name in values:
+                raise TypeError(f"{type(self).__name__}: unexpected or repeated {name!r}")
+            values[name] = value
+        for name in fields[len(args) :]:
+            if name not in values:
+                if name not in self._defaults:
+                    raise TypeError(f"{type(self).__name__}: missing {name!r}")
+                default = self._defaults[name]
+                values[name] = default.copy() if isinstance(default, list | dict) else default
+        self.__dict__.update(values)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, f) for f in self._fields))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({inner})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field as JSON-ready data (records, lists and statuses too)."""
+        return {f: _plain(getattr(self, f)) for f in self._fields}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Record):
+        return value.as_dict()
+    if isinstance(value, Status):
+        return value.value
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+if TYPE_CHECKING:
+
+    @dataclass_transform(frozen_default=True)
+    def record(cls: type[_T]) -> type[_T]: ...
+
+else:
+
+    def record(cls):
+        """Make ``cls`` (a ``_Record``) a record of its annotated fields, in the order
+        they are declared, base classes first."""
+        fields: list[str] = []
+        for klass in reversed(cls.__mro__):
+            own = vars(klass)  # (Python 3.14 keeps a class's annotations in __annotate__)
+            names = (
+                klass.__annotations__ if {"__annotations__", "__annotate__"} & own.keys() else {}
+            )
+            fields += [n for n in names if not n.startswith("_") and n not in fields]
+        cls._fields = tuple(fields)
+        cls._defaults = {n: getattr(cls, n) for n in fields if hasattr(cls, n)}
+        return cls
+
+
+@record
+class Resources(_Record):
     """What a workload needs while it runs."""
 
     cpus: float = 1.0
@@ -277,8 +362,8 @@ class Resources:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Workload:
+@record
+class Workload(_Record):
     """A stored workload: the user's spec plus what corral knows about it.
 
     The fields after ``finished_at`` came with issue 9; a server without them gives
@@ -303,7 +388,7 @@ class Workload:
     updated_at: str
     started_at: str | None
     finished_at: str | None
-    depends_on: list[str] = field(default_factory=list)
+    depends_on: list[str] = []  # noqa: RUF012 (copied for each record)
     """Ids of the workloads it waits for."""
     dependency_type: str = "afterok"
     """``afterok``: start when every dependency completed; ``afterany``: when each ended."""
@@ -347,8 +432,8 @@ class Workload:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+@record
+class Event(_Record):
     """One entry of a workload's history: ``created``, then one per status change."""
 
     seq: int
@@ -373,8 +458,8 @@ class Event:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+@record
+class Token(_Record):
     """An API key as listed: never the key itself, which only its creation returns."""
 
     id: str
@@ -403,7 +488,7 @@ def _token_fields(d: Mapping[str, Any], where: str) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NewToken(Token):
     """The answer to ``POST /v1/tokens``: the key, shown this once."""
 
@@ -418,8 +503,8 @@ class NewToken(Token):
         return cls(**_token_fields(d, where), key=_str(d, "key", where))
 
 
-@dataclass(frozen=True, slots=True)
-class Capacity:
+@record
+class Capacity(_Record):
     """An amount of the executor's resources (``GET /v1/status``)."""
 
     cpus: float
@@ -432,8 +517,8 @@ class Capacity:
         return cls(_float(d, "cpus", where), _int(d, "memory_mb", where), _int(d, "gpus", where))
 
 
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
+@record
+class QueueEntry(_Record):
     """A pending workload at the head of the queue, in scheduling order."""
 
     id: str
@@ -456,8 +541,8 @@ class QueueEntry:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ServerStatus:
+@record
+class ServerStatus(_Record):
     """``GET /v1/status``: the executor's capacity, what is used and free, the caller's
     workloads counted by status (an admin's: everyone's), and the head of the queue."""
 
@@ -487,8 +572,8 @@ class ServerStatus:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
+@record
+class Page(_Record):
     """One page of ``GET /v1/workloads``: ``next_cursor`` fetches the next (None: it
     was the last); ``total`` counts every match of the filter when asked for."""
 
@@ -507,8 +592,8 @@ class Page:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class NotKilled:
+@record
+class NotKilled(_Record):
     """A target of a bulk kill that could not be killed (it had ended), and why."""
 
     id: str
@@ -521,8 +606,8 @@ class NotKilled:
         return cls(_str(d, "id", where), _status(d, "status", where), _str(d, "detail", where))
 
 
-@dataclass(frozen=True, slots=True)
-class KillResult:
+@record
+class KillResult(_Record):
     """``POST /v1/workloads/kill``: each target is killed, not killed, or not found."""
 
     killed: list[Workload]
