@@ -91,7 +91,8 @@ def test_a_chain_runs_in_order(serve: Any, tmp_path: Path) -> None:
     api.wait(a["id"], {"running"})
     assert api.reason_becomes(b["id"], f"waiting for {a['id']} to complete")["status"] == "pending"
     assert api.reason_becomes(c["id"], f"waiting for {b['id']} to complete")["status"] == "pending"
-    assert lines(record) == ["start A"]
+    # running is stored before the process starts: A writes its line a moment later
+    wait_until(lambda: lines(record) == ["start A"])
     gate.touch()
     done = [api.wait(w["id"]) for w in (a, b, c)]
     assert [w["status"] for w in done] == ["completed"] * 3
