@@ -56,6 +56,15 @@ def test_a_batch_is_created_in_order(api: SyncASGIClient) -> None:
     assert single.json()["depends_on"] == [c["id"]] and single.json()["batch_id"] is None
 
 
+def test_an_item_naming_a_later_item_is_created(api: SyncASGIClient) -> None:
+    """A forward reference (item 0 after item 1) is no cycle: 201, not a 500."""
+    items = [{"command": ["b"], "depends_on": [1]}, {"command": ["a"]}]
+    response = api.post(BATCH, json={"items": items})
+    assert response.status_code == 201, response.text
+    b, a = response.json()["items"]
+    assert b["depends_on"] == [a["id"]]
+
+
 @pytest.mark.parametrize(
     ("items", "where"),
     [

@@ -78,6 +78,16 @@ def test_a_connection_dropped_under_a_request_is_retried_once_when_safe() -> Non
     assert [s.method for s in srv.seen] == ["GET", "POST", "POST"]
 
 
+def test_a_header_http_client_refuses_leaves_nothing_behind_for_the_next_request() -> None:
+    """http.client refuses a header with a line break after it has buffered the
+    request line and the headers before it; the next request must not send them."""
+    with ScriptedServer(TOKENS) as srv, Client(srv.url, token=KEY, timeout=5) as client:
+        with pytest.raises(ValueError, match="Invalid header value"):
+            client.submit(["true"], idempotency_key="a\r\nb")
+        assert len(client.tokens()) == 1
+    assert [(s.method, s.path) for s in srv.seen] == [("GET", "/v1/tokens")]
+
+
 def test_a_new_connection_dropped_is_an_error_not_a_retry() -> None:
     with (
         ScriptedServer(Answer(hang_up=True), TOKENS) as srv,

@@ -325,3 +325,26 @@ def test_dependency_reasons_and_kills_the_store_refuses_are_retried(
         "killed": True,
         "blocked still": Status.PENDING,
     }
+
+
+def test_the_safety_poll_runs_while_wake_ups_keep_coming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending workload the scheduler was not told about (written by another
+    process, or whose request's handler went away after the commit) is found by the
+    safety poll. Wake-ups (submits, kills, exits) more often than the poll's period
+    must not put the poll off for ever."""
+    monkeypatch.setattr(scheduler_module, "SAFETY_POLL_SECONDS", 0.3)
+
+    async def scenario() -> Status:
+        async with started(tmp_path, cpus=4) as (store, scheduler):
+            unseen, _ = store.create_workload(owner="alice", spec=WorkloadCreate(command=["true"]))
+            deadline = time.monotonic() + 3  # ten periods
+            while time.monotonic() < deadline:
+                if store.get_workload(unseen.id).status is not Status.PENDING:
+                    break
+                scheduler._poke()  # as a busy server's exits and submits do
+                await asyncio.sleep(0.05)
+            return store.get_workload(unseen.id).status
+
+    assert asyncio.run(scenario()) is not Status.PENDING

@@ -420,6 +420,19 @@ def test_a_batch_stores_its_items_in_order_with_their_dependencies(store: Store)
     }
 
 
+def test_an_item_may_depend_on_a_later_item_of_its_batch(store: Store) -> None:
+    """An index may name an item further down the list (a pipeline written last step
+    first): the batch is stored, not refused by the table of dependencies (the item
+    it names is not written yet when the naming item is)."""
+    specs = [item("last", depends_on=[1]), item("middle", depends_on=[2]), item("first")]
+    made, _ = store.create_batch(specs, owner="alice")
+    last, middle, first = made
+    assert last.depends_on == [middle.id] and middle.depends_on == [first.id]
+    assert sorted(table_rows(store, "workload_dependencies")) == sorted(
+        [(last.id, middle.id), (middle.id, first.id)]
+    )
+
+
 @pytest.mark.parametrize(
     ("depends_on", "where", "message"),
     [

@@ -1092,8 +1092,10 @@ class Client:
                 conn.request(method, target, body=payload, headers=headers)
                 return conn, conn.getresponse()
             except ValueError:  # a header http.client refuses (a line break in it)
+                # Not given back: close() keeps what http.client buffered before the
+                # header (the request line, the headers before it), which the next
+                # request on this object would send ahead of its own.
                 conn.close()
-                self._release(conn)
                 raise
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()

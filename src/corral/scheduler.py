@@ -29,7 +29,8 @@ checked against the state machine and recorded as an event.
   pass runs on the next loop turn. A slow safety poll (``SAFETY_POLL_SECONDS``)
   reconciles the store with the executor: a terminal workload has no live process, a
   running one has one (or is lost), and pending ones written by other processes are
-  picked up.
+  picked up. It is due every ``SAFETY_POLL_SECONDS`` even while wake-ups keep
+  coming (a busy server's exits and submits must not put it off for ever).
 - **Dependencies.** A pending workload with dependencies is *blocked* (kept apart,
   not in the queue) until they are met: afterok, every one ``completed``; afterany,
   every one terminal with its process gone. Its reason names what it waits for. When
@@ -284,11 +285,15 @@ class Scheduler:
 
     async def _run(self) -> None:
         assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time() + SAFETY_POLL_SECONDS
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), SAFETY_POLL_SECONDS)
-            except TimeoutError:
+            # The poll is due every SAFETY_POLL_SECONDS, however often wake-ups come.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(next_poll - loop.time(), 0))
+            if loop.time() >= next_poll:
                 self._guard(self._reconcile)
+                next_poll = loop.time() + SAFETY_POLL_SECONDS
             self._wake.clear()
             self._record_ends()
             self._guard(self._check_blocked)  # apart: a failure must not stop the pass

@@ -600,6 +600,9 @@ class SQLiteStore(SQLiteKeys):
             ]
             if refs:
                 self._check_dependencies(conn, owner, refs)
+            # An item may name a later one, whose row is not written yet: the foreign
+            # keys of workload_dependencies are checked at COMMIT (reset after it).
+            conn.execute("PRAGMA defer_foreign_keys = ON")
             batch_id = new_id()
             ids = [new_id() for _ in specs]  # increasing: the batch's order is id order
             now = now_rfc3339()
