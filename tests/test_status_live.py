@@ -136,11 +136,6 @@ def test_stopping_while_a_timed_out_workload_is_stopped(server: LiveServer) -> N
         assert done["stopping"] is False and done["reason"] == "timed out after 1 s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review9: a reason 'waiting behind ID (priority N)' names the head of the"
-    " line whoever owns it; /v1/status shows it to every user with a queued workload",
-)
 def test_a_users_status_names_no_workload_of_another_user(server: LiveServer) -> None:
     """The admin's workload holds one CPU; bob's, needing both, heads the line; alice's
     waits behind it. Alice's status (and her workload) must not tell her bob's id."""

@@ -113,15 +113,19 @@ class _Free:
         return _Free(self.cpus, self.memory_mb, set(self.gpus))
 
 
+_Shape = tuple[float, int, int, bool]
+"""cpus, memory_mb, gpus, and whether the workload's owner is the head of the line's."""
+
+
 @dataclass(slots=True)
 class _Pass:
     """Where a pass over the queue stands, so that the next one can resume: what is
     left for the workloads behind, the head of the line, and the reason given to
-    each resource shape (cpus, memory_mb, gpus) that does not fit."""
+    each shape (``_Shape``) that does not fit."""
 
     avail: _Free
     head: Workload | None = None
-    waiting: dict[tuple[float, int, int], str] = field(default_factory=dict)
+    waiting: dict[_Shape, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -468,7 +472,8 @@ class Scheduler:
                     reasons.append((workload.id, batch_full))
                 continue
             res = workload.resources
-            shape = (res.cpus, res.memory_mb, res.gpus)
+            # A reason may name the head of the line only to its owner: keyed by both.
+            shape = (res.cpus, res.memory_mb, res.gpus, _same_owner(p.head, workload))
             reason = p.waiting.get(shape)
             if reason is None:
                 if _fits(res, p.avail):
@@ -493,7 +498,7 @@ class Scheduler:
             return None
         return f"waiting: {running} of its batch already running (limit {limit})"
 
-    def _why_waiting(self, workload: Workload, shape: tuple[float, int, int], p: _Pass) -> str:
+    def _why_waiting(self, workload: Workload, shape: _Shape, p: _Pass) -> str:
         """The reason of a workload that does not fit in what the pass has left; the
         first becomes the head of the line and reserves what it needs."""
         res = workload.resources
@@ -507,7 +512,9 @@ class Scheduler:
             return reason  # the next workload of its shape waits behind it instead
         elif _fits(res, self._free):
             head = p.head
-            reason = f"waiting behind {head.id} (priority {head.priority}), which needs more"
+            # Another user's workload is not theirs to see, not even its id.
+            behind = head.id if head.owner == workload.owner else "another user's workload"
+            reason = f"waiting behind {behind} (priority {head.priority}), which needs more"
         else:
             reason = _shortfall(res, self._free)
         p.waiting[shape] = reason
@@ -733,6 +740,10 @@ class Scheduler:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+
+def _same_owner(head: Workload | None, workload: Workload) -> bool:
+    return head is not None and head.owner == workload.owner
 
 
 def _fits(res: Resources, free: _Free) -> bool:

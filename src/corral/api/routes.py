@@ -505,12 +505,19 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         if body.selects:
             # Pending ones first: a running one killed frees resources that the
             # scheduler (running between pages) would hand to a pending one to be killed.
+            # The selection is taken whole before any kill, so a pending one the
+            # scheduler starts meanwhile is killed too (it matched when asked).
             statuses = {Status(s) for s in body.status} or {Status.PENDING, Status.RUNNING}
+            selected: list[str] = []
             for status in sorted(statuses, key=lambda s: s is not Status.PENDING):
                 async for workload in _selected(store, status, body, owner):
                     if workload.id not in seen:
                         seen.add(workload.id)
-                        _kill_one(store, scheduler, workload.id, who.user, owner, result)
+                        selected.append(workload.id)
+            for n, workload_id in enumerate(selected, 1):
+                _kill_one(store, scheduler, workload_id, who.user, owner, result)
+                if n % KILLS_PER_TURN == 0:
+                    await asyncio.sleep(0)
         note(
             request.scope,
             killed=len(result.killed),
