@@ -484,6 +484,8 @@ def test_server_option_wins_over_the_environment(server: LiveServer) -> None:
         (("ls", "--status", "sleeping"), "invalid --status 'sleeping': use one of pending,"),
         (("submit",), "missing the command: corral submit [OPTIONS] -- CMD"),
         (("ls", "--bogus"), "unknown option --bogus (see: corral ls --help)"),
+        (("submit", "--bogus", "--", "true"), "unknown option --bogus (see: corral submit --help)"),
+        (("submit", "--bogus", "true"), "unknown option --bogus (see: corral submit --help)"),
         (("nosuch",), "no command 'nosuch' (see: corral --help)"),
         (("show",), "missing ID (see: corral show --help)"),
         (("submit", "--name"), "--name needs a value (see: corral submit --help)"),
@@ -626,12 +628,17 @@ def test_kill_stops_the_running_process(local: LiveServer) -> None:
     assert message.startswith(f"workload {workload_id} is already killed")
 
 
-def test_logs_follow_prints_output_as_it_is_written(local: LiveServer) -> None:
-    workload_id = submit(local, "sh", "-c", "echo first; read x < /dev/null; sleep 1; echo second")
+def test_logs_follow_prints_output_as_it_is_written(local: LiveServer, tmp_path: Path) -> None:
+    # The workload ends only once the test has seen its first line (no race with a
+    # slow start of the CLI on a loaded machine).
+    go = tmp_path / "go"
+    script = f"echo first; while [ ! -e {go} ]; do sleep 0.02; done; echo second"
+    workload_id = submit(local, "sh", "-c", script)
     proc = start("logs", "-f", workload_id, url=local.url)
     assert proc.stdout is not None
     assert proc.stdout.readline() == "first\n"  # before the workload has ended
     assert get(local, workload_id)["status"] == "running"
+    go.touch()
     rest, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert rest == "second\n"
@@ -740,7 +747,21 @@ def test_too_short_a_prefix_is_a_usage_error(server: LiveServer, handle: str) ->
 def test_an_unknown_handle_is_not_found(server: LiveServer, handle: str) -> None:
     for command in ("show", "kill", "logs", "wait"):
         message = one_line_error(corral(command, handle, url=server.url), 1)
-        assert message == f"no workload {handle} on this server (corral ls lists them)"
+        assert message == (
+            f"no workload {handle} on this server: no id of yours starts with it, and no"
+            " active one has that name (names work while active; corral ls lists them)"
+        )
+
+
+def test_a_finished_workloads_name_is_no_handle_and_the_error_says_why(
+    server: LiveServer,
+) -> None:
+    name = f"done-{uuid.uuid4().hex[:8]}"
+    done = submit(server, "--name", name, "--", "true")
+    put_status(server, done, "running")
+    put_status(server, done, "completed", exit_code=0)
+    message = one_line_error(corral("show", name, url=server.url), 1)
+    assert "names work while active" in message
 
 
 def test_a_name_unique_among_active_workloads_is_a_handle(server: LiveServer) -> None:
@@ -788,7 +809,8 @@ def test_ls_shows_active_workloads_first_then_recent_finished_ones(server: LiveS
     whole = cli("ls", "--all", "-q")
     assert ok(whole).split() == newest_first and whole.stderr == ""
     assert ok(cli("ls", "-q")).split() == newest_first  # the default limit: 50
-    assert ok(cli("ls", "--limit", "1", "-q")).split() == [active[1]]
+    cut_quiet = cli("ls", "--limit", "1", "-q")
+    assert ok(cut_quiet).split() == [active[1]] and cut_quiet.stderr == ""  # ids only
     assert ok(cli("ls", "--name", "done1", "-q")).split() == [finished[1]]
     statuses = ok(cli("ls", "--status", "completed,running", "-q")).split()
     assert statuses == [active[0], *finished[::-1]]

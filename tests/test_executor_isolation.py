@@ -256,7 +256,11 @@ def gone(pid: int) -> bool:
 def test_a_workload_runs_as_its_user_with_its_groups_and_home(
     users: Users, shared_dir: Path
 ) -> None:
-    w = make_workload(["sh", "-c", "id -u; id -g; id -G; echo $HOME $USER $LOGNAME"])
+    # An exported shell's identity (root's, say) does not pass for the account's.
+    w = make_workload(
+        ["sh", "-c", "id -u; id -g; id -G; echo $HOME $USER $LOGNAME"],
+        env={"HOME": "/root", "USER": "root", "LOGNAME": "root"},
+    )
 
     async def main() -> None:
         h = Harness(shared_dir / "data", workload_umask=0o022)

@@ -401,7 +401,7 @@ def _submit_parser(p: Parser) -> None:
         "-q", "--quiet", action="store_true", help="print the ids only; nothing on stderr"
     )
     p.add_argument(
-        "command",
+        "argv",  # not "command": that is the subcommand's name
         nargs=argparse.REMAINDER,
         metavar="CMD",
         help="the command and its arguments (options after it are its own)",
@@ -590,7 +590,12 @@ def _ambiguous(handle: str, items: Sequence[Workload], total: int | None) -> Cli
 
 
 def _no_workload(handle: str) -> CliError:
-    return CliError(f"no workload {clean(handle)} on this server (corral ls lists them)")
+    if len(handle) == ID_LENGTH:
+        return CliError(f"no workload {clean(handle)} on this server (corral ls lists them)")
+    return CliError(
+        f"no workload {clean(handle)} on this server: no id of yours starts with it, and"
+        " no active one has that name (names work while active; corral ls lists them)"
+    )
 
 
 def resolve_all(client: Client, handles: Sequence[str]) -> list[str]:
@@ -883,7 +888,7 @@ def _base_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 def _command(args: argparse.Namespace) -> list[str]:
     """The command after the options (and ``--``); none with ``--from-file``."""
-    command = list(args.command)
+    command = list(args.argv)
     if command[:1] == ["--"]:
         command = command[1:]
     if args.from_file is not None and command:
@@ -1084,7 +1089,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         write_lines(lines)
     else:
         print("no workloads", file=sys.stderr)
-    if len(items) < total:
+    if len(items) < total and not args.quiet:
         sys.stdout.flush()
         print(f"showing {len(items)} of {total} (--limit N, --all)", file=sys.stderr)
     return EXIT_OK
@@ -1218,7 +1223,10 @@ def _interactive() -> bool:
 
 def _confirm_all(client: Client) -> bool:
     count = client.page(status=ACTIVE, limit=1, count=True).total
-    what = f"all {count} active workloads" if count is not None else "every active workload"
+    if count is None:
+        what = "every active workload"
+    else:
+        what = f"all {count} active workloads" if count != 1 else "your 1 active workload"
     sys.stderr.write(f"kill {what} of yours? [y/N] ")
     sys.stderr.flush()
     answer = sys.stdin.readline().strip().lower()

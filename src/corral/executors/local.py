@@ -219,9 +219,9 @@ class LocalExecutor:
 
         With ``run_as``, the log is given to that account before the shim starts,
         and the shim's child drops to it before its chdir and exec (the shim stays
-        root). ``HOME``, ``USER`` and ``LOGNAME`` default to the account's instead of
-        the server's; like every variable of the base environment, the workload's
-        own ``env`` may still set them."""
+        root). ``HOME``, ``USER`` and ``LOGNAME`` are the account's, whatever the
+        workload's ``env`` says (the CLI exports the submitter's shell, whose are not
+        the account's when an admin submits for a mapped user, or root runs the CLI)."""
         assert self._loop is not None, "start() first"
         state = self.run_dir / workload.id
         if gpu_devices:
@@ -229,10 +229,9 @@ class LocalExecutor:
                 _write_private(state_file(state, "devices"), ",".join(map(str, gpu_devices)))
             except OSError as exc:
                 raise SpawnError(f"cannot record its GPUs: {exc.strerror}") from None
-        base = self._base_env
+        env = {**self._base_env, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
         if run_as is not None:
-            base = {**base, "HOME": run_as.home, "USER": run_as.name, "LOGNAME": run_as.name}
-        env = {**base, **workload.env, "CORRAL_WORKLOAD_ID": workload.id}
+            env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
         if workload.array_index is not None:
             env["CORRAL_ARRAY_INDEX"] = str(workload.array_index)
         for name in [k for k in env if k.startswith(SHIM_PREFIX)]:
