@@ -1,4 +1,4 @@
-"""``corral.Client``'s transport over ``http.client``, against real loopback servers
+"""``corral.Client``'s transport over ``corral.http``, against real loopback servers
 (``tests.scripted``) and a real tunnelling proxy: kept-alive connections and a dropped
 one, timeouts (none while following a log), streaming, threads, TLS, and proxies."""
 
