@@ -69,7 +69,7 @@ def test_key_discovery_order(
     assert Client().token_source == "$CORRAL_TOKEN"
     assert sent_key() == "Bearer env-key"
 
-    monkeypatch.setenv("CORRAL_TOKEN", "  ")  # blank counts as unset
+    monkeypatch.delenv("CORRAL_TOKEN")  # (set but blank is an error, tested below)
     assert Client().token_source == str(named)
     assert sent_key() == "Bearer named-key"
 
@@ -120,6 +120,14 @@ def test_an_explicit_key_file_must_hold_a_key(
         Client()
     with pytest.raises(CorralClientError, match="the token argument is empty"):
         Client(token="")
+    monkeypatch.delenv("CORRAL_TOKEN_FILE")
+    monkeypatch.setenv("CORRAL_TOKEN", " ")  # set but empty: never the data dir's key
+    with pytest.raises(CorralClientError, match=r"CORRAL_TOKEN is empty \(unset CORRAL_TOKEN"):
+        Client()
+    monkeypatch.delenv("CORRAL_TOKEN")
+    monkeypatch.setenv("CORRAL_TOKEN_FILE", "")
+    with pytest.raises(CorralClientError, match=r"CORRAL_TOKEN_FILE is empty \(unset"):
+        Client()
 
 
 def test_a_malformed_key_is_refused_without_showing_it(no_keys: Path) -> None:

@@ -1,4 +1,4 @@
-"""``corral.Client``'s transport over ``http.client``, against real loopback servers
+"""``corral.Client``'s transport over ``corral.http``, against real loopback servers
 (``tests.scripted``) and a real tunnelling proxy: kept-alive connections and a dropped
 one, timeouts (none while following a log), streaming, threads, TLS, and proxies."""
 
@@ -82,7 +82,7 @@ def test_a_header_http_client_refuses_leaves_nothing_behind_for_the_next_request
     """http.client refuses a header with a line break after it has buffered the
     request line and the headers before it; the next request must not send them."""
     with ScriptedServer(TOKENS) as srv, Client(srv.url, token=KEY, timeout=5) as client:
-        with pytest.raises(ValueError, match="Invalid header value"):
+        with pytest.raises(ValueError, match="invalid value for the header Idempotency-Key"):
             client.submit(["true"], idempotency_key="a\r\nb")
         assert len(client.tokens()) == 1
     assert [(s.method, s.path) for s in srv.seen] == [("GET", "/v1/tokens")]

@@ -99,3 +99,32 @@ def test_the_cli_loads_nothing_heavy_and_nothing_of_the_server(code: str) -> Non
     modules = modules_after(code)
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
     assert not {m for m in modules if m.startswith(SERVER_MODULES)}
+
+
+# --- what a CLI call costs ------------------------------------------------------------
+
+SLOW_STDLIB = ("http.client", "email", "ssl", "_ssl", "http", "urllib.request", "pathlib")
+"""Standard modules a CLI call on an ``http://`` loopback URL does without:
+``http.client`` parses headers with ``email`` (~14 ms to import; ``corral.http``
+replaces it), ``ssl`` is for ``https`` URLs, ``http`` only names the status of a
+bodiless error, ``urllib.request`` finds proxies for non-loopback servers, ``pathlib``
+is the server's."""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import corral.cli",
+        "from corral.cli import run; assert run(['--server', 'http://127.0.0.1:9', 'ls']) == 3",
+        "from corral import Client; Client('http://127.0.0.1:9', token='k')",
+    ],
+)
+def test_a_cli_call_on_http_loads_no_http_client_email_or_ssl(code: str) -> None:
+    modules = modules_after(code)
+    assert not {m for m in modules if m.split(".")[0] in SLOW_STDLIB or m in SLOW_STDLIB}
+
+
+def test_an_https_client_loads_ssl_but_not_http_client() -> None:
+    modules = modules_after("from corral import Client; Client('https://127.0.0.1:9', token='k')")
+    assert "ssl" in modules
+    assert not {m for m in modules if m == "http.client" or m.split(".")[0] == "email"}

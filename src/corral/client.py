@@ -9,8 +9,10 @@
         done = corral.wait(workload.id)
         print(done.status, done.exit_code, corral.logs(done.id, tail=20))
 
-Standard library only (``http.client``, ``ssl``, ``json``): importing it loads none of
-the server's dependencies, so a command line built on it starts quickly.
+Standard library only (``corral.http``, a small HTTP/1.1 transport over ``socket``;
+``ssl`` for an ``https`` URL only; ``json``): importing it loads none of the server's
+dependencies, nor ``http.client`` and the ``email`` package it parses headers with, so
+a command line built on it starts quickly.
 
 The API key (sent as ``Authorization: Bearer KEY``) is the first of: the ``token=``
 argument, ``$CORRAL_TOKEN``, the file named by ``$CORRAL_TOKEN_FILE``,
@@ -60,20 +62,25 @@ TLS: the system's CA store, or ``$SSL_CERT_FILE`` (and ``$SSL_CERT_DIR``) when s
 from __future__ import annotations
 
 import builtins
-import http.client
 import json
 import os
 import re
-import select
-import ssl
-import threading
+import sys
 import time
+from _thread import allocate_lock  # ``threading.Lock`` itself, without importing threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from http import HTTPStatus
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from corral import __version__
-from corral.defaults import DEFAULT_PORT, DEFAULT_URL, default_data_dir, is_loopback
+from corral.defaults import DEFAULT_PORT, DEFAULT_URL, default_data_dir_name, is_loopback
+from corral.http import (
+    BadStatusLine,
+    HTTPConnection,
+    HTTPException,
+    HTTPResponse,
+    HTTPSConnection,
+    IncompleteRead,
+)
 from corral.keys import KEY_FILE_NAME
 from corral.keys import KEY_RE as KEY_RE
 from corral.wire import (
@@ -95,6 +102,7 @@ from corral.wire import (
 
 TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs milliseconds
 if TYPE_CHECKING:
+    import ssl
     from typing import Any, TypeVar
 
     T = TypeVar("T")
@@ -375,6 +383,8 @@ def error_from_response(
 
 
 def _standard_phrase(status: int) -> str:
+    from http import HTTPStatus  # here: only an error answer without a body needs it
+
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -425,9 +435,10 @@ _SSL_NOISE = re.compile(r"^\[[A-Z_: ]+\] | \(_ssl\.c:\d+\)$")
 
 def _reason(exc: BaseException) -> str:
     """``[Errno 111] Connection refused`` -> ``connection refused``."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+    ssl = sys.modules.get("ssl")  # not loaded: not a TLS error
+    if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         text = f"certificate verify failed: {exc.verify_message}"
-    elif isinstance(exc, ssl.SSLError):
+    elif ssl is not None and isinstance(exc, ssl.SSLError):
         text = _SSL_NOISE.sub("", str(exc))
     elif isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
@@ -477,22 +488,6 @@ def _proxy_for(scheme: str, host: str, port: int, server: str) -> _Proxy | None:
     return _Proxy(url, variable, server)
 
 
-def _dropped(conn: http.client.HTTPConnection) -> bool:
-    """True when an idle kept-alive connection cannot be reused: the server closed it
-    (its socket reads as ready: end of file) or sent something unasked for."""
-    sock = conn.sock
-    if sock is None:
-        return False
-    try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
-
-
 class _Headers(dict[str, str]):
     """Request headers whose ``repr`` never shows the key."""
 
@@ -518,11 +513,18 @@ class _KeySearch:
         if token is not None:
             self._found(token, "the token argument", explicit=True)
             return
+        # A variable set, even empty, is meant: an empty one must not fall through to
+        # the data dir's admin key (someone testing as a user would act as the admin).
         self.looked_in.append(f"${TOKEN_ENV}")
-        if self._found(os.environ.get(TOKEN_ENV, ""), f"${TOKEN_ENV}", explicit=False):
+        if TOKEN_ENV in os.environ:
+            self._found(os.environ[TOKEN_ENV], f"${TOKEN_ENV}", explicit=True)
             return
-        named = os.environ.get(TOKEN_FILE_ENV, "")
-        if named:
+        named = os.environ.get(TOKEN_FILE_ENV)
+        if named is not None and not named.strip():
+            raise CorralClientError(
+                f"${TOKEN_FILE_ENV} is empty (unset {TOKEN_FILE_ENV} to use another key)"
+            )
+        if named is not None:
             self._from_file(os.path.expanduser(named), explicit=True)
             return
         self.looked_in.append(f"${TOKEN_FILE_ENV}")
@@ -534,13 +536,14 @@ class _KeySearch:
             os.path.join(os.path.expanduser(data_dir), KEY_FILE_NAME), explicit=False
         ):
             return
-        self._from_file(str(default_data_dir() / KEY_FILE_NAME), explicit=False)
+        self._from_file(os.path.join(default_data_dir_name(), KEY_FILE_NAME), explicit=False)
 
     def _found(self, text: str, source: str, *, explicit: bool) -> bool:
         key = text.strip()
         if not key:
             if explicit:
-                raise CorralClientError(f"the API key from {source} is empty")
+                unset = f" (unset {source[1:]} to use another)" if source.startswith("$") else ""
+                raise CorralClientError(f"the API key from {source} is empty{unset}")
             return False
         if not KEY_RE.fullmatch(key):
             raise CorralClientError(
@@ -584,8 +587,8 @@ class _KeySearch:
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _NO_BODY: Any = object()
-_Response = http.client.HTTPResponse
-_Connection = http.client.HTTPConnection
+_Response = HTTPResponse
+_Connection = HTTPConnection
 
 
 class Client:
@@ -645,22 +648,28 @@ class Client:
             self._headers.update(self._proxy.headers)  # absolute form: to the proxy
         self._ssl = self._ssl_context() if self._https else None
         self._idle: builtins.list[_Connection] = []
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._closed = False
 
     @staticmethod
     def _ssl_context() -> ssl.SSLContext:
-        """The system's CAs, or ``$SSL_CERT_FILE`` (and ``$SSL_CERT_DIR``) instead."""
+        """The system's CAs, or ``$SSL_CERT_FILE`` (and ``$SSL_CERT_DIR``) instead.
+        (``ssl`` is imported here: an ``http`` URL never loads it.)"""
+        import ssl
+
         ca_file = os.environ.get("SSL_CERT_FILE") or None
         ca_dir = os.environ.get("SSL_CERT_DIR") or None
         if ca_file is None and ca_dir is None:
-            return ssl.create_default_context()
-        try:
-            return ssl.create_default_context(cafile=ca_file, capath=ca_dir)
-        except (OSError, ssl.SSLError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            where = f"SSL_CERT_FILE {ca_file}" if ca_file else f"SSL_CERT_DIR {ca_dir}"
-            raise CorralClientError(f"cannot use {where}: {reason}") from None
+            context = ssl.create_default_context()
+        else:
+            try:
+                context = ssl.create_default_context(cafile=ca_file, capath=ca_dir)
+            except (OSError, ssl.SSLError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                where = f"SSL_CERT_FILE {ca_file}" if ca_file else f"SSL_CERT_DIR {ca_dir}"
+                raise CorralClientError(f"cannot use {where}: {reason}") from None
+        context.set_alpn_protocols(["http/1.1"])
+        return context
 
     def __enter__(self) -> Client:
         return self
@@ -923,7 +932,7 @@ class Client:
         try:
             while chunk := response.read1(LOG_CHUNK_BYTES):
                 yield chunk
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, HTTPException) as exc:
             conn.close()
             raise self._transport_error(exc) from exc
         finally:
@@ -986,7 +995,7 @@ class Client:
         conn, response = self._request(method, path, params=params, body=body, headers=headers)
         try:
             data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, HTTPException) as exc:
             conn.close()
             raise self._transport_error(exc) from exc
         finally:
@@ -1052,7 +1061,7 @@ class Client:
                 return conn, response
             try:
                 data = response.read(ERROR_BODY_MAX_BYTES)
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, HTTPException) as exc:
                 conn.close()
                 raise self._transport_error(exc) from exc
             finally:
@@ -1088,19 +1097,18 @@ class Client:
             if not reused:
                 self._connect(conn)
             try:
-                conn.sock.settimeout(None if follow else self.timeout)
+                conn.settimeout(None if follow else self.timeout)
                 conn.request(method, target, body=payload, headers=headers)
                 return conn, conn.getresponse()
-            except ValueError:  # a header http.client refuses (a line break in it)
-                # Not given back: close() keeps what http.client buffered before the
-                # header (the request line, the headers before it), which the next
-                # request on this object would send ahead of its own.
+            except ValueError:  # a header corral.http refuses (a line break in it)
+                # Not given back to the pool: a refused request leaves the connection
+                # in no state to trust for the next one.
                 conn.close()
                 raise
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, HTTPException) as exc:
                 conn.close()
                 self._release(conn)
-                dropped = isinstance(exc, ConnectionError | http.client.BadStatusLine)
+                dropped = isinstance(exc, ConnectionError | BadStatusLine)
                 if reused and dropped and replayable and not last_try:
                     continue
                 raise self._transport_error(exc) from exc
@@ -1111,17 +1119,16 @@ class Client:
         raise ``ServerUnreachable`` or the certificate's error."""
         try:
             conn.connect()
-        except ssl.SSLCertVerificationError as exc:
+        except (OSError, HTTPException) as exc:
             conn.close()
             self._release(conn)
-            raise CorralClientError(
-                f"cannot trust the TLS certificate of the corral server at {self.url}"
-                f" ({_reason(exc)}); for a certificate of your own CA, set SSL_CERT_FILE"
-                " to the CA's certificate"
-            ) from None
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            self._release(conn)
+            ssl = sys.modules.get("ssl")  # loaded for an https URL only
+            if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
+                raise CorralClientError(
+                    f"cannot trust the TLS certificate of the corral server at {self.url}"
+                    f" ({_reason(exc)}); for a certificate of your own CA, set SSL_CERT_FILE"
+                    " to the CA's certificate"
+                ) from None
             reason = "timed out connecting" if isinstance(exc, TimeoutError) else _reason(exc)
             if self._proxy is not None:
                 reason += f", through the proxy {self._proxy.shown}"
@@ -1131,14 +1138,10 @@ class Client:
         proxy = self._proxy
         if not self._https:
             host, port = (proxy.host, proxy.port) if proxy else (self._host, self._port)
-            return http.client.HTTPConnection(host, port, timeout=self.timeout)
+            return HTTPConnection(host, port, timeout=self.timeout)
         if proxy is None:
-            return http.client.HTTPSConnection(
-                self._host, self._port, timeout=self.timeout, context=self._ssl
-            )
-        conn = http.client.HTTPSConnection(
-            proxy.host, proxy.port, timeout=self.timeout, context=self._ssl
-        )
+            return HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
+        conn = HTTPSConnection(proxy.host, proxy.port, timeout=self.timeout, context=self._ssl)
         conn.set_tunnel(self._host, self._port, headers=proxy.headers)
         return conn
 
@@ -1149,7 +1152,7 @@ class Client:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             return self._new_connection()
-        if _dropped(conn):
+        if conn.dropped():
             conn.close()
         return conn
 
@@ -1163,8 +1166,6 @@ class Client:
     def _done(self, conn: _Connection, response: _Response) -> None:
         """The caller is done with ``response``: keep its connection for the next
         request if the answer was read whole, else close it."""
-        if response.length == 0 and not response.isclosed():
-            response.close()  # read whole (``read1`` leaves it open at its end)
         if not response.isclosed():
             conn.close()
         self._release(conn)
@@ -1193,10 +1194,15 @@ class Client:
         return error
 
     def _transport_error(self, exc: BaseException) -> CorralClientError:
-        """An error after the connection was made: no answer in time, or a lost one."""
+        """An error after the connection was made: no answer in time, a lost one, or
+        one that is not HTTP as a corral server speaks it."""
         if isinstance(exc, TimeoutError):
             return CorralClientError(
                 f"the corral server at {self.url} did not answer within {self.timeout:g} s"
+            )
+        if isinstance(exc, HTTPException) and not isinstance(exc, IncompleteRead | OSError):
+            return CorralClientError(
+                f"a malformed answer from {self.url} ({_reason(exc)}); is it a corral server?"
             )
         return CorralClientError(
             f"lost the connection to the corral server at {self.url}: {_reason(exc)}"

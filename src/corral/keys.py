@@ -4,15 +4,14 @@ A key is ``corral_`` followed by 32 random bytes in base64url (256 bits; the pre
 lets secret scanners and people recognize one). Only its SHA-256 is stored: a key is
 random, so a fast hash is as good as a slow one, and a lookup by hash never compares
 the secret itself. The match is confirmed with ``hmac.compare_digest``.
+
+The client imports this module for ``KEY_FILE_NAME`` and ``KEY_RE`` only, so the
+modules that make, hash and compare keys are imported by the functions that do.
 """
 
 from __future__ import annotations
 
-import getpass
-import hashlib
-import hmac
 import re
-import secrets
 
 KEY_PREFIX = "corral_"
 KEY_BYTES = 32
@@ -24,20 +23,28 @@ go in an HTTP header)."""
 
 
 def new_key() -> str:
+    import secrets
+
     return KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
 
 
 def key_digest(key: str) -> str:
     """The stored form of a key: its SHA-256, in hex."""
+    import hashlib
+
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def same_digest(a: str, b: str) -> bool:
+    import hmac
+
     return hmac.compare_digest(a.encode(), b.encode())
 
 
 def default_admin() -> str:
     """The name of the first admin: the OS user running the server."""
+    import getpass
+
     try:
         name = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry and no $USER (some containers)
