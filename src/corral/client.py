@@ -781,7 +781,10 @@ class Client:
         ones), or ``all`` the caller's active ones (``all_users``: everyone's, admin
         keys only). Each is killed independently: the result lists the ``killed``, the
         ``not_killed`` (they had ended; with the server's detail) and the ``not_found``
-        ids. Naming nothing at all is ``InvalidInput``."""
+        ids. Naming nothing at all is ``InvalidInput``. Unlike other writes, a bulk
+        kill the database stops part-way (503 ``busy``) keeps the kills made so far;
+        the automatic retry finishes the job, and reports those as ``not_killed``
+        (already killed)."""
         body: dict[str, Any] = {}
         if ids := builtins.list(ids):
             body["ids"] = ids

@@ -164,6 +164,16 @@ CREATED_HEADERS = {
 }
 
 
+def idempotency_key_of(request: Request) -> str | None:
+    """The request's ``Idempotency-Key``, if any (422 when it is too long)."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and len(key) > IDEMPOTENCY_KEY_MAX_CHARS:
+        raise InvalidInputError(
+            f"Idempotency-Key is longer than {IDEMPOTENCY_KEY_MAX_CHARS} characters"
+        )
+    return key
+
+
 def visible_to(who: Principal) -> str | None:
     """The owner filter for ``who``: admins see every workload, users their own."""
     return None if who.admin else who.user
@@ -209,11 +219,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     )
     async def create_workload(request: Request) -> Response:
         spec = await parse_body(request, WorkloadCreate)
-        idempotency_key = request.headers.get("idempotency-key")
-        if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX_CHARS:
-            raise InvalidInputError(
-                f"Idempotency-Key is longer than {IDEMPOTENCY_KEY_MAX_CHARS} characters"
-            )
+        idempotency_key = idempotency_key_of(request)
         scheduler.check_fits(spec.resources)
         who = principal(request)
         workload, replayed = await creates.create(
@@ -392,11 +398,7 @@ def _batch_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None
     )
     async def create_workloads(request: Request) -> Response:
         batch = await parse_body(request, WorkloadBatch)
-        idempotency_key = request.headers.get("idempotency-key")
-        if idempotency_key is not None and len(idempotency_key) > IDEMPOTENCY_KEY_MAX_CHARS:
-            raise InvalidInputError(
-                f"Idempotency-Key is longer than {IDEMPOTENCY_KEY_MAX_CHARS} characters"
-            )
+        idempotency_key = idempotency_key_of(request)
         for i, spec in enumerate(batch.items):
             try:
                 scheduler.check_fits(spec.resources)
