@@ -227,6 +227,9 @@ def test_a_restart_in_the_middle_of_a_chain_resumes_it(serve: Any, tmp_path: Pat
     )
     api.wait(a["id"], {"running"})
     api.reason_becomes(b["id"], f"waiting for {a['id']} to complete")
+    # running is stored before the process starts; killed before it, A would never
+    # run while no server does (the next one starts it): wait for its line.
+    wait_until(lambda: "start A" in lines(record))
     port = api.server.port
     api.server.kill(signal.SIGKILL)
     gate_a.touch()
@@ -235,6 +238,7 @@ def test_a_restart_in_the_middle_of_a_chain_resumes_it(serve: Any, tmp_path: Pat
     assert api.wait(a["id"])["status"] == "completed"
     api.wait(b["id"], {"running"})
     assert api.get(c["id"])["reason"] == f"waiting for {b['id']} to complete"
+    wait_until(lambda: "start B" in lines(record))
     api.server.stop()  # SIGTERM: workloads keep running
     gate_b.touch()
     wait_until(lambda: "end B" in lines(record))
