@@ -816,17 +816,24 @@ class Client:
         every one of ``labels``, named ``name``, with an id starting with ``id_prefix``
         (at least 4 characters); at most ``limit`` of them. Only the key's user's own,
         unless ``all_users`` (admin keys only; ``Forbidden`` otherwise)."""
-        params = self._filters(status, labels, name, id_prefix, all_users)
+        statuses = builtins.list(status)  # read once, sent with every page
         remaining = limit
-        cursor = ""
+        cursor = None
         while remaining is None or remaining > 0:
             size = page_size if remaining is None else min(page_size, remaining)
-            query = [*params, ("limit", str(size)), ("cursor", cursor)]
-            page = self._read(Page.from_json, self._call("GET", "/v1/workloads", params=query))
+            page = self.page(
+                status=statuses,
+                labels=labels,
+                name=name,
+                id_prefix=id_prefix,
+                limit=size,
+                cursor=cursor,
+                all_users=all_users,
+            )
             yield from page.items
             if remaining is not None:
                 remaining -= len(page.items)
-            cursor = page.next_cursor or ""
+            cursor = page.next_cursor
             if not cursor or not page.items:
                 return
 
