@@ -186,23 +186,36 @@ def build_parser(only: str | None = None, *, every: bool = True) -> Parser:
     for name, handler, summary, populate, extra in table:
         if not every and known and name != only:
             continue  # another command: not even listed, when no help lists them
-        sub: Parser = commands.add_parser(
-            name,
-            help=summary,
-            description=extra.pop("description", summary),
-            formatter_class=HelpFormatter,
-            allow_abbrev=False,
-            **extra,
-        )
-        sub.set_defaults(handler=handler)
+        sub = _subcommand(commands, name, handler, summary, server=False, **extra)
         if not every and name != only:
             continue
         if name not in ("serve", "completion"):
-            sub.add_argument(
-                "--server", dest="server_after", metavar="URL", help="the corral server"
-            )
+            _server_after(sub)
         populate(sub)
     return root
+
+
+def _subcommand(
+    parsers: Any, name: str, handler: Handler, summary: str, *, server: bool, **extra: Any
+) -> Parser:
+    """A command's parser (``corral NAME``, ``corral token NAME``): its help, its handler,
+    and with ``server`` the ``--server`` it may take after its name."""
+    sub: Parser = parsers.add_parser(
+        name,
+        help=summary,
+        description=extra.pop("description", summary),
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+        **extra,
+    )
+    sub.set_defaults(handler=handler)
+    if server:
+        _server_after(sub)
+    return sub
+
+
+def _server_after(sub: Parser) -> None:
+    sub.add_argument("--server", dest="server_after", metavar="URL", help="the corral server")
 
 
 def _commands() -> list[tuple[str, Handler, str, Callable[[Parser], None], dict[str, Any]]]:
@@ -453,15 +466,15 @@ def _wait_parser(p: Parser) -> None:
 def _token_parser(p: Parser) -> None:
     p.set_defaults(token_parser=p)
     tokens = p.add_subparsers(dest="token_command", metavar="COMMAND", title="commands")
-    create = tokens.add_parser(
+    create = _subcommand(
+        tokens,
         "create",
-        help="create an API key and print it",
+        cmd_token_create,
+        "create an API key and print it",
+        server=True,
         description="Create an API key and print it (alone on stdout: KEY=$(corral token"
         " create ...)).",
-        formatter_class=HelpFormatter,
-        allow_abbrev=False,
     )
-    create.set_defaults(handler=cmd_token_create)
     create.add_argument(
         "--user", required=True, metavar="NAME", help="whose key (created with its first key)"
     )
@@ -473,24 +486,12 @@ def _token_parser(p: Parser) -> None:
     )
     create.add_argument("--description", metavar="TEXT", help="who or what it is for")
     create.add_argument("--json", action="store_true", help="print the token as JSON (with key)")
-    listing = tokens.add_parser(
-        "list",
-        help="list API keys (never the keys)",
-        formatter_class=HelpFormatter,
-        allow_abbrev=False,
+    listing = _subcommand(
+        tokens, "list", cmd_token_list, "list API keys (never the keys)", server=True
     )
-    listing.set_defaults(handler=cmd_token_list)
     listing.add_argument("--json", action="store_true", help="print JSON")
-    revoke = tokens.add_parser(
-        "revoke",
-        help="revoke an API key",
-        formatter_class=HelpFormatter,
-        allow_abbrev=False,
-    )
-    revoke.set_defaults(handler=cmd_token_revoke)
+    revoke = _subcommand(tokens, "revoke", cmd_token_revoke, "revoke an API key", server=True)
     revoke.add_argument("token_id", metavar="ID")
-    for sub in (create, listing, revoke):
-        sub.add_argument("--server", dest="server_after", metavar="URL", help="the corral server")
 
 
 def _int_flag(flag: str) -> Callable[[str], int]:
