@@ -19,14 +19,19 @@ from tests.asgi import SyncASGIClient
 STORE_KINDS = ["sqlite"]
 
 
-def needs_root(why: str) -> None:
-    """Skip a test that needs root (useradd, setuid, mount) when not root, except in CI
-    (``CI=true``), where such a test must run: CI fails instead of skipping it."""
-    if os.geteuid() == 0:
+def needs(condition: bool, why: str) -> None:
+    """Skip a test whose ``condition`` fails here, except in CI (``CI=true``), where
+    every test must run: CI fails instead of skipping it."""
+    if condition:
         return
     if os.environ.get("CI") == "true":
-        pytest.fail(f"CI runs every test, but this one needs root: {why}")
-    pytest.skip(f"needs root: {why}")
+        pytest.fail(f"CI runs every test, but this one cannot run here: {why}")
+    pytest.skip(why)
+
+
+def needs_root(why: str) -> None:
+    """``needs`` root (useradd, setuid, mount)."""
+    needs(os.geteuid() == 0, f"needs root: {why}")
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from corral.executors.shim import PREBUILT_SHIM, SHIM_SOURCE
+from tests.conftest import needs
 from tests.server import LiveServer, free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -36,15 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIM_IN_WHEEL = "corral/executors/bin/corral-shim"
 COMPILE_LINE = "no prebuilt corral-shim in this install; compiling"
 COMPILERS = ("cc", "gcc", "clang", "tcc", "c99", "c89", "x86_64-linux-gnu-gcc", "musl-gcc")
-
-
-def needs(condition: bool, why: str) -> None:
-    """Skip when ``condition`` fails, except in CI (``CI=true``), which runs every test."""
-    if condition:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI runs every test, but this one cannot run here: {why}")
-    pytest.skip(why)
 
 
 def _setuptools_version() -> tuple[int, ...]:
