@@ -18,6 +18,17 @@ def log_path(data_dir: Path, workload_id: str) -> Path:
     return data_dir / "logs" / f"{workload_id}.log"
 
 
+class FileLogs:
+    """Workloads' logs as files of one directory, where the API reads them: the local
+    executor's workloads write there, the Ray executor copies its nodes' logs there."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def path(self, workload_id: str) -> Path:
+        return log_path(self.data_dir, workload_id)
+
+
 class LogUnavailableError(CorralError):
     """The log exists but cannot be read (the OS's reason follows)."""
 

@@ -6,6 +6,7 @@ one callback, with an ``Outcome``; the scheduler turns that into a transition.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import signal as signals
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from corral.logs import FileLogs
 from corral.model import Workload
 
 
@@ -46,6 +48,18 @@ class Outcome:
 
 
 OnExit = Callable[[Outcome], None]
+OnChange = Callable[[], None]
+"""Called (on the loop) when the executor's capacity or nodes changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A machine workloads run on: this one for the local executor, a Ray node."""
+
+    id: str
+    address: str
+    capacity: Capacity
+    alive: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +100,44 @@ class Executor(Protocol):
     """Runs processes for the scheduler; every method is called on the event loop."""
 
     capacity: Capacity
+    """What may run at once, in all (the sum over alive nodes)."""
+    placement: bool
+    """True when a node must be found for a workload before it is claimed (``place``);
+    False when it may be claimed and launched at once (the local executor)."""
+    logs: FileLogs
+    """Where the API reads workloads' logs."""
 
-    def start(self, on_exit: OnExit) -> None:
+    async def open(self) -> None:
+        """Connect (a cluster), before ``start`` and ``adopt``; the local one has
+        nothing to do."""
+        ...
+
+    def start(self, on_exit: OnExit, on_change: OnChange | None = None) -> None:
         """Begin reporting: ``on_exit`` is called (on the loop) once per launched or
-        adopted workload, when its process is over."""
+        adopted workload, when its process is over; ``on_change`` when the capacity or
+        the nodes changed."""
+        ...
+
+    def nodes(self) -> list[Node]:
+        """The machines workloads may run on, with their whole capacity."""
+        ...
+
+    def place(self, workload: Workload) -> asyncio.Future[str]:
+        """(``placement`` only) Find a node for the pending workload: a future of its
+        id, set once its resources there are reserved for it."""
+        ...
+
+    def unplace(self, workload_id: str) -> None:
+        """(``placement`` only) Drop a placement (made or still looked for) of a
+        workload that will not be launched."""
+        ...
+
+    def placing_reason(self, workload: Workload) -> str:
+        """(``placement`` only) Why a placement is not made yet, as a pending reason."""
+        ...
+
+    def node_of(self, workload_id: str) -> str | None:
+        """The node a launched (or placed) workload is on."""
         ...
 
     def launch(

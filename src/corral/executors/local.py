@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -42,7 +43,9 @@ from pathlib import Path
 
 from corral.executors.base import (
     Capacity,
+    Node,
     NotStartedError,
+    OnChange,
     OnExit,
     Outcome,
     RunAs,
@@ -58,7 +61,7 @@ from corral.executors.shim import (
     state_file,
 )
 from corral.executors.spawn import spawn_session
-from corral.logs import log_path
+from corral.logs import FileLogs, log_path
 from corral.model import Workload
 
 log = logging.getLogger(__name__)
@@ -167,6 +170,8 @@ def _count_gpus() -> int:
 class LocalExecutor:
     """Processes on this machine, each under a shim; see the module docstring."""
 
+    placement = False
+
     def __init__(
         self,
         data_dir: Path,
@@ -183,6 +188,8 @@ class LocalExecutor:
         """The umask workloads get (the server's own is 077), or None: the shim's."""
         self.kill_grace_seconds = kill_grace_seconds
         self.data_dir = data_dir
+        self.logs = FileLogs(data_dir)
+        self.node = Node(socket.gethostname(), "localhost", capacity)
         self.run_dir = data_dir / "run"
         self.shim = ensure_shim(data_dir / "bin")
         self._procs: dict[str, _Proc] = {}
@@ -200,12 +207,32 @@ class LocalExecutor:
         (data_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, on_exit: OnExit) -> None:
+    async def open(self) -> None:
+        pass
+
+    def start(self, on_exit: OnExit, on_change: OnChange | None = None) -> None:
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
 
     def active(self) -> set[str]:
         return set(self._procs)
+
+    def nodes(self) -> list[Node]:
+        return [self.node]
+
+    def node_of(self, workload_id: str) -> str | None:
+        return self.node.id
+
+    # This executor needs no placement (``placement`` is False): a workload that fits
+    # the machine is claimed and launched at once.
+    def place(self, workload: Workload) -> asyncio.Future[str]:
+        raise NotImplementedError("the local executor places nothing")
+
+    def unplace(self, workload_id: str) -> None:
+        raise NotImplementedError("the local executor places nothing")
+
+    def placing_reason(self, workload: Workload) -> str:
+        raise NotImplementedError("the local executor places nothing")
 
     # --- launch -------------------------------------------------------------------
 
