@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -78,6 +79,7 @@ def test_exit_codes(serve: Any) -> None:
     bad = api.submit(["sh", "-c", "exit 3"])
     assert api.wait(ok["id"])["status"] == "completed"
     assert api.get(ok["id"])["exit_code"] == 0
+    assert api.get(ok["id"])["node"] == socket.gethostname()  # recorded by the claim
     failed = api.wait(bad["id"])
     assert failed["status"] == "failed"
     assert failed["exit_code"] == 3 and failed["reason"] == "exit code 3"

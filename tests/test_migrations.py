@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from corral.model import Status, WorkloadCreate
 from corral.store import migrate
 from corral.store.sqlite import SQLiteStore
 
@@ -41,7 +42,6 @@ def test_data_from_before_keys_belongs_to_the_first_admin(tmp_path: Path) -> Non
     """A database of 0001 (no owners) upgrades in place: its workloads, events and
     idempotency keys stay readable, owned by the OS user who will be the first admin."""
     from corral.keys import default_admin
-    from corral.model import WorkloadCreate
 
     path = tmp_path / "corral.db"
     url = f"sqlite:///{path}"
@@ -101,8 +101,6 @@ def test_data_from_before_dependencies_reads_with_defaults(tmp_path: Path) -> No
     is the one 0002's code computed, written out here)."""
     import hashlib
 
-    from corral.model import WorkloadCreate
-
     path = tmp_path / "corral.db"
     url = f"sqlite:///{path}"
     migrate.upgrade(url, "0002")
@@ -133,7 +131,7 @@ def test_data_from_before_dependencies_reads_with_defaults(tmp_path: Path) -> No
     try:
         old = store.get_workload("01m8a1d0000000000000000000")
         assert (old.depends_on, old.dependency_type, old.array_index) == ([], "afterok", None)
-        assert (old.batch_id, old.max_running) == (None, None)
+        assert (old.batch_id, old.max_running, old.node) == (None, None, None)
         spec = WorkloadCreate(command=["true"], name="old")
         again, replayed = store.create_workload(spec, owner="alice", idempotency_key="nightly")
         assert replayed and again == old
@@ -147,3 +145,31 @@ def test_data_from_before_dependencies_reads_with_defaults(tmp_path: Path) -> No
     assert "workload_dependencies" not in tables(path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM workloads").fetchone()[0] == 2
+
+
+def test_node_is_recorded_by_the_claim_and_survives_down_and_up(tmp_path: Path) -> None:
+    """0004: ``node`` is set by pending→running only, kept by later transitions, and
+    the column goes and comes back with the rows kept."""
+    path = tmp_path / "corral.db"
+    url = f"sqlite:///{path}"
+    store = SQLiteStore(path)
+    try:
+        created = store.create_workload(WorkloadCreate(command=["true"]), owner="alice")[0]
+        assert created.node is None
+        running = store.update_workload_status(created.id, Status.RUNNING, node="n1")
+        assert running.node == "n1"
+        done = store.update_workload_status(created.id, Status.COMPLETED, exit_code=0)
+        assert done.node == "n1" and store.get_workload(created.id).node == "n1"
+    finally:
+        store.close()
+    migrate.downgrade(url, "0003")
+    with sqlite3.connect(path) as conn:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(workloads)")}
+        assert "node" not in columns
+        assert conn.execute("SELECT COUNT(*) FROM workloads").fetchone()[0] == 1
+    migrate.upgrade(url)
+    store = SQLiteStore(path)
+    try:
+        assert store.get_workload(created.id).node is None  # not kept by the round trip
+    finally:
+        store.close()

@@ -309,8 +309,13 @@ def _serve_parser(p: Parser) -> None:
     )
     p.add_argument(
         "--executor",
-        metavar="local|none",
-        help="local: run workloads here; none: API only (default local)",
+        metavar="local|ray|none",
+        help="local: run workloads here; ray: on a Ray cluster; none: API only (default local)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="the Ray cluster to join (--executor ray); default: start one on this machine",
     )
     p.add_argument("--cpus", type=_float_flag("--cpus"), help="CPUs to schedule (default: all)")
     p.add_argument(
@@ -712,6 +717,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "executor": args.executor,
+        "ray_address": args.ray_address,
         "db": args.db,
         "data_dir": args.data_dir,
         "cpus": args.cpus,

@@ -459,6 +459,7 @@ def workload_detail(workload: Workload, events: Sequence[Event], colour: bool = 
         ("started", _time_field(w.started_at)),
         ("finished", _time_field(w.finished_at)),
         ("run time", format_elapsed(run_time(w)) if w.started_at else "-"),
+        ("node", clean(w.node or "-")),
     ]
     history = [
         Column("SEQ", [str(e.seq) for e in events]),

@@ -30,7 +30,13 @@ class Settings(BaseSettings):
     data_dir: Path = default_data_dir()
     db: str | None = None
     """Database URL; default ``sqlite:///<data_dir>/corral.db``."""
-    executor: Literal["local", "none"] = "local"
+    executor: Literal["local", "ray", "none"] = "local"
+    ray_address: str | None = None
+    """The Ray cluster to join (``auto`` or ``HOST:PORT``); None: corral starts a Ray
+    head on this machine (loopback only, token auth) and keeps it between restarts."""
+    ray_node_dir: Path | None = None
+    """Where each Ray node keeps its workloads' logs and state; default
+    ``<tmp>/corral-<namespace>`` on every node."""
     cpus: float | None = Field(None, ge=0)
     """Schedulable CPUs; default: this machine's."""
     memory_mb: int | None = Field(None, ge=0)

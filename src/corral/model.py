@@ -360,6 +360,11 @@ class Workload(BaseModel):
     updated_at: str
     started_at: str | None
     finished_at: str | None
+    node: str | None = Field(
+        default=None,
+        description="The machine it runs (or ran) on: the server's host name for the local"
+        " executor, the Ray node id for the Ray executor; null until it starts.",
+    )
     stopping: bool = Field(
         default=False,
         description="corral is stopping the workload's process, which has not exited yet:"

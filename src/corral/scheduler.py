@@ -19,6 +19,16 @@ checked against the state machine and recorded as an event.
   the next pass walk everything. Within a pass, the reason of a waiting workload
   depends only on its resource shape until something starts, so it is computed once
   per shape.
+- **Placement (Ray).** An executor with ``placement`` (Ray) picks the node itself,
+  and a workload it has not placed yet is still pending. So a workload that fits the
+  cluster's free capacity (in all, corral's own accounting) is not claimed at once:
+  it moves to ``_placing``, its resources taken, and ``executor.place`` looks for a
+  node; once there is one, the claim pending→running records it and the process is
+  launched there. A claim refused (killed meanwhile) gives the placement back
+  (``unplace``); so does a kill while it is placed or looked for. A placement not
+  made after ``PLACING_REASON_SECONDS`` gets the executor's reason ("waiting for Ray
+  to place it: …"). The executor's capacity follows its nodes: ``on_change``
+  re-bases the totals (free = new total minus what is taken).
 - **Claim, then spawn.** pending→running is committed before the process is started
   (never a transaction around a spawn); the spawn runs as a task, so a pass never
   waits for an exec. If the spawn fails, running→failed with the OS's message. If
@@ -78,6 +88,7 @@ from corral.errors import ExceedsCapacityError
 from corral.executors.base import (
     Capacity,
     Executor,
+    Node,
     NotStartedError,
     Outcome,
     RunAs,
@@ -99,6 +110,8 @@ SAFETY_POLL_SECONDS = 5.0
 RETRY_SECONDS = 0.5
 """How soon an exit the store refused, or a pass that failed, is tried again."""
 PAGE = 1000
+PLACING_REASON_SECONDS = 0.2
+"""A placement not made after this long gets its reason stored."""
 REASON_IDS = 3
 """How many unmet dependencies a reason names before "and N more"."""
 
@@ -126,6 +139,16 @@ class _Pass:
     avail: _Free
     head: Workload | None = None
     waiting: dict[_Shape, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Placing:
+    """A pending workload whose resources are taken while the executor finds it a node."""
+
+    workload: Workload
+    devices: list[int]
+    """GPU tokens taken from the scheduler's count (the node's agent picks the devices)."""
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(slots=True)
@@ -175,14 +198,26 @@ class Scheduler:
         self._dependants: dict[str, set[str]] = {}  # dependency -> blocked ids
         self._recheck: set[str] = set()  # blocked ids whose dependencies may have ended
         self._batch_running: dict[str, int] = {}  # batch_id (with a limit) -> allocated
+        self._placing: dict[str, _Placing] = {}  # pending, resources taken, node looked for
+        self._node = (
+            executor.nodes()[0].id if executor is not None and not executor.placement else None
+        )  # the one machine of an executor without placement
 
     # --- called by the API ---------------------------------------------------------
 
     def check_fits(self, resources: Resources) -> None:
-        """Raise ``ExceedsCapacityError`` when ``resources`` exceed the whole capacity."""
-        excess = _excess(resources, self._total) if self.executor else None
+        """Raise ``ExceedsCapacityError`` when ``resources`` exceed the whole capacity
+        (with placement: when they fit no node of the cluster)."""
+        excess = self._unfit(resources) if self.executor else None
         if excess:
             raise ExceedsCapacityError(f"the workload {excess}")
+
+    def _unfit(self, res: Resources) -> str | None:
+        """What ``res`` asks beyond what could ever run it, or None."""
+        assert self.executor is not None
+        if not self.executor.placement:
+            return _excess(res, self._total)
+        return _fits_no_node(res, self.executor.nodes())
 
     def submitted(self, workload: Workload) -> None:
         """A new pending workload was stored."""
@@ -198,6 +233,9 @@ class Scheduler:
         if self._pending.pop(workload.id, None) is not None:
             self._reasons.pop(workload.id, None)
             self._full = True  # it may have been the head of the line
+            self._poke()
+        if workload.id in self._placing:
+            self._unplace(workload.id)
             self._poke()
         if self._unblock(workload.id) is not None:
             self._reasons.pop(workload.id, None)
@@ -240,7 +278,8 @@ class Scheduler:
     ) -> tuple[list[tuple[Workload, str | None]], int]:
         """The first ``limit`` queued workloads (``owner``'s only, when given) in the
         order passes consider them, each with its reason, and how many are queued."""
-        queued = [w for w in self._pending.values() if owner is None or w.owner == owner]
+        waiting = [*(p.workload for p in self._placing.values()), *self._pending.values()]
+        queued = [w for w in waiting if owner is None or w.owner == owner]
         head = heapq.nsmallest(limit, queued, key=_rank)
         return [(w, self._reasons.get(w.id) or w.reason) for w in head], len(queued)
 
@@ -250,7 +289,9 @@ class Scheduler:
         if self.executor is None:
             return
         self._wake = asyncio.Event()
-        self.executor.start(self._on_exit)
+        await self.executor.open()
+        self._resize()
+        self.executor.start(self._on_exit, self._on_change)
         not_started = []
         for workload in self._iter_store(Status.RUNNING):
             try:
@@ -259,6 +300,8 @@ class Scheduler:
                 not_started.append(workload)
                 continue
             if devices is not None:
+                if self.executor.placement:  # the node's devices; counted as tokens here
+                    devices = sorted(self._free.gpus)[: workload.resources.gpus]
                 self._allocate(workload, devices)
                 self._arm_timeout(workload, started_at=workload.started_at)
         self.executor.stop_unadopted()
@@ -280,6 +323,8 @@ class Scheduler:
             await asyncio.gather(*self._launches, return_exceptions=True)
         for timer in self._timers.values():
             timer.cancel()
+        for wid in list(self._placing):  # still pending: the next server places them
+            self._unplace(wid)
         self._record_ends()  # a last try; what is left is found on disk by a restart
         if self._retry is not None:
             self._retry.cancel()
@@ -436,7 +481,7 @@ class Scheduler:
     # --- admission -----------------------------------------------------------------
 
     def _enqueue(self, workload: Workload) -> None:
-        if workload.id in self._pending:  # the safety poll found it first
+        if workload.id in self._pending or workload.id in self._placing:  # found twice
             return
         self._pending[workload.id] = workload
         if self._queue and _rank(workload) < _rank(self._queue[-1]):
@@ -477,7 +522,12 @@ class Scheduler:
             reason = p.waiting.get(shape)
             if reason is None:
                 if _fits(res, p.avail):
-                    if self._claim_and_launch(workload):
+                    assert self.executor is not None
+                    if self.executor.placement:
+                        self._place(workload)
+                        _take(p.avail, res)
+                        p.waiting.clear()
+                    elif self._claim_and_launch(workload):
                         _take(p.avail, res)
                         p.waiting.clear()  # what is free changed
                     continue
@@ -502,8 +552,8 @@ class Scheduler:
         """The reason of a workload that does not fit in what the pass has left; the
         first becomes the head of the line and reserves what it needs."""
         res = workload.resources
-        excess = _excess(res, self._total)
-        if excess:  # only after a restart with less capacity: it must not block the line
+        excess = self._unfit(res)
+        if excess:  # only after a restart with less capacity (or nodes left): no blocking
             reason = f"waiting, but it {excess}"
         elif p.head is None:
             p.head = workload
@@ -524,7 +574,7 @@ class Scheduler:
         assert self.executor is not None
         try:
             running = self.store.update_workload_status(
-                workload.id, Status.RUNNING, actor="scheduler"
+                workload.id, Status.RUNNING, actor="scheduler", node=self._node
             )
         except (InvalidTransitionError, NotFoundError):
             running = None  # killed (or gone) since it was queued
@@ -537,11 +587,125 @@ class Scheduler:
         self._launch(running)
         return True
 
+    # --- placement (an executor with ``placement``) -------------------------------------
+
+    def _place(self, workload: Workload) -> None:
+        """Take the workload's resources and ask the executor for a node (see the
+        module docstring); ``_placed`` goes on once there is one."""
+        assert self.executor is not None
+        del self._pending[workload.id]
+        self._reasons.pop(workload.id, None)
+        devices = sorted(self._free.gpus)[: workload.resources.gpus]
+        self._take(workload, devices)
+        loop = asyncio.get_running_loop()
+        entry = _Placing(workload, devices)
+        self._placing[workload.id] = entry
+        try:
+            placed = self.executor.place(workload)
+        except Exception:
+            log.exception("placing %s failed; retrying", workload.id)
+            self._unplace(workload.id, requeue=True)
+            return
+        entry.timer = loop.call_later(PLACING_REASON_SECONDS, self._placing_slowly, workload.id)
+        placed.add_done_callback(lambda f: self._placed(workload.id, f))
+
+    def _placed(self, wid: str, placed: asyncio.Future[str]) -> None:
+        """The executor found the workload a node (or failed to): claim it, recording
+        the node, and launch it there."""
+        assert self.executor is not None
+        entry = self._placing.get(wid)
+        if entry is None or placed.cancelled():
+            return  # unplaced meanwhile (killed, or the server stops)
+        exc = placed.exception()
+        if exc is not None:
+            log.warning("placing %s failed (%s); retrying", wid, exc)
+            self._unplace(wid, requeue=True)
+            return
+        try:
+            running = self.store.update_workload_status(
+                wid, Status.RUNNING, actor="scheduler", node=placed.result()
+            )
+        except (InvalidTransitionError, NotFoundError):
+            self._unplace(wid)  # killed (or gone) meanwhile
+            self._ended(wid)
+            return
+        except Exception as exc:  # the database failing: place it again later
+            log.warning("cannot claim %s yet (%s); retrying", wid, exc)
+            self._unplace(wid, requeue=True)
+            return
+        self._drop_placing(wid)
+        self._allocated[wid] = (running, entry.devices)  # its resources are taken already
+        self._start(running, entry.devices)
+        self._poke()  # a pass that stopped at it may go on
+
+    def _unplace(self, wid: str, *, requeue: bool = False) -> None:
+        """Give back a placement and its resources; ``requeue``: it stays pending and
+        is placed again after ``RETRY_SECONDS``."""
+        assert self.executor is not None
+        entry = self._drop_placing(wid)
+        if entry is None:
+            return
+        self.executor.unplace(wid)
+        self._give_back(entry.workload, entry.devices)
+        self._full = True
+        if requeue:
+            self._enqueue(entry.workload)
+            self._arm_retry()
+
+    def _drop_placing(self, wid: str) -> _Placing | None:
+        entry = self._placing.pop(wid, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+        return entry
+
+    def _placing_slowly(self, wid: str) -> None:
+        """A placement not made yet: store the executor's reason (it is only a reason,
+        so one the store refuses is not retried; the next slow placement tries again)."""
+        entry = self._placing.get(wid)
+        if entry is None or self.executor is None:
+            return
+        entry.timer = None
+        reason = self.executor.placing_reason(entry.workload)
+        if self._reasons.get(wid) == reason:
+            return
+        try:
+            self.store.set_pending_reasons([(wid, reason)])
+        except Exception as exc:
+            log.warning("cannot store the reason of %s (%s)", wid, exc)
+            return
+        self._reasons[wid] = reason
+
+    def _on_change(self) -> None:
+        """The executor's capacity changed (nodes joined or left)."""
+        self._resize()
+        self._full = True
+        self._poke()
+
+    def _resize(self) -> None:
+        """Totals from the executor's capacity; free = total minus what is taken."""
+        assert self.executor is not None
+        cap = self.executor.capacity
+        taken = [(w, d) for w, d in self._allocated.values()]
+        taken += [(p.workload, p.devices) for p in self._placing.values()]
+        self._total = _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus)))
+        free = self._total.copy()
+        for workload, devices in taken:
+            free.cpus -= workload.resources.cpus
+            free.memory_mb -= workload.resources.memory_mb
+            free.gpus -= set(devices)
+        self._free = free
+
+    # --- launch ------------------------------------------------------------------------
+
     def _launch(self, running: Workload) -> None:
         """Take the resources of a workload claimed as running and start its process."""
-        assert self.executor is not None
         devices = sorted(self._free.gpus)[: running.resources.gpus]
         self._allocate(running, devices)
+        self._start(running, devices)
+
+    def _start(self, running: Workload, devices: list[int]) -> None:
+        """Start the process of a workload claimed as running, its resources taken."""
+        assert self.executor is not None
         try:
             started = self.executor.launch(running, devices, self._run_as(running.owner))
         except Exception as exc:
@@ -605,6 +769,17 @@ class Scheduler:
 
     def _allocate(self, workload: Workload, devices: list[int]) -> None:
         self._allocated[workload.id] = (workload, devices)
+        self._take(workload, devices)
+
+    def _release(self, workload_id: str) -> None:
+        entry = self._allocated.pop(workload_id, None)
+        if entry is None:
+            return
+        self._full = True  # workloads walked before may fit now
+        self._give_back(*entry)
+
+    def _take(self, workload: Workload, devices: list[int]) -> None:
+        """Resources and its place in its batch's limit, for a workload placed or run."""
         if workload.batch_id is not None and workload.max_running is not None:
             batch = workload.batch_id
             self._batch_running[batch] = self._batch_running.get(batch, 0) + 1
@@ -612,19 +787,15 @@ class Scheduler:
         self._free.memory_mb -= workload.resources.memory_mb
         self._free.gpus -= set(devices)
 
-    def _release(self, workload_id: str) -> None:
-        entry = self._allocated.pop(workload_id, None)
-        if entry is None:
-            return
-        self._full = True  # workloads walked before may fit now
-        workload, devices = entry
+    def _give_back(self, workload: Workload, devices: list[int]) -> None:
         if workload.batch_id is not None and workload.max_running is not None:
             left = self._batch_running.pop(workload.batch_id, 0) - 1
             if left > 0:
                 self._batch_running[workload.batch_id] = left
         self._free.cpus += workload.resources.cpus
         self._free.memory_mb += workload.resources.memory_mb
-        self._free.gpus |= set(devices)
+        # Only tokens still counted: a node that left may have shrunk the total.
+        self._free.gpus |= set(devices) & self._total.gpus
 
     # --- timeouts and exits ----------------------------------------------------------
 
@@ -712,9 +883,13 @@ class Scheduler:
         pending = set()
         for workload in self._iter_store(Status.PENDING):
             pending.add(workload.id)
-            if workload.id not in self._pending and workload.id not in self._blocked:
+            known = self._pending, self._blocked, self._placing
+            if not any(workload.id in ids for ids in known):
                 self._admit(workload)
                 self._reasons[workload.id] = workload.reason
+        for wid in self._placing.keys() - pending:  # killed by another process
+            self._unplace(wid)
+            self._ended(wid)
         for wid in self._blocked.keys() - pending:  # killed by another process
             self._unblock(wid)
             self._reasons.pop(wid, None)
@@ -766,6 +941,29 @@ def _excess(res: Resources, total: _Free) -> str | None:
         if need > have:
             return f"asks for {_amount(need, what)}; this server has {_num(have)} in all"
     return None
+
+
+def _fits_no_node(res: Resources, nodes: list[Node]) -> str | None:
+    """What ``res`` asks beyond every alive node, naming the largest, or None."""
+    alive = [n for n in nodes if n.alive]
+    for node in alive:
+        cap = node.capacity
+        if _fits(res, _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus)))):
+            return None
+    want = ", ".join(
+        _amount(need, what)
+        for need, what in ((res.cpus, "CPU"), (res.memory_mb, "MB of memory"), (res.gpus, "GPU"))
+        if need
+    )
+    if not alive:
+        return f"asks for {want}; the cluster has no node now"
+    big = max(alive, key=lambda n: (n.capacity.gpus, n.capacity.cpus, n.capacity.memory_mb))
+    cap = big.capacity
+    return (
+        f"asks for {want}, more than any node has; the largest, {big.id} ({big.address}),"
+        f" has {_amount(cap.cpus, 'CPU')}, {cap.memory_mb} MB of memory,"
+        f" {_amount(cap.gpus, 'GPU')}"
+    )
 
 
 def _take(free: _Free, res: Resources) -> None:

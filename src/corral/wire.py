@@ -398,6 +398,8 @@ class Workload(_Record):
     """The batch request that created it, if one did."""
     max_running: int | None = None
     """At most this many of its batch run at once (None: no limit)."""
+    node: str | None = None
+    """The machine it runs (or ran) on: the server's host, or a Ray node id."""
     stopping: bool = False
     """The status is terminal but the process is still exiting."""
 
@@ -428,6 +430,7 @@ class Workload(_Record):
             _opt_int(d, "array_index", where),
             _opt_str(d, "batch_id", where),
             _opt_int(d, "max_running", where),
+            _opt_str(d, "node", where),
             _bool(d, "stopping", where, False),
         )
 

@@ -42,7 +42,7 @@ from corral.errors import (
     UnsupportedMediaTypeError,
 )
 from corral.ids import ID_LENGTH, ID_PREFIX_MIN, ID_PREFIX_PATTERN
-from corral.logs import follow_log, log_chunks, log_path, log_start, open_log
+from corral.logs import FileLogs, follow_log, log_chunks, log_start, open_log
 from corral.model import (
     LABEL_SELECTOR_RE,
     LABELS_MAX_ENTRIES,
@@ -439,7 +439,8 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
         tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
     ) -> Response:
         store.get_workload(workload_id, owner=visible_to(principal(request)))  # else 404
-        path = log_path(data_dir, workload_id)
+        logs = scheduler.executor.logs if scheduler.executor else FileLogs(data_dir)
+        path = logs.path(workload_id)
         fd = open_log(path)  # a log the OS refuses is a problem now, before a body
         try:
             start = log_start(fd, tail)

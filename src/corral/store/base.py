@@ -176,11 +176,13 @@ class Store(Protocol):
         signal: str | None = None,
         actor: str | None = None,
         owner: str | None = None,
+        node: str | None = None,
     ) -> Workload:
         """The only way a status changes. Atomically: read the current status, check
-        ``valid_transition``, write the status, timestamps, exit code, signal and
-        reason, and append the event (stamped under the same lock, so events' times
-        follow their order) -- or change nothing and raise ``InvalidTransitionError``
+        ``valid_transition``, write the status, timestamps, exit code, signal,
+        reason and (when given: the claim) the ``node`` it runs on, and append the
+        event (stamped under the same lock, so events' times follow their order) --
+        or change nothing and raise ``InvalidTransitionError``
         / ``NotFoundError`` (also when ``owner`` is given and it is not theirs). Of
         concurrent callers leaving the same status, exactly one succeeds."""
         ...

@@ -87,11 +87,11 @@ CHECKPOINT_INTERVAL_SECONDS = 1.0
 _COLUMNS = (
     "id, name, command, env, cwd, cpus, memory_mb, gpus, labels, priority, timeout_seconds,"
     " status, exit_code, signal, reason, created_at, updated_at, started_at, finished_at, owner,"
-    " depends_on, dependency_type, array_index, batch_id, max_running"
+    " depends_on, dependency_type, array_index, batch_id, max_running, node"
 )
 _INSERT_WORKLOAD = (
     f"INSERT INTO workloads ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-    " NULL, NULL, NULL, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?)"
+    " NULL, NULL, NULL, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, NULL)"
 )
 _ID_CHUNK = 500
 """Ids per ``IN (…)`` query (SQLite allows 32,766 parameters; short lists plan better)."""
@@ -105,8 +105,8 @@ _INSERT_NEXT_EVENT = (
 )
 _UPDATE_STATUS = (
     "UPDATE workloads SET status = ?, exit_code = ?, signal = ?, reason = ?, updated_at = ?,"
-    " started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at)"
-    f" WHERE id = ? AND status = ? RETURNING {_COLUMNS}"
+    " started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at),"
+    f" node = COALESCE(?, node) WHERE id = ? AND status = ? RETURNING {_COLUMNS}"
 )
 _UPDATE_OWNED_STATUS = _UPDATE_STATUS.replace(" RETURNING", " AND owner = ? RETURNING")
 
@@ -142,6 +142,7 @@ def _row_to_workload(row: Sequence[Any]) -> Workload:
             "array_index": row[22],
             "batch_id": row[23],
             "max_running": row[24],
+            "node": row[25],
         }
     )
 
@@ -650,6 +651,7 @@ class SQLiteStore(SQLiteKeys):
         signal: str | None = None,
         actor: str | None = None,
         owner: str | None = None,
+        node: str | None = None,
     ) -> Workload:
         status = Status(status)
         if reason is None:
@@ -665,6 +667,7 @@ class SQLiteStore(SQLiteKeys):
                 now,
                 now if status is Status.RUNNING else None,
                 now if status in TERMINAL else None,
+                node,
                 workload_id,
             )
             if len(sources) == 1:
