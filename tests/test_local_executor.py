@@ -1,7 +1,10 @@
-"""The local executor end to end: a real ``corral serve`` runs real processes."""
+"""The local executor end to end: a real ``corral serve`` runs real processes (and,
+for the Ray agent's ``watch_pid``, an agent-like process of its own)."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import random
 import signal
@@ -18,11 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
-from corral.executors.local import find_shims, kill_all
+from corral.executors.base import Capacity, Outcome
+from corral.executors.local import LocalExecutor, find_shims, kill_all
+from corral.executors.shim import ShimStatus, read_status
 from corral.keys import default_admin
 from corral.model import Status, WorkloadCreate
 from corral.store.sqlite import SQLiteStore
 from tests.server import LiveServer, free_port, pid_gone, wait_until
+from tests.test_executor_isolation import make_workload
 
 TERMINAL = {"completed", "failed", "killed"}
 
@@ -665,3 +671,85 @@ def test_workloads_get_the_open_files_limit_the_server_started_with(serve: Any) 
     w = api.wait(api.submit(["sh", "-c", script])["id"])
     assert w["status"] == "completed", w
     assert api.logs(w["id"]).split() == ["512", "4096", "0"]
+
+
+AGENT = """
+import asyncio, os, sys
+from pathlib import Path
+from corral.executors.base import Capacity
+from corral.executors.local import LocalExecutor
+from corral.model import Workload
+
+async def main() -> None:
+    executor = LocalExecutor(
+        Path(sys.argv[1]), capacity=Capacity(cpus=1, memory_mb=64, gpus=0),
+        kill_grace_seconds=10, watch_pid=os.getpid(),
+    )
+    executor.start(lambda outcome: None)
+    await executor.launch(Workload.model_validate_json(sys.argv[2]), ())
+    print("launched", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+"""What the Ray agent does: a ``LocalExecutor`` watching its own process."""
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_the_workloads_of_a_watching_executor_do_not_outlive_its_process(
+    tmp_path: Path,
+) -> None:
+    """An agent-like process runs a workload through ``LocalExecutor(watch_pid=its
+    own pid)`` and is SIGKILLed (as Ray kills the agent of a removed node): the shim,
+    forked by its launcher, lives on by design but stops the workload and its
+    grandchild, recording SIGTERM."""
+    data, pids = tmp_path / "data", tmp_path / "pids"
+    w = make_workload(["sh", "-c", f"sleep 300 & echo $$ $! > {pids}; wait"])
+    argv = [sys.executable, "-c", AGENT, str(data), w.model_dump_json()]
+    agent = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    try:
+        assert agent.stdout is not None
+        assert agent.stdout.readline() == b"launched\n"
+        procs = wait_until(lambda: pids.exists() and len(p := pids.read_text().split()) == 2 and p)
+        shim = find_shims(data / "run")[w.id]
+        assert _ppid(_ppid(shim)) == agent.pid, "not forked by the agent's launcher"
+        agent.kill()
+        agent.wait()
+        status = wait_until(lambda: read_status(data / "run" / w.id), timeout=10)
+        assert status == ShimStatus("signal", signal.SIGTERM)
+        wait_until(lambda: all(pid_gone(int(p)) for p in [*procs, shim]), timeout=5)
+    finally:
+        agent.kill()
+        agent.wait()
+        kill_all(data / "run")
+
+
+def test_a_watching_executor_whose_process_is_gone_runs_nothing(tmp_path: Path) -> None:
+    """A launch (through the launcher) watching a process already gone: the shim runs
+    nothing and the outcome is the spawn error ESRCH."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    marker = tmp_path / "ran"
+
+    async def main() -> Outcome:
+        executor = LocalExecutor(
+            tmp_path / "data", capacity=Capacity(cpus=1, memory_mb=64, gpus=0),
+            kill_grace_seconds=1, watch_pid=gone.pid,
+        )  # fmt: skip
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        executor.start(done.set_result)
+        try:
+            await executor.launch(make_workload(["touch", str(marker)]), ())
+            assert executor._launcher._proc is not None, "not through the launcher"
+            return await asyncio.wait_for(done, 10)
+        finally:
+            executor.close()
+
+    try:
+        assert asyncio.run(main()).spawn_error == os.strerror(errno.ESRCH)
+    finally:
+        kill_all(tmp_path / "data" / "run")
+    assert not marker.exists()

@@ -489,6 +489,95 @@ def test_bad_arguments_exit_2(start: Callable[..., Run], args: list[str]) -> Non
     assert not state_file(run.state, "status").exists()
 
 
+@contextlib.contextmanager
+def watched() -> Iterator[subprocess.Popen[bytes]]:
+    """A process to watch (a ``sleep``), killed and reaped at the end if still there."""
+    proc = subprocess.Popen(["sleep", "100"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def watch_env(pid: int | str) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "CORRAL_SHIM_WATCH_PID": str(pid)}
+
+
+@pytest.mark.parametrize("reap", [True, False], ids=["reaped", "zombie"])
+@pytest.mark.parametrize(
+    ("trap", "grace", "expected"),
+    [("", 10.0, signal.SIGTERM), ('trap "" TERM; ', 0.5, signal.SIGKILL)],
+    ids=["cooperative", "ignores-sigterm"],
+)
+def test_the_exit_of_the_watched_process_stops_the_whole_group(
+    start: Callable[..., Run], trap: str, grace: float, expected: int, reap: bool
+) -> None:
+    """``CORRAL_SHIM_WATCH_PID``: the watched process exits (and, as PID 1 here
+    never reaps orphans, may stay a zombie): the shim stops the workload and its
+    grandchild as for a kill, SIGKILL after the grace for one that ignores SIGTERM."""
+    with watched() as agent:
+        script = f"{trap}sleep 100 & sleep 100; wait"
+        run = start(["sh", "-c", script], grace=grace, env=watch_env(agent.pid))
+        pid = run.pid()
+        wait_for(lambda: len(live_members(pid)) == 3, what="sh and its two sleeps")
+        began = time.monotonic()
+        agent.kill()
+        if reap:
+            agent.wait()
+        else:
+            wait_for(lambda: is_gone(agent.pid), what="the watched process to exit")
+        assert run.wait(timeout=grace + 5) == ShimStatus("signal", expected)
+        took = time.monotonic() - began
+    assert live_members(pid) == []
+    assert took < grace + 2.0 if expected == signal.SIGKILL else took < 2.0
+    assert "the watched process has exited" in run.log.read_text()
+
+
+def test_a_watched_process_that_lives_on_changes_nothing(start: Callable[..., Run]) -> None:
+    """The workload runs to its end, without the shim's instruction in its environment."""
+    with watched() as agent:
+        script = "sleep 0.7; env | grep -c CORRAL_SHIM || true"
+        run = start(["sh", "-c", script], env=watch_env(agent.pid))
+        assert run.wait() == ShimStatus("exit", 0)
+        assert agent.poll() is None
+    assert run.log.read_text() == "0\n"
+
+
+@pytest.mark.parametrize("zombie", [False, True], ids=["reaped", "zombie"])
+def test_a_watched_process_already_gone_runs_nothing(
+    start: Callable[..., Run], tmp_path: Path, zombie: bool
+) -> None:
+    """Gone means exited: a zombie (unreaped child) counts, as a reaped one does."""
+    marker = tmp_path / "ran"
+    proc = subprocess.Popen(["true"])
+    try:
+        if zombie:
+            wait_for(lambda: is_gone(proc.pid), what="the child to exit")
+            assert Path(f"/proc/{proc.pid}").exists(), "reaped: no zombie"
+        else:
+            proc.wait()
+        run = start(["touch", str(marker)], env=watch_env(proc.pid))
+        assert run.wait() == ShimStatus("spawn", errno.ESRCH)
+    finally:
+        proc.wait()
+    assert not marker.exists()
+    assert "cannot watch the process given in CORRAL_SHIM_WATCH_PID: No such process" in (
+        run.log.read_text()
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "", " 5", "12a", "99999999999"])
+def test_a_bad_watch_pid_runs_nothing(
+    start: Callable[..., Run], tmp_path: Path, value: str
+) -> None:
+    marker = tmp_path / "ran"
+    run = start(["touch", str(marker)], env=watch_env(value))
+    assert run.wait() == ShimStatus("spawn", errno.EINVAL)
+    assert not marker.exists()
+    assert f"bad CORRAL_SHIM_WATCH_PID: {value}\n" in run.log.read_text()
+
+
 def test_shim_source_compiles_without_warnings(tmp_path: Path) -> None:
     cc = os.environ.get("CC") or "cc"
     flags = ["-O2", "-Wall", "-Wextra", "-Werror", "-c", "-o", str(tmp_path / "shim.o")]

@@ -22,6 +22,11 @@ Nothing else is written per launch: the launch path is the executor's hot path, 
 every file operation showed in its profile. A restarted server finds live shims by
 their command line (``/proc/*/cmdline`` names the shim binary and the workload's
 state path), which also rules out reused pids.
+
+With ``watch_pid`` (the Ray agent passes its own pid: ``docs/ray.md``), every shim
+also watches that process and stops its workload's group, as for a kill, once it has
+exited: a shim outlives the server by design, but must not outlive the agent of a
+removed Ray node. A shim whose watched process is already gone runs nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ GID_VARIABLE = "CORRAL_SHIM_GID"
 GROUPS_VARIABLE = "CORRAL_SHIM_GROUPS"
 """With the two above: run the workload as that user (its groups comma-separated);
 the shim removes all three."""
+WATCH_VARIABLE = "CORRAL_SHIM_WATCH_PID"
+"""Tells the shim the process whose exit stops the workload; the shim removes it."""
 SHIM_PREFIX = "CORRAL_SHIM_"
 """Of the variables above, the shim's instructions: only the server sets them (a
 workload's own are dropped)."""
@@ -168,7 +175,10 @@ def _count_gpus() -> int:
 
 
 class LocalExecutor:
-    """Processes on this machine, each under a shim; see the module docstring."""
+    """Processes on this machine, each under a shim; see the module docstring.
+
+    ``watch_pid``: a process (the Ray agent's own) whose exit stops every workload
+    started here; a launch after it has exited records the spawn error ESRCH."""
 
     placement = False
 
@@ -180,12 +190,15 @@ class LocalExecutor:
         kill_grace_seconds: float,
         workload_open_files: int | None = None,
         workload_umask: int | None = None,
+        watch_pid: int | None = None,
     ) -> None:
         self.capacity = capacity
         self.workload_open_files = workload_open_files
         """The soft open-files limit workloads get (the server's own may be raised)."""
         self.workload_umask = workload_umask
         """The umask workloads get (the server's own is 077), or None: the shim's."""
+        self.watch_pid = watch_pid
+        """A process whose exit stops every workload (the Ray agent's), or None."""
         self.kill_grace_seconds = kill_grace_seconds
         self.data_dir = data_dir
         self.logs = FileLogs(data_dir)
@@ -273,6 +286,8 @@ class LocalExecutor:
             env[UID_VARIABLE] = str(run_as.uid)
             env[GID_VARIABLE] = str(run_as.gid)
             env[GROUPS_VARIABLE] = ",".join(map(str, run_as.groups))
+        if self.watch_pid is not None:
+            env[WATCH_VARIABLE] = str(self.watch_pid)
         cwd = Path(workload.cwd) if workload.cwd else None
         argv = shim_argv(self.shim, state, self.kill_grace_seconds, cwd, workload.command)
         log = log_path(self.data_dir, workload.id)

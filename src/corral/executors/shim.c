@@ -48,6 +48,14 @@
  *     CWD and PROGRAM. A failure is "spawn E"; values that cannot be read (or one
  *     variable without the others) are "spawn 22" and run nothing. Removed before the
  *     workload starts, like the others.
+ *   - CORRAL_SHIM_WATCH_PID=N: stop the workload when process N exits (the corral
+ *     agent of a Ray node: no workload outlives it). The shim opens a pidfd for N
+ *     before it forks; if N is gone by then (a zombie counts as gone) the command
+ *     never runs: "spawn 3" (ESRCH), as for any pidfd that cannot be opened ("spawn
+ *     E"). While the workload runs the shim checks the pidfd every 0.5 s (WATCH_TICK_NS)
+ *     and, once N has exited, acts as on SIGTERM. A value that is not a positive
+ *     number is "spawn 22". Removed before the workload starts, like the others.
+ *     Without it the shim wakes only for signals.
  *   - CORRAL_SHIM_ENV_NAME=VALUE: the workload's NAME=VALUE, hidden from the shim's own
  *     start (the server exec's a shim with LD_PRELOAD, LD_LIBRARY_PATH, GCONV_PATH…
  *     renamed so, or a dynamically linked shim, which stays root, would load what a
@@ -63,6 +71,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -78,8 +87,10 @@
 #include <unistd.h>
 
 #define TICK 0.1       /* seconds between checks while stopping a group (members can
-                          leave it without a signal to the shim); none while running */
+                          leave it without a signal to the shim); none while running,
+                          but WATCH_TICK_NS with CORRAL_SHIM_WATCH_PID */
 #define GIVE_UP 2.0    /* seconds to wait for the group to empty after SIGKILL */
+#define WATCH_TICK_NS 500000000L /* between checks of a watched process (0.5 s) */
 
 static const char *state_dir;
 
@@ -202,6 +213,17 @@ static void stop_group(pid_t pgid)
 {
     killpg(pgid, SIGTERM);
     killpg(pgid, SIGCONT); /* a stopped process must run to act on SIGTERM */
+}
+
+/* True once the process of PIDFD has exited (a zombie included): it is readable. */
+static int watched_gone(int pidfd)
+{
+    struct pollfd p = {pidfd, POLLIN, 0};
+    int r;
+    do
+        r = poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
+    return r > 0;
 }
 
 static int usage(const char *why)
@@ -411,6 +433,20 @@ static int shim_main(int argc, char **argv)
         unsetenv("CORRAL_SHIM_GROUPS");
     }
 
+    /* The process whose exit stops the workload (the Ray node's corral agent). */
+    pid_t watch_pid = 0;
+    const char *watch_s = getenv("CORRAL_SHIM_WATCH_PID");
+    if (watch_s != NULL) {
+        unsigned long w;
+        if (parse_number(watch_s, 10, INT_MAX, &w) == 0 && w > 0)
+            watch_pid = (pid_t)w;
+        else {
+            say("bad CORRAL_SHIM_WATCH_PID: ", watch_s);
+            bad_env = 1;
+        }
+        unsetenv("CORRAL_SHIM_WATCH_PID");
+    }
+
     /* Block the signals taken by sigwaitinfo first: a kill request that comes while
      * the shim starts up must wait for it, not kill it with nothing recorded. */
     sigset_t set;
@@ -430,6 +466,17 @@ static int shim_main(int argc, char **argv)
         say("cannot become a child subreaper: ", strerror(errno));
     if (bad_env)
         return finish("spawn", EINVAL);
+    /* After close_inherited (which would close it); before the fork, so that nothing
+     * runs for a watched process already gone. Close-on-exec, as every pidfd. */
+    int watch_fd = -1;
+    if (watch_pid > 0) {
+        watch_fd = (int)syscall(SYS_pidfd_open, watch_pid, 0);
+        int e = watch_fd < 0 ? errno : watched_gone(watch_fd) ? ESRCH : 0;
+        if (e != 0) {
+            say("cannot watch the process given in CORRAL_SHIM_WATCH_PID: ", strerror(e));
+            return finish("spawn", e);
+        }
+    }
 
     /* The child reports a failed exec as its errno, a failed chdir as minus its errno,
      * on a close-on-exec pipe. It waits on a second one for a byte sent once STATE.pid is
@@ -501,15 +548,26 @@ static int shim_main(int argc, char **argv)
             terminating = 1;
             deadline = t + grace;
         }
+        /* The watched process's exit is a kill request. */
+        if (watch_fd >= 0 && !terminating && watched_gone(watch_fd)) {
+            say("the watched process has exited: stopping the workload", "");
+            stop_group(child);
+            terminating = 1;
+            deadline = t + grace;
+        }
         if (terminating && !killed && group_alive && t >= deadline) {
             killpg(child, SIGKILL);
             killed = 1;
             killed_at = t;
         }
         int sig;
-        if (!reaped && !terminating) {
+        if (!reaped && !terminating && watch_fd < 0) {
             /* Running, nothing asked: only a signal (its exit, a kill) changes that. */
             sig = sigwaitinfo(&set, NULL);
+        } else if (!reaped && !terminating) {
+            /* The same, and the watched process's exit, seen at the next turn. */
+            struct timespec ts = {0, WATCH_TICK_NS};
+            sig = sigtimedwait(&set, NULL, &ts);
         } else {
             double wait = TICK;
             if (terminating && !killed && deadline - t < wait)
