@@ -1,0 +1,183 @@
+"""``corral serve --executor ray`` end to end on a real multi-node Ray cluster on this
+machine (the session's ``ray_cluster``: a head and a second node, 2 CPUs each).
+
+What the workloads do is observed from the workloads themselves: each prints its
+shim's command line (``/proc/$PPID/cmdline``), whose state path names the Ray node
+whose agent started it, and times of its own.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.server import LiveServer, pid_gone, wait_until
+
+TERMINAL = {"completed", "failed", "killed"}
+WHERE = 'echo "node $(tr "\\0" " " < /proc/$PPID/cmdline)"; echo "pid $$"'
+"""Shell that prints the shim's command line (naming the node) and the workload's pid."""
+
+
+class Api:
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.http = server.http()
+
+    def submit(self, command: list[str], **body: Any) -> dict[str, Any]:
+        r = self.http.post("/v1/workloads", json={"command": command, **body})
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def get(self, wid: str) -> dict[str, Any]:
+        return self.http.get(f"/v1/workloads/{wid}").json()  # type: ignore[no-any-return]
+
+    def logs(self, wid: str) -> str:
+        return self.http.get(f"/v1/workloads/{wid}/logs").text
+
+    def wait(self, wid: str, statuses: set[str] = TERMINAL, timeout: float = 30) -> dict[str, Any]:
+        return wait_until(lambda: (w := self.get(wid))["status"] in statuses and w, timeout)
+
+    def kill_all(self) -> None:
+        self.http.post("/v1/workloads/kill", json={"status": ["pending", "running"]})
+
+
+def node_of_log(text: str) -> str:
+    """The Ray node id in the shim's state path (``<node dir>/<node id>/run/<id>``)."""
+    match = re.search(r"/([0-9a-f]{56})/run/", text)
+    assert match, text
+    return match.group(1)
+
+
+def pid_of_log(text: str) -> int:
+    match = re.search(r"^pid (\d+)$", text, re.M)
+    assert match, text
+    return int(match.group(1))
+
+
+@pytest.fixture
+def serve(ray_cluster: Any, tmp_path: Path) -> Iterator[Any]:
+    servers: list[LiveServer] = []
+
+    def start(*args: str) -> Api:
+        server = LiveServer(
+            tmp_path / "data", "--executor", "ray", "--ray-address", ray_cluster.address,
+            "--kill-grace", "2", *args,
+        )  # fmt: skip
+        servers.append(server.start(timeout=60))
+        return Api(server)
+
+    start.servers = servers  # type: ignore[attr-defined]
+    yield start
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            Api(server).kill_all()  # the cluster is the session's: leave it empty
+            time.sleep(0.5)
+        server.kill()
+
+
+def test_workloads_land_on_both_nodes_and_never_more_than_fit(serve: Any, tmp_path: Path) -> None:
+    """8 one-CPU workloads on two 2-CPU nodes: both nodes run some, and no node ever
+    runs more than 2 at once (from the workloads' own clocks)."""
+    api = serve()
+    script = f'{WHERE}; echo "start $(date +%s.%N)"; sleep 0.6; echo "end $(date +%s.%N)"'
+    ids = [api.submit(["sh", "-c", script], cpus=1)["id"] for _ in range(8)]
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for wid in ids:
+        done = api.wait(wid)
+        assert done["status"] == "completed", done
+        text = api.logs(wid)
+        node = node_of_log(text)
+        assert done["node"] == node  # the API's node is the one that ran it
+        start = float(re.search(r"^start (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+        end = float(re.search(r"^end (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+        spans.setdefault(node, []).append((start, end))
+    assert len(spans) == 2, spans  # both nodes
+    for node, runs in spans.items():
+        for start, _ in runs:
+            overlapping = sum(1 for s, e in runs if s <= start < e)
+            assert overlapping <= 2, (node, runs)
+
+
+def test_fits_no_node_is_refused_and_fragmented_capacity_waits_with_a_reason(
+    serve: Any,
+) -> None:
+    api = serve()
+    r = api.http.post("/v1/workloads", json={"command": ["true"], "resources": {"cpus": 3}})
+    assert r.status_code == 422, r.text
+    assert "more than any node has; the largest" in r.json()["detail"]
+    assert "2 CPUs" in r.json()["detail"]
+    # 1.5 CPUs on each node leaves 1 CPU free in all but 0.5 on each: a 1-CPU workload
+    # fits corral's count, and Ray cannot place it: pending, saying so.
+    big = [api.submit(["sleep", "60"], resources={"cpus": 1.5})["id"] for _ in range(2)]
+    for wid in big:
+        api.wait(wid, {"running"})
+    assert len({api.get(w)["node"] for w in big}) == 2
+    small = api.submit(["true"], resources={"cpus": 1})["id"]
+    waiting = wait_until(lambda: (w := api.get(small))["reason"] and w, timeout=10)
+    assert waiting["status"] == "pending"
+    assert "Ray" in waiting["reason"], waiting["reason"]
+    api.http.delete(f"/v1/workloads/{big[0]}")  # frees 1.5 CPUs on one node
+    assert api.wait(small)["status"] == "completed"
+
+
+def test_a_removed_node_fails_its_workloads_as_lost_and_nothing_else(
+    serve: Any, ray_cluster: Any
+) -> None:
+    api = serve()
+    victim_node = ray_cluster.add_node(num_cpus=3)
+    wait_until(lambda: api.http.get("/v1/status").json()["capacity"]["cpus"] >= 7, timeout=20)
+    # 3 CPUs fit only the new node; the two 1-CPU ones then go elsewhere (it is full).
+    victim = api.submit(["sh", "-c", f"{WHERE}; exec sleep 300"], resources={"cpus": 3})["id"]
+    assert api.wait(victim, {"running"})
+    others = [api.submit(["sh", "-c", f"{WHERE}; exec sleep 300"])["id"] for _ in range(2)]
+    for wid in others:
+        api.wait(wid, {"running"})
+    wait_until(lambda: "pid " in api.logs(victim) and all("pid " in api.logs(w) for w in others))
+    victim_pid = pid_of_log(api.logs(victim))
+    victim_id = api.get(victim)["node"]
+    assert all(api.get(w)["node"] != victim_id for w in others)
+    ray_cluster.remove_node(victim_node, allow_graceful=True)
+    removed = time.monotonic()
+    lost = api.wait(victim, TERMINAL, timeout=10)
+    took = time.monotonic() - removed
+    assert lost["status"] == "failed", lost
+    assert re.fullmatch(rf"lost: Ray node {victim_id} \(.+\) died", lost["reason"]), lost
+    assert took < 2.5, took  # Ray declares a gracefully removed node dead at once
+    wait_until(lambda: pid_gone(victim_pid), timeout=5)  # no process outlives its node
+    for wid in others:
+        assert api.get(wid)["status"] == "running"  # nobody else touched
+        assert not pid_gone(pid_of_log(api.logs(wid)))
+
+
+def test_a_restarted_server_readopts_its_workloads_and_runs_nothing_twice(
+    serve: Any, tmp_path: Path
+) -> None:
+    api = serve()
+    ran = tmp_path / "ran"
+    ends = api.submit(["sh", "-c", f"echo $CORRAL_WORKLOAD_ID >> {ran}; sleep 2; exit 3"])["id"]
+    stays = api.submit(["sh", "-c", f"echo $CORRAL_WORKLOAD_ID >> {ran}; exec sleep 300"])["id"]
+    queued = api.submit(["sh", "-c", f"echo $CORRAL_WORKLOAD_ID >> {ran}"], cpus=4)["id"]
+    for wid in (ends, stays):
+        api.wait(wid, {"running"})
+    wait_until(lambda: ran.exists() and len(ran.read_text().split()) == 2)
+    serve.servers[0].kill(signal.SIGKILL)
+    again = serve()
+    assert again.wait(ends)["exit_code"] == 3  # its true outcome, seen after the restart
+    assert again.get(stays)["status"] == "running"
+    assert again.http.delete(f"/v1/workloads/{stays}").status_code == 200
+    assert again.wait(stays)["status"] == "killed"
+    assert again.wait(queued)["status"] == "completed"
+    assert sorted(ran.read_text().split()) == sorted([ends, stays, queued])
+
+
+def test_ray_is_not_imported_by_a_local_server(tmp_path: Path) -> None:
+    with LiveServer(tmp_path / "data", "--executor", "local") as server:
+        pid = server.proc.pid if server.proc else 0
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "_raylet" not in maps  # Ray's core library, loaded by `import ray`
