@@ -344,7 +344,7 @@ def _answers(address: str) -> bool:
 
 
 def _is_gcs(pid: int, session: str) -> bool:
-    return _alive(pid) and _comm(pid) == "gcs_server" and f"--session-dir={session}" in _argv(pid)
+    return _alive(pid) and _comm(pid) == "gcs_server" and _names(_argv(pid), session)
 
 
 def _running_head(ray_dir: Path, token: str) -> Head | None:
@@ -438,7 +438,8 @@ def _tail(path: Path, lines: int = 10) -> str:
 
 
 def _find_gcs(ray_dir: Path, port: int) -> tuple[int, str] | None:
-    """The new head's GCS server: its pid and session dir."""
+    """The new head's GCS server: its pid and session dir (its ``--log_dir``'s parent:
+    Ray 2.60 also passes ``--session-dir``, 2.52 does not)."""
     marker = f"{MARKER}={ray_dir}".encode()
     for pid in _all_pids():
         if _comm(pid) != "gcs_server" or not _has_marker(pid, marker):
@@ -447,8 +448,8 @@ def _find_gcs(ray_dir: Path, port: int) -> tuple[int, str] | None:
         if f"--gcs_server_port={port}" not in argv:
             continue
         for arg in argv:
-            if arg.startswith("--session-dir="):
-                return pid, arg.removeprefix("--session-dir=")
+            if arg.startswith("--log_dir="):
+                return pid, os.path.dirname(arg.removeprefix("--log_dir=").rstrip("/"))
     return None
 
 
