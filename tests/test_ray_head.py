@@ -26,6 +26,7 @@ from corral.executors.ray_head import (
     RayHeadError,
     ensure_head,
     head_pids,
+    main,
     stop_head,
     temp_dir_for,
     token_env,
@@ -299,6 +300,8 @@ def test_stop_head_stops_every_process_and_forgets_the_address(data_dir: Path) -
     assert head_pids(data_dir) == set()
     assert not stop_head(data_dir)
     assert (data_dir / "ray" / "token").exists()  # the next head takes the same
+    assert main(["stop", str(data_dir)]) == 0  # python -m corral.executors.ray_head stop
+    assert main(["stop"]) == 2
 
 
 def test_a_failed_start_is_one_error_with_ray_s_last_words() -> None:

@@ -82,7 +82,6 @@ SOCKET_PATH_MAX = 107
 """Bytes in a unix socket path (``sun_path`` is 108 with its terminating NUL)."""
 LONGEST_SOCKET_SUFFIX = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
 """What Ray appends to its temp dir for its longest socket (a 7-digit pid)."""
-_INSTALL_HINT = "the Ray executor needs Ray: pip install 'corral[ray]'"
 
 
 class RayNotInstalledError(CorralError):
@@ -116,7 +115,7 @@ def require_ray() -> None:
     """Raise ``RayNotInstalledError`` (one line, naming the extra) unless ``ray`` can be
     imported; imports nothing."""
     if importlib.util.find_spec("ray") is None:
-        raise RayNotInstalledError(_INSTALL_HINT)
+        raise RayNotInstalledError()  # its docstring is the message
 
 
 def token_env(token: str) -> dict[str, str]:
