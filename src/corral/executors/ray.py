@@ -86,6 +86,10 @@ NODE_WATCH_SECONDS = 0.5
 POLL_WAIT_SECONDS = 0.5
 """How long an agent holds a poll with nothing to say (exits and launches end it)."""
 AGENT_RETRY_SECONDS = 10.0
+AGENT_WAIT_SECONDS = 30.0
+FREE_FRESH_SECONDS = 0.1
+"""A waiting reason reads the nodes' free resources again (one GCS call, on the loop)
+when the last look is older than this: reasons asked together share one."""
 GROUP_PREFIX = "corral-"
 AGENT_PREFIX = "corral-agent-"
 FILE_MODE = 0o600
@@ -145,7 +149,8 @@ class RayExecutor:
         self._nodes: dict[str, Node] = {}
         """Every node seen, by id, as the node watch last saw it."""
         self._free: dict[str, dict[str, float]] = {}
-        """Alive nodes' free resources, as the node watch last saw them."""
+        """Alive nodes' free resources, as last seen (the node watch, a reason)."""
+        self._free_at = 0.0
         self._agents: dict[str, _Agent] = {}
         self._connecting: set[str] = set()
         self._agent_failed: dict[str, float] = {}
@@ -188,7 +193,8 @@ class RayExecutor:
             ),
         )
         nodes, free = await asyncio.to_thread(_look)
-        self._nodes, self._free = nodes, free
+        self._nodes = nodes
+        self._set_free(free)
         self.capacity = _sum(n for n in nodes.values() if n.alive)
         alive = [n for n in nodes.values() if n.alive]
         await asyncio.gather(*(self._add_agent(n, adopting=True) for n in alive))
@@ -279,6 +285,11 @@ class RayExecutor:
         wanted = [(res.cpus, "CPU"), (res.memory_mb, "MB of memory"), (res.gpus, "GPU")]
         needs = ", ".join(_amount(v, unit) for v, unit in wanted if v)
         reason = f"waiting for Ray to place it: {needs} on one node"
+        if time.monotonic() - self._free_at > FREE_FRESH_SECONDS:
+            try:
+                self._set_free(_free_now())
+            except Exception as exc:
+                log.warning("cannot read Ray's free resources: %s", exc)
         if not self._free:
             return reason
         most = {
@@ -288,6 +299,9 @@ class RayExecutor:
         }
         free = ", ".join(_amount(most[unit], unit) for v, unit in wanted if v)
         return f"{reason}; the most free on one node: {free}"
+
+    def _set_free(self, free: dict[str, dict[str, float]]) -> None:
+        self._free, self._free_at = free, time.monotonic()
 
     # placement groups: on the ``_gcs`` thread only
 
@@ -332,50 +346,62 @@ class RayExecutor:
         self, workload: Workload, gpu_devices: Sequence[int], run_as: RunAs | None = None
     ) -> Awaitable[None]:
         """See ``Executor.launch``: on the node its placement gave, by that node's
-        agent (which picks the GPUs: ``gpu_devices`` are the scheduler's tokens)."""
+        agent (which picks the GPUs: ``gpu_devices`` are the scheduler's tokens). A
+        node Ray placed it on whose agent is still starting (a node just joined) is
+        waited for, up to ``AGENT_WAIT_SECONDS``."""
         wid = workload.id
         node = self._node_of.get(wid)
         if node is None:
             raise SpawnError("it has no Ray node (it was not placed)")
-        agent = self._agents.get(node)
-        if agent is None:
-            self._fail_launch(wid)
-            raise SpawnError(f"no corral agent runs on Ray node {node}")
         try:
             fd = os.open(self.logs.path(wid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             os.close(fd)
         except OSError as exc:
             self._fail_launch(wid)
             raise SpawnError(f"cannot open its log: {exc.strerror}") from None
-        answer = agent.handle.launch.remote(workload, run_as)
-        agent.offsets[wid] = 0
         self._launching.add(wid)
-        return self._launched(wid, agent, answer)
+        return self._launched(workload, node, run_as)
 
-    async def _launched(self, wid: str, agent: _Agent, answer: Any) -> None:
+    async def _launched(self, workload: Workload, node: str, run_as: RunAs | None) -> None:
+        wid = workload.id
+        agent: _Agent | None = None
         try:
+            agent = self._agents.get(node) or await self._agent_on(node)
+            agent.offsets[wid] = 0
             try:
-                result: dict[str, Any] = await answer
+                result: dict[str, Any] = await agent.handle.launch.remote(workload, run_as)
             except RayActorError:
-                raise SpawnError(
-                    f"the corral agent on Ray node {agent.node.id} ({agent.node.address}) died"
-                ) from None
+                where = f"Ray node {agent.node.id} ({agent.node.address})"
+                raise SpawnError(f"the corral agent on {where} died") from None
             if "error" in result:
                 raise SpawnError(str(result["error"]))
         except BaseException:
             self._launching.discard(wid)
             self._stop_on_start.discard(wid)
-            agent.offsets.pop(wid, None)
+            if agent is not None:
+                agent.offsets.pop(wid, None)
             self._exits.pop(wid, None)
             self._fail_launch(wid)
             raise
         self._launching.discard(wid)
-        self._watched[wid] = agent.node.id
+        self._watched[wid] = node
         if wid in self._stop_on_start:
             self._stop_on_start.discard(wid)
             self.terminate(wid)
         assert self._loop is not None
         self._loop.call_soon(self._maybe_report, wid)  # an exit that came first
+
+    async def _agent_on(self, node_id: str) -> _Agent:
+        """The agent of ``node_id``, waited for while it may still come."""
+        assert self._loop is not None
+        deadline = self._loop.time() + AGENT_WAIT_SECONDS
+        while (agent := self._agents.get(node_id)) is None:
+            node = self._nodes.get(node_id)
+            failed = node_id in self._agent_failed and node_id not in self._connecting
+            if (node is not None and not node.alive) or failed or self._loop.time() > deadline:
+                raise SpawnError(f"no corral agent runs on Ray node {node_id}")
+            await asyncio.sleep(0.05)
+        return agent
 
     def _fail_launch(self, wid: str) -> None:
         self._node_of.pop(wid, None)
@@ -575,7 +601,8 @@ class RayExecutor:
 
     def _update_nodes(self, nodes: dict[str, Node], free: dict[str, dict[str, float]]) -> None:
         before = self._nodes
-        self._nodes, self._free = nodes, free
+        self._nodes = nodes
+        self._set_free(free)
         for node in nodes.values():
             was = before.get(node.id)
             if was is not None and was.alive and not node.alive:
@@ -705,8 +732,11 @@ def _look() -> tuple[dict[str, Node], dict[str, dict[str, float]]]:
         node_id = str(info["NodeID"])
         address = str(info.get("NodeManagerAddress", ""))
         nodes[node_id] = Node(node_id, address, capacity, alive=bool(info.get("Alive")))
-    free = _free_per_node()
-    return nodes, {k: dict(v) for k, v in free.items()}
+    return nodes, _free_now()
+
+
+def _free_now() -> dict[str, dict[str, float]]:
+    return {k: dict(v) for k, v in _free_per_node().items()}
 
 
 def _sum(nodes: Iterable[Node]) -> Capacity:
