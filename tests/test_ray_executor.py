@@ -205,11 +205,21 @@ def test_a_restart_stops_strays_removes_their_groups_and_loses_the_unknown(rx: H
     assert stray.id not in {o.workload_id for o in rx.reported}
 
 
-def test_a_workload_that_exits_has_its_group_removed_and_unplace_drops_one(rx: Harness) -> None:
+def test_an_exit_removes_the_group_and_once_forgotten_the_nodes_files(
+    rx: Harness, ray_cluster: RayCluster
+) -> None:
+    """After the exit is reported its placement group goes; once the outcome is
+    forgotten (the harness forgets at once, as the scheduler does once it is stored)
+    so do the node's log and state files. ``unplace`` drops a group too."""
+
     async def main() -> None:
-        w = await rx.start(make_workload(["true"], cpus=1))
-        await rx.outcome(w)
+        w = await rx.start(make_workload(["echo", "hello"], cpus=1))
+        node_files = ray_cluster.node_dir / str(rx.executor.node_of(w.id))
+        assert (node_files / "logs" / f"{w.id}.log").exists()
+        assert (await rx.outcome(w)).exit_code == 0
+        assert rx.log(w) == "hello\n"
         await until(lambda: not _groups(f"corral-{w.id}"), 5, "its group to go")
+        await until(lambda: not list(node_files.glob(f"*/{w.id}.*")), 5, "its node files to go")
         never = make_workload(["true"], cpus=1)
         await rx.place(never)
         assert len(_groups(f"corral-{never.id}")) == 1

@@ -14,10 +14,14 @@ chosen. See docs/ray.md ("Built as") for the design; the decisions taken here:
   future's exception (``SpawnError``). Groups are removed when the workload's exit
   is reported, on ``unplace`` or a failed launch, and in ``stop_unadopted`` for
   groups of this namespace whose workloads are not running.
-- **Waiting reasons** (``placing_reason``) come from the node watch's last look at
-  ``ray._private.state.available_resources_per_node()`` (a DeveloperAPI: one GCS call
-  every 0.5 s on a thread; ``ray.util.state.list_nodes`` needs the dashboard, which a
-  corral-started head does not run), so asking costs nothing.
+- **Waiting reasons** (``placing_reason``) name the most of each asked resource free
+  on one node, from ``ray._private.state.available_resources_per_node()`` (a
+  DeveloperAPI, one GCS call; ``ray.util.state.list_nodes`` needs the dashboard, which
+  a corral-started head does not run): the node watch's look when it is under
+  ``FREE_FRESH_SECONDS`` old, else a new one on the loop (~1 ms).
+- **Launch** sends the workload to the agent of the node its placement gave; a node
+  just joined whose agent is still starting is waited for (``AGENT_WAIT_SECONDS``).
+  The agent's error answer, or its death, is a ``SpawnError`` (and the group goes).
 - **Agents**: one detached async actor per alive node (``ray_agent.Agent``), found by
   name or created (``get_if_exists``) at ``open`` and when a node appears; a node
   whose agent cannot be started is retried every ``AGENT_RETRY_SECONDS``.
@@ -35,6 +39,10 @@ chosen. See docs/ray.md ("Built as") for the design; the decisions taken here:
   and stays placed on that node (its group kept) so a direct launch runs it there.
 - ``capacity`` and ``nodes()`` count every alive node (an agent-less one too: Ray may
   place a workload there, whose launch then fails saying so).
+- **Token auth**: Ray reads ``RAY_AUTH_MODE`` once, when ``ray._raylet`` loads (at
+  ``import ray``), and ``ray.init`` then needs the token (``RAY_AUTH_TOKEN``, or
+  ``RAY_AUTH_TOKEN_PATH``): whoever chooses this executor sets them in ``os.environ``
+  before importing this module.
 - ``close`` stops the tasks and disconnects (``ray.shutdown`` on a thread, waited
   for: ``close`` is synchronous); agents and their workloads keep running.
 """
