@@ -235,9 +235,12 @@ class RayExecutor:
             self._waiting[workload.id] = future
             self._place_waiting()
             return future
-        task = self._loop.create_task(self._place(workload.id, bundle, future))
-        self._placing[workload.id] = task
-        task.add_done_callback(lambda _: self._placing.pop(workload.id, None))
+        wid = workload.id
+        task = self._loop.create_task(self._place(wid, bundle, future))
+        self._placing[wid] = task
+        task.add_done_callback(
+            lambda t: self._placing.pop(wid) if self._placing.get(wid) is t else None
+        )
         return future
 
     async def _place(self, wid: str, bundle: dict[str, float], future: asyncio.Future[str]) -> None:
