@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import secrets
 import sqlite3
@@ -203,8 +204,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
         env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        factory = logging.getLogRecordFactory()
         from ray.cluster_utils import Cluster
 
+        logging.setLogRecordFactory(factory)  # as corral.executors.ray does: no Ray fields
         node = {
             "num_cpus": RAY_NODE_CPUS,
             "memory": RAY_NODE_MEMORY,

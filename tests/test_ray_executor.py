@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from corral.executors.base import Capacity, Outcome
 from corral.executors.local import LocalExecutor
+from corral.serverlog import extra_fields
 from tests.conftest import RAY_NODE_CPUS, RAY_NODE_MEMORY, RayCluster
 from tests.executors import Harness, make_workload, until
 from tests.server import pid_gone
@@ -228,3 +230,19 @@ def test_an_exit_removes_the_group_and_once_forgotten_the_nodes_files(
         assert rx.executor.node_of(never.id) is None
 
     rx.run(main())
+
+
+def test_log_records_carry_no_ray_field(ray_cluster: RayCluster) -> None:
+    """``import ray`` makes every log record carry ``_ray_timestamp_ns``, which the
+    server log would print on each line: the Ray executor's module undoes it."""
+    import ray._private.log
+
+    from corral.executors.ray import keep_log_records_plain
+
+    def record() -> logging.LogRecord:
+        return logging.getLogger("t").makeRecord("t", logging.INFO, "f", 1, "m", None, None)
+
+    ray._private.log._setup_log_record_factory()  # as ``import ray`` does
+    assert "_ray_timestamp_ns" in extra_fields(record())
+    keep_log_records_plain()
+    assert extra_fields(record()) == {}

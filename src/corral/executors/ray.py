@@ -103,6 +103,17 @@ AGENT_PREFIX = "corral-agent-"
 FILE_MODE = 0o600
 _MB = 1 << 20
 
+
+def keep_log_records_plain() -> None:
+    """Undo what ``import ray`` does to every log record of the process: its record
+    factory adds ``_ray_timestamp_ns``, which corral's server log would write as a
+    field of each line (it writes a record's extra attributes). Ray's own formatters
+    do without it."""
+    if getattr(logging.getLogRecordFactory(), "__module__", "") == "ray._private.log":
+        logging.setLogRecordFactory(logging.LogRecord)
+
+
+keep_log_records_plain()
 _AgentActor = ray.remote(Agent)
 # Ray's own annotations leave these untyped.
 _ray_nodes: Callable[[], list[dict[str, Any]]] = ray.nodes
