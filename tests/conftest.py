@@ -222,10 +222,29 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         finally:
             for run_dir in node_dir.glob("*/run"):
                 kill_all(run_dir)  # what a failed test left running
-            ours = _descendants(os.getpid())
+            ours = _ray_processes(cluster)
             cluster.shutdown()
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and any(is_alive(p) for p in ours):
                 time.sleep(0.05)
-            left = sorted(p for p in ours if is_alive(p))
+            left = {p: _cmdline(p) for p in sorted(ours) if is_alive(p)}
             assert not left, f"processes of the Ray cluster left running: {left}"
+
+
+def _ray_processes(cluster: Any) -> set[int]:
+    """The processes a ``Cluster`` started (GCS, raylets, ...) and all below them
+    (workers, agents, their launchers and shims)."""
+    found: set[int] = set()
+    for node in cluster.list_all_nodes():
+        for infos in node.all_processes.values():
+            for info in infos:
+                found.add(info.process.pid)
+                found |= _descendants(info.process.pid)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
