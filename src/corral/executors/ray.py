@@ -24,7 +24,11 @@ chosen. See docs/ray.md ("Built as") for the design; the decisions taken here:
   The agent's error answer, or its death, is a ``SpawnError`` (and the group goes).
 - **Agents**: one detached async actor per alive node (``ray_agent.Agent``), found by
   name or created (``get_if_exists``) at ``open`` and when a node appears; a node
-  whose agent cannot be started is retried every ``AGENT_RETRY_SECONDS``.
+  whose agent cannot be started is retried every ``AGENT_RETRY_SECONDS``. Every
+  node must import the same corral (the agent class is pickled by reference). An
+  agent found by name keeps what it was made with (``node_dir``, the kill grace, the
+  umask and open-files limit of workloads): a server restarted with other values
+  gets them only on agents it creates.
 - **Exits and logs**: one long-poll task per agent. Log chunks are appended to
   ``DATA_DIR/logs/<id>.log`` (0600, emptied at launch); an exit is reported only once
   that copy has the outcome's ``log_size`` bytes (or the node has no more to give).
@@ -43,6 +47,9 @@ chosen. See docs/ray.md ("Built as") for the design; the decisions taken here:
   ``import ray``), and ``ray.init`` then needs the token (``RAY_AUTH_TOKEN``, or
   ``RAY_AUTH_TOKEN_PATH``): whoever chooses this executor sets them in ``os.environ``
   before importing this module.
+- **Log records**: ``import ray`` installs a log record factory that adds
+  ``_ray_timestamp_ns`` to every record of the process; this module puts the plain
+  one back (``keep_log_records_plain``), or the server log would print it as a field.
 - ``close`` stops the tasks and disconnects (``ray.shutdown`` on a thread, waited
   for: ``close`` is synchronous); agents and their workloads keep running.
 """
