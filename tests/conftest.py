@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import secrets
 import sqlite3
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import corral
 from corral.api import create_app
+from corral.executors.local import is_alive, kill_all
 from corral.keys import key_digest, new_key
 from corral.store import Store
 from corral.store.sqlite import SQLiteStore
@@ -130,3 +139,112 @@ def api(store: Store, tmp_path: Path, admin_key: str) -> Iterator[SyncASGIClient
     client = SyncASGIClient(create_app(store, data_dir=tmp_path), token=admin_key)
     yield client
     client.close()
+
+
+# --- a Ray cluster on this machine, for the Ray executor's tests ---------------------
+
+RAY_NODE_CPUS = 2
+RAY_NODE_MEMORY = 2 << 30
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """A running ``ray.cluster_utils.Cluster``: a head and one more node, each of
+    ``RAY_NODE_CPUS`` CPUs and ``RAY_NODE_MEMORY`` bytes of memory, token auth on."""
+
+    cluster: Any
+    """The ``ray.cluster_utils.Cluster`` (``add_node``, ``remove_node``)."""
+    node_dir: Path
+    """The agents' ``node_dir`` (one directory per node below it)."""
+    namespace: str = "corral-tests"
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+    def run_dirs(self) -> list[Path]:
+        return sorted(self.node_dir.glob("*/run"))
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live processes below ``pid`` (its children, theirs, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and is_alive(child):
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """One 2-node Ray cluster for the whole session (started at first use), with
+    token auth (``RAY_AUTH_TOKEN`` must be set before it starts, or its GCS never
+    does), torn down at the end with every process of it gone: Ray's, the agents',
+    and whatever their workloads left."""
+    needs(importlib.util.find_spec("ray") is not None, "needs Ray: pip install 'corral[ray]'")
+    # Ray reads RAY_AUTH_MODE once, when ``ray._raylet`` loads: a test module that
+    # imports Ray at collection would leave this process without token auth.
+    assert "ray._raylet" not in sys.modules, "Ray was imported before the cluster's env was set"
+    src = str(Path(corral.__file__).parents[1])  # the agents import this corral
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "token")
+        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        factory = logging.getLogRecordFactory()
+        from ray.cluster_utils import Cluster
+
+        logging.setLogRecordFactory(factory)  # as corral.executors.ray does: no Ray fields
+        node = {
+            "num_cpus": RAY_NODE_CPUS,
+            "memory": RAY_NODE_MEMORY,
+            "object_store_memory": 80 << 20,
+        }
+        node_dir = tmp_path_factory.mktemp("ray-nodes")
+        cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        try:
+            cluster.add_node(**node)
+            cluster.wait_for_nodes()
+            yield RayCluster(cluster, node_dir)
+        finally:
+            for run_dir in node_dir.glob("*/run"):
+                kill_all(run_dir)  # what a failed test left running
+            ours = _ray_processes(cluster)
+            cluster.shutdown()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(is_alive(p) for p in ours):
+                time.sleep(0.05)
+            left = {p: _cmdline(p) for p in sorted(ours) if is_alive(p)}
+            assert not left, f"processes of the Ray cluster left running: {left}"
+
+
+def _ray_processes(cluster: Any) -> set[int]:
+    """The processes a ``Cluster`` started (GCS, raylets, ...) and all below them
+    (workers, agents, their launchers and shims)."""
+    found: set[int] = set()
+    for node in cluster.list_all_nodes():
+        for infos in node.all_processes.values():
+            for info in infos:
+                found.add(info.process.pid)
+                found |= _descendants(info.process.pid)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"

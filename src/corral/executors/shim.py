@@ -69,8 +69,7 @@ def ensure_shim(cache_dir: Path, prebuilt: Path | None = PREBUILT_SHIM) -> Path:
     it 0700 (in a 0700 data dir). Raises ``ShimBuildError`` with neither a prebuilt
     shim nor a working compiler, naming both remedies.
     """
-    source = SHIM_SOURCE.read_bytes()
-    target = cache_dir / f"corral-shim-{hashlib.sha256(source).hexdigest()[:12]}"
+    target = shim_path(cache_dir)
     if os.access(target, os.X_OK):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +92,13 @@ def ensure_shim(cache_dir: Path, prebuilt: Path | None = PREBUILT_SHIM) -> Path:
     )
     build_shim(target, compiler)
     return target
+
+
+def shim_path(cache_dir: Path) -> Path:
+    """Where ``ensure_shim`` keeps the shim of the current ``shim.c`` in ``cache_dir``
+    (a Ray node's agent writes the server's shim there)."""
+    digest = hashlib.sha256(SHIM_SOURCE.read_bytes()).hexdigest()[:12]
+    return cache_dir / f"corral-shim-{digest}"
 
 
 def build_shim(output: Path, compiler: list[str] | None = None) -> None:
