@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.server import LiveServer, pid_gone, wait_until
+from corral.executors.local import kill_all
+from tests.server import LiveServer, free_port, pid_gone, wait_until
 
 TERMINAL = {"completed", "failed", "killed"}
 WHERE = 'echo "node $(tr "\\0" " " < /proc/$PPID/cmdline)"; echo "pid $$"'
@@ -67,7 +70,7 @@ def serve(ray_cluster: Any, tmp_path: Path) -> Iterator[Any]:
     def start(*args: str) -> Api:
         server = LiveServer(
             tmp_path / "data", "--executor", "ray", "--ray-address", ray_cluster.address,
-            "--kill-grace", "2", *args,
+            "--kill-grace", "2", *args, env={"CORRAL_RAY_NODE_DIR": str(tmp_path / "nodes")},
         )  # fmt: skip
         servers.append(server.start(timeout=60))
         return Api(server)
@@ -79,6 +82,8 @@ def serve(ray_cluster: Any, tmp_path: Path) -> Iterator[Any]:
             Api(server).kill_all()  # the cluster is the session's: leave it empty
             time.sleep(0.5)
         server.kill()
+    for run_dir in (tmp_path / "nodes").glob("*/*/run"):
+        kill_all(run_dir)  # whatever a failed test left running
 
 
 def test_workloads_land_on_both_nodes_and_never_more_than_fit(serve: Any, tmp_path: Path) -> None:
@@ -86,7 +91,7 @@ def test_workloads_land_on_both_nodes_and_never_more_than_fit(serve: Any, tmp_pa
     runs more than 2 at once (from the workloads' own clocks)."""
     api = serve()
     script = f'{WHERE}; echo "start $(date +%s.%N)"; sleep 0.6; echo "end $(date +%s.%N)"'
-    ids = [api.submit(["sh", "-c", script], cpus=1)["id"] for _ in range(8)]
+    ids = [api.submit(["sh", "-c", script], resources={"cpus": 1})["id"] for _ in range(8)]
     spans: dict[str, list[tuple[float, float]]] = {}
     for wid in ids:
         done = api.wait(wid)
@@ -130,7 +135,7 @@ def test_a_removed_node_fails_its_workloads_as_lost_and_nothing_else(
     serve: Any, ray_cluster: Any
 ) -> None:
     api = serve()
-    victim_node = ray_cluster.add_node(num_cpus=3)
+    victim_node = ray_cluster.cluster.add_node(num_cpus=3)
     wait_until(lambda: api.http.get("/v1/status").json()["capacity"]["cpus"] >= 7, timeout=20)
     # 3 CPUs fit only the new node; the two 1-CPU ones then go elsewhere (it is full).
     victim = api.submit(["sh", "-c", f"{WHERE}; exec sleep 300"], resources={"cpus": 3})["id"]
@@ -142,7 +147,7 @@ def test_a_removed_node_fails_its_workloads_as_lost_and_nothing_else(
     victim_pid = pid_of_log(api.logs(victim))
     victim_id = api.get(victim)["node"]
     assert all(api.get(w)["node"] != victim_id for w in others)
-    ray_cluster.remove_node(victim_node, allow_graceful=True)
+    ray_cluster.cluster.remove_node(victim_node, allow_graceful=True)
     removed = time.monotonic()
     lost = api.wait(victim, TERMINAL, timeout=10)
     took = time.monotonic() - removed
@@ -162,7 +167,10 @@ def test_a_restarted_server_readopts_its_workloads_and_runs_nothing_twice(
     ran = tmp_path / "ran"
     ends = api.submit(["sh", "-c", f"echo $CORRAL_WORKLOAD_ID >> {ran}; sleep 2; exit 3"])["id"]
     stays = api.submit(["sh", "-c", f"echo $CORRAL_WORKLOAD_ID >> {ran}; exec sleep 300"])["id"]
-    queued = api.submit(["sh", "-c", f"echo $CORRAL_WORKLOAD_ID >> {ran}"], cpus=4)["id"]
+    queued = api.submit(
+        ["sh", "-c", f"echo $CORRAL_WORKLOAD_ID >> {ran}"], depends_on=[ends],
+        dependency_type="afterany",
+    )["id"]  # fmt: skip
     for wid in (ends, stays):
         api.wait(wid, {"running"})
     wait_until(lambda: ran.exists() and len(ran.read_text().split()) == 2)
@@ -181,3 +189,65 @@ def test_ray_is_not_imported_by_a_local_server(tmp_path: Path) -> None:
         pid = server.proc.pid if server.proc else 0
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "_raylet" not in maps  # Ray's core library, loaded by `import ray`
+
+
+def test_a_head_corral_starts_outlives_the_server_which_readopts_on_restart(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """Without --ray-address the server starts a Ray head of its own (loopback only,
+    token auth); stopping the server leaves the head and the workloads running, and
+    the next server joins the same head and adopts them."""
+    from corral.executors.ray_head import head_pids, stop_head
+
+    data = tmp_path / "data"
+    env = {"CORRAL_RAY_NODE_DIR": str(tmp_path / "nodes")}
+    # Not the session cluster's: a head of its own (its token, in data/ray/token).
+    env |= {"RAY_AUTH_TOKEN": "", "RAY_AUTH_MODE": ""}
+    args = ("--executor", "ray", "--cpus", "2", "--kill-grace", "1")
+    first = LiveServer(data, *args, env=env).start(timeout=90)
+    try:
+        api = Api(first)
+        assert api.http.get("/v1/status").json()["capacity"]["cpus"] == 2
+        script = f"{WHERE}; sleep 3; exit 7"
+        wid = api.submit(["sh", "-c", script])["id"]
+        api.wait(wid, {"running"})
+        wait_until(lambda: "pid " in api.logs(wid))
+        pid = pid_of_log(api.logs(wid))
+        pids = head_pids(data)
+        assert pids
+        first.stop()  # SIGTERM: a clean stop
+        assert not pid_gone(pid)  # the workload runs on
+        assert all(not pid_gone(p) for p in pids if Path(f"/proc/{p}").exists())
+        second = LiveServer(data, *args, env=env, port=first.port).start(timeout=90)
+        try:
+            again = Api(second)
+            done = again.wait(wid, timeout=30)
+            assert (done["status"], done["exit_code"]) == ("failed", 7)  # its true outcome
+            assert again.logs(wid).count("\npid ") == 1  # the whole log, of one run
+        finally:
+            second.kill()
+    finally:
+        first.kill()
+        stop_head(data)
+        for run_dir in (tmp_path / "nodes").glob("*/*/run"):
+            kill_all(run_dir)
+    assert not [p for p in head_pids(data) if not pid_gone(p)]
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("127.0.0.1:1", "cannot reach the Ray cluster at 127.0.0.1:1"),
+        ("ray://127.0.0.1:10001", "not as a Ray Client (ray://)"),
+        ("nonsense", "invalid --ray-address 'nonsense'"),
+    ],
+)
+def test_a_ray_address_that_cannot_serve_is_one_clear_error(
+    tmp_path: Path, address: str, says: str
+) -> None:
+    cmd = [sys.executable, "-m", "corral.cli", "serve", "--data-dir", str(tmp_path)]
+    cmd += ["--port", str(free_port()), "--executor", "ray", "--ray-address", address]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

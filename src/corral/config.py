@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     """The Ray cluster to join (``auto`` or ``HOST:PORT``); None: corral starts a Ray
     head on this machine (loopback only, token auth) and keeps it between restarts."""
     ray_node_dir: Path | None = None
-    """Where each Ray node keeps its workloads' logs and state; default
-    ``<tmp>/corral-<namespace>`` on every node."""
+    """Where each Ray node keeps its workloads' logs and state, below
+    ``<ray_node_dir>/<namespace>/<node id>``; default the temporary directory."""
     cpus: float | None = Field(None, ge=0)
     """Schedulable CPUs; default: this machine's."""
     memory_mb: int | None = Field(None, ge=0)

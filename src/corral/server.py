@@ -9,8 +9,10 @@ import logging
 import os
 import re
 import resource
+import secrets
 import socket
 import sqlite3
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -22,7 +24,7 @@ from corral.config import Settings, is_loopback
 from corral.keys import KEY_FILE_NAME, default_admin, key_digest, new_key
 
 if TYPE_CHECKING:
-    from corral.executors.local import LocalExecutor
+    from corral.executors.base import Executor
     from corral.store import Store
 
 log = logging.getLogger(__name__)
@@ -127,9 +129,11 @@ def serve(settings: Settings) -> None:
         policy=policy,
     )
     where = f"executor {settings.executor}"
-    if executor is not None:
+    if executor is not None and not executor.placement:
         cap = executor.capacity
         where += f": {cap.cpus:g} CPUs, {cap.memory_mb} MB, {cap.gpus} GPUs"
+    elif executor is not None:  # its nodes are known once the scheduler has started
+        where += f" at {getattr(executor, 'address', '?')}"
     scheme = "https" if settings.tls_cert else "http"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"{scheme}://{host}:{settings.port}"
@@ -307,12 +311,17 @@ class _Server(uvicorn.Server):
 
 def _executor(
     settings: Settings, workload_open_files: int | None, workload_umask: int
-) -> LocalExecutor | None:
+) -> Executor | None:
     if settings.executor == "none":
         return None
     from corral.executors.local import LocalExecutor, detect_capacity
     from corral.executors.shim import ShimBuildError
 
+    if settings.executor == "ray":
+        try:
+            return _ray_executor(settings, workload_open_files, workload_umask)
+        except ShimBuildError as exc:
+            raise ServeError(str(exc)) from None
     capacity = detect_capacity(settings.cpus, settings.memory_mb, settings.gpus)
     try:
         return LocalExecutor(
@@ -324,3 +333,87 @@ def _executor(
         )
     except ShimBuildError as exc:
         raise ServeError(str(exc)) from None
+
+
+def _ray_executor(
+    settings: Settings, workload_open_files: int | None, workload_umask: int
+) -> Executor:
+    """The Ray executor, on the cluster at ``--ray-address``, or on a head this
+    server starts (or found running from an earlier start) on this machine: loopback
+    only, token auth (``executors/ray_head.py``). Ray reads its settings from the
+    environment when it is imported, so they are set first; a cluster that cannot be
+    reached is one error now, not a minute of Ray's retries."""
+    from corral.errors import CorralError
+    from corral.executors import ray_head
+
+    try:
+        ray_head.require_ray()
+        if settings.ray_address is None:
+            head = ray_head.ensure_head(
+                settings.data_dir,
+                cpus=settings.cpus,
+                memory_mb=settings.memory_mb,
+                gpus=settings.gpus,
+            )
+            os.environ.update(head.env)
+            address = head.address
+            what = "started" if head.started else "found running"
+            log.info("Ray head %s at %s (pid %d)", what, address, head.pid)
+        else:
+            address = settings.ray_address
+            _check_reachable(address)
+    except CorralError as exc:
+        raise ServeError(str(exc)) from None
+    namespace = "corral-" + _ray_namespace(settings.data_dir)
+    node_dir = (settings.ray_node_dir or Path(tempfile.gettempdir())) / namespace
+    from corral.executors.ray import RayExecutor
+
+    return RayExecutor(
+        settings.data_dir,
+        address=address,
+        namespace=namespace,
+        kill_grace_seconds=settings.kill_grace_seconds,
+        node_dir=node_dir,
+        workload_umask=workload_umask,
+        workload_open_files=workload_open_files,
+    )
+
+
+def _ray_namespace(data_dir: Path) -> str:
+    """This installation's id on a Ray cluster (its agents' and placement groups'
+    namespace), made at the first start and kept in ``DATA_DIR/ray/namespace``: two
+    corral installations on one cluster never see each other's."""
+    path = data_dir / "ray" / "namespace"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    name = secrets.token_hex(8)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(name + "\n")
+    tmp.rename(path)
+    return name
+
+
+def _check_reachable(address: str) -> None:
+    """``HOST:PORT`` must accept a connection (Ray itself retries for minutes)."""
+    if address == "auto":
+        return
+    if address.startswith("ray://"):
+        raise ServeError(
+            f"--ray-address {address}: corral joins a cluster as a driver, through its GCS"
+            " (HOST:PORT, port 6379 unless the head was started with another), not as a"
+            " Ray Client (ray://)"
+        )
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ServeError(f"invalid --ray-address {address!r}: give auto or HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+    except OSError as exc:
+        raise ServeError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}"
+            " (is its head running? `ray start --head` there, or leave --ray-address out"
+            " to let corral start one here)"
+        ) from None
