@@ -317,6 +317,11 @@ def _serve_parser(p: Parser) -> None:
         metavar="auto|HOST:PORT",
         help="the Ray cluster to join (--executor ray); default: start one on this machine",
     )
+    p.add_argument(
+        "--ray-node-dir",
+        metavar="DIR",
+        help="where each Ray node keeps its workloads' logs and state (default: its /tmp)",
+    )
     p.add_argument("--cpus", type=_float_flag("--cpus"), help="CPUs to schedule (default: all)")
     p.add_argument(
         "--memory-mb", metavar="SIZE", help="memory to schedule: MiB, or 64G (default: all)"
@@ -718,6 +723,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "executor": args.executor,
         "ray_address": args.ray_address,
+        "ray_node_dir": args.ray_node_dir,
         "db": args.db,
         "data_dir": args.data_dir,
         "cpus": args.cpus,
