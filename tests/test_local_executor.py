@@ -240,8 +240,11 @@ def test_adopt_of_a_workload_that_never_started(ex: Harness) -> None:
 
 def test_a_killed_shim_is_a_lost_workload_and_leaves_no_process(ex: Harness) -> None:
     async def main() -> None:
-        w = await ex.start(make_workload(["sleep", "300"]))
+        w = await ex.start(make_workload(["sh", "-c", "echo up; exec sleep 300"]))
         pid = await ex.pid(w)
+        # Exec'd (its environment names it: what the orphan killer checks) before its
+        # shim is killed.
+        await until(lambda: ex.log(w) == "up\n", what="the workload to run")
         shim = find_shims(ex.run_dir(w))[w.id]
         os.kill(shim, signal.SIGKILL)  # nothing records the workload's exit
         outcome = await ex.outcome(w)
