@@ -204,6 +204,11 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
         env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        # The README's tuning for a node that vanishes (a crash, not a clean removal):
+        # declared dead after ~1.5 s instead of ~15 s.
+        env.setenv("RAY_health_check_period_ms", "500")
+        env.setenv("RAY_health_check_failure_threshold", "3")
+        env.setenv("RAY_health_check_initial_delay_ms", "0")  # nodes added by tests are new
         factory = logging.getLogRecordFactory()
         from ray.cluster_utils import Cluster
 

@@ -131,9 +131,14 @@ def test_fits_no_node_is_refused_and_fragmented_capacity_waits_with_a_reason(
     assert api.wait(small)["status"] == "completed"
 
 
+@pytest.mark.parametrize("graceful", [True, False], ids=["removed", "raylet-killed"])
 def test_a_removed_node_fails_its_workloads_as_lost_and_nothing_else(
-    serve: Any, ray_cluster: Any
+    serve: Any, ray_cluster: Any, graceful: bool
 ) -> None:
+    """A node removed cleanly is declared dead by Ray at once; one whose raylet is
+    SIGKILLed after its health checks fail (~1.5 s with the session's tuning, the
+    README's). Either way its workloads are lost within 2 s of that, and nothing
+    else is touched."""
     api = serve()
     victim_node = ray_cluster.cluster.add_node(num_cpus=3)
     wait_until(lambda: api.http.get("/v1/status").json()["capacity"]["cpus"] >= 7, timeout=20)
@@ -147,13 +152,13 @@ def test_a_removed_node_fails_its_workloads_as_lost_and_nothing_else(
     victim_pid = pid_of_log(api.logs(victim))
     victim_id = api.get(victim)["node"]
     assert all(api.get(w)["node"] != victim_id for w in others)
-    ray_cluster.cluster.remove_node(victim_node, allow_graceful=True)
+    ray_cluster.cluster.remove_node(victim_node, allow_graceful=graceful)
     removed = time.monotonic()
-    lost = api.wait(victim, TERMINAL, timeout=10)
+    lost = api.wait(victim, TERMINAL, timeout=20)
     took = time.monotonic() - removed
     assert lost["status"] == "failed", lost
     assert re.fullmatch(rf"lost: Ray node {victim_id} \(.+\) died", lost["reason"]), lost
-    assert took < 2.5, took  # Ray declares a gracefully removed node dead at once
+    assert took < (2.5 if graceful else 4), took  # Ray's detection (~1.3 s) + at most 2 s
     wait_until(lambda: pid_gone(victim_pid), timeout=5)  # no process outlives its node
     for wid in others:
         assert api.get(wid)["status"] == "running"  # nobody else touched

@@ -8,7 +8,6 @@ the session's cluster sets it first (see ``conftest.ray_cluster``)."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import Iterator
@@ -18,13 +17,10 @@ from typing import Any
 import pytest
 
 from corral.executors.base import Capacity, Outcome
-from corral.executors.local import LocalExecutor
 from corral.serverlog import extra_fields
 from tests.conftest import RAY_NODE_CPUS, RAY_NODE_MEMORY, RayCluster
 from tests.executors import Harness, make_workload, until
 from tests.server import pid_gone
-
-SHIMS_WATCH_THEIR_AGENT = "watch_pid" in inspect.signature(LocalExecutor).parameters
 
 
 @pytest.fixture
@@ -139,11 +135,7 @@ def test_a_removed_node_loses_its_workloads_and_nothing_else(
             rx.executor.terminate(w.id)
         for w in blockers:
             assert (await rx.outcome(w)).signal is not None
-        if SHIMS_WATCH_THEIR_AGENT:
-            await until(lambda: all(pid_gone(p) for p in pids), 2, "the lost processes to end")
-        else:
-            left = [p for p in pids if not pid_gone(p)]
-            pytest.xfail(f"the shims do not watch their agent yet: {left} left running")
+        await until(lambda: all(pid_gone(p) for p in pids), 2, "the lost processes to end")
 
     rx.run(main())
 

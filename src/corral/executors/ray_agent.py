@@ -13,9 +13,9 @@ exactly as locally. Decisions:
   ``bin/`` under the name ``ensure_shim`` looks for (``shim_path``), so the node needs
   no compiler. corral must be the same version on every node (the name is the hash of
   this install's ``shim.c``; the bytes are the server's build of it).
-- **The agent is watched by its shims** (``watch_pid=os.getpid()``, passed only when
-  ``LocalExecutor`` has that keyword): a shim whose agent is gone stops its workload,
-  so nothing outlives a removed node or a killed agent.
+- **The agent is watched by its shims** (``watch_pid=os.getpid()``): a shim whose
+  agent is gone stops its workload, so nothing outlives a removed node or a killed
+  agent.
 - **GPUs**: the scheduler's device numbers are tokens for a placing executor; the
   agent picks free device numbers among its node's GPUs (``0 .. GPU-1`` from the node's
   Ray resources; Ray's reservation guarantees the count) and the workload gets them as
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import tempfile
 from dataclasses import dataclass
@@ -96,18 +95,13 @@ class Agent:
         )
         self.data_dir = Path(node_dir) / self.node_id
         install_shim(self.data_dir / "bin", shim)
-        watch = (
-            {"watch_pid": os.getpid()}
-            if "watch_pid" in inspect.signature(LocalExecutor).parameters
-            else {}
-        )
         self._local = LocalExecutor(
             self.data_dir,
             capacity=capacity,
             kill_grace_seconds=kill_grace_seconds,
             workload_umask=workload_umask,
             workload_open_files=workload_open_files,
-            **watch,
+            watch_pid=os.getpid(),
         )
         self._gpus = list(range(capacity.gpus))
         self._devices: dict[str, list[int]] = {}
