@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +240,29 @@ def test_log_records_carry_no_ray_field(ray_cluster: RayCluster) -> None:
     assert "_ray_timestamp_ns" in extra_fields(record())
     keep_log_records_plain()
     assert extra_fields(record()) == {}
+
+
+def test_an_agent_takes_its_node_directory_only_when_it_is_private(tmp_path: Path) -> None:
+    """The shim that runs every workload lives below the node directory (in a shared
+    /tmp by default): one that someone else made, or may enter, or a link, is refused."""
+    from corral.executors.ray_agent import private_dir
+
+    made = tmp_path / "made" / "node"
+    private_dir(made)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    private_dir(made)  # its own, again: taken
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o755)
+    with pytest.raises(RuntimeError, match="mode 0755"):
+        private_dir(loose)
+    link = tmp_path / "link"
+    link.symlink_to(made)
+    with pytest.raises(RuntimeError, match="a link"):
+        private_dir(link)
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(RuntimeError, match="uid 65534"):
+            private_dir(theirs)

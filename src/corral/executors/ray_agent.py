@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,8 @@ class Agent:
             gpus=int(resources.get("GPU", 0)),
         )
         self.data_dir = Path(node_dir) / self.node_id
+        private_dir(Path(node_dir))
+        private_dir(self.data_dir)
         install_shim(self.data_dir / "bin", shim)
         self._local = LocalExecutor(
             self.data_dir,
@@ -247,6 +250,21 @@ class Agent:
                 chunks[wid] = data
                 budget -= len(data)
         return chunks, False
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (0700, parents as needed), or take it only if it is a real
+    directory of this user that nobody else may enter: the shim that runs every
+    workload (as root, on a root agent) is kept below it, and a directory someone
+    else made in a shared ``/tmp`` could hold their program under the shim's name."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise RuntimeError(
+            f"refusing the node directory {path}: it must be a directory of uid"
+            f" {os.geteuid()} with mode 0700 (it is uid {st.st_uid}, mode"
+            f" {stat.S_IMODE(st.st_mode):04o}{', a link' if stat.S_ISLNK(st.st_mode) else ''})"
+        )
 
 
 def install_shim(bin_dir: Path, shim: bytes) -> Path:
