@@ -256,3 +256,30 @@ def test_a_ray_address_that_cannot_serve_is_one_clear_error(
     assert done.returncode == 1, done
     assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_kill_and_timeout_reach_the_remote_process_group(serve: Any, tmp_path: Path) -> None:
+    """Through the API on Ray: a timeout and a kill each stop the whole group (a child
+    that ignores SIGTERM included) with SIGKILL after the grace (2 s here), and the
+    processes are gone within 1 s of the grace ending."""
+    api = serve()
+    child = 'trap "" TERM; echo child $$; exec sleep 300'
+    stubborn = f"trap '' TERM; sh -c '{child}' & echo pid $$; wait"
+    timed = api.submit(["sh", "-c", stubborn], timeout_seconds=1)["id"]
+    killed = api.submit(["sh", "-c", stubborn])["id"]
+    for wid in (timed, killed):
+        api.wait(wid, {"running"})
+    wait_until(lambda: all("child " in api.logs(w) for w in (timed, killed)))
+    pids = {
+        w: [pid_of_log(text), int(re.findall(r"^child (\d+)$", text, re.M)[0])]
+        for w in (timed, killed)
+        for text in [api.logs(w)]
+    }
+    asked = time.monotonic()
+    assert api.http.delete(f"/v1/workloads/{killed}").status_code == 200
+    assert api.get(killed)["status"] == "killed"  # at once; the process follows
+    wait_until(lambda: all(pid_gone(p) for p in pids[killed]), timeout=2 + 1 + 0.5)
+    assert time.monotonic() - asked > 1.5  # they ignored SIGTERM: only SIGKILL ended them
+    done = api.wait(timed, timeout=10)
+    assert (done["status"], done["reason"]) == ("failed", "timed out after 1 s")
+    assert all(pid_gone(p) for p in pids[timed])
