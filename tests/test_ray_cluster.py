@@ -8,6 +8,7 @@ whose agent started it, and times of its own.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -90,6 +91,7 @@ def test_workloads_land_on_both_nodes_and_never_more_than_fit(serve: Any, tmp_pa
     """8 one-CPU workloads on two 2-CPU nodes: both nodes run some, and no node ever
     runs more than 2 at once (from the workloads' own clocks)."""
     api = serve()
+    assert api.http.get("/v1/status").json()["executor"] == "ray"
     script = f'{WHERE}; echo "start $(date +%s.%N)"; sleep 0.6; echo "end $(date +%s.%N)"'
     ids = [api.submit(["sh", "-c", script], resources={"cpus": 1})["id"] for _ in range(8)]
     spans: dict[str, list[tuple[float, float]]] = {}
@@ -283,3 +285,25 @@ def test_kill_and_timeout_reach_the_remote_process_group(serve: Any, tmp_path: P
     done = api.wait(timed, timeout=10)
     assert (done["status"], done["reason"]) == ("failed", "timed out after 1 s")
     assert all(pid_gone(p) for p in pids[timed])
+
+
+def test_a_cluster_that_never_answers_is_given_up_in_one_clear_line(tmp_path: Path) -> None:
+    """A port that accepts TCP but speaks no Ray: Ray itself would retry for minutes."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        address = f"127.0.0.1:{mute.getsockname()[1]}"
+        cmd = [sys.executable, "-m", "corral.cli", "serve", "--data-dir", str(tmp_path)]
+        cmd += ["--port", str(free_port()), "--executor", "ray", "--ray-address", address]
+        env = {**os.environ, "CORRAL_RAY_CONNECT_TIMEOUT_SECONDS": "3"}
+        started = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1, done
+    assert time.monotonic() - started < 30
+    errors = [line for line in done.stderr.splitlines() if line.startswith("corral:")]
+    assert errors == [
+        f"corral: cannot join the Ray cluster at {address}: no answer within 3 s; is its GCS"
+        " at that address, and does it use token auth (then RAY_AUTH_TOKEN or"
+        " RAY_AUTH_TOKEN_PATH must be set for corral serve)?"
+    ], done.stderr
+    assert "Traceback" not in done.stderr

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     """The Ray cluster to join (``auto`` or ``HOST:PORT``); None: corral starts a Ray
     head on this machine (loopback only, token auth) and keeps it between restarts."""
+    ray_connect_timeout_seconds: float = Field(60.0, gt=0)
+    """How long joining the Ray cluster may take before ``corral serve`` gives up."""
     ray_node_dir: Path | None = None
     """Where each Ray node keeps its workloads' logs and state, below
     ``<ray_node_dir>/<namespace>/<node id>``; default the temporary directory."""

@@ -362,21 +362,40 @@ def _ray_executor(
         else:
             address = settings.ray_address
             _check_reachable(address)
+            _joining_env(address)
+        namespace = "corral-" + _ray_namespace(settings.data_dir)
+        node_dir = (settings.ray_node_dir or Path(tempfile.gettempdir())) / namespace
+        from corral.executors.ray import RayExecutor
+
+        executor = RayExecutor(
+            settings.data_dir,
+            address=address,
+            namespace=namespace,
+            kill_grace_seconds=settings.kill_grace_seconds,
+            node_dir=node_dir,
+            workload_umask=workload_umask,
+            workload_open_files=workload_open_files,
+        )
+        log.info("joining the Ray cluster at %s", address)
+        executor.connect(settings.ray_connect_timeout_seconds)
     except CorralError as exc:
         raise ServeError(str(exc)) from None
-    namespace = "corral-" + _ray_namespace(settings.data_dir)
-    node_dir = (settings.ray_node_dir or Path(tempfile.gettempdir())) / namespace
-    from corral.executors.ray import RayExecutor
+    return executor
 
-    return RayExecutor(
-        settings.data_dir,
-        address=address,
-        namespace=namespace,
-        kill_grace_seconds=settings.kill_grace_seconds,
-        node_dir=node_dir,
-        workload_umask=workload_umask,
-        workload_open_files=workload_open_files,
-    )
+
+def _joining_env(address: str) -> None:
+    """What Ray needs in the environment, before it is imported, to join ``address``
+    as the README says: token auth on when a token is given (Ray wants
+    ``RAY_AUTH_MODE=token`` besides the token), and a loopback cluster reached on
+    loopback (Ray swaps 127.0.0.1 for the machine's outward address unless told)."""
+    env = os.environ
+    if (env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH")) and not env.get(
+        "RAY_AUTH_MODE"
+    ):
+        env["RAY_AUTH_MODE"] = "token"
+    host = address.rpartition(":")[0].strip("[]")
+    if address != "auto" and is_loopback(host):
+        env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def _ray_namespace(data_dir: Path) -> str:

@@ -12,7 +12,7 @@ import pwd
 import signal as signals
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from corral.logs import FileLogs
 from corral.model import Workload
@@ -99,6 +99,8 @@ class NotStartedError(Exception):
 class Executor(Protocol):
     """Runs processes for the scheduler; every method is called on the event loop."""
 
+    kind: Literal["local", "ray"]
+    """Its name, as ``--executor`` and ``GET /v1/status`` give it."""
     capacity: Capacity
     """What may run at once, in all (the sum over alive nodes)."""
     placement: bool

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from corral.executors.base import (
     Capacity,
@@ -180,6 +181,7 @@ class LocalExecutor:
     ``watch_pid``: a process (the Ray agent's own) whose exit stops every workload
     started here; a launch after it has exited records the spawn error ESRCH."""
 
+    kind: Literal["local", "ray"] = "local"
     placement = False
 
     def __init__(

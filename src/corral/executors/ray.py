@@ -67,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -80,6 +80,7 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from corral.errors import CorralError
 from corral.executors.base import (
     Capacity,
     Node,
@@ -109,6 +110,21 @@ GROUP_PREFIX = "corral-"
 AGENT_PREFIX = "corral-agent-"
 FILE_MODE = 0o600
 _MB = 1 << 20
+
+
+class RayJoinError(CorralError):
+    """The Ray cluster could not be joined; the message says why."""
+
+
+class _NotOnMainThread(logging.Filter):
+    """Ray warns that it set no SIGTERM handler when joined from a thread: corral's
+    choice (the server handles SIGTERM), so not worth a line in the server's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+logging.getLogger("ray._private.worker").addFilter(_NotOnMainThread())
 
 
 def keep_log_records_plain() -> None:
@@ -144,6 +160,7 @@ class _Agent:
 class RayExecutor:
     """Workloads on a Ray cluster; see the module docstring."""
 
+    kind: Literal["local", "ray"] = "ray"
     placement = True
 
     def __init__(
@@ -202,22 +219,61 @@ class RayExecutor:
 
     # --- connect ----------------------------------------------------------------------
 
+    def connect(self, timeout: float) -> None:
+        """Join the cluster now, before the server starts, so that one that cannot be
+        joined is one clear error (``RayJoinError``) rather than minutes of Ray's
+        retries. ``ray.init`` runs on a thread of its own: Ray then leaves SIGTERM to
+        the server (on the main thread it installs a handler that exits at once), and
+        a join that hangs (a GCS that answers TCP but never Ray) is given up after
+        ``timeout`` seconds."""
+        failure: list[BaseException] = []
+
+        def join() -> None:
+            try:
+                ray.init(
+                    address=self.address,
+                    namespace=self.namespace,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    configure_logging=False,
+                )
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=join, name="corral-ray-join", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        hint = (
+            "is its GCS at that address, and does it use token auth (then RAY_AUTH_TOKEN"
+            " or RAY_AUTH_TOKEN_PATH must be set for corral serve)?"
+        )
+        if thread.is_alive():
+            raise RayJoinError(
+                f"cannot join the Ray cluster at {self.address}: no answer within"
+                f" {timeout:g} s; {hint}"
+            )
+        if failure:
+            first = (str(failure[0]).strip().splitlines() or [type(failure[0]).__name__])[0]
+            raise RayJoinError(f"cannot join the Ray cluster at {self.address}: {first}; {hint}")
+
     async def open(self) -> None:
-        """Join the cluster, find or start an agent on every alive node, ask each what
-        it knows (for ``adopt``), and list this namespace's placement groups."""
+        """Join the cluster (unless ``connect`` did), find or start an agent on every
+        alive node, ask each what it knows (for ``adopt``), and list this namespace's
+        placement groups."""
         self._loop = asyncio.get_running_loop()
         self._shim = self._shim_path.read_bytes()
-        await self._loop.run_in_executor(
-            self._gcs,
-            partial(
-                ray.init,
-                address=self.address,
-                namespace=self.namespace,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                configure_logging=False,
-            ),
-        )
+        if not ray.is_initialized():
+            await self._loop.run_in_executor(
+                self._gcs,
+                partial(
+                    ray.init,
+                    address=self.address,
+                    namespace=self.namespace,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    configure_logging=False,
+                ),
+            )
         nodes, free = await asyncio.to_thread(_look)
         self._nodes = nodes
         self._set_free(free)
