@@ -588,7 +588,13 @@ def _meta_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
         cap, free = scheduler.capacity(), scheduler.free()
         head, length = scheduler.queue_head(QUEUE_HEAD, owner=owner)
         status = ServerStatus(
-            executor="none" if scheduler.executor is None else "local",
+            executor=(
+                "none"
+                if scheduler.executor is None
+                else "ray"
+                if scheduler.executor.placement
+                else "local"
+            ),
             capacity=Amounts(cpus=cap.cpus, memory_mb=cap.memory_mb, gpus=cap.gpus),
             used=Amounts(
                 cpus=round(max(cap.cpus - free.cpus, 0.0), 6),

@@ -127,7 +127,7 @@ class QueueEntry(BaseModel):
 class ServerStatus(BaseModel):
     """The answer of ``GET /v1/status``."""
 
-    executor: Literal["local", "none"]
+    executor: Literal["local", "ray", "none"]
     capacity: Amounts
     used: Amounts
     free: Amounts
