@@ -356,3 +356,33 @@ def test_without_ray_one_line_names_the_extra(tmp_path: Path) -> None:
     line = "the Ray executor needs Ray: pip install 'corral[ray]'"
     assert done.stdout.splitlines() == ["True", line, line], done.stdout + done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_without_ray_a_ray_directory_on_the_path_is_not_ray(tmp_path: Path) -> None:
+    """Ray leaves ``/tmp/ray`` behind, and ``python -m corral.cli serve`` run from
+    ``/tmp`` has the cwd on ``sys.path``: that directory is a namespace package, which
+    ``find_spec`` finds. Without Ray, ``require_ray`` must still say what to install
+    (it said nothing, and ``serve`` then died on ``import ray.exceptions``, "unexpected
+    error, please report it")."""
+    (tmp_path / "ray" / "session_latest").mkdir(parents=True)  # what Ray leaves in /tmp
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{SRC!r}, {str(tmp_path)!r}]\n"
+        "from corral.executors.ray_head import RayNotInstalledError, require_ray\n"
+        "try:\n"
+        "    require_ray()\n"
+        "except RayNotInstalledError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    print('require_ray passed')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = "the Ray executor needs Ray: pip install 'corral[ray]'"
+    assert done.stdout.splitlines() == [line], done.stdout + done.stderr

@@ -113,8 +113,11 @@ class Head:
 
 def require_ray() -> None:
     """Raise ``RayNotInstalledError`` (one line, naming the extra) unless ``ray`` can be
-    imported; imports nothing."""
-    if importlib.util.find_spec("ray") is None:
+    imported; imports nothing. A directory named ``ray`` on the path (Ray's own
+    ``/tmp/ray``, when the server is started from ``/tmp`` with ``python -m``) is a
+    namespace package, not Ray: its spec has no ``origin``."""
+    spec = importlib.util.find_spec("ray")
+    if spec is None or spec.origin is None:
         raise RayNotInstalledError()  # its docstring is the message
 
 
