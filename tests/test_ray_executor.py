@@ -268,12 +268,6 @@ def test_an_agent_takes_its_node_directory_only_when_it_is_private(tmp_path: Pat
             private_dir(theirs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: an agent's poll answer serves logs in launch order until ANSWER_BYTES,"
-    " so 8 workloads writing fast starve every later one's log, and its exit (reported"
-    " only once its log copy is whole) waits for them",
-)
 def test_a_poll_answer_serves_every_workload_with_new_output(tmp_path: Path) -> None:
     """Eight workloads that keep ahead of the pull (over a CHUNK_BYTES each pending at
     every answer) and a ninth with three bytes: within a few answers the ninth gets

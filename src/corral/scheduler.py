@@ -521,7 +521,7 @@ class Scheduler:
             shape = (res.cpus, res.memory_mb, res.gpus, _same_owner(p.head, workload))
             reason = p.waiting.get(shape)
             if reason is None:
-                if _fits(res, p.avail):
+                if _fits(res, p.avail) and self._placeable(res):
                     assert self.executor is not None
                     if self.executor.placement:
                         self._place(workload)
@@ -537,6 +537,13 @@ class Scheduler:
         if reasons:
             self.store.set_pending_reasons(reasons)
             self._reasons.update(reasons)  # given only once stored: a refusal is retried
+
+    def _placeable(self, res: Resources) -> bool:
+        """False for a workload that fits the free capacity in all, but no node (with
+        placement, after nodes left): it must not be placed, nor hold anything back."""
+        if self.executor is None or not self.executor.placement:
+            return True
+        return self._unfit(res) is None
 
     def _batch_full(self, workload: Workload) -> str | None:
         """The reason it waits when its batch already runs ``max_running``, else None."""
@@ -676,22 +683,33 @@ class Scheduler:
         self._reasons[wid] = reason
 
     def _on_change(self) -> None:
-        """The executor's capacity changed (nodes joined or left)."""
+        """The executor's capacity changed (nodes joined or left). A placement that no
+        node can hold any more gives its resources back and waits, unplaced, like any
+        workload larger than every node (it blocks nobody)."""
         self._resize()
+        for wid, entry in list(self._placing.items()):
+            if self._unfit(entry.workload.resources):
+                self._unplace(wid, requeue=True)
         self._full = True
         self._poke()
 
     def _resize(self) -> None:
-        """Totals from the executor's capacity; free = total minus what is taken."""
+        """Totals from the executor's capacity; free = total minus what is taken. With
+        placement, GPU numbers are only tokens of a count: they are handed out again
+        from 0, so that those in use stay inside the new total."""
         assert self.executor is not None
         cap = self.executor.capacity
         taken = [(w, d) for w, d in self._allocated.values()]
         taken += [(p.workload, p.devices) for p in self._placing.values()]
         self._total = _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus)))
         free = self._total.copy()
+        token = 0
         for workload, devices in taken:
             free.cpus -= workload.resources.cpus
             free.memory_mb -= workload.resources.memory_mb
+            if self.executor.placement:
+                devices[:] = range(token, token + len(devices))
+                token += len(devices)
             free.gpus -= set(devices)
         self._free = free
 

@@ -228,10 +228,19 @@ class Agent:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._local.logs.path(workload_id))
 
+    _turn = 0
+    """Where the next answer starts among the server's workloads: where the last one
+    ran out of room, so that a few fast writers cannot starve the others' logs (nor
+    their exits, reported once their logs are whole)."""
+
     def _chunks(self, offsets: dict[str, int]) -> tuple[dict[str, bytes], bool]:
         chunks: dict[str, bytes] = {}
         budget = ANSWER_BYTES
-        for wid, offset in offsets.items():
+        order = list(offsets)
+        start = self._turn % len(order) if order else 0
+        for k in range(len(order)):
+            wid = order[(start + k) % len(order)]
+            offset = offsets[wid]
             path = self._local.logs.path(wid)
             try:
                 size = os.stat(path).st_size
@@ -240,6 +249,7 @@ class Agent:
             if size <= offset:
                 continue
             if budget <= 0:
+                self._turn = start + k  # the next answer starts with this one
                 return chunks, True
             try:
                 with open(path, "rb") as f:
