@@ -178,8 +178,8 @@ def test_a_placement_no_node_can_hold_after_a_node_left_gives_its_resources_back
     big = ray_cluster.cluster.add_node(num_cpus=3)
     try:
         wait_until(lambda: api.http.get("/v1/status").json()["capacity"]["cpus"] >= 7, 20)
-        first = api.submit(["sleep", "300"], resources={"cpus": 3})["id"]
-        api.wait(first, {"running"})
+        first = api.submit(["sh", "-c", "echo up; exec sleep 300"], resources={"cpus": 3})["id"]
+        wait_until(lambda: "up" in api.logs(first), timeout=30)  # runs there (its agent is up)
         second = api.submit(["sleep", "300"], resources={"cpus": 3})["id"]
         wait_until(lambda: "Ray" in (api.get(second)["reason"] or ""), timeout=10)
     finally:
@@ -200,8 +200,11 @@ def test_gpus_in_use_stay_counted_when_another_gpu_node_leaves(
     removed = set()
     try:
         wait_until(lambda: api.http.get("/v1/status").json()["capacity"]["gpus"] == 4, 20)
-        held = [api.submit(["sleep", "300"], resources={"cpus": 1, "gpus": 2})["id"] for _ in "ab"]
-        on = [api.wait(wid, {"running"})["node"] for wid in held]
+        up = ["sh", "-c", "echo up; exec sleep 300"]
+        held = [api.submit(up, resources={"cpus": 1, "gpus": 2})["id"] for _ in "ab"]
+        for wid in held:  # their processes run (a new node's agent may take a while)
+            wait_until(lambda w=wid: "up" in api.logs(w), timeout=30)
+        on = [api.get(wid)["node"] for wid in held]
         assert sorted(on) == sorted(n.node_id for n in nodes)  # one on each
         leaving = next(n for n in nodes if n.node_id == on[0])
         ray_cluster.cluster.remove_node(leaving, allow_graceful=True)
