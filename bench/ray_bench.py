@@ -50,6 +50,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ from bench.common import (
     wait_until,
 )
 from corral.executors.local import find_shims, is_alive, kill_all
+from corral.logs import log_path
 
 NODE: dict[str, Any] = {"num_cpus": 2, "memory": 2 << 30, "object_store_memory": 80 << 20}
 """Each of the two nodes (as the tests' cluster)."""
@@ -221,45 +223,44 @@ def _pss_by_kind(cluster: Any) -> dict[str, tuple[int, int]]:
 # --- servers ---------------------------------------------------------------------------
 
 
-def ray_server(address: str) -> Server:
+class RayServer(Server):
     """``corral serve --executor ray`` joining ``address``, its nodes' directories in
-    a fresh directory of their own (``node_dir``, set on the server)."""
-    node_dir = fresh_dir("ray-nodes")
-    env = {
-        "CORRAL_RAY_ADDRESS": address,
-        "CORRAL_RAY_NODE_DIR": str(node_dir),
-        **process_bench.LOCAL_ENV,
-    }
-    data_dir = fresh_dir("ray")
-    profile = os.environ.get(PROFILE_VARIABLE)
-    argv = None
-    if profile:  # the whole server under cProfile, written when it stops
-        argv = [PYTHON, "-m", "cProfile", "-o", profile, "-m", "corral.cli", "serve",
-                "--port", "{port}", "--data-dir", str(data_dir), "--executor", "ray"]  # fmt: skip
-    srv = Server(data_dir, "ray", env=env, argv=argv)
-    srv.node_dir = node_dir  # type: ignore[attr-defined]
-    return srv
+    a fresh directory of their own (``node_dir``); under cProfile when
+    ``CORRAL_BENCH_RAY_PROFILE`` names a file."""
 
+    def __init__(self, address: str) -> None:
+        self.node_dir = fresh_dir("ray-nodes")
+        env = {
+            "CORRAL_RAY_ADDRESS": address,
+            "CORRAL_RAY_NODE_DIR": str(self.node_dir),
+            **process_bench.LOCAL_ENV,
+        }
+        data_dir = fresh_dir("ray")
+        profile = os.environ.get(PROFILE_VARIABLE)
+        argv = None
+        if profile:  # the whole server under cProfile, written when it stops
+            serve = ["serve", "--port", "{port}", "--data-dir", str(data_dir), "--executor", "ray"]
+            argv = [PYTHON, "-m", "cProfile", "-o", profile, "-m", "corral.cli", *serve]
+        super().__init__(data_dir, "ray", env=env, argv=argv)
 
-def node_run_dirs(srv: Server) -> list[Path]:
-    """The run directories of every node (``<node_dir>/<namespace>/<node id>/run``)."""
-    node_dir: Path = srv.node_dir  # type: ignore[attr-defined]
-    return sorted(node_dir.glob("*/*/run"))
+    def run_dirs(self) -> list[Path]:
+        """The run directories of every node (``<node_dir>/<namespace>/<node id>/run``)."""
+        return sorted(self.node_dir.glob("*/*/run"))
 
-
-def stop_ray_server(srv: Server) -> None:
-    """Kill its workloads, then stop it with SIGINT: SIGTERM would end it at once
-    (Ray's failure-signal handler in the driver takes SIGTERM), without the graceful
-    shutdown that writes a profile."""
-    if srv.proc is not None and srv.proc.poll() is None:
-        with contextlib.suppress(Exception):
-            request(srv.port, "POST", "/v1/workloads/kill", {"status": ["pending", "running"]})
-        srv.proc.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            srv.proc.wait(timeout=30)
-    srv.stop()
-    for run_dir in node_run_dirs(srv):
-        kill_all(run_dir)
+    def stop(self) -> None:
+        """Kill its workloads, then stop it with SIGINT: a SIGTERM would end it at once
+        (Ray's failure-signal handler in the driver takes SIGTERM), without the
+        graceful shutdown that writes a profile."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                body = {"status": ["pending", "running"]}
+                request(self.port, "POST", "/v1/workloads/kill", body)
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        super().stop()
+        for run_dir in self.run_dirs():
+            kill_all(run_dir)
 
 
 # --- the measurements ---------------------------------------------------------------
@@ -312,7 +313,7 @@ def pg_lifecycle_ps(address: str, n: int, cpus: float) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def _e2e_metric(ray_srv: Server, local_srv: Server, address: str, quick: bool) -> Metric:
+def _e2e_metric(ray_srv: RayServer, local_srv: Server, address: str, quick: bool) -> Metric:
     m = 600 if quick else 3000
     local, ray, pg, bound = [], [], [], []
     for _ in range(ROUNDS):
@@ -354,22 +355,49 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def _latency_metrics(ray_srv: Server, local_srv: Server, quick: bool) -> dict[str, Metric]:
+def _launch_ms(srv: Server, ids: list[str]) -> list[float]:
+    """Per workload: its ``running`` event (the claim, once placed) → the time its
+    process printed, in ms (both clocks are this machine's)."""
+    out = []
+    for wid in ids:
+        status, events = request(srv.port, "GET", f"/v1/workloads/{wid}/events")
+        assert status == 200, events
+        running = next(e["at"] for e in events["items"] if e["to_status"] == "running")
+        at = datetime.fromisoformat(running.replace("Z", "+00:00")).timestamp()
+        printed = latency_bench._printed_time(log_path(srv.data_dir, wid))
+        assert printed is not None, wid
+        out.append((printed - at) * 1000)
+    return out
+
+
+def _starts(srv: Server, n: int, cpus: float) -> tuple[list[float], dict[str, Any]]:
+    """``start_latencies`` and their summary, with the split at the claim: submit →
+    ``running`` (HTTP, and for Ray the placement) and ``running`` → printed (the launch)."""
+    ids: list[str] = []
+    total = latency_bench.start_latencies(srv, n, cpus=cpus, ids=ids)
+    launch = _launch_ms(srv, ids)
+    claim = [t - lt for t, lt in zip(total, launch, strict=True)]
+    summary = {
+        "cpus": cpus,
+        **_summary(total),
+        "submit_to_running_p50": round(percentile(claim, 50), 3),
+        "running_to_output_p50": round(percentile(launch, 50), 3),
+    }
+    return total, summary
+
+
+def _latency_metrics(ray_srv: RayServer, local_srv: Server, quick: bool) -> dict[str, Metric]:
     n = 50 if quick else 200
-    local = latency_bench.start_latencies(local_srv, n)
-    grouped = latency_bench.start_latencies(ray_srv, n, cpus=LATENCY_CPUS)
+    local, local_summary = _starts(local_srv, n, 0)
+    grouped, grouped_summary = _starts(ray_srv, n, LATENCY_CPUS)
     detail: dict[str, Any] = {
         "samples": n,
-        "corral_ray": {"cpus": LATENCY_CPUS, **_summary(grouped)},
-        "no_placement_group": {
-            "cpus": 0,
-            **_summary(latency_bench.start_latencies(ray_srv, n, cpus=0)),
-        },
-        "local": _summary(local),
+        "corral_ray": grouped_summary,
+        "no_placement_group": _starts(ray_srv, n, 0)[1],
+        "local": local_summary,
     }
     if not quick:  # whole CPUs, one after another: Ray's stale view of freed CPUs shows
-        whole = latency_bench.start_latencies(ray_srv, n, cpus=1)
-        detail["one_cpu"] = {"cpus": 1, **_summary(whole)}
+        detail["one_cpu"] = _starts(ray_srv, n, 1)[1]
     out = {}
     for pct in (50, 99):
         out[f"ray_start_latency_p{pct}_ms"] = Metric(
@@ -379,11 +407,11 @@ def _latency_metrics(ray_srv: Server, local_srv: Server, quick: bool) -> dict[st
     return out
 
 
-def _sleeping(srv: Server, n: int) -> bool:
+def _sleeping(srv: RayServer, n: int) -> bool:
     status, page = request(srv.port, "GET", "/v1/workloads?status=running&limit=1000")
     if status != 200 or len(page["items"]) < n:
         return False
-    shims = [p for d in node_run_dirs(srv) for p in find_shims(d).values()]
+    shims = [p for d in srv.run_dirs() for p in find_shims(d).values()]
     if len(shims) < n:
         return False
     children = _children()
@@ -396,7 +424,7 @@ def _sleeping(srv: Server, n: int) -> bool:
 
 
 def _memory_metrics(
-    ray_srv: Server, cluster: Any, quick: bool, no_server: tuple[int, int]
+    ray_srv: RayServer, cluster: Any, quick: bool, no_server: tuple[int, int]
 ) -> dict[str, Metric]:
     """See the module docstring; ``no_server``: Ray's own processes before the server
     joined (processes, PSS kB), for ``detail``."""
@@ -450,7 +478,7 @@ def _active(srv: Server) -> bool:
 def run(quick: bool, only: set[str]) -> dict[str, Metric]:
     out: dict[str, Metric] = {}
     with ray_cluster() as cluster:
-        ray_srv = ray_server(cluster.address)
+        ray_srv = RayServer(cluster.address)
         try:
             no_server = _pss_by_kind(cluster)["ray"]
             ray_srv.start(timeout=120)
@@ -462,5 +490,5 @@ def run(quick: bool, only: set[str]) -> dict[str, Metric]:
             if only & {"ray_mb_per_workload", "ray_node_mb"}:
                 out.update(_memory_metrics(ray_srv, cluster, quick, no_server))
         finally:
-            stop_ray_server(ray_srv)
+            ray_srv.stop()
     return out
