@@ -61,14 +61,21 @@ def _printed_time(path: Path) -> float | None:
     return float(text.split()[-1])
 
 
-def start_latencies(srv: Server, n: int) -> list[float]:
+def start_latencies(
+    srv: Server, n: int, cpus: float = 0, ids: list[str] | None = None
+) -> list[float]:
+    """Submit → the time the workload printed, in ms, ``n`` times one at a time (the
+    log read from the server's ``DATA_DIR/logs``); the workloads' ids appended to
+    ``ids``."""
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
-    body = {"command": ["date", "+%s.%N"], "resources": {"cpus": 0}}
+    body = {"command": ["date", "+%s.%N"], "resources": {"cpus": cpus}}
     out = []
     try:
         for _ in range(n):
             t0 = time.time()
             wid = _post(conn, body)["id"]
+            if ids is not None:
+                ids.append(wid)
             log = log_path(srv.data_dir, wid)
             printed = wait_until(functools.partial(_printed_time, log), 30, POLL)
             out.append((printed - t0) * 1000)

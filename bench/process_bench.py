@@ -65,8 +65,9 @@ def _count(port: int, *statuses: str, limit: int = 1000) -> int:
     return len(page["items"])
 
 
-def e2e(port: int, m: int) -> dict[str, Any]:
-    body = json.dumps({"command": ["true"], "resources": {"cpus": 0}}).encode()
+def e2e(port: int, m: int, resources: dict[str, Any] | None = None) -> dict[str, Any]:
+    """M ``true`` workloads (asking for ``resources``, default 0 CPUs) end to end."""
+    body = json.dumps({"command": ["true"], "resources": resources or {"cpus": 0}}).encode()
     req = encode_request("POST", "/v1/workloads", body, port).decode("latin-1")
     load = start_load({"port": port, "requests": [req], "conns": SUBMITTERS, "total": m})
     report = finish_load(load, timeout=600)

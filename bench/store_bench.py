@@ -70,7 +70,7 @@ def raw_block(conn: sqlite3.Connection, ids: list[str]) -> float:
         now = now_rfc3339()
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
-            _UPDATE_STATUS, ("running", None, None, None, now, now, None, wid, "pending")
+            _UPDATE_STATUS, ("running", None, None, None, now, now, None, None, wid, "pending")
         ).fetchone()
         conn.execute(
             _INSERT_NEXT_EVENT, (wid, wid, "transition", "pending", "running", now, None, "bench")
