@@ -209,6 +209,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
         env.setenv("RAY_health_check_period_ms", "500")
         env.setenv("RAY_health_check_failure_threshold", "3")
         env.setenv("RAY_health_check_initial_delay_ms", "0")  # nodes added by tests are new
+        env.setenv("RAY_raylet_report_resources_period_milliseconds", "50")  # as ray_head
         factory = logging.getLogRecordFactory()
         from ray.cluster_utils import Cluster
 

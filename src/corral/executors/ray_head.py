@@ -407,6 +407,9 @@ def _start_command(ray_dir: Path, port: int, sizes: list[str]) -> list[str]:
     return command
 
 
+REPORT_PERIOD = "RAY_raylet_report_resources_period_milliseconds"
+
+
 def _start_env(ray_dir: Path, token: str) -> dict[str, str]:
     env = {
         k: v
@@ -421,6 +424,11 @@ def _start_env(ray_dir: Path, token: str) -> dict[str, str]:
         # With prometheus_client installed, the dashboard process serves its metrics
         # (read-only, no token) on a fixed port, 44227, unless told otherwise.
         "DASHBOARD_METRIC_PORT": str(_free_port()),
+        # Ray places a group from its view of the nodes' free resources, which learns
+        # of CPUs just freed from the raylets' reports (every 100 ms by default) and
+        # retries with a growing back-off: one-CPU workloads started one after another
+        # then waited up to ~0.9 s now and then (docs/benchmarks.md). 50 ms removed it.
+        REPORT_PERIOD: env.get(REPORT_PERIOD, "50"),
     }
 
 
