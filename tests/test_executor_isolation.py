@@ -30,38 +30,12 @@ import pytest
 from corral.executors.base import Capacity, Outcome, RunAs, resolve_run_as
 from corral.executors.local import LocalExecutor, find_shims, is_alive, kill_all
 from corral.executors.shim import ShimStatus, read_pid, read_status, shim_argv, state_file
-from corral.ids import new_id
 from corral.logs import log_path
-from corral.model import Resources, Status, Workload
+from corral.model import Workload
 from tests.conftest import needs_root
+from tests.executors import make_workload
 
 T = TypeVar("T")
-
-
-def make_workload(
-    command: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None
-) -> Workload:
-    stamp = "2026-01-01T00:00:00.000000Z"
-    return Workload(
-        id=new_id(),
-        owner="tester",
-        name=None,
-        command=command,
-        env=env or {},
-        cwd=cwd,
-        resources=Resources(cpus=0),
-        labels={},
-        priority=0,
-        timeout_seconds=None,
-        status=Status.RUNNING,
-        exit_code=None,
-        signal=None,
-        reason=None,
-        created_at=stamp,
-        updated_at=stamp,
-        started_at=stamp,
-        finished_at=None,
-    )
 
 
 class Harness:
