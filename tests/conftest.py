@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -254,3 +255,21 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
     except OSError:
         return "?"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB tmpfs, unmounted afterwards."""
+    needs_root("mounting a small tmpfs, to fill it up")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, f"cannot mount a tmpfs: {done.stderr.strip()}"
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)

@@ -78,6 +78,7 @@ def test_the_workload_gets_the_shell_s_environment_but_never_the_key(
             "VIRTUAL_ENV": str(tmp_path / "venv"),
             "SECRET_COPY": f"prefix {key} suffix",
             "CORRAL_TOKEN_FILE": str(tmp_path / "unused"),
+            "RAY_AUTH_TOKEN": "ray-secret",  # exported for corral serve (README)
             "BASH_FUNC_greet%%": "() {  echo hi\n}",
         }
     )
@@ -90,8 +91,9 @@ def test_the_workload_gets_the_shell_s_environment_but_never_the_key(
     assert printed["VIRTUAL_ENV"] == str(tmp_path / "venv")
     assert printed["EXTRA"] == "1"
     assert printed["PATH"] == os.environ["PATH"]  # the shell's, not the server's
-    for hidden in ("CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "SECRET_COPY", "BASH_FUNC_greet%%"):
-        assert hidden not in printed
+    hidden = ("CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "RAY_AUTH_TOKEN", "SECRET_COPY")
+    for name in (*hidden, "BASH_FUNC_greet%%"):
+        assert name not in printed
     assert key not in logs
     stored = get(local, workload_id)["env"]
     assert isinstance(stored, dict) and key not in json.dumps(stored)

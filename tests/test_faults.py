@@ -8,9 +8,7 @@ import contextlib
 import errno
 import os
 import sqlite3
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from corral.store import StorageFullError, StoreBusyError
 from corral.store.base import NewWorkload
 from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
-from tests.conftest import add_key, needs_root
+from tests.conftest import add_key
 from tests.server import LiveServer, pid_gone, wait_until
 
 PROBLEM = "application/problem+json"
@@ -226,24 +224,6 @@ def test_a_writer_holding_the_database_gets_503_and_reads_go_on(tmp_path: Path) 
         assert http.delete(f"/v1/workloads/{kept['id']}").json()["status"] == "killed"
         names = [w["name"] for w in http.get("/v1/workloads").json()["items"]]
         assert "refused" not in names and len(names) == 2
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 32 MiB tmpfs, unmounted afterwards."""
-    needs_root("mounting a small tmpfs, to fill it up")
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m,mode=0755", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, f"cannot mount a tmpfs: {done.stderr.strip()}"
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
 def fill(path: Path) -> int:

@@ -376,3 +376,29 @@ def test_joining_a_cluster_that_refuses_the_server_is_one_clear_error(
     errors = [line for line in done.stderr.splitlines() if line.startswith("corral:")]
     assert len(errors) == 1 and "cannot join the Ray cluster" in errors[0], done.stderr
     assert "RAY_AUTH_TOKEN" in errors[0]
+
+
+def test_a_full_disk_on_the_server_still_reports_the_exit(
+    ray_cluster: Any, small_fs: Path, tmp_path: Path
+) -> None:
+    """The server's log copy cannot grow (its data dir on a 32 MiB tmpfs, the output
+    60 MB): the copy misses the rest, said once in the server's log, and the exit is
+    still reported (it was never reported, and the server spun re-asking the chunk)."""
+    fs = small_fs
+    try:
+        server = LiveServer(
+            fs / "data", "--executor", "ray", "--ray-address", ray_cluster.address,
+            env={"CORRAL_RAY_NODE_DIR": str(tmp_path / "nodes")}, log=tmp_path / "server.log",
+        ).start(timeout=60)  # fmt: skip
+        try:
+            api = Api(server)
+            wid = api.submit(["head", "-c", "60000000", "/dev/zero"])["id"]
+            done = api.wait(wid, timeout=30)
+            assert done["status"] == "completed", done
+            said = (tmp_path / "server.log").read_text()
+            assert said.count(f"cannot write the log of {wid}") == 1, said[-2000:]
+        finally:
+            server.kill()
+    finally:
+        for run_dir in (tmp_path / "nodes").glob("*/*/run"):
+            kill_all(run_dir)

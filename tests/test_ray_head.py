@@ -217,11 +217,14 @@ def test_its_sockets_and_unix_paths_fit(data_dir: Path, first: Head) -> None:
         assert len(os.fsencode(path)) - temp <= LONGEST_SOCKET_SUFFIX, path
 
 
-def test_the_temp_dir_is_ray_s_default_when_the_data_dir_is_too_long() -> None:
+def test_the_temp_dir_is_a_private_short_one_when_the_data_dir_is_too_long() -> None:
     room = SOCKET_PATH_MAX - LONGEST_SOCKET_SUFFIX - len("/ray/tmp")
     fits = Path("/" + "d" * (room - 1))
     assert temp_dir_for(fits / "ray") == fits / "ray" / "tmp"
-    assert temp_dir_for(Path(f"{fits}x") / "ray") is None
+    long = temp_dir_for(Path(f"{fits}x") / "ray")  # a private one of its own, not /tmp/ray
+    assert long.parent.parent == Path(tempfile.gettempdir())
+    assert long.parent.name.startswith("corral-ray-")
+    assert long == temp_dir_for(Path(f"{fits}x") / "ray")  # the same at every start
 
 
 def test_a_driver_with_the_token_connects(data_dir: Path, first: Head, tmp_path: Path) -> None:

@@ -348,6 +348,7 @@ def _ray_executor(
 
     try:
         ray_head.require_ray()
+        os.environ.setdefault(GCS_RECONNECT, str(365 * 24 * 3600))
         if settings.ray_address is None:
             head = ray_head.ensure_head(
                 settings.data_dir,
@@ -381,6 +382,11 @@ def _ray_executor(
     except CorralError as exc:
         raise ServeError(str(exc)) from None
     return executor
+
+
+GCS_RECONNECT = "RAY_gcs_rpc_server_reconnect_timeout_s"
+"""Ray ends a driver whose GCS has been unreachable this long (60 s by default): the
+server, API and all. corral's server outlives its cluster's outages instead."""
 
 
 def _joining_env(address: str) -> None:

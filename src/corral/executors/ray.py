@@ -214,6 +214,7 @@ class RayExecutor:
         self._reported: dict[str, str] = {}
         """Exits reported and not forgotten yet, with their node."""
         self._strays: set[str] = set()
+        self._log_gaps: set[str] = set()  # workloads whose log copy missed a chunk
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gcs = ThreadPoolExecutor(1, thread_name_prefix="corral-ray")
 
@@ -598,7 +599,11 @@ class RayExecutor:
         agent.seq = int(answer["seq"])
         chunks: dict[str, bytes] = answer["chunks"]
         for wid, data in chunks.items():
-            if wid in agent.offsets and self._append(wid, data):
+            if wid in agent.offsets:
+                # A chunk that cannot be written (a full disk) is skipped, not asked for
+                # again: the copy has a gap, but the exit is still reported (as a local
+                # workload's is, whose own writes fail), and nothing spins.
+                self._append(wid, data)
                 agent.offsets[wid] += len(data)
         ended: list[Ended] = answer["exits"]
         for end in ended:
@@ -637,6 +642,7 @@ class RayExecutor:
         if agent is not None:
             agent.offsets.pop(wid, None)
         self._reported[wid] = node
+        self._log_gaps.discard(wid)
         self._remove_group(wid)
         self._on_exit(outcome)
 
@@ -653,13 +659,14 @@ class RayExecutor:
             return 0
 
     def _append(self, wid: str, data: bytes) -> bool:
+        """Append to the server's copy; a failure is logged once per workload."""
         try:
             fd = os.open(
                 self.logs.path(wid), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                 FILE_MODE,
             )  # fmt: skip
         except OSError as exc:
-            log.warning("cannot write the log of %s: %s", wid, exc.strerror)
+            self._cannot_write(wid, exc)
             return False
         try:
             view = memoryview(data)
@@ -667,10 +674,18 @@ class RayExecutor:
                 view = view[os.write(fd, view) :]
             return True
         except OSError as exc:
-            log.warning("cannot write the log of %s: %s", wid, exc.strerror)
+            self._cannot_write(wid, exc)
             return False
         finally:
             os.close(fd)
+
+    def _cannot_write(self, wid: str, exc: OSError) -> None:
+        if wid not in self._log_gaps:
+            self._log_gaps.add(wid)
+            log.warning(
+                "cannot write the log of %s: %s; its copy here misses that part", wid,
+                exc.strerror,
+            )  # fmt: skip
 
     # --- nodes and agents -----------------------------------------------------------
 

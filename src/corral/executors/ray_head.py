@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import math
 import os
@@ -62,6 +63,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -163,12 +165,16 @@ def head_pids(data_dir: Path) -> set[int]:
     return _head_pids((data_dir / "ray").absolute())
 
 
-def temp_dir_for(ray_dir: Path) -> Path | None:
-    """``ray_dir/tmp`` when Ray's socket paths under it fit, else None (Ray's default)."""
+def temp_dir_for(ray_dir: Path) -> Path:
+    """``ray_dir/tmp`` when Ray's socket paths under it fit; else a short private one,
+    ``<tmp>/corral-ray-<hash of ray_dir and uid>/tmp``, never Ray's default
+    ``/tmp/ray`` (0777, no sticky bit: anyone may replace a head's sockets there). Ray
+    makes the directory itself 0777: its parent is what keeps others out (0700)."""
     candidate = ray_dir / "tmp"
     if len(os.fsencode(candidate)) + LONGEST_SOCKET_SUFFIX <= SOCKET_PATH_MAX:
         return candidate
-    return None
+    digest = hashlib.sha256(f"{os.geteuid()}:{ray_dir.absolute()}".encode()).hexdigest()
+    return Path(tempfile.gettempdir()) / f"corral-ray-{digest[:16]}" / "tmp"
 
 
 # --- files ------------------------------------------------------------------------------
@@ -401,9 +407,14 @@ def _start_command(ray_dir: Path, port: int, sizes: list[str]) -> list[str]:
         # With grpcio, Ray starts its Client server on every head, by default on 10001
         # (no flag turns it off); it binds the node's address and checks the token.
         command.append(f"--ray-client-server-port={_free_port()}")
+    from corral.executors.ray_agent import private_dir
+
     temp_dir = temp_dir_for(ray_dir)
-    if temp_dir is not None:
-        command.append(f"--temp-dir={temp_dir}")
+    try:
+        private_dir(temp_dir.parent)
+    except RuntimeError as exc:
+        raise RayHeadError(str(exc).replace("node directory", "Ray temp directory")) from None
+    command.append(f"--temp-dir={temp_dir}")
     return command
 
 
