@@ -402,3 +402,11 @@ def test_a_full_disk_on_the_server_still_reports_the_exit(
     finally:
         for run_dir in (tmp_path / "nodes").glob("*/*/run"):
             kill_all(run_dir)
+
+
+def test_a_workload_without_a_cwd_starts_in_its_home(serve: Any) -> None:
+    """Not in the agent's directory (Ray's, or corral's 0700 one)."""
+    api = serve()
+    wid = api.submit(["pwd"])["id"]
+    assert api.wait(wid)["status"] == "completed"
+    assert api.logs(wid).strip() == os.environ.get("HOME", "/")

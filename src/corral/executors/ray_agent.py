@@ -142,11 +142,15 @@ class Agent:
         if len(devices) < workload.resources.gpus:
             return {"error": f"Ray node {self.node_id} has no {workload.resources.gpus} free GPUs"}
         env = {**workload.env, NODE_VARIABLE: self.node_id}
+        # Without a cwd, a local workload starts where the server runs; here that would
+        # be the agent's directory (Ray's, or corral's 0700 one): its account's home.
+        cwd = workload.cwd or (run_as.home if run_as else os.environ.get("HOME", "/"))
         self._devices[wid] = devices
         self._unannounced.add(wid)
         wake.set()
         try:
-            await self._local.launch(workload.model_copy(update={"env": env}), devices, run_as)
+            spec = workload.model_copy(update={"env": env, "cwd": cwd})
+            await self._local.launch(spec, devices, run_as)
         except SpawnError as exc:
             self._devices.pop(wid, None)
             self._unannounced.discard(wid)
