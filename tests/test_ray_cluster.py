@@ -154,10 +154,11 @@ def test_a_removed_node_fails_its_workloads_as_lost_and_nothing_else(
     victim_pid = pid_of_log(api.logs(victim))
     victim_id = api.get(victim)["node"]
     assert all(api.get(w)["node"] != victim_id for w in others)
+    removed = time.monotonic()  # remove_node returns once the node's processes are gone
     ray_cluster.cluster.remove_node(victim_node, allow_graceful=graceful)
-    removed = time.monotonic()
     lost = api.wait(victim, TERMINAL, timeout=20)
     took = time.monotonic() - removed
+    print(f"lost {took:.2f} s after remove_node(allow_graceful={graceful})")  # for the docs
     assert lost["status"] == "failed", lost
     assert re.fullmatch(rf"lost: Ray node {victim_id} \(.+\) died", lost["reason"]), lost
     assert took < (2.5 if graceful else 4), took  # Ray's detection (~1.3 s) + at most 2 s
