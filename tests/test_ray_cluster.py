@@ -411,3 +411,12 @@ def test_a_workload_without_a_cwd_starts_in_its_home(serve: Any) -> None:
     wid = api.submit(["pwd"])["id"]
     assert api.wait(wid)["status"] == "completed"
     assert api.logs(wid).strip() == os.environ.get("HOME", "/")
+
+
+def test_the_executor_and_the_address_come_from_the_environment_too(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "corral.cli", "serve", "--data-dir", str(tmp_path)]
+    cmd += ["--port", str(free_port())]
+    env = {**os.environ, "CORRAL_EXECUTOR": "ray", "CORRAL_RAY_ADDRESS": "127.0.0.1:1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1, done
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr, done.stderr
