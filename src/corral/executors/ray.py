@@ -65,7 +65,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -231,13 +230,7 @@ class RayExecutor:
 
         def join() -> None:
             try:
-                ray.init(
-                    address=self.address,
-                    namespace=self.namespace,
-                    log_to_driver=False,
-                    logging_level=logging.WARNING,
-                    configure_logging=False,
-                )
+                self._join()
             except BaseException as exc:
                 failure.append(exc)
 
@@ -257,6 +250,15 @@ class RayExecutor:
             first = (str(failure[0]).strip().splitlines() or [type(failure[0]).__name__])[0]
             raise RayJoinError(f"cannot join the Ray cluster at {self.address}: {first}; {hint}")
 
+    def _join(self) -> None:
+        ray.init(
+            address=self.address,
+            namespace=self.namespace,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=False,
+        )
+
     async def open(self) -> None:
         """Join the cluster (unless ``connect`` did), find or start an agent on every
         alive node, ask each what it knows (for ``adopt``), and list this namespace's
@@ -264,17 +266,7 @@ class RayExecutor:
         self._loop = asyncio.get_running_loop()
         self._shim = self._shim_path.read_bytes()
         if not ray.is_initialized():
-            await self._loop.run_in_executor(
-                self._gcs,
-                partial(
-                    ray.init,
-                    address=self.address,
-                    namespace=self.namespace,
-                    log_to_driver=False,
-                    logging_level=logging.WARNING,
-                    configure_logging=False,
-                ),
-            )
+            await self._loop.run_in_executor(self._gcs, self._join)
         nodes, free = await asyncio.to_thread(_look)
         self._nodes = nodes
         self._set_free(free)
