@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -140,3 +140,47 @@ def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: floa
 def pid_gone(pid: int) -> bool:
     """True when ``pid`` has exited; a zombie counts as gone (PID 1 here does not reap)."""
     return not is_alive(pid)
+
+
+TERMINAL = {"completed", "failed", "killed"}
+
+
+class Api:
+    """The admin's view of one live server, for end-to-end tests."""
+
+    wait_seconds = 30.0
+    """How long ``wait`` waits unless told."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.http = server.http()
+
+    def submit(self, command: list[str], **body: Any) -> dict[str, Any]:
+        r = self.http.post("/v1/workloads", json={"command": command, **body})
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def batch(self, items: list[dict[str, Any]], **body: Any) -> list[dict[str, Any]]:
+        r = self.http.post("/v1/workloads/batch", json={"items": items, **body})
+        assert r.status_code == 201, r.text
+        return r.json()["items"]  # type: ignore[no-any-return]
+
+    def get(self, wid: str) -> dict[str, Any]:
+        return self.http.get(f"/v1/workloads/{wid}").json()  # type: ignore[no-any-return]
+
+    def events(self, wid: str) -> list[dict[str, Any]]:
+        return self.http.get(f"/v1/workloads/{wid}/events").json()["items"]  # type: ignore[no-any-return]
+
+    def logs(self, wid: str, **params: Any) -> str:
+        return self.http.get(f"/v1/workloads/{wid}/logs", params=params).text
+
+    def wait(
+        self, wid: str, statuses: set[str] = TERMINAL, timeout: float | None = None
+    ) -> dict[str, Any]:
+        return wait_until(
+            lambda: (w := self.get(wid))["status"] in statuses and w, timeout or self.wait_seconds
+        )
+
+    def kill_all(self) -> None:
+        """Kill every pending and running workload."""
+        self.http.post("/v1/workloads/kill", json={"status": ["pending", "running"]})

@@ -12,37 +12,11 @@ from typing import Any
 import pytest
 
 from corral.executors.local import kill_all
+from tests.server import Api as ServerApi
 from tests.server import LiveServer, wait_until
 
-TERMINAL = {"completed", "failed", "killed"}
 
-
-class Api:
-    """The admin's view of one live server."""
-
-    def __init__(self, server: LiveServer) -> None:
-        self.server = server
-        self.http = server.http()
-
-    def submit(self, command: list[str], **body: Any) -> dict[str, Any]:
-        r = self.http.post("/v1/workloads", json={"command": command, **body})
-        assert r.status_code == 201, r.text
-        return r.json()  # type: ignore[no-any-return]
-
-    def batch(self, items: list[dict[str, Any]], **body: Any) -> list[dict[str, Any]]:
-        r = self.http.post("/v1/workloads/batch", json={"items": items, **body})
-        assert r.status_code == 201, r.text
-        return r.json()["items"]  # type: ignore[no-any-return]
-
-    def get(self, wid: str) -> dict[str, Any]:
-        return self.http.get(f"/v1/workloads/{wid}").json()  # type: ignore[no-any-return]
-
-    def events(self, wid: str) -> list[dict[str, Any]]:
-        return self.http.get(f"/v1/workloads/{wid}/events").json()["items"]  # type: ignore[no-any-return]
-
-    def wait(self, wid: str, statuses: set[str] = TERMINAL, timeout: float = 30) -> dict[str, Any]:
-        return wait_until(lambda: (w := self.get(wid))["status"] in statuses and w, timeout)
-
+class Api(ServerApi):
     def reason_becomes(self, wid: str, reason: str) -> dict[str, Any]:
         return wait_until(lambda: (w := self.get(wid))["reason"] == reason and w, timeout=20)
 

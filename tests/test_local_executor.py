@@ -32,10 +32,8 @@ from corral.keys import default_admin
 from corral.model import Status, WorkloadCreate
 from corral.store.sqlite import SQLiteStore
 from tests.executors import GRACE_SECONDS, Harness, make_workload, until
-from tests.server import LiveServer, free_port, pid_gone, wait_until
-
-TERMINAL = {"completed", "failed", "killed"}
-
+from tests.server import TERMINAL, LiveServer, free_port, pid_gone, wait_until
+from tests.server import Api as ServerApi
 
 # --- both executors -------------------------------------------------------------------
 
@@ -259,26 +257,8 @@ def test_a_killed_shim_is_a_lost_workload_and_leaves_no_process(ex: Harness) -> 
 # --- the local executor end to end ---------------------------------------------------
 
 
-class Api:
-    def __init__(self, server: LiveServer) -> None:
-        self.http = server.http()
-
-    def submit(self, command: list[str], **body: Any) -> dict[str, Any]:
-        r = self.http.post("/v1/workloads", json={"command": command, **body})
-        assert r.status_code == 201, r.text
-        return r.json()  # type: ignore[no-any-return]
-
-    def get(self, wid: str) -> dict[str, Any]:
-        return self.http.get(f"/v1/workloads/{wid}").json()  # type: ignore[no-any-return]
-
-    def events(self, wid: str) -> list[dict[str, Any]]:
-        return self.http.get(f"/v1/workloads/{wid}/events").json()["items"]  # type: ignore[no-any-return]
-
-    def logs(self, wid: str, **params: Any) -> str:
-        return self.http.get(f"/v1/workloads/{wid}/logs", params=params).text
-
-    def wait(self, wid: str, statuses: set[str] = TERMINAL, timeout: float = 20) -> dict[str, Any]:
-        return wait_until(lambda: (w := self.get(wid))["status"] in statuses and w, timeout)
+class Api(ServerApi):
+    wait_seconds = 20.0
 
 
 @pytest.fixture

@@ -21,34 +21,10 @@ from typing import Any
 import pytest
 
 from corral.executors.local import kill_all
-from tests.server import LiveServer, free_port, pid_gone, wait_until
+from tests.server import TERMINAL, Api, LiveServer, free_port, pid_gone, wait_until
 
-TERMINAL = {"completed", "failed", "killed"}
 WHERE = 'echo "node $(tr "\\0" " " < /proc/$PPID/cmdline)"; echo "pid $$"'
 """Shell that prints the shim's command line (naming the node) and the workload's pid."""
-
-
-class Api:
-    def __init__(self, server: LiveServer) -> None:
-        self.server = server
-        self.http = server.http()
-
-    def submit(self, command: list[str], **body: Any) -> dict[str, Any]:
-        r = self.http.post("/v1/workloads", json={"command": command, **body})
-        assert r.status_code == 201, r.text
-        return r.json()  # type: ignore[no-any-return]
-
-    def get(self, wid: str) -> dict[str, Any]:
-        return self.http.get(f"/v1/workloads/{wid}").json()  # type: ignore[no-any-return]
-
-    def logs(self, wid: str) -> str:
-        return self.http.get(f"/v1/workloads/{wid}/logs").text
-
-    def wait(self, wid: str, statuses: set[str] = TERMINAL, timeout: float = 30) -> dict[str, Any]:
-        return wait_until(lambda: (w := self.get(wid))["status"] in statuses and w, timeout)
-
-    def kill_all(self) -> None:
-        self.http.post("/v1/workloads/kill", json={"status": ["pending", "running"]})
 
 
 def node_of_log(text: str) -> str:
