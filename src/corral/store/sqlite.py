@@ -61,6 +61,7 @@ from corral.model import (
 )
 from corral.store import migrate
 from corral.store.base import LIST_LIMIT_MAX, BatchCreated, Created, NewWorkload, Page
+from corral.store.cluster import Fence
 from corral.store.errors import (
     IdempotencyKeyReusedError,
     InvalidTransitionError,
@@ -68,6 +69,7 @@ from corral.store.errors import (
     StorageFullError,
     StoreBusyError,
 )
+from corral.store.sqlite_cluster import SQLiteCluster, check_fence
 from corral.store.sqlite_keys import SQLiteKeys
 
 log = logging.getLogger(__name__)
@@ -308,7 +310,7 @@ def batch_digest(specs: Sequence[WorkloadBatchItem], max_running: int | None) ->
     return hashlib.sha256(b"batch:" + text.encode()).hexdigest()
 
 
-class SQLiteStore(SQLiteKeys):
+class SQLiteStore(SQLiteKeys, SQLiteCluster):
     """The ``Store`` on one SQLite file; see the module docstring for guarantees."""
 
     def __init__(
@@ -652,6 +654,7 @@ class SQLiteStore(SQLiteKeys):
         actor: str | None = None,
         owner: str | None = None,
         node: str | None = None,
+        fence: Fence | None = None,
     ) -> Workload:
         status = Status(status)
         if reason is None:
@@ -659,6 +662,7 @@ class SQLiteStore(SQLiteKeys):
         sources = sources_of(status)
         with self._write() as conn:
             now = now_rfc3339()  # under the write lock: events' times follow their seq
+            check_fence(conn, fence, now)
             values = (
                 status.value,
                 exit_code,
@@ -729,6 +733,49 @@ class SQLiteStore(SQLiteKeys):
                 "UPDATE workloads SET reason = ? WHERE id = ? AND status = 'pending'",
                 [(reason, wid) for wid, reason in reasons],
             )
+
+    def claim_workloads(
+        self, workload_ids: Sequence[str], *, node: str, fence: Fence | None = None
+    ) -> list[Workload]:
+        """pending→running for each of ``workload_ids`` still pending, on ``node``, in
+        one transaction (with ``fence`` checked first); the claimed ones, in the
+        order given. Those no longer pending are left alone (a kill won)."""
+        claimed: list[Workload] = []
+        with self._write() as conn:
+            now = now_rfc3339()
+            check_fence(conn, fence, now)
+            reason = default_reason(Status.RUNNING, None)
+            for wid in dict.fromkeys(workload_ids):
+                row = conn.execute(
+                    _UPDATE_STATUS,
+                    ("running", None, None, reason, now, now, None, node, wid, "pending"),
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute(
+                    _INSERT_NEXT_EVENT,
+                    (wid, wid, "transition", "pending", "running", now, reason, None),
+                )
+                claimed.append(_row_to_workload(row))
+        return claimed
+
+    def pending_ids(self) -> list[str]:
+        """The ids of every pending workload (the scheduler's cache check)."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT id FROM workloads WHERE status = 'pending' ORDER BY id")
+            return [r[0] for r in rows]
+
+    def get_workloads(self, workload_ids: Sequence[str]) -> list[Workload]:
+        """The workloads of ``workload_ids`` that exist, in id order."""
+        ids = list(dict.fromkeys(workload_ids))
+        found: list[Workload] = []
+        with self._connection() as conn:
+            for i in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[i : i + _ID_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT {_COLUMNS} FROM workloads WHERE id IN ({marks}) ORDER BY id"
+                found.extend(_row_to_workload(r) for r in conn.execute(sql, chunk))
+        return sorted(found, key=lambda w: w.id)
 
     # --- reads -----------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""The store's part of several servers on one database (store/cluster.py): server
+names, the scheduler lease, the fence on claims and status writes, claims of many
+workloads at once. Every Store implementation passes these (see conftest)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from corral.model import Status, WorkloadCreate
+from corral.store import InvalidTransitionError, Store
+from corral.store.cluster import Fence, FencedError, ServerInfo
+
+SPEC = WorkloadCreate(command=["true"])
+
+
+def server(name: str, instance: str, pid: int = 1) -> ServerInfo:
+    return ServerInfo(name=name, instance=instance, host="h1", pid=pid, url="http://x:1")
+
+
+def test_a_fresh_database_has_a_lease_nobody_holds(store: Store) -> None:
+    lease = store.get_lease()
+    assert lease.holder is None and lease.epoch == 0 and lease.expired
+
+
+def test_the_lease_goes_to_one_instance_and_every_taking_bumps_the_epoch(store: Store) -> None:
+    got = store.acquire_lease("a", "a-1", 15)
+    assert got is not None
+    fence, before = got
+    assert fence == Fence("a-1", 1) and before.holder is None
+    assert store.acquire_lease("b", "b-1", 15) is None  # held and live
+    lease = store.get_lease()
+    assert (lease.holder, lease.instance, lease.epoch, lease.expired) == ("a", "a-1", 1, False)
+    again = store.acquire_lease("a", "a-1", 15)  # its own instance: a new epoch
+    assert again is not None and again[0] == Fence("a-1", 2)
+    assert store.renew_lease(Fence("a-1", 2), 15)
+    assert not store.renew_lease(Fence("a-1", 1), 15)  # an older epoch renews nothing
+
+
+def test_a_dead_instance_named_by_the_caller_is_replaced_at_once(store: Store) -> None:
+    store.acquire_lease("a", "a-1", 15)
+    got = store.acquire_lease("a", "a-2", 15, replace_instance="a-1")
+    assert got is not None and got[0] == Fence("a-2", 2) and got[1].instance == "a-1"
+
+
+def test_an_expired_lease_is_taken_and_its_old_fence_writes_nothing(store: Store) -> None:
+    got = store.acquire_lease("a", "a-1", 0.05)
+    assert got is not None
+    old = got[0]
+    w, _ = store.create_workload(owner="u", spec=SPEC)
+    time.sleep(0.1)
+    assert store.get_lease().expired
+    assert not store.renew_lease(old, 15)  # expired: renewing is refused too
+    with pytest.raises(FencedError):  # expired even before anyone took it
+        store.claim_workloads([w.id], node="a", fence=old)
+    taken = store.acquire_lease("b", "b-1", 15)
+    assert taken is not None and taken[0].epoch == 2 and taken[1].holder == "a"
+    with pytest.raises(FencedError):
+        store.claim_workloads([w.id], node="a", fence=old)
+    with pytest.raises(FencedError):
+        store.update_workload_status(w.id, Status.RUNNING, node="a", fence=old)
+    assert store.get_workload(w.id).status is Status.PENDING  # nothing written
+    assert len(store.list_events(w.id)) == 1
+    claimed = store.claim_workloads([w.id], node="b", fence=taken[0])
+    assert [c.id for c in claimed] == [w.id]
+    with pytest.raises(FencedError):
+        store.update_workload_status(w.id, Status.COMPLETED, exit_code=0, fence=old)
+    done = store.update_workload_status(w.id, Status.COMPLETED, exit_code=0, fence=taken[0])
+    assert done.status is Status.COMPLETED
+
+
+def test_a_released_lease_is_free_at_once(store: Store) -> None:
+    got = store.acquire_lease("a", "a-1", 15)
+    assert got is not None
+    store.release_lease(got[0])
+    assert store.get_lease().expired
+    assert store.acquire_lease("b", "b-1", 15) is not None
+    store.release_lease(got[0])  # no longer a's: changes nothing
+    assert not store.get_lease().expired
+
+
+def test_claims_take_only_pending_workloads_and_record_each(store: Store) -> None:
+    fence = store.acquire_lease("a", "a-1", 15)
+    assert fence is not None
+    ws = [store.create_workload(owner="u", spec=SPEC)[0] for _ in range(5)]
+    store.update_workload_status(ws[1].id, Status.KILLED)
+    ids = [w.id for w in ws]
+    claimed = store.claim_workloads([*ids, ids[0], "0" * 26], node="a", fence=fence[0])
+    assert [c.id for c in claimed] == [ids[0], *ids[2:]]
+    for c in claimed:
+        assert c.status is Status.RUNNING and c.node == "a" and c.started_at
+        got = store.get_workload(c.id)
+        assert got == c
+        events = store.list_events(c.id)
+        assert [(e.from_status, e.to_status) for e in events[1:]] == [
+            (Status.PENDING, Status.RUNNING)
+        ]
+    assert store.claim_workloads(ids, node="a", fence=fence[0]) == []  # none pending now
+    assert store.get_workload(ids[1]).status is Status.KILLED
+    with pytest.raises(InvalidTransitionError):
+        store.update_workload_status(ids[0], Status.RUNNING)
+
+
+def test_pending_ids_and_get_workloads(store: Store) -> None:
+    ws = [store.create_workload(owner="u", spec=SPEC)[0] for _ in range(3)]
+    store.update_workload_status(ws[0].id, Status.KILLED)
+    assert store.pending_ids() == sorted(w.id for w in ws[1:])
+    got = store.get_workloads([ws[2].id, ws[0].id, "0" * 26, ws[2].id])
+    assert [w.id for w in got] == sorted([ws[0].id, ws[2].id])
+
+
+def test_a_live_server_keeps_its_name(store: Store) -> None:
+    assert store.register_server(server("a", "a-1", pid=10), live_seconds=15) is None
+    held = store.register_server(server("a", "a-2", pid=11), live_seconds=15)
+    assert held is not None and held.instance == "a-1" and held.pid == 10
+    assert (
+        store.register_server(server("a", "a-2"), live_seconds=15, replace_instance="a-1") is None
+    )
+    assert not store.heartbeat("a", "a-1")  # its name was taken over
+    assert store.heartbeat("a", "a-2", capacity={"cpus": 2.0})
+    (only,) = store.list_servers()
+    assert (only.name, only.instance, only.capacity) == ("a", "a-2", {"cpus": 2.0})
+    assert only.last_seen and only.started_at
+
+
+def test_a_server_not_seen_within_the_window_loses_its_name(store: Store) -> None:
+    store.register_server(server("a", "a-1"), live_seconds=15)
+    time.sleep(0.06)
+    assert store.register_server(server("a", "a-2"), live_seconds=0.05) is None
+    assert [s.instance for s in store.list_servers()] == ["a-2"]
+
+
+def test_a_meta_value_is_the_first_writers(store: Store) -> None:
+    assert store.meta_value("ray_namespace", "first") == "first"
+    assert store.meta_value("ray_namespace", "second") == "first"
