@@ -90,7 +90,14 @@ def cases(draw: st.DrawFn, max_size: int = 40) -> Case:
     )
     queue = [
         workload(
-            n, owner=o, priority=p, cpus=c, memory_mb=m, gpus=g, batch=b, max_running=limits.get(b)
+            n,
+            owner=o,
+            priority=p,
+            cpus=c,
+            memory_mb=m,
+            gpus=g,
+            batch=b,
+            max_running=limits.get(b or ""),
         )
         for n, (o, p, (c, m, g), b) in enumerate(items)
     ]
@@ -302,7 +309,7 @@ def test_a_walk_resumed_after_submits_decides_as_one_over_everything(
 
 def test_the_texts_of_each_rule() -> None:
     """One example per rule, spelled out (the plain walk above reads the same rules)."""
-    mine = {"owner": "alice", "priority": 0, "memory_mb": 0, "gpus": 0}
+    mine: dict[str, Any] = {"owner": "alice", "priority": 0, "memory_mb": 0, "gpus": 0}
     queue = [
         workload(1, **mine, cpus=1.0),  # starts: 1 of 2.5 CPUs left
         workload(2, **{**mine, "gpus": 2}, cpus=2.0),  # head: reserves 2 of 1.5 CPUs
@@ -334,7 +341,7 @@ def test_the_texts_of_each_rule() -> None:
 def test_a_start_behind_the_head_changes_what_the_next_ones_are_told() -> None:
     """A reason is reused for a workload of the same shape only until something
     starts: then what is free has changed."""
-    mine = {"owner": "alice", "priority": 0, "memory_mb": 0}
+    mine: dict[str, Any] = {"owner": "alice", "priority": 0, "memory_mb": 0}
     queue = [
         workload(1, **mine, cpus=0, gpus=1),  # head: no GPU free; reserves no CPU
         workload(2, **mine, cpus=3.0, gpus=0),  # 2 CPUs free
