@@ -8,7 +8,11 @@ checked against the state machine and recorded as an event.
   submission order (id). A pass walks them and starts each one whose CPUs, memory and
   GPUs fit in what is free. The first one that does not fit *reserves* what it needs,
   so smaller workloads behind it cannot starve it; everyone left waiting gets a
-  ``reason`` ("waiting for 2 GPUs, 0 free").
+  ``reason`` ("waiting for 2 GPUs, 0 free"). What starts and every reason are decided
+  by a pure function, ``corral.admission.admit`` (its docstring states the rules);
+  this module claims and launches what it decides and stores the reasons. A claim
+  refused (the workload was killed meanwhile) leaves what it would have taken free:
+  the pass stores no reasons and the next one, at once, walks everything again.
 - **Deep queues stay cheap.** A submit must not cost a walk of every pending
   workload (10,000 queued behind a full machine made each submit take 40 ms). So:
   the queue is a list kept in order (a submit that sorts last, the usual case, is
@@ -80,10 +84,11 @@ import heapq
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from corral.admission import Free, Pass, admit, amount, dependencies, fits, num
 from corral.errors import ExceedsCapacityError
 from corral.executors.base import (
     Capacity,
@@ -112,33 +117,6 @@ RETRY_SECONDS = 0.5
 PAGE = 1000
 PLACING_REASON_SECONDS = 0.2
 """A placement not made after this long gets its reason stored."""
-REASON_IDS = 3
-"""How many unmet dependencies a reason names before "and N more"."""
-
-
-@dataclass(slots=True)
-class _Free:
-    cpus: float
-    memory_mb: int
-    gpus: set[int] = field(default_factory=set)
-
-    def copy(self) -> _Free:
-        return _Free(self.cpus, self.memory_mb, set(self.gpus))
-
-
-_Shape = tuple[float, int, int, bool]
-"""cpus, memory_mb, gpus, and whether the workload's owner is the head of the line's."""
-
-
-@dataclass(slots=True)
-class _Pass:
-    """Where a pass over the queue stands, so that the next one can resume: what is
-    left for the workloads behind, the head of the line, and the reason given to
-    each shape (``_Shape``) that does not fit."""
-
-    avail: _Free
-    head: Workload | None = None
-    waiting: dict[_Shape, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -175,14 +153,14 @@ class Scheduler:
         self.store = store
         self.executor = executor
         cap = executor.capacity if executor else None
-        self._total = _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus))) if cap else _Free(0, 0)
+        self._total = Free(cap.cpus, cap.memory_mb, set(range(cap.gpus))) if cap else Free(0, 0)
         self._free = self._total.copy()
         self._pending: dict[str, Workload] = {}
         self._queue: list[Workload] = []  # _pending in order; stale entries are skipped
         self._sorted = True  # _queue is in order
         self._walked = 0  # _queue[:_walked] was walked by the last pass
         self._full = True  # the next pass walks the whole queue
-        self._last_pass: _Pass | None = None
+        self._last_pass: Pass | None = None  # where the last walk stopped
         self._allocated: dict[str, tuple[Workload, list[int]]] = {}
         self._reasons: dict[str, str | None] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -449,24 +427,7 @@ class Scheduler:
     ) -> tuple[Literal["met", "wait", "kill"], str]:
         """Whether its dependencies are met; else why it waits ("waiting for …"), or
         why it must be killed ("dependency … failed")."""
-        afterok = workload.dependency_type == "afterok"
-        unmet = []
-        for dep in workload.depends_on:
-            status = statuses.get(dep)
-            if status is None:
-                return "kill", f"dependency {dep} does not exist"
-            if afterok and status is Status.FAILED:
-                return "kill", f"dependency {dep} failed"
-            if afterok and status is Status.KILLED:
-                return "kill", f"dependency {dep} was killed"
-            if status not in TERMINAL or dep in self._allocated:
-                unmet.append(dep)
-        if not unmet:
-            return "met", ""
-        named = ", ".join(unmet[:REASON_IDS])
-        if len(unmet) > REASON_IDS:
-            named += f" and {len(unmet) - REASON_IDS} more"
-        return "wait", f"waiting for {named} to {'complete' if afterok else 'end'}"
+        return dependencies(workload, statuses, self._allocated)
 
     def _kill_dependant(self, workload: Workload, reason: str) -> None:
         """pending→killed for a dependency that failed; its dependants are next."""
@@ -497,7 +458,7 @@ class Scheduler:
             else:
                 self._queue = sorted(self._pending.values(), key=_rank)
                 self._sorted = True
-            self._last_pass = _Pass(self._free.copy())
+            self._last_pass = None
             self._walked = 0
         todo, self._walked = self._queue[self._walked :], len(self._queue)
         try:
@@ -506,78 +467,31 @@ class Scheduler:
             self._full = True  # part of the tail was not walked
             raise
 
-    def _walk(self, workloads: list[Workload], p: _Pass) -> None:
-        reasons: list[tuple[str, str]] = []
-        for workload in workloads:
-            if workload.id not in self._pending:
-                continue  # claimed or stopped since it was queued
-            batch_full = self._batch_full(workload)
-            if batch_full is not None:  # skipped: it reserves nothing
-                if self._reasons.get(workload.id) != batch_full:
-                    reasons.append((workload.id, batch_full))
-                continue
-            res = workload.resources
-            # A reason may name the head of the line only to its owner: keyed by both.
-            shape = (res.cpus, res.memory_mb, res.gpus, _same_owner(p.head, workload))
-            reason = p.waiting.get(shape)
-            if reason is None:
-                if _fits(res, p.avail) and self._placeable(res):
-                    assert self.executor is not None
-                    if self.executor.placement:
-                        self._place(workload)
-                        _take(p.avail, res)
-                        p.waiting.clear()
-                    elif self._claim_and_launch(workload):
-                        _take(p.avail, res)
-                        p.waiting.clear()  # what is free changed
-                    continue
-                reason = self._why_waiting(workload, shape, p)
-            if self._reasons.get(workload.id) != reason:
-                reasons.append((workload.id, reason))
+    def _walk(self, workloads: list[Workload], resume: Pass | None) -> None:
+        """Start what ``admission.admit`` decides; store the reasons of the others."""
+        assert self.executor is not None
+        if resume is not None:  # the tail may hold workloads claimed or stopped since
+            workloads = [w for w in workloads if w.id in self._pending]
+        decision = admit(
+            workloads, self._free, self._batch_running, unfit=self._unfit, resume=resume
+        )
+        self._last_pass = decision.resume
+        refused = False
+        for start in decision.start:
+            if self.executor.placement:
+                self._place(start.workload, start.gpus)
+            elif not self._claim_and_launch(start.workload, start.gpus):
+                refused = True
+        if refused:  # what it would have taken is free: decide again, over everything
+            self._full = True
+            self._poke()
+            return
+        reasons = [(wid, r) for wid, r in decision.reasons if self._reasons.get(wid) != r]
         if reasons:
             self.store.set_pending_reasons(reasons)
             self._reasons.update(reasons)  # given only once stored: a refusal is retried
 
-    def _placeable(self, res: Resources) -> bool:
-        """False for a workload that fits the free capacity in all, but no node (with
-        placement, after nodes left): it must not be placed, nor hold anything back."""
-        if self.executor is None or not self.executor.placement:
-            return True
-        return self._unfit(res) is None
-
-    def _batch_full(self, workload: Workload) -> str | None:
-        """The reason it waits when its batch already runs ``max_running``, else None."""
-        limit, batch = workload.max_running, workload.batch_id
-        if limit is None or batch is None:
-            return None
-        running = self._batch_running.get(batch, 0)
-        if running < limit:
-            return None
-        return f"waiting: {running} of its batch already running (limit {limit})"
-
-    def _why_waiting(self, workload: Workload, shape: _Shape, p: _Pass) -> str:
-        """The reason of a workload that does not fit in what the pass has left; the
-        first becomes the head of the line and reserves what it needs."""
-        res = workload.resources
-        excess = self._unfit(res)
-        if excess:  # only after a restart with less capacity (or nodes left): no blocking
-            reason = f"waiting, but it {excess}"
-        elif p.head is None:
-            p.head = workload
-            reason = _shortfall(res, p.avail)
-            _take(p.avail, res)  # reserve what the head of the line needs
-            return reason  # the next workload of its shape waits behind it instead
-        elif _fits(res, self._free):
-            head = p.head
-            # Another user's workload is not theirs to see, not even its id.
-            behind = head.id if head.owner == workload.owner else "another user's workload"
-            reason = f"waiting behind {behind} (priority {head.priority}), which needs more"
-        else:
-            reason = _shortfall(res, self._free)
-        p.waiting[shape] = reason
-        return reason
-
-    def _claim_and_launch(self, workload: Workload) -> bool:
+    def _claim_and_launch(self, workload: Workload, devices: list[int]) -> bool:
         assert self.executor is not None
         try:
             running = self.store.update_workload_status(
@@ -591,18 +505,18 @@ class Scheduler:
         if running is None:
             self._ended(workload.id)  # killed by another process: its dependants see it
             return False
-        self._launch(running)
+        self._allocate(running, devices)
+        self._start(running, devices)
         return True
 
     # --- placement (an executor with ``placement``) -------------------------------------
 
-    def _place(self, workload: Workload) -> None:
+    def _place(self, workload: Workload, devices: list[int]) -> None:
         """Take the workload's resources and ask the executor for a node (see the
         module docstring); ``_placed`` goes on once there is one."""
         assert self.executor is not None
         del self._pending[workload.id]
         self._reasons.pop(workload.id, None)
-        devices = sorted(self._free.gpus)[: workload.resources.gpus]
         self._take(workload, devices)
         loop = asyncio.get_running_loop()
         entry = _Placing(workload, devices)
@@ -701,7 +615,7 @@ class Scheduler:
         cap = self.executor.capacity
         taken = [(w, d) for w, d in self._allocated.values()]
         taken += [(p.workload, p.devices) for p in self._placing.values()]
-        self._total = _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus)))
+        self._total = Free(cap.cpus, cap.memory_mb, set(range(cap.gpus)))
         free = self._total.copy()
         token = 0
         for workload, devices in taken:
@@ -935,21 +849,7 @@ class Scheduler:
             cursor = page.next_cursor
 
 
-def _same_owner(head: Workload | None, workload: Workload) -> bool:
-    return head is not None and head.owner == workload.owner
-
-
-def _fits(res: Resources, free: _Free) -> bool:
-    """Only what is asked for counts: a workload asking for no CPUs fits even when a
-    reservation has taken them all."""
-    return (
-        (not res.cpus or res.cpus <= free.cpus)
-        and (not res.memory_mb or res.memory_mb <= free.memory_mb)
-        and res.gpus <= len(free.gpus)
-    )
-
-
-def _excess(res: Resources, total: _Free) -> str | None:
+def _excess(res: Resources, total: Free) -> str | None:
     """What ``res`` asks beyond the whole capacity, as "asks for …", or None."""
     for need, have, what in (
         (res.cpus, total.cpus, "CPU"),
@@ -957,7 +857,7 @@ def _excess(res: Resources, total: _Free) -> str | None:
         (res.gpus, len(total.gpus), "GPU"),
     ):
         if need > have:
-            return f"asks for {_amount(need, what)}; this server has {_num(have)} in all"
+            return f"asks for {amount(need, what)}; this server has {num(have)} in all"
     return None
 
 
@@ -966,10 +866,10 @@ def _fits_no_node(res: Resources, nodes: list[Node]) -> str | None:
     alive = [n for n in nodes if n.alive]
     for node in alive:
         cap = node.capacity
-        if _fits(res, _Free(cap.cpus, cap.memory_mb, set(range(cap.gpus)))):
+        if fits(res, Free(cap.cpus, cap.memory_mb, set(range(cap.gpus)))):
             return None
     want = ", ".join(
-        _amount(need, what)
+        amount(need, what)
         for need, what in ((res.cpus, "CPU"), (res.memory_mb, "MB of memory"), (res.gpus, "GPU"))
         if need
     )
@@ -979,34 +879,9 @@ def _fits_no_node(res: Resources, nodes: list[Node]) -> str | None:
     cap = big.capacity
     return (
         f"asks for {want}, more than any node has; the largest, {big.id} ({big.address}),"
-        f" has {_amount(cap.cpus, 'CPU')}, {cap.memory_mb} MB of memory,"
-        f" {_amount(cap.gpus, 'GPU')}"
+        f" has {amount(cap.cpus, 'CPU')}, {cap.memory_mb} MB of memory,"
+        f" {amount(cap.gpus, 'GPU')}"
     )
-
-
-def _take(free: _Free, res: Resources) -> None:
-    free.cpus -= res.cpus
-    free.memory_mb -= res.memory_mb
-    free.gpus = set(sorted(free.gpus)[res.gpus :])
-
-
-def _shortfall(res: Resources, free: _Free) -> str:
-    if res.gpus > len(free.gpus):
-        return f"waiting for {_amount(res.gpus, 'GPU')}, {len(free.gpus)} free"
-    if res.cpus > free.cpus:
-        return f"waiting for {_amount(res.cpus, 'CPU')}, {_num(max(free.cpus, 0))} free"
-    return f"waiting for {res.memory_mb} MB of memory, {max(free.memory_mb, 0)} MB free"
-
-
-def _amount(value: float, unit: str) -> str:
-    """``2 GPUs``, ``1 CPU``, ``0.5 CPUs``, ``4096 MB of memory``."""
-    plural = "" if value == 1 or unit.startswith("MB") else "s"
-    return f"{_num(value)} {unit}{plural}"
-
-
-def _num(value: float) -> str:
-    """``2``, ``0.5``, ``100000000`` (never ``1e+08``)."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _translate(
@@ -1014,7 +889,7 @@ def _translate(
 ) -> tuple[Status, str | None, int | None, str | None]:
     """(status, reason, exit_code, signal name) for an outcome."""
     if timed_out:  # corral's own signal, as for a kill: no exit code or signal recorded
-        return Status.FAILED, f"timed out after {_num(timeout or 0)} s", None, None
+        return Status.FAILED, f"timed out after {num(timeout or 0)} s", None, None
     if outcome.spawn_error is not None:
         return Status.FAILED, f"spawn failed: {outcome.spawn_error}", None, None
     if outcome.lost is not None:
