@@ -5,16 +5,24 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from corral.errors import FieldError, InvalidInputError
 from corral.model import Status, WorkloadBatchItem, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError, Store
+from corral.store.errors import DatabaseError
 from corral.store.sqlite import SQLiteStore
-from tests.conftest import event_inserts_fail, writes_refused
+from tests.conftest import ALL_STORE_KINDS, event_inserts_fail, is_sqlite, writes_refused
 
 SPEC = WorkloadCreate(command=["true"])
+
+
+@pytest.fixture(params=ALL_STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on each database."""
+    return str(request.param)
 
 
 def test_create_get_roundtrip(store: Store) -> None:
@@ -250,22 +258,28 @@ def test_event_times_follow_their_order_under_contention(
 
     store = store_factory()
     w, _ = store.create_workload(owner="alice", spec=SPEC)
-    if not isinstance(store, SQLiteStore):
-        pytest.skip("holds SQLite's write lock directly")
-    claim = sqlite3.connect(store.path, isolation_level=None)
-    claim.execute("BEGIN IMMEDIATE")  # another writer (a scheduler) holds the lock
+    claim: Any
+    if isinstance(store, SQLiteStore):
+        claim = sqlite3.connect(store.path, isolation_level=None)
+        claim.execute("BEGIN IMMEDIATE")  # another writer (a scheduler) holds the lock
+    else:  # PostgreSQL: another transaction holds the workload's row lock
+        import psycopg
+
+        claim = psycopg.connect(store.url)
+        claim.execute("SELECT 1 FROM workloads WHERE id = %s FOR UPDATE", (w.id,))
+    mark = "?" if isinstance(store, SQLiteStore) else "%s"
     killer = threading.Thread(
         target=lambda: store_factory().update_workload_status(w.id, Status.KILLED, actor="bob")
     )
     killer.start()
     time.sleep(0.3)  # the kill waits for the lock meanwhile
-    claim.execute("UPDATE workloads SET status = 'running' WHERE id = ?", (w.id,))
+    claim.execute(f"UPDATE workloads SET status = 'running' WHERE id = {mark}", (w.id,))
     claim.execute(
         "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, actor)"
-        " VALUES (?, 2, 'transition', 'pending', 'running', ?, 'scheduler')",
+        f" VALUES ({mark}, 2, 'transition', 'pending', 'running', {mark}, 'scheduler')",
         (w.id, now_rfc3339()),
     )
-    claim.execute("COMMIT")
+    claim.commit()
     killer.join()
     claim.close()
     events = store.list_events(w.id)
@@ -379,9 +393,13 @@ def test_count_by_status_counts_everyone_or_one_owner(store: Store) -> None:
 
 
 def table_rows(store: Store, table: str) -> list[tuple[object, ...]]:
-    assert isinstance(store, SQLiteStore)
-    with sqlite3.connect(store.path) as conn:
-        return conn.execute(f"SELECT * FROM {table}").fetchall()
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as conn:
+            return conn.execute(f"SELECT * FROM {table}").fetchall()
+    import psycopg
+
+    with psycopg.connect(store.url) as pg_conn:
+        return pg_conn.execute(f"SELECT * FROM {table}").fetchall()
 
 
 def item(command: str = "true", **fields: object) -> WorkloadBatchItem:
@@ -462,7 +480,10 @@ def test_a_batch_that_fails_in_the_database_stores_nothing(store: Store) -> None
     specs = [item("a", labels={"n": "1"}), item("b", depends_on=[0]), item("c", labels={"n": "x"})]
     with (
         writes_refused(store, on="INSERT ON workload_labels", when="NEW.value = 'x'"),
-        pytest.raises(sqlite3.IntegrityError, match="refused by the test"),
+        pytest.raises(
+            sqlite3.IntegrityError if is_sqlite(store) else DatabaseError,
+            match="refused by the test",
+        ),
     ):
         store.create_batch(specs, owner="alice", idempotency_key="k")
     assert [w.id for w in store.list_workloads().items] == [kept.id]

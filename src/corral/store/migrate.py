@@ -37,6 +37,17 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(_config(url), revision)
 
 
+def upgrade_on(connection: object, revision: str = "head") -> None:
+    """Migrate through an open SQLAlchemy ``Connection`` up to ``revision``, inside the
+    transaction the caller began (and commits): PostgreSQL's DDL is transactional, so
+    a lock taken in it first serialises servers migrating one database at once."""
+    from alembic import command
+
+    cfg = _config("")
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, revision)
+
+
 def downgrade(url: str, revision: str) -> None:
     """Migrate the database at ``url`` down to ``revision`` (``base`` drops everything)."""
     from alembic import command
