@@ -40,15 +40,13 @@ class PgCluster:
 
         migrate.upgrade(self.server.create_database(TEMPLATE))
 
-    def fresh_database(self) -> str:
-        """A new database, migrated (a copy of the template); returns its URL."""
-        return self.server.create_database(next(self._names), template=TEMPLATE)
-
-    def database_url(self, key: Path) -> str:
-        """The database of the test whose ``tmp_path`` is ``key``, made at first use."""
+    def database_url(self, key: Path, *, migrated: bool = True) -> str:
+        """The database of the test whose ``tmp_path`` is ``key``, made at first use:
+        a copy of the template, or (``migrated=False``) empty."""
         if key not in self._databases:
-            url = self.fresh_database()
-            self._databases[key] = url.rsplit("/", 1)[1]
+            name = next(self._names)
+            self.server.create_database(name, template=TEMPLATE if migrated else None)
+            self._databases[key] = name
         return self.server.url(self._databases[key])
 
     def drop(self, key: Path) -> None:
@@ -86,7 +84,7 @@ def start_cluster() -> PgCluster:
     return cluster
 
 
-def database_url(key: Path) -> str:
+def database_url(key: Path, *, migrated: bool = True) -> str:
     """The URL of the database of the test whose ``tmp_path`` is ``key``."""
     assert current is not None, "the pg_server fixture is not active"
-    return current.database_url(key)
+    return current.database_url(key, migrated=migrated)
