@@ -66,6 +66,13 @@ class PgServer:
     run_as: str | None
     """The Unix user that runs it (``postgres`` under root), None for this process's."""
 
+    def run_as_ids(self) -> tuple[int, int]:
+        """The uid and gid the cluster runs as (a directory it writes must be theirs)."""
+        if self.run_as is None:
+            return os.getuid(), os.getgid()
+        entry = pwd.getpwnam(self.run_as)
+        return entry.pw_uid, entry.pw_gid
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
@@ -111,8 +118,8 @@ class PgServer:
 def _run(server: PgServer, argv: list[str]) -> subprocess.CompletedProcess[str]:
     kwargs: dict[str, Any] = {}
     if server.run_as is not None:
-        entry = pwd.getpwnam(server.run_as)
-        kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        uid, gid = server.run_as_ids()
+        kwargs = {"user": uid, "group": gid, "extra_groups": []}
     return subprocess.run(
         argv, capture_output=True, text=True, cwd=server.root, check=False, **kwargs
     )

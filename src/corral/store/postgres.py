@@ -31,12 +31,17 @@ what differs is how they are had:
   ``Workload`` is the same from both. ``jsonb`` keeps no key order: ``env`` and
   ``labels`` come back with their keys in PostgreSQL's order (shorter keys first),
   equal as dicts to what was stored.
-- **Faults are domain errors**, never a psycopg error: ``disk_full`` is
-  ``StorageFullError``; a lock timeout, too many connections, or a rerun transaction
-  that kept failing is ``StoreBusyError``; a refused or lost connection, or no
-  connection free within ``timeout`` seconds, is ``DatabaseUnreachableError`` (a
-  ``StoreBusyError``: 503); anything else is ``DatabaseError`` (500). A transaction
-  that fails is rolled back whole.
+- **Faults are domain errors**, never a psycopg error, decided by SQLSTATE:
+  ``disk_full`` is ``StorageFullError``; a lock or statement timeout, too many
+  connections, or a transaction that kept meeting conflicts is ``StoreBusyError``; a
+  refused or lost connection, a server shutting down, or no connection free within
+  ``timeout`` seconds, is ``DatabaseUnreachableError`` (a ``StoreBusyError``: 503);
+  anything else is ``DatabaseError`` (500). A transaction that fails is rolled back
+  whole.
+- **NUL.** PostgreSQL's text cannot hold one; the model refuses it everywhere but in a
+  workload's ``name``, which SQLite stores as given: here such an item is a
+  ``FieldError`` of its own (``name``), and a ``name`` filter with one is
+  ``InvalidInputError``.
 
 The schema is migrated on open (Alembic, under a transaction-scoped advisory lock so
 that servers starting together migrate once).
@@ -119,6 +124,7 @@ idempotency key another transaction took meanwhile, before ``StoreBusyError``.""
 MIGRATION_LOCK = 0x636F7272616C  # "corral": pg_advisory_xact_lock's key for migrating
 
 _IDEMPOTENCY_KEY_INDEX = "idempotency_keys_pkey"
+NUL_REFUSED = "must not contain a NUL character (PostgreSQL cannot store one in text)"
 
 
 def _sql(sqlite_sql: str) -> str:
@@ -218,24 +224,34 @@ def _token(row: Sequence[Any]) -> Token:
     )
 
 
+_BUSY_STATES = ("40", "53", "55P03", "57014")
+"""SQLSTATEs (classes or codes) of a database that is there but cannot serve now: a
+transaction rolled back by a conflict (40: deadlock, serialization), insufficient
+resources (53: too many connections, out of memory; but 53100, a full disk),
+``lock_not_available`` (a ``lock_timeout``), ``query_canceled`` (a
+``statement_timeout``)."""
+_UNREACHABLE_STATES = ("08", "57P")
+"""Connection exceptions (08) and a server shutting down or starting (57P01-57P05)."""
+
+
 def _domain_error(exc: psycopg.Error) -> CorralError:
-    """The domain error for a psycopg error (see the module docstring)."""
+    """The domain error for a psycopg error (see the module docstring). psycopg's
+    error classes do not nest by SQLSTATE class, so the code decides."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, errors.DiskFull):
+    state = exc.sqlstate or ""
+    if isinstance(exc, psycopg.DataError) and "NUL (0x00)" in detail:
+        return InvalidInputError(NUL_REFUSED)  # psycopg's own check, before sending
+    if state == "53100":
         return StorageFullError(detail)
     if isinstance(exc, PoolTimeout):
         return DatabaseUnreachableError(
-            f"no connection to it came free within {POOL_TIMEOUT_SECONDS:g} s: it refuses"
-            " connections, or every one is busy"
-            if "couldn't get a connection" in detail
-            else detail
+            f"{detail}: it refuses connections, or every connection stayed busy"
         )
-    if isinstance(
-        exc,
-        errors.LockNotAvailable | errors.TransactionRollback | errors.InsufficientResources,
-    ):
+    if state.startswith(_BUSY_STATES):
         return StoreBusyError(detail)
-    if isinstance(exc, psycopg.OperationalError):  # no connection, a lost one, a shutdown
+    if state.startswith(_UNREACHABLE_STATES) or (
+        not state and isinstance(exc, psycopg.OperationalError)  # no connection, a lost one
+    ):
         return DatabaseUnreachableError(detail)
     return DatabaseError(detail)
 
@@ -332,6 +348,13 @@ async def _owned(conn: Conn, ids: Sequence[str]) -> dict[str, str]:
         return {}
     cur = await conn.execute("SELECT id, owner FROM workloads WHERE id = ANY(%s)", (list(ids),))
     return {r[0]: r[1] for r in await cur.fetchall()}
+
+
+def _check_text(spec: WorkloadSpec, at: tuple[str | int, ...]) -> None:
+    """``FieldError`` for a NUL in the spec's one free text, its name (the model keeps
+    NULs out of commands, environments, paths and labels; SQLite would store it)."""
+    if spec.name is not None and "\x00" in spec.name:
+        raise FieldError((*at, "name"), NUL_REFUSED)
 
 
 def _check_dependencies(
@@ -521,6 +544,8 @@ class PostgresStore:
         if not specs:
             raise InvalidInputError("a batch needs at least one workload")
         check_batch_references(specs)
+        for i, spec in enumerate(specs):
+            _check_text(spec, ("items", i))
         digest = batch_digest(specs, max_running)
 
         async def body(conn: Conn) -> BatchCreated:
@@ -865,6 +890,7 @@ def _plan_creates(
             continue
         refs = [(("depends_on", j), ref) for j, ref in enumerate(item.spec.depends_on)]
         try:
+            _check_text(item.spec, ())
             _check_dependencies(owners, item.owner, refs)
         except FieldError as exc:
             plan.append(exc)
