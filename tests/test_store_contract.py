@@ -546,3 +546,83 @@ def test_a_batch_idempotency_key_replays_the_whole_batch(store: Store) -> None:
     other, replayed = store.create_batch(specs, owner="bob", idempotency_key="k")
     assert not replayed and other[0].id != made[0].id
     assert len(store.list_workloads().items) == 5
+
+
+# --- users and API keys; pending reasons ---------------------------------------------
+
+
+def digest(n: int) -> str:
+    return f"{n:064x}"
+
+
+def test_api_keys_are_found_listed_and_revoked(store: Store) -> None:
+    from corral.store.base import Principal
+    from corral.store.errors import TokenNotFoundError
+
+    alice = store.create_api_key(user="alice", admin=False, key_sha256=digest(1))
+    root = store.create_api_key(
+        user="root", admin=True, key_sha256=digest(2), description="first admin"
+    )
+    assert (alice.user, alice.admin, alice.unix_user, alice.revoked_at) == (
+        "alice", False, None, None
+    )  # fmt: skip
+    assert (root.admin, root.description) == (True, "first admin")
+    assert store.find_api_key(digest(1)) == Principal(key_id=alice.id, user="alice", admin=False)
+    assert store.find_api_key(digest(2)) == Principal(key_id=root.id, user="root", admin=True)
+    assert store.find_api_key(digest(3)) is None
+    assert store.list_api_keys() == [root, alice]  # newest first
+    revoked = store.revoke_api_key(alice.id)
+    assert revoked.revoked_at is not None and revoked.revoked_at >= revoked.created_at
+    assert revoked.model_dump(exclude={"revoked_at"}) == alice.model_dump(exclude={"revoked_at"})
+    assert store.revoke_api_key(alice.id) == revoked  # once: a second call changes nothing
+    assert store.find_api_key(digest(1)) is None
+    assert store.list_api_keys() == [root, revoked]
+    with pytest.raises(TokenNotFoundError):
+        store.revoke_api_key("01m8n0ne000000000000000000")
+
+
+def test_a_users_unix_account_is_fixed_once_given(store: Store) -> None:
+    from corral.store.errors import UnixUserConflictError
+
+    assert store.create_api_key(user="dave", admin=False, key_sha256=digest(1)).unix_user is None
+    mapped = store.create_api_key(user="dave", admin=False, key_sha256=digest(2), unix_user="svc")
+    assert mapped.unix_user == "svc"
+    with pytest.raises(UnixUserConflictError, match="'svc'"):
+        store.create_api_key(user="dave", admin=False, key_sha256=digest(3), unix_user="other")
+    assert store.find_api_key(digest(3)) is None and len(store.list_api_keys()) == 2
+    plain = store.create_api_key(user="dave", admin=False, key_sha256=digest(4))
+    assert plain.unix_user == "svc"  # a key naming none keeps it
+    assert {t.unix_user for t in store.list_api_keys()} == {"svc"}  # every key shows the user's
+
+
+def test_account_of_says_who_runs_as_what_and_who_is_admin(store: Store) -> None:
+    from corral.store.base import Account
+
+    assert store.account_of("nobody") == Account(None, False)
+    store.create_api_key(user="erin", admin=False, key_sha256=digest(1), unix_user="erin")
+    assert store.account_of("erin") == Account("erin", False)
+    admin_key = store.create_api_key(user="erin", admin=True, key_sha256=digest(2))
+    assert store.account_of("erin") == Account("erin", True)
+    store.revoke_api_key(admin_key.id)
+    assert store.account_of("erin") == Account("erin", False)
+
+
+def test_pending_reasons_change_pending_workloads_only_without_events(store: Store) -> None:
+    waiting, _ = store.create_workload(SPEC, owner="alice")
+    running, _ = store.create_workload(SPEC, owner="alice")
+    running = store.update_workload_status(running.id, Status.RUNNING)
+    store.set_pending_reasons(
+        [
+            (waiting.id, "first"),
+            (running.id, "not pending"),
+            ("01m8n0ne000000000000000000", "no such workload"),
+            (waiting.id, "waiting for 2 cpus"),  # the last one given wins
+        ]
+    )
+    assert store.get_workload(waiting.id).reason == "waiting for 2 cpus"
+    assert store.get_workload(running.id) == running
+    assert len(store.list_events(waiting.id)) == 1
+    store.set_pending_reasons([])
+    assert store.get_workload(waiting.id).model_dump(exclude={"reason"}) == waiting.model_dump(
+        exclude={"reason"}
+    )

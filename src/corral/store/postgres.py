@@ -116,7 +116,7 @@ Conn = AsyncConnection[tuple[Any, ...]]
 DEFAULT_POOL_SIZE = 10
 """Connections at most per store (``CORRAL_DB_POOL_SIZE``); 2 are kept open."""
 POOL_MIN_SIZE = 2
-POOL_TIMEOUT_SECONDS = 10.0
+POOL_TIMEOUT_SECONDS = 5.0
 """How long a call waits for a connection before it is ``DatabaseUnreachableError``."""
 ATTEMPTS = 5
 """Runs of a transaction that hit a deadlock, a serialization failure or an
@@ -507,14 +507,13 @@ class PostgresStore:
             rows = [p for p in plan if isinstance(p, _Row)]
             if rows:
                 await _insert_rows(conn, rows)
-                await conn.cursor().executemany(
-                    _INSERT_KEY,
-                    [
-                        (r.owner, key, spec_digest(item.spec), r.workload_id, r.now)
-                        for item, r in zip(items, plan, strict=True)
-                        if isinstance(r, _Row) and (key := item.idempotency_key) is not None
-                    ],
-                )
+                keyed = [
+                    (r.owner, key, spec_digest(item.spec), r.workload_id, r.now)
+                    for item, r in zip(items, plan, strict=True)
+                    if isinstance(r, _Row) and (key := item.idempotency_key) is not None
+                ]
+                if keyed:  # last: a key another transaction holds fails this one here
+                    await conn.cursor().executemany(_INSERT_KEY, keyed)
             replayed = [p for p in plan if isinstance(p, str)]
             now = {w.id: w for w in await _workloads(conn, replayed)} if replayed else {}
             made = {r.workload_id: r.workload() for r in rows}
@@ -662,14 +661,19 @@ class PostgresStore:
         return _row_to_workload(row)
 
     async def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
-        if not reasons:
+        latest = dict(reasons)  # an id given twice: its last reason, as SQLite's loop
+        if not latest:
             return
-        await self._fetch(
-            "UPDATE workloads AS w SET reason = r.reason"
-            " FROM unnest(%s::text[], %s::text[]) AS r(id, reason)"
-            " WHERE w.id = r.id AND w.status = 'pending' RETURNING 1",
-            ([wid for wid, _ in reasons], [reason for _, reason in reasons]),
-        )
+
+        async def body(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE workloads AS w SET reason = r.reason"
+                " FROM unnest(%s::text[], %s::text[]) AS r(id, reason)"
+                " WHERE w.id = r.id AND w.status = 'pending'",
+                (list(latest), list(latest.values())),
+            )
+
+        await self._transaction(body)  # (rerun if it deadlocks with another such call)
 
     # --- reads -------------------------------------------------------------------
 
