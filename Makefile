@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-quick clean
+.PHONY: run test lint typecheck pg-binaries bench bench-quick clean
 
 # The server's dependencies, the test tools and Ray (the Ray executor's tests run real
 # Ray heads); corral itself editable (its shim is then compiled at the first `corral
@@ -27,7 +27,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# PostgreSQL's server binaries, for the tests on PostgreSQL (tests/pg.py starts a
+# throw-away cluster with them): initdb on PATH or under /usr/lib/postgresql/*/bin,
+# else, when running as root with apt, Debian's package:
+#   apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
+# Otherwise those tests skip, saying why (and fail under CI=true).
+pg-binaries:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+	|| echo "no PostgreSQL server binaries: the tests on PostgreSQL will skip"
+
+test: lint typecheck pg-binaries
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -24,9 +24,14 @@ from corral.executors.local import is_alive, kill_all
 from corral.keys import key_digest, new_key
 from corral.store import Store
 from corral.store.sqlite import SQLiteStore
+from tests import pg
 from tests.asgi import SyncASGIClient
+from tests.blocking import BlockingStore
 
 STORE_KINDS = ["sqlite"]
+ALL_STORE_KINDS = ["sqlite", "postgresql"]
+"""PostgreSQL joins ``STORE_KINDS`` once the store is async everywhere (issue 11);
+until then the suites that override ``store_kind`` with these run on both."""
 
 
 def needs(condition: bool, why: str) -> None:
@@ -47,26 +52,52 @@ def needs_root(why: str) -> None:
 def make_store(kind: str, tmp_path: Path) -> Store:
     if kind == "sqlite":
         return SQLiteStore(tmp_path / "corral.db")
+    if kind == "postgresql":  # the test's own database (the pg_server fixture is up)
+        from corral.store.postgres import PostgresStore
+
+        return BlockingStore(PostgresStore(pg.database_url(tmp_path)))  # type: ignore[return-value]
     raise AssertionError(kind)
 
 
+def is_sqlite(store: Store) -> bool:
+    return isinstance(getattr(store, "inner", store), SQLiteStore)
+
+
 class Refusal:
-    """A trigger that makes the database refuse some writes, until ``drop()``."""
+    """A trigger that makes the database refuse some writes, until ``drop()``: on
+    SQLite ``RAISE(ABORT)`` (the store raises ``sqlite3.IntegrityError``), on
+    PostgreSQL ``RAISE EXCEPTION`` (``DatabaseError``), each with ``message``."""
 
     def __init__(self, store: Store, name: str, on: str, when: str, message: str) -> None:
-        if not isinstance(store, SQLiteStore):
-            raise AssertionError(type(store))
         self.name = name
-        self._conn: sqlite3.Connection | None = sqlite3.connect(store.path, isolation_level=None)
+        self._conn: Any = None
+        if is_sqlite(store):
+            assert isinstance(store, SQLiteStore)
+            self._conn = sqlite3.connect(store.path, isolation_level=None)
+            self._conn.execute(
+                f"CREATE TRIGGER {name} BEFORE {on} WHEN {when}"
+                f" BEGIN SELECT RAISE(ABORT, '{message}'); END"
+            )
+            self._drop = f"DROP TRIGGER {name}"
+            return
+        import psycopg
+
+        self._conn = psycopg.connect(store.url, autocommit=True)
+        operation, _, table = on.partition(" ON ")
         self._conn.execute(
-            f"CREATE TRIGGER {name} BEFORE {on} WHEN {when}"
-            f" BEGIN SELECT RAISE(ABORT, '{message}'); END"
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql"
+            f" AS $$ BEGIN RAISE EXCEPTION '{message}'; END $$"
         )
+        self._conn.execute(
+            f"CREATE TRIGGER {name} BEFORE {operation} ON {table} FOR EACH ROW"
+            f" WHEN ({'true' if when == '1' else when}) EXECUTE FUNCTION {name}()"
+        )
+        self._drop = f"DROP TRIGGER {name} ON {table}; DROP FUNCTION {name}()"
 
     def drop(self) -> None:
         """From now on the database accepts these writes again (idempotent)."""
         if self._conn is not None:
-            self._conn.execute(f"DROP TRIGGER {self.name}")
+            self._conn.execute(self._drop)
             self._conn.close()
             self._conn = None
 
@@ -99,18 +130,48 @@ def event_inserts_fail(store: Store, *, to: Sequence[str] | None = None) -> Iter
 
 
 @pytest.fixture(params=STORE_KINDS)
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The database a test's stores use (a module may override it with
+    ``ALL_STORE_KINDS``)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_factory(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], Store]]:
     """Opens stores of one kind on one shared database (one per thread or process)."""
+    if store_kind == "postgresql":
+        request.getfixturevalue("pg_server")
     opened: list[Store] = []
 
     def factory() -> Store:
-        s = make_store(request.param, tmp_path)
+        s = make_store(store_kind, tmp_path)
         opened.append(s)
         return s
 
     yield factory
     for s in opened:
         s.close()
+    if store_kind == "postgresql" and pg.current is not None:
+        pg.current.drop(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The session's throw-away PostgreSQL (tests/pg.py), started at first use: its
+    maintenance database's URL. Skips (fails under ``CI=true``) when it cannot run."""
+    try:
+        cluster = pg.start_cluster()
+    except pg.PgUnavailableError as exc:
+        needs(False, str(exc))
+        raise
+    pg.current = cluster
+    try:
+        yield cluster.url
+    finally:
+        pg.current = None
+        cluster.stop()
 
 
 @pytest.fixture

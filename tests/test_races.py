@@ -7,8 +7,11 @@ import multiprocessing
 import threading
 from collections.abc import Callable
 
+import pytest
+
 from corral.model import Status, WorkloadCreate, valid_transition
 from corral.store import InvalidTransitionError, Store, open_store
+from tests.conftest import ALL_STORE_KINDS
 
 ROUNDS = 100
 # From pending only running/killed are legal; once running wins, exactly one of
@@ -45,6 +48,7 @@ def check_rounds(store: Store, ids: list[str], outcomes: list[Outcome], attempts
         assert store.get_workload(workload_id).status == current
 
 
+@pytest.mark.parametrize("store_kind", ALL_STORE_KINDS, indirect=True)
 def test_32_threads_100_rounds(store_factory: Callable[[], Store]) -> None:
     store = store_factory()
     ids = [
@@ -78,10 +82,20 @@ def test_32_threads_100_rounds(store_factory: Callable[[], Store]) -> None:
     check_rounds(store, ids, outcomes, threads_n)
 
 
+def _open(url: str) -> Store:
+    """This process's own store on the database at ``url``."""
+    if url.startswith("postgresql://"):  # (open_store takes it once the store is async)
+        from corral.store.postgres import PostgresStore
+        from tests.blocking import BlockingStore
+
+        return BlockingStore(PostgresStore(url))  # type: ignore[return-value]
+    return open_store(url)
+
+
 def _process_worker(
     url: str, ids: list[str], index: int, barrier: threading.Barrier, queue: multiprocessing.Queue
 ) -> None:
-    store = open_store(url)
+    store = _open(url)
     target = TARGETS[index % len(TARGETS)]
     results = []
     for rnd, workload_id in enumerate(ids):
@@ -91,6 +105,7 @@ def _process_worker(
     queue.put(results)
 
 
+@pytest.mark.parametrize("store_kind", ALL_STORE_KINDS, indirect=True)
 def test_4_processes_100_rounds(store_factory: Callable[[], Store]) -> None:
     store = store_factory()
     ids = [

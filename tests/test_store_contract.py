@@ -5,16 +5,24 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from corral.errors import FieldError, InvalidInputError
 from corral.model import Status, WorkloadBatchItem, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError, Store
+from corral.store.errors import DatabaseError
 from corral.store.sqlite import SQLiteStore
-from tests.conftest import event_inserts_fail, writes_refused
+from tests.conftest import ALL_STORE_KINDS, event_inserts_fail, is_sqlite, writes_refused
 
 SPEC = WorkloadCreate(command=["true"])
+
+
+@pytest.fixture(params=ALL_STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on each database."""
+    return str(request.param)
 
 
 def test_create_get_roundtrip(store: Store) -> None:
@@ -250,22 +258,28 @@ def test_event_times_follow_their_order_under_contention(
 
     store = store_factory()
     w, _ = store.create_workload(owner="alice", spec=SPEC)
-    if not isinstance(store, SQLiteStore):
-        pytest.skip("holds SQLite's write lock directly")
-    claim = sqlite3.connect(store.path, isolation_level=None)
-    claim.execute("BEGIN IMMEDIATE")  # another writer (a scheduler) holds the lock
+    claim: Any
+    if isinstance(store, SQLiteStore):
+        claim = sqlite3.connect(store.path, isolation_level=None)
+        claim.execute("BEGIN IMMEDIATE")  # another writer (a scheduler) holds the lock
+    else:  # PostgreSQL: another transaction holds the workload's row lock
+        import psycopg
+
+        claim = psycopg.connect(store.url)
+        claim.execute("SELECT 1 FROM workloads WHERE id = %s FOR UPDATE", (w.id,))
+    mark = "?" if isinstance(store, SQLiteStore) else "%s"
     killer = threading.Thread(
         target=lambda: store_factory().update_workload_status(w.id, Status.KILLED, actor="bob")
     )
     killer.start()
     time.sleep(0.3)  # the kill waits for the lock meanwhile
-    claim.execute("UPDATE workloads SET status = 'running' WHERE id = ?", (w.id,))
+    claim.execute(f"UPDATE workloads SET status = 'running' WHERE id = {mark}", (w.id,))
     claim.execute(
         "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, actor)"
-        " VALUES (?, 2, 'transition', 'pending', 'running', ?, 'scheduler')",
+        f" VALUES ({mark}, 2, 'transition', 'pending', 'running', {mark}, 'scheduler')",
         (w.id, now_rfc3339()),
     )
-    claim.execute("COMMIT")
+    claim.commit()
     killer.join()
     claim.close()
     events = store.list_events(w.id)
@@ -379,9 +393,13 @@ def test_count_by_status_counts_everyone_or_one_owner(store: Store) -> None:
 
 
 def table_rows(store: Store, table: str) -> list[tuple[object, ...]]:
-    assert isinstance(store, SQLiteStore)
-    with sqlite3.connect(store.path) as conn:
-        return conn.execute(f"SELECT * FROM {table}").fetchall()
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as conn:
+            return conn.execute(f"SELECT * FROM {table}").fetchall()
+    import psycopg
+
+    with psycopg.connect(store.url) as pg_conn:
+        return pg_conn.execute(f"SELECT * FROM {table}").fetchall()
 
 
 def item(command: str = "true", **fields: object) -> WorkloadBatchItem:
@@ -462,7 +480,10 @@ def test_a_batch_that_fails_in_the_database_stores_nothing(store: Store) -> None
     specs = [item("a", labels={"n": "1"}), item("b", depends_on=[0]), item("c", labels={"n": "x"})]
     with (
         writes_refused(store, on="INSERT ON workload_labels", when="NEW.value = 'x'"),
-        pytest.raises(sqlite3.IntegrityError, match="refused by the test"),
+        pytest.raises(
+            sqlite3.IntegrityError if is_sqlite(store) else DatabaseError,
+            match="refused by the test",
+        ),
     ):
         store.create_batch(specs, owner="alice", idempotency_key="k")
     assert [w.id for w in store.list_workloads().items] == [kept.id]
@@ -525,3 +546,83 @@ def test_a_batch_idempotency_key_replays_the_whole_batch(store: Store) -> None:
     other, replayed = store.create_batch(specs, owner="bob", idempotency_key="k")
     assert not replayed and other[0].id != made[0].id
     assert len(store.list_workloads().items) == 5
+
+
+# --- users and API keys; pending reasons ---------------------------------------------
+
+
+def digest(n: int) -> str:
+    return f"{n:064x}"
+
+
+def test_api_keys_are_found_listed_and_revoked(store: Store) -> None:
+    from corral.store.base import Principal
+    from corral.store.errors import TokenNotFoundError
+
+    alice = store.create_api_key(user="alice", admin=False, key_sha256=digest(1))
+    root = store.create_api_key(
+        user="root", admin=True, key_sha256=digest(2), description="first admin"
+    )
+    assert (alice.user, alice.admin, alice.unix_user, alice.revoked_at) == (
+        "alice", False, None, None
+    )  # fmt: skip
+    assert (root.admin, root.description) == (True, "first admin")
+    assert store.find_api_key(digest(1)) == Principal(key_id=alice.id, user="alice", admin=False)
+    assert store.find_api_key(digest(2)) == Principal(key_id=root.id, user="root", admin=True)
+    assert store.find_api_key(digest(3)) is None
+    assert store.list_api_keys() == [root, alice]  # newest first
+    revoked = store.revoke_api_key(alice.id)
+    assert revoked.revoked_at is not None and revoked.revoked_at >= revoked.created_at
+    assert revoked.model_dump(exclude={"revoked_at"}) == alice.model_dump(exclude={"revoked_at"})
+    assert store.revoke_api_key(alice.id) == revoked  # once: a second call changes nothing
+    assert store.find_api_key(digest(1)) is None
+    assert store.list_api_keys() == [root, revoked]
+    with pytest.raises(TokenNotFoundError):
+        store.revoke_api_key("01m8n0ne000000000000000000")
+
+
+def test_a_users_unix_account_is_fixed_once_given(store: Store) -> None:
+    from corral.store.errors import UnixUserConflictError
+
+    assert store.create_api_key(user="dave", admin=False, key_sha256=digest(1)).unix_user is None
+    mapped = store.create_api_key(user="dave", admin=False, key_sha256=digest(2), unix_user="svc")
+    assert mapped.unix_user == "svc"
+    with pytest.raises(UnixUserConflictError, match="'svc'"):
+        store.create_api_key(user="dave", admin=False, key_sha256=digest(3), unix_user="other")
+    assert store.find_api_key(digest(3)) is None and len(store.list_api_keys()) == 2
+    plain = store.create_api_key(user="dave", admin=False, key_sha256=digest(4))
+    assert plain.unix_user == "svc"  # a key naming none keeps it
+    assert {t.unix_user for t in store.list_api_keys()} == {"svc"}  # every key shows the user's
+
+
+def test_account_of_says_who_runs_as_what_and_who_is_admin(store: Store) -> None:
+    from corral.store.base import Account
+
+    assert store.account_of("nobody") == Account(None, False)
+    store.create_api_key(user="erin", admin=False, key_sha256=digest(1), unix_user="erin")
+    assert store.account_of("erin") == Account("erin", False)
+    admin_key = store.create_api_key(user="erin", admin=True, key_sha256=digest(2))
+    assert store.account_of("erin") == Account("erin", True)
+    store.revoke_api_key(admin_key.id)
+    assert store.account_of("erin") == Account("erin", False)
+
+
+def test_pending_reasons_change_pending_workloads_only_without_events(store: Store) -> None:
+    waiting, _ = store.create_workload(SPEC, owner="alice")
+    running, _ = store.create_workload(SPEC, owner="alice")
+    running = store.update_workload_status(running.id, Status.RUNNING)
+    store.set_pending_reasons(
+        [
+            (waiting.id, "first"),
+            (running.id, "not pending"),
+            ("01m8n0ne000000000000000000", "no such workload"),
+            (waiting.id, "waiting for 2 cpus"),  # the last one given wins
+        ]
+    )
+    assert store.get_workload(waiting.id).reason == "waiting for 2 cpus"
+    assert store.get_workload(running.id) == running
+    assert len(store.list_events(waiting.id)) == 1
+    store.set_pending_reasons([])
+    assert store.get_workload(waiting.id).model_dump(exclude={"reason"}) == waiting.model_dump(
+        exclude={"reason"}
+    )

@@ -12,6 +12,9 @@
     ├── store.StorageFullError         (507)  the database's disk is full; nothing stored
     ├── store.StoreBusyError           (503)  locked by another writer beyond the busy
     │                                         timeout; ``Retry-After: 1``
+    │   └── store.DatabaseUnreachableError (503) PostgreSQL refused or lost the
+    │                                         connection, or none came free in time
+    ├── store.DatabaseError            (500)  PostgreSQL refused a statement unexpectedly
     ├── ExceedsCapacityError           (422)  asks for more than the whole machine
     ├── UnsupportedMediaTypeError      (415)  a body not declared application/json
     └── InvalidInputError              (422)  a bad filter, cursor or limit

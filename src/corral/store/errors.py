@@ -86,3 +86,25 @@ class StoreBusyError(CorralError):
             "the database is busy (locked by another writer); nothing was stored, retry shortly"
             + (f" ({detail})" if detail else "")
         )
+
+
+class DatabaseUnreachableError(StoreBusyError):
+    """The database server cannot be reached: the connection was refused or lost, or
+    no connection came free in time. A 503 like ``StoreBusyError``: retrying shortly
+    may succeed (a request whose connection was lost may or may not have been stored;
+    an Idempotency-Key makes its retry safe)."""
+
+    def __init__(self, detail: str = "") -> None:
+        CorralError.__init__(
+            self,
+            "the database is unreachable; retry shortly" + (f" ({detail})" if detail else ""),
+        )
+
+
+class DatabaseError(CorralError):
+    """The database refused a statement for a reason the store does not expect (not a
+    full disk, a lock or a lost connection): nothing of the request was stored. Not
+    mapped to a status of its own: the API answers 500 and logs it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the database refused the request: {detail}")

@@ -191,7 +191,7 @@ def list_query(
             where, where_params = _conditions("w.id", cursor, id_prefix, owner, name, labels)
             parts.append(
                 f"SELECT * FROM (SELECT {cols} FROM workloads AS w"
-                f" WHERE w.status = ?{where} ORDER BY w.id DESC LIMIT ?)"
+                f" WHERE w.status = ?{where} ORDER BY w.id DESC LIMIT ?) AS page"
             )
             params += [status, *where_params, limit]
         return " UNION ALL ".join(parts) + " ORDER BY id DESC LIMIT ?", [*params, limit]

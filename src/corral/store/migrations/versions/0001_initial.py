@@ -7,6 +7,8 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
+from corral.store.migrations import columns
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -16,15 +18,16 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "workloads",
-        sa.Column("id", sa.String(26), primary_key=True),
+        sa.Column("id", columns.id_text(), primary_key=True),
         sa.Column("name", sa.Text),
-        sa.Column("command", sa.Text, nullable=False),  # JSON list
-        sa.Column("env", sa.Text, nullable=False),  # JSON object
+        sa.Column("command", columns.json_text(), nullable=False),  # JSON list
+        sa.Column("env", columns.json_text(), nullable=False),  # JSON object
         sa.Column("cwd", sa.Text),
         sa.Column("cpus", sa.Float, nullable=False),
         sa.Column("memory_mb", sa.BigInteger, nullable=False),
         sa.Column("gpus", sa.Integer, nullable=False),
-        sa.Column("labels", sa.Text, nullable=False),  # JSON object, also in workload_labels
+        # JSON object, also in workload_labels
+        sa.Column("labels", columns.json_text(), nullable=False),
         sa.Column("priority", sa.Integer, nullable=False),
         sa.Column("timeout_seconds", sa.Float),
         # Changed only by Store.update_workload_status.
@@ -32,10 +35,10 @@ def upgrade() -> None:
         sa.Column("exit_code", sa.Integer),
         sa.Column("signal", sa.String(16)),
         sa.Column("reason", sa.Text),
-        sa.Column("created_at", sa.String(32), nullable=False),
-        sa.Column("updated_at", sa.String(32), nullable=False),
-        sa.Column("started_at", sa.String(32)),
-        sa.Column("finished_at", sa.String(32)),
+        sa.Column("created_at", columns.timestamp(), nullable=False),
+        sa.Column("updated_at", columns.timestamp(), nullable=False),
+        sa.Column("started_at", columns.timestamp()),
+        sa.Column("finished_at", columns.timestamp()),
     )
     op.create_index("ix_workloads_status_id", "workloads", ["status", "id"])
     op.create_table(
@@ -44,7 +47,7 @@ def upgrade() -> None:
         sa.Column("value", sa.Text, primary_key=True),
         sa.Column(
             "workload_id",
-            sa.String(26),
+            columns.id_text(),
             sa.ForeignKey("workloads.id", ondelete="CASCADE"),
             primary_key=True,
         ),
@@ -52,10 +55,10 @@ def upgrade() -> None:
     )
     op.create_table(
         "events",
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", columns.serial_id(), primary_key=True, autoincrement=True),
         sa.Column(
             "workload_id",
-            sa.String(26),
+            columns.id_text(),
             sa.ForeignKey("workloads.id", ondelete="CASCADE"),
             nullable=False,
         ),
@@ -63,7 +66,7 @@ def upgrade() -> None:
         sa.Column("type", sa.String(16), nullable=False),
         sa.Column("from_status", sa.String(16)),
         sa.Column("to_status", sa.String(16), nullable=False),
-        sa.Column("at", sa.String(32), nullable=False),
+        sa.Column("at", columns.timestamp(), nullable=False),
         sa.Column("reason", sa.Text),
         sa.Column("actor", sa.Text),
         sa.UniqueConstraint("workload_id", "seq", name="uq_events_workload_seq"),
@@ -74,12 +77,12 @@ def upgrade() -> None:
         sa.Column("body_sha256", sa.String(64), nullable=False),
         sa.Column(
             "workload_id",
-            sa.String(26),
+            columns.id_text(),
             sa.ForeignKey("workloads.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("response", sa.Text, nullable=False),
-        sa.Column("created_at", sa.String(32), nullable=False),
+        sa.Column("created_at", columns.timestamp(), nullable=False),
     )
 
 

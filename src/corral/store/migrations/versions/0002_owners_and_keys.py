@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from corral.keys import default_admin
+from corral.store.migrations import columns
 
 revision = "0002"
 down_revision = "0001"
@@ -33,19 +34,23 @@ def upgrade() -> None:
         "users",
         sa.Column("name", sa.Text, primary_key=True),
         sa.Column("unix_user", sa.Text),
-        sa.Column("created_at", sa.String(32), nullable=False),
+        sa.Column("created_at", columns.timestamp(), nullable=False),
     )
     op.create_table(
         "api_keys",
-        sa.Column("id", sa.String(26), primary_key=True),
+        sa.Column("id", columns.id_text(), primary_key=True),
         sa.Column("user", sa.Text, sa.ForeignKey("users.name"), nullable=False),
         sa.Column("admin", sa.Boolean, nullable=False),
         sa.Column("key_sha256", sa.String(64), nullable=False, unique=True),
         sa.Column("description", sa.Text),
-        sa.Column("created_at", sa.String(32), nullable=False),
-        sa.Column("revoked_at", sa.String(32)),
+        sa.Column("created_at", columns.timestamp(), nullable=False),
+        sa.Column("revoked_at", columns.timestamp()),
     )
     op.rename_table("idempotency_keys", "idempotency_keys_0001")
+    if op.get_bind().dialect.name == "postgresql":
+        # The renamed table keeps its primary key's index name, which the new table's
+        # would take (SQLite has no such name).
+        op.execute("ALTER INDEX idempotency_keys_pkey RENAME TO idempotency_keys_0001_pkey")
     op.create_table(
         "idempotency_keys",
         sa.Column("owner", sa.Text, primary_key=True),
@@ -53,11 +58,11 @@ def upgrade() -> None:
         sa.Column("body_sha256", sa.String(64), nullable=False),
         sa.Column(
             "workload_id",
-            sa.String(26),
+            columns.id_text(),
             sa.ForeignKey("workloads.id", ondelete="CASCADE"),
             nullable=False,
         ),
-        sa.Column("created_at", sa.String(32), nullable=False),
+        sa.Column("created_at", columns.timestamp(), nullable=False),
     )
     op.execute(
         sa.text(
@@ -78,12 +83,12 @@ def downgrade() -> None:
         sa.Column("body_sha256", sa.String(64), nullable=False),
         sa.Column(
             "workload_id",
-            sa.String(26),
+            columns.id_text(),
             sa.ForeignKey("workloads.id", ondelete="CASCADE"),
             nullable=False,
         ),
         sa.Column("response", sa.Text, nullable=False),
-        sa.Column("created_at", sa.String(32), nullable=False),
+        sa.Column("created_at", columns.timestamp(), nullable=False),
     )
     op.drop_table("api_keys")
     op.drop_table("users")

@@ -14,6 +14,8 @@ Revises: 0002
 import sqlalchemy as sa
 from alembic import op
 
+from corral.store.migrations import columns
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -23,12 +25,14 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("workloads") as batch:
         # ALTER TABLE ... ADD COLUMN: no table rebuild, whatever the table's size.
-        batch.add_column(sa.Column("depends_on", sa.Text, nullable=False, server_default="[]"))
+        batch.add_column(
+            sa.Column("depends_on", columns.json_text(), nullable=False, server_default="[]")
+        )
         batch.add_column(
             sa.Column("dependency_type", sa.Text, nullable=False, server_default="afterok")
         )
         batch.add_column(sa.Column("array_index", sa.Integer))
-        batch.add_column(sa.Column("batch_id", sa.String(26)))
+        batch.add_column(sa.Column("batch_id", columns.id_text()))
         batch.add_column(sa.Column("max_running", sa.Integer))
     # Partial: a workload outside a batch (the usual create) does not touch it.
     op.create_index(
@@ -36,18 +40,19 @@ def upgrade() -> None:
         "workloads",
         ["batch_id", "id"],
         sqlite_where=sa.text("batch_id IS NOT NULL"),
+        postgresql_where=sa.text("batch_id IS NOT NULL"),
     )
     op.create_table(
         "workload_dependencies",
         sa.Column(
             "workload_id",
-            sa.String(26),
+            columns.id_text(),
             sa.ForeignKey("workloads.id", ondelete="CASCADE"),
             primary_key=True,
         ),
         sa.Column(
             "depends_on",
-            sa.String(26),
+            columns.id_text(),
             sa.ForeignKey("workloads.id", ondelete="CASCADE"),
             primary_key=True,
         ),
