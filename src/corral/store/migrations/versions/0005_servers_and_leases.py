@@ -11,15 +11,16 @@ Revises: 0004
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
+
+from corral.store.migrations.columns import json_text, timestamp
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-TIME = sa.String(32).with_variant(postgresql.TIMESTAMP(timezone=True), "postgresql")
-JSON = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
+TIME = timestamp()
+JSON = json_text()
 
 
 def upgrade() -> None:
