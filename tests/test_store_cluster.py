@@ -1,6 +1,8 @@
 """The store's part of several servers on one database (store/cluster.py): server
 names, the scheduler lease, the fence on claims and status writes, claims of many
-workloads at once. Every Store implementation passes these (see conftest)."""
+workloads at once. Every Store implementation passes these (see conftest); what only
+PostgreSQL has (notifications, the fence against other sessions) is in
+test_postgres_cluster.py."""
 
 from __future__ import annotations
 
@@ -11,8 +13,15 @@ import pytest
 from corral.model import Status, WorkloadCreate
 from corral.store import InvalidTransitionError, Store
 from corral.store.cluster import Fence, FencedError, ServerInfo
+from tests.conftest import ALL_STORE_KINDS
 
 SPEC = WorkloadCreate(command=["true"])
+
+
+@pytest.fixture(params=ALL_STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on each database."""
+    return str(request.param)
 
 
 def server(name: str, instance: str, pid: int = 1) -> ServerInfo:
@@ -134,3 +143,17 @@ def test_a_server_not_seen_within_the_window_loses_its_name(store: Store) -> Non
 def test_a_meta_value_is_the_first_writers(store: Store) -> None:
     assert store.meta_value("ray_namespace", "first") == "first"
     assert store.meta_value("ray_namespace", "second") == "first"
+
+
+def test_claims_come_back_in_the_order_given_and_an_empty_one_checks_the_fence(
+    store: Store,
+) -> None:
+    got = store.acquire_lease("a", "a-1", 15)
+    assert got is not None
+    ws = [store.create_workload(owner="u", spec=SPEC)[0] for _ in range(4)]
+    order = [ws[2].id, ws[0].id, ws[3].id, ws[1].id]
+    assert [c.id for c in store.claim_workloads(order, node="a", fence=got[0])] == order
+    assert store.claim_workloads([], node="a", fence=got[0]) == []
+    assert store.acquire_lease("a", "a-2", 15, replace_instance="a-1") is not None
+    with pytest.raises(FencedError):
+        store.claim_workloads([], node="a", fence=got[0])

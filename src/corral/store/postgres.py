@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -89,6 +89,7 @@ from corral.store.base import (
     Page,
     Principal,
 )
+from corral.store.cluster import Fence, FencedError
 from corral.store.errors import (
     DatabaseError,
     DatabaseUnreachableError,
@@ -99,6 +100,15 @@ from corral.store.errors import (
     StoreBusyError,
     TokenNotFoundError,
     UnixUserConflictError,
+)
+from corral.store.postgres_cluster import (
+    FENCE_SQL,
+    KILL,
+    WAKE,
+    PostgresCluster,
+    fence_params,
+    notify,
+    wake_payload,
 )
 from corral.store.sqlite import (
     _COLUMNS,
@@ -159,6 +169,29 @@ _UPDATE_STATUS = (
     f" WHERE id = %s RETURNING {_COLUMNS}"
 )
 _SELECT_WORKLOAD = f"SELECT {_COLUMNS} FROM workloads WHERE id = %s"
+_CLAIM_BODY = (
+    "claimed AS (UPDATE workloads SET status = 'running', exit_code = NULL, signal = NULL,"
+    " reason = %(reason)s, updated_at = %(now)s, started_at = %(now)s, node = %(node)s"
+    " WHERE {gate}id IN (SELECT id FROM workloads WHERE id = ANY(%(ids)s)"
+    " AND status = 'pending' FOR UPDATE SKIP LOCKED)"
+    f" RETURNING {_COLUMNS}),"
+    " logged AS (INSERT INTO events"
+    " (workload_id, seq, type, from_status, to_status, at, reason, actor)"
+    " SELECT c.id, (SELECT MAX(e.seq) + 1 FROM events AS e WHERE e.workload_id = c.id),"
+    " 'transition', 'pending', 'running', %(now)s, %(reason)s, NULL FROM claimed AS c)"
+    " SELECT {held}, c.* FROM (VALUES (1)) AS one LEFT JOIN claimed AS c ON true"
+)
+_CLAIM = "WITH " + _CLAIM_BODY.format(gate="", held="true")
+"""Claim ``ids`` still pending: one statement, the events too. The first column of
+every row says the claim was allowed; the workloads follow (none: NULLs)."""
+_FENCED_CLAIM = (
+    "WITH fence AS MATERIALIZED (SELECT 1 FROM leases WHERE name = %(lease)s"
+    " AND instance = %(instance)s AND epoch = %(epoch)s AND expires_at > clock_timestamp()"
+    " FOR SHARE), "
+    + _CLAIM_BODY.format(gate="EXISTS (SELECT FROM fence) AND ", held="EXISTS (SELECT FROM fence)")
+)
+"""``_CLAIM`` under the fence (``FENCE_SQL``, evaluated once): the lease row locked
+shared before any workload, and nothing claimed when the fence no longer holds."""
 _TOKENS = (
     'SELECT k.id, k."user", k.admin, u.unix_user, k.description, k.created_at, k.revoked_at'
     ' FROM api_keys AS k JOIN users AS u ON u.name = k."user"'
@@ -367,8 +400,9 @@ def _check_dependencies(
             raise FieldError(loc, f"no workload has id {ref!r}")
 
 
-class PostgresStore:
-    """The ``Store`` on one PostgreSQL database; see the module docstring."""
+class PostgresStore(PostgresCluster):
+    """The ``Store`` on one PostgreSQL database; see the module docstring (and
+    ``store/postgres_cluster.py`` for servers, the lease and notifications)."""
 
     def __init__(
         self,
@@ -400,6 +434,9 @@ class PostgresStore:
     @property
     def url(self) -> str:
         return self._url
+
+    def _listen_conninfo(self) -> str:
+        return _conninfo(self._url)
 
     def _migrate(self) -> None:
         from sqlalchemy import create_engine, text
@@ -461,7 +498,9 @@ class PostgresStore:
             f"{ATTEMPTS} runs of the transaction each met a conflicting one: {conflict}"
         ) from conflict
 
-    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    async def _fetch(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
         """The rows of one statement, run on its own (autocommit)."""
         pool = await self._ready()
         try:
@@ -514,6 +553,7 @@ class PostgresStore:
                 ]
                 if keyed:  # last: a key another transaction holds fails this one here
                     await conn.cursor().executemany(_INSERT_KEY, keyed)
+                await notify(conn, WAKE, wake_payload([r.workload_id for r in rows]))
             replayed = [p for p in plan if isinstance(p, str)]
             now = {w.id: w for w in await _workloads(conn, replayed)} if replayed else {}
             made = {r.workload_id: r.workload() for r in rows}
@@ -593,6 +633,7 @@ class PostgresStore:
             await _insert_rows(conn, rows)
             if idempotency_key is not None:
                 await conn.execute(_INSERT_KEY, (owner, idempotency_key, digest, ids[0], now))
+            await notify(conn, WAKE, wake_payload(ids))
             return [r.workload() for r in rows], False
 
         return await self._transaction(body)
@@ -608,13 +649,20 @@ class PostgresStore:
         actor: str | None = None,
         owner: str | None = None,
         node: str | None = None,
+        fence: Fence | None = None,
     ) -> Workload:
         status = Status(status)
         if reason is None:
             reason = default_reason(status, exit_code)
 
         async def body(conn: Conn) -> AsyncCursor[tuple[Any, ...]] | CorralError:
-            cur = await conn.execute(_LOCK_STATUS, (workload_id,))
+            if fence is None:
+                cur = await conn.execute(_LOCK_STATUS, (workload_id,))
+            else:  # the lease row first (as claims lock it), in the same round trip
+                fenced = await conn.execute(FENCE_SQL, fence_params(fence))
+                cur = await conn.execute(_LOCK_STATUS, (workload_id,))
+                if await fenced.fetchone() is None:
+                    return FencedError(fence)
             row = await cur.fetchone()
             if row is None or (owner is not None and row[1] != owner):
                 return NotFoundError(workload_id)
@@ -651,6 +699,8 @@ class PostgresStore:
                     actor,
                 ),
             )
+            if status is Status.KILLED:
+                await notify(conn, KILL, workload_id)
             return updated
 
         result = await self._transaction(body)
@@ -674,6 +724,42 @@ class PostgresStore:
             )
 
         await self._transaction(body)  # (rerun if it deadlocks with another such call)
+
+    async def claim_workloads(
+        self, workload_ids: Sequence[str], *, node: str, fence: Fence | None = None
+    ) -> list[Workload]:
+        """pending→running for each of ``workload_ids`` still pending, on ``node``, in
+        one statement (with ``fence`` checked first); the claimed ones, in the order
+        given. Those no longer pending, or locked by a transition under way (a kill),
+        are left alone."""
+        ids = list(dict.fromkeys(workload_ids))
+        if not ids and fence is None:
+            return []
+        reason = default_reason(Status.RUNNING, None)
+        params: dict[str, Any] = {"ids": ids, "node": node, "reason": reason, "now": now_rfc3339()}
+        if fence is not None:
+            params.update(zip(("lease", "instance", "epoch"), fence_params(fence), strict=True))
+        rows = await self._fetch(_CLAIM if fence is None else _FENCED_CLAIM, params)
+        if not rows[0][0]:
+            assert fence is not None
+            raise FencedError(fence)
+        claimed = {w.id: w for w in (_row_to_workload(r[1:]) for r in rows if r[1] is not None)}
+        return [claimed[i] for i in ids if i in claimed]
+
+    async def pending_ids(self) -> list[str]:
+        """The ids of every pending workload (the scheduler's cache check)."""
+        rows = await self._fetch("SELECT id FROM workloads WHERE status = 'pending' ORDER BY id")
+        return [r[0] for r in rows]
+
+    async def get_workloads(self, workload_ids: Sequence[str]) -> list[Workload]:
+        """The workloads of ``workload_ids`` that exist, in id order."""
+        ids = list(dict.fromkeys(workload_ids))
+        if not ids:
+            return []
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM workloads WHERE id = ANY(%s) ORDER BY id", (ids,)
+        )
+        return [_row_to_workload(r) for r in rows]
 
     # --- reads -------------------------------------------------------------------
 
