@@ -6,13 +6,19 @@ test_postgres_cluster.py."""
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from corral.model import Status, WorkloadCreate
 from corral.store import InvalidTransitionError, Store
 from corral.store.cluster import Fence, FencedError, ServerInfo
+from corral.store.sqlite import SQLiteStore
 from tests.conftest import ALL_STORE_KINDS
 
 SPEC = WorkloadCreate(command=["true"])
@@ -157,3 +163,90 @@ def test_claims_come_back_in_the_order_given_and_an_empty_one_checks_the_fence(
     assert store.acquire_lease("a", "a-2", 15, replace_instance="a-1") is not None
     with pytest.raises(FencedError):
         store.claim_workloads([], node="a", fence=got[0])
+
+
+def _open(kind: str, url: str) -> Store:
+    """This process's own store on the database at ``url``."""
+    if kind == "postgresql":
+        from corral.store.postgres import PostgresStore
+        from tests.blocking import BlockingStore
+
+        return BlockingStore(PostgresStore(url, migrate_schema=False))  # type: ignore[return-value]
+    return SQLiteStore(url.removeprefix("sqlite:///"))
+
+
+def _lease_racer(kind: str, url: str, index: int, rounds: int, barrier: Any, results: Any) -> None:
+    store = _open(kind, url)
+    won: list[tuple[int, int]] = []
+    try:
+        for rnd in range(rounds):
+            barrier.wait(timeout=60)
+            got = store.acquire_lease(f"s{index}", f"s{index}-1", 15)
+            barrier.wait(timeout=60)  # every racer has tried before the winner lets go
+            if got is not None:
+                won.append((rnd, got[0].epoch))
+                store.release_lease(got[0])
+    finally:
+        store.close()
+        results.put((index, won))
+
+
+def test_processes_racing_for_a_free_lease_one_wins_each_epoch(
+    store: Store, store_kind: str
+) -> None:
+    rounds, racers = 40, 3
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(racers)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_lease_racer, args=(store_kind, store.url, i, rounds, barrier, results))
+        for i in range(racers)
+    ]
+    for p in procs:
+        p.start()
+    won = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    winners = sorted((rnd, epoch, index) for index, rounds_won in won for rnd, epoch in rounds_won)
+    assert [(rnd, epoch) for rnd, epoch, _ in winners] == [(r, r + 1) for r in range(rounds)]
+    lease = store.get_lease()
+    assert lease.epoch == rounds and lease.expired
+
+
+def test_claims_racing_kills_from_another_server_never_both_leave_pending(
+    store_factory: Callable[[], Store],
+) -> None:
+    leader, api = store_factory(), store_factory()
+    got = leader.acquire_lease("a", "a-1", 60)
+    assert got is not None
+    fence = got[0]
+    ids = [api.create_workload(owner="u", spec=SPEC)[0].id for _ in range(60)]
+    barrier = threading.Barrier(2)
+    claimed: list[str] = []
+
+    def claim(wid: str) -> None:
+        claimed.extend(c.id for c in leader.claim_workloads([wid], node="a", fence=fence))
+
+    def kill(wid: str) -> None:
+        api.update_workload_status(wid, Status.KILLED, actor="api")
+
+    def racer(move: Callable[[str], None]) -> None:
+        try:
+            for wid in ids:
+                barrier.wait(timeout=60)
+                move(wid)
+        except BaseException:
+            barrier.abort()  # the other one stops waiting
+            raise
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(racer, claim), pool.submit(racer, kill)]:
+            done.result(timeout=120)
+    for wid in ids:
+        moves = [(e.from_status, e.to_status) for e in leader.list_events(wid)[1:]]
+        if wid in claimed:  # the claim first, then the kill of the running workload
+            assert moves == [(Status.PENDING, Status.RUNNING), (Status.RUNNING, Status.KILLED)]
+        else:
+            assert moves == [(Status.PENDING, Status.KILLED)]
+        assert leader.get_workload(wid).status is Status.KILLED

@@ -31,6 +31,12 @@ what differs is how they are had:
   ``Workload`` is the same from both. ``jsonb`` keeps no key order: ``env`` and
   ``labels`` come back with their keys in PostgreSQL's order (shorter keys first),
   equal as dicts to what was stored.
+- **Several servers** (``store/postgres_cluster.py``): servers, the scheduler lease
+  and its fence by the database's clock; ``claim_workloads`` claims many workloads
+  in one statement (the lease row locked ``FOR SHARE`` when fenced, the workloads
+  ``FOR UPDATE SKIP LOCKED``: one a kill holds is left pending, the events written
+  by the same statement); a transition's fence is read in its first round trip.
+  Creates ``NOTIFY corral_wake`` and kills ``corral_kill`` in their transactions.
 - **Faults are domain errors**, never a psycopg error, decided by SQLSTATE:
   ``disk_full`` is ``StorageFullError``; a lock or statement timeout, too many
   connections, or a transaction that kept meeting conflicts is ``StoreBusyError``; a
