@@ -89,6 +89,17 @@ def notes(store: Store) -> Iterator[Notes]:
     listener.close()
 
 
+def waiting_on_locks(url: str, query_like: str) -> int:
+    """Sessions whose statement matches ``query_like`` and waits for a lock."""
+    rows = sql(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE %s",
+        (query_like,),
+    )
+    return int(rows[0][0])
+
+
 @contextmanager
 def refused_at_commit(url: str, table: str, when: str = "true") -> Iterator[None]:
     """While inside, the database refuses, when the transaction commits, every one
@@ -124,6 +135,39 @@ def test_a_create_notifies_its_id_on_commit_and_a_refused_one_nothing(
     assert store.count_workloads() == before
     w, _ = store.create_workload(SPEC, owner="alice")
     assert notes.next() == (WAKE, w.id)  # the refused one sent nothing before it
+
+
+def test_a_notification_goes_out_when_its_transaction_commits(store: Store, notes: Notes) -> None:
+    """A create held at its commit (a deferred trigger waits for a lock the test
+    holds) has run its ``pg_notify`` already; another create that commits meanwhile
+    is notified first, and the held one only once it commits."""
+    sql(
+        store.url,
+        "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM pg_advisory_xact_lock(4343); RETURN NULL; END $$",
+    )
+    sql(
+        store.url,
+        "CREATE CONSTRAINT TRIGGER hold AFTER INSERT ON workloads DEFERRABLE INITIALLY DEFERRED"
+        " FOR EACH ROW WHEN (NEW.name = 'held') EXECUTE FUNCTION hold()",
+    )
+    gate = psycopg.connect(store.url, autocommit=True)
+    gate.execute("SELECT pg_advisory_lock(4343)")
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            held = pool.submit(
+                store.create_workload, WorkloadCreate(command=["true"], name="held"), owner="a"
+            )
+            wait_until(
+                "the create waits at its commit", lambda: waiting_on_locks(store.url, "COMMIT") == 1
+            )
+            quick, _ = store.create_workload(SPEC, owner="alice")
+            assert notes.next() == (WAKE, quick.id)
+        finally:
+            gate.execute("SELECT pg_advisory_unlock(4343)")
+            gate.close()
+        w, _ = held.result(timeout=WAIT_SECONDS)
+    assert notes.next() == (WAKE, w.id)
 
 
 def test_one_notification_per_transaction_with_its_ids_and_none_for_a_replay(
@@ -284,17 +328,6 @@ def test_listen_waits_for_a_database_that_is_not_there_yet(store: Store) -> None
 
 
 # --- the fence against another session -------------------------------------------------
-
-
-def waiting_on_locks(url: str, query_like: str) -> int:
-    """Sessions whose statement matches ``query_like`` and waits for a lock."""
-    rows = sql(
-        url,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND wait_event_type = 'Lock' AND query LIKE %s",
-        (query_like,),
-    )
-    return int(rows[0][0])
 
 
 @pytest.fixture
