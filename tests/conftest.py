@@ -1,4 +1,10 @@
-"""Shared fixtures: real stores on real files, an app over them, a live server."""
+"""Shared fixtures: real stores on real files, an app over them, a live server.
+
+Stores are async (``corral.store.Store``); the synchronous tests (the contract suite,
+hypothesis machines, races on threads, the in-process API client) get them through
+``BlockingStore`` (``tests/blocking.py``), whose ``inner`` is the async store and
+whose ``run`` runs a coroutine on the loop that store serves. A store kind is one
+entry of ``STORE_KINDS`` and one branch of ``make_store``."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,9 +30,12 @@ from corral.executors.local import is_alive, kill_all
 from corral.keys import key_digest, new_key
 from corral.store import Store
 from corral.store.sqlite import SQLiteStore
+from corral.store.sqlite_async import AsyncSQLiteStore
 from tests.asgi import SyncASGIClient
+from tests.blocking import BlockingStore
 
 STORE_KINDS = ["sqlite"]
+T = TypeVar("T")
 
 
 def needs(condition: bool, why: str) -> None:
@@ -45,19 +54,46 @@ def needs_root(why: str) -> None:
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:
+    """A new async store of ``kind`` on the test's database (each store of one test
+    opens the same database: one per thread or process of a race)."""
     if kind == "sqlite":
-        return SQLiteStore(tmp_path / "corral.db")
+        return AsyncSQLiteStore(tmp_path / "corral.db")
     raise AssertionError(kind)
+
+
+def sqlite_path(store: object) -> Path | None:
+    """The SQLite file under ``store`` (a ``BlockingStore``, an async or a synchronous
+    SQLite store), or None for another database."""
+    inner = store.inner if isinstance(store, BlockingStore) else store
+    if isinstance(inner, AsyncSQLiteStore | SQLiteStore):
+        return inner.path
+    return None
+
+
+def on_writer(store: BlockingStore, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``work`` with the connection of the SQLite store's writer thread, where its
+    writes run (so a per-connection setting, ``max_page_count`` say, applies to them)."""
+    inner = store.inner
+    assert isinstance(inner, AsyncSQLiteStore), type(inner)
+    return inner._writer.submit(lambda: work(inner.sync._conn())).result()
+
+
+async def add_key_async(store: Store, user: str, *, admin: bool = False) -> str:
+    """``add_key`` for an async store."""
+    key = new_key()
+    await store.create_api_key(user=user, admin=admin, key_sha256=key_digest(key))
+    return key
 
 
 class Refusal:
     """A trigger that makes the database refuse some writes, until ``drop()``."""
 
-    def __init__(self, store: Store, name: str, on: str, when: str, message: str) -> None:
-        if not isinstance(store, SQLiteStore):
+    def __init__(self, store: object, name: str, on: str, when: str, message: str) -> None:
+        path = sqlite_path(store)
+        if path is None:
             raise AssertionError(type(store))
         self.name = name
-        self._conn: sqlite3.Connection | None = sqlite3.connect(store.path, isolation_level=None)
+        self._conn: sqlite3.Connection | None = sqlite3.connect(path, isolation_level=None)
         self._conn.execute(
             f"CREATE TRIGGER {name} BEFORE {on} WHEN {when}"
             f" BEGIN SELECT RAISE(ABORT, '{message}'); END"
@@ -73,7 +109,7 @@ class Refusal:
 
 @contextmanager
 def writes_refused(
-    store: Store, *, on: str, when: str = "1", message: str = "write refused by the test"
+    store: object, *, on: str, when: str = "1", message: str = "write refused by the test"
 ) -> Iterator[Refusal]:
     """While inside, or until ``drop()`` on what it yields, the database itself refuses
     ``on`` (``"INSERT ON events"``) for rows where ``when`` holds (a trigger), as a
@@ -86,7 +122,7 @@ def writes_refused(
 
 
 @contextmanager
-def event_inserts_fail(store: Store, *, to: Sequence[str] | None = None) -> Iterator[Refusal]:
+def event_inserts_fail(store: object, *, to: Sequence[str] | None = None) -> Iterator[Refusal]:
     """While inside (or until ``drop()``), the database refuses every transition event
     row (or those to the statuses ``to``), as a full disk or a crash between two
     statements would."""
@@ -99,12 +135,20 @@ def event_inserts_fail(store: Store, *, to: Sequence[str] | None = None) -> Iter
 
 
 @pytest.fixture(params=STORE_KINDS)
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
-    """Opens stores of one kind on one shared database (one per thread or process)."""
-    opened: list[Store] = []
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each kind of store in turn (``STORE_KINDS``)."""
+    kind: str = request.param
+    return kind
 
-    def factory() -> Store:
-        s = make_store(request.param, tmp_path)
+
+@pytest.fixture
+def store_factory(store_kind: str, tmp_path: Path) -> Iterator[Callable[[], BlockingStore]]:
+    """Opens stores of one kind on one shared database (one per thread or process),
+    each behind a ``BlockingStore``."""
+    opened: list[BlockingStore] = []
+
+    def factory() -> BlockingStore:
+        s = BlockingStore(make_store(store_kind, tmp_path))
         opened.append(s)
         return s
 
@@ -114,11 +158,11 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
 
 
 @pytest.fixture
-def store(store_factory: Callable[[], Store]) -> Store:
+def store(store_factory: Callable[[], BlockingStore]) -> BlockingStore:
     return store_factory()
 
 
-def add_key(store: Store, user: str, *, admin: bool = False) -> str:
+def add_key(store: BlockingStore | SQLiteStore, user: str, *, admin: bool = False) -> str:
     """A new API key of ``user``, stored; returns the key."""
     key = new_key()
     store.create_api_key(user=user, admin=admin, key_sha256=key_digest(key))
@@ -129,15 +173,31 @@ ADMIN = "admin"
 
 
 @pytest.fixture
-def admin_key(store: Store) -> str:
+def admin_key(store: BlockingStore) -> str:
     return add_key(store, ADMIN, admin=True)
 
 
+def app_client(
+    store: BlockingStore,
+    tmp_path: Path,
+    *,
+    token: str | None = None,
+    raise_app_exceptions: bool = True,
+    **app_options: Any,
+) -> SyncASGIClient:
+    """A client of the real app over ``store``'s async store, driven in process on
+    the loop that store serves (``create_app`` options as keywords)."""
+    app = create_app(store.inner, data_dir=tmp_path, **app_options)
+    return SyncASGIClient(
+        app, token=token, raise_app_exceptions=raise_app_exceptions, run=store.run
+    )
+
+
 @pytest.fixture
-def api(store: Store, tmp_path: Path, admin_key: str) -> Iterator[SyncASGIClient]:
+def api(store: BlockingStore, tmp_path: Path, admin_key: str) -> Iterator[SyncASGIClient]:
     """The real app over a real store, driven in process (``--executor none``), with
     an admin key."""
-    client = SyncASGIClient(create_app(store, data_dir=tmp_path), token=admin_key)
+    client = app_client(store, tmp_path, token=admin_key)
     yield client
     client.close()
 

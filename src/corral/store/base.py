@@ -1,4 +1,11 @@
-"""The ``Store`` protocol: what every backend guarantees."""
+"""The ``Store`` protocol: what every backend guarantees.
+
+The protocol is async: every method is a coroutine, awaited on the event loop of the
+server (routes, the create batcher, the keys cache, the scheduler). ``SQLiteStore``
+(``store/sqlite.py``) is the synchronous SQLite code underneath, for offline paths and
+migrations; ``AsyncSQLiteStore`` (``store/sqlite_async.py``) serves this protocol over
+it on threads.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +65,8 @@ BatchCreated = tuple[list[Workload], bool]
 class Store(Protocol):
     """Persistence of workloads and their events.
 
-    Every method is safe to call from several threads and processes at once.
+    Every method is a coroutine, safe to await from several tasks at once (and from
+    several processes on one database).
     """
 
     @property
@@ -66,7 +74,7 @@ class Store(Protocol):
         """The database URL, for ``open_store`` in another process."""
         ...
 
-    def create_workload(
+    async def create_workload(
         self,
         spec: WorkloadCreate,
         *,
@@ -87,13 +95,13 @@ class Store(Protocol):
         """
         ...
 
-    def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+    async def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
         """``create_workload`` for several, in one transaction (a group commit). Each
         item is atomic on its own: an item's domain error takes its place in the result
         and the others are still stored."""
         ...
 
-    def create_batch(
+    async def create_batch(
         self,
         specs: Sequence[WorkloadBatchItem],
         *,
@@ -114,12 +122,12 @@ class Store(Protocol):
         """
         ...
 
-    def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
+    async def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
         """The workload, or ``NotFoundError`` (also when ``owner`` is given and the
         workload is someone else's: for them it does not exist)."""
         ...
 
-    def list_workloads(
+    async def list_workloads(
         self,
         *,
         statuses: Sequence[Status] = (),
@@ -138,7 +146,7 @@ class Store(Protocol):
         previous page, so concurrent inserts never duplicate or skip an existing row."""
         ...
 
-    def count_workloads(
+    async def count_workloads(
         self,
         *,
         statuses: Sequence[Status] = (),
@@ -151,22 +159,22 @@ class Store(Protocol):
         its pages."""
         ...
 
-    def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
+    async def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
         """The number of workloads (``owner``'s, or everyone's when None) in each
         status, every status present (0 when none)."""
         ...
 
-    def statuses(self, workload_ids: Sequence[str]) -> dict[str, Status]:
+    async def statuses(self, workload_ids: Sequence[str]) -> dict[str, Status]:
         """The status of each of ``workload_ids`` that exists (one query per few
         hundred ids)."""
         ...
 
-    def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
+    async def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
         """The workload's events, oldest first (the first is ``created``);
         ``NotFoundError`` as ``get_workload``."""
         ...
 
-    def update_workload_status(
+    async def update_workload_status(
         self,
         workload_id: str,
         status: Status,
@@ -187,14 +195,14 @@ class Store(Protocol):
         concurrent callers leaving the same status, exactly one succeeds."""
         ...
 
-    def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
+    async def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
         """Set the ``reason`` of each ``(id, reason)`` whose workload is still pending,
         in one transaction; not a status change, so no event."""
         ...
 
     # --- users and API keys ---------------------------------------------------------
 
-    def create_api_key(
+    async def create_api_key(
         self,
         *,
         user: str,
@@ -209,24 +217,24 @@ class Store(Protocol):
         it; an unmapped user may be mapped by a later key)."""
         ...
 
-    def find_api_key(self, key_sha256: str) -> Principal | None:
+    async def find_api_key(self, key_sha256: str) -> Principal | None:
         """The active (not revoked) key with this hash, as who it speaks for."""
         ...
 
-    def list_api_keys(self) -> list[Token]:
+    async def list_api_keys(self) -> list[Token]:
         """Every key, newest first, revoked ones included (never the keys)."""
         ...
 
-    def revoke_api_key(self, key_id: str) -> Token:
+    async def revoke_api_key(self, key_id: str) -> Token:
         """Mark the key revoked (once: a second call returns it unchanged), or
         ``TokenNotFoundError``."""
         ...
 
-    def account_of(self, user: str) -> Account:
+    async def account_of(self, user: str) -> Account:
         """The Unix account ``user``'s workloads run as, and whether the user holds
         an active admin key."""
         ...
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
         ...

@@ -1,4 +1,6 @@
-"""``SQLiteStore``: the embedded default store.
+"""``SQLiteStore``: the embedded default store, synchronous (the server serves the
+async ``Store`` protocol over it with ``AsyncSQLiteStore``, ``store/sqlite_async.py``;
+migrations and offline paths use it as it is).
 
 Built on the standard library's ``sqlite3`` rather than SQLAlchemy Core: the hot
 paths (create, get, transition) are one to three short statements, and SQLAlchemy's
@@ -74,8 +76,9 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 SERVER_BUSY_TIMEOUT_MS = 1_000
-"""The server's: its store calls run on the event loop, which a writer in another
-process may stall for at most this long before the request gets a 503."""
+"""The server's: a writer in another process may make a request wait this long at
+most before it gets a 503 (and the server's writes queue behind that one on its
+writer thread, ``AsyncSQLiteStore``)."""
 FULL_BELOW_BYTES = 1 << 20
 """An I/O error while the file system has less room than this counts as a full disk
 (``ENOSPC`` surfaces as ``SQLITE_IOERR`` on some paths, e.g. growing the WAL index)."""
@@ -309,7 +312,8 @@ def batch_digest(specs: Sequence[WorkloadBatchItem], max_running: int | None) ->
 
 
 class SQLiteStore(SQLiteKeys):
-    """The ``Store`` on one SQLite file; see the module docstring for guarantees."""
+    """The synchronous store on one SQLite file (``AsyncSQLiteStore`` serves the async
+    ``Store`` over it); see the module docstring for guarantees."""
 
     def __init__(
         self,

@@ -1,0 +1,262 @@
+"""``AsyncSQLiteStore``: the async ``Store`` over the synchronous ``SQLiteStore``.
+
+Each call runs the synchronous store's method on a thread, so a statement never
+holds the event loop:
+
+- **Writes** run on one writer thread, in the order they were awaited. SQLite has
+  one writer anyway: a second writer thread would only wait for the lock. Queued
+  writes run back to back, and ``CreateBatcher`` still puts the creates of one loop
+  turn (and those that arrive while a batch commits) into one transaction.
+- **Listings and counts** run on a few reader threads (``READER_THREADS``): a list
+  over a large table may take milliseconds, and WAL lets readers run beside the
+  writer and each other.
+- **Reads by key** (a workload by id, its events, a key by its hash, a user's
+  account, the statuses of up to ``INLINE_IDS`` ids) run inline, on the calling
+  thread (the event loop): each is one or two primary-key probes of some
+  microseconds, which never wait for the write lock in WAL mode, and a hop to a
+  thread and back costs more than the read itself. Measured in docs/postgres.md,
+  "Phase 1: the async store, measured".
+
+Each thread keeps its own ``sqlite3`` connection (``SQLiteStore`` opens one per
+thread), so the guarantees of ``store/sqlite.py`` hold as they are: the same
+transactions, the same faults raised as domain errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from corral.errors import CorralError
+from corral.model import Event, Status, Token, Workload, WorkloadBatchItem, WorkloadCreate
+from corral.store.base import (
+    Account,
+    BatchCreated,
+    Created,
+    NewWorkload,
+    Page,
+    Principal,
+)
+from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+
+READER_THREADS = 3
+"""Threads for listings and counts (the machine's cores serve them; sqlite3 lets go
+of the GIL while a statement runs)."""
+
+INLINE_IDS = 500
+"""``statuses`` of at most this many ids (one query) runs inline."""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncSQLiteStore:
+    """The ``Store`` on one SQLite file; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        migrate_schema: bool = True,
+        background_checkpoints: bool = False,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        readers: int = READER_THREADS,
+    ) -> None:
+        self.sync = SQLiteStore(
+            path,
+            migrate_schema=migrate_schema,
+            background_checkpoints=background_checkpoints,
+            busy_timeout_ms=busy_timeout_ms,
+        )
+        """The synchronous store underneath (its own connection per thread)."""
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="corral-sqlite-write")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="corral-sqlite-read")
+
+    @property
+    def url(self) -> str:
+        return self.sync.url
+
+    @property
+    def path(self) -> Path:
+        return self.sync.path
+
+    async def _on(
+        self, pool: ThreadPoolExecutor, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool, functools.partial(call, *args, **kwargs))
+
+    # --- writes: the writer thread ------------------------------------------------------
+
+    async def create_workload(
+        self,
+        spec: WorkloadCreate,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        actor: str | None = None,
+    ) -> Created:
+        return await self._on(
+            self._writer,
+            self.sync.create_workload,
+            spec,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            actor=actor,
+        )
+
+    async def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+        return await self._on(self._writer, self.sync.create_workloads, items)
+
+    async def create_batch(
+        self,
+        specs: Sequence[WorkloadBatchItem],
+        *,
+        owner: str,
+        max_running: int | None = None,
+        idempotency_key: str | None = None,
+        actor: str | None = None,
+    ) -> BatchCreated:
+        return await self._on(
+            self._writer,
+            self.sync.create_batch,
+            specs,
+            owner=owner,
+            max_running=max_running,
+            idempotency_key=idempotency_key,
+            actor=actor,
+        )
+
+    async def update_workload_status(
+        self,
+        workload_id: str,
+        status: Status,
+        *,
+        exit_code: int | None = None,
+        reason: str | None = None,
+        signal: str | None = None,
+        actor: str | None = None,
+        owner: str | None = None,
+        node: str | None = None,
+    ) -> Workload:
+        return await self._on(
+            self._writer,
+            self.sync.update_workload_status,
+            workload_id,
+            status,
+            exit_code=exit_code,
+            reason=reason,
+            signal=signal,
+            actor=actor,
+            owner=owner,
+            node=node,
+        )
+
+    async def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
+        await self._on(self._writer, self.sync.set_pending_reasons, reasons)
+
+    async def create_api_key(
+        self,
+        *,
+        user: str,
+        admin: bool,
+        key_sha256: str,
+        unix_user: str | None = None,
+        description: str | None = None,
+    ) -> Token:
+        return await self._on(
+            self._writer,
+            self.sync.create_api_key,
+            user=user,
+            admin=admin,
+            key_sha256=key_sha256,
+            unix_user=unix_user,
+            description=description,
+        )
+
+    async def revoke_api_key(self, key_id: str) -> Token:
+        return await self._on(self._writer, self.sync.revoke_api_key, key_id)
+
+    # --- listings and counts: the reader threads -----------------------------------------
+
+    async def list_workloads(
+        self,
+        *,
+        statuses: Sequence[Status] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        limit: int = 50,
+        cursor: str | None = None,
+        owner: str | None = None,
+        id_prefix: str | None = None,
+        name: str | None = None,
+    ) -> Page:
+        return await self._on(
+            self._readers,
+            self.sync.list_workloads,
+            statuses=statuses,
+            labels=labels,
+            limit=limit,
+            cursor=cursor,
+            owner=owner,
+            id_prefix=id_prefix,
+            name=name,
+        )
+
+    async def count_workloads(
+        self,
+        *,
+        statuses: Sequence[Status] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        owner: str | None = None,
+        id_prefix: str | None = None,
+        name: str | None = None,
+    ) -> int:
+        return await self._on(
+            self._readers,
+            self.sync.count_workloads,
+            statuses=statuses,
+            labels=labels,
+            owner=owner,
+            id_prefix=id_prefix,
+            name=name,
+        )
+
+    async def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
+        return await self._on(self._readers, self.sync.count_by_status, owner=owner)
+
+    async def list_api_keys(self) -> list[Token]:
+        return await self._on(self._readers, self.sync.list_api_keys)
+
+    # --- reads by key: inline ---------------------------------------------------------
+
+    async def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
+        return self.sync.get_workload(workload_id, owner=owner)
+
+    async def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
+        return self.sync.list_events(workload_id, owner=owner)
+
+    async def statuses(self, workload_ids: Sequence[str]) -> dict[str, Status]:
+        if len(workload_ids) > INLINE_IDS:  # several queries: a reader's work
+            return await self._on(self._readers, self.sync.statuses, workload_ids)
+        return self.sync.statuses(workload_ids)
+
+    async def find_api_key(self, key_sha256: str) -> Principal | None:
+        return self.sync.find_api_key(key_sha256)
+
+    async def account_of(self, user: str) -> Account:
+        return self.sync.account_of(user)
+
+    # ----------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Let the calls under way finish, then close every connection."""
+        await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.sync.close()
