@@ -383,3 +383,90 @@ def test_the_safety_poll_runs_while_wake_ups_keep_coming(
             return await status_of(store, unseen.id)
 
     assert asyncio.run(scenario()) is not Status.PENDING
+
+
+class ClaimsHeld:
+    """The real store, except that the answer to each claim (pending→running) is held,
+    once the claim has committed, until ``release()``: a database slow to answer, so
+    that a test can act between a claim's commit and the scheduler's hearing of it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.claimed: set[str] = set()
+        self._released = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def update_workload_status(self, workload_id: str, status: Status, **kw: Any) -> Any:
+        result = await self.store.update_workload_status(workload_id, status, **kw)
+        if status is Status.RUNNING:
+            self.claimed.add(workload_id)
+            await self._released.wait()
+        return result
+
+
+def test_a_kill_while_its_claim_is_under_way_launches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim commits ``running``; before the scheduler hears of it, the workload
+    is killed (the API's transition, then ``stopped``). The claim's answer must then
+    launch nothing, and give the CPU back: the next workload starts. (No safety poll
+    during the test: it would stop a process launched by mistake.)"""
+    monkeypatch.setattr(scheduler_module, "SAFETY_POLL_SECONDS", 600.0)
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        held: list[ClaimsHeld] = []
+
+        def wrap(store: Store) -> ClaimsHeld:
+            held.append(ClaimsHeld(store))
+            return held[0]
+
+        async with started(tmp_path, cpus=1, wrap=wrap) as (store, scheduler):
+            assert scheduler.executor is not None
+            spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
+            first, _ = await store.create_workload(owner="alice", spec=spec)
+            scheduler.submitted(first)
+            await until(lambda: first.id in held[0].claimed)
+            killed = await store.update_workload_status(first.id, Status.KILLED, actor="test")
+            scheduler.stopped(killed)
+            held[0].release()
+            await until(lambda: first.id not in scheduler._claiming)
+            seen["first launched"] = first.id in scheduler.executor.active()
+            second, _ = await store.create_workload(owner="alice", spec=spec)
+            scheduler.submitted(second)
+            await until(lambda: status_is(store, second.id, Status.RUNNING), timeout=3)
+            seen["first"] = await status_of(store, first.id)
+            seen["active"] = scheduler.executor.active() == {second.id}
+
+    asyncio.run(scenario())
+    assert seen == {"first launched": False, "first": Status.KILLED, "active": True}
+
+
+def test_the_safety_poll_during_a_claim_takes_nothing_for_lost(tmp_path: Path) -> None:
+    """The safety poll reads a workload as running whose claim the scheduler has not
+    heard back from yet: it is the scheduler's own (not lost), and runs once heard."""
+
+    async def scenario() -> tuple[Status, str | None]:
+        held: list[ClaimsHeld] = []
+
+        def wrap(store: Store) -> ClaimsHeld:
+            held.append(ClaimsHeld(store))
+            return held[0]
+
+        async with started(tmp_path, cpus=1, wrap=wrap) as (store, scheduler):
+            spec = WorkloadCreate(command=["sh", "-c", "echo ran"])
+            workload, _ = await store.create_workload(owner="alice", spec=spec)
+            scheduler.submitted(workload)
+            await until(lambda: workload.id in held[0].claimed)
+            await scheduler._reconcile()
+            held[0].release()
+            await until(lambda: status_is(store, workload.id, Status.COMPLETED))
+            done = await store.get_workload(workload.id)
+            return done.status, done.reason
+
+    assert asyncio.run(scenario()) == (Status.COMPLETED, "exit code 0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from corral.api import create_app
-from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy
+from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy, KeyCache
 from corral.keys import key_digest
+from corral.store.base import Principal
 from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
 from tests.conftest import add_key, needs_root
@@ -179,6 +181,38 @@ def test_idempotency_keys_are_per_owner(users: Users) -> None:
     assert other.json()["env"] == {}
     bob_other_body = users["bob"].post("/v1/workloads", json={"command": ["x"]}, headers=headers)
     problem(bob_other_body, 422)
+
+
+def test_a_key_looked_up_while_keys_are_forgotten_is_not_remembered(
+    store: BlockingStore,
+) -> None:
+    """A revoke commits while a lookup of the key is under way (it read the key
+    before): ``forget`` comes in between, so that lookup answers its own request but
+    is not remembered for later ones."""
+    digest = key_digest(add_key(store, "alice"))
+
+    async def scenario() -> list[Principal | None]:
+        reading = asyncio.Event()
+        go_on = asyncio.Event()
+
+        async def lookup(key_sha256: str) -> Principal | None:
+            found = await store.inner.find_api_key(key_sha256)
+            reading.set()
+            await go_on.wait()  # the revoke commits meanwhile
+            return found
+
+        keys = KeyCache(lookup)
+        first = asyncio.ensure_future(keys.find(digest))
+        await reading.wait()
+        token_id = next(t.id for t in await store.inner.list_api_keys() if t.user == "alice")
+        await store.inner.revoke_api_key(token_id)
+        keys.forget()
+        go_on.set()
+        return [await first, await keys.find(digest)]
+
+    answered, later = store.run(scenario())
+    assert answered is not None and answered.user == "alice"
+    assert later is None
 
 
 def test_tokens_are_managed_by_admins_and_never_shown_again(
