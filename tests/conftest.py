@@ -75,7 +75,8 @@ def on_writer(store: BlockingStore, work: Callable[[sqlite3.Connection], T]) -> 
     writes run (so a per-connection setting, ``max_page_count`` say, applies to them)."""
     inner = store.inner
     assert isinstance(inner, AsyncSQLiteStore), type(inner)
-    return inner._writer.submit(lambda: work(inner.sync._conn())).result()
+    result: T = store.run(inner._writer.call(lambda: work(inner.sync._conn())))
+    return result
 
 
 async def add_key_async(store: Store, user: str, *, admin: bool = False) -> str:
