@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -35,7 +35,6 @@ from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
 
 STORE_KINDS = ["sqlite"]
-T = TypeVar("T")
 
 
 def needs(condition: bool, why: str) -> None:
@@ -70,13 +69,18 @@ def sqlite_path(store: object) -> Path | None:
     return None
 
 
-def on_writer(store: BlockingStore, work: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``work`` with the connection of the SQLite store's writer thread, where its
-    writes run (so a per-connection setting, ``max_page_count`` say, applies to them)."""
+def on_write_connections(store: BlockingStore, work: Callable[[sqlite3.Connection], Any]) -> None:
+    """Run ``work`` with each connection the SQLite store writes through: its loop's
+    (inline writes) and its writer thread's (so a per-connection setting,
+    ``max_page_count`` say, applies to every write)."""
     inner = store.inner
     assert isinstance(inner, AsyncSQLiteStore), type(inner)
-    result: T = store.run(inner._writer.call(lambda: work(inner.sync._conn())))
-    return result
+
+    async def on_both() -> None:
+        work(inner.sync._conn())
+        await inner._writer.call(lambda: work(inner.sync._conn()))
+
+    store.run(on_both())
 
 
 async def add_key_async(store: Store, user: str, *, admin: bool = False) -> str:

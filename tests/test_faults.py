@@ -22,7 +22,7 @@ from corral.store.base import NewWorkload
 from corral.store.sqlite_async import AsyncSQLiteStore
 from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
-from tests.conftest import add_key, app_client, on_writer
+from tests.conftest import add_key, app_client, on_write_connections
 from tests.server import LiveServer, pid_gone, wait_until
 
 PROBLEM = "application/problem+json"
@@ -36,7 +36,7 @@ def fill_database(store: BlockingStore) -> None:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")
 
-    on_writer(store, cap)  # the cap is per connection: the writer thread's
+    on_write_connections(store, cap)  # the cap is per connection
     for i in range(10_000):
         try:
             store.create_workload(owner="alice", spec=big_spec(i), idempotency_key=f"fill-{i}")
@@ -103,7 +103,7 @@ def test_a_full_database_refuses_a_batch_whole_and_reads_go_on(tmp_path: Path) -
         assert store.get_workload(first.id).id == first.id
         assert len(store.list_workloads(limit=1000).items) == before["workloads"]
         assert store.list_events(first.id)[0].type == "created"
-        on_writer(store, lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
+        on_write_connections(store, lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
         created, replayed = store.create_workload(
             owner="alice", spec=big_spec(100), idempotency_key="batch-0"
         )

@@ -10,10 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from corral.errors import CorralError
 from corral.model import Status, WorkloadCreate
 from corral.store.base import Created, NewWorkload, Store
 from corral.store.batch import CreateBatcher
+from corral.store.sqlite import SQLiteStore, WriteWouldWait
 from corral.store.sqlite_async import AsyncSQLiteStore
 
 SPEC = WorkloadCreate(command=["true"])
@@ -99,3 +102,53 @@ def test_creates_made_while_a_batch_is_written_go_together_into_the_next(
             await store.close()
 
     assert asyncio.run(scenario()) == ([1, 5], 6, 6)
+
+
+def test_a_write_made_while_an_earlier_one_waits_goes_after_it(tmp_path: Path) -> None:
+    """A kill waits on the writer thread for a lock another connection holds. The
+    lock is let go and, at once, a claim of the same workload is made: it queues
+    behind the kill (it is not run inline ahead of it), so the kill wins and the
+    claim is refused, as their order says."""
+
+    async def scenario() -> tuple[Status, str]:
+        store = AsyncSQLiteStore(tmp_path / "corral.db", busy_timeout_ms=10_000)
+        other = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            workload, _ = await store.create_workload(SPEC, owner="alice")
+            other.execute("BEGIN IMMEDIATE")
+            kill = asyncio.ensure_future(
+                store.update_workload_status(workload.id, Status.KILLED, actor="test")
+            )
+            await asyncio.sleep(0.05)  # the kill waits for the lock on the writer thread
+            other.execute("ROLLBACK")
+            claim = asyncio.ensure_future(
+                store.update_workload_status(workload.id, Status.RUNNING, actor="test")
+            )
+            killed = await kill
+            refused = await asyncio.gather(claim, return_exceptions=True)
+            return killed.status, type(refused[0]).__name__
+        finally:
+            other.close()
+            await store.close()
+
+    assert asyncio.run(scenario()) == (Status.KILLED, "InvalidTransitionError")
+
+
+def test_a_write_without_waiting_refuses_at_once_and_does_nothing(tmp_path: Path) -> None:
+    """``without_waiting`` (how the async store tries a write inline): with the lock
+    taken elsewhere, ``WriteWouldWait`` rather than the busy timeout's
+    ``StoreBusyError``, nothing stored, and the connection's busy timeout as it was."""
+    store = SQLiteStore(tmp_path / "corral.db", busy_timeout_ms=10_000)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(WriteWouldWait):
+            store.without_waiting(store.create_workload, SPEC, owner="alice")
+        other.execute("ROLLBACK")
+        assert store.list_workloads().items == []
+        assert store._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+        created, _ = store.without_waiting(store.create_workload, SPEC, owner="alice")
+        assert store.get_workload(created.id).status is Status.PENDING
+    finally:
+        other.close()
+        store.close()

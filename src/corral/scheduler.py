@@ -674,12 +674,13 @@ class Scheduler:
         the pass's pending reasons; the first fault is raised once all are done."""
         owners = {c.workload.owner for c in claims}
         accounts = dict(zip(owners, [await self._account(o) for o in owners], strict=True))
-        results = await asyncio.gather(
-            *(self._claim(c, accounts[c.workload.owner]) for c in claims),
-            self._store_reasons(reasons),
-            return_exceptions=True,
-        )
-        for result in results:
+        work = [self._claim(c, accounts[c.workload.owner]) for c in claims]
+        if reasons:
+            work.append(self._store_reasons(reasons))
+        if len(work) == 1:  # the usual pass after a submit: no task of its own
+            await work[0]
+            return
+        for result in await asyncio.gather(*work, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
 

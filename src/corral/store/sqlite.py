@@ -37,10 +37,10 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic_core import to_json
 
@@ -73,6 +73,9 @@ from corral.store.errors import (
 from corral.store.sqlite_keys import SQLiteKeys
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
 SERVER_BUSY_TIMEOUT_MS = 1_000
@@ -311,6 +314,11 @@ def batch_digest(specs: Sequence[WorkloadBatchItem], max_running: int | None) ->
     return hashlib.sha256(b"batch:" + text.encode()).hexdigest()
 
 
+class WriteWouldWait(Exception):
+    """``SQLiteStore.without_waiting``: the write lock is taken (by another connection
+    or process); nothing was done."""
+
+
 class SQLiteStore(SQLiteKeys):
     """The synchronous store on one SQLite file (``AsyncSQLiteStore`` serves the async
     ``Store`` over it); see the module docstring for guarantees."""
@@ -399,12 +407,26 @@ class SQLiteStore(SQLiteKeys):
             self._raise_fault(exc)
             raise
 
+    def without_waiting(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``call(*args, **kwargs)``, a write method of this store, on the calling
+        thread, if SQLite's write lock can be taken at once: else ``WriteWouldWait``,
+        before anything is done (a write method takes the lock before its first
+        statement)."""
+        self._local.no_wait = True
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self._local.no_wait = False
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its first statement;
         on any error it is rolled back whole, and faults become domain errors."""
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            if getattr(self._local, "no_wait", False):
+                self._begin_now(conn)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
             conn.execute("COMMIT")
@@ -418,6 +440,19 @@ class SQLiteStore(SQLiteKeys):
             if isinstance(exc, sqlite3.Error):
                 self._raise_fault(exc)
             raise
+
+    def _begin_now(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` without waiting for the lock (``WriteWouldWait``)."""
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise WriteWouldWait(str(exc)) from None
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
 
     # --- writes ----------------------------------------------------------------
 

@@ -1,12 +1,18 @@
 """``AsyncSQLiteStore``: the async ``Store`` over the synchronous ``SQLiteStore``.
 
-Each call runs the synchronous store's method on a thread, so a statement never
-holds the event loop:
+Each call runs the synchronous store's method where it costs least, and the event
+loop never waits for SQLite's lock:
 
-- **Writes** run on one writer thread, in the order they were awaited. SQLite has
-  one writer anyway: a second writer thread would only wait for the lock. Queued
-  writes run back to back, and ``CreateBatcher`` still puts the creates of one loop
-  turn (and those that arrive while a batch commits) into one transaction.
+- **Writes** never wait for SQLite's lock on the event loop. A write of at most
+  ``INLINE_ROWS`` rows is first tried inline, on the loop, taking the lock without
+  waiting (``SQLiteStore.without_waiting``): SQLite has one writer anyway, and an
+  uncontended transaction of a few rows costs less than the hop to a thread and
+  back (measured, docs/postgres.md). A write that would wait (another process or
+  connection holds the lock), a larger one, and any write made while the writer
+  thread has work (so that writes stay in the order they were made) runs on the
+  one writer thread instead, which waits for the lock up to the busy timeout. Queued
+  writes run back to back there, and ``CreateBatcher`` puts the creates made while
+  a batch is written into the next one.
 - **Listings and counts** run on a few reader threads (``READER_THREADS``): a list
   over a large table may take milliseconds, and WAL lets readers run beside the
   writer and each other.
@@ -42,8 +48,11 @@ from corral.store.base import (
     Page,
     Principal,
 )
-from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, WriteWouldWait
 
+INLINE_ROWS = 100
+"""Writes of more rows (a large batch, many pending reasons) always run on the
+writer thread: the loop is not held for their whole transaction."""
 READER_THREADS = 3
 """Threads for listings and counts (the machine's cores serve them; sqlite3 lets go
 of the GIL while a statement runs)."""
@@ -74,14 +83,26 @@ class Threads:
         for thread in self._threads:
             thread.start()
         self._closed = False
+        self._busy = 0  # calls made and not answered yet
+        self._busy_lock = threading.Lock()
+
+    def idle(self) -> bool:
+        """True when no call is under way or queued."""
+        return self._busy == 0
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._closed:
             raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        with self._busy_lock:
+            self._busy += 1
         self._jobs.put((loop, future, lambda: fn(*args, **kwargs)))
-        return await future
+        try:
+            return await future
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -150,11 +171,21 @@ class AsyncSQLiteStore:
     def url(self) -> str:
         return self.sync.url
 
+    async def _write(self, rows: int, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``call`` (a write of ``rows`` rows): inline when it can be, else on the writer
+        thread (see the module docstring)."""
+        if rows <= INLINE_ROWS and self._writer.idle():
+            try:
+                return self.sync.without_waiting(call, *args, **kwargs)
+            except WriteWouldWait:
+                pass
+        return await self._writer.call(call, *args, **kwargs)
+
     @property
     def path(self) -> Path:
         return self.sync.path
 
-    # --- writes: the writer thread ------------------------------------------------------
+    # --- writes: inline, or the writer thread -------------------------------------------
 
     async def create_workload(
         self,
@@ -164,7 +195,8 @@ class AsyncSQLiteStore:
         idempotency_key: str | None = None,
         actor: str | None = None,
     ) -> Created:
-        return await self._writer.call(
+        return await self._write(
+            1,
             self.sync.create_workload,
             spec,
             owner=owner,
@@ -173,7 +205,7 @@ class AsyncSQLiteStore:
         )
 
     async def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
-        return await self._writer.call(self.sync.create_workloads, items)
+        return await self._write(len(items), self.sync.create_workloads, items)
 
     async def create_batch(
         self,
@@ -184,7 +216,8 @@ class AsyncSQLiteStore:
         idempotency_key: str | None = None,
         actor: str | None = None,
     ) -> BatchCreated:
-        return await self._writer.call(
+        return await self._write(
+            len(specs),
             self.sync.create_batch,
             specs,
             owner=owner,
@@ -205,7 +238,8 @@ class AsyncSQLiteStore:
         owner: str | None = None,
         node: str | None = None,
     ) -> Workload:
-        return await self._writer.call(
+        return await self._write(
+            1,
             self.sync.update_workload_status,
             workload_id,
             status,
@@ -218,7 +252,7 @@ class AsyncSQLiteStore:
         )
 
     async def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
-        await self._writer.call(self.sync.set_pending_reasons, reasons)
+        await self._write(len(reasons), self.sync.set_pending_reasons, reasons)
 
     async def create_api_key(
         self,
@@ -229,7 +263,8 @@ class AsyncSQLiteStore:
         unix_user: str | None = None,
         description: str | None = None,
     ) -> Token:
-        return await self._writer.call(
+        return await self._write(
+            1,
             self.sync.create_api_key,
             user=user,
             admin=admin,
@@ -239,7 +274,7 @@ class AsyncSQLiteStore:
         )
 
     async def revoke_api_key(self, key_id: str) -> Token:
-        return await self._writer.call(self.sync.revoke_api_key, key_id)
+        return await self._write(1, self.sync.revoke_api_key, key_id)
 
     # --- listings and counts: the reader threads -----------------------------------------
 
