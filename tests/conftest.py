@@ -77,7 +77,7 @@ def on_write_connections(store: BlockingStore, work: Callable[[sqlite3.Connectio
     assert isinstance(inner, AsyncSQLiteStore), type(inner)
 
     async def on_both() -> None:
-        work(inner.sync._conn())
+        work(inner.sync._conn(no_wait=True))
         await inner._writer.call(lambda: work(inner.sync._conn()))
 
     store.run(on_both())

@@ -137,7 +137,8 @@ def test_a_write_made_while_an_earlier_one_waits_goes_after_it(tmp_path: Path) -
 def test_a_write_without_waiting_refuses_at_once_and_does_nothing(tmp_path: Path) -> None:
     """``without_waiting`` (how the async store tries a write inline): with the lock
     taken elsewhere, ``WriteWouldWait`` rather than the busy timeout's
-    ``StoreBusyError``, nothing stored, and the connection's busy timeout as it was."""
+    ``StoreBusyError``, nothing stored, and the store's busy timeout kept for the
+    rest (the thread's own connection)."""
     store = SQLiteStore(tmp_path / "corral.db", busy_timeout_ms=10_000)
     other = sqlite3.connect(store.path, isolation_level=None)
     try:
@@ -147,6 +148,7 @@ def test_a_write_without_waiting_refuses_at_once_and_does_nothing(tmp_path: Path
         other.execute("ROLLBACK")
         assert store.list_workloads().items == []
         assert store._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+        assert store._conn(no_wait=True).execute("PRAGMA busy_timeout").fetchone()[0] == 0
         created, _ = store.without_waiting(store.create_workload, SPEC, owner="alice")
         assert store.get_workload(created.id).status is Status.PENDING
     finally:

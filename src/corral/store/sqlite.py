@@ -361,19 +361,23 @@ class SQLiteStore(SQLiteKeys):
             fcntl.flock(lock, fcntl.LOCK_EX)
             migrate.upgrade(self.url)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _conn(self, *, no_wait: bool = False) -> sqlite3.Connection:
+        """This thread's connection; ``no_wait``: its other one, whose busy timeout is 0
+        (``without_waiting``'s writes)."""
+        attr = "no_wait_conn" if no_wait else "conn"
+        conn: sqlite3.Connection | None = getattr(self._local, attr, None)
         if conn is None:
             if self._closed:
                 raise RuntimeError("store is closed")
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            busy_timeout_ms = 0 if no_wait else int(self.busy_timeout_ms)
+            conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             if self._background_checkpoints:
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self._local.conn = conn
+            setattr(self._local, attr, conn)
             with self._lock:
                 self._connections.append(conn)
         return conn
@@ -398,11 +402,11 @@ class SQLiteStore(SQLiteKeys):
         return fs.f_bavail * fs.f_frsize < FULL_BELOW_BYTES
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self, *, no_wait: bool = False) -> Iterator[sqlite3.Connection]:
         """This thread's connection, for statements outside a write transaction (reads,
         and ``BEGIN``): a full disk or a busy database is raised as the domain error."""
         try:
-            yield self._conn()
+            yield self._conn(no_wait=no_wait)
         except sqlite3.Error as exc:
             self._raise_fault(exc)
             raise
@@ -411,7 +415,8 @@ class SQLiteStore(SQLiteKeys):
         """``call(*args, **kwargs)``, a write method of this store, on the calling
         thread, if SQLite's write lock can be taken at once: else ``WriteWouldWait``,
         before anything is done (a write method takes the lock before its first
-        statement)."""
+        statement). It writes through the thread's second connection, whose busy
+        timeout is 0; the first keeps the store's, for everything else."""
         self._local.no_wait = True
         try:
             return call(*args, **kwargs)
@@ -422,8 +427,9 @@ class SQLiteStore(SQLiteKeys):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its first statement;
         on any error it is rolled back whole, and faults become domain errors."""
-        with self._connection() as conn:
-            if getattr(self._local, "no_wait", False):
+        no_wait = getattr(self._local, "no_wait", False)
+        with self._connection(no_wait=no_wait) as conn:
+            if no_wait:
                 self._begin_now(conn)
             else:
                 conn.execute("BEGIN IMMEDIATE")
@@ -441,9 +447,10 @@ class SQLiteStore(SQLiteKeys):
                 self._raise_fault(exc)
             raise
 
-    def _begin_now(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE`` without waiting for the lock (``WriteWouldWait``)."""
-        conn.execute("PRAGMA busy_timeout = 0")
+    @staticmethod
+    def _begin_now(conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` on a connection that does not wait for the lock:
+        ``WriteWouldWait`` when another holds it."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -451,8 +458,6 @@ class SQLiteStore(SQLiteKeys):
             if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
                 raise WriteWouldWait(str(exc)) from None
             raise
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
 
     # --- writes ----------------------------------------------------------------
 
