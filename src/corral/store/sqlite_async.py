@@ -13,15 +13,16 @@ loop never waits for SQLite's lock:
   one writer thread instead, which waits for the lock up to the busy timeout. Queued
   writes run back to back there, and ``CreateBatcher`` puts the creates made while
   a batch is written into the next one.
-- **Listings and counts** run on a few reader threads (``READER_THREADS``): a list
-  over a large table may take milliseconds, and WAL lets readers run beside the
-  writer and each other.
-- **Reads by key** (a workload by id, its events, a key by its hash, a user's
-  account, the statuses of up to ``INLINE_IDS`` ids) run inline, on the calling
-  thread (the event loop): each is one or two primary-key probes of some
-  microseconds, which never wait for the write lock in WAL mode, and a hop to a
-  thread and back costs more than the read itself. Measured in docs/postgres.md,
-  "Phase 1: the async store, measured".
+- **Reads** never wait for the write lock (WAL). Those that scan (counts, pages of
+  more than ``INLINE_ROWS`` workloads: the scheduler's, or a client's asking for
+  up to 1000, and the statuses of more than ``INLINE_IDS`` ids) run on a few reader
+  threads (``READER_THREADS``), beside the writer and each other. The rest run
+  inline: reads by key (a workload by id, its events, a key by its hash, a user's
+  account) are primary-key probes of some microseconds, and a page of the API's
+  usual size costs less inline than the hop to a thread and back, which on a busy
+  machine is a thread to wake on each side (measured: +0.4 ms a page in process,
+  +1 ms at p50 through HTTP; docs/postgres.md, "Phase 1: the async store,
+  measured").
 
 Each thread keeps its own ``sqlite3`` connection (``SQLiteStore`` opens one per
 thread), so the guarantees of ``store/sqlite.py`` hold as they are: the same
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -51,11 +53,11 @@ from corral.store.base import (
 from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, WriteWouldWait
 
 INLINE_ROWS = 100
-"""Writes of more rows (a large batch, many pending reasons) always run on the
-writer thread: the loop is not held for their whole transaction."""
+"""Writes of more rows (a large batch, many pending reasons), and pages of more
+(``limit``), always run on a thread: the loop is not held for all of them."""
 READER_THREADS = 3
-"""Threads for listings and counts (the machine's cores serve them; sqlite3 lets go
-of the GIL while a statement runs)."""
+"""Threads for large pages and counts (the machine's cores serve them; sqlite3 lets
+go of the GIL while a statement runs)."""
 
 INLINE_IDS = 500
 """``statuses`` of at most this many ids (one query) runs inline."""
@@ -276,7 +278,7 @@ class AsyncSQLiteStore:
     async def revoke_api_key(self, key_id: str) -> Token:
         return await self._write(1, self.sync.revoke_api_key, key_id)
 
-    # --- listings and counts: the reader threads -----------------------------------------
+    # --- listings and counts: the reader threads, small pages inline ---------------------
 
     async def list_workloads(
         self,
@@ -289,7 +291,7 @@ class AsyncSQLiteStore:
         id_prefix: str | None = None,
         name: str | None = None,
     ) -> Page:
-        return await self._readers.call(
+        call = functools.partial(
             self.sync.list_workloads,
             statuses=statuses,
             labels=labels,
@@ -299,6 +301,9 @@ class AsyncSQLiteStore:
             id_prefix=id_prefix,
             name=name,
         )
+        if limit <= INLINE_ROWS:  # a page of the API's usual size: inline
+            return call()
+        return await self._readers.call(call)
 
     async def count_workloads(
         self,
