@@ -250,8 +250,9 @@ class Scheduler:
         return _fits_no_node(res, self.executor.nodes())
 
     def submitted(self, workload: Workload) -> None:
-        """A new pending workload was stored."""
-        if self.executor is None:
+        """A new pending workload was stored (the safety poll may have found it first,
+        while the request awaited its answer)."""
+        if self.executor is None or self._known(workload.id):
             return
         self._admit(workload)
         self._poke()
