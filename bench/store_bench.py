@@ -1,10 +1,15 @@
-"""``transition_ps``: ``SQLiteStore.update_workload_status`` calls per second, in process.
+"""``transition_ps``: ``AsyncSQLiteStore.update_workload_status`` calls per second, in
+process, each awaited before the next (on uvloop, as the server runs): the store the
+server and its scheduler use, its thread hop included. ``detail.sync_ps`` is the same
+with the synchronous ``SQLiteStore`` called directly (what ``transition_ps`` measured
+before the store was async, issue 11), in the same alternating blocks.
 
 Bound: raw ``sqlite3`` on an identically migrated and filled database, with the same
 pragmas, running the store's own two statements and nothing else: ``BEGIN IMMEDIATE``,
 the conditional ``UPDATE … RETURNING`` (fetched), the event ``INSERT`` with its ``seq``
 subquery, ``COMMIT``. What the figure leaves to corral is Python: building the
-arguments, turning the returned row into a ``Workload``, and the call itself.
+arguments, turning the returned row into a ``Workload``, and the call itself: for the
+async store, a hop to its writer thread and back.
 
 Both sides do pending→running, a transition with one allowed source status (a
 single conditional UPDATE). A target with several sources (``killed``) first reads
@@ -13,9 +18,12 @@ the current status, one ``SELECT`` by primary key more.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
+
+import uvloop
 
 from bench.common import Metric, fresh_dir
 from corral.ids import now_rfc3339
@@ -26,6 +34,7 @@ from corral.store.sqlite import (
     BUSY_TIMEOUT_MS,
     SQLiteStore,
 )
+from corral.store.sqlite_async import AsyncSQLiteStore
 
 SPEC = WorkloadCreate.model_validate(
     {
@@ -63,6 +72,18 @@ def corral_block(store: SQLiteStore, ids: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def async_block(loop: asyncio.AbstractEventLoop, store: AsyncSQLiteStore, ids: list[str]) -> float:
+    """Seconds for pending→running of ``ids`` through the async store, one at a time."""
+
+    async def run() -> float:
+        start = time.perf_counter()
+        for wid in ids:
+            await store.update_workload_status(wid, Status.RUNNING, actor="bench")
+        return time.perf_counter() - start
+
+    return loop.run_until_complete(run())
+
+
 def raw_block(conn: sqlite3.Connection, ids: list[str]) -> float:
     """Seconds for the same transitions in plain ``sqlite3``."""
     start = time.perf_counter()
@@ -85,20 +106,29 @@ def run(quick: bool, only: set[str]) -> dict[str, Metric]:
     raw_store.close()
     conn = _raw_conn(raw_store.path)
     store, ids = _filled_store(fresh_dir("store") / "corral.db", n)
-    raw_s = ours_s = 0.0
-    try:  # alternate blocks, so a noisy neighbour slows both alike
+    sync_store, sync_ids = _filled_store(fresh_dir("sync") / "corral.db", n)
+    store.close()
+    async_store = AsyncSQLiteStore(store.path, migrate_schema=False)
+    loop = uvloop.new_event_loop()
+    raw_s = ours_s = sync_s = 0.0
+    try:  # alternate blocks, so a noisy neighbour slows all alike
         for i in range(0, n, BLOCK):
             raw_s += raw_block(conn, raw_ids[i : i + BLOCK])
-            ours_s += corral_block(store, ids[i : i + BLOCK])
+            ours_s += async_block(loop, async_store, ids[i : i + BLOCK])
+            sync_s += corral_block(sync_store, sync_ids[i : i + BLOCK])
     finally:
         conn.close()
-        store.close()
-    ours, raw = n / ours_s, n / raw_s
+        loop.run_until_complete(async_store.close())
+        loop.close()
+        sync_store.close()
+    ours, raw, sync = n / ours_s, n / raw_s, n / sync_s
     detail = {
         "transitions": n,
         "seconds": round(ours_s, 3),
         "raw_seconds": round(raw_s, 3),
         "us_per_transition": round(1e6 / ours, 1),
         "raw_us_per_transition": round(1e6 / raw, 1),
+        "sync_ps": round(sync, 1),
+        "sync_us_per_transition": round(1e6 / sync, 1),
     }
     return {"transition_ps": Metric(ours, "tx/s", raw, "raw_sqlite_ps", 0, detail)}

@@ -1,4 +1,10 @@
-"""Shared fixtures: real stores on real files, an app over them, a live server."""
+"""Shared fixtures: real stores on real files, an app over them, a live server.
+
+Stores are async (``corral.store.Store``); the synchronous tests (the contract suite,
+hypothesis machines, races on threads, the in-process API client) get them through
+``BlockingStore`` (``tests/blocking.py``), whose ``inner`` is the async store and
+whose ``run`` runs a coroutine on the loop that store serves. A store kind is one
+entry of ``STORE_KINDS`` and one branch of ``make_store``."""
 
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from corral.executors.local import is_alive, kill_all
 from corral.keys import key_digest, new_key
 from corral.store import Store
 from corral.store.sqlite import SQLiteStore
+from corral.store.sqlite_async import AsyncSQLiteStore
 from tests import pg
 from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
@@ -50,17 +57,49 @@ def needs_root(why: str) -> None:
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:
+    """A new async store of ``kind`` on the test's database (each store of one test
+    opens the same database: one per thread or process of a race)."""
     if kind == "sqlite":
-        return SQLiteStore(tmp_path / "corral.db")
+        return AsyncSQLiteStore(tmp_path / "corral.db")
     if kind == "postgresql":  # the test's own database (the pg_server fixture is up)
         from corral.store.postgres import PostgresStore
 
-        return BlockingStore(PostgresStore(pg.database_url(tmp_path)))  # type: ignore[return-value]
+        return PostgresStore(pg.database_url(tmp_path))
     raise AssertionError(kind)
 
 
-def is_sqlite(store: Store) -> bool:
-    return isinstance(getattr(store, "inner", store), SQLiteStore)
+def is_sqlite(store: object) -> bool:
+    return sqlite_path(store) is not None
+
+
+def sqlite_path(store: object) -> Path | None:
+    """The SQLite file under ``store`` (a ``BlockingStore``, an async or a synchronous
+    SQLite store), or None for another database."""
+    inner = store.inner if isinstance(store, BlockingStore) else store
+    if isinstance(inner, AsyncSQLiteStore | SQLiteStore):
+        return inner.path
+    return None
+
+
+def on_write_connections(store: BlockingStore, work: Callable[[sqlite3.Connection], Any]) -> None:
+    """Run ``work`` with each connection the SQLite store writes through: its loop's
+    (inline writes) and its writer thread's (so a per-connection setting,
+    ``max_page_count`` say, applies to every write)."""
+    inner = store.inner
+    assert isinstance(inner, AsyncSQLiteStore), type(inner)
+
+    async def on_both() -> None:
+        work(inner.sync._conn(no_wait=True))
+        await inner._writer.call(lambda: work(inner.sync._conn()))
+
+    store.run(on_both())
+
+
+async def add_key_async(store: Store, user: str, *, admin: bool = False) -> str:
+    """``add_key`` for an async store."""
+    key = new_key()
+    await store.create_api_key(user=user, admin=admin, key_sha256=key_digest(key))
+    return key
 
 
 class Refusal:
@@ -68,12 +107,12 @@ class Refusal:
     SQLite ``RAISE(ABORT)`` (the store raises ``sqlite3.IntegrityError``), on
     PostgreSQL ``RAISE EXCEPTION`` (``DatabaseError``), each with ``message``."""
 
-    def __init__(self, store: Store, name: str, on: str, when: str, message: str) -> None:
+    def __init__(self, store: object, name: str, on: str, when: str, message: str) -> None:
         self.name = name
         self._conn: Any = None
-        if is_sqlite(store):
-            assert isinstance(store, SQLiteStore)
-            self._conn = sqlite3.connect(store.path, isolation_level=None)
+        path = sqlite_path(store)
+        if path is not None:
+            self._conn = sqlite3.connect(path, isolation_level=None)
             self._conn.execute(
                 f"CREATE TRIGGER {name} BEFORE {on} WHEN {when}"
                 f" BEGIN SELECT RAISE(ABORT, '{message}'); END"
@@ -82,7 +121,7 @@ class Refusal:
             return
         import psycopg
 
-        self._conn = psycopg.connect(store.url, autocommit=True)
+        self._conn = psycopg.connect(store.url, autocommit=True)  # type: ignore[attr-defined]
         operation, _, table = on.partition(" ON ")
         self._conn.execute(
             f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql"
@@ -104,7 +143,7 @@ class Refusal:
 
 @contextmanager
 def writes_refused(
-    store: Store, *, on: str, when: str = "1", message: str = "write refused by the test"
+    store: object, *, on: str, when: str = "1", message: str = "write refused by the test"
 ) -> Iterator[Refusal]:
     """While inside, or until ``drop()`` on what it yields, the database itself refuses
     ``on`` (``"INSERT ON events"``) for rows where ``when`` holds (a trigger), as a
@@ -117,7 +156,7 @@ def writes_refused(
 
 
 @contextmanager
-def event_inserts_fail(store: Store, *, to: Sequence[str] | None = None) -> Iterator[Refusal]:
+def event_inserts_fail(store: object, *, to: Sequence[str] | None = None) -> Iterator[Refusal]:
     """While inside (or until ``drop()``), the database refuses every transition event
     row (or those to the statuses ``to``), as a full disk or a crash between two
     statements would."""
@@ -139,14 +178,15 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def store_factory(
     store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[[], Store]]:
-    """Opens stores of one kind on one shared database (one per thread or process)."""
+) -> Iterator[Callable[[], BlockingStore]]:
+    """Opens stores of one kind on one shared database (one per thread or process),
+    each behind a ``BlockingStore``."""
     if store_kind == "postgresql":
         request.getfixturevalue("pg_server")
-    opened: list[Store] = []
+    opened: list[BlockingStore] = []
 
-    def factory() -> Store:
-        s = make_store(store_kind, tmp_path)
+    def factory() -> BlockingStore:
+        s = BlockingStore(make_store(store_kind, tmp_path))
         opened.append(s)
         return s
 
@@ -175,11 +215,11 @@ def pg_server() -> Iterator[str]:
 
 
 @pytest.fixture
-def store(store_factory: Callable[[], Store]) -> Store:
+def store(store_factory: Callable[[], BlockingStore]) -> BlockingStore:
     return store_factory()
 
 
-def add_key(store: Store, user: str, *, admin: bool = False) -> str:
+def add_key(store: BlockingStore | SQLiteStore, user: str, *, admin: bool = False) -> str:
     """A new API key of ``user``, stored; returns the key."""
     key = new_key()
     store.create_api_key(user=user, admin=admin, key_sha256=key_digest(key))
@@ -190,15 +230,31 @@ ADMIN = "admin"
 
 
 @pytest.fixture
-def admin_key(store: Store) -> str:
+def admin_key(store: BlockingStore) -> str:
     return add_key(store, ADMIN, admin=True)
 
 
+def app_client(
+    store: BlockingStore,
+    tmp_path: Path,
+    *,
+    token: str | None = None,
+    raise_app_exceptions: bool = True,
+    **app_options: Any,
+) -> SyncASGIClient:
+    """A client of the real app over ``store``'s async store, driven in process on
+    the loop that store serves (``create_app`` options as keywords)."""
+    app = create_app(store.inner, data_dir=tmp_path, **app_options)
+    return SyncASGIClient(
+        app, token=token, raise_app_exceptions=raise_app_exceptions, run=store.run
+    )
+
+
 @pytest.fixture
-def api(store: Store, tmp_path: Path, admin_key: str) -> Iterator[SyncASGIClient]:
+def api(store: BlockingStore, tmp_path: Path, admin_key: str) -> Iterator[SyncASGIClient]:
     """The real app over a real store, driven in process (``--executor none``), with
     an admin key."""
-    client = SyncASGIClient(create_app(store, data_dir=tmp_path), token=admin_key)
+    client = app_client(store, tmp_path, token=admin_key)
     yield client
     client.close()
 

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from corral.api import create_app
-from corral.store import Store
-from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
-from tests.conftest import add_key
+from tests.blocking import BlockingStore
+from tests.conftest import app_client
 
 JSON_TYPE = {"Content-Type": "application/json"}
 
@@ -54,7 +52,7 @@ def test_create_returns_201_location_and_workload(api: SyncASGIClient) -> None:
     "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
 )
 def test_a_body_must_be_declared_json(
-    api: SyncASGIClient, store: Store, content_type: str | None
+    api: SyncASGIClient, store: BlockingStore, content_type: str | None
 ) -> None:
     """What a web page can send without a CORS preflight is refused, and stores nothing."""
     headers = {"Content-Type": content_type} if content_type else {}
@@ -212,14 +210,13 @@ def test_unknown_id_is_404_everywhere(
     assert "01nosuchworkload0000000000" in str(problem["detail"])
 
 
-def test_unexpected_error_is_a_problem_500(tmp_path: Path) -> None:
+def test_unexpected_error_is_a_problem_500(
+    store: BlockingStore, admin_key: str, tmp_path: Path
+) -> None:
     """A fault no handler expects (here: the store closed under the app) still answers
     with a problem document, not a bare text page or a stack trace."""
-    store = SQLiteStore(tmp_path / "corral.db")
-    key = add_key(store, "admin", admin=True)
-    app = create_app(store, data_dir=tmp_path)
-    client = SyncASGIClient(app, raise_app_exceptions=False, token=key)
-    store.close()
+    client = app_client(store, tmp_path, token=admin_key, raise_app_exceptions=False)
+    store.run(store.inner.close())
     try:
         problem = assert_problem(client.get("/v1/workloads"), 500)
         assert "Traceback" not in str(problem) and "closed" not in str(problem["detail"])
@@ -320,12 +317,12 @@ def test_concurrent_creates_share_a_batch_and_each_gets_its_own_answer(
     import asyncio
 
     async def burst() -> list[object]:
-        client = api._client
+        client = api.client
         bodies = [{"command": ["true"], "name": f"n{i}"} for i in range(20)]
         bodies[7] = {"command": ["true"], "resources": {"gpus": -1}}  # invalid: 422
         return list(await asyncio.gather(*(client.post("/v1/workloads", json=b) for b in bodies)))
 
-    responses = api._loop.run_until_complete(burst())
+    responses = api.run(burst())
     codes = [r.status_code for r in responses]  # type: ignore[attr-defined]
     assert codes.count(201) == 19 and codes[7] == 422
     names = {r.json()["name"] for r in responses if r.status_code == 201}  # type: ignore[attr-defined]
@@ -384,12 +381,12 @@ def test_openapi_describes_the_new_answers(api: SyncASGIClient) -> None:
     assert set(params) >= {"id_prefix", "name", "count"}
 
 
-def test_docs_work_offline(tmp_path: Path, store: Store) -> None:
+def test_docs_work_offline(tmp_path: Path, store: BlockingStore) -> None:
     """/docs names no asset on another host, and the ones it names are served here,
     without a key."""
     import re
 
-    anonymous = SyncASGIClient(create_app(store, data_dir=tmp_path))
+    anonymous = app_client(store, tmp_path)
     try:
         page = anonymous.get("/docs")
         assert page.status_code == 200, page.text

@@ -9,10 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from corral.api import create_app
-from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
-from tests.conftest import add_key
+from tests.blocking import BlockingStore
+from tests.conftest import add_key, app_client
 from tests.test_faults import fill_database, rows
 
 BATCH = "/v1/workloads/batch"
@@ -129,10 +128,10 @@ def test_dependencies_of_a_single_create_are_checked(api: SyncASGIClient) -> Non
 
 
 def test_another_users_workloads_are_unknown_dependencies(
-    api: SyncASGIClient, store: SQLiteStore, tmp_path: Path
+    api: SyncASGIClient, store: BlockingStore, tmp_path: Path
 ) -> None:
     theirs = api.post("/v1/workloads", json={"command": ["true"]}).json()  # the admin's
-    bob = SyncASGIClient(create_app(store, data_dir=tmp_path), token=add_key(store, "bob"))
+    bob = app_client(store, tmp_path, token=add_key(store, "bob"))
     try:
         body = {"command": ["true"], "depends_on": [theirs["id"]]}
         detail = problem(bob.post("/v1/workloads", json=body), 422)["detail"]
@@ -164,9 +163,8 @@ def test_a_batch_idempotency_key_replays_it(api: SyncASGIClient) -> None:
     assert len(api.get("/v1/workloads").json()["items"]) == 2
 
 
-def test_a_batch_body_must_be_json_and_fit(store: SQLiteStore, tmp_path: Path) -> None:
-    app = create_app(store, data_dir=tmp_path, max_body_bytes=2000)
-    api = SyncASGIClient(app, token=add_key(store, "alice"))
+def test_a_batch_body_must_be_json_and_fit(store: BlockingStore, tmp_path: Path) -> None:
+    api = app_client(store, tmp_path, token=add_key(store, "alice"), max_body_bytes=2000)
     try:
         text = api.post(BATCH, content=b'{"items": [{"command": ["true"]}]}')
         assert "application/json" in problem(text, 415)["detail"]
@@ -177,8 +175,8 @@ def test_a_batch_body_must_be_json_and_fit(store: SQLiteStore, tmp_path: Path) -
         api.close()
 
 
-def test_a_full_disk_stores_none_of_a_batch(api: SyncASGIClient, store: SQLiteStore) -> None:
-    fill_database(store)  # the app runs on this thread: the same connection
+def test_a_full_disk_stores_none_of_a_batch(api: SyncASGIClient, store: BlockingStore) -> None:
+    fill_database(store)
     before = rows(store.path)
     body = {"items": [{"command": ["echo", "y" * 2000], "labels": {"a": "b"}}] * 20}
     assert problem(api.post(BATCH, json=body), 507)["type"] == "urn:corral:problem:storage-full"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from corral.store import Store
 from tests.asgi import SyncASGIClient
+from tests.blocking import BlockingStore
 from tests.test_security import Users, problem, submit
 
 
 @pytest.fixture
-def users(store: Store, tmp_path: Path) -> Iterator[Users]:
+def users(store: BlockingStore, tmp_path: Path) -> Iterator[Users]:
     u = Users(store, tmp_path)
     yield u
     u.close()

@@ -18,15 +18,16 @@ from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy
 from corral.api.limits import MAX_BODY_BYTES
 from corral.ids import looks_like_id
 from corral.model import BATCH_MAX_ITEMS, DEPENDS_ON_MAX_ENTRIES, UNIX_USER_RE
-from corral.store.sqlite import SQLiteStore
+from corral.store.sqlite_async import AsyncSQLiteStore
+from tests.blocking import BlockingStore
 from tests.conftest import add_key
 
 _tmp = Path(tempfile.mkdtemp(prefix="corral-schemathesis-"))
-_store = SQLiteStore(_tmp / "corral.db")
+_store = BlockingStore(AsyncSQLiteStore(_tmp / "corral.db"))
 _key = add_key(_store, "admin", admin=True)
 _policy = AccessPolicy(allowed_hosts=LOOPBACK_HOSTS | {"testserver"})
 schema = schemathesis.openapi.from_asgi(
-    "/openapi.json", create_app(_store, data_dir=_tmp, policy=_policy)
+    "/openapi.json", create_app(_store.inner, data_dir=_tmp, policy=_policy)
 )
 
 

@@ -16,11 +16,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from corral.api import create_app
 from corral.model import TERMINAL, Status, valid_transition
-from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
-from tests.conftest import add_key
+from tests.blocking import BlockingStore
+from tests.conftest import add_key, app_client
 
 EXAMPLES = 150
 STATUSES = st.sampled_from([s.value for s in Status] + ["paused", ""])
@@ -127,10 +126,9 @@ class APIStateMachine(RuleBasedStateMachine):
         assert seen == {wid: status.value for wid, status in self.model.items()}
 
 
-def test_api_state_machine(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "corral.db")
+def test_api_state_machine(store: BlockingStore, tmp_path: Path) -> None:
     key = add_key(store, "admin", admin=True)
-    APIStateMachine.api = SyncASGIClient(create_app(store, data_dir=tmp_path), token=key)
+    APIStateMachine.api = app_client(store, tmp_path, token=key)
     try:
         run_state_machine_as_test(
             APIStateMachine,
@@ -145,4 +143,3 @@ def test_api_state_machine(tmp_path: Path) -> None:
         assert APIStateMachine.examples_run >= EXAMPLES
     finally:
         APIStateMachine.api.close()
-        store.close()

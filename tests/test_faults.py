@@ -15,25 +15,28 @@ from typing import Any
 import httpx
 import pytest
 
-from corral.api import create_app
 from corral.executors.local import kill_all
 from corral.model import WorkloadCreate
 from corral.store import StorageFullError, StoreBusyError
 from corral.store.base import NewWorkload
-from corral.store.sqlite import SQLiteStore
+from corral.store.sqlite_async import AsyncSQLiteStore
 from tests.asgi import SyncASGIClient
-from tests.conftest import add_key
+from tests.blocking import BlockingStore
+from tests.conftest import add_key, app_client, on_write_connections
 from tests.server import LiveServer, pid_gone, wait_until
 
 PROBLEM = "application/problem+json"
 
 
-def fill_database(store: SQLiteStore) -> None:
+def fill_database(store: BlockingStore) -> None:
     """Cap the store's database at the pages it has (``max_page_count``, a real
     ``SQLITE_FULL``), then create until a create no longer fits."""
-    conn = store._conn()  # the calling thread's connection: the cap is per connection
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    def cap(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    on_write_connections(store, cap)  # the cap is per connection
     for i in range(10_000):
         try:
             store.create_workload(owner="alice", spec=big_spec(i), idempotency_key=f"fill-{i}")
@@ -87,7 +90,7 @@ def assert_clean(counts: dict[str, int]) -> None:
 
 
 def test_a_full_database_refuses_a_batch_whole_and_reads_go_on(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "corral.db")
+    store = BlockingStore(AsyncSQLiteStore(tmp_path / "corral.db"))
     try:
         first, _ = store.create_workload(owner="alice", spec=big_spec(99999))
         fill_database(store)
@@ -100,7 +103,7 @@ def test_a_full_database_refuses_a_batch_whole_and_reads_go_on(tmp_path: Path) -
         assert store.get_workload(first.id).id == first.id
         assert len(store.list_workloads(limit=1000).items) == before["workloads"]
         assert store.list_events(first.id)[0].type == "created"
-        store._conn().execute("PRAGMA max_page_count = 1000000")  # room again
+        on_write_connections(store, lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
         created, replayed = store.create_workload(
             owner="alice", spec=big_spec(100), idempotency_key="batch-0"
         )
@@ -110,7 +113,7 @@ def test_a_full_database_refuses_a_batch_whole_and_reads_go_on(tmp_path: Path) -
 
 
 def test_a_busy_database_is_store_busy_after_the_timeout(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "corral.db", busy_timeout_ms=200)
+    store = BlockingStore(AsyncSQLiteStore(tmp_path / "corral.db", busy_timeout_ms=200))
     other = sqlite3.connect(store.path, isolation_level=None)
     try:
         kept, _ = store.create_workload(owner="alice", spec=big_spec(0))
@@ -135,14 +138,14 @@ def test_reads_of_a_database_locked_exclusively_are_store_busy(tmp_path: Path) -
     """Every read, the key lookups of the guard included, turns a busy database into
     ``StoreBusyError`` (503 with Retry-After), never a raw SQLite error (500)."""
     path = tmp_path / "corral.db"
-    with contextlib.closing(SQLiteStore(path)) as setup:
+    with contextlib.closing(BlockingStore(AsyncSQLiteStore(path))) as setup:
         key = add_key(setup, "alice", admin=True)
         wid = setup.create_workload(owner="alice", spec=big_spec(0))[0].id
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("PRAGMA locking_mode = EXCLUSIVE")  # readers are shut out too
     other.execute("BEGIN EXCLUSIVE")
-    store = SQLiteStore(path, busy_timeout_ms=200, migrate_schema=False)
-    client = SyncASGIClient(create_app(store, data_dir=tmp_path), token=key)
+    store = BlockingStore(AsyncSQLiteStore(path, busy_timeout_ms=200, migrate_schema=False))
+    client = app_client(store, tmp_path, token=key)
     try:
         reads = (
             lambda: store.find_api_key("0" * 64),
@@ -168,9 +171,9 @@ def test_reads_of_a_database_locked_exclusively_are_store_busy(tmp_path: Path) -
 # --- the API, in process ----------------------------------------------------------------
 
 
-def test_a_full_disk_answers_507_and_reads_200(api: SyncASGIClient, store: SQLiteStore) -> None:
+def test_a_full_disk_answers_507_and_reads_200(api: SyncASGIClient, store: BlockingStore) -> None:
     kept = api.post("/v1/workloads", json={"command": ["true"]}).json()
-    fill_database(store)  # the app runs on this thread: the same connection
+    fill_database(store)
     before = rows(store.path)
     body = {"command": ["echo", "y" * 2000], "labels": {"a": "b"}}
     response = api.post("/v1/workloads", json=body, headers={"Idempotency-Key": "full"})

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from corral.model import Status, WorkloadCreate, valid_transition
-from corral.store import InvalidTransitionError, Store, open_store
+from corral.store import InvalidTransitionError, open_store
+from tests.blocking import BlockingStore
 from tests.conftest import ALL_STORE_KINDS
 
 ROUNDS = 100
@@ -21,7 +22,7 @@ TARGETS = [Status.RUNNING, Status.KILLED, Status.COMPLETED, Status.FAILED]
 Outcome = tuple[int, str, bool]  # (round, target, won)
 
 
-def attempt(store: Store, workload_id: str, target: Status) -> bool:
+def attempt(store: BlockingStore, workload_id: str, target: Status) -> bool:
     try:
         store.update_workload_status(workload_id, target, actor="race")
     except InvalidTransitionError:
@@ -29,7 +30,9 @@ def attempt(store: Store, workload_id: str, target: Status) -> bool:
     return True
 
 
-def check_rounds(store: Store, ids: list[str], outcomes: list[Outcome], attempts: int) -> None:
+def check_rounds(
+    store: BlockingStore, ids: list[str], outcomes: list[Outcome], attempts: int
+) -> None:
     assert len(outcomes) == len(ids) * attempts
     for rnd, workload_id in enumerate(ids):
         winners = [t for r, t, won in outcomes if r == rnd and won]
@@ -49,13 +52,16 @@ def check_rounds(store: Store, ids: list[str], outcomes: list[Outcome], attempts
 
 
 @pytest.mark.parametrize("store_kind", ALL_STORE_KINDS, indirect=True)
-def test_32_threads_100_rounds(store_factory: Callable[[], Store]) -> None:
+def test_32_threads_100_rounds(store_factory: Callable[[], BlockingStore]) -> None:
     store = store_factory()
     ids = [
         store.create_workload(owner="alice", spec=WorkloadCreate(command=["true"]))[0].id
         for _ in range(ROUNDS)
     ]
     threads_n = 32
+    # A store each: one store's writes queue on its one writer thread; stores of their
+    # own race for SQLite's lock as separate connections do.
+    stores = [store_factory() for _ in range(threads_n)]
     barrier = threading.Barrier(threads_n)
     outcomes: list[Outcome] = []
     errors: list[BaseException] = []
@@ -66,7 +72,7 @@ def test_32_threads_100_rounds(store_factory: Callable[[], Store]) -> None:
         try:
             for rnd, workload_id in enumerate(ids):
                 barrier.wait(timeout=60)
-                won = attempt(store, workload_id, target)
+                won = attempt(stores[index], workload_id, target)
                 with lock:
                     outcomes.append((rnd, target.value, won))
         except BaseException as exc:  # surfaced below, with the round's context
@@ -82,20 +88,10 @@ def test_32_threads_100_rounds(store_factory: Callable[[], Store]) -> None:
     check_rounds(store, ids, outcomes, threads_n)
 
 
-def _open(url: str) -> Store:
-    """This process's own store on the database at ``url``."""
-    if url.startswith("postgresql://"):  # (open_store takes it once the store is async)
-        from corral.store.postgres import PostgresStore
-        from tests.blocking import BlockingStore
-
-        return BlockingStore(PostgresStore(url))  # type: ignore[return-value]
-    return open_store(url)
-
-
 def _process_worker(
     url: str, ids: list[str], index: int, barrier: threading.Barrier, queue: multiprocessing.Queue
 ) -> None:
-    store = _open(url)
+    store = BlockingStore(open_store(url))
     target = TARGETS[index % len(TARGETS)]
     results = []
     for rnd, workload_id in enumerate(ids):
@@ -106,7 +102,7 @@ def _process_worker(
 
 
 @pytest.mark.parametrize("store_kind", ALL_STORE_KINDS, indirect=True)
-def test_4_processes_100_rounds(store_factory: Callable[[], Store]) -> None:
+def test_4_processes_100_rounds(store_factory: Callable[[], BlockingStore]) -> None:
     store = store_factory()
     ids = [
         store.create_workload(owner="alice", spec=WorkloadCreate(command=["true"]))[0].id

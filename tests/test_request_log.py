@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from corral.api import create_app
 from corral.errors import CorralError
 from corral.serverlog import extra_fields
-from corral.store import Store
 from tests.asgi import SyncASGIClient
+from tests.blocking import BlockingStore
 from tests.conftest import add_key
 
 PROBLEM = "application/problem+json"
@@ -24,8 +24,8 @@ class OddError(CorralError):
 
 
 @pytest.fixture
-def app(store: Store, tmp_path: Path) -> FastAPI:
-    app = create_app(store, data_dir=tmp_path, max_body_bytes=1000)
+def app(store: BlockingStore, tmp_path: Path) -> FastAPI:
+    app = create_app(store.inner, data_dir=tmp_path, max_body_bytes=1000)
 
     @app.post("/test/crash")
     async def crash() -> None:
@@ -39,7 +39,7 @@ def app(store: Store, tmp_path: Path) -> FastAPI:
 
 
 @pytest.fixture
-def keys(store: Store) -> dict[str, str]:
+def keys(store: BlockingStore) -> dict[str, str]:
     return {
         "root": add_key(store, "root", admin=True),
         "alice": add_key(store, "alice"),
@@ -49,10 +49,10 @@ def keys(store: Store) -> dict[str, str]:
 
 @pytest.fixture
 def client(
-    app: FastAPI, keys: dict[str, str], caplog: pytest.LogCaptureFixture
+    app: FastAPI, store: BlockingStore, keys: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> Iterator[SyncASGIClient]:
     caplog.set_level(logging.INFO, logger="corral")
-    c = SyncASGIClient(app, raise_app_exceptions=False, token=keys["root"])
+    c = SyncASGIClient(app, raise_app_exceptions=False, token=keys["root"], run=store.run)
     yield c
     c.close()
 

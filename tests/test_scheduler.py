@@ -4,10 +4,12 @@ test must control what happens within one turn of the event loop."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,38 +20,58 @@ from corral.executors.base import Capacity
 from corral.executors.local import LocalExecutor, kill_all
 from corral.model import Resources, Status, WorkloadBatchItem, WorkloadCreate
 from corral.scheduler import RETRY_SECONDS, Scheduler
-from corral.store.sqlite import SQLiteStore
-from tests.conftest import add_key, event_inserts_fail, writes_refused
+from corral.store import Store
+from corral.store.sqlite_async import AsyncSQLiteStore
+from tests.conftest import add_key_async, event_inserts_fail, writes_refused
 from tests.server import pid_gone
 
 
 @asynccontextmanager
-async def started(tmp_path: Path, cpus: float) -> AsyncIterator[tuple[SQLiteStore, Scheduler]]:
-    """A started scheduler over a real store and local executor in ``tmp_path``; on
-    the way out it is stopped and every workload process it left is killed."""
-    store = SQLiteStore(tmp_path / "corral.db")
+async def started(
+    tmp_path: Path, cpus: float, wrap: Callable[[Store], Any] = lambda store: store
+) -> AsyncIterator[tuple[AsyncSQLiteStore, Scheduler]]:
+    """A started scheduler over a real store (``wrap(store)``, when given) and local
+    executor in ``tmp_path``; on the way out it is stopped and every workload process
+    it left is killed."""
+    store = AsyncSQLiteStore(tmp_path / "corral.db")
     # The workloads' owner holds an admin key: a server running as root (as the tests
     # may) runs nothing as itself for a user without one.
-    add_key(store, "alice", admin=True)
+    await add_key_async(store, "alice", admin=True)
     capacity = Capacity(cpus=cpus, memory_mb=1000, gpus=0)
-    scheduler = Scheduler(store, LocalExecutor(tmp_path, capacity=capacity, kill_grace_seconds=1))
+    executor = LocalExecutor(tmp_path, capacity=capacity, kill_grace_seconds=1)
+    scheduler = Scheduler(wrap(store), executor)
     await scheduler.start()
     try:
         yield store, scheduler
     finally:
         await scheduler.stop()
-        store.close()
+        await store.close()
         kill_all(tmp_path / "run")
 
 
-async def until(predicate: Callable[[], object], timeout: float = 10.0) -> float:
-    """Wait (on the loop) until ``predicate()`` is true; the seconds it took."""
+async def until(
+    predicate: Callable[[], object | Awaitable[object]], timeout: float = 10.0
+) -> float:
+    """Wait (on the loop) until ``predicate()`` (awaited, if it must be) is true; the
+    seconds it took."""
     started = time.monotonic()
-    while not predicate():
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return time.monotonic() - started
         if time.monotonic() - started > timeout:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(0.02)
-    return time.monotonic() - started
+
+
+async def status_is(store: Store, workload_id: str, status: Status) -> bool:
+    return (await store.get_workload(workload_id)).status is status
+
+
+async def status_of(store: Store, workload_id: str) -> Status:
+    return (await store.get_workload(workload_id)).status
 
 
 def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -> None:
@@ -60,13 +82,14 @@ def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -
         async with started(tmp_path, cpus=4) as (store, scheduler):
             assert scheduler.executor is not None
             executor = scheduler.executor
-            workload, _ = store.create_workload(
+            workload, _ = await store.create_workload(
                 owner="alice", spec=WorkloadCreate(command=["sleep", "30"])
             )
             scheduler.submitted(workload)
-            scheduler._schedule()  # claims it and starts the spawn
-            killed = store.update_workload_status(workload.id, Status.KILLED, actor="test")
-            scheduler.stopped(killed)  # the same turn: the launch task has not run yet
+            await scheduler._schedule()  # claims it and starts the spawn
+            # Killed by a synchronous writer: the same turn, the launch task has not run yet.
+            killed = store.sync.update_workload_status(workload.id, Status.KILLED, actor="test")
+            scheduler.stopped(killed)
             pidfile = tmp_path / "run" / f"{workload.id}.pid"
             for _ in range(100):  # wait for the workload's pid (up to 5 s)
                 if pidfile.exists() and pidfile.read_text().strip():
@@ -77,7 +100,7 @@ def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -
                 if all(pid_gone(p) for p in pids) and not executor.active():
                     break
                 await asyncio.sleep(0.05)
-            return store.get_workload(workload.id).status, [p for p in pids if not pid_gone(p)]
+            return await status_of(store, workload.id), [p for p in pids if not pid_gone(p)]
 
     status, alive = asyncio.run(scenario())
     assert status is Status.KILLED
@@ -98,32 +121,32 @@ def test_passes_after_submits_match_a_pass_over_everything(tmp_path: Path) -> No
         async with started(tmp_path, cpus=3) as (store, scheduler):
             await steps(store, scheduler)
 
-    async def steps(store: SQLiteStore, scheduler: Scheduler) -> None:
-        def submit(name: str, cpus: float, priority: int = 0) -> None:
+    async def steps(store: AsyncSQLiteStore, scheduler: Scheduler) -> None:
+        async def submit(name: str, cpus: float, priority: int = 0) -> None:
             spec = WorkloadCreate(
                 command=["sleep", "30"], resources=Resources(cpus=cpus), priority=priority
             )
-            workload, _ = store.create_workload(owner="alice", spec=spec)
+            workload, _ = await store.create_workload(owner="alice", spec=spec)
             ids[name] = workload.id
             scheduler.submitted(workload)
-            scheduler._schedule()
+            await scheduler._schedule()
 
-        def look(name: str) -> None:
-            w = store.get_workload(ids[name])
+        async def look(name: str) -> None:
+            w = await store.get_workload(ids[name])
             seen[name] = (w.status, w.reason)
 
-        submit("hold", 1)
-        submit("head", 3)
-        submit("behind", 1)
-        look("behind")
-        submit("urgent", 1, priority=5)
-        look("urgent")
-        look("head")
-        killed = store.update_workload_status(ids["head"], Status.KILLED, actor="test")
+        await submit("hold", 1)
+        await submit("head", 3)
+        await submit("behind", 1)
+        await look("behind")
+        await submit("urgent", 1, priority=5)
+        await look("urgent")
+        await look("head")
+        killed = await store.update_workload_status(ids["head"], Status.KILLED, actor="test")
         scheduler.stopped(killed)
-        scheduler._schedule()
+        await scheduler._schedule()
         ids["behind, once the head is gone"] = ids["behind"]
-        look("behind, once the head is gone")
+        await look("behind, once the head is gone")
 
     asyncio.run(scenario())
     assert seen == {
@@ -143,16 +166,16 @@ def test_a_pass_the_database_fails_is_walked_again(tmp_path: Path) -> None:
     async def scenario() -> None:
         spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
         async with started(tmp_path, cpus=1) as (store, scheduler):
-            older, _ = store.create_workload(owner="alice", spec=spec)
-            newer, _ = store.create_workload(owner="alice", spec=spec)
+            older, _ = await store.create_workload(owner="alice", spec=spec)
+            newer, _ = await store.create_workload(owner="alice", spec=spec)
             with event_inserts_fail(store):
                 scheduler.submitted(older)
-                scheduler._guard(scheduler._schedule)  # logs the failure, as _run does
-            statuses["older, claim refused"] = store.get_workload(older.id).status
+                await scheduler._guard(scheduler._schedule)  # logs the failure, as _run does
+            statuses["older, claim refused"] = await status_of(store, older.id)
             scheduler.submitted(newer)
-            scheduler._schedule()
-            statuses["older"] = store.get_workload(older.id).status
-            statuses["newer"] = store.get_workload(newer.id).status
+            await scheduler._schedule()
+            statuses["older"] = await status_of(store, older.id)
+            statuses["newer"] = await status_of(store, newer.id)
 
     asyncio.run(scenario())
     assert statuses == {
@@ -176,17 +199,19 @@ def test_an_exit_the_store_refuses_frees_its_capacity_and_is_recorded_later(
         async with started(tmp_path, cpus=1) as (store, scheduler):
             app = create_app(store, data_dir=tmp_path, scheduler=scheduler)
             transport = httpx.ASGITransport(app=app)
-            key = {"Authorization": f"Bearer {add_key(store, 'alice')}"}
+            key = {"Authorization": f"Bearer {await add_key_async(store, 'alice')}"}
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://localhost", headers=key
             ) as client:
                 await steps(store, scheduler, client)
 
-    async def steps(store: SQLiteStore, scheduler: Scheduler, client: httpx.AsyncClient) -> None:
+    async def steps(
+        store: AsyncSQLiteStore, scheduler: Scheduler, client: httpx.AsyncClient
+    ) -> None:
         one_cpu = Resources(cpus=1)
         with event_inserts_fail(store, to=["completed", "failed"]) as refusal:
             spec = WorkloadCreate(command=["sh", "-c", "echo out; exit 3"], resources=one_cpu)
-            first, _ = store.create_workload(owner="alice", spec=spec)
+            first, _ = await store.create_workload(owner="alice", spec=spec)
             scheduler.submitted(first)
             await until(lambda: scheduler.process_over(first.id))
             seen["free CPUs once its process is over"] = scheduler._free.cpus
@@ -195,22 +220,23 @@ def test_an_exit_the_store_refuses_frees_its_capacity_and_is_recorded_later(
             status_file = tmp_path / "run" / f"{first.id}.status"
             seen["status file kept"] = status_file.exists()
             spec = WorkloadCreate(command=["sleep", "30"], resources=one_cpu)
-            second, _ = store.create_workload(owner="alice", spec=spec)
+            second, _ = await store.create_workload(owner="alice", spec=spec)
             scheduler.submitted(second)
-            await until(lambda: store.get_workload(second.id).status is Status.RUNNING)
-            scheduler._reconcile()  # the safety poll
+            await until(lambda: status_is(store, second.id, Status.RUNNING))
+            await scheduler._reconcile()  # the safety poll
             await asyncio.sleep(3 * RETRY_SECONDS)  # retries, refused
-            seen["while refused"] = store.get_workload(first.id).status
+            seen["while refused"] = await status_of(store, first.id)
             refusal.drop()
+
+            async def recorded() -> bool:
+                return await status_of(store, first.id) is not Status.RUNNING
+
             seen["recorded within 2 retries"] = (
-                await until(
-                    lambda: store.get_workload(first.id).status is not Status.RUNNING, timeout=5
-                )
-                < 2 * RETRY_SECONDS + 0.5
+                await until(recorded, timeout=5) < 2 * RETRY_SECONDS + 0.5
             )
-        done = store.get_workload(first.id)
+        done = await store.get_workload(first.id)
         seen["recorded"] = (done.status, done.exit_code, done.reason)
-        seen["events"] = [e.to_status for e in store.list_events(first.id)]
+        seen["events"] = [e.to_status for e in await store.list_events(first.id)]
         seen["status file after"] = status_file.exists()
         seen["process over after"] = scheduler.process_over(first.id)
 
@@ -237,26 +263,30 @@ def test_pending_reasons_and_claims_the_store_refused_are_retried(tmp_path: Path
     async def scenario() -> None:
         async with started(tmp_path, cpus=1) as (store, scheduler):
             spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
-            hold, _ = store.create_workload(owner="alice", spec=spec)
+            hold, _ = await store.create_workload(owner="alice", spec=spec)
             scheduler.submitted(hold)
-            await until(lambda: store.get_workload(hold.id).status is Status.RUNNING)
+            await until(lambda: status_is(store, hold.id, Status.RUNNING))
             when = "NEW.status = 'pending' AND NEW.reason IS NOT NULL"
             with writes_refused(store, on="UPDATE OF reason ON workloads", when=when) as refusal:
-                waiting, _ = store.create_workload(owner="alice", spec=spec)
+                waiting, _ = await store.create_workload(owner="alice", spec=spec)
                 scheduler.submitted(waiting)
                 await asyncio.sleep(3 * RETRY_SECONDS)
-                seen["reason while refused"] = store.get_workload(waiting.id).reason
+                seen["reason while refused"] = (await store.get_workload(waiting.id)).reason
                 refusal.drop()
-                await until(lambda: store.get_workload(waiting.id).reason, timeout=5)
-            seen["reason"] = store.get_workload(waiting.id).reason
+
+                async def reason() -> str | None:
+                    return (await store.get_workload(waiting.id)).reason
+
+                await until(reason, timeout=5)
+            seen["reason"] = await reason()
             with event_inserts_fail(store, to=["running"]) as refusal:
-                killed = store.update_workload_status(hold.id, Status.KILLED, actor="test")
+                killed = await store.update_workload_status(hold.id, Status.KILLED, actor="test")
                 scheduler.stopped(killed)
                 await until(lambda: not scheduler.is_active(hold.id))
                 await asyncio.sleep(3 * RETRY_SECONDS)
-                seen["claim refused"] = store.get_workload(waiting.id).status
+                seen["claim refused"] = await status_of(store, waiting.id)
                 refusal.drop()
-            await until(lambda: store.get_workload(waiting.id).status is Status.RUNNING, 5)
+            await until(lambda: status_is(store, waiting.id, Status.RUNNING), 5)
 
     asyncio.run(scenario())
     assert seen == {
@@ -283,39 +313,43 @@ def test_dependency_reasons_and_kills_the_store_refuses_are_retried(
         async with started(tmp_path, cpus=4) as (store, scheduler):
             when = "NEW.status = 'pending' AND NEW.reason LIKE 'waiting for%'"
             with writes_refused(store, on="UPDATE OF reason ON workloads", when=when) as refusal:
-                (hold, blocked), _ = store.create_batch(
+                (hold, blocked), _ = await store.create_batch(
                     [item(["sleep", "30"]), item(["true"], [0])], owner="alice"
                 )
                 scheduler.submitted(hold)
                 scheduler.submitted(blocked)
-                await until(lambda: store.get_workload(hold.id).status is Status.RUNNING)
+                await until(lambda: status_is(store, hold.id, Status.RUNNING))
                 await asyncio.sleep(3 * RETRY_SECONDS)
-                seen["reason while refused"] = store.get_workload(blocked.id).reason
+                seen["reason while refused"] = (await store.get_workload(blocked.id)).reason
                 refusal.drop()
-                await until(lambda: store.get_workload(blocked.id).reason, timeout=5)
-            seen["reason"] = store.get_workload(blocked.id).reason == (
-                f"waiting for {hold.id} to complete"
-            )
+
+                async def reason() -> str | None:
+                    return (await store.get_workload(blocked.id)).reason
+
+                await until(reason, timeout=5)
+            seen["reason"] = await reason() == f"waiting for {hold.id} to complete"
             with event_inserts_fail(store, to=["killed"]) as refusal:
-                (a, b, c), _ = store.create_batch(
+                (a, b, c), _ = await store.create_batch(
                     [item(["sh", "-c", "exit 3"]), item(["true"], [0]), item(["true"], [1])],
                     owner="alice",
                 )
                 for workload in (a, b, c):
                     scheduler.submitted(workload)
-                await until(lambda: store.get_workload(a.id).status is Status.FAILED)
+                await until(lambda: status_is(store, a.id, Status.FAILED))
                 await asyncio.sleep(3 * RETRY_SECONDS)
-                seen["while refused"] = [store.get_workload(w.id).status for w in (b, c)]
-                other, _ = store.create_workload(WorkloadCreate(command=["true"]), owner="alice")
+                seen["while refused"] = [await status_of(store, w.id) for w in (b, c)]
+                other, _ = await store.create_workload(
+                    WorkloadCreate(command=["true"]), owner="alice"
+                )
                 scheduler.submitted(other)
-                await until(lambda: store.get_workload(other.id).status is Status.COMPLETED)
+                await until(lambda: status_is(store, other.id, Status.COMPLETED))
                 refusal.drop()
-            await until(lambda: store.get_workload(c.id).status is Status.KILLED, timeout=5)
-            seen["killed"] = [store.get_workload(w.id).reason for w in (b, c)] == [
+            await until(lambda: status_is(store, c.id, Status.KILLED), timeout=5)
+            seen["killed"] = [(await store.get_workload(w.id)).reason for w in (b, c)] == [
                 f"dependency {a.id} failed",
                 f"dependency {b.id} was killed",
             ]
-            seen["blocked still"] = store.get_workload(blocked.id).status
+            seen["blocked still"] = await status_of(store, blocked.id)
 
     asyncio.run(scenario())
     assert seen == {
@@ -338,13 +372,101 @@ def test_the_safety_poll_runs_while_wake_ups_keep_coming(
 
     async def scenario() -> Status:
         async with started(tmp_path, cpus=4) as (store, scheduler):
-            unseen, _ = store.create_workload(owner="alice", spec=WorkloadCreate(command=["true"]))
+            spec = WorkloadCreate(command=["true"])
+            unseen, _ = await store.create_workload(owner="alice", spec=spec)
             deadline = time.monotonic() + 3  # ten periods
             while time.monotonic() < deadline:
-                if store.get_workload(unseen.id).status is not Status.PENDING:
+                if not await status_is(store, unseen.id, Status.PENDING):
                     break
                 scheduler._poke()  # as a busy server's exits and submits do
                 await asyncio.sleep(0.05)
-            return store.get_workload(unseen.id).status
+            return await status_of(store, unseen.id)
 
     assert asyncio.run(scenario()) is not Status.PENDING
+
+
+class ClaimsHeld:
+    """The real store, except that the answer to each claim (pending→running) is held,
+    once the claim has committed, until ``release()``: a database slow to answer, so
+    that a test can act between a claim's commit and the scheduler's hearing of it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.claimed: set[str] = set()
+        self._released = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def update_workload_status(self, workload_id: str, status: Status, **kw: Any) -> Any:
+        result = await self.store.update_workload_status(workload_id, status, **kw)
+        if status is Status.RUNNING:
+            self.claimed.add(workload_id)
+            await self._released.wait()
+        return result
+
+
+def test_a_kill_while_its_claim_is_under_way_launches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim commits ``running``; before the scheduler hears of it, the workload
+    is killed (the API's transition, then ``stopped``). The claim's answer must then
+    launch nothing, and give the CPU back: the next workload starts. (No safety poll
+    during the test: it would stop a process launched by mistake.)"""
+    monkeypatch.setattr(scheduler_module, "SAFETY_POLL_SECONDS", 600.0)
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        held: list[ClaimsHeld] = []
+
+        def wrap(store: Store) -> ClaimsHeld:
+            held.append(ClaimsHeld(store))
+            return held[0]
+
+        async with started(tmp_path, cpus=1, wrap=wrap) as (store, scheduler):
+            assert scheduler.executor is not None
+            spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
+            first, _ = await store.create_workload(owner="alice", spec=spec)
+            scheduler.submitted(first)
+            await until(lambda: first.id in held[0].claimed)
+            killed = await store.update_workload_status(first.id, Status.KILLED, actor="test")
+            scheduler.stopped(killed)
+            held[0].release()
+            await until(lambda: first.id not in scheduler._claiming)
+            seen["first launched"] = first.id in scheduler.executor.active()
+            second, _ = await store.create_workload(owner="alice", spec=spec)
+            scheduler.submitted(second)
+            await until(lambda: status_is(store, second.id, Status.RUNNING), timeout=3)
+            seen["first"] = await status_of(store, first.id)
+            seen["active"] = scheduler.executor.active() == {second.id}
+
+    asyncio.run(scenario())
+    assert seen == {"first launched": False, "first": Status.KILLED, "active": True}
+
+
+def test_the_safety_poll_during_a_claim_takes_nothing_for_lost(tmp_path: Path) -> None:
+    """The safety poll reads a workload as running whose claim the scheduler has not
+    heard back from yet: it is the scheduler's own (not lost), and runs once heard."""
+
+    async def scenario() -> tuple[Status, str | None]:
+        held: list[ClaimsHeld] = []
+
+        def wrap(store: Store) -> ClaimsHeld:
+            held.append(ClaimsHeld(store))
+            return held[0]
+
+        async with started(tmp_path, cpus=1, wrap=wrap) as (store, scheduler):
+            spec = WorkloadCreate(command=["sh", "-c", "echo ran"])
+            workload, _ = await store.create_workload(owner="alice", spec=spec)
+            scheduler.submitted(workload)
+            await until(lambda: workload.id in held[0].claimed)
+            await scheduler._reconcile()
+            held[0].release()
+            await until(lambda: status_is(store, workload.id, Status.COMPLETED))
+            done = await store.get_workload(workload.id)
+            return done.status, done.reason
+
+    assert asyncio.run(scenario()) == (Status.COMPLETED, "exit code 0")

@@ -25,7 +25,7 @@ from corral.executors.base import Capacity, Executor
 from corral.model import Resources, Status, Workload, WorkloadCreate
 from corral.scheduler import Scheduler
 from corral.store import Store
-from tests.conftest import STORE_KINDS, add_key, make_store
+from tests.conftest import STORE_KINDS, add_key_async, make_store
 from tests.fake_executor import FakeExecutor, FakeMachine
 
 OWNER = "alice"
@@ -48,7 +48,7 @@ class World:
             resources=Resources(cpus=cpus, memory_mb=memory_mb),
             timeout_seconds=timeout,
         )
-        workload, _ = self.store.create_workload(spec, owner=OWNER)
+        workload, _ = await self.store.create_workload(spec, owner=OWNER)
         return workload
 
     async def submit(self, scheduler: Scheduler, **spec: float) -> Workload:
@@ -58,16 +58,16 @@ class World:
         return workload
 
     async def get(self, workload: Workload) -> Workload:
-        return self.store.get_workload(workload.id)
+        return await self.store.get_workload(workload.id)
 
     async def statuses(self, workload: Workload) -> list[Status]:
         """Its statuses, from its events, oldest first."""
-        return [e.to_status for e in self.store.list_events(workload.id) if e.to_status]
+        return [e.to_status for e in await self.store.list_events(workload.id) if e.to_status]
 
     async def set_status(self, workload: Workload, status: Status) -> Workload:
         """A status written by another process (a kill through another server, a claim
         by a server that then stopped): the scheduler is not told."""
-        return self.store.update_workload_status(workload.id, status, actor="test")
+        return await self.store.update_workload_status(workload.id, status, actor="test")
 
     async def becomes(self, workload: Workload, status: Status, timeout: float = 10.0) -> Workload:
         async def check() -> Workload | None:
@@ -97,9 +97,9 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     store = make_store(request.param, tmp_path)
     # A server running as root (as the tests may) runs nothing as itself for a user
     # without an admin key.
-    add_key(store, OWNER, admin=True)
+    asyncio.run(add_key_async(store, OWNER, admin=True))
     yield World(store, tmp_path)
-    store.close()
+    asyncio.run(store.close())
 
 
 @asynccontextmanager

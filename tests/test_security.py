@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from corral.api import create_app
-from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy
+from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy, KeyCache
 from corral.keys import key_digest
-from corral.store import Store
+from corral.store.base import Principal
 from tests.asgi import SyncASGIClient
+from tests.blocking import BlockingStore
 from tests.conftest import add_key, needs_root
 
 WORKLOAD_ROUTES = [
@@ -41,15 +43,22 @@ EVERY_KEYED_ROUTE = [
 class Users:
     """One app over one store, with a client per key: two users and an admin."""
 
-    def __init__(self, store: Store, tmp_path: Path, policy: AccessPolicy | None = None) -> None:
-        self.app = create_app(store, data_dir=tmp_path, policy=policy)
+    def __init__(
+        self, store: BlockingStore, tmp_path: Path, policy: AccessPolicy | None = None
+    ) -> None:
+        self.app = create_app(store.inner, data_dir=tmp_path, policy=policy)
+        self.run = store.run
         self.keys = {
             "alice": add_key(store, "alice"),
             "bob": add_key(store, "bob"),
             "root": add_key(store, "root", admin=True),
         }
-        self.clients = {name: SyncASGIClient(self.app, token=k) for name, k in self.keys.items()}
-        self.anonymous = SyncASGIClient(self.app)
+        self.clients = {name: self.client(k) for name, k in self.keys.items()}
+        self.anonymous = self.client(None)
+
+    def client(self, token: str | None) -> SyncASGIClient:
+        """A client of the app (on the loop of its store) with ``token``."""
+        return SyncASGIClient(self.app, token=token, run=self.run)
 
     def __getitem__(self, name: str) -> SyncASGIClient:
         return self.clients[name]
@@ -60,7 +69,7 @@ class Users:
 
 
 @pytest.fixture
-def users(store: Store, tmp_path: Path) -> Iterator[Users]:
+def users(store: BlockingStore, tmp_path: Path) -> Iterator[Users]:
     u = Users(store, tmp_path)
     yield u
     u.close()
@@ -85,7 +94,7 @@ def problem(response: object, status: int) -> dict[str, object]:
 
 @pytest.mark.parametrize(("method", "path", "body"), EVERY_KEYED_ROUTE)
 def test_every_route_needs_a_valid_key(
-    users: Users, store: Store, method: str, path: str, body: object
+    users: Users, store: BlockingStore, method: str, path: str, body: object
 ) -> None:
     wid = submit(users["alice"])["id"]
     url = path.format(id=wid)
@@ -97,7 +106,7 @@ def test_every_route_needs_a_valid_key(
         problem(wrong, 401)
     token_id = next(t.id for t in store.list_api_keys() if t.user == "alice")
     assert users["root"].delete(f"/v1/tokens/{token_id}").status_code == 200
-    revoked = SyncASGIClient(users.app, token=users.keys["alice"])
+    revoked = users.client(users.keys["alice"])
     try:
         problem(revoked.request(method, url, json=body), 401)
     finally:
@@ -174,7 +183,41 @@ def test_idempotency_keys_are_per_owner(users: Users) -> None:
     problem(bob_other_body, 422)
 
 
-def test_tokens_are_managed_by_admins_and_never_shown_again(users: Users, store: Store) -> None:
+def test_a_key_looked_up_while_keys_are_forgotten_is_not_remembered(
+    store: BlockingStore,
+) -> None:
+    """A revoke commits while a lookup of the key is under way (it read the key
+    before): ``forget`` comes in between, so that lookup answers its own request but
+    is not remembered for later ones."""
+    digest = key_digest(add_key(store, "alice"))
+
+    async def scenario() -> list[Principal | None]:
+        reading = asyncio.Event()
+        go_on = asyncio.Event()
+
+        async def lookup(key_sha256: str) -> Principal | None:
+            found = await store.inner.find_api_key(key_sha256)
+            reading.set()
+            await go_on.wait()  # the revoke commits meanwhile
+            return found
+
+        keys = KeyCache(lookup)
+        first = asyncio.ensure_future(keys.find(digest))
+        await reading.wait()
+        token_id = next(t.id for t in await store.inner.list_api_keys() if t.user == "alice")
+        await store.inner.revoke_api_key(token_id)
+        keys.forget()
+        go_on.set()
+        return [await first, await keys.find(digest)]
+
+    answered, later = store.run(scenario())
+    assert answered is not None and answered.user == "alice"
+    assert later is None
+
+
+def test_tokens_are_managed_by_admins_and_never_shown_again(
+    users: Users, store: BlockingStore
+) -> None:
     root_key = next(t.id for t in store.list_api_keys() if t.user == "root")
     for name in ("alice", "bob"):
         problem(users[name].post("/v1/tokens", json={"user": "eve"}), 403)
@@ -187,7 +230,7 @@ def test_tokens_are_managed_by_admins_and_never_shown_again(users: Users, store:
     assert token["key"].startswith("corral_") and len(token["key"]) >= 7 + 43
     listed = users["root"].get("/v1/tokens").json()["items"]
     assert token["key"] not in str(listed) and listed[0]["id"] == token["id"]
-    carol = SyncASGIClient(users.app, token=token["key"])
+    carol = users.client(token["key"])
     try:
         assert submit(carol)["owner"] == "carol"
         problem(carol.get("/v1/tokens"), 403)
@@ -273,7 +316,7 @@ def test_loopback_hosts_are_served(users: Users, host: str) -> None:
     assert users["alice"].get("/v1/workloads", headers={"Host": host}).status_code == 200
 
 
-def test_more_hosts_by_setting(store: Store, tmp_path: Path) -> None:
+def test_more_hosts_by_setting(store: BlockingStore, tmp_path: Path) -> None:
     u = Users(store, tmp_path, AccessPolicy(allowed_hosts=LOOPBACK_HOSTS | {"corral.example"}))
     try:
         ok = u["alice"].get("/v1/workloads", headers={"Host": "corral.example:443"})
@@ -310,7 +353,9 @@ def test_cross_origin_state_changes_are_refused(users: Users, headers: dict[str,
     assert read.status_code == 200 and "access-control-allow-origin" not in read.headers
 
 
-def test_same_origin_and_allowed_origins_may_change_state(store: Store, tmp_path: Path) -> None:
+def test_same_origin_and_allowed_origins_may_change_state(
+    store: BlockingStore, tmp_path: Path
+) -> None:
     policy = AccessPolicy(allowed_origins=frozenset({"https://dash.example"}))
     u = Users(store, tmp_path, policy)
     try:
@@ -337,7 +382,7 @@ def test_same_origin_and_allowed_origins_may_change_state(store: Store, tmp_path
         u.close()
 
 
-def test_rate_limit_answers_429_with_retry_after(store: Store, tmp_path: Path) -> None:
+def test_rate_limit_answers_429_with_retry_after(store: BlockingStore, tmp_path: Path) -> None:
     u = Users(store, tmp_path, AccessPolicy(rate_limit=5))
     try:
         codes = [u["alice"].get("/v1/workloads").status_code for _ in range(10)]

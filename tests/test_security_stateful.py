@@ -17,8 +17,8 @@ from hypothesis.stateful import (
 )
 
 from corral.api import create_app
-from corral.store.sqlite import SQLiteStore
 from tests.asgi import SyncASGIClient
+from tests.blocking import BlockingStore
 from tests.conftest import add_key
 
 USERS = ("alice", "bob")
@@ -122,12 +122,13 @@ class OwnersMachine(RuleBasedStateMachine):
                 return seen
 
 
-def test_no_sequence_leaks_across_users(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "corral.db")
-    app = create_app(store, data_dir=tmp_path)
+def test_no_sequence_leaks_across_users(store: BlockingStore, tmp_path: Path) -> None:
     keys = {name: add_key(store, name) for name in USERS}
     keys["root"] = add_key(store, "root", admin=True)
-    OwnersMachine.clients = {name: SyncASGIClient(app, token=key) for name, key in keys.items()}
+    app = create_app(store.inner, data_dir=tmp_path)
+    OwnersMachine.clients = {
+        name: SyncASGIClient(app, token=key, run=store.run) for name, key in keys.items()
+    }
     try:
         run_state_machine_as_test(
             OwnersMachine,
@@ -142,4 +143,3 @@ def test_no_sequence_leaks_across_users(tmp_path: Path) -> None:
     finally:
         for client in OwnersMachine.clients.values():
             client.close()
-        store.close()

@@ -11,10 +11,16 @@ import pytest
 
 from corral.errors import FieldError, InvalidInputError
 from corral.model import Status, WorkloadBatchItem, WorkloadCreate
-from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError, Store
+from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
 from corral.store.errors import DatabaseError
-from corral.store.sqlite import SQLiteStore
-from tests.conftest import ALL_STORE_KINDS, event_inserts_fail, is_sqlite, writes_refused
+from tests.blocking import BlockingStore
+from tests.conftest import (
+    ALL_STORE_KINDS,
+    event_inserts_fail,
+    is_sqlite,
+    sqlite_path,
+    writes_refused,
+)
 
 SPEC = WorkloadCreate(command=["true"])
 
@@ -25,7 +31,7 @@ def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def test_create_get_roundtrip(store: Store) -> None:
+def test_create_get_roundtrip(store: BlockingStore) -> None:
     spec = WorkloadCreate(
         command=["python", "-c", "print(1)"],
         name="n",
@@ -45,7 +51,7 @@ def test_create_get_roundtrip(store: Store) -> None:
     assert got.created_at == got.updated_at and got.started_at is None
 
 
-def test_pending_running_completed(store: Store) -> None:
+def test_pending_running_completed(store: BlockingStore) -> None:
     w, _ = store.create_workload(owner="alice", spec=SPEC)
     running = store.update_workload_status(w.id, Status.RUNNING, actor="test")
     assert running.status is Status.RUNNING and running.started_at is not None
@@ -56,7 +62,7 @@ def test_pending_running_completed(store: Store) -> None:
     assert store.get_workload(w.id) == done
 
 
-def test_pending_to_completed_raises_with_fields(store: Store) -> None:
+def test_pending_to_completed_raises_with_fields(store: BlockingStore) -> None:
     w, _ = store.create_workload(owner="alice", spec=SPEC)
     with pytest.raises(InvalidTransitionError) as info:
         store.update_workload_status(w.id, Status.COMPLETED)
@@ -70,7 +76,7 @@ def test_pending_to_completed_raises_with_fields(store: Store) -> None:
 
 
 @pytest.mark.parametrize("terminal", [Status.COMPLETED, Status.FAILED, Status.KILLED])
-def test_terminal_has_no_way_out(store: Store, terminal: Status) -> None:
+def test_terminal_has_no_way_out(store: BlockingStore, terminal: Status) -> None:
     w, _ = store.create_workload(owner="alice", spec=SPEC)
     store.update_workload_status(w.id, Status.RUNNING)
     store.update_workload_status(w.id, terminal)
@@ -80,7 +86,7 @@ def test_terminal_has_no_way_out(store: Store, terminal: Status) -> None:
         assert info.value.allowed == []
 
 
-def test_same_status_is_invalid(store: Store) -> None:
+def test_same_status_is_invalid(store: BlockingStore) -> None:
     w, _ = store.create_workload(owner="alice", spec=SPEC)
     with pytest.raises(InvalidTransitionError):
         store.update_workload_status(w.id, Status.PENDING)
@@ -89,7 +95,7 @@ def test_same_status_is_invalid(store: Store) -> None:
         store.update_workload_status(w.id, Status.RUNNING)
 
 
-def test_events_are_recorded_in_order(store: Store) -> None:
+def test_events_are_recorded_in_order(store: BlockingStore) -> None:
     w, _ = store.create_workload(owner="alice", spec=SPEC)
     store.update_workload_status(w.id, Status.RUNNING, actor="scheduler")
     store.update_workload_status(w.id, Status.FAILED, exit_code=3, actor="scheduler")
@@ -112,7 +118,7 @@ def test_events_are_recorded_in_order(store: Store) -> None:
     [([], Status.RUNNING), ([Status.RUNNING], Status.COMPLETED), ([], Status.KILLED)],
 )
 def test_status_and_event_commit_together(
-    store: Store, before: list[Status], target: Status
+    store: BlockingStore, before: list[Status], target: Status
 ) -> None:
     """A transition whose event cannot be written leaves no trace: the status, its
     timestamps and the event log are as they were, and the store still works."""
@@ -128,13 +134,13 @@ def test_status_and_event_commit_together(
     assert [e.to_status for e in store.list_events(w.id)][-1] is target
 
 
-def test_kill_reason_defaults(store: Store) -> None:
+def test_kill_reason_defaults(store: BlockingStore) -> None:
     w, _ = store.create_workload(owner="alice", spec=SPEC)
     killed = store.update_workload_status(w.id, Status.KILLED)
     assert killed.reason == "killed by request" and killed.finished_at is not None
 
 
-def test_unknown_id_raises_not_found(store: Store) -> None:
+def test_unknown_id_raises_not_found(store: BlockingStore) -> None:
     with pytest.raises(NotFoundError):
         store.get_workload("nope")
     with pytest.raises(NotFoundError):
@@ -143,7 +149,7 @@ def test_unknown_id_raises_not_found(store: Store) -> None:
         store.list_events("nope")
 
 
-def test_idempotency_key(store: Store) -> None:
+def test_idempotency_key(store: BlockingStore) -> None:
     first, replayed = store.create_workload(owner="alice", spec=SPEC, idempotency_key="k1")
     assert not replayed
     again, replayed = store.create_workload(
@@ -159,7 +165,7 @@ def test_idempotency_key(store: Store) -> None:
     assert len(store.list_workloads(limit=10).items) == 2
 
 
-def test_list_filters_newest_first(store: Store) -> None:
+def test_list_filters_newest_first(store: BlockingStore) -> None:
     ids = []
     for i in range(6):
         w, _ = store.create_workload(
@@ -184,7 +190,9 @@ def test_list_filters_newest_first(store: Store) -> None:
     assert store.list_workloads(labels=[("team", "zzz")]).items == []
 
 
-def test_pagination_exactly_once_while_inserting(store_factory: Callable[[], Store]) -> None:
+def test_pagination_exactly_once_while_inserting(
+    store_factory: Callable[[], BlockingStore],
+) -> None:
     store = store_factory()
     existing = {store.create_workload(owner="alice", spec=SPEC)[0].id for _ in range(300)}
     stop = threading.Event()
@@ -213,7 +221,7 @@ def test_pagination_exactly_once_while_inserting(store_factory: Callable[[], Sto
     assert seen == sorted(seen, reverse=True)
 
 
-def test_limit_and_cursor_are_checked(store: Store) -> None:
+def test_limit_and_cursor_are_checked(store: BlockingStore) -> None:
     from corral.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError):
@@ -222,7 +230,7 @@ def test_limit_and_cursor_are_checked(store: Store) -> None:
         store.list_workloads(cursor="not-a-cursor")
 
 
-def test_create_workloads_is_atomic_per_item(store: Store) -> None:
+def test_create_workloads_is_atomic_per_item(store: BlockingStore) -> None:
     from corral.store.base import NewWorkload
 
     store.create_workload(owner="alice", spec=SPEC, idempotency_key="taken")
@@ -246,7 +254,7 @@ def test_create_workloads_is_atomic_per_item(store: Store) -> None:
 
 
 def test_event_times_follow_their_order_under_contention(
-    store_factory: Callable[[], Store],
+    store_factory: Callable[[], BlockingStore],
 ) -> None:
     """A kill that waits for the write lock while a claim commits is stamped after the
     claim: an event's ``at`` is taken under the lock, so a later ``seq`` never carries
@@ -259,15 +267,15 @@ def test_event_times_follow_their_order_under_contention(
     store = store_factory()
     w, _ = store.create_workload(owner="alice", spec=SPEC)
     claim: Any
-    if isinstance(store, SQLiteStore):
-        claim = sqlite3.connect(store.path, isolation_level=None)
+    if is_sqlite(store):
+        claim = sqlite3.connect(sqlite_path(store), isolation_level=None)
         claim.execute("BEGIN IMMEDIATE")  # another writer (a scheduler) holds the lock
     else:  # PostgreSQL: another transaction holds the workload's row lock
         import psycopg
 
         claim = psycopg.connect(store.url)
         claim.execute("SELECT 1 FROM workloads WHERE id = %s FOR UPDATE", (w.id,))
-    mark = "?" if isinstance(store, SQLiteStore) else "%s"
+    mark = "?" if is_sqlite(store) else "%s"
     killer = threading.Thread(
         target=lambda: store_factory().update_workload_status(w.id, Status.KILLED, actor="bob")
     )
@@ -292,7 +300,7 @@ def test_event_times_follow_their_order_under_contention(
     assert times == sorted(times), events
 
 
-def _all_pages(store: Store, limit: int = 3, **filters: object) -> list[str]:
+def _all_pages(store: BlockingStore, limit: int = 3, **filters: object) -> list[str]:
     """Every id ``list_workloads`` lists with these filters, page after page."""
     seen: list[str] = []
     cursor = None
@@ -304,7 +312,7 @@ def _all_pages(store: Store, limit: int = 3, **filters: object) -> list[str]:
         cursor = page.next_cursor
 
 
-def test_id_prefix_name_and_count_filter_as_a_python_filter_would(store: Store) -> None:
+def test_id_prefix_name_and_count_filter_as_a_python_filter_would(store: BlockingStore) -> None:
     made = []
     for i in range(24):
         spec = WorkloadCreate(
@@ -345,7 +353,7 @@ def test_id_prefix_name_and_count_filter_as_a_python_filter_would(store: Store) 
                 assert store.count_workloads(**query) == len(expected), query  # type: ignore[arg-type]
 
 
-def test_a_full_id_as_prefix_finds_exactly_it(store: Store) -> None:
+def test_a_full_id_as_prefix_finds_exactly_it(store: BlockingStore) -> None:
     ids = [store.create_workload(SPEC, owner="alice")[0].id for _ in range(50)]
     for wid in ids:
         assert _all_pages(store, id_prefix=wid) == [wid]
@@ -365,14 +373,16 @@ def test_a_full_id_as_prefix_finds_exactly_it(store: Store) -> None:
         ("0" * 27, "longer than an id"),
     ],
 )
-def test_a_bad_id_prefix_is_invalid_input_saying_why(store: Store, prefix: str, says: str) -> None:
+def test_a_bad_id_prefix_is_invalid_input_saying_why(
+    store: BlockingStore, prefix: str, says: str
+) -> None:
     with pytest.raises(InvalidInputError, match=says):
         store.list_workloads(id_prefix=prefix)
     with pytest.raises(InvalidInputError, match=says):
         store.count_workloads(id_prefix=prefix)
 
 
-def test_count_by_status_counts_everyone_or_one_owner(store: Store) -> None:
+def test_count_by_status_counts_everyone_or_one_owner(store: BlockingStore) -> None:
     assert store.count_by_status() == dict.fromkeys(Status, 0)
     for owner, status in [("alice", None), ("alice", Status.RUNNING), ("bob", Status.KILLED)]:
         w, _ = store.create_workload(SPEC, owner=owner)
@@ -392,9 +402,10 @@ def test_count_by_status_counts_everyone_or_one_owner(store: Store) -> None:
 # --- batches and dependencies (issue 9) ---------------------------------------------
 
 
-def table_rows(store: Store, table: str) -> list[tuple[object, ...]]:
-    if isinstance(store, SQLiteStore):
-        with sqlite3.connect(store.path) as conn:
+def table_rows(store: BlockingStore, table: str) -> list[tuple[object, ...]]:
+    path = sqlite_path(store)
+    if path is not None:
+        with sqlite3.connect(path) as conn:
             return conn.execute(f"SELECT * FROM {table}").fetchall()
     import psycopg
 
@@ -406,7 +417,7 @@ def item(command: str = "true", **fields: object) -> WorkloadBatchItem:
     return WorkloadBatchItem.model_validate({"command": [command], **fields})
 
 
-def test_a_batch_stores_its_items_in_order_with_their_dependencies(store: Store) -> None:
+def test_a_batch_stores_its_items_in_order_with_their_dependencies(store: BlockingStore) -> None:
     """Integers name items of the batch and become their ids; ids name workloads
     stored before; each dependency is stored once (workload and table alike)."""
     before, _ = store.create_workload(owner="alice", spec=SPEC)
@@ -438,7 +449,7 @@ def test_a_batch_stores_its_items_in_order_with_their_dependencies(store: Store)
     }
 
 
-def test_an_item_may_depend_on_a_later_item_of_its_batch(store: Store) -> None:
+def test_an_item_may_depend_on_a_later_item_of_its_batch(store: BlockingStore) -> None:
     """An index may name an item further down the list (a pipeline written last step
     first): the batch is stored, not refused by the table of dependencies (the item
     it names is not written yet when the naming item is)."""
@@ -462,7 +473,7 @@ def test_an_item_may_depend_on_a_later_item_of_its_batch(store: Store) -> None:
     ],
 )
 def test_a_bad_reference_refuses_the_whole_batch(
-    store: Store, depends_on: list[object], where: tuple[object, ...], message: str
+    store: BlockingStore, depends_on: list[object], where: tuple[object, ...], message: str
 ) -> None:
     specs = [item("a"), item("b"), item("c", depends_on=depends_on), item("d", depends_on=[2])]
     with pytest.raises(FieldError) as info:
@@ -473,7 +484,7 @@ def test_a_bad_reference_refuses_the_whole_batch(
     assert table_rows(store, "events") == [] and table_rows(store, "workload_dependencies") == []
 
 
-def test_a_batch_that_fails_in_the_database_stores_nothing(store: Store) -> None:
+def test_a_batch_that_fails_in_the_database_stores_nothing(store: BlockingStore) -> None:
     """All or none: the database refuses the labels of the third item (after two
     were written in the same transaction); no workload, event or label is left."""
     kept, _ = store.create_workload(owner="alice", spec=SPEC)
@@ -494,7 +505,7 @@ def test_a_batch_that_fails_in_the_database_stores_nothing(store: Store) -> None
     assert not replayed and len(made) == 3  # the key was not taken either
 
 
-def test_dependencies_name_the_owners_own_workloads(store: Store) -> None:
+def test_dependencies_name_the_owners_own_workloads(store: BlockingStore) -> None:
     """Another user's workload does not exist for them: the same 422 as an unknown id."""
     mine, _ = store.create_workload(owner="alice", spec=SPEC)
     theirs, _ = store.create_workload(owner="bob", spec=SPEC)
@@ -512,7 +523,7 @@ def test_dependencies_name_the_owners_own_workloads(store: Store) -> None:
     assert done.batch_id is None and done.dependency_type == "afterok"
 
 
-def test_a_refused_item_of_a_group_commit_leaves_the_others(store: Store) -> None:
+def test_a_refused_item_of_a_group_commit_leaves_the_others(store: BlockingStore) -> None:
     """The single-create path commits several requests together: one naming an
     unknown dependency is refused alone."""
     from corral.store.base import NewWorkload
@@ -526,7 +537,7 @@ def test_a_refused_item_of_a_group_commit_leaves_the_others(store: Store) -> Non
     assert len(store.list_workloads().items) == 2
 
 
-def test_a_batch_idempotency_key_replays_the_whole_batch(store: Store) -> None:
+def test_a_batch_idempotency_key_replays_the_whole_batch(store: BlockingStore) -> None:
     specs = [item("a"), item("b", depends_on=[0])]
     made, replayed = store.create_batch(specs, owner="alice", idempotency_key="k")
     store.update_workload_status(made[0].id, Status.RUNNING)
@@ -555,7 +566,7 @@ def digest(n: int) -> str:
     return f"{n:064x}"
 
 
-def test_api_keys_are_found_listed_and_revoked(store: Store) -> None:
+def test_api_keys_are_found_listed_and_revoked(store: BlockingStore) -> None:
     from corral.store.base import Principal
     from corral.store.errors import TokenNotFoundError
 
@@ -581,7 +592,7 @@ def test_api_keys_are_found_listed_and_revoked(store: Store) -> None:
         store.revoke_api_key("01m8n0ne000000000000000000")
 
 
-def test_a_users_unix_account_is_fixed_once_given(store: Store) -> None:
+def test_a_users_unix_account_is_fixed_once_given(store: BlockingStore) -> None:
     from corral.store.errors import UnixUserConflictError
 
     assert store.create_api_key(user="dave", admin=False, key_sha256=digest(1)).unix_user is None
@@ -595,7 +606,7 @@ def test_a_users_unix_account_is_fixed_once_given(store: Store) -> None:
     assert {t.unix_user for t in store.list_api_keys()} == {"svc"}  # every key shows the user's
 
 
-def test_account_of_says_who_runs_as_what_and_who_is_admin(store: Store) -> None:
+def test_account_of_says_who_runs_as_what_and_who_is_admin(store: BlockingStore) -> None:
     from corral.store.base import Account
 
     assert store.account_of("nobody") == Account(None, False)
@@ -607,7 +618,7 @@ def test_account_of_says_who_runs_as_what_and_who_is_admin(store: Store) -> None
     assert store.account_of("erin") == Account("erin", False)
 
 
-def test_pending_reasons_change_pending_workloads_only_without_events(store: Store) -> None:
+def test_pending_reasons_change_pending_workloads_only_without_events(store: BlockingStore) -> None:
     waiting, _ = store.create_workload(SPEC, owner="alice")
     running, _ = store.create_workload(SPEC, owner="alice")
     running = store.update_workload_status(running.id, Status.RUNNING)

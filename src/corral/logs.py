@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 from corral.errors import CorralError
@@ -102,7 +102,7 @@ FOLLOW_POLL_SECONDS = 0.1
 
 
 async def follow_log(
-    path: Path, is_finished: Callable[[], bool], *, start: int = 0
+    path: Path, is_finished: Callable[[], Awaitable[bool]], *, start: int = 0
 ) -> AsyncIterator[bytes]:
     """Yield the log from byte ``start`` as it grows, until the workload is finished.
 
@@ -112,7 +112,7 @@ async def follow_log(
     """
     offset = start
     while True:
-        finished = is_finished()
+        finished = await is_finished()
         chunk = _read_from(path, offset)
         if chunk:
             offset += len(chunk)

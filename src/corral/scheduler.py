@@ -39,6 +39,19 @@ checked against the state machine and recorded as an event.
   the server dies between the two, the restart finds a running workload that no
   process ever ran (the executor can prove it: ``NotStartedError``) and starts it
   then; a workload still runs at most once.
+- **Awaiting the store.** The store is async, so between a decision and its write
+  other things happen (a kill, a submit, an exit). A pass therefore decides
+  synchronously what to start, taking each one's resources in memory at once (it
+  moves to ``_claiming``), then awaits the claims together (and the pending reasons);
+  a claim refused (killed meanwhile) gives its resources back and the next pass walks
+  everything. A kill that arrives while its claim is under way marks it, and the
+  claim, once committed, launches nothing. Who runs as whom (``account_of``) is read
+  before the claims, so a claim and its launch follow each other within one loop
+  turn: nothing can stop a workload between them unseen by the executor. Exits are
+  recorded by tasks of their own; the dependency checks and the safety poll compare
+  what they read with what the scheduler holds *after* the read (a workload claimed
+  or launched meanwhile is never taken for lost nor admitted twice; the claim, a
+  conditional write, is what makes a workload run at most once).
 - **Wake-ups, not polling.** A submit, a kill or an exit sets an ``asyncio.Event``; the
   pass runs on the next loop turn. A slow safety poll (``SAFETY_POLL_SECONDS``)
   reconciles the store with the executor: a terminal workload has no live process, a
@@ -83,10 +96,10 @@ import contextlib
 import heapq
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from corral.admission import Free, Pass, admit, amount, dependencies, fits, num
 from corral.errors import ExceedsCapacityError
@@ -127,6 +140,19 @@ class _Placing:
     devices: list[int]
     """GPU tokens taken from the scheduler's count (the node's agent picks the devices)."""
     timer: asyncio.TimerHandle | None = None
+    claiming: bool = False
+    """Placed: its claim is under way (it leaves ``_placing`` when the claim returns)."""
+
+
+@dataclass(slots=True)
+class _Claim:
+    """A pending workload a pass decided to start: its resources are taken, its claim
+    (pending→running) is under way."""
+
+    workload: Workload
+    devices: list[int]
+    stopped: bool = False
+    """Made terminal through the API meanwhile: the claim, if it commits, launches nothing."""
 
 
 @dataclass(slots=True)
@@ -177,6 +203,10 @@ class Scheduler:
         self._recheck: set[str] = set()  # blocked ids whose dependencies may have ended
         self._batch_running: dict[str, int] = {}  # batch_id (with a limit) -> allocated
         self._placing: dict[str, _Placing] = {}  # pending, resources taken, node looked for
+        self._claiming: dict[str, _Claim] = {}  # decided by a pass, claim under way
+        self._recording: set[str] = set()  # of _unrecorded: a write of the end under way
+        self._tasks: set[asyncio.Task[None]] = set()  # claims, records, reasons under way
+        self._stopping = False
         self._node = (
             executor.nodes()[0].id if executor is not None and not executor.placement else None
         )  # the one machine of an executor without placement
@@ -198,8 +228,9 @@ class Scheduler:
         return _fits_no_node(res, self.executor.nodes())
 
     def submitted(self, workload: Workload) -> None:
-        """A new pending workload was stored."""
-        if self.executor is None:
+        """A new pending workload was stored (the safety poll may have found it first,
+        while the request awaited its answer)."""
+        if self.executor is None or self._known(workload.id):
             return
         self._admit(workload)
         self._poke()
@@ -215,6 +246,9 @@ class Scheduler:
         if workload.id in self._placing:
             self._unplace(workload.id)
             self._poke()
+        claim = self._claiming.get(workload.id)
+        if claim is not None:
+            claim.stopped = True  # its claim, if it commits, launches nothing
         if self._unblock(workload.id) is not None:
             self._reasons.pop(workload.id, None)
         if workload.id in self._allocated:
@@ -271,7 +305,7 @@ class Scheduler:
         self._resize()
         self.executor.start(self._on_exit, self._on_change)
         not_started = []
-        for workload in self._iter_store(Status.RUNNING):
+        async for workload in self._iter_store(Status.RUNNING):
             try:
                 devices = self.executor.adopt(workload)
             except NotStartedError:
@@ -285,18 +319,22 @@ class Scheduler:
         self.executor.stop_unadopted()
         for workload in not_started:  # after the adopted ones have their GPUs back
             log.warning("starting %s: the last server stopped before it ran", workload.id)
-            self._launch(workload)
-        for workload in self._iter_store(Status.PENDING):
-            self._admit(workload)
-            self._reasons[workload.id] = workload.reason
+            self._launch(workload, await self._account(workload.owner))
+        async for workload in self._iter_store(Status.PENDING):
+            if not self._known(workload.id):
+                self._admit(workload)
+                self._reasons[workload.id] = workload.reason
         self._task = asyncio.create_task(self._run(), name="corral-scheduler")
         self._poke()
 
     async def stop(self) -> None:
+        """Finish the pass under way (its claims launch what they claimed), then stop:
+        the spawns, claims and records under way are awaited, never cut off."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._poke()
+            await self._task
+        await self._settle()
         if self._launches:  # let spawns under way finish and be watched
             await asyncio.gather(*self._launches, return_exceptions=True)
         for timer in self._timers.values():
@@ -304,34 +342,48 @@ class Scheduler:
         for wid in list(self._placing):  # still pending: the next server places them
             self._unplace(wid)
         self._record_ends()  # a last try; what is left is found on disk by a restart
+        await self._settle()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
         if self.executor is not None:
             self.executor.close()
 
+    async def _settle(self) -> None:
+        """Wait for the tasks under way (claims, records, reasons), and any they start."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task of the scheduler's (``stop`` waits for it)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _run(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         next_poll = loop.time() + SAFETY_POLL_SECONDS
-        while True:
+        while not self._stopping:
             # The poll is due every SAFETY_POLL_SECONDS, however often wake-ups come.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(next_poll - loop.time(), 0))
+            if self._stopping:
+                return
             if loop.time() >= next_poll:
-                self._guard(self._reconcile)
+                await self._guard(self._reconcile)
                 next_poll = loop.time() + SAFETY_POLL_SECONDS
             self._wake.clear()
             self._record_ends()
-            self._guard(self._check_blocked)  # apart: a failure must not stop the pass
-            self._guard(self._schedule)
+            await self._guard(self._check_blocked)  # apart: a failure must not stop the pass
+            await self._guard(self._schedule)
 
-    def _guard(self, step: Callable[[], None]) -> None:
+    async def _guard(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run a pass; one that fails is logged (once while it keeps failing the same
         way) and run again after ``RETRY_SECONDS``: the loop must survive it."""
         name = step.__name__
         try:
-            step()
+            await step()
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
             if failure != self._failing.get(name):
@@ -392,35 +444,43 @@ class Scheduler:
             self._recheck.update(waiting)
             self._poke()
 
-    def _check_blocked(self) -> None:
+    async def _check_blocked(self) -> None:
         """Act on the blocked workloads marked for a re-check: queue those whose
         dependencies are met, kill the afterok ones a dependency failed (which marks
         their own dependants: the loop goes down the chain), and give the others
         their reason. A mark is cleared only once acted on: whatever the store
-        refuses stays marked, and the pass that raised is retried."""
+        refuses is marked again, and the pass that raised is retried. Marks made
+        while the statuses are read (a dependency ended meanwhile) stay for the next
+        round of the loop."""
+        while True:
+            ids = self._recheck & self._blocked.keys()
+            self._recheck.clear()
+            if not ids:
+                return
+            try:
+                await self._recheck_blocked([self._blocked[wid] for wid in ids])
+            except Exception:
+                self._recheck.update(wid for wid in ids if wid in self._blocked)
+                raise
+
+    async def _recheck_blocked(self, todo: list[Workload]) -> None:
+        statuses = await self.store.statuses([d for w in todo for d in w.depends_on])
         reasons: list[tuple[str, str]] = []
-        try:
-            while self._recheck:
-                self._recheck.intersection_update(self._blocked)
-                todo = [self._blocked[wid] for wid in self._recheck]
-                statuses = self.store.statuses([d for w in todo for d in w.depends_on])
-                for workload in todo:
-                    verdict, reason = self._dependencies(workload, statuses)
-                    if verdict == "met":
-                        self._unblock(workload.id)
-                        self._enqueue(workload)
-                    elif verdict == "kill":
-                        self._kill_dependant(workload, reason)
-                    else:
-                        self._recheck.discard(workload.id)
-                        if self._reasons.get(workload.id) != reason:
-                            reasons.append((workload.id, reason))
-            if reasons:
-                self.store.set_pending_reasons(reasons)
-        except Exception:  # a reason counts as given only once stored
-            self._recheck.update(wid for wid, _ in reasons if wid in self._blocked)
-            raise
-        self._reasons.update(reasons)
+        for workload in todo:
+            if self._blocked.get(workload.id) is not workload:
+                continue  # stopped meanwhile
+            verdict, reason = self._dependencies(workload, statuses)
+            if verdict == "met":
+                self._unblock(workload.id)
+                self._enqueue(workload)
+            elif verdict == "kill":
+                await self._kill_dependant(workload, reason)
+            elif self._reasons.get(workload.id) != reason:
+                reasons.append((workload.id, reason))
+        if reasons:
+            await self.store.set_pending_reasons(reasons)
+            # A reason counts as given only once stored (and while it still waits).
+            self._reasons.update((wid, r) for wid, r in reasons if wid in self._blocked)
 
     def _dependencies(
         self, workload: Workload, statuses: dict[str, Status]
@@ -429,10 +489,10 @@ class Scheduler:
         why it must be killed ("dependency … failed")."""
         return dependencies(workload, statuses, self._allocated)
 
-    def _kill_dependant(self, workload: Workload, reason: str) -> None:
+    async def _kill_dependant(self, workload: Workload, reason: str) -> None:
         """pending→killed for a dependency that failed; its dependants are next."""
         with contextlib.suppress(InvalidTransitionError, NotFoundError):  # ended already
-            self.store.update_workload_status(
+            await self.store.update_workload_status(
                 workload.id, Status.KILLED, reason=reason, actor="scheduler"
             )
         self._unblock(workload.id)
@@ -440,6 +500,20 @@ class Scheduler:
         self._ended(workload.id)
 
     # --- admission -----------------------------------------------------------------
+
+    def _known(self, workload_id: str) -> bool:
+        """True when the scheduler holds the workload in any of its states."""
+        return any(
+            workload_id in held
+            for held in (
+                self._pending,
+                self._blocked,
+                self._placing,
+                self._claiming,
+                self._allocated,
+                self._unrecorded,
+            )
+        )
 
     def _enqueue(self, workload: Workload) -> None:
         if workload.id in self._pending or workload.id in self._placing:  # found twice
@@ -450,7 +524,14 @@ class Scheduler:
             self._full = True
         self._queue.append(workload)
 
-    def _schedule(self) -> None:
+    def _requeue(self, workload: Workload) -> None:
+        """Queue again a workload taken out of the queue (its claim or placement
+        failed): the next pass sorts the queue afresh, without its old entry."""
+        self._enqueue(workload)
+        self._sorted = False
+        self._full = True
+
+    async def _schedule(self) -> None:
         if self._full or self._last_pass is None:
             self._full = False
             if self._sorted:  # drop what was claimed or stopped since
@@ -462,52 +543,96 @@ class Scheduler:
             self._walked = 0
         todo, self._walked = self._queue[self._walked :], len(self._queue)
         try:
-            self._walk(todo, self._last_pass)
+            claims, reasons = self._walk(todo, self._last_pass)
         except BaseException:
             self._full = True  # part of the tail was not walked
             raise
+        await self._claim_all(claims, reasons)
 
-    def _walk(self, workloads: list[Workload], resume: Pass | None) -> None:
-        """Start what ``admission.admit`` decides; store the reasons of the others."""
+    def _walk(
+        self, workloads: list[Workload], resume: Pass | None
+    ) -> tuple[list[_Claim], list[tuple[str, str]]]:
+        """Decide with ``admission.admit``, without awaiting anything: the workloads to
+        claim (their resources taken now) or place, and the reasons to store for those
+        left waiting."""
         assert self.executor is not None
-        if resume is not None:  # the tail may hold workloads claimed or stopped since
-            workloads = [w for w in workloads if w.id in self._pending]
+        workloads = [w for w in workloads if w.id in self._pending]  # not claimed since
         decision = admit(
             workloads, self._free, self._batch_running, unfit=self._unfit, resume=resume
         )
         self._last_pass = decision.resume
-        refused = False
+        claims: list[_Claim] = []
         for start in decision.start:
             if self.executor.placement:
                 self._place(start.workload, start.gpus)
-            elif not self._claim_and_launch(start.workload, start.gpus):
-                refused = True
-        if refused:  # what it would have taken is free: decide again, over everything
-            self._full = True
-            self._poke()
-            return
+            else:
+                claims.append(self._reserve(start.workload, start.gpus))
         reasons = [(wid, r) for wid, r in decision.reasons if self._reasons.get(wid) != r]
-        if reasons:
-            self.store.set_pending_reasons(reasons)
-            self._reasons.update(reasons)  # given only once stored: a refusal is retried
+        return claims, reasons
 
-    def _claim_and_launch(self, workload: Workload, devices: list[int]) -> bool:
-        assert self.executor is not None
-        try:
-            running = self.store.update_workload_status(
-                workload.id, Status.RUNNING, actor="scheduler", node=self._node
-            )
-        except (InvalidTransitionError, NotFoundError):
-            running = None  # killed (or gone) since it was queued
-        # Anything else (the database failing) leaves it queued for the next pass.
+    def _reserve(self, workload: Workload, devices: list[int]) -> _Claim:
+        """Take a pending workload out of the queue to claim it, its resources taken."""
         del self._pending[workload.id]
         self._reasons.pop(workload.id, None)
-        if running is None:
-            self._ended(workload.id)  # killed by another process: its dependants see it
-            return False
-        self._allocate(running, devices)
-        self._start(running, devices)
-        return True
+        self._take(workload, devices)
+        claim = self._claiming[workload.id] = _Claim(workload, devices)
+        return claim
+
+    async def _claim_all(self, claims: list[_Claim], reasons: list[tuple[str, str]]) -> None:
+        """Await the claims a pass decided on, each launched as soon as it commits, and
+        the pass's pending reasons; the first fault is raised once all are done."""
+        owners = {c.workload.owner for c in claims}
+        accounts = dict(zip(owners, [await self._account(o) for o in owners], strict=True))
+        work = [self._claim(c, accounts[c.workload.owner]) for c in claims]
+        if reasons:
+            work.append(self._store_reasons(reasons))
+        if len(work) == 1:  # the usual pass after a submit: no task of its own
+            await work[0]
+            return
+        for result in await asyncio.gather(*work, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _claim(self, claim: _Claim, run_as: RunAs | Exception | None) -> None:
+        """pending→running, then the launch; a claim refused (killed or gone since it
+        was queued) gives the resources back. Any other error (the database failing)
+        puts it back in the queue, for the pass that is run again."""
+        wid = claim.workload.id
+        try:
+            running = await self.store.update_workload_status(
+                wid, Status.RUNNING, actor="scheduler", node=self._node
+            )
+        except (InvalidTransitionError, NotFoundError):
+            running = None
+        except Exception:
+            self._unclaim(claim, requeue=not claim.stopped)
+            raise
+        if running is None or claim.stopped:
+            self._unclaim(claim)
+            self._ended(wid)  # killed (by another process?): its dependants see it
+            self._full = True  # what it held is free: the next pass walks everything
+            self._poke()
+            return
+        del self._claiming[wid]
+        self._allocated[wid] = (running, claim.devices)
+        self._start(running, claim.devices, run_as)
+
+    def _unclaim(self, claim: _Claim, *, requeue: bool = False) -> None:
+        del self._claiming[claim.workload.id]
+        self._give_back(claim.workload, claim.devices)
+        self._full = True
+        if requeue:
+            self._requeue(claim.workload)
+
+    async def _store_reasons(self, reasons: list[tuple[str, str]]) -> None:
+        """Store the reasons of waiting workloads; each counts as given only once
+        stored (a refusal is retried by the next pass), and only while it waits."""
+        if not reasons:
+            return
+        await self.store.set_pending_reasons(reasons)
+        self._reasons.update(
+            (wid, r) for wid, r in reasons if wid in self._pending or wid in self._placing
+        )
 
     # --- placement (an executor with ``placement``) -------------------------------------
 
@@ -532,8 +657,7 @@ class Scheduler:
 
     def _placed(self, wid: str, placed: asyncio.Future[str]) -> None:
         """The executor found the workload a node (or failed to): claim it, recording
-        the node, and launch it there."""
-        assert self.executor is not None
+        the node, and launch it there (``_claim_placed``)."""
         entry = self._placing.get(wid)
         if entry is None or placed.cancelled():
             return  # unplaced meanwhile (killed, or the server stops)
@@ -542,21 +666,31 @@ class Scheduler:
             log.warning("placing %s failed (%s); retrying", wid, exc)
             self._unplace(wid, requeue=True)
             return
+        entry.claiming = True  # the node's changes and the safety poll leave it be now
+        self._spawn(self._claim_placed(entry, placed.result()))
+
+    async def _claim_placed(self, entry: _Placing, node: str) -> None:
+        wid = entry.workload.id
+        run_as = await self._account(entry.workload.owner)
         try:
-            running = self.store.update_workload_status(
-                wid, Status.RUNNING, actor="scheduler", node=placed.result()
+            running = await self.store.update_workload_status(
+                wid, Status.RUNNING, actor="scheduler", node=node
             )
         except (InvalidTransitionError, NotFoundError):
-            self._unplace(wid)  # killed (or gone) meanwhile
+            if self._placing.get(wid) is entry:
+                self._unplace(wid)  # killed (or gone) meanwhile
             self._ended(wid)
             return
         except Exception as exc:  # the database failing: place it again later
             log.warning("cannot claim %s yet (%s); retrying", wid, exc)
-            self._unplace(wid, requeue=True)
+            if self._placing.get(wid) is entry:
+                self._unplace(wid, requeue=True)
             return
+        if self._placing.get(wid) is not entry:
+            return  # killed once claimed (``stopped`` gave its placement back)
         self._drop_placing(wid)
         self._allocated[wid] = (running, entry.devices)  # its resources are taken already
-        self._start(running, entry.devices)
+        self._start(running, entry.devices, run_as)
         self._poke()  # a pass that stopped at it may go on
 
     def _unplace(self, wid: str, *, requeue: bool = False) -> None:
@@ -570,7 +704,7 @@ class Scheduler:
         self._give_back(entry.workload, entry.devices)
         self._full = True
         if requeue:
-            self._enqueue(entry.workload)
+            self._requeue(entry.workload)
             self._arm_retry()
 
     def _drop_placing(self, wid: str) -> _Placing | None:
@@ -587,14 +721,17 @@ class Scheduler:
             return
         entry.timer = None
         reason = self.executor.placing_reason(entry.workload)
-        if self._reasons.get(wid) == reason:
-            return
+        if self._reasons.get(wid) != reason:
+            self._spawn(self._store_placing_reason(wid, reason))
+
+    async def _store_placing_reason(self, wid: str, reason: str) -> None:
         try:
-            self.store.set_pending_reasons([(wid, reason)])
+            await self.store.set_pending_reasons([(wid, reason)])
         except Exception as exc:
             log.warning("cannot store the reason of %s (%s)", wid, exc)
             return
-        self._reasons[wid] = reason
+        if wid in self._placing:
+            self._reasons[wid] = reason
 
     def _on_change(self) -> None:
         """The executor's capacity changed (nodes joined or left). A placement that no
@@ -602,7 +739,7 @@ class Scheduler:
         workload larger than every node (it blocks nobody)."""
         self._resize()
         for wid, entry in list(self._placing.items()):
-            if self._unfit(entry.workload.resources):
+            if not entry.claiming and self._unfit(entry.workload.resources):
                 self._unplace(wid, requeue=True)
         self._full = True
         self._poke()
@@ -615,6 +752,7 @@ class Scheduler:
         cap = self.executor.capacity
         taken = [(w, d) for w, d in self._allocated.values()]
         taken += [(p.workload, p.devices) for p in self._placing.values()]
+        taken += [(c.workload, c.devices) for c in self._claiming.values()]
         self._total = Free(cap.cpus, cap.memory_mb, set(range(cap.gpus)))
         free = self._total.copy()
         token = 0
@@ -629,17 +767,22 @@ class Scheduler:
 
     # --- launch ------------------------------------------------------------------------
 
-    def _launch(self, running: Workload) -> None:
+    def _launch(self, running: Workload, run_as: RunAs | Exception | None) -> None:
         """Take the resources of a workload claimed as running and start its process."""
         devices = sorted(self._free.gpus)[: running.resources.gpus]
         self._allocate(running, devices)
-        self._start(running, devices)
+        self._start(running, devices, run_as)
 
-    def _start(self, running: Workload, devices: list[int]) -> None:
-        """Start the process of a workload claimed as running, its resources taken."""
+    def _start(
+        self, running: Workload, devices: list[int], run_as: RunAs | Exception | None
+    ) -> None:
+        """Start the process of a workload claimed as running, its resources taken, as
+        ``run_as`` (from ``_account``: an error fails the workload)."""
         assert self.executor is not None
         try:
-            started = self.executor.launch(running, devices, self._run_as(running.owner))
+            if isinstance(run_as, Exception):
+                raise run_as
+            started = self.executor.launch(running, devices, run_as)
         except Exception as exc:
             self._launch_failed(running.id, exc)
             return
@@ -647,15 +790,22 @@ class Scheduler:
         self._launches.add(task)
         task.add_done_callback(self._launches.discard)
 
-    def _run_as(self, owner: str) -> RunAs | None:
+    async def _account(self, owner: str) -> RunAs | Exception | None:
+        """``_run_as``, its error returned rather than raised (it fails the launch)."""
+        try:
+            return await self._run_as(owner)
+        except Exception as exc:
+            return exc
+
+    async def _run_as(self, owner: str) -> RunAs | None:
         """The Unix account ``owner``'s workloads run as (None: the server's own).
 
         A server running as root runs nothing as root for a user without an admin key:
         such a user needs a Unix account (``--unix-user``), else the workload fails
-        saying so. Whether the user holds an admin key is asked at every launch (a
-        revoked admin key must stop counting at once); only the account's uid and
-        groups are kept, by Unix user name."""
-        account = self.store.account_of(owner)
+        saying so. Whether the user holds an admin key is asked for every launch, just
+        before its claim (a revoked admin key must stop counting at once); only the
+        account's uid and groups are kept, by Unix user name."""
+        account = await self.store.account_of(owner)
         if account.unix_user is None:
             run_as = None
             if os.geteuid() == 0 and not account.admin:
@@ -765,20 +915,25 @@ class Scheduler:
         self._timed_out.discard(wid)
         self._unrecorded[wid] = _Ending(*_translate(outcome, timed_out, timeout))
         self._release(wid)
-        self._record(wid)
+        self._record_soon(wid)
 
     def _record_ends(self) -> None:
-        """Try again to store the ends kept by ``_finish``, until one is refused."""
-        for wid in list(self._unrecorded):
-            if not self._record(wid):
-                return
+        """Try again to store the ends kept by ``_finish`` (each in a task)."""
+        for wid in self._unrecorded:
+            self._record_soon(wid)
 
-    def _record(self, wid: str) -> bool:
+    def _record_soon(self, wid: str) -> None:
+        """Store the kept end of ``wid`` in a task, unless one is under way."""
+        if wid not in self._recording:
+            self._recording.add(wid)
+            self._spawn(self._record(wid))
+
+    async def _record(self, wid: str) -> None:
         """Store the kept end of ``wid``; then (only then) the executor may forget
-        it. False, and a retry armed, when the store refused it."""
+        it. A refusal keeps it, and arms a retry."""
         ending = self._unrecorded[wid]
         try:
-            self.store.update_workload_status(
+            await self.store.update_workload_status(
                 wid,
                 ending.status,
                 exit_code=ending.exit_code,
@@ -793,45 +948,61 @@ class Scheduler:
             if ending.failures == 1:
                 log.warning("cannot record the end of %s yet (%s); retrying", wid, exc)
             self._arm_retry()
-            return False
+            return
+        finally:
+            self._recording.discard(wid)
         if ending.failures:
             log.warning("recorded the end of %s (refused %d times before)", wid, ending.failures)
         del self._unrecorded[wid]
         if self.executor is not None:
             self.executor.forget(wid)
         self._ended(wid)
-        return True
 
     # --- reconciliation --------------------------------------------------------------
 
-    def _reconcile(self) -> None:
-        """The safety net behind the event-driven paths; see the module docstring."""
+    async def _reconcile(self) -> None:
+        """The safety net behind the event-driven paths; see the module docstring.
+
+        The store is read while the scheduler goes on, so what it read is compared
+        with what the scheduler holds *after* the read, and only what it held
+        *before* too: a process is stopped only when its workload was launched
+        before the read of the running ones, yet is not among them (terminal in the
+        store); a running workload is lost only when nothing of this scheduler holds
+        it once read (claimed, launched, or its end kept); a placement or a blocked
+        workload is dropped only when it was there before the pending ones were read,
+        is still there, and was not read as pending (killed by another process)."""
         assert self.executor is not None
-        running = {w.id for w in self._iter_store(Status.RUNNING)}
-        for wid in set(self._allocated) - running:
+        launched = set(self._allocated)
+        running = {w.id async for w in self._iter_store(Status.RUNNING)}
+        for wid in (launched & self._allocated.keys()) - running:
             self.executor.terminate(wid)  # terminal in the store: stop its process
-        for wid in running - set(self._allocated) - set(self._unrecorded):
-            self._fail_unowned(wid)
+        claimed = {wid for wid, entry in self._placing.items() if entry.claiming}
+        held = self._allocated.keys() | self._unrecorded.keys() | self._claiming.keys() | claimed
+        for wid in running - held:
+            await self._fail_unowned(wid)
+        placing = {wid for wid, entry in self._placing.items() if not entry.claiming}
+        blocked = set(self._blocked)
         pending = set()
-        for workload in self._iter_store(Status.PENDING):
+        async for workload in self._iter_store(Status.PENDING):
             pending.add(workload.id)
-            known = self._pending, self._blocked, self._placing
-            if not any(workload.id in ids for ids in known):
+            if not self._known(workload.id):
                 self._admit(workload)
                 self._reasons[workload.id] = workload.reason
-        for wid in self._placing.keys() - pending:  # killed by another process
-            self._unplace(wid)
-            self._ended(wid)
-        for wid in self._blocked.keys() - pending:  # killed by another process
+        for wid in placing - pending:  # killed by another process
+            entry = self._placing.get(wid)
+            if entry is not None and not entry.claiming:
+                self._unplace(wid)
+                self._ended(wid)
+        for wid in (blocked & self._blocked.keys()) - pending:  # killed by another process
             self._unblock(wid)
             self._reasons.pop(wid, None)
             self._ended(wid)
         self._recheck.update(self._blocked)  # dependencies may have ended elsewhere
         self._full = True
 
-    def _fail_unowned(self, workload_id: str) -> None:
+    async def _fail_unowned(self, workload_id: str) -> None:
         with contextlib.suppress(InvalidTransitionError, NotFoundError):
-            self.store.update_workload_status(
+            await self.store.update_workload_status(
                 workload_id,
                 Status.FAILED,
                 reason="lost: it is running in the store, but no process of this server runs it",
@@ -839,11 +1010,12 @@ class Scheduler:
             )
         self._ended(workload_id)
 
-    def _iter_store(self, status: Status) -> Iterator[Workload]:
+    async def _iter_store(self, status: Status) -> AsyncIterator[Workload]:
         cursor = None
         while True:
-            page = self.store.list_workloads(statuses=[status], limit=PAGE, cursor=cursor)
-            yield from page.items
+            page = await self.store.list_workloads(statuses=[status], limit=PAGE, cursor=cursor)
+            for workload in page.items:
+                yield workload
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -112,7 +113,7 @@ def serve(settings: Settings) -> None:
     except (ValueError, OSError, sqlite3.Error) as exc:
         raise ServeError(f"cannot open the database {settings.db_url}: {exc}") from None
     _private_files(settings.db_url)
-    key_file = ensure_admin_key(store, settings.data_dir)
+    key_file = settings.data_dir / KEY_FILE_NAME  # made sure of by _run, first thing
     scheduler = Scheduler(store, executor)
     policy = AccessPolicy(
         auth=not settings.no_auth,
@@ -158,11 +159,21 @@ def serve(settings: Settings) -> None:
         ssl_keyfile=settings.tls_key,
     )
     try:
-        _Server(config, announce).run(sockets=[sock])
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(_run(_Server(config, announce), store, settings.data_dir, sock))
     finally:
-        store.close()
         sock.close()
         lock.close()
+
+
+async def _run(server: uvicorn.Server, store: Store, data_dir: Path, sock: socket.socket) -> None:
+    """On the loop the server will serve on (the store's connections belong to it):
+    make sure of the admin key, serve until told to stop, close the store."""
+    try:
+        await ensure_admin_key(store, data_dir)
+        await server.serve(sockets=[sock])
+    finally:
+        await store.close()
 
 
 def _make_private(path: str | Path, mode: int) -> None:
@@ -192,7 +203,7 @@ def _private_files(db_url: str) -> None:
         _make_private(name, 0o600)
 
 
-def ensure_admin_key(store: Store, data_dir: Path) -> Path:
+async def ensure_admin_key(store: Store, data_dir: Path) -> Path:
     """``DATA_DIR/token`` holds an active admin key when this returns: the one there,
     or a new one for the OS user running the server (first start, or the file was
     deleted or its key revoked). Written 0600 to a new file, then renamed, so the
@@ -205,13 +216,13 @@ def ensure_admin_key(store: Store, data_dir: Path) -> Path:
     except OSError as exc:
         raise ServeError(f"cannot read the admin key file {path}: {exc.strerror}") from None
     if key:
-        found = store.find_api_key(key_digest(key))
+        found = await store.find_api_key(key_digest(key))
         if found is not None and found.admin:
             with contextlib.suppress(OSError):
                 _make_private(path, 0o600)
             return path
     key = new_key()
-    store.create_api_key(
+    await store.create_api_key(
         user=default_admin(),
         admin=True,
         key_sha256=key_digest(key),

@@ -1,8 +1,9 @@
 """The HTTP API (spec §3): a FastAPI app over a ``Store`` and a ``Scheduler``.
 
-Routes are ``async`` and call the store directly on the event loop: SQLite
-statements here take tens of microseconds, less than a hop to a worker thread,
-and one thread means one connection and no in-process lock contention.
+Routes are ``async`` and await the async ``Store``: the database's work happens off
+the event loop (SQLite's writer and reader threads, PostgreSQL's round trips), except
+SQLite's reads by key, which are cheaper than a hop to a thread and run inline
+(``store/sqlite_async.py``).
 """
 
 from corral.api.app import create_app

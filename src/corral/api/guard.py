@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.middleware.cors import CORSMiddleware
@@ -109,28 +109,35 @@ class _Buckets:
 
 
 class KeyCache:
-    """``find(sha256)``: the store's ``find_api_key``, remembering a valid key for
-    ``KEY_CACHE_SECONDS`` (a revoke through this server calls ``forget``)."""
+    """``await find(sha256)``: the store's ``find_api_key``, remembering a valid key
+    for ``KEY_CACHE_SECONDS`` (a revoke through this server calls ``forget``). A
+    lookup under way while ``forget`` is called is not remembered: it may have read
+    the key before the revoke committed."""
 
-    def __init__(self, lookup: Callable[[str], Principal | None]) -> None:
+    def __init__(self, lookup: Callable[[str], Awaitable[Principal | None]]) -> None:
         self.lookup = lookup
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._generation = 0  # counts forget()s
 
-    def find(self, digest: str) -> Principal | None:
+    async def find(self, digest: str) -> Principal | None:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
             return cached[0]
-        found = self.lookup(digest)
+        generation = self._generation
+        found = await self.lookup(digest)
         if found is None:
             self._cache.pop(digest, None)
             return None
+        if generation != self._generation:
+            return found  # answered for this request, not remembered
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (found, now + KEY_CACHE_SECONDS)
         return found
 
     def forget(self) -> None:
+        self._generation += 1
         self._cache.clear()
 
 
@@ -201,7 +208,7 @@ class Guard:
         if scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        who = self._principal(headers.get("authorization"))
+        who = await self._principal(headers.get("authorization"))
         if isinstance(who, StoreBusyError):
             response = problem(503, "busy", str(who))
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -240,7 +247,7 @@ class Guard:
         scheme = scope.get("scheme", "http")
         return origin == f"{scheme}://{headers.get('host', '')}"
 
-    def _principal(self, authorization: str | None) -> Principal | str | StoreBusyError:
+    async def _principal(self, authorization: str | None) -> Principal | str | StoreBusyError:
         """The key's principal, or why not: "" for no key, else the reason (or the
         database's fault). Invalid keys are not throttled here: guessing is futile at
         256 bits, each costs one indexed read, and a per-address budget would lock out
@@ -254,7 +261,7 @@ class Guard:
         if scheme.lower() != "bearer" or not key:
             return "the Authorization header must be 'Bearer KEY'"
         try:
-            found = self.keys.find(key_digest(key))
+            found = await self.keys.find(key_digest(key))
         except StoreBusyError as exc:
             return exc
         if found is None:

@@ -242,7 +242,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         tags=["workloads"],
     )
     async def get_workload(workload_id: WorkloadId, request: Request) -> Response:
-        workload = store.get_workload(workload_id, owner=visible_to(principal(request)))
+        workload = await store.get_workload(workload_id, owner=visible_to(principal(request)))
         return json_response(with_stopping(scheduler, workload))
 
     @router.delete(
@@ -256,7 +256,8 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     async def kill_workload(workload_id: WorkloadId, request: Request) -> Response:
         note(request.scope, id=workload_id)
         who = principal(request)
-        return json_response(kill(store, scheduler, workload_id, who.user, visible_to(who)))
+        workload = await kill(store, scheduler, workload_id, who.user, visible_to(who))
+        return json_response(workload)
 
     @router.put(
         "/v1/workloads/{workload_id}/status",
@@ -270,13 +271,13 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     async def put_status(workload_id: WorkloadId, request: Request) -> Response:
         who = principal(request)
         if not who.admin:
-            store.get_workload(workload_id, owner=who.user)  # 404 unless it is theirs
+            await store.get_workload(workload_id, owner=who.user)  # 404 unless it is theirs
             raise ForbiddenError(
                 "only admin keys may set a workload's status; stop yours with DELETE"
             )
         update = await parse_body(request, StatusUpdate)
         note(request.scope, id=workload_id)
-        workload = store.update_workload_status(
+        workload = await store.update_workload_status(
             workload_id,
             update.status,
             exit_code=update.exit_code,
@@ -296,7 +297,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         tags=["workloads"],
     )
     async def list_events(workload_id: WorkloadId, request: Request) -> Response:
-        events = store.list_events(workload_id, owner=visible_to(principal(request)))
+        events = await store.list_events(workload_id, owner=visible_to(principal(request)))
         return json_response(EventList.model_construct(items=events))
 
 
@@ -353,7 +354,7 @@ def _list_route(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
             raise ForbiddenError("only admin keys may list every user's workloads")
         labels = parse_label_selector(label)
         owner = None if all_users else who.user
-        page = store.list_workloads(
+        page = await store.list_workloads(
             statuses=status,
             labels=labels,
             limit=limit,
@@ -367,7 +368,7 @@ def _list_route(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
         if not count:
             body = WorkloadList.model_construct(items=page.items, next_cursor=page.next_cursor)
             return Response(body.model_dump_json(exclude={"total"}), media_type=JSON)
-        total = store.count_workloads(
+        total = await store.count_workloads(
             statuses=status, labels=labels, owner=owner, id_prefix=id_prefix or None, name=name
         )
         return json_response(
@@ -405,7 +406,7 @@ def _batch_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None
             except ExceedsCapacityError as exc:
                 raise FieldError(("items", i, "resources"), str(exc)) from None
         who = principal(request)
-        workloads, replayed = store.create_batch(
+        workloads, replayed = await store.create_batch(
             batch.items,
             owner=who.user,
             max_running=batch.max_running,
@@ -438,7 +439,7 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
         follow: Annotated[bool, Query(description="Stream until the workload ends.")] = False,
         tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
     ) -> Response:
-        store.get_workload(workload_id, owner=visible_to(principal(request)))  # else 404
+        await store.get_workload(workload_id, owner=visible_to(principal(request)))  # else 404
         logs = scheduler.executor.logs if scheduler.executor else FileLogs(data_dir)
         path = logs.path(workload_id)
         fd = open_log(path)  # a log the OS refuses is a problem now, before a body
@@ -450,26 +451,28 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
         if not follow:  # what is there now, streamed from disk
             return StreamingResponse(log_chunks(path, start=start), media_type="text/plain")
 
-        def finished() -> bool:
+        async def finished() -> bool:
             if scheduler.is_active(workload_id):
                 return False  # terminal already (killed), but the process may still write
             if scheduler.process_over(workload_id):
                 return True  # its end is not stored yet (retried), but its output is all
             try:
-                return store.get_workload(workload_id).status in TERMINAL
+                return (await store.get_workload(workload_id)).status in TERMINAL
             except (StorageFullError, StoreBusyError):
                 return False  # ask again on the next poll
 
         return StreamingResponse(follow_log(path, finished, start=start), media_type="text/plain")
 
 
-def kill(
+async def kill(
     store: Store, scheduler: Scheduler, workload_id: str, actor: str, owner: str | None
 ) -> Workload:
     """Kill one workload (``owner``'s, when given) as ``actor``: the store's transition,
     then the scheduler stops its process. ``NotFoundError``, ``InvalidTransitionError``
     as the store's."""
-    workload = store.update_workload_status(workload_id, Status.KILLED, actor=actor, owner=owner)
+    workload = await store.update_workload_status(
+        workload_id, Status.KILLED, actor=actor, owner=owner
+    )
     scheduler.stopped(workload)
     return with_stopping(scheduler, workload)
 
@@ -502,7 +505,7 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         seen: set[str] = set()
         for n, workload_id in enumerate(dict.fromkeys(body.ids), 1):
             seen.add(workload_id)
-            _kill_one(store, scheduler, workload_id, who.user, owner, result)
+            await _kill_one(store, scheduler, workload_id, who.user, owner, result)
             if n % KILLS_PER_TURN == 0:
                 await asyncio.sleep(0)
         if body.selects:
@@ -518,7 +521,7 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
                         seen.add(workload.id)
                         selected.append(workload.id)
             for n, workload_id in enumerate(selected, 1):
-                _kill_one(store, scheduler, workload_id, who.user, owner, result)
+                await _kill_one(store, scheduler, workload_id, who.user, owner, result)
                 if n % KILLS_PER_TURN == 0:
                     await asyncio.sleep(0)
         note(
@@ -537,7 +540,7 @@ async def _selected(
     (the event loop serves others between two pages)."""
     cursor = None
     while True:
-        page = store.list_workloads(
+        page = await store.list_workloads(
             statuses=[status],
             labels=sorted(body.labels.items()),
             name=body.name,
@@ -553,7 +556,7 @@ async def _selected(
         await asyncio.sleep(0)
 
 
-def _kill_one(
+async def _kill_one(
     store: Store,
     scheduler: Scheduler,
     workload_id: str,
@@ -564,7 +567,7 @@ def _kill_one(
     """Kill one target of a bulk kill, putting it in the list of ``result`` it belongs
     to (faults of the database propagate)."""
     try:
-        result.killed.append(kill(store, scheduler, workload_id, actor, owner))
+        result.killed.append(await kill(store, scheduler, workload_id, actor, owner))
     except NotFoundError:
         result.not_found.append(workload_id)
     except InvalidTransitionError as exc:
@@ -584,7 +587,7 @@ def _meta_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
     async def get_status(request: Request) -> Response:
         who = principal(request)
         owner = visible_to(who)
-        counts = store.count_by_status(owner=owner)
+        counts = await store.count_by_status(owner=owner)
         cap, free = scheduler.capacity(), scheduler.free()
         head, length = scheduler.queue_head(QUEUE_HEAD, owner=owner)
         status = ServerStatus(

@@ -76,7 +76,7 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
         if body.unix_user is not None:
             check_unix_user(body.unix_user, admin=body.admin)
         key = new_key()
-        token = store.create_api_key(
+        token = await store.create_api_key(
             user=body.user,
             admin=body.admin,
             key_sha256=key_digest(key),
@@ -96,7 +96,7 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
     )
     async def list_tokens(request: Request) -> Response:
         _admin(request)
-        return json_response(TokenList.model_construct(items=store.list_api_keys()))
+        return json_response(TokenList.model_construct(items=await store.list_api_keys()))
 
     @router.delete(
         "/v1/tokens/{token_id}",
@@ -108,7 +108,7 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
     )
     async def revoke_token(token_id: TokenId, request: Request) -> Response:
         _admin(request)
-        token = store.revoke_api_key(token_id)
+        token = await store.revoke_api_key(token_id)
         forget_keys()
         return json_response(token)
 

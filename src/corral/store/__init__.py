@@ -1,6 +1,6 @@
 """Persistence and the atomic status transition.
 
-The rest of corral sees the ``Store`` protocol; ``open_store(url)`` picks the
+The rest of corral sees the async ``Store`` protocol; ``open_store(url)`` picks the
 implementation from a database URL (``sqlite:///path``).
 """
 
@@ -19,17 +19,25 @@ from corral.store.errors import (
 def open_store(url: str, *, server: bool = False) -> Store:
     """Open (and migrate to the latest schema) the store at ``url``; ``server``: tuned
     for a long-lived server process: SQLite checkpoints in a background thread, and a
-    short busy timeout (``SERVER_BUSY_TIMEOUT_MS``), since store calls run on the event
-    loop and a writer in another process must not stall every request for long."""
+    short busy timeout (``SERVER_BUSY_TIMEOUT_MS``): a writer in another process makes
+    a request wait a second at most, then it gets a 503. Returns the async store; the
+    synchronous ``SQLiteStore`` (``store/sqlite.py``) serves offline paths."""
     if url.startswith("sqlite:///"):
-        from corral.store.sqlite import BUSY_TIMEOUT_MS, SERVER_BUSY_TIMEOUT_MS, SQLiteStore
+        from corral.store.sqlite import BUSY_TIMEOUT_MS, SERVER_BUSY_TIMEOUT_MS
+        from corral.store.sqlite_async import AsyncSQLiteStore
 
-        return SQLiteStore(
+        return AsyncSQLiteStore(
             url.removeprefix("sqlite:///"),
             background_checkpoints=server,
             busy_timeout_ms=SERVER_BUSY_TIMEOUT_MS if server else BUSY_TIMEOUT_MS,
         )
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH")
+    if url.startswith(("postgresql://", "postgres://")):
+        from corral.store.postgres import PostgresStore, pool_size_from_env
+
+        return PostgresStore(url, pool_size=pool_size_from_env())
+    raise ValueError(
+        f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB"
+    )
 
 
 __all__ = [

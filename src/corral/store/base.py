@@ -1,13 +1,21 @@
-"""The ``Store`` protocol: what every backend guarantees."""
+"""The ``Store`` protocol: what every backend guarantees.
+
+The protocol is async: every method is a coroutine, awaited on the event loop of the
+server (routes, the create batcher, the keys cache, the scheduler). ``SQLiteStore``
+(``store/sqlite.py``) is the synchronous SQLite code underneath, for offline paths and
+migrations; ``AsyncSQLiteStore`` (``store/sqlite_async.py``) serves this protocol over
+it on threads.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from corral.errors import CorralError
 from corral.model import Event, Status, Token, Workload, WorkloadBatchItem, WorkloadCreate
+from corral.store.cluster import Fence, Lease, ServerInfo
 
 LIST_LIMIT_MAX = 1000
 
@@ -58,7 +66,8 @@ BatchCreated = tuple[list[Workload], bool]
 class Store(Protocol):
     """Persistence of workloads and their events.
 
-    Every method is safe to call from several threads and processes at once.
+    Every method is a coroutine, safe to await from several tasks at once (and from
+    several processes on one database).
     """
 
     @property
@@ -66,7 +75,7 @@ class Store(Protocol):
         """The database URL, for ``open_store`` in another process."""
         ...
 
-    def create_workload(
+    async def create_workload(
         self,
         spec: WorkloadCreate,
         *,
@@ -87,13 +96,13 @@ class Store(Protocol):
         """
         ...
 
-    def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+    async def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
         """``create_workload`` for several, in one transaction (a group commit). Each
         item is atomic on its own: an item's domain error takes its place in the result
         and the others are still stored."""
         ...
 
-    def create_batch(
+    async def create_batch(
         self,
         specs: Sequence[WorkloadBatchItem],
         *,
@@ -114,12 +123,12 @@ class Store(Protocol):
         """
         ...
 
-    def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
+    async def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
         """The workload, or ``NotFoundError`` (also when ``owner`` is given and the
         workload is someone else's: for them it does not exist)."""
         ...
 
-    def list_workloads(
+    async def list_workloads(
         self,
         *,
         statuses: Sequence[Status] = (),
@@ -138,7 +147,7 @@ class Store(Protocol):
         previous page, so concurrent inserts never duplicate or skip an existing row."""
         ...
 
-    def count_workloads(
+    async def count_workloads(
         self,
         *,
         statuses: Sequence[Status] = (),
@@ -151,22 +160,22 @@ class Store(Protocol):
         its pages."""
         ...
 
-    def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
+    async def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
         """The number of workloads (``owner``'s, or everyone's when None) in each
         status, every status present (0 when none)."""
         ...
 
-    def statuses(self, workload_ids: Sequence[str]) -> dict[str, Status]:
+    async def statuses(self, workload_ids: Sequence[str]) -> dict[str, Status]:
         """The status of each of ``workload_ids`` that exists (one query per few
         hundred ids)."""
         ...
 
-    def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
+    async def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
         """The workload's events, oldest first (the first is ``created``);
         ``NotFoundError`` as ``get_workload``."""
         ...
 
-    def update_workload_status(
+    async def update_workload_status(
         self,
         workload_id: str,
         status: Status,
@@ -177,6 +186,7 @@ class Store(Protocol):
         actor: str | None = None,
         owner: str | None = None,
         node: str | None = None,
+        fence: Fence | None = None,
     ) -> Workload:
         """The only way a status changes. Atomically: read the current status, check
         ``valid_transition``, write the status, timestamps, exit code, signal,
@@ -187,14 +197,31 @@ class Store(Protocol):
         concurrent callers leaving the same status, exactly one succeeds."""
         ...
 
-    def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
+    async def claim_workloads(
+        self, workload_ids: Sequence[str], *, node: str, fence: Fence | None = None
+    ) -> list[Workload]:
+        """pending→running on ``node`` for each of ``workload_ids`` still pending (one
+        transaction, few round trips; with ``fence`` checked first, else
+        ``FencedError`` and nothing written): the claimed ones, in the order given.
+        One no longer pending, or locked by a kill under way, is left alone."""
+        ...
+
+    async def pending_ids(self) -> list[str]:
+        """The id of every pending workload, in id order."""
+        ...
+
+    async def get_workloads(self, workload_ids: Sequence[str]) -> list[Workload]:
+        """The workloads of ``workload_ids`` that exist, in id order."""
+        ...
+
+    async def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
         """Set the ``reason`` of each ``(id, reason)`` whose workload is still pending,
         in one transaction; not a status change, so no event."""
         ...
 
     # --- users and API keys ---------------------------------------------------------
 
-    def create_api_key(
+    async def create_api_key(
         self,
         *,
         user: str,
@@ -209,24 +236,75 @@ class Store(Protocol):
         it; an unmapped user may be mapped by a later key)."""
         ...
 
-    def find_api_key(self, key_sha256: str) -> Principal | None:
+    async def find_api_key(self, key_sha256: str) -> Principal | None:
         """The active (not revoked) key with this hash, as who it speaks for."""
         ...
 
-    def list_api_keys(self) -> list[Token]:
+    async def list_api_keys(self) -> list[Token]:
         """Every key, newest first, revoked ones included (never the keys)."""
         ...
 
-    def revoke_api_key(self, key_id: str) -> Token:
+    async def revoke_api_key(self, key_id: str) -> Token:
         """Mark the key revoked (once: a second call returns it unchanged), or
         ``TokenNotFoundError``."""
         ...
 
-    def account_of(self, user: str) -> Account:
+    async def account_of(self, user: str) -> Account:
         """The Unix account ``user``'s workloads run as, and whether the user holds
         an active admin key."""
         ...
 
-    def close(self) -> None:
+    # --- servers, the scheduler lease, notifications (store/cluster.py) ----------------
+
+    async def register_server(
+        self, info: ServerInfo, *, live_seconds: float, replace_instance: str | None = None
+    ) -> ServerInfo | None:
+        """Take ``info.name`` for ``info.instance``; the live server holding it instead
+        (seen within ``live_seconds`` and not ``replace_instance``), else None."""
+        ...
+
+    async def heartbeat(
+        self, name: str, instance: str, *, capacity: dict[str, Any] | None = None
+    ) -> bool:
+        """Refresh ``last_seen`` (and the capacity, when given); False when another
+        instance has taken the name."""
+        ...
+
+    async def list_servers(self) -> list[ServerInfo]: ...
+
+    async def get_lease(self) -> Lease: ...
+
+    async def acquire_lease(
+        self,
+        holder: str,
+        instance: str,
+        ttl_seconds: float,
+        *,
+        replace_instance: str | None = None,
+    ) -> tuple[Fence, Lease] | None:
+        """Take the scheduler lease when expired, this instance's or
+        ``replace_instance``'s: a new epoch and the lease as it was; None while
+        another instance holds it."""
+        ...
+
+    async def renew_lease(self, fence: Fence, ttl_seconds: float) -> bool:
+        """Extend it from the database's now; False when it is no longer ``fence``'s."""
+        ...
+
+    async def release_lease(self, fence: Fence) -> None: ...
+
+    async def meta_value(self, key: str, default: str) -> str:
+        """The value under ``key``, ``default`` stored by the first caller."""
+        ...
+
+    async def listen(
+        self, on_wake: Callable[[list[str] | None], None], on_kill: Callable[[str], None]
+    ) -> None:
+        """Until cancelled: ``on_wake(ids)`` for workloads created by any server
+        (``None``: read every pending one; also after each (re)connection),
+        ``on_kill(id)`` for each workload killed. SQLite: returns at once."""
+        ...
+
+    async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
         ...

@@ -2,9 +2,12 @@
 
 Every create requested during one turn of the loop is written by one
 ``Store.create_workloads`` call, so concurrent submits share a transaction, its
-commit and the pages it writes. Nothing waits for a batch to fill: the flush runs as
-soon as the loop has run the handlers that were ready, so a lone request is written
-at once. Each caller still gets its own result or its own error.
+commit and the pages it writes. Nothing waits for a batch to fill: the flush task
+starts as soon as the loop has run the handlers that were ready, so a lone request
+is written at once. While a batch is being written (the store awaits its database:
+SQLite's writer thread, a PostgreSQL round trip), the creates requested meanwhile
+queue up and the same task writes them next, as one batch: the busier the server,
+the larger the batches. Each caller still gets its own result or its own error.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import asyncio
 from corral.model import WorkloadCreate
 from corral.store.base import Created, NewWorkload, Store
 
+_Queued = tuple[NewWorkload, asyncio.Future[Created]]
+
 
 class CreateBatcher:
     """``await batcher.create(spec, …)``: ``Store.create_workload``, batched."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._queue: list[tuple[NewWorkload, asyncio.Future[Created]]] = []
+        self._queue: list[_Queued] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     async def create(
         self,
@@ -33,14 +39,31 @@ class CreateBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Created] = loop.create_future()
         self._queue.append((NewWorkload(spec, owner, idempotency_key, actor), future))
-        if len(self._queue) == 1:
-            loop.call_soon(self._flush)
+        if self._flushing is None:
+            self._flushing = loop.create_task(self._flush(), name="corral-create-batch")
         return await future
 
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
+    async def _flush(self) -> None:
+        """Write the queue, batch after batch, until it is empty."""
         try:
-            results = self.store.create_workloads([item for item, _ in batch])
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._write(batch)
+        except asyncio.CancelledError:  # the loop is going away: so are the callers
+            for _, future in self._queue:
+                future.cancel()
+            self._queue = []
+            raise
+        finally:
+            self._flushing = None
+
+    async def _write(self, batch: list[_Queued]) -> None:
+        try:
+            results = await self.store.create_workloads([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
         except Exception as exc:  # the whole transaction failed: every caller learns it
             for _, future in batch:
                 if not future.done():

@@ -1,4 +1,6 @@
-"""``SQLiteStore``: the embedded default store.
+"""``SQLiteStore``: the embedded default store, synchronous (the server serves the
+async ``Store`` protocol over it with ``AsyncSQLiteStore``, ``store/sqlite_async.py``;
+migrations and offline paths use it as it is).
 
 Built on the standard library's ``sqlite3`` rather than SQLAlchemy Core: the hot
 paths (create, get, transition) are one to three short statements, and SQLAlchemy's
@@ -35,10 +37,10 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic_core import to_json
 
@@ -74,10 +76,14 @@ from corral.store.sqlite_keys import SQLiteKeys
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 BUSY_TIMEOUT_MS = 30_000
 SERVER_BUSY_TIMEOUT_MS = 1_000
-"""The server's: its store calls run on the event loop, which a writer in another
-process may stall for at most this long before the request gets a 503."""
+"""The server's: a writer in another process may make a request wait this long at
+most before it gets a 503 (and the server's writes queue behind that one on its
+writer thread, ``AsyncSQLiteStore``)."""
 FULL_BELOW_BYTES = 1 << 20
 """An I/O error while the file system has less room than this counts as a full disk
 (``ENOSPC`` surfaces as ``SQLITE_IOERR`` on some paths, e.g. growing the WAL index)."""
@@ -310,8 +316,14 @@ def batch_digest(specs: Sequence[WorkloadBatchItem], max_running: int | None) ->
     return hashlib.sha256(b"batch:" + text.encode()).hexdigest()
 
 
+class WriteWouldWait(Exception):
+    """``SQLiteStore.without_waiting``: the write lock is taken (by another connection
+    or process); nothing was done."""
+
+
 class SQLiteStore(SQLiteKeys, SQLiteCluster):
-    """The ``Store`` on one SQLite file; see the module docstring for guarantees."""
+    """The synchronous store on one SQLite file (``AsyncSQLiteStore`` serves the async
+    ``Store`` over it); see the module docstring for guarantees."""
 
     def __init__(
         self,
@@ -351,19 +363,23 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
             fcntl.flock(lock, fcntl.LOCK_EX)
             migrate.upgrade(self.url)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _conn(self, *, no_wait: bool = False) -> sqlite3.Connection:
+        """This thread's connection; ``no_wait``: its other one, whose busy timeout is 0
+        (``without_waiting``'s writes)."""
+        attr = "no_wait_conn" if no_wait else "conn"
+        conn: sqlite3.Connection | None = getattr(self._local, attr, None)
         if conn is None:
             if self._closed:
                 raise RuntimeError("store is closed")
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            busy_timeout_ms = 0 if no_wait else int(self.busy_timeout_ms)
+            conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             if self._background_checkpoints:
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self._local.conn = conn
+            setattr(self._local, attr, conn)
             with self._lock:
                 self._connections.append(conn)
         return conn
@@ -388,21 +404,37 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         return fs.f_bavail * fs.f_frsize < FULL_BELOW_BYTES
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self, *, no_wait: bool = False) -> Iterator[sqlite3.Connection]:
         """This thread's connection, for statements outside a write transaction (reads,
         and ``BEGIN``): a full disk or a busy database is raised as the domain error."""
         try:
-            yield self._conn()
+            yield self._conn(no_wait=no_wait)
         except sqlite3.Error as exc:
             self._raise_fault(exc)
             raise
+
+    def without_waiting(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``call(*args, **kwargs)``, a write method of this store, on the calling
+        thread, if SQLite's write lock can be taken at once: else ``WriteWouldWait``,
+        before anything is done (a write method takes the lock before its first
+        statement). It writes through the thread's second connection, whose busy
+        timeout is 0; the first keeps the store's, for everything else."""
+        self._local.no_wait = True
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self._local.no_wait = False
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its first statement;
         on any error it is rolled back whole, and faults become domain errors."""
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        no_wait = getattr(self._local, "no_wait", False)
+        with self._connection(no_wait=no_wait) as conn:
+            if no_wait:
+                self._begin_now(conn)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
             conn.execute("COMMIT")
@@ -415,6 +447,18 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
                     conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
                 self._raise_fault(exc)
+            raise
+
+    @staticmethod
+    def _begin_now(conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` on a connection that does not wait for the lock:
+        ``WriteWouldWait`` when another holds it."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise WriteWouldWait(str(exc)) from None
             raise
 
     # --- writes ----------------------------------------------------------------

@@ -1,0 +1,434 @@
+"""``AsyncSQLiteStore``: the async ``Store`` over the synchronous ``SQLiteStore``.
+
+Each call runs the synchronous store's method where it costs least, and the event
+loop never waits for SQLite's lock:
+
+- **Writes** never wait for SQLite's lock on the event loop. A write of at most
+  ``INLINE_ROWS`` rows is first tried inline, on the loop, taking the lock without
+  waiting (``SQLiteStore.without_waiting``): SQLite has one writer anyway, and an
+  uncontended transaction of a few rows costs less than the hop to a thread and
+  back (measured, docs/postgres.md). A write that would wait (another process or
+  connection holds the lock), a larger one, and any write made while the writer
+  thread has work (so that writes stay in the order they were made) runs on the
+  one writer thread instead, which waits for the lock up to the busy timeout. Queued
+  writes run back to back there, and ``CreateBatcher`` puts the creates made while
+  a batch is written into the next one.
+- **Reads** never wait for the write lock (WAL). Those that scan (counts, pages of
+  more than ``INLINE_ROWS`` workloads: the scheduler's, or a client's asking for
+  up to 1000, and the statuses of more than ``INLINE_IDS`` ids) run on a few reader
+  threads (``READER_THREADS``), beside the writer and each other. The rest run
+  inline: reads by key (a workload by id, its events, a key by its hash, a user's
+  account) are primary-key probes of some microseconds, and a page of the API's
+  usual size costs less inline than the hop to a thread and back, which on a busy
+  machine is a thread to wake on each side (measured: +0.4 ms a page in process,
+  +1 ms at p50 through HTTP; docs/postgres.md, "Phase 1: the async store,
+  measured").
+
+Each thread keeps its own ``sqlite3`` connection (``SQLiteStore`` opens one per
+thread), so the guarantees of ``store/sqlite.py`` hold as they are: the same
+transactions, the same faults raised as domain errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from corral.errors import CorralError
+from corral.model import Event, Status, Token, Workload, WorkloadBatchItem, WorkloadCreate
+from corral.store.base import (
+    Account,
+    BatchCreated,
+    Created,
+    NewWorkload,
+    Page,
+    Principal,
+)
+from corral.store.cluster import Fence, Lease, ServerInfo
+from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, WriteWouldWait
+
+INLINE_ROWS = 100
+"""Writes of more rows (a large batch, many pending reasons), and pages of more
+(``limit``), always run on a thread: the loop is not held for all of them."""
+READER_THREADS = 3
+"""Threads for large pages and counts (the machine's cores serve them; sqlite3 lets
+go of the GIL while a statement runs)."""
+
+INLINE_IDS = 500
+"""``statuses`` of at most this many ids (one query) runs inline."""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+
+
+class Threads:
+    """Threads that run calls for an event loop: ``await threads.call(fn, …)``.
+
+    Leaner than ``loop.run_in_executor`` (measured: a hop there and back in half its
+    time): a job is a tuple on a ``queue.SimpleQueue``, and its answer goes back with
+    one ``call_soon_threadsafe``. A job whose caller went away (its future cancelled)
+    before a thread took it is not run."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._closed = False
+        self._busy = 0  # calls made and not answered yet
+        self._busy_lock = threading.Lock()
+
+    def idle(self) -> bool:
+        """True when no call is under way or queued."""
+        return self._busy == 0
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._busy_lock:
+            self._busy += 1
+        self._jobs.put((loop, future, lambda: fn(*args, **kwargs)))
+        try:
+            return await future
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, work = job
+            if future.cancelled():
+                continue
+            try:
+                result = work()
+            except BaseException as exc:  # the caller's to see
+                self._answer(loop, _fail, future, exc)
+            else:
+                self._answer(loop, _succeed, future, result)
+
+    @staticmethod
+    def _answer(
+        loop: asyncio.AbstractEventLoop,
+        settle: Callable[[asyncio.Future[Any], Any], None],
+        future: asyncio.Future[Any],
+        value: Any,
+    ) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, future, value)
+
+    def close(self) -> None:
+        """Let the jobs queued finish, then end the threads (blocks until they have)."""
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class AsyncSQLiteStore:
+    """The ``Store`` on one SQLite file; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        migrate_schema: bool = True,
+        background_checkpoints: bool = False,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        readers: int = READER_THREADS,
+    ) -> None:
+        self.sync = SQLiteStore(
+            path,
+            migrate_schema=migrate_schema,
+            background_checkpoints=background_checkpoints,
+            busy_timeout_ms=busy_timeout_ms,
+        )
+        """The synchronous store underneath (its own connection per thread)."""
+        self._writer = Threads(1, "corral-sqlite-write")
+        self._readers = Threads(readers, "corral-sqlite-read")
+
+    @property
+    def url(self) -> str:
+        return self.sync.url
+
+    async def _write(self, rows: int, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``call`` (a write of ``rows`` rows): inline when it can be, else on the writer
+        thread (see the module docstring)."""
+        if rows <= INLINE_ROWS and self._writer.idle():
+            try:
+                return self.sync.without_waiting(call, *args, **kwargs)
+            except WriteWouldWait:
+                pass
+        return await self._writer.call(call, *args, **kwargs)
+
+    @property
+    def path(self) -> Path:
+        return self.sync.path
+
+    # --- writes: inline, or the writer thread -------------------------------------------
+
+    async def create_workload(
+        self,
+        spec: WorkloadCreate,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        actor: str | None = None,
+    ) -> Created:
+        return await self._write(
+            1,
+            self.sync.create_workload,
+            spec,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            actor=actor,
+        )
+
+    async def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+        return await self._write(len(items), self.sync.create_workloads, items)
+
+    async def create_batch(
+        self,
+        specs: Sequence[WorkloadBatchItem],
+        *,
+        owner: str,
+        max_running: int | None = None,
+        idempotency_key: str | None = None,
+        actor: str | None = None,
+    ) -> BatchCreated:
+        return await self._write(
+            len(specs),
+            self.sync.create_batch,
+            specs,
+            owner=owner,
+            max_running=max_running,
+            idempotency_key=idempotency_key,
+            actor=actor,
+        )
+
+    async def update_workload_status(
+        self,
+        workload_id: str,
+        status: Status,
+        *,
+        exit_code: int | None = None,
+        reason: str | None = None,
+        signal: str | None = None,
+        actor: str | None = None,
+        owner: str | None = None,
+        node: str | None = None,
+        fence: Fence | None = None,
+    ) -> Workload:
+        return await self._write(
+            1,
+            self.sync.update_workload_status,
+            workload_id,
+            status,
+            exit_code=exit_code,
+            reason=reason,
+            signal=signal,
+            actor=actor,
+            owner=owner,
+            node=node,
+            fence=fence,
+        )
+
+    async def claim_workloads(
+        self, workload_ids: Sequence[str], *, node: str, fence: Fence | None = None
+    ) -> list[Workload]:
+        return await self._write(
+            len(workload_ids), self.sync.claim_workloads, workload_ids, node=node, fence=fence
+        )
+
+    # --- servers and the scheduler lease (store/cluster.py) ---------------------------
+
+    async def register_server(
+        self, info: ServerInfo, *, live_seconds: float, replace_instance: str | None = None
+    ) -> ServerInfo | None:
+        return await self._write(
+            1,
+            self.sync.register_server,
+            info,
+            live_seconds=live_seconds,
+            replace_instance=replace_instance,
+        )
+
+    async def heartbeat(
+        self, name: str, instance: str, *, capacity: dict[str, Any] | None = None
+    ) -> bool:
+        return await self._write(1, self.sync.heartbeat, name, instance, capacity=capacity)
+
+    async def list_servers(self) -> list[ServerInfo]:
+        return self.sync.list_servers()
+
+    async def get_lease(self) -> Lease:
+        return self.sync.get_lease()
+
+    async def acquire_lease(
+        self,
+        holder: str,
+        instance: str,
+        ttl_seconds: float,
+        *,
+        replace_instance: str | None = None,
+    ) -> tuple[Fence, Lease] | None:
+        return await self._write(
+            1,
+            self.sync.acquire_lease,
+            holder,
+            instance,
+            ttl_seconds,
+            replace_instance=replace_instance,
+        )
+
+    async def renew_lease(self, fence: Fence, ttl_seconds: float) -> bool:
+        return await self._write(1, self.sync.renew_lease, fence, ttl_seconds)
+
+    async def release_lease(self, fence: Fence) -> None:
+        await self._write(1, self.sync.release_lease, fence)
+
+    async def meta_value(self, key: str, default: str) -> str:
+        return await self._write(1, self.sync.meta_value, key, default)
+
+    async def listen(
+        self, on_wake: Callable[[list[str] | None], None], on_kill: Callable[[str], None]
+    ) -> None:
+        """Nothing to listen to: one SQLite file has one scheduler, and the routes of
+        its server tell it directly (docs/postgres.md)."""
+
+    async def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
+        await self._write(len(reasons), self.sync.set_pending_reasons, reasons)
+
+    async def create_api_key(
+        self,
+        *,
+        user: str,
+        admin: bool,
+        key_sha256: str,
+        unix_user: str | None = None,
+        description: str | None = None,
+    ) -> Token:
+        return await self._write(
+            1,
+            self.sync.create_api_key,
+            user=user,
+            admin=admin,
+            key_sha256=key_sha256,
+            unix_user=unix_user,
+            description=description,
+        )
+
+    async def revoke_api_key(self, key_id: str) -> Token:
+        return await self._write(1, self.sync.revoke_api_key, key_id)
+
+    # --- listings and counts: the reader threads, small pages inline ---------------------
+
+    async def list_workloads(
+        self,
+        *,
+        statuses: Sequence[Status] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        limit: int = 50,
+        cursor: str | None = None,
+        owner: str | None = None,
+        id_prefix: str | None = None,
+        name: str | None = None,
+    ) -> Page:
+        call = functools.partial(
+            self.sync.list_workloads,
+            statuses=statuses,
+            labels=labels,
+            limit=limit,
+            cursor=cursor,
+            owner=owner,
+            id_prefix=id_prefix,
+            name=name,
+        )
+        if limit <= INLINE_ROWS:  # a page of the API's usual size: inline
+            return call()
+        return await self._readers.call(call)
+
+    async def count_workloads(
+        self,
+        *,
+        statuses: Sequence[Status] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        owner: str | None = None,
+        id_prefix: str | None = None,
+        name: str | None = None,
+    ) -> int:
+        return await self._readers.call(
+            self.sync.count_workloads,
+            statuses=statuses,
+            labels=labels,
+            owner=owner,
+            id_prefix=id_prefix,
+            name=name,
+        )
+
+    async def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
+        return await self._readers.call(self.sync.count_by_status, owner=owner)
+
+    async def list_api_keys(self) -> list[Token]:
+        return await self._readers.call(self.sync.list_api_keys)
+
+    # --- reads by key: inline ---------------------------------------------------------
+
+    async def get_workload(self, workload_id: str, *, owner: str | None = None) -> Workload:
+        return self.sync.get_workload(workload_id, owner=owner)
+
+    async def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
+        return self.sync.list_events(workload_id, owner=owner)
+
+    async def pending_ids(self) -> list[str]:
+        return await self._readers.call(self.sync.pending_ids)
+
+    async def get_workloads(self, workload_ids: Sequence[str]) -> list[Workload]:
+        if len(workload_ids) > INLINE_IDS:
+            return await self._readers.call(self.sync.get_workloads, workload_ids)
+        return self.sync.get_workloads(workload_ids)
+
+    async def statuses(self, workload_ids: Sequence[str]) -> dict[str, Status]:
+        if len(workload_ids) > INLINE_IDS:  # several queries: a reader's work
+            return await self._readers.call(self.sync.statuses, workload_ids)
+        return self.sync.statuses(workload_ids)
+
+    async def find_api_key(self, key_sha256: str) -> Principal | None:
+        return self.sync.find_api_key(key_sha256)
+
+    async def account_of(self, user: str) -> Account:
+        return self.sync.account_of(user)
+
+    # ----------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Let the calls under way finish, then close every connection."""
+        await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._writer.close()
+        self._readers.close()
+        self.sync.close()

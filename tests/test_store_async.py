@@ -1,0 +1,156 @@
+"""The async SQLite store and the create batcher over it, on a real database file:
+writes wait for SQLite's lock on their thread, never on the event loop, and creates
+that arrive while a batch is being written go together into the next one."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.errors import CorralError
+from corral.model import Status, WorkloadCreate
+from corral.store.base import Created, NewWorkload, Store
+from corral.store.batch import CreateBatcher
+from corral.store.sqlite import SQLiteStore, WriteWouldWait
+from corral.store.sqlite_async import AsyncSQLiteStore
+
+SPEC = WorkloadCreate(command=["true"])
+
+
+def test_a_write_waiting_for_the_lock_holds_neither_the_loop_nor_reads(tmp_path: Path) -> None:
+    """Another connection holds the write lock: a create waits for it (on the writer
+    thread) while the loop goes on turning and reads, by id and listings, answer."""
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        store = AsyncSQLiteStore(tmp_path / "corral.db", busy_timeout_ms=10_000)
+        other = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            kept, _ = await store.create_workload(SPEC, owner="alice")
+            other.execute("BEGIN IMMEDIATE")
+            create = asyncio.ensure_future(store.create_workload(SPEC, owner="alice"))
+            for _ in range(5):
+                await asyncio.sleep(0.02)  # the loop turns
+            seen["read by id"] = (await store.get_workload(kept.id)).id == kept.id
+            seen["listed"] = len((await store.list_workloads()).items)
+            seen["counted"] = (await store.count_by_status())[Status.PENDING]
+            seen["create waits"] = not create.done()
+            other.execute("ROLLBACK")
+            created, _ = await create
+            seen["created"] = (await store.get_workload(created.id)).status
+        finally:
+            other.close()
+            await store.close()
+
+    asyncio.run(scenario())
+    assert seen == {
+        "read by id": True,
+        "listed": 1,
+        "counted": 1,
+        "create waits": True,
+        "created": Status.PENDING,
+    }
+
+
+class CountingBatches:
+    """The real store; ``sizes`` lists the size of each ``create_workloads`` call."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+        self.sizes.append(len(items))
+        return await self.store.create_workloads(items)
+
+
+def test_creates_made_while_a_batch_is_written_go_together_into_the_next(
+    tmp_path: Path,
+) -> None:
+    """The first create's batch waits for the write lock; five more, each in a loop
+    turn of its own, queue meanwhile and are written as one batch once it commits.
+    Each caller gets its own workload."""
+
+    async def scenario() -> tuple[list[int], int, int]:
+        store = AsyncSQLiteStore(tmp_path / "corral.db", busy_timeout_ms=10_000)
+        counting = CountingBatches(store)
+        batcher = CreateBatcher(counting)  # type: ignore[arg-type]
+        other = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            first = asyncio.ensure_future(batcher.create(SPEC, owner="alice"))
+            await asyncio.sleep(0.05)  # its batch is under way, waiting for the lock
+            more = []
+            for i in range(5):
+                spec = WorkloadCreate(command=["true"], name=f"n{i}")
+                more.append(asyncio.ensure_future(batcher.create(spec, owner="alice")))
+                await asyncio.sleep(0)
+            other.execute("ROLLBACK")
+            created = [w for w, _ in await asyncio.gather(first, *more)]
+            stored = len((await store.list_workloads()).items)
+            return counting.sizes, len({w.id for w in created}), stored
+        finally:
+            other.close()
+            await store.close()
+
+    assert asyncio.run(scenario()) == ([1, 5], 6, 6)
+
+
+def test_a_write_made_while_an_earlier_one_waits_goes_after_it(tmp_path: Path) -> None:
+    """A kill waits on the writer thread for a lock another connection holds. The
+    lock is let go and, at once, a claim of the same workload is made: it queues
+    behind the kill (it is not run inline ahead of it), so the kill wins and the
+    claim is refused, as their order says."""
+
+    async def scenario() -> tuple[Status, str]:
+        store = AsyncSQLiteStore(tmp_path / "corral.db", busy_timeout_ms=10_000)
+        other = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            workload, _ = await store.create_workload(SPEC, owner="alice")
+            other.execute("BEGIN IMMEDIATE")
+            kill = asyncio.ensure_future(
+                store.update_workload_status(workload.id, Status.KILLED, actor="test")
+            )
+            await asyncio.sleep(0.05)  # the kill waits for the lock on the writer thread
+            other.execute("ROLLBACK")
+            claim = asyncio.ensure_future(
+                store.update_workload_status(workload.id, Status.RUNNING, actor="test")
+            )
+            killed = await kill
+            refused = await asyncio.gather(claim, return_exceptions=True)
+            return killed.status, type(refused[0]).__name__
+        finally:
+            other.close()
+            await store.close()
+
+    assert asyncio.run(scenario()) == (Status.KILLED, "InvalidTransitionError")
+
+
+def test_a_write_without_waiting_refuses_at_once_and_does_nothing(tmp_path: Path) -> None:
+    """``without_waiting`` (how the async store tries a write inline): with the lock
+    taken elsewhere, ``WriteWouldWait`` rather than the busy timeout's
+    ``StoreBusyError``, nothing stored, and the store's busy timeout kept for the
+    rest (the thread's own connection)."""
+    store = SQLiteStore(tmp_path / "corral.db", busy_timeout_ms=10_000)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(WriteWouldWait):
+            store.without_waiting(store.create_workload, SPEC, owner="alice")
+        other.execute("ROLLBACK")
+        assert store.list_workloads().items == []
+        assert store._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+        assert store._conn(no_wait=True).execute("PRAGMA busy_timeout").fetchone()[0] == 0
+        created, _ = store.without_waiting(store.create_workload, SPEC, owner="alice")
+        assert store.get_workload(created.id).status is Status.PENDING
+    finally:
+        other.close()
+        store.close()
