@@ -324,6 +324,27 @@ def _serve_parser(p: Parser) -> None:
         metavar="DIR",
         help="where each Ray node keeps its workloads' logs and state (default: its /tmp)",
     )
+    p.add_argument(
+        "--name",
+        help="this server's name among the servers of one database (default: the host name)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="auto|never",
+        help="auto: schedule when holding the database's scheduler lease, else stand by;"
+        " never: serve the API only (default auto)",
+    )
+    p.add_argument(
+        "--lease",
+        metavar="DURATION",
+        help="how long the scheduler lease lasts unrenewed: a standby takes over after"
+        " it (default 15s)",
+    )
+    p.add_argument(
+        "--advertise-url",
+        metavar="URL",
+        help="where other servers of the database reach this one (default http://HOST:PORT)",
+    )
     p.add_argument("--cpus", type=_float_flag("--cpus"), help="CPUs to schedule (default: all)")
     p.add_argument(
         "--memory-mb", metavar="SIZE", help="memory to schedule: MiB, or 64G (default: all)"
@@ -732,6 +753,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "memory_mb": size(args.memory_mb, "--memory-mb"),
         "gpus": args.gpus,
         "kill_grace_seconds": duration(args.kill_grace, "--kill-grace", zero=True),
+        "name": args.name,
+        "scheduler": args.scheduler,
+        "lease_seconds": duration(args.lease, "--lease"),
+        "advertise_url": args.advertise_url,
         "no_auth": args.no_auth or None,
         "allowed_hosts": args.allowed_host,
         "allowed_origins": args.allowed_origin,
@@ -749,7 +774,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         option = {"allowed-hosts": "allowed-host", "allowed-origins": "allowed-origin"}.get(
             option, option
         )
-        raise usage(f"invalid --{option}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise usage(f"invalid --{option}: {message}") from None
     try:
         run_server(settings)
     except ServeError as exc:

@@ -3,6 +3,7 @@ by command-line flags."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,6 +17,7 @@ from corral.defaults import default_data_dir as default_data_dir
 from corral.defaults import is_loopback as is_loopback
 
 KILL_GRACE_SECONDS = 10.0
+SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
 RATE_LIMIT_PER_SECOND = 200.0
 """Requests per second per API key (bursts of twice that); clients wait and retry."""
 
@@ -57,6 +59,16 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     rate_limit: float = Field(RATE_LIMIT_PER_SECOND, ge=0)
 
+    @field_validator("name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        if value is not None and not SERVER_NAME_RE.fullmatch(value):
+            raise ValueError(
+                "a server name is 1 to 63 letters, digits, '.', '_', ':' or '-',"
+                " starting with a letter or digit"
+            )
+        return value
+
     @field_validator("allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -65,6 +77,17 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    name: str | None = None
+    """This server's name among the servers of one database (the ``node`` of its
+    local workloads); default the short host name."""
+    scheduler: Literal["auto", "never"] = "auto"
+    """``auto``: schedule when this server holds the scheduler lease (on PostgreSQL,
+    stand by until then); ``never``: serve the API only."""
+    lease_seconds: float = Field(15.0, ge=3)
+    """How long the scheduler lease lasts without a renewal (renewed every third)."""
+    advertise_url: str | None = None
+    """Where other servers of the database reach this one's API (log requests are
+    forwarded there); default ``http(s)://HOST:PORT`` of its listener."""
     log_format: Literal["text", "json"] = "text"
     """The server log on stderr: one line per record, as text or as a JSON object."""
 
