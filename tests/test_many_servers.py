@@ -1,0 +1,272 @@
+"""Several ``corral serve`` processes on one PostgreSQL database (issue 11): many API
+servers and one scheduler, kills from any of them, failover when the scheduling
+server dies, and a stalled leader that wakes up starting nothing.
+
+Every workload appends its id to one file (``O_APPEND``: whole lines), so "exactly
+once" is read off the file: no id twice, none missing. Workloads that must be seen
+running write their pid first, so the test can tell when their process is gone.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import pg
+from tests.server import LiveServer, pid_gone, wait_until
+
+LEASE = 3.0
+"""The tests' lease (the smallest allowed): a standby must lead within LEASE + 5 s."""
+
+
+@pytest.fixture
+def db_url(pg_server: str, tmp_path: Path) -> Iterator[str]:
+    assert pg.current is not None
+    yield pg.current.database_url(tmp_path)
+    pg.current.drop(tmp_path)
+
+
+def serve(tmp_path: Path, name: str, db_url: str, *args: str) -> LiveServer:
+    return LiveServer(
+        tmp_path / name,
+        "--db",
+        db_url,
+        "--name",
+        name,
+        "--lease",
+        f"{LEASE}s",
+        "--kill-grace",
+        "1s",
+        *args,
+    )
+
+
+def appender(out: Path, **extra: Any) -> dict[str, Any]:
+    """A workload that appends its id to ``out`` and ends."""
+    return {"command": ["sh", "-c", f'echo "$CORRAL_WORKLOAD_ID" >> {out}'], **extra}
+
+
+def sleeper(pids: Path, **extra: Any) -> dict[str, Any]:
+    """A workload that writes its pid to ``pids/<id>`` and sleeps until stopped."""
+    script = f'echo $$ > {pids}/"$CORRAL_WORKLOAD_ID"; exec sleep 600'
+    return {"command": ["sh", "-c", script], **extra}
+
+
+def status(server: LiveServer, http: httpx.Client) -> dict[str, Any]:
+    got = http.get(f"{server.url}/v1/status")
+    assert got.status_code == 200, got.text
+    return dict(got.json())
+
+
+def get(http: httpx.Client, server: LiveServer, wid: str) -> dict[str, Any]:
+    got = http.get(f"{server.url}/v1/workloads/{wid}")
+    assert got.status_code == 200, got.text
+    return dict(got.json())
+
+
+def ran_once(out: Path, ids: list[str]) -> None:
+    lines = out.read_text().split() if out.exists() else []
+    counts = collections.Counter(lines)
+    twice = [i for i, n in counts.items() if n > 1]
+    missing = set(ids) - set(counts)
+    assert not twice, f"{len(twice)} ran more than once, e.g. {twice[:3]}"
+    assert not missing, f"{len(missing)} never ran, e.g. {sorted(missing)[:3]}"
+    assert set(counts) == set(ids)
+
+
+def pid_of(pids: Path, wid: str) -> int:
+    return int(wait_until(lambda: (pids / wid).read_text().strip() or None, timeout=20))
+
+
+def test_three_servers_one_scheduler_each_workload_runs_once(tmp_path: Path, db_url: str) -> None:
+    out, pids = tmp_path / "ran", tmp_path / "pids"
+    pids.mkdir()
+    a = serve(tmp_path, "a", db_url, "--cpus", "2").start()
+    b = serve(tmp_path, "b", db_url, "--scheduler", "never").start()
+    c = serve(tmp_path, "c", db_url, "--scheduler", "never").start()
+    servers = [a, b, c]
+    try:
+        http = httpx.Client(headers=a.headers, timeout=60)
+        for s in servers:
+            assert status(s, http)["leader"] == "a"
+        ids: list[str] = []
+        lock = threading.Lock()
+        errors: list[str] = []
+
+        def submit(server: LiveServer, n: int) -> None:
+            client = httpx.Client(headers=a.headers, timeout=60)
+            made: list[str] = []
+            try:
+                while len(made) < n:
+                    if len(made) % 100 < 20:  # some one by one, most in batches
+                        r = client.post(f"{server.url}/v1/workloads", json=appender(out))
+                        if r.status_code != 201:
+                            errors.append(r.text)
+                            return
+                        made.append(r.json()["id"])
+                    else:
+                        items = [appender(out) for _ in range(min(40, n - len(made)))]
+                        r = client.post(f"{server.url}/v1/workloads:batch", json={"items": items})
+                        if r.status_code != 201:
+                            errors.append(r.text)
+                            return
+                        made += [w["id"] for w in r.json()["items"]]
+            finally:
+                with lock:
+                    ids.extend(made)
+
+        threads = [
+            threading.Thread(target=submit, args=(s, n))
+            for s, n in zip(servers, (667, 667, 666), strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        assert len(ids) == 2000
+
+        def all_completed() -> bool:
+            counts = status(b, http)["counts"]
+            return counts["completed"] == 2000 or counts["failed"] > 0
+
+        wait_until(all_completed, timeout=180, interval=0.5)
+        assert status(c, http)["counts"]["completed"] == 2000
+        ran_once(out, ids)
+        assert {get(http, c, ids[0])["node"], get(http, b, ids[-1])["node"]} == {"a"}
+
+        # Kills through the servers that do not schedule reach the processes in 1 s.
+        sleepers = [
+            http.post(f"{a.url}/v1/workloads", json=sleeper(pids, resources={"cpus": 0.1})).json()[
+                "id"
+            ]
+            for _ in range(6)
+        ]
+        procs = {wid: pid_of(pids, wid) for wid in sleepers}
+        for i, wid in enumerate(sleepers):
+            via = (b, c)[i % 2]
+            began = time.monotonic()
+            r = http.delete(f"{via.url}/v1/workloads/{wid}")
+            assert r.status_code == 200, r.text
+            wait_until(lambda p=procs[wid]: pid_gone(p), timeout=5, interval=0.01)
+            took = time.monotonic() - began
+            print(f"kill via {via.url}: process gone after {took * 1000:.0f} ms")
+            assert took < 1.0
+    finally:
+        for s in servers:
+            s.kill()
+
+
+def test_a_standby_takes_over_and_a_stalled_leader_starts_nothing(
+    tmp_path: Path, db_url: str
+) -> None:
+    out, pids = tmp_path / "ran", tmp_path / "pids"
+    pids.mkdir()
+    a = serve(tmp_path, "a", db_url, "--cpus", "2").start()
+    http = httpx.Client(headers=a.headers, timeout=30)
+    wait_until(lambda: status(a, http)["leader"] == "a")
+    b = serve(tmp_path, "b", db_url, "--cpus", "2").start()
+    servers = [a, b]
+    try:
+        assert status(b, http)["leader"] == "a"
+        one_cpu = {"resources": {"cpus": 1}}
+        running = [
+            http.post(f"{a.url}/v1/workloads", json=sleeper(pids, **one_cpu)).json()["id"]
+            for _ in range(2)
+        ]
+        procs = {wid: pid_of(pids, wid) for wid in running}
+        pending = [
+            http.post(f"{b.url}/v1/workloads", json=appender(out, **one_cpu)).json()["id"]
+            for _ in range(10)
+        ]
+        assert all(get(http, b, w)["status"] == "pending" for w in pending)
+
+        a.kill()  # SIGKILL: no release of the lease
+        killed_at = time.monotonic()
+        wait_until(lambda: status(b, http)["leader"] == "b", timeout=LEASE + 10, interval=0.1)
+        took_over = time.monotonic() - killed_at
+        lost = {w: wait_until(lambda w=w: _ended(http, b, w), timeout=10) for w in running}
+        ended = time.monotonic() - killed_at
+        print(f"failover: leader after {took_over:.2f} s, lost recorded after {ended:.2f} s")
+        assert took_over <= LEASE + 5
+        for w in lost.values():
+            assert w["status"] == "failed"
+            assert w["reason"].startswith("lost: server a stopped at "), w["reason"]
+        for pid in procs.values():
+            wait_until(lambda pid=pid: pid_gone(pid), timeout=5)
+        wait_until(
+            lambda: all(get(http, b, w)["status"] == "completed" for w in pending), timeout=30
+        )
+        ran_once(out, pending)
+        assert {get(http, b, w)["node"] for w in pending} == {"b"}
+
+        # Now b leads; stop it past its lease while it has work it would start.
+        a = serve(tmp_path, "a", db_url, "--cpus", "2").start()
+        servers = [a, b]
+        b_running = [
+            http.post(f"{b.url}/v1/workloads", json=sleeper(pids, **one_cpu)).json()["id"]
+            for _ in range(2)
+        ]
+        b_procs = {wid: pid_of(pids, wid) for wid in b_running}
+        queued = [
+            http.post(f"{b.url}/v1/workloads", json=appender(out, **one_cpu)).json()["id"]
+            for _ in range(6)
+        ]
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        stopped_wall = time.time()
+        try:
+            wait_until(lambda: status(a, http)["leader"] == "a", timeout=LEASE + 10, interval=0.1)
+            wait_until(
+                lambda: all(get(http, a, w)["status"] == "completed" for w in queued), timeout=30
+            )
+            more = [
+                http.post(f"{a.url}/v1/workloads", json=appender(out, **one_cpu)).json()["id"]
+                for _ in range(4)
+            ]
+            time.sleep(LEASE)  # b stays stopped well past its lease
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        for pid in b_procs.values():  # b sees its workloads lost, stops their processes
+            wait_until(lambda pid=pid: pid_gone(pid), timeout=10)
+        wait_until(lambda: all(get(http, a, w)["status"] == "completed" for w in more), timeout=30)
+        time.sleep(2)  # time for b to do anything it would still do
+        ran_once(out, pending + queued + more)
+        for wid in queued + more:
+            w = get(http, a, wid)
+            assert w["node"] == "a", w
+        for wid in b_running:
+            w = get(http, a, wid)
+            assert w["status"] == "failed" and w["reason"].startswith("lost: server b stopped")
+            events = http.get(f"{a.url}/v1/workloads/{wid}/events").json()["items"]
+            assert events[-1]["to_status"] == "failed"  # b wrote nothing after waking
+        started_by_b_late = [
+            w
+            for w in http.get(f"{a.url}/v1/workloads", params={"limit": 1000}).json()["items"]
+            if w["node"] == "b" and w["started_at"] and _epoch(w["started_at"]) > stopped_wall
+        ]
+        assert not started_by_b_late
+        assert status(b, http)["leader"] == "a"
+    finally:
+        for s in servers:
+            s.kill()
+
+
+def _ended(http: httpx.Client, server: LiveServer, wid: str) -> dict[str, Any] | None:
+    w = get(http, server, wid)
+    return w if w["status"] in ("completed", "failed", "killed") else None
+
+
+def _epoch(rfc3339: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
