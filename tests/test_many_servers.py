@@ -115,7 +115,7 @@ def test_three_servers_one_scheduler_each_workload_runs_once(tmp_path: Path, db_
                         made.append(r.json()["id"])
                     else:
                         items = [appender(out) for _ in range(min(40, n - len(made)))]
-                        r = client.post(f"{server.url}/v1/workloads:batch", json={"items": items})
+                        r = client.post(f"{server.url}/v1/workloads/batch", json={"items": items})
                         if r.status_code != 201:
                             errors.append(r.text)
                             return
