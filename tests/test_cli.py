@@ -547,7 +547,11 @@ def test_serve_with_an_unknown_executor(tmp_path: Path) -> None:
         (("--kill-grace", "-1"), 2, "invalid --kill-grace: '-1' is not a duration"),
         (("--kill-grace", "1m", "--port", "0"), 2, "invalid --port: Input should be greater"),
         (("--cpus", "-2"), 2, "invalid --cpus: Input should be greater than"),
-        (("--db", "postgresql://db/corral"), 1, "cannot open the database postgresql://"),
+        (
+            ("--db", "postgresql://u:secret@db/corral"),
+            1,
+            "cannot open the database postgresql://u:***@db/corral: the database is unreachable",
+        ),
         (("--data-dir", "/proc/corral"), 1, "cannot use data dir /proc/corral:"),
     ],
 )

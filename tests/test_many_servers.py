@@ -84,7 +84,15 @@ def ran_once(out: Path, ids: list[str]) -> None:
 
 
 def pid_of(pids: Path, wid: str) -> int:
-    return int(wait_until(lambda: (pids / wid).read_text().strip() or None, timeout=20))
+    """The pid a sleeper wrote, once it has."""
+
+    def written() -> str | None:
+        try:
+            return (pids / wid).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    return int(wait_until(written, timeout=20))
 
 
 def test_three_servers_one_scheduler_each_workload_runs_once(tmp_path: Path, db_url: str) -> None:

@@ -52,7 +52,8 @@ class Leadership:
         self.ttl = ttl_seconds
         self._on_lead = on_lead
         self._on_lose = on_lose
-        self._replace = replace_instance
+        self.replace_instance = replace_instance
+        """A dead instance whose lease this one may take at once (a restart)."""
         self.fence: Fence | None = None
         self._deadline = 0.0
         self._changed = asyncio.Event()
@@ -89,7 +90,7 @@ class Leadership:
     async def _try_acquire(self) -> None:
         sent = time.monotonic()
         got = await self.store.acquire_lease(
-            self.name, self.instance, self.ttl, replace_instance=self._replace
+            self.name, self.instance, self.ttl, replace_instance=self.replace_instance
         )
         if got is None:
             return

@@ -99,7 +99,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from corral.admission import Free, Pass, admit, amount, dependencies, fits, num
 from corral.errors import ExceedsCapacityError
@@ -121,13 +121,38 @@ from corral.store import (
     Store,
     StoreBusyError,
 )
+from corral.store.cluster import Fence, FencedError
 
 log = logging.getLogger(__name__)
+
+
+class ServerView(Protocol):
+    """This server's name, and the scheduling server's (as last read)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def leader(self) -> str | None: ...
+
+
+class Role(Protocol):
+    """The scheduler lease as the scheduler sees it (``leader.Leadership``)."""
+
+    @property
+    def fence(self) -> Fence | None: ...
+
+    def valid(self) -> bool: ...
+
+    def lost(self) -> None: ...
+
 
 SAFETY_POLL_SECONDS = 5.0
 RETRY_SECONDS = 0.5
 """How soon an exit the store refused, or a pass that failed, is tried again."""
 PAGE = 1000
+CLAIM_BATCH = 64
+"""Claims per statement (``Store.claim_workloads``)."""
 PLACING_REASON_SECONDS = 0.2
 """A placement not made after this long gets its reason stored."""
 
@@ -175,9 +200,24 @@ def _rank(workload: Workload) -> tuple[int, str]:
 class Scheduler:
     """Decides what runs; see the module docstring."""
 
-    def __init__(self, store: Store, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor | None = None,
+        *,
+        role: Role | None = None,
+        node: str | None = None,
+        poll_seconds: float | None = None,
+    ) -> None:
         self.store = store
         self.executor = executor
+        self.role = role
+        """The scheduler lease this scheduler acts under (``leader.Leadership``), or
+        None: it always schedules (one server, tests)."""
+        self.server: ServerView | None = None
+        """This server among the servers of its database (``cluster.Cluster``)."""
+        self.poll_seconds = poll_seconds
+        """The safety poll's period (None: ``SAFETY_POLL_SECONDS``)."""
         cap = executor.capacity if executor else None
         self._total = Free(cap.cpus, cap.memory_mb, set(range(cap.gpus))) if cap else Free(0, 0)
         self._free = self._total.copy()
@@ -208,8 +248,25 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()  # claims, records, reasons under way
         self._stopping = False
         self._node = (
-            executor.nodes()[0].id if executor is not None and not executor.placement else None
-        )  # the one machine of an executor without placement
+            (node or executor.nodes()[0].id)
+            if executor is not None and not executor.placement
+            else None
+        )  # the one machine of an executor without placement: this server's name
+        self._paused = False  # the lease was lost: claim nothing, write nothing
+
+    def _fence(self) -> Fence | None:
+        return self.role.fence if self.role is not None else None
+
+    def _leads(self) -> bool:
+        """May claim and launch now: no lease to hold, or one held (by this process's
+        own clock: a leader stopped past its lease knows it the moment it wakes)."""
+        return not self._paused and (self.role is None or self.role.valid())
+
+    def _fenced(self, exc: FencedError) -> None:
+        """A fenced write was refused: the lease is another's; step down."""
+        log.warning("%s", exc)
+        if self.role is not None:
+            self.role.lost()
 
     # --- called by the API ---------------------------------------------------------
 
@@ -230,14 +287,14 @@ class Scheduler:
     def submitted(self, workload: Workload) -> None:
         """A new pending workload was stored (the safety poll may have found it first,
         while the request awaited its answer)."""
-        if self.executor is None or self._known(workload.id):
-            return
+        if self.executor is None or self._wake is None or self._known(workload.id):
+            return  # (not started: a standby; the leader reads it from the database)
         self._admit(workload)
         self._poke()
 
     def stopped(self, workload: Workload) -> None:
         """A workload became terminal through the API (kill or status update)."""
-        if self.executor is None:
+        if self.executor is None or self._wake is None:
             return
         if self._pending.pop(workload.id, None) is not None:
             self._reasons.pop(workload.id, None)
@@ -305,7 +362,11 @@ class Scheduler:
         self._resize()
         self.executor.start(self._on_exit, self._on_change)
         not_started = []
+        stopped_at = await self._servers_last_seen()
         async for workload in self._iter_store(Status.RUNNING):
+            if self._foreign(workload):
+                await self._fail_lost_server(workload, stopped_at)
+                continue
             try:
                 devices = self.executor.adopt(workload)
             except NotStartedError:
@@ -363,7 +424,7 @@ class Scheduler:
     async def _run(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
-        next_poll = loop.time() + SAFETY_POLL_SECONDS
+        next_poll = loop.time() + (self.poll_seconds or SAFETY_POLL_SECONDS)
         while not self._stopping:
             # The poll is due every SAFETY_POLL_SECONDS, however often wake-ups come.
             with contextlib.suppress(TimeoutError):
@@ -372,8 +433,10 @@ class Scheduler:
                 return
             if loop.time() >= next_poll:
                 await self._guard(self._reconcile)
-                next_poll = loop.time() + SAFETY_POLL_SECONDS
+                next_poll = loop.time() + (self.poll_seconds or SAFETY_POLL_SECONDS)
             self._wake.clear()
+            if not self._leads():
+                continue
             self._record_ends()
             await self._guard(self._check_blocked)  # apart: a failure must not stop the pass
             await self._guard(self._schedule)
@@ -384,6 +447,8 @@ class Scheduler:
         name = step.__name__
         try:
             await step()
+        except FencedError as exc:
+            self._fenced(exc)
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
             if failure != self._failing.get(name):
@@ -493,7 +558,7 @@ class Scheduler:
         """pending→killed for a dependency that failed; its dependants are next."""
         with contextlib.suppress(InvalidTransitionError, NotFoundError):  # ended already
             await self.store.update_workload_status(
-                workload.id, Status.KILLED, reason=reason, actor="scheduler"
+                workload.id, Status.KILLED, reason=reason, actor="scheduler", fence=self._fence()
             )
         self._unblock(workload.id)
         self._reasons.pop(workload.id, None)
@@ -532,6 +597,9 @@ class Scheduler:
         self._full = True
 
     async def _schedule(self) -> None:
+        if not self._leads():
+            self._full = True
+            return
         if self._full or self._last_pass is None:
             self._full = False
             if self._sorted:  # drop what was claimed or stopped since
@@ -579,11 +647,15 @@ class Scheduler:
         return claim
 
     async def _claim_all(self, claims: list[_Claim], reasons: list[tuple[str, str]]) -> None:
-        """Await the claims a pass decided on, each launched as soon as it commits, and
+        """Await the claims a pass decided on (one statement for all of them, up to
+        ``CLAIM_BATCH`` a round trip), each launched as soon as its claim commits, and
         the pass's pending reasons; the first fault is raised once all are done."""
         owners = {c.workload.owner for c in claims}
         accounts = dict(zip(owners, [await self._account(o) for o in owners], strict=True))
-        work = [self._claim(c, accounts[c.workload.owner]) for c in claims]
+        work = [
+            self._claim(claims[i : i + CLAIM_BATCH], accounts)
+            for i in range(0, len(claims), CLAIM_BATCH)
+        ]
         if reasons:
             work.append(self._store_reasons(reasons))
         if len(work) == 1:  # the usual pass after a submit: no task of its own
@@ -593,20 +665,37 @@ class Scheduler:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _claim(self, claim: _Claim, run_as: RunAs | Exception | None) -> None:
-        """pending→running, then the launch; a claim refused (killed or gone since it
-        was queued) gives the resources back. Any other error (the database failing)
-        puts it back in the queue, for the pass that is run again."""
-        wid = claim.workload.id
+    async def _claim(
+        self, claims: list[_Claim], accounts: dict[str, RunAs | Exception | None]
+    ) -> None:
+        """pending→running for each (fenced), then their launches; a claim refused
+        (killed or gone since it was queued) gives the resources back. Any other error
+        (the database failing) puts them back in the queue, for the pass that is run
+        again."""
+        assert self._node is not None
         try:
-            running = await self.store.update_workload_status(
-                wid, Status.RUNNING, actor="scheduler", node=self._node
+            if not self._leads():
+                raise FencedError(self._fence() or Fence("", 0))
+            got = await self.store.claim_workloads(
+                [c.workload.id for c in claims], node=self._node, fence=self._fence()
             )
-        except (InvalidTransitionError, NotFoundError):
-            running = None
+        except FencedError as exc:
+            for claim in claims:
+                self._unclaim(claim, requeue=not claim.stopped)
+            self._fenced(exc)
+            return
         except Exception:
-            self._unclaim(claim, requeue=not claim.stopped)
+            for claim in claims:
+                self._unclaim(claim, requeue=not claim.stopped)
             raise
+        running = {w.id: w for w in got}
+        for claim in claims:
+            self._claimed(claim, running.get(claim.workload.id), accounts[claim.workload.owner])
+
+    def _claimed(
+        self, claim: _Claim, running: Workload | None, run_as: RunAs | Exception | None
+    ) -> None:
+        wid = claim.workload.id
         if running is None or claim.stopped:
             self._unclaim(claim)
             self._ended(wid)  # killed (by another process?): its dependants see it
@@ -615,6 +704,9 @@ class Scheduler:
             return
         del self._claiming[wid]
         self._allocated[wid] = (running, claim.devices)
+        if not self._leads():  # the lease ran out during the claim: launch nothing
+            log.warning("not starting %s: this server no longer holds the lease", wid)
+            return  # whoever leads next finds it running without a process
         self._start(running, claim.devices, run_as)
 
     def _unclaim(self, claim: _Claim, *, requeue: bool = False) -> None:
@@ -673,13 +765,20 @@ class Scheduler:
         wid = entry.workload.id
         run_as = await self._account(entry.workload.owner)
         try:
+            if not self._leads():
+                raise FencedError(self._fence() or Fence("", 0))
             running = await self.store.update_workload_status(
-                wid, Status.RUNNING, actor="scheduler", node=node
+                wid, Status.RUNNING, actor="scheduler", node=node, fence=self._fence()
             )
         except (InvalidTransitionError, NotFoundError):
             if self._placing.get(wid) is entry:
                 self._unplace(wid)  # killed (or gone) meanwhile
             self._ended(wid)
+            return
+        except FencedError as exc:
+            if self._placing.get(wid) is entry:
+                self._unplace(wid, requeue=True)
+            self._fenced(exc)
             return
         except Exception as exc:  # the database failing: place it again later
             log.warning("cannot claim %s yet (%s); retrying", wid, exc)
@@ -690,6 +789,8 @@ class Scheduler:
             return  # killed once claimed (``stopped`` gave its placement back)
         self._drop_placing(wid)
         self._allocated[wid] = (running, entry.devices)  # its resources are taken already
+        if not self._leads():  # the lease ran out during the claim: launch nothing
+            return
         self._start(running, entry.devices, run_as)
         self._poke()  # a pass that stopped at it may go on
 
@@ -940,9 +1041,14 @@ class Scheduler:
                 reason=ending.reason,
                 signal=ending.signal,
                 actor="scheduler",
+                fence=self._fence(),
             )
         except (InvalidTransitionError, NotFoundError):
             pass  # already terminal (killed meanwhile), or gone: nothing to record
+        except FencedError as exc:  # kept: written if this server leads again
+            self._recording.discard(wid)
+            self._fenced(exc)
+            return
         except Exception as exc:  # the database failing: keep it, try again soon
             ending.failures += 1
             if ending.failures == 1:
@@ -976,6 +1082,8 @@ class Scheduler:
         running = {w.id async for w in self._iter_store(Status.RUNNING)}
         for wid in (launched & self._allocated.keys()) - running:
             self.executor.terminate(wid)  # terminal in the store: stop its process
+        if not self._leads():
+            return  # a server that lost the lease only stops what others ended
         claimed = {wid for wid, entry in self._placing.items() if entry.claiming}
         held = self._allocated.keys() | self._unrecorded.keys() | self._claiming.keys() | claimed
         for wid in running - held:
@@ -1000,6 +1108,88 @@ class Scheduler:
         self._recheck.update(self._blocked)  # dependencies may have ended elsewhere
         self._full = True
 
+    def _foreign(self, workload: Workload) -> bool:
+        """Run by another server's local executor (this one cannot adopt it)."""
+        assert self.executor is not None
+        return (
+            not self.executor.placement
+            and workload.node is not None
+            and self._node is not None
+            and workload.node != self._node
+        )
+
+    async def _servers_last_seen(self) -> dict[str, str]:
+        """When each server was last seen, by the database's clock."""
+        if self.role is None:
+            return {}
+        return {s.name: s.last_seen or "" for s in await self.store.list_servers()}
+
+    async def _fail_lost_server(self, workload: Workload, stopped_at: dict[str, str]) -> None:
+        """A running workload of another server, which no longer schedules: its
+        processes are that server's to stop (its shims die with it); here it ends."""
+        node = workload.node
+        when = stopped_at.get(node or "") or "an unknown time"
+        with contextlib.suppress(InvalidTransitionError, NotFoundError):
+            await self.store.update_workload_status(
+                workload.id,
+                Status.FAILED,
+                reason=f"lost: server {node} stopped at {when}",
+                actor="scheduler",
+                fence=self._fence(),
+            )
+        self._ended(workload.id)
+
+    async def pause(self) -> None:
+        """The lease is lost: claim and launch nothing, write no status; processes
+        keep running, and those another leader ends are stopped (``_reconcile``)."""
+        self._paused = True
+        for wid in list(self._placing):
+            self._unplace(wid)
+
+    async def resume(self) -> None:
+        """The lease is held again: end the running workloads of other servers, take
+        in every pending one, record the ends kept, and schedule."""
+        assert self.executor is not None
+        stopped_at = await self._servers_last_seen()
+        async for workload in self._iter_store(Status.RUNNING):
+            if self._foreign(workload):
+                await self._fail_lost_server(workload, stopped_at)
+        self._paused = False
+        await self._guard(self._reconcile)
+        self._record_ends()
+        self._poke()
+
+    async def wake(self, workload_ids: list[str] | None) -> None:
+        """Workloads created by any server (``None``: maybe several, read them all)."""
+        if self.executor is None or self._wake is None or not self._leads():
+            return
+        if workload_ids is None:
+            ids = [i for i in await self.store.pending_ids() if not self._known(i)]
+        else:
+            ids = [i for i in workload_ids if not self._known(i)]
+        if not ids:
+            return
+        for workload in await self.store.get_workloads(ids):
+            if workload.status is Status.PENDING and not self._known(workload.id):
+                self._admit(workload)
+        self._poke()
+
+    async def killed(self, workload_id: str) -> None:
+        """A workload killed through any server: as ``stopped``."""
+        if self.executor is None or self._wake is None:
+            return
+        held = (
+            workload_id in self._pending
+            or workload_id in self._allocated
+            or workload_id in self._placing
+            or workload_id in self._claiming
+            or workload_id in self._blocked
+        )
+        if not held:
+            return
+        with contextlib.suppress(NotFoundError):
+            self.stopped(await self.store.get_workload(workload_id))
+
     async def _fail_unowned(self, workload_id: str) -> None:
         with contextlib.suppress(InvalidTransitionError, NotFoundError):
             await self.store.update_workload_status(
@@ -1007,6 +1197,7 @@ class Scheduler:
                 Status.FAILED,
                 reason="lost: it is running in the store, but no process of this server runs it",
                 actor="scheduler",
+                fence=self._fence(),
             )
         self._ended(workload_id)
 

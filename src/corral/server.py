@@ -25,6 +25,7 @@ from corral.config import Settings, is_loopback
 from corral.keys import KEY_FILE_NAME, default_admin, key_digest, new_key
 
 if TYPE_CHECKING:
+    from corral.cluster import Cluster
     from corral.executors.base import Executor
     from corral.store import Store
 
@@ -107,14 +108,20 @@ def serve(settings: Settings) -> None:
     _private_dir(settings.data_dir)
     lock = _lock_data_dir(settings.data_dir)
     workload_open_files = _raise_open_files_limit()
-    executor = _executor(settings, workload_open_files, workload_umask)
+    shared = not settings.db_url.startswith("sqlite:")
+    executor = _executor(settings, workload_open_files, workload_umask, shared=shared)
     try:
         store = open_store(settings.db_url, server=True)
     except (ValueError, OSError, sqlite3.Error) as exc:
-        raise ServeError(f"cannot open the database {settings.db_url}: {exc}") from None
+        raise ServeError(f"cannot open the database {redacted(settings.db_url)}: {exc}") from None
     _private_files(settings.db_url)
     key_file = settings.data_dir / KEY_FILE_NAME  # made sure of by _run, first thing
-    scheduler = Scheduler(store, executor)
+    from corral.cluster import PG_POLL_SECONDS, Cluster, default_name
+
+    name = settings.name or default_name()
+    scheduler = Scheduler(
+        store, executor, node=name, poll_seconds=PG_POLL_SECONDS if shared else None
+    )
     policy = AccessPolicy(
         auth=not settings.no_auth,
         anonymous=Principal(None, default_admin(), True),
@@ -122,12 +129,27 @@ def serve(settings: Settings) -> None:
         allowed_origins=frozenset(o.rstrip("/").lower() for o in settings.allowed_origins),
         rate_limit=settings.rate_limit,
     )
+    scheme = "https" if settings.tls_cert else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"{scheme}://{host}:{settings.port}"
+    advertised = settings.advertise_url or (
+        url if settings.host not in ("0.0.0.0", "::") else url.replace(host, _fqdn(), 1)
+    )
+    cluster = Cluster(
+        store,
+        scheduler,
+        name=name,
+        url=advertised,
+        lease_seconds=settings.lease_seconds,
+        schedule=settings.scheduler == "auto",
+    )
     app = create_app(
         store,
         data_dir=settings.data_dir,
         scheduler=scheduler,
         max_body_bytes=settings.max_body_bytes,
         policy=policy,
+        cluster=cluster,
     )
     where = f"executor {settings.executor}"
     if executor is not None and not executor.placement:
@@ -135,9 +157,7 @@ def serve(settings: Settings) -> None:
         where += f": {cap.cpus:g} CPUs, {cap.memory_mb} MB, {cap.gpus} GPUs"
     elif executor is not None:  # its nodes are known once the scheduler has started
         where += f" at {getattr(executor, 'address', '?')}"
-    scheme = "https" if settings.tls_cert else "http"
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    url = f"{scheme}://{host}:{settings.port}"
+    where += f"; server {name}" + ("" if settings.scheduler == "auto" else ", API only")
     banner = f"corral serving {url} ({where}; data in {settings.data_dir}; admin key in {key_file})"
 
     def announce() -> None:
@@ -160,20 +180,37 @@ def serve(settings: Settings) -> None:
     )
     try:
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(_run(_Server(config, announce), store, settings.data_dir, sock))
+            runner.run(_run(_Server(config, announce), store, settings.data_dir, sock, cluster))
     finally:
         sock.close()
         lock.close()
 
 
-async def _run(server: uvicorn.Server, store: Store, data_dir: Path, sock: socket.socket) -> None:
+async def _run(
+    server: uvicorn.Server, store: Store, data_dir: Path, sock: socket.socket, cluster: Cluster
+) -> None:
     """On the loop the server will serve on (the store's connections belong to it):
     make sure of the admin key, serve until told to stop, close the store."""
+    from corral.cluster import ClusterError
+    from corral.store.errors import DatabaseError, StoreBusyError
+
     try:
-        await ensure_admin_key(store, data_dir)
+        try:
+            await ensure_admin_key(store, data_dir)  # the first round trip to the database
+        except (StoreBusyError, DatabaseError) as exc:
+            raise ServeError(f"cannot open the database {redacted(store.url)}: {exc}") from None
+        try:
+            await cluster.join()
+        except ClusterError as exc:
+            raise ServeError(str(exc)) from None
         await server.serve(sockets=[sock])
     finally:
         await store.close()
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (``postgresql://user:***@host/db``)."""
+    return re.sub(r"^([a-z+]+://[^/:@]*):[^/@]*@", r"\1:***@", url)
 
 
 def _make_private(path: str | Path, mode: int) -> None:
@@ -321,8 +358,11 @@ class _Server(uvicorn.Server):
 
 
 def _executor(
-    settings: Settings, workload_open_files: int | None, workload_umask: int
+    settings: Settings, workload_open_files: int | None, workload_umask: int, *, shared: bool
 ) -> Executor | None:
+    """The executor of ``settings``. ``shared`` (a database other servers share): the
+    local executor's workloads end with this server (each shim watches it), since a
+    standby that takes over fails them as lost and cannot stop them itself."""
     if settings.executor == "none":
         return None
     from corral.executors.local import LocalExecutor, detect_capacity
@@ -341,9 +381,14 @@ def _executor(
             kill_grace_seconds=settings.kill_grace_seconds,
             workload_open_files=workload_open_files,
             workload_umask=workload_umask,
+            watch_pid=os.getpid() if shared else None,
         )
     except ShimBuildError as exc:
         raise ServeError(str(exc)) from None
+
+
+def _fqdn() -> str:
+    return socket.getfqdn() or socket.gethostname()
 
 
 def _ray_executor(

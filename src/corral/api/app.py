@@ -25,6 +25,7 @@ from corral.api.limits import MAX_BODY_BYTES, BodyLimit
 from corral.api.problems import PROBLEM_JSON, RETRY_AFTER_HEADER
 from corral.api.routes import BODY_MODELS, QUERY_ITEM_PATTERNS, build_router
 from corral.api.tokens import build_token_router
+from corral.cluster import Cluster
 from corral.scheduler import Scheduler
 from corral.store import Store
 
@@ -36,6 +37,7 @@ def create_app(
     scheduler: Scheduler | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     policy: AccessPolicy | None = None,
+    cluster: Cluster | None = None,
 ) -> FastAPI:
     """The API over ``store``; ``scheduler`` (default: runs nothing) is started and
     stopped with the app; ``policy`` says who may reach it (default: keys required,
@@ -46,11 +48,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await sched.start()
+        # With a cluster, the scheduler starts once this server holds the lease.
+        await (cluster.start() if cluster else sched.start())
         try:
             yield
         finally:
-            await sched.stop()
+            await (cluster.stop() if cluster else sched.stop())
 
     app = FastAPI(
         title="corral",

@@ -612,6 +612,8 @@ def _meta_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
                 for w, reason in head
             ],
             queue_length=length,
+            server=scheduler.server.name if scheduler.server else None,
+            leader=scheduler.server.leader if scheduler.server else None,
         )
         return json_response(status)
 

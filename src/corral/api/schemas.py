@@ -139,6 +139,14 @@ class ServerStatus(BaseModel):
         " starts them (yours only, unless the key is an admin's)."
     )
     queue_length: int = Field(description="Pending workloads in the queue (as for `queue`).")
+    server: str | None = Field(
+        None, description="This server's name among the servers of its database."
+    )
+    leader: str | None = Field(
+        None,
+        description="The name of the server that schedules now (it holds the scheduler"
+        " lease); null while none does.",
+    )
 
 
 class Transitions(RootModel[dict[Status, list[Status]]]):
