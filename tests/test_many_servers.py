@@ -278,3 +278,55 @@ def _epoch(rfc3339: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def test_on_ray_a_standby_takes_over_and_adopts_the_running_workloads(
+    tmp_path: Path, db_url: str, ray_cluster: Any
+) -> None:
+    """Two servers on one database and one Ray cluster: the scheduling one is killed;
+    the other takes over and adopts its workloads (same namespace, from the
+    database): one still running stays running and can be killed, one that ended
+    meanwhile gets its true exit code, and each ran once."""
+    out, pids = tmp_path / "ran", tmp_path / "pids"
+    pids.mkdir()
+    ray = ("--executor", "ray", "--ray-address", ray_cluster.address)
+    env = {"CORRAL_RAY_NODE_DIR": str(tmp_path / "nodes")}
+
+    def ray_server(name: str) -> LiveServer:
+        return LiveServer(
+            tmp_path / name,
+            "--db", db_url, "--name", name, "--lease", f"{LEASE}s", "--kill-grace", "1s", *ray,
+            env=env,
+        )  # fmt: skip
+
+    a = ray_server("a").start(timeout=90)
+    http = httpx.Client(headers=a.headers, timeout=30)
+    wait_until(lambda: status(a, http)["leader"] == "a")
+    b = ray_server("b").start(timeout=90)
+    servers = [a, b]
+    try:
+        stays = http.post(f"{a.url}/v1/workloads", json=sleeper(pids)).json()["id"]
+        script = f'echo "$CORRAL_WORKLOAD_ID" >> {out}; sleep 2; exit 7'
+        ends = http.post(f"{a.url}/v1/workloads", json={"command": ["sh", "-c", script]}).json()[
+            "id"
+        ]
+        pid = pid_of(pids, stays)
+        wait_until(lambda: get(http, a, ends)["status"] == "running", timeout=20)
+        a.kill()
+        wait_until(lambda: status(b, http)["leader"] == "b", timeout=LEASE + 10, interval=0.1)
+        ended = wait_until(lambda: _ended(http, b, ends), timeout=20)
+        assert (ended["status"], ended["exit_code"]) == ("failed", 7), ended
+        time.sleep(1)
+        assert get(http, b, stays)["status"] == "running"
+        assert not pid_gone(pid)
+        assert http.delete(f"{b.url}/v1/workloads/{stays}").status_code == 200
+        wait_until(lambda: pid_gone(pid), timeout=5)
+        ran_once(out, [ends])
+    finally:
+        for s in servers:
+            if s.proc is not None and s.proc.poll() is None:
+                for w in http.get(f"{s.url}/v1/workloads", params={"status": "running"}).json()[
+                    "items"
+                ]:
+                    http.delete(f"{s.url}/v1/workloads/{w['id']}")
+            s.kill()

@@ -420,7 +420,7 @@ def _ray_executor(
             address = settings.ray_address
             _check_reachable(address)
             _joining_env(address)
-        namespace = "corral-" + _ray_namespace(settings.data_dir)
+        namespace = "corral-" + _ray_namespace(settings.data_dir, settings.db_url)
         node_dir = (settings.ray_node_dir or Path(tempfile.gettempdir())) / namespace
         from corral.executors.ray import RayExecutor
 
@@ -460,10 +460,15 @@ def _joining_env(address: str) -> None:
         env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def _ray_namespace(data_dir: Path) -> str:
+def _ray_namespace(data_dir: Path, db_url: str) -> str:
     """This installation's id on a Ray cluster (its agents' and placement groups'
     namespace), made at the first start and kept in ``DATA_DIR/ray/namespace``: two
-    corral installations on one cluster never see each other's."""
+    corral installations on one cluster never see each other's. On a shared database
+    it is the database's (``meta``; the first server's stays): every server of it
+    joins the same namespace, so the one that takes over scheduling finds the
+    agents and workloads of the one before."""
+    if not db_url.startswith("sqlite:"):
+        return asyncio.run(_shared_namespace(db_url, _ray_namespace(data_dir, "sqlite:")))
     path = data_dir / "ray" / "namespace"
     try:
         return path.read_text().strip()
@@ -475,6 +480,16 @@ def _ray_namespace(data_dir: Path) -> str:
     tmp.write_text(name + "\n")
     tmp.rename(path)
     return name
+
+
+async def _shared_namespace(db_url: str, default: str) -> str:
+    from corral.store import open_store
+
+    store = open_store(db_url)
+    try:
+        return await store.meta_value("ray_namespace", default)
+    finally:
+        await store.close()
 
 
 def _check_reachable(address: str) -> None:
