@@ -106,6 +106,11 @@ def test_three_servers_one_scheduler_each_workload_runs_once(tmp_path: Path, db_
         http = httpx.Client(headers=a.headers, timeout=60)
         for s in servers:
             assert status(s, http)["leader"] == "a"
+        # A standby judges a submit by what the scheduling server publishes.
+        wait_until(lambda: status(b, http)["capacity"]["cpus"] == 2)
+        too_big = http.post(f"{b.url}/v1/workloads", json=appender(out, resources={"cpus": 3}))
+        assert too_big.status_code == 422, too_big.text
+        assert "3 CPUs" in too_big.text and "2" in too_big.text
         ids: list[str] = []
         lock = threading.Lock()
         errors: list[str] = []

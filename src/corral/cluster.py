@@ -170,6 +170,10 @@ class Cluster:
                     log.error("another process took this server's name %s", self.name)
                 lease = await self.store.get_lease()
                 self.leader = None if lease.expired else lease.holder
+                if self.leadership.fence is None and self.leader is not None:
+                    for server in await self.store.list_servers():
+                        if server.name == self.leader:
+                            self.scheduler.published = server.capacity
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

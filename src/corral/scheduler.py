@@ -214,6 +214,8 @@ class Scheduler:
         self.role = role
         """The scheduler lease this scheduler acts under (``leader.Leadership``), or
         None: it always schedules (one server, tests)."""
+        self.published: dict[str, Any] | None = None
+        """The capacity the scheduling server published (``cluster.Cluster``)."""
         self.server: ServerView | None = None
         """This server among the servers of its database (``cluster.Cluster``)."""
         self.poll_seconds = poll_seconds
@@ -272,7 +274,17 @@ class Scheduler:
 
     def check_fits(self, resources: Resources) -> None:
         """Raise ``ExceedsCapacityError`` when ``resources`` exceed the whole capacity
-        (with placement: when they fit no node of the cluster)."""
+        (with placement: when they fit no node of the cluster). A standby judges by
+        the capacity the scheduling server published (none yet: it lets it through,
+        and the scheduler gives it its reason)."""
+        if self.executor is not None and self._standby():
+            if self.published is None:
+                return
+            cap = _capacity(self.published.get("capacity"))
+            excess = _excess(resources, Free(cap.cpus, cap.memory_mb, set(range(cap.gpus))))
+            if excess:
+                raise ExceedsCapacityError(f"the workload {excess}")
+            return
         excess = self._unfit(resources) if self.executor else None
         if excess:
             raise ExceedsCapacityError(f"the workload {excess}")
@@ -333,14 +345,35 @@ class Scheduler:
         )
 
     def capacity(self) -> Capacity:
-        """What the executor may run at once (nothing without one)."""
+        """What the executor may run at once (nothing without one); on a standby, what
+        the scheduling server last published."""
+        if self._standby() and self.published is not None:
+            return _capacity(self.published.get("capacity"))
         total = self._total
         return Capacity(total.cpus, total.memory_mb, len(total.gpus))
 
     def free(self) -> Capacity:
         """What is not taken by the processes that run (or are still being stopped)."""
+        if self._standby() and self.published is not None:
+            return _capacity(self.published.get("free"))
         free = self._free
         return Capacity(max(free.cpus, 0.0), max(free.memory_mb, 0), len(free.gpus))
+
+    def _standby(self) -> bool:
+        """Another server schedules (this one has not started, or lost the lease)."""
+        return self.role is not None and (self._wake is None or self._paused)
+
+    async def queue(
+        self, limit: int, *, owner: str | None = None
+    ) -> tuple[list[tuple[Workload, str | None]], int]:
+        """``queue_head``; on a standby read from the database (the first
+        ``PAGE`` pending workloads, in the order the scheduler takes them)."""
+        if not self._standby():
+            return self.queue_head(limit, owner=owner)
+        page = await self.store.list_workloads(statuses=[Status.PENDING], owner=owner, limit=PAGE)
+        queued = [w for w in page.items if not w.depends_on]
+        head = heapq.nsmallest(limit, queued, key=_rank)
+        return [(w, w.reason) for w in head], len(queued)
 
     def queue_head(
         self, limit: int, *, owner: str | None = None
@@ -1210,6 +1243,15 @@ class Scheduler:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+
+def _capacity(amounts: Any) -> Capacity:
+    """A published ``{"cpus", "memory_mb", "gpus"}`` (anything else: none)."""
+    if not isinstance(amounts, dict):
+        return Capacity(0.0, 0, 0)
+    return Capacity(
+        float(amounts.get("cpus", 0)), int(amounts.get("memory_mb", 0)), int(amounts.get("gpus", 0))
+    )
 
 
 def _excess(res: Resources, total: Free) -> str | None:

@@ -589,7 +589,7 @@ def _meta_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
         owner = visible_to(who)
         counts = await store.count_by_status(owner=owner)
         cap, free = scheduler.capacity(), scheduler.free()
-        head, length = scheduler.queue_head(QUEUE_HEAD, owner=owner)
+        head, length = await scheduler.queue(QUEUE_HEAD, owner=owner)
         status = ServerStatus(
             executor="none" if scheduler.executor is None else scheduler.executor.kind,
             capacity=Amounts(cpus=cap.cpus, memory_mb=cap.memory_mb, gpus=cap.gpus),
