@@ -408,6 +408,13 @@ class ClaimsHeld:
             await self._released.wait()
         return result
 
+    async def claim_workloads(self, workload_ids: Any, **kw: Any) -> Any:
+        result = await self.store.claim_workloads(workload_ids, **kw)
+        if result:
+            self.claimed.update(w.id for w in result)
+            await self._released.wait()
+        return result
+
 
 def test_a_kill_while_its_claim_is_under_way_launches_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -129,6 +129,7 @@ class Cluster:
         """Run the lease, the heartbeat and the listener (the app's start)."""
         loop = asyncio.get_running_loop()
         if self.schedule:
+            await self.leadership.try_acquire()
             self._tasks.append(loop.create_task(self.leadership.run(), name="corral-lease"))
         self._tasks.append(loop.create_task(self._heartbeat(), name="corral-heartbeat"))
         if self.shared:

@@ -87,6 +87,14 @@ class Leadership:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), wait)
 
+    async def try_acquire(self) -> None:
+        """One attempt to take the lease now (a server's start: it schedules from its
+        first request when no one else does); errors are logged, ``run`` retries."""
+        try:
+            await self._try_acquire()
+        except Exception as exc:
+            log.warning("scheduler lease: %s", exc)
+
     async def _try_acquire(self) -> None:
         sent = time.monotonic()
         got = await self.store.acquire_lease(

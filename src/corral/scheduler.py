@@ -361,7 +361,11 @@ class Scheduler:
 
     def _standby(self) -> bool:
         """Another server schedules (this one has not started, or lost the lease)."""
-        return self.role is not None and (self._wake is None or self._paused)
+        return (
+            self.executor is not None
+            and self.role is not None
+            and (self._wake is None or self._paused)
+        )
 
     async def queue(
         self, limit: int, *, owner: str | None = None

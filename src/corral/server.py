@@ -110,9 +110,11 @@ def serve(settings: Settings) -> None:
     workload_open_files = _raise_open_files_limit()
     shared = not settings.db_url.startswith("sqlite:")
     executor = _executor(settings, workload_open_files, workload_umask, shared=shared)
+    from corral.store.errors import DatabaseError, StoreBusyError
+
     try:
         store = open_store(settings.db_url, server=True)
-    except (ValueError, OSError, sqlite3.Error) as exc:
+    except (ValueError, OSError, sqlite3.Error, StoreBusyError, DatabaseError) as exc:
         raise ServeError(f"cannot open the database {redacted(settings.db_url)}: {exc}") from None
     _private_files(settings.db_url)
     key_file = settings.data_dir / KEY_FILE_NAME  # made sure of by _run, first thing
