@@ -108,13 +108,22 @@ class LogProxy:
     kept (``keeper``) and the forwarding to it (``answer``).
 
     ``this_server`` is this server's name (its ``servers`` row); ``executor_kind``
-    the kind of executor the cluster runs workloads with (``local`` or ``ray``).
-    ``open`` and ``close`` bracket the app's life (its lifespan)."""
+    the kind of executor the cluster runs workloads with (``local`` or ``ray``);
+    ``answer_seconds`` how long a keeper has to send its answer's head. ``open`` and
+    ``close`` bracket the app's life (its lifespan)."""
 
-    def __init__(self, store: Store, *, this_server: str, executor_kind: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        this_server: str,
+        executor_kind: str,
+        answer_seconds: float = ANSWER_SECONDS,
+    ) -> None:
         self.store = store
         self.this_server = this_server
         self.executor_kind = executor_kind
+        self.answer_seconds = answer_seconds
         self._client: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
@@ -201,7 +210,7 @@ class LogProxy:
             "GET", httpx.URL(url, query=query), headers=headers, timeout=timeout
         )
         try:
-            async with asyncio.timeout(ANSWER_SECONDS):
+            async with asyncio.timeout(self.answer_seconds):
                 upstream = await self._client.send(upstream_request, stream=True)
         except (httpx.TransportError, TimeoutError) as exc:
             cause = str(exc) or type(exc).__name__

@@ -29,7 +29,7 @@ from corral.errors import (
 )
 from corral.logs import LogUnavailableError
 from corral.model import Status
-from corral.serverlog import LOGGED_MARK, mark_logged
+from corral.serverlog import mark_logged
 from corral.store.errors import (
     IdempotencyKeyReusedError,
     InvalidTransitionError,
@@ -191,8 +191,6 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 def _log_unexpected(request: Request, exc: Exception) -> None:
-    if getattr(exc, LOGGED_MARK, False):
-        return  # logged where it happened (a relayed log broken off: api/logproxy.py)
     fields = {"method": request.method, "path": request.url.path}
     log.error("unexpected error", exc_info=exc, extra=fields)
     mark_logged(exc)
