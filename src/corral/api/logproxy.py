@@ -23,8 +23,12 @@ keeper's answers pass through unchanged, errors (401, 404, 503) included.
 - **A keeper out of reach** (no URL, connection refused, no connection within
   ``CONNECT_SECONDS``, no answer within ``ANSWER_SECONDS``): 503, "the log of W is
   kept by server X, which is not reachable (last seen T)" (T by the database clock).
-  A keeper lost in the middle of a body cuts the body (the connection closes without
-  its end), so a client never takes a cut log, or a follow cut short, for a whole one.
+  A keeper that no ``servers`` row names is this server when the log is on its disk
+  (a workload run before servers had names: its node is the host name), else
+  that 503 ("no server of that name has registered").
+- **A keeper lost in the middle of a body** cuts the body (the connection closes
+  without its end), so a client never takes a cut log, or a follow cut short, for a
+  whole one.
 - **A follow of a workload that has not started** waits (reading the workload every
   ``FOLLOW_POLL_SECONDS``, as a local follow does) until it has: with the local
   executor its keeper is known only then. A workload that ends without running has
@@ -45,6 +49,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import httpx
@@ -161,18 +166,22 @@ class LogProxy:
         return Keeper(name, next((s for s in servers if s.name == name), None))
 
     async def answer(
-        self, workload: Workload, request: Request, *, follow: bool
+        self, workload: Workload, request: Request, *, follow: bool, here: Path
     ) -> Response | None:
         """The keeper's answer to ``request`` for ``workload``'s log (checked
         visible to the caller already), or None when this server answers it.
-        ``LogKeeperUnreachableError`` when the keeper cannot be reached."""
+        ``LogKeeperUnreachableError`` when the keeper cannot be reached.
+
+        ``here`` is where this server would keep that log: a keeper that no
+        ``servers`` row names (a workload from before servers had names, when the
+        host name was its node) is this server when the log is here."""
         if follow and self.executor_kind != "ray":
             started = await self._started(workload, request)
             if started is None:  # the caller left while it waited: nobody reads this
                 return Response(media_type="text/plain")
             workload = started
         keeper = await self.keeper(workload)
-        if keeper is None:
+        if keeper is None or (keeper.server is None and here.exists()):
             return None
         return await self.forward(keeper, workload.id, request, follow=follow)
 

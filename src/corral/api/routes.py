@@ -451,12 +451,12 @@ def _log_routes(
         tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
     ) -> Response:
         workload = await store.get_workload(workload_id, owner=visible_to(principal(request)))
-        if log_proxy is not None and not log_proxy.forwarded(request):
-            forwarded = await log_proxy.answer(workload, request, follow=follow)
-            if forwarded is not None:  # kept by another server: its answer
-                return forwarded
         logs = scheduler.executor.logs if scheduler.executor else FileLogs(data_dir)
         path = logs.path(workload_id)
+        if log_proxy is not None and not log_proxy.forwarded(request):
+            forwarded = await log_proxy.answer(workload, request, follow=follow, here=path)
+            if forwarded is not None:  # kept by another server: its answer
+                return forwarded
         fd = open_log(path)  # a log the OS refuses is a problem now, before a body
         try:
             start = log_start(fd, tail)
