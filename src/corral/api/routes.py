@@ -428,6 +428,13 @@ def _batch_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None
         return json_response(WorkloadBatchCreated.model_construct(items=workloads), 201, headers)
 
 
+LOG_RESPONSES = responses(404, 422, *READ_FAULTS)
+LOG_RESPONSES[503]["description"] = (
+    "Service Unavailable: the database is busy (retry), the log cannot be read, or"
+    " another server keeps it and cannot be reached"
+)
+
+
 def _log_routes(
     router: APIRouter,
     store: Store,
@@ -439,7 +446,7 @@ def _log_routes(
     @router.get(
         "/v1/workloads/{workload_id}/logs",
         response_class=PlainTextResponse,
-        responses={**responses(404, 422, *READ_FAULTS), 200: {"content": {"text/plain": {}}}},
+        responses={**LOG_RESPONSES, 200: {"content": {"text/plain": {}}}},
         summary="A workload's output (stdout and stderr as written)",
         operation_id="get_workload_logs",
         tags=["workloads"],
