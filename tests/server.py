@@ -29,6 +29,9 @@ def free_port() -> int:
 class LiveServer:
     """``corral serve`` with the given flags; ``url`` once healthy."""
 
+    module = "corral.cli"
+    """What runs as ``python -m MODULE serve --port P --data-dir D ARGS``."""
+
     def __init__(
         self,
         data_dir: Path,
@@ -56,7 +59,7 @@ class LiveServer:
 
     def start(self, timeout: float = 30.0, *, verify: bool = True) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "corral.cli", "serve", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", self.module, "serve", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

@@ -83,6 +83,17 @@ def ran_once(out: Path, ids: list[str]) -> None:
     assert set(counts) == set(ids)
 
 
+def logs_from_anywhere(http: httpx.Client, servers: list[LiveServer]) -> None:
+    """A workload's log, asked of servers that do not keep it, is forwarded to the one
+    that does: the same bytes from each."""
+    said = ["sh", "-c", "echo said by $CORRAL_WORKLOAD_ID"]
+    talker = http.post(f"{servers[-1].url}/v1/workloads", json={"command": said}).json()["id"]
+    wait_until(lambda: _ended(http, servers[-1], talker), timeout=20)
+    for s in servers:
+        got = http.get(f"{s.url}/v1/workloads/{talker}/logs")
+        assert got.status_code == 200 and got.text == f"said by {talker}\n", (s.url, got.text)
+
+
 def pid_of(pids: Path, wid: str) -> int:
     """The pid a sleeper wrote, once it has."""
 
@@ -156,6 +167,8 @@ def test_three_servers_one_scheduler_each_workload_runs_once(tmp_path: Path, db_
         assert status(c, http)["counts"]["completed"] == 2000
         ran_once(out, ids)
         assert {get(http, c, ids[0])["node"], get(http, b, ids[-1])["node"]} == {"a"}
+
+        logs_from_anywhere(http, servers)
 
         # Kills through the servers that do not schedule reach the processes in 1 s.
         sleepers = [

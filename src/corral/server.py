@@ -145,6 +145,15 @@ def serve(settings: Settings) -> None:
         lease_seconds=settings.lease_seconds,
         schedule=settings.scheduler == "auto",
     )
+    log_proxy = None
+    if shared:  # a log may be kept by another server of the database
+        from corral.api.logproxy import LogProxy
+
+        log_proxy = LogProxy(
+            store,
+            this_server=name,
+            executor_kind="ray" if settings.executor == "ray" else "local",
+        )
     app = create_app(
         store,
         data_dir=settings.data_dir,
@@ -152,6 +161,7 @@ def serve(settings: Settings) -> None:
         max_body_bytes=settings.max_body_bytes,
         policy=policy,
         cluster=cluster,
+        log_proxy=log_proxy,
     )
     where = f"executor {settings.executor}"
     if executor is not None and not executor.placement:

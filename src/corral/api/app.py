@@ -22,6 +22,7 @@ from corral.api.guard import (
     KeyCache,
 )
 from corral.api.limits import MAX_BODY_BYTES, BodyLimit
+from corral.api.logproxy import LogProxy
 from corral.api.problems import PROBLEM_JSON, RETRY_AFTER_HEADER
 from corral.api.routes import BODY_MODELS, QUERY_ITEM_PATTERNS, build_router
 from corral.api.tokens import build_token_router
@@ -38,22 +39,29 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     policy: AccessPolicy | None = None,
     cluster: Cluster | None = None,
+    log_proxy: LogProxy | None = None,
 ) -> FastAPI:
     """The API over ``store``; ``scheduler`` (default: runs nothing) is started and
     stopped with the app; ``policy`` says who may reach it (default: keys required,
-    loopback host names, no rate limit)."""
+    loopback host names, no rate limit); ``log_proxy`` (several servers on one
+    database) forwards a log request to the server that keeps the log (default: every
+    log is kept here), its HTTP client opened and closed with the app."""
     policy = policy or AccessPolicy()
     keys = KeyCache(store.find_api_key)
     sched = scheduler or Scheduler(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if log_proxy is not None:
+            await log_proxy.open()
         # With a cluster, the scheduler starts once this server holds the lease.
         await (cluster.start() if cluster else sched.start())
         try:
             yield
         finally:
             await (cluster.stop() if cluster else sched.stop())
+            if log_proxy is not None:
+                await log_proxy.close()
 
     app = FastAPI(
         title="corral",
@@ -64,7 +72,7 @@ def create_app(
     )
     problems.install(app)
     install_docs(app, title="corral")
-    app.include_router(build_router(store, sched, data_dir))
+    app.include_router(build_router(store, sched, data_dir, log_proxy))
     app.include_router(build_token_router(store, keys.forget))
     _fix_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

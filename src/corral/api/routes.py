@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from corral.api.access import note
 from corral.api.guard import principal
+from corral.api.logproxy import LogProxy
 from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
 from corral.api.schemas import (
     QUEUE_HEAD,
@@ -179,13 +180,17 @@ def visible_to(who: Principal) -> str | None:
     return None if who.admin else who.user
 
 
-def build_router(store: Store, scheduler: Scheduler, data_dir: Path) -> APIRouter:
+def build_router(
+    store: Store, scheduler: Scheduler, data_dir: Path, log_proxy: LogProxy | None = None
+) -> APIRouter:
+    """The v1 routes; ``log_proxy`` (several servers on one database) forwards a log
+    request to the server that keeps the log (None: every log is kept here)."""
     router = APIRouter()
     _workload_routes(router, store, scheduler)
     _list_route(router, store, scheduler)
     _bulk_kill_route(router, store, scheduler)
     _batch_routes(router, store, scheduler)
-    _log_routes(router, store, scheduler, data_dir)
+    _log_routes(router, store, scheduler, data_dir, log_proxy)
     _meta_routes(router, store, scheduler)
     return router
 
@@ -423,12 +428,25 @@ def _batch_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None
         return json_response(WorkloadBatchCreated.model_construct(items=workloads), 201, headers)
 
 
-def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir: Path) -> None:
+LOG_RESPONSES = responses(404, 422, *READ_FAULTS)
+LOG_RESPONSES[503]["description"] = (
+    "Service Unavailable: the database is busy (retry), the log cannot be read, or"
+    " another server keeps it and cannot be reached"
+)
+
+
+def _log_routes(
+    router: APIRouter,
+    store: Store,
+    scheduler: Scheduler,
+    data_dir: Path,
+    log_proxy: LogProxy | None,
+) -> None:
 
     @router.get(
         "/v1/workloads/{workload_id}/logs",
         response_class=PlainTextResponse,
-        responses={**responses(404, 422, *READ_FAULTS), 200: {"content": {"text/plain": {}}}},
+        responses={**LOG_RESPONSES, 200: {"content": {"text/plain": {}}}},
         summary="A workload's output (stdout and stderr as written)",
         operation_id="get_workload_logs",
         tags=["workloads"],
@@ -439,9 +457,13 @@ def _log_routes(router: APIRouter, store: Store, scheduler: Scheduler, data_dir:
         follow: Annotated[bool, Query(description="Stream until the workload ends.")] = False,
         tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
     ) -> Response:
-        await store.get_workload(workload_id, owner=visible_to(principal(request)))  # else 404
+        workload = await store.get_workload(workload_id, owner=visible_to(principal(request)))
         logs = scheduler.executor.logs if scheduler.executor else FileLogs(data_dir)
         path = logs.path(workload_id)
+        if log_proxy is not None and not log_proxy.forwarded(request):
+            forwarded = await log_proxy.answer(workload, request, follow=follow, here=path)
+            if forwarded is not None:  # kept by another server: its answer
+                return forwarded
         fd = open_log(path)  # a log the OS refuses is a problem now, before a body
         try:
             start = log_start(fd, tail)
