@@ -352,9 +352,6 @@ def own_pg(pg_server: str) -> Iterator[PgServer]:
         server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review11: the pool's reconnect backoff grows with the outage"
-)
 def test_a_database_down_for_20_s_then_back_loses_nothing_and_answers_again(
     tmp_path: Path, own_pg: PgServer
 ) -> None:
