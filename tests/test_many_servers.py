@@ -401,3 +401,30 @@ def test_a_database_down_for_20_s_then_back_loses_nothing_and_answers_again(
     finally:
         for s in servers:
             s.kill()
+
+
+@pytest.mark.xfail(strict=True, reason="review11: claimed, never launched")
+def test_a_claim_that_outlives_the_lease_is_started_once_the_lease_is_back(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The database stalls a claim past the leader's lease (here: a transaction holds
+    the lease row locked for longer than the lease; a slow disk does the same): the
+    claim commits, but the leader, by its own clock, no longer leads and launches
+    nothing. It takes the lease back (no other server wants it): the workload it
+    claimed must then run, not stay ``running`` for ever without a process."""
+    import psycopg
+
+    out = tmp_path / "ran"
+    a = serve(tmp_path, "a", db_url, "--cpus", "2").start()
+    try:
+        http = httpx.Client(headers=a.headers, timeout=30)
+        wait_until(lambda: status(a, http)["leader"] == "a")
+        with psycopg.connect(db_url) as conn:
+            conn.execute("SELECT 1 FROM leases FOR UPDATE")  # the stall: claims wait
+            wid = http.post(f"{a.url}/v1/workloads", json=appender(out)).json()["id"]
+            time.sleep(LEASE + 1)
+        wait_until(lambda: get(http, a, wid)["status"] == "completed", timeout=LEASE + 10)
+        ran_once(out, [wid])
+        assert status(a, http)["leader"] == "a"
+    finally:
+        a.kill()
