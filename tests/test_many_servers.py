@@ -403,7 +403,6 @@ def test_a_database_down_for_20_s_then_back_loses_nothing_and_answers_again(
             s.kill()
 
 
-@pytest.mark.xfail(strict=True, reason="review11: claimed, never launched")
 def test_a_claim_that_outlives_the_lease_is_started_once_the_lease_is_back(
     tmp_path: Path, db_url: str
 ) -> None:
