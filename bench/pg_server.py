@@ -107,6 +107,27 @@ class PgServer:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def options(self) -> str:
+        """The server's settings, as ``-c`` options (the files belong to its user)."""
+        return (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port}"
+            f" -c unix_socket_directories={self.root / 'sock'} -c fsync=on -c max_connections=200"
+        )
+
+    def boot(self) -> None:
+        """``pg_ctl start`` (again, after ``halt``); ``PgUnavailableError`` if it fails."""
+        done = self.pg_ctl("-l", str(self.root / "server.log"), "-o", self.options(), "-w", "start")
+        if done.returncode != 0:
+            raise PgUnavailableError(
+                f"pg_ctl start failed: {done.stdout}{done.stderr}\n{self.log_tail()}"
+            )
+
+    def halt(self) -> None:
+        """Stop the cluster (``-m fast``) and keep its files: ``boot`` starts it again."""
+        done = self.pg_ctl("-m", "fast", "-w", "stop")
+        if done.returncode != 0:
+            raise PgUnavailableError(f"pg_ctl stop failed: {done.stdout}{done.stderr}")
+
     def stop(self) -> None:
         """Stop the cluster (``-m fast``: sessions are ended) and remove its files."""
         try:
@@ -151,16 +172,7 @@ def start(bindir: Path | None = None) -> PgServer:
     server = PgServer(bindir, root, free_port(), run_as)
     try:
         _initdb(server)
-        # -c options rather than postgresql.conf: the files belong to the cluster's user.
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c port={server.port}"
-            f" -c unix_socket_directories={root / 'sock'} -c fsync=on -c max_connections=200"
-        )
-        done = server.pg_ctl("-l", str(root / "server.log"), "-o", options, "-w", "start")
-        if done.returncode != 0:
-            raise PgUnavailableError(
-                f"pg_ctl start failed: {done.stdout}{done.stderr}\n{server.log_tail()}"
-            )
+        server.boot()
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
+from bench.pg_server import PgServer
+from bench.pg_server import start as pg_start
 
 from tests import pg
 from tests.server import LiveServer, pid_gone, wait_until
@@ -348,3 +350,93 @@ def test_on_ray_a_standby_takes_over_and_adopts_the_running_workloads(
                 ]:
                     http.delete(f"{s.url}/v1/workloads/{w['id']}")
             s.kill()
+
+
+@pytest.fixture
+def own_pg(pg_server: str) -> Iterator[PgServer]:
+    """A PostgreSQL of this test's own (it is stopped and started again), migrated."""
+    from corral.store import migrate
+
+    server = pg_start()
+    try:
+        migrate.upgrade(server.create_database("corral"))
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_database_down_for_20_s_then_back_loses_nothing_and_answers_again(
+    tmp_path: Path, own_pg: PgServer
+) -> None:
+    """PostgreSQL stops for 20 s: every API answer meanwhile is a 503 (no 500); once
+    it is back, the servers answer again within a few seconds (not after their
+    connection pool's backoff has grown to the outage's length), the leader schedules
+    again, the workload that ran through it still runs, and each submit runs once."""
+    out, pids = tmp_path / "ran", tmp_path / "pids"
+    pids.mkdir()
+    url = own_pg.url("corral")
+    a = serve(tmp_path, "a", url, "--cpus", "2").start()
+    b = serve(tmp_path, "b", url, "--scheduler", "never").start()
+    servers = [a, b]
+    try:
+        http = httpx.Client(headers=a.headers, timeout=30)
+        wait_until(lambda: status(b, http)["leader"] == "a")
+        one_cpu = {"resources": {"cpus": 1}}
+        stays = http.post(f"{a.url}/v1/workloads", json=sleeper(pids, **one_cpu)).json()["id"]
+        pid = pid_of(pids, stays)
+        own_pg.halt()
+        down = time.monotonic()
+        try:
+            while time.monotonic() - down < 20:
+                for s in servers:
+                    for method, path, body in (
+                        ("GET", "/v1/status", None),
+                        ("GET", f"/v1/workloads/{stays}", None),
+                        ("POST", "/v1/workloads", appender(out, **one_cpu)),
+                    ):
+                        got = http.request(method, f"{s.url}{path}", json=body)
+                        assert got.status_code == 503, (method, path, got.status_code, got.text)
+                time.sleep(0.5)
+        finally:
+            own_pg.boot()
+
+        def submitted() -> str | None:
+            got = http.post(f"{b.url}/v1/workloads", json=appender(out, **one_cpu))
+            return str(got.json()["id"]) if got.status_code == 201 else None
+
+        after = [wait_until(submitted, timeout=5, interval=0.2)]
+        after += [submitted() or "" for _ in range(4)]
+        wait_until(lambda: all(get(http, a, w)["status"] == "completed" for w in after), timeout=20)
+        ran_once(out, after)
+        assert get(http, a, stays)["status"] == "running"
+        assert not pid_gone(pid)
+        assert status(b, http)["leader"] == "a"
+    finally:
+        for s in servers:
+            s.kill()
+
+
+def test_a_claim_that_outlives_the_lease_is_started_once_the_lease_is_back(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The database stalls a claim past the leader's lease (here: a transaction holds
+    the lease row locked for longer than the lease; a slow disk does the same): the
+    claim commits, but the leader, by its own clock, no longer leads and launches
+    nothing. It takes the lease back (no other server wants it): the workload it
+    claimed must then run, not stay ``running`` for ever without a process."""
+    import psycopg
+
+    out = tmp_path / "ran"
+    a = serve(tmp_path, "a", db_url, "--cpus", "2").start()
+    try:
+        http = httpx.Client(headers=a.headers, timeout=30)
+        wait_until(lambda: status(a, http)["leader"] == "a")
+        with psycopg.connect(db_url) as conn:
+            conn.execute("SELECT 1 FROM leases FOR UPDATE")  # the stall: claims wait
+            wid = http.post(f"{a.url}/v1/workloads", json=appender(out)).json()["id"]
+            time.sleep(LEASE + 1)
+        wait_until(lambda: get(http, a, wid)["status"] == "completed", timeout=LEASE + 10)
+        ran_once(out, [wid])
+        assert status(a, http)["leader"] == "a"
+    finally:
+        a.kill()

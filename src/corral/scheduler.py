@@ -255,6 +255,10 @@ class Scheduler:
             else None
         )  # the one machine of an executor without placement: this server's name
         self._paused = False  # the lease was lost: claim nothing, write nothing
+        self._unlaunched: dict[str, RunAs | Exception | None] = {}
+        """Of ``_allocated``: claimed, but the lease ran out before the launch (no
+        process). Launched if this server leads again (``resume``), else given back
+        once another leader ended them (``_reconcile``)."""
 
     def _fence(self) -> Fence | None:
         return self.role.fence if self.role is not None else None
@@ -743,7 +747,8 @@ class Scheduler:
         self._allocated[wid] = (running, claim.devices)
         if not self._leads():  # the lease ran out during the claim: launch nothing
             log.warning("not starting %s: this server no longer holds the lease", wid)
-            return  # whoever leads next finds it running without a process
+            self._unlaunched[wid] = run_as  # whoever leads next finds it running
+            return
         self._start(running, claim.devices, run_as)
 
     def _unclaim(self, claim: _Claim, *, requeue: bool = False) -> None:
@@ -827,6 +832,7 @@ class Scheduler:
         self._drop_placing(wid)
         self._allocated[wid] = (running, entry.devices)  # its resources are taken already
         if not self._leads():  # the lease ran out during the claim: launch nothing
+            self._unlaunched[wid] = run_as  # whoever leads next finds it running
             return
         self._start(running, entry.devices, run_as)
         self._poke()  # a pass that stopped at it may go on
@@ -1118,6 +1124,11 @@ class Scheduler:
         launched = set(self._allocated)
         running = {w.id async for w in self._iter_store(Status.RUNNING)}
         for wid in (launched & self._allocated.keys()) - running:
+            if wid in self._unlaunched:
+                del self._unlaunched[wid]
+                self._release(wid)  # never launched: no exit will give it back
+                self._ended(wid)
+                continue
             self.executor.terminate(wid)  # terminal in the store: stop its process
         if not self._leads():
             return  # a server that lost the lease only stops what others ended
@@ -1188,10 +1199,19 @@ class Scheduler:
         in every pending one, record the ends kept, and schedule."""
         assert self.executor is not None
         stopped_at = await self._servers_last_seen()
+        running: set[str] = set()
         async for workload in self._iter_store(Status.RUNNING):
+            running.add(workload.id)
             if self._foreign(workload):
                 await self._fail_lost_server(workload, stopped_at)
         self._paused = False
+        for wid in list(self._unlaunched):  # claimed while the lease ran out
+            run_as = self._unlaunched.pop(wid)
+            if wid in running:  # still ours: launch it now
+                self._start(*self._allocated[wid], run_as)
+            else:  # ended by another leader meanwhile
+                self._release(wid)
+                self._ended(wid)
         await self._guard(self._reconcile)
         self._record_ends()
         self._poke()

@@ -134,6 +134,12 @@ DEFAULT_POOL_SIZE = 10
 POOL_MIN_SIZE = 2
 POOL_TIMEOUT_SECONDS = 5.0
 """How long a call waits for a connection before it is ``DatabaseUnreachableError``."""
+POOL_RECONNECT_SECONDS = 2.0
+"""How long the pool retries one lost connection (psycopg's backoff doubles from 1 s)
+before it gives it up; the next call that waits for a connection starts a new one.
+psycopg's default (5 min) lets the backoff grow with an outage: after 20 s of a
+database down the pool would try again only ~10 s after it is back, every call a 503
+meanwhile."""
 ATTEMPTS = 5
 """Runs of a transaction that hit a deadlock, a serialization failure or an
 idempotency key another transaction took meanwhile, before ``StoreBusyError``."""
@@ -431,6 +437,7 @@ class PostgresStore(PostgresCluster):
             kwargs={"autocommit": True},
             configure=_configure,
             timeout=timeout,
+            reconnect_timeout=POOL_RECONNECT_SECONDS,
             open=False,
             name="corral-store",
         )
