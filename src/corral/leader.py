@@ -115,7 +115,7 @@ class Leadership:
         if await self.store.renew_lease(self.fence, self.ttl):
             self._deadline = sent + self.ttl - MARGIN_SECONDS
         else:
-            await self._step_down("another server holds the scheduler lease now")
+            await self._step_down("the lease was taken by another server, or expired")
 
     async def _step_down(self, why: str) -> None:
         if self.fence is None:
