@@ -410,7 +410,7 @@ def test_a_database_down_for_20_s_then_back_loses_nothing_and_answers_again(
         ran_once(out, after)
         assert get(http, a, stays)["status"] == "running"
         assert not pid_gone(pid)
-        assert status(b, http)["leader"] == "a"
+        wait_until(lambda: status(b, http)["leader"] == "a", timeout=10)  # b reads it each second
     finally:
         for s in servers:
             s.kill()
