@@ -12,6 +12,7 @@ import pytest
 from corral.errors import FieldError, InvalidInputError
 from corral.model import Status, WorkloadBatchItem, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
+from corral.store.base import NewWorkload
 from corral.store.errors import DatabaseError
 from tests.blocking import BlockingStore
 from tests.conftest import (
@@ -49,6 +50,55 @@ def test_create_get_roundtrip(store: BlockingStore) -> None:
     assert got == created
     assert got.model_dump(include=set(WorkloadCreate.model_fields)) == spec.model_dump()
     assert got.created_at == got.updated_at and got.started_at is None
+
+
+def test_a_group_commit_of_unlike_workloads_reads_each_back_as_given(
+    store: BlockingStore,
+) -> None:
+    """One ``create_workloads`` call (PostgreSQL writes each table's rows with one
+    statement, a column per array): fields set in one item and unset in the next,
+    integers and fractions in one column, and text that array syntax would have to
+    escape, each read back as given, with its labels, dependency and event."""
+    earlier, _ = store.create_workload(owner="alice", spec=SPEC)
+    awkward = 'q"uote \\back {br,ace} NULL ünï ✓'
+    specs = [
+        SPEC,
+        WorkloadCreate(
+            command=["sh", "-c", awkward, ""],
+            name=awkward,
+            env={"Q": '"', "B": "\\", "E": "", "U": awkward},
+            cwd="/srv/a b,{c}",
+            resources={"cpus": 2, "memory_mb": 2**40, "gpus": 3},  # type: ignore[arg-type]
+            labels={"k": "NULL", "empty": ""},
+            priority=-7,
+            timeout_seconds=30,
+        ),
+        WorkloadCreate(
+            command=["true"],
+            resources={"cpus": 0.25},  # type: ignore[arg-type]
+            timeout_seconds=2.5,
+            depends_on=[earlier.id],
+            dependency_type="afterany",
+        ),
+    ]
+    results = store.create_workloads(
+        [NewWorkload(spec, "alice", None, f"actor{i}") for i, spec in enumerate(specs)]
+    )
+    for i, (spec, result) in enumerate(zip(specs, results, strict=True)):
+        assert not isinstance(result, Exception), result
+        created, replayed = result
+        assert not replayed
+        got = store.get_workload(created.id)
+        assert got == created
+        assert got.model_dump(include=set(WorkloadCreate.model_fields)) == spec.model_dump()
+        assert [(e.type, e.actor) for e in store.list_events(created.id)] == [
+            ("created", f"actor{i}")
+        ]
+    made = [r[0].id for r in results if not isinstance(r, Exception)]
+    for key, value in specs[1].labels.items():
+        page = store.list_workloads(labels=[(key, value)])
+        assert [w.id for w in page.items] == [made[1]]
+    assert store.get_workload(made[2]).depends_on == [earlier.id]
 
 
 def test_pending_running_completed(store: BlockingStore) -> None:
