@@ -8,10 +8,15 @@ what differs is how they are had:
 
 - **Round trips.** A transaction runs in pipeline mode: its statements, with ``BEGIN``
   and ``COMMIT``, go to the server together and the client waits only where it must
-  read a result before going on. A create without an idempotency key or
-  dependencies is one round trip; one with them, two (the lookups, then the writes);
-  a transition two (the row lock and status, then the update, the event, the
-  commit). A group commit (``create_workloads``) writes all its items in those.
+  read a result before going on. A create with an idempotency key or dependencies is
+  two round trips (the lookups, then the writes); a transition two (the row lock and
+  status, then the update, the event, the commit). A group commit
+  (``create_workloads``) writes all its items in those, each table's rows by one
+  statement (``unnest`` of an array per column). Creates with neither keys nor
+  dependencies, the common case, are one statement (``_CREATE_PLAIN``: the rows of
+  every table and the notification), run on its own: a statement is its own
+  transaction, so no ``BEGIN``, ``COMMIT`` or pipeline (what those cost the event
+  loop is measured in docs/benchmarks.md, "Issue 11: PostgreSQL").
 - **Transitions** read the status with ``SELECT … FOR UPDATE`` (the row lock), check
   ``valid_transition``, take the time (under the lock, so events' times follow their
   ``seq``, as SQLite's write lock gives) and write the status and its event in the
@@ -180,6 +185,15 @@ _INSERT_CREATED_EVENTS = (
     " FROM unnest(%b::text[], %b::timestamptz[], %b::text[]) AS e(w, a, actor)"
 )
 """The ``created`` events of new workloads (ids, times, actors)."""
+_CREATE_PLAIN = (
+    f"WITH w AS ({_INSERT_WORKLOADS}), l AS ({_INSERT_LABELS}), e AS ({_INSERT_CREATED_EVENTS})"
+    " SELECT pg_notify(%s, %s)"
+)
+"""Workloads without keys or dependencies, their labels (empty arrays: none), their
+``created`` events and the ``corral_wake`` notification, in one statement. A
+data-modifying ``WITH`` runs to completion whatever the outer query reads, and the
+foreign keys of the labels and events are checked at the end of the statement, when
+the workloads are there."""
 _INSERT_NEXT_EVENT = (
     "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
     " VALUES (%s, (SELECT MAX(seq) + 1 FROM events WHERE workload_id = %s), %s, %s, %s, %s,"
@@ -354,41 +368,49 @@ class _Row:
 async def _insert_rows(conn: Conn, rows: Sequence[_Row]) -> None:
     """Queue the inserts of ``rows``: every workload before any dependency (a row of
     a batch may name a later one), their labels and ``created`` events: one statement
-    per table whatever the number of rows (``unnest`` of an array per column, sent in
-    binary: see ``_INSERT_WORKLOADS``)."""
-    workloads = [
-        (
-            r.workload_id,
-            r.spec.name,
-            _json_text(r.spec.command),
-            _json_text(r.spec.env),
-            r.spec.cwd,
-            r.spec.resources.cpus,
-            r.spec.resources.memory_mb,
-            r.spec.resources.gpus,
-            _json_text(r.spec.labels),
-            r.spec.priority,
-            r.spec.timeout_seconds,
-            r.now,
-            r.owner,
-            _json_text(r.depends_on),
-            r.spec.dependency_type,
-            r.spec.array_index,
-            r.batch_id,
-            r.max_running,
-        )
-        for r in rows
-    ]
-    await conn.execute(_INSERT_WORKLOADS, _columns(workloads))
+    per table whatever the number of rows (see ``_INSERT_WORKLOADS``)."""
+    await conn.execute(_INSERT_WORKLOADS, _workload_columns(rows))
     labels = [(k, v, r.workload_id) for r in rows for k, v in r.spec.labels.items()]
     if labels:
         await conn.execute(_INSERT_LABELS, _columns(labels))
     dependencies = [(r.workload_id, d) for r in rows for d in r.depends_on]
     if dependencies:
         await conn.execute(_INSERT_DEPENDENCIES, _columns(dependencies))
-    await conn.execute(
-        _INSERT_CREATED_EVENTS, _columns([(r.workload_id, r.now, r.actor) for r in rows])
+    await conn.execute(_INSERT_CREATED_EVENTS, _event_columns(rows))
+
+
+def _workload_columns(rows: Sequence[_Row]) -> list[list[Any]]:
+    """The parameters of ``_INSERT_WORKLOADS`` for ``rows``."""
+    return _columns(
+        [
+            (
+                r.workload_id,
+                r.spec.name,
+                _json_text(r.spec.command),
+                _json_text(r.spec.env),
+                r.spec.cwd,
+                r.spec.resources.cpus,
+                r.spec.resources.memory_mb,
+                r.spec.resources.gpus,
+                _json_text(r.spec.labels),
+                r.spec.priority,
+                r.spec.timeout_seconds,
+                r.now,
+                r.owner,
+                _json_text(r.depends_on),
+                r.spec.dependency_type,
+                r.spec.array_index,
+                r.batch_id,
+                r.max_running,
+            )
+            for r in rows
+        ]
     )
+
+
+def _event_columns(rows: Sequence[_Row]) -> list[list[Any]]:
+    """The parameters of ``_INSERT_CREATED_EVENTS`` for ``rows``."""
+    return _columns([(r.workload_id, r.now, r.actor) for r in rows])
 
 
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
@@ -549,6 +571,9 @@ class PostgresStore(PostgresCluster):
         return result
 
     async def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+        if not any(i.idempotency_key is not None or i.spec.depends_on for i in items):
+            return await self._create_plain(items)
+
         async def body(conn: Conn) -> list[Created | CorralError]:
             keys = [(i.owner, i.idempotency_key) for i in items if i.idempotency_key is not None]
             stored: dict[tuple[str, str], tuple[str, str]] = {}
@@ -591,6 +616,29 @@ class PostgresStore(PostgresCluster):
             return results
 
         return await self._transaction(body)
+
+    async def _create_plain(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+        """``create_workloads`` of items without idempotency keys or dependencies: no
+        lookups, so one statement writes them all (``_CREATE_PLAIN``)."""
+        plan = _plan_creates(items, {}, {})
+        rows = [p for p in plan if isinstance(p, _Row)]
+        if rows:
+            labels = [(k, v, r.workload_id) for r in rows for k, v in r.spec.labels.items()]
+            await self._fetch(
+                _CREATE_PLAIN,
+                [
+                    *_workload_columns(rows),
+                    *(_columns(labels) if labels else [[], [], []]),
+                    *_event_columns(rows),
+                    WAKE,
+                    wake_payload([r.workload_id for r in rows]),
+                ],
+            )
+        results: list[Created | CorralError] = []
+        for p in plan:
+            assert not isinstance(p, _Replay | str)  # (no keys: nothing is replayed)
+            results.append((p.workload(), False) if isinstance(p, _Row) else p)
+        return results
 
     async def create_batch(
         self,
