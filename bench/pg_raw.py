@@ -5,12 +5,14 @@ and nothing else, on psycopg 3's async connections as the store does, each
 transaction pipelined (its statements sent together, as the store sends them), on a
 migrated database of a throw-away cluster (``bench/pg_server.py``, ``fsync=on``):
 
-- a create (``create_once``): ``BEGIN``; the workload ``INSERT``, the labels'
-  ``INSERT`` (if any) and the ``created`` event's ``INSERT`` (each one statement over
-  arrays, as the store sends them); the ``corral_wake`` ``pg_notify``; ``COMMIT``:
-  one round trip, one create per transaction. (The store may write several creates
-  in one transaction, its group commit; the bound does not.) ``values=True`` sends
-  the same rows as plain ``INSERT … VALUES``, a statement per row, for comparison.
+- a create (``create_once``): the store's ``_CREATE_PLAIN``, one statement (its own
+  transaction) inserting the workload, its labels and its ``created`` event and
+  notifying ``corral_wake``: one round trip, one create per transaction. (The store
+  writes all the creates of a loop turn in one such statement, its group commit; the
+  bound does not.) ``values=True`` sends the same rows as a pipelined transaction of
+  plain ``INSERT … VALUES``, a statement per row (the workload, each label, the
+  event), then ``pg_notify``, as pgbench's two-insert transaction does, for
+  comparison.
 - a transition (``transition_once``): pending→running as the store does it,
   ``BEGIN``; ``SELECT … FOR UPDATE`` (read: the status decides); the ``UPDATE …
   RETURNING``; the event ``INSERT`` with its ``seq`` subquery; ``COMMIT``: two round
@@ -42,6 +44,7 @@ from corral.ids import new_id, now_rfc3339
 from corral.model import WorkloadCreate
 from corral.store import migrate
 from corral.store.postgres import (
+    _CREATE_PLAIN,
     _INSERT_CREATED_EVENTS,
     _INSERT_LABELS,
     _INSERT_NEXT_EVENT,
@@ -97,6 +100,20 @@ class Creates:
             None,
         )
 
+    def plain_params(self) -> list[Any]:
+        """The parameters of ``_CREATE_PLAIN`` for one create."""
+        workload_id, now = new_id(), now_rfc3339()
+        labels = [(k, v, workload_id) for k, v in self.spec.labels.items()]
+        return [
+            *_columns([self.workload_row(workload_id, now)]),
+            *(_columns(labels) if labels else [[], [], []]),
+            [workload_id],
+            [now],
+            ["bench"],
+            WAKE,
+            workload_id,
+        ]
+
     async def queue(self, conn: Conn, n: int = 1) -> list[str]:
         """Queue the store's statements for ``n`` creates in ``conn``'s transaction
         (one statement per table, as the store's group commit); their ids."""
@@ -136,11 +153,11 @@ _VALUES_EVENT = (
 async def create_once(conn: Conn, creates: Creates, *, values: bool = False) -> None:
     """One create, in a transaction of its own, its wake-up notified (``values``: as
     plain ``INSERT … VALUES``)."""
+    if not values:
+        await conn.execute(_CREATE_PLAIN, creates.plain_params())
+        return
     async with conn.pipeline(), conn.transaction():
-        if values:
-            workload_id = await creates.queue_values(conn)
-        else:
-            (workload_id,) = await creates.queue(conn)
+        workload_id = await creates.queue_values(conn)
         await conn.execute(NOTIFY_SQL, (WAKE, workload_id))
 
 
