@@ -58,7 +58,7 @@ from bench.store_bench import SPEC as TRANSITION_SPEC
 from corral.model import Status, WorkloadCreate
 from corral.store import migrate
 from corral.store.base import NewWorkload
-from corral.store.postgres import PostgresStore, _sql
+from corral.store.postgres import _LISTING, PostgresStore, _sql
 
 NAMES = ("pg_create_rps", "pg_transition_ps", "pg_e2e_ps", "pg_list_p99_ms")
 RAW_CREATE_CONNECTIONS = 8
@@ -229,7 +229,8 @@ def build(n: int, url: str) -> float:
 
 
 class PgRawQuery:
-    """The store's list SQL in plain psycopg (one connection, UTC, as the store's)."""
+    """The store's list SQL in plain psycopg (one connection, UTC, and never prepared:
+    as the store runs it)."""
 
     def __init__(self, url: str) -> None:
         self.conn = psycopg.connect(url, autocommit=True)
@@ -237,7 +238,7 @@ class PgRawQuery:
 
     def __call__(self, statuses: list[str], team: str) -> None:
         sql, params = list_bench._sql(statuses, team)
-        self.conn.execute(_sql(sql), params).fetchall()
+        self.conn.execute(_sql(sql), params, prepare=_LISTING).fetchall()
 
     def close(self) -> None:
         self.conn.close()

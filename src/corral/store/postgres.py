@@ -234,6 +234,13 @@ _FENCED_CLAIM = (
 )
 """``_CLAIM`` under the fence (``FENCE_SQL``, evaluated once): the lease row locked
 shared before any workload, and nothing claimed when the fence no longer holds."""
+_LISTING = False
+"""``prepare`` of listings and counts: never prepared. Their best plan depends on the
+values (a rare status walks its index, a common one walks the ids), and a statement
+psycopg has prepared (after 5 runs) gets PostgreSQL's generic plan after 5 more: at
+10^6 workloads, 5 ms with plans made for the values, 40-55 ms with the generic one
+(docs/benchmarks.md, "Issue 11: PostgreSQL"). Planning each time costs well under a
+millisecond."""
 _TOKENS = (
     'SELECT k.id, k."user", k.admin, u.unix_user, k.description, k.created_at, k.revoked_at'
     ' FROM api_keys AS k JOIN users AS u ON u.name = k."user"'
@@ -542,13 +549,18 @@ class PostgresStore(PostgresCluster):
         ) from conflict
 
     async def _fetch(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] = (),
+        *,
+        prepare: bool | None = None,
     ) -> list[tuple[Any, ...]]:
-        """The rows of one statement, run on its own (autocommit)."""
+        """The rows of one statement, run on its own (autocommit). ``prepare=False``:
+        never as a prepared statement (see ``_LISTING``)."""
         pool = await self._ready()
         try:
             async with pool.connection() as conn:
-                cur = await conn.execute(sql, params)
+                cur = await conn.execute(sql, params, prepare=prepare)
                 return await cur.fetchall()
         except psycopg.Error as exc:
             raise _domain_error(exc) from exc
@@ -870,7 +882,7 @@ class PostgresStore(PostgresCluster):
             id_prefix=id_prefix,
             name=name,
         )
-        rows = await self._fetch(_sql(sql), params)
+        rows = await self._fetch(_sql(sql), params, prepare=_LISTING)
         items = [_row_to_workload(r) for r in rows[:limit]]
         next_cursor = items[-1].id if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
@@ -888,7 +900,7 @@ class PostgresStore(PostgresCluster):
         sql, params = count_query(
             statuses=statuses, labels=labels, owner=owner, id_prefix=id_prefix, name=name
         )
-        rows = await self._fetch(_sql(sql), params)
+        rows = await self._fetch(_sql(sql), params, prepare=_LISTING)
         return int(rows[0][0])
 
     async def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
