@@ -48,6 +48,11 @@ class Metric:
         return self.limit / self.value if self.lower_is_better else self.value / self.limit
 
 
+class GroupSkipped(Exception):
+    """A group that cannot run on this machine; the message says why (``bench.run``
+    lists it under ``skipped`` and goes on)."""
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile (``pct`` in 0..100) of a non-empty sequence."""
     ordered = sorted(values)
@@ -85,10 +90,10 @@ def remove_fresh_dirs() -> None:
 
 
 class Server:
-    """A server subprocess on a free loopback port (``corral serve`` by default, else
-    ``argv`` with ``{port}`` replaced),
-    stopped with SIGTERM (then SIGKILL) and, for a local executor, with every workload
-    process group it leaves behind killed."""
+    """A server subprocess on a free loopback port (``corral serve`` by default, on
+    ``db`` when given, else ``argv`` with ``{port}`` replaced), stopped with SIGTERM
+    (then SIGKILL) and, for a local executor, with every workload process group it
+    leaves behind killed."""
 
     def __init__(
         self,
@@ -98,6 +103,7 @@ class Server:
         env: Mapping[str, str] | None = None,
         argv: Sequence[str] | None = None,
         log_dir: Path | None = None,
+        db: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -108,6 +114,7 @@ class Server:
         self.argv = [a.replace("{port}", str(self.port)) for a in argv] if argv else [
             PYTHON, "-m", "corral.cli", "serve", "--port", str(self.port),
             "--data-dir", str(data_dir), "--executor", executor,
+            *(["--db", db] if db else []),
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = (log_dir or data_dir) / f"server-{self.port}.log"

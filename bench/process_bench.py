@@ -30,8 +30,8 @@ LOCAL_ENV = {"CORRAL_CPUS": "100000", "CORRAL_KILL_GRACE_SECONDS": "10"}
 """Settings for every local-executor server of the benchmark (CLI-flag independent)."""
 
 
-def local_server(name: str) -> Server:
-    return Server(fresh_dir(name), "local", env=LOCAL_ENV)
+def local_server(name: str, db: str | None = None) -> Server:
+    return Server(fresh_dir(name), "local", env=LOCAL_ENV, db=db)
 
 
 def _spawn_loop(n: int) -> None:
@@ -94,6 +94,12 @@ def e2e(port: int, m: int, resources: dict[str, Any] | None = None) -> dict[str,
 
 
 def run(quick: bool, only: set[str]) -> dict[str, Metric]:
+    return {"e2e_ps": e2e_metric(quick)}
+
+
+def e2e_metric(quick: bool, db: str | None = None) -> Metric:
+    """``e2e_ps`` against ``spawn_ps``, on a server of its own on ``db`` (default: a
+    SQLite file in its data dir)."""
     m, n_spawn = (600, 1200) if quick else (6000, 6000)
     # Bound and subject take turns on one server (as create_rps and bare_rps do), so a
     # noisy neighbour slows both alike: each round measures spawns on 1 and 4 threads
@@ -102,7 +108,7 @@ def run(quick: bool, only: set[str]) -> dict[str, Metric]:
     per_round = n_spawn // (ROUNDS * len(SPAWN_THREADS))
     rounds: list[dict[int, float]] = []
     results: list[dict[str, Any]] = []
-    with local_server("e2e") as srv:
+    with local_server("e2e", db) as srv:
         for _ in range(ROUNDS):
             rounds.append(spawn_rounds(per_round))
             results.append(e2e(srv.port, m // ROUNDS))
@@ -121,4 +127,4 @@ def run(quick: bool, only: set[str]) -> dict[str, Metric]:
     }
     for threads in SPAWN_THREADS:
         detail[f"spawn_ps_{threads}_thread_rounds"] = [round(r[threads], 1) for r in rounds]
-    return {"e2e_ps": Metric(value, "workloads/s", limit, "spawn_ps", errors, detail)}
+    return Metric(value, "workloads/s", limit, "spawn_ps", errors, detail)

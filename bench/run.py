@@ -27,11 +27,12 @@ from bench import (
     latency_bench,
     list_bench,
     memory,
+    pg_bench,
     process_bench,
     ray_bench,
     store_bench,
 )
-from bench.common import REPO, Metric, machine_info, remove_fresh_dirs
+from bench.common import REPO, GroupSkipped, Metric, machine_info, remove_fresh_dirs
 
 GroupRun = Callable[[bool, set[str]], dict[str, Metric]]
 GROUPS: list[tuple[str, GroupRun, tuple[str, ...]]] = [
@@ -46,8 +47,16 @@ GROUPS: list[tuple[str, GroupRun, tuple[str, ...]]] = [
     ("ray", ray_bench.run,
      ("ray_e2e_ps", "ray_start_latency_p50_ms", "ray_start_latency_p99_ms",
       "ray_mb_per_workload", "ray_node_mb")),
+    ("postgres", pg_bench.run, pg_bench.NAMES),
 ]  # fmt: skip
 NAMES = [name for _, _, names in GROUPS for name in names]
+SQLITE_TWINS = {
+    "pg_create_rps": "create_rps",
+    "pg_transition_ps": "transition_ps",
+    "pg_e2e_ps": "e2e_ps",
+    "pg_list_p99_ms": "list_p99_ms",
+}
+"""Each PostgreSQL metric and the SQLite one measured the same way (shown beside it)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ TARGETS: dict[str, Target] = {
     "ray_e2e_ps": Target(min=300),
     "ray_start_latency_p50_ms": Target(max=10),
     "ray_mb_per_workload": Target(max=5),
+    # Issue 11: create on PostgreSQL; the other pg_ metrics are compared with SQLite's.
+    "pg_create_rps": Target(min=2500, min_ratio=0.5),
 }
 """The targets, set for full mode on a 2-core machine (applied to quick mode too)."""
 
@@ -123,7 +134,9 @@ def entry(name: str, m: Metric) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def table(metrics: dict[str, dict[str, Any]], failures: dict[str, str]) -> str:
+def table(
+    metrics: dict[str, dict[str, Any]], failures: dict[str, str], skipped: dict[str, str]
+) -> str:
     head = ["metric", "value", "unit", "limit", "limit name", "ratio", "target", "result"]
     rows = [head]
     for name in NAMES:
@@ -140,9 +153,32 @@ def table(metrics: dict[str, dict[str, Any]], failures: dict[str, str]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, twin in SQLITE_TWINS.items():
+        e = metrics.get(name)
+        sqlite = e and e["detail"].get("sqlite")
+        if e and sqlite:
+            lines.append(
+                f"{name}: {_num(e['value'])} {e['unit']} on PostgreSQL, {_num(sqlite['value'])}"
+                f" on SQLite ({twin}, this run): {sqlite['pg_over_sqlite']:.2f} x"
+            )
+    for group, reason in skipped.items():
+        lines.append(f"SKIPPED {group}: {reason}")
     for group, error in failures.items():
         lines.append(f"FAILED {group}: {error}")
     return "\n".join(lines)
+
+
+def add_sqlite_twins(metrics: dict[str, dict[str, Any]]) -> None:
+    """Beside each PostgreSQL metric, its SQLite twin measured in the same run."""
+    for name, twin in SQLITE_TWINS.items():
+        if name in metrics and twin in metrics:
+            value = metrics[twin]["value"]
+            metrics[name]["detail"]["sqlite"] = {
+                "metric": twin,
+                "value": value,
+                "ratio": metrics[twin]["ratio"],
+                "pg_over_sqlite": round(metrics[name]["value"] / value, 3) if value else None,
+            }
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -165,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     metrics: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     try:
         for group, run, names in GROUPS:
             if not only & set(names):
@@ -175,23 +212,27 @@ def main(argv: list[str] | None = None) -> int:
                 for name, m in run(args.quick, only).items():
                     if name in only:
                         metrics[name] = entry(name, m)
+            except GroupSkipped as exc:
+                skipped[group] = str(exc).splitlines()[0][:300]
             except Exception as exc:
                 traceback.print_exc()
                 failures[group] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             print(f"[{group}] done in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     finally:
         remove_fresh_dirs()
+    add_sqlite_twins(metrics)
     report = {
         "mode": mode,
         "machine": {**machine, "load_average_1m_after": round(os.getloadavg()[0], 2)},
         "seconds": round(time.monotonic() - started, 1),
         "metrics": metrics,
         "failures": failures,
+        "skipped": skipped,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\ncorral benchmarks ({mode} mode, {report['seconds']} s; targets are for full mode)")
-    print(table(metrics, failures))
+    print(table(metrics, failures, skipped))
     print(f"\nwrote {args.out}")
     return 1 if failures else 0
 

@@ -12,6 +12,7 @@ import pytest
 from corral.errors import FieldError, InvalidInputError
 from corral.model import Status, WorkloadBatchItem, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
+from corral.store.base import NewWorkload
 from corral.store.errors import DatabaseError
 from tests.blocking import BlockingStore
 from tests.conftest import (
@@ -49,6 +50,62 @@ def test_create_get_roundtrip(store: BlockingStore) -> None:
     assert got == created
     assert got.model_dump(include=set(WorkloadCreate.model_fields)) == spec.model_dump()
     assert got.created_at == got.updated_at and got.started_at is None
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+def test_a_group_commit_of_unlike_workloads_reads_each_back_as_given(
+    store: BlockingStore, keyed: bool
+) -> None:
+    """One ``create_workloads`` call (PostgreSQL writes each table's rows with one
+    statement, a column per array; without keys or dependencies, every table with one
+    statement): fields set in one item and unset in the next, integers and fractions
+    in one column, and text that array syntax would have to escape, each read back as
+    given, with its labels and event."""
+    awkward = 'q"uote \\back {br,ace} NULL ünï ✓'
+    specs = [
+        SPEC,
+        WorkloadCreate(
+            command=["sh", "-c", awkward, ""],
+            name=awkward,
+            env={"Q": '"', "B": "\\", "E": "", "U": awkward},
+            cwd="/srv/a b,{c}",
+            resources={"cpus": 2, "memory_mb": 2**40, "gpus": 3},  # type: ignore[arg-type]
+            labels={"k": "NULL", "empty": ""},
+            priority=-7,
+            timeout_seconds=30,
+        ),
+        WorkloadCreate(
+            command=["true"],
+            resources={"cpus": 0.25},  # type: ignore[arg-type]
+            timeout_seconds=2.5,
+            labels={"k": "v"},
+            dependency_type="afterany",
+        ),
+    ]
+    results = store.create_workloads(
+        [
+            NewWorkload(spec, "alice", f"key{i}" if keyed else None, f"actor{i}")
+            for i, spec in enumerate(specs)
+        ]
+    )
+    made = []
+    for i, (spec, result) in enumerate(zip(specs, results, strict=True)):
+        assert not isinstance(result, Exception), result
+        created, replayed = result
+        assert not replayed
+        made.append(created.id)
+        got = store.get_workload(created.id)
+        assert got == created
+        assert got.model_dump(include=set(WorkloadCreate.model_fields)) == spec.model_dump()
+        assert [(e.type, e.actor) for e in store.list_events(created.id)] == [
+            ("created", f"actor{i}")
+        ]
+    for label, ids in [
+        (("k", "NULL"), [made[1]]),
+        (("empty", ""), [made[1]]),
+        (("k", "v"), [made[2]]),
+    ]:
+        assert [w.id for w in store.list_workloads(labels=[label]).items] == ids
 
 
 def test_pending_running_completed(store: BlockingStore) -> None:
@@ -503,6 +560,25 @@ def test_a_batch_that_fails_in_the_database_stores_nothing(store: BlockingStore)
     assert table_rows(store, "workload_dependencies") == []
     made, replayed = store.create_batch(specs, owner="alice", idempotency_key="k")
     assert not replayed and len(made) == 3  # the key was not taken either
+
+
+def test_a_group_commit_that_fails_in_the_database_stores_nothing(store: BlockingStore) -> None:
+    """A group commit without keys or dependencies (on PostgreSQL, one statement) that
+    the database refuses at the labels of its last item is refused whole: no workload,
+    event or label of any item is left."""
+    kept, _ = store.create_workload(owner="alice", spec=SPEC)
+    items = [NewWorkload(WorkloadCreate(command=["a"], labels={"n": v}), "alice") for v in "12x"]
+    with (
+        writes_refused(store, on="INSERT ON workload_labels", when="NEW.value = 'x'"),
+        pytest.raises(
+            sqlite3.IntegrityError if is_sqlite(store) else DatabaseError,
+            match="refused by the test",
+        ),
+    ):
+        store.create_workloads(items)
+    assert [w.id for w in store.list_workloads().items] == [kept.id]
+    assert len(table_rows(store, "events")) == 1
+    assert table_rows(store, "workload_labels") == []
 
 
 def test_dependencies_name_the_owners_own_workloads(store: BlockingStore) -> None:

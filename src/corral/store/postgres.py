@@ -8,10 +8,15 @@ what differs is how they are had:
 
 - **Round trips.** A transaction runs in pipeline mode: its statements, with ``BEGIN``
   and ``COMMIT``, go to the server together and the client waits only where it must
-  read a result before going on. A create without an idempotency key or
-  dependencies is one round trip; one with them, two (the lookups, then the writes);
-  a transition two (the row lock and status, then the update, the event, the
-  commit). A group commit (``create_workloads``) writes all its items in those.
+  read a result before going on. A create with an idempotency key or dependencies is
+  two round trips (the lookups, then the writes); a transition two (the row lock and
+  status, then the update, the event, the commit). A group commit
+  (``create_workloads``) writes all its items in those, each table's rows by one
+  statement (``unnest`` of an array per column). Creates with neither keys nor
+  dependencies, the common case, are one statement (``_CREATE_PLAIN``: the rows of
+  every table and the notification), run on its own: a statement is its own
+  transaction, so no ``BEGIN``, ``COMMIT`` or pipeline (what those cost the event
+  loop is measured in docs/benchmarks.md, "Issue 11: PostgreSQL").
 - **Transitions** read the status with ``SELECT … FOR UPDATE`` (the row lock), check
   ``valid_transition``, take the time (under the lock, so events' times follow their
   ``seq``, as SQLite's write lock gives) and write the status and its event in the
@@ -156,14 +161,45 @@ def _sql(sqlite_sql: str) -> str:
     return sqlite_sql.replace("?", "%s").replace(" CROSS JOIN ", " JOIN ")
 
 
-_INSERT_WORKLOAD = (
-    f"INSERT INTO workloads ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-    " %s, NULL, NULL, NULL, %s, %s, NULL, NULL, %s, %s, %s, %s, %s, %s, NULL)"
+_INSERT_WORKLOADS = (
+    "INSERT INTO workloads (id, name, command, env, cwd, cpus, memory_mb, gpus, labels,"
+    " priority, timeout_seconds, status, created_at, updated_at, owner, depends_on,"
+    " dependency_type, array_index, batch_id, max_running)"
+    " SELECT i, n, c, e, d, cpus, m, g, l, p, t, 'pending', a, a, o, dep, dt, ai, b, mr"
+    " FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::text[],"
+    " %b::float8[], %b::int8[], %b::int4[], %b::jsonb[], %b::int4[], %b::float8[],"
+    " %b::timestamptz[], %b::text[], %b::jsonb[], %b::text[], %b::int4[], %b::text[],"
+    " %b::int4[]) AS r(i, n, c, e, d, cpus, m, g, l, p, t, a, o, dep, dt, ai, b, mr)"
 )
-_INSERT_EVENT = (
+"""New pending workloads in one statement whatever their number: one array per column
+(``_insert_rows``), sent in binary (``%b``: a text array would have psycopg escape
+every element with a regular expression). Against one ``INSERT … VALUES`` per row
+(psycopg's ``executemany``, a statement per row), measured over HTTP with batches of
+~13: 14 % less of the server's CPU per create and 33 % less of PostgreSQL's
+(docs/benchmarks.md, "Issue 11: PostgreSQL")."""
+_INSERT_LABELS = (
+    "INSERT INTO workload_labels (key, value, workload_id)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[])"
+)
+_INSERT_DEPENDENCIES = (
+    "INSERT INTO workload_dependencies (workload_id, depends_on)"
+    " SELECT * FROM unnest(%b::text[], %b::text[])"
+)
+_INSERT_CREATED_EVENTS = (
     "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " SELECT w, 1, 'created', NULL, 'pending', a, NULL, actor"
+    " FROM unnest(%b::text[], %b::timestamptz[], %b::text[]) AS e(w, a, actor)"
 )
+"""The ``created`` events of new workloads (ids, times, actors)."""
+_CREATE_PLAIN = (
+    f"WITH w AS ({_INSERT_WORKLOADS}), l AS ({_INSERT_LABELS}), e AS ({_INSERT_CREATED_EVENTS})"
+    " SELECT pg_notify(%s, %s)"
+)
+"""Workloads without keys or dependencies, their labels (empty arrays: none), their
+``created`` events and the ``corral_wake`` notification, in one statement. A
+data-modifying ``WITH`` runs to completion whatever the outer query reads, and the
+foreign keys of the labels and events are checked at the end of the statement, when
+the workloads are there."""
 _INSERT_NEXT_EVENT = (
     "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
     " VALUES (%s, (SELECT MAX(seq) + 1 FROM events WHERE workload_id = %s), %s, %s, %s, %s,"
@@ -204,6 +240,13 @@ _FENCED_CLAIM = (
 )
 """``_CLAIM`` under the fence (``FENCE_SQL``, evaluated once): the lease row locked
 shared before any workload, and nothing claimed when the fence no longer holds."""
+_LISTING = False
+"""``prepare`` of listings and counts: never prepared. Their best plan depends on the
+values (a rare status walks its index, a common one walks the ids), and a statement
+psycopg has prepared (after 5 runs) gets PostgreSQL's generic plan after 5 more: at
+10^6 workloads, 5 ms with plans made for the values, 40-55 ms with the generic one
+(docs/benchmarks.md, "Issue 11: PostgreSQL"). Planning each time costs well under a
+millisecond."""
 _TOKENS = (
     'SELECT k.id, k."user", k.admin, u.unix_user, k.description, k.created_at, k.revoked_at'
     ' FROM api_keys AS k JOIN users AS u ON u.name = k."user"'
@@ -337,10 +380,21 @@ class _Row:
 
 async def _insert_rows(conn: Conn, rows: Sequence[_Row]) -> None:
     """Queue the inserts of ``rows``: every workload before any dependency (a row of
-    a batch may name a later one), their labels and ``created`` events."""
-    cur = conn.cursor()
-    await cur.executemany(
-        _INSERT_WORKLOAD,
+    a batch may name a later one), their labels and ``created`` events: one statement
+    per table whatever the number of rows (see ``_INSERT_WORKLOADS``)."""
+    await conn.execute(_INSERT_WORKLOADS, _workload_columns(rows))
+    labels = [(k, v, r.workload_id) for r in rows for k, v in r.spec.labels.items()]
+    if labels:
+        await conn.execute(_INSERT_LABELS, _columns(labels))
+    dependencies = [(r.workload_id, d) for r in rows for d in r.depends_on]
+    if dependencies:
+        await conn.execute(_INSERT_DEPENDENCIES, _columns(dependencies))
+    await conn.execute(_INSERT_CREATED_EVENTS, _event_columns(rows))
+
+
+def _workload_columns(rows: Sequence[_Row]) -> list[list[Any]]:
+    """The parameters of ``_INSERT_WORKLOADS`` for ``rows``."""
+    return _columns(
         [
             (
                 r.workload_id,
@@ -354,8 +408,6 @@ async def _insert_rows(conn: Conn, rows: Sequence[_Row]) -> None:
                 _json_text(r.spec.labels),
                 r.spec.priority,
                 r.spec.timeout_seconds,
-                Status.PENDING.value,
-                r.now,
                 r.now,
                 r.owner,
                 _json_text(r.depends_on),
@@ -365,26 +417,18 @@ async def _insert_rows(conn: Conn, rows: Sequence[_Row]) -> None:
                 r.max_running,
             )
             for r in rows
-        ],
+        ]
     )
-    labels = [(k, v, r.workload_id) for r in rows for k, v in r.spec.labels.items()]
-    if labels:
-        await cur.executemany(
-            "INSERT INTO workload_labels (key, value, workload_id) VALUES (%s, %s, %s)", labels
-        )
-    dependencies = [(r.workload_id, d) for r in rows for d in r.depends_on]
-    if dependencies:
-        await cur.executemany(
-            "INSERT INTO workload_dependencies (workload_id, depends_on) VALUES (%s, %s)",
-            dependencies,
-        )
-    await cur.executemany(
-        _INSERT_EVENT,
-        [
-            (r.workload_id, 1, "created", None, Status.PENDING.value, r.now, None, r.actor)
-            for r in rows
-        ],
-    )
+
+
+def _event_columns(rows: Sequence[_Row]) -> list[list[Any]]:
+    """The parameters of ``_INSERT_CREATED_EVENTS`` for ``rows``."""
+    return _columns([(r.workload_id, r.now, r.actor) for r in rows])
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """``rows`` as one list per column (each sent as an array)."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 async def _owned(conn: Conn, ids: Sequence[str]) -> dict[str, str]:
@@ -512,13 +556,18 @@ class PostgresStore(PostgresCluster):
         ) from conflict
 
     async def _fetch(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+        self,
+        sql: str,
+        params: Sequence[Any] | Mapping[str, Any] = (),
+        *,
+        prepare: bool | None = None,
     ) -> list[tuple[Any, ...]]:
-        """The rows of one statement, run on its own (autocommit)."""
+        """The rows of one statement, run on its own (autocommit). ``prepare=False``:
+        never as a prepared statement (see ``_LISTING``)."""
         pool = await self._ready()
         try:
             async with pool.connection() as conn:
-                cur = await conn.execute(sql, params)
+                cur = await conn.execute(sql, params, prepare=prepare)
                 return await cur.fetchall()
         except psycopg.Error as exc:
             raise _domain_error(exc) from exc
@@ -541,6 +590,9 @@ class PostgresStore(PostgresCluster):
         return result
 
     async def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+        if not any(i.idempotency_key is not None or i.spec.depends_on for i in items):
+            return await self._create_plain(items)
+
         async def body(conn: Conn) -> list[Created | CorralError]:
             keys = [(i.owner, i.idempotency_key) for i in items if i.idempotency_key is not None]
             stored: dict[tuple[str, str], tuple[str, str]] = {}
@@ -583,6 +635,29 @@ class PostgresStore(PostgresCluster):
             return results
 
         return await self._transaction(body)
+
+    async def _create_plain(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
+        """``create_workloads`` of items without idempotency keys or dependencies: no
+        lookups, so one statement writes them all (``_CREATE_PLAIN``)."""
+        plan = _plan_creates(items, {}, {})
+        rows = [p for p in plan if isinstance(p, _Row)]
+        if rows:
+            labels = [(k, v, r.workload_id) for r in rows for k, v in r.spec.labels.items()]
+            await self._fetch(
+                _CREATE_PLAIN,
+                [
+                    *_workload_columns(rows),
+                    *(_columns(labels) if labels else [[], [], []]),
+                    *_event_columns(rows),
+                    WAKE,
+                    wake_payload([r.workload_id for r in rows]),
+                ],
+            )
+        results: list[Created | CorralError] = []
+        for p in plan:
+            assert not isinstance(p, _Replay | str)  # (no keys: nothing is replayed)
+            results.append((p.workload(), False) if isinstance(p, _Row) else p)
+        return results
 
     async def create_batch(
         self,
@@ -814,7 +889,7 @@ class PostgresStore(PostgresCluster):
             id_prefix=id_prefix,
             name=name,
         )
-        rows = await self._fetch(_sql(sql), params)
+        rows = await self._fetch(_sql(sql), params, prepare=_LISTING)
         items = [_row_to_workload(r) for r in rows[:limit]]
         next_cursor = items[-1].id if len(rows) > limit else None
         return Page(items=items, next_cursor=next_cursor)
@@ -832,7 +907,7 @@ class PostgresStore(PostgresCluster):
         sql, params = count_query(
             statuses=statuses, labels=labels, owner=owner, id_prefix=id_prefix, name=name
         )
-        rows = await self._fetch(_sql(sql), params)
+        rows = await self._fetch(_sql(sql), params, prepare=_LISTING)
         return int(rows[0][0])
 
     async def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:

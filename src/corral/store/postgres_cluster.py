@@ -69,6 +69,10 @@ _KEEPALIVES = {
     "keepalives_count": 3,
 }
 
+NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
+"""A notification on a channel (params: channel, payload), sent when the transaction
+commits."""
+
 FENCE_SQL = (
     "SELECT 1 FROM leases WHERE name = %s AND instance = %s AND epoch = %s"
     " AND expires_at > clock_timestamp() FOR SHARE"
@@ -94,7 +98,7 @@ def wake_payload(ids: Sequence[str]) -> str:
 
 async def notify(conn: Conn, channel: str, payload: str) -> None:
     """Queue a notification in ``conn``'s transaction (sent when it commits)."""
-    await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+    await conn.execute(NOTIFY_SQL, (channel, payload))
 
 
 def _server(row: Sequence[Any]) -> ServerInfo:
