@@ -254,6 +254,8 @@ def test_status_without_an_executor_counts_the_callers_workloads(users: Users) -
         "counts": {"pending": 2, "running": 1, "completed": 0, "failed": 0, "killed": 0},
         "queue": [],
         "queue_length": 0,
+        "server": None,  # an app without a scheduler: no server name, no leader
+        "leader": None,
     }
     everyone = users["root"].get("/v1/status").json()["counts"]
     assert everyone == {"pending": 2, "running": 1, "completed": 0, "failed": 1, "killed": 0}
