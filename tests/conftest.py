@@ -295,6 +295,22 @@ def store_factory(
         pg.current.drop(tmp_path)
 
 
+@pytest.fixture
+def serve_db(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[list[str]]:
+    """The ``corral serve`` flags for a live server on the test's database: none on
+    SQLite (the data dir's own file), ``--db URL`` on PostgreSQL (the database of
+    ``make_store(store_kind, tmp_path)``, so a test may open a store on it too)."""
+    if store_kind == "sqlite":
+        yield []
+        return
+    request.getfixturevalue("pg_server")
+    yield ["--db", pg.database_url(tmp_path)]
+    if pg.current is not None:
+        pg.current.drop(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """The session's throw-away PostgreSQL (tests/pg.py), started at first use: its
