@@ -1,12 +1,12 @@
 """A synchronous face over ``httpx.AsyncClient(transport=ASGITransport(app))``, so
 plain (and hypothesis stateful) tests can drive the real app in process: on a loop
 of its own, or through ``run`` (``BlockingStore.run``: the loop the app's store
-serves)."""
+serves). ``on_loop`` serves an app on such a loop to clients that bring their own."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -62,3 +62,39 @@ class SyncASGIClient:
         self._run(self._client.aclose())
         if self._loop is not None:
             self._loop.close()
+
+
+Message = dict[str, Any]
+ASGIApp = Callable[
+    [dict[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+def on_loop(app: ASGIApp, loop: asyncio.AbstractEventLoop) -> ASGIApp:
+    """``app``, run on ``loop`` (``BlockingStore.loop``, where its store's connections
+    live) whichever loop calls it; its ``receive`` and ``send`` run back on the
+    caller's. For clients that run requests on a loop of their own (schemathesis)."""
+
+    async def served(
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        caller = asyncio.get_running_loop()
+
+        async def receive_there() -> Message:
+            message: Message = await _on(caller, receive())
+            return message
+
+        async def send_there(message: Message) -> None:
+            await _on(caller, send(message))
+
+        await _on(loop, app(scope, receive_there, send_there))
+
+    return served
+
+
+def _on(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> Awaitable[Any]:
+    """``work`` run on ``loop``, awaitable on the running one."""
+    return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, loop))  # type: ignore[arg-type]

@@ -16,13 +16,14 @@ from typing import Any
 class BlockingStore:
     def __init__(self, store: Any) -> None:
         self.inner = store
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.loop = asyncio.new_event_loop()
+        """The loop the store serves (a PostgreSQL store's pool stays on it)."""
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coro`` on this store's loop and return its result (or raise)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     @property
     def url(self) -> str:
@@ -40,7 +41,7 @@ class BlockingStore:
         return call
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self.loop.is_closed():
             return
         try:
             close: Callable[[], Any] = self.inner.close
@@ -49,6 +50,6 @@ class BlockingStore:
             else:
                 close()
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()
-            self._loop.close()
+            self.loop.close()

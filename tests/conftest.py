@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +28,16 @@ import corral
 from corral.api import create_app
 from corral.executors.local import is_alive, kill_all
 from corral.keys import key_digest, new_key
-from corral.store import Store
+from corral.model import WorkloadCreate
+from corral.store import StorageFullError, Store
 from corral.store.sqlite import SQLiteStore
 from corral.store.sqlite_async import AsyncSQLiteStore
 from tests import pg
 from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
 
-STORE_KINDS = ["sqlite"]
-ALL_STORE_KINDS = ["sqlite", "postgresql"]
-"""PostgreSQL joins ``STORE_KINDS`` once the store is async everywhere (issue 11);
-until then the suites that override ``store_kind`` with these run on both."""
+STORE_KINDS = ["sqlite", "postgresql"]
+"""The databases every test that takes a store runs on (one suite, two databases)."""
 
 
 def needs(condition: bool, why: str) -> None:
@@ -141,6 +140,105 @@ class Refusal:
             self._conn = None
 
 
+def query(target: object, statement: str) -> list[tuple[Any, ...]]:
+    """``statement``'s rows, read in a session of its own from the database of
+    ``target``: a store of either kind (``BlockingStore`` or not), or a SQLite file."""
+    path = target if isinstance(target, Path) else sqlite_path(target)
+    if path is not None:
+        with closing(sqlite3.connect(path)) as conn:
+            return conn.execute(statement).fetchall()
+    import psycopg
+
+    with psycopg.connect(target.url) as pg_conn:  # type: ignore[attr-defined]
+        return pg_conn.execute(statement).fetchall()  # type: ignore[arg-type]
+
+
+class FullDatabase:
+    """Fills the test's database up for real, until not even the smallest create
+    fits: SQLite's file is capped at the pages it has (``max_page_count`` on each
+    connection the store writes through: a real ``SQLITE_FULL``); PostgreSQL's tables
+    move to a tablespace on a 2 MiB tmpfs (a real ``disk_full``; mounting it needs
+    root). ``make_room()`` lifts the limit; the fixture's end lifts it too."""
+
+    TMPFS = "2m"
+
+    def __init__(self, store: BlockingStore) -> None:
+        self.store = store
+        self._mount: Path | None = None
+        self._tablespace = ""
+
+    def fill(self) -> None:
+        if is_sqlite(self.store):
+
+            def cap(conn: sqlite3.Connection) -> None:
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {pages}")
+
+            on_write_connections(self.store, cap)  # the cap is per connection
+        else:
+            self._small_tablespace()
+        # Creates of shrinking sizes (random text: PostgreSQL compresses nothing of
+        # it), each until one no longer fits; the last ones are the smallest creates.
+        for size, rounds in ((400_000, 50), (8_000, 500), (500, 2_000), (0, 2_000)):
+            text = [secrets.token_hex(min(size - n, 100_000) // 2) for n in range(0, size, 100_000)]
+            for _ in range(rounds):
+                spec = WorkloadCreate(command=["echo", *text] if size else ["true"])
+                try:
+                    self.store.create_workload(owner="alice", spec=spec)
+                except StorageFullError:
+                    break
+            else:
+                raise AssertionError(f"the database never filled up with creates of {size} bytes")
+
+    def make_room(self) -> None:
+        """The database takes writes again (idempotent)."""
+        if is_sqlite(self.store):
+            on_write_connections(self.store, lambda c: c.execute("PRAGMA max_page_count = 1000000"))
+            return
+        if self._mount is None:
+            return
+        import psycopg
+
+        assert pg.current is not None
+        with psycopg.connect(self.store.url, autocommit=True) as conn:
+            conn.execute(
+                f"ALTER TABLE ALL IN TABLESPACE {self._tablespace} SET TABLESPACE pg_default"
+            )  # type: ignore[arg-type]
+        with psycopg.connect(pg.current.url, autocommit=True) as conn:
+            conn.execute(f"DROP TABLESPACE {self._tablespace}")  # type: ignore[arg-type]
+        subprocess.run(["umount", "--lazy", str(self._mount)], check=False)
+        self._mount = None
+
+    def _small_tablespace(self) -> None:
+        needs_root("mounting a small tmpfs for PostgreSQL's tables, to fill it up")
+        import psycopg
+
+        cluster = pg.current
+        assert cluster is not None and self._mount is None
+        server = cluster.server
+        self._tablespace = f"small_{secrets.token_hex(4)}"
+        mount = server.root / self._tablespace
+        mount.mkdir()
+        uid, gid = server.run_as_ids()
+        options = f"size={self.TMPFS},mode=0700,uid={uid},gid={gid}"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
+        self._mount = mount
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLESPACE {self._tablespace} LOCATION '{mount}'")  # type: ignore[arg-type]
+        with psycopg.connect(self.store.url, autocommit=True) as conn:
+            conn.execute(
+                f"ALTER TABLE ALL IN TABLESPACE pg_default SET TABLESPACE {self._tablespace}"
+            )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def full_database(store: BlockingStore) -> Iterator[FullDatabase]:
+    """Fills the test's database on ``fill()`` (see ``FullDatabase``)."""
+    full = FullDatabase(store)
+    yield full
+    full.make_room()
+
+
 @contextmanager
 def writes_refused(
     store: object, *, on: str, when: str = "1", message: str = "write refused by the test"
@@ -194,6 +292,22 @@ def store_factory(
     for s in opened:
         s.close()
     if store_kind == "postgresql" and pg.current is not None:
+        pg.current.drop(tmp_path)
+
+
+@pytest.fixture
+def serve_db(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[list[str]]:
+    """The ``corral serve`` flags for a live server on the test's database: none on
+    SQLite (the data dir's own file), ``--db URL`` on PostgreSQL (the database of
+    ``make_store(store_kind, tmp_path)``, so a test may open a store on it too)."""
+    if store_kind == "sqlite":
+        yield []
+        return
+    request.getfixturevalue("pg_server")
+    yield ["--db", pg.database_url(tmp_path)]
+    if pg.current is not None:
         pg.current.drop(tmp_path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -208,6 +209,48 @@ def test_unknown_id_is_404_everywhere(
     response = api.request(method, path.format(id="01nosuchworkload0000000000"), json=body)
     problem = assert_problem(response, 404)
     assert "01nosuchworkload0000000000" in str(problem["detail"])
+
+
+NUL = "a\x00b"
+
+
+NUL_KEY = {"json": {"command": ["true"]}, "headers": {"Idempotency-Key": NUL}}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "options", "where"),
+    [
+        ("POST", "/v1/workloads", {"json": {"command": ["true"], "name": NUL}}, "name"),
+        ("POST", "/v1/workloads/batch", {"json": {"items": [{"command": ["true"], "name": NUL}]}},
+         "items[0].name"),
+        ("POST", "/v1/workloads", NUL_KEY, "Idempotency-Key"),
+        ("PUT", "/v1/workloads/{id}/status", {"json": {"status": "running", "reason": NUL}},
+         "reason"),
+        ("POST", "/v1/tokens", {"json": {"user": "bob", "description": NUL}}, "description"),
+        ("POST", "/v1/workloads/kill", {"json": {"ids": [NUL]}}, "ids[0]"),
+        ("POST", "/v1/workloads/kill", {"json": {"name": NUL}}, "name"),
+        ("GET", "/v1/workloads", {"params": {"name": NUL}}, "query.name"),
+        ("GET", "/v1/workloads/a%00b", {}, "path.workload_id"),
+        ("DELETE", "/v1/workloads/a%00b", {}, "path.workload_id"),
+        ("PUT", "/v1/workloads/a%00b/status", {"json": {"status": "running"}}, "path.workload_id"),
+        ("GET", "/v1/workloads/a%00b/events", {}, "path.workload_id"),
+        ("GET", "/v1/workloads/a%00b/logs", {}, "path.workload_id"),
+        ("DELETE", "/v1/tokens/a%00b", {}, "path.token_id"),
+    ],
+)  # fmt: skip
+def test_a_nul_in_any_text_is_422_naming_it_on_every_database(
+    api: SyncASGIClient, method: str, path: str, options: dict[str, Any], where: str
+) -> None:
+    """PostgreSQL's text cannot hold a NUL (SQLite's can): every text the API takes
+    refuses one alike, as its document says, rather than one database storing it or
+    finding nothing where the other refuses it."""
+    wid = create(api)["id"]
+    response = api.request(method, path.format(id=wid), **options)
+    problem = assert_problem(response, 422)
+    detail = str(problem["detail"])
+    assert detail.startswith(f"{where}: ") and "must not contain a NUL character" in detail
+    assert api.get(f"/v1/workloads/{wid}").json()["status"] == "pending"
+    assert [w["id"] for w in api.get("/v1/workloads").json()["items"]] == [wid]
 
 
 def test_unexpected_error_is_a_problem_500(

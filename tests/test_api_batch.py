@@ -11,8 +11,8 @@ import pytest
 
 from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
-from tests.conftest import add_key, app_client
-from tests.test_faults import fill_database, rows
+from tests.conftest import FullDatabase, add_key, app_client
+from tests.test_faults import rows
 
 BATCH = "/v1/workloads/batch"
 UNKNOWN = "01m8n0ne000000000000000000"
@@ -175,12 +175,14 @@ def test_a_batch_body_must_be_json_and_fit(store: BlockingStore, tmp_path: Path)
         api.close()
 
 
-def test_a_full_disk_stores_none_of_a_batch(api: SyncASGIClient, store: BlockingStore) -> None:
-    fill_database(store)
-    before = rows(store.path)
+def test_a_full_disk_stores_none_of_a_batch(
+    api: SyncASGIClient, store: BlockingStore, full_database: FullDatabase
+) -> None:
+    full_database.fill()
+    before = rows(store)
     body = {"items": [{"command": ["echo", "y" * 2000], "labels": {"a": "b"}}] * 20}
     assert problem(api.post(BATCH, json=body), 507)["type"] == "urn:corral:problem:storage-full"
-    assert rows(store.path) == before
+    assert rows(store) == before
 
 
 def test_openapi_lists_the_batch_route(api: SyncASGIClient) -> None:

@@ -254,7 +254,7 @@ def test_status_without_an_executor_counts_the_callers_workloads(users: Users) -
         "counts": {"pending": 2, "running": 1, "completed": 0, "failed": 0, "killed": 0},
         "queue": [],
         "queue_length": 0,
-        "server": None,
+        "server": None,  # an app without a scheduler: no server name, no leader
         "leader": None,
     }
     everyone = users["root"].get("/v1/status").json()["counts"]

@@ -1,13 +1,14 @@
-"""schemathesis fuzzes every operation of the app's own OpenAPI document: no 5xx,
-and every response (status, content type, body) conforms to the document."""
+"""schemathesis fuzzes every operation of the app's own OpenAPI document, on each
+database: no 5xx, and every response (status, content type, body) conforms to the
+document."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -19,16 +20,61 @@ from corral.api.limits import MAX_BODY_BYTES
 from corral.ids import looks_like_id
 from corral.model import BATCH_MAX_ITEMS, DEPENDS_ON_MAX_ENTRIES, UNIX_USER_RE
 from corral.store.sqlite_async import AsyncSQLiteStore
+from tests.asgi import ASGIApp, on_loop
 from tests.blocking import BlockingStore
 from tests.conftest import add_key
 
-_tmp = Path(tempfile.mkdtemp(prefix="corral-schemathesis-"))
-_store = BlockingStore(AsyncSQLiteStore(_tmp / "corral.db"))
-_key = add_key(_store, "admin", admin=True)
 _policy = AccessPolicy(allowed_hosts=LOOPBACK_HOSTS | {"testserver"})
-schema = schemathesis.openapi.from_asgi(
-    "/openapi.json", create_app(_store.inner, data_dir=_tmp, policy=_policy)
-)
+
+
+class _Served:
+    """The ASGI app schemathesis calls: the current test's app (``served``), run on
+    its store's loop (schemathesis runs requests on a loop of its own; a PostgreSQL
+    store's connections live on the store's). The lifespan is answered here, as
+    httpx's in-process transport does for the other tests: no scheduler runs."""
+
+    app: ASGIApp | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        assert self.app is not None, "a test of this module without the served fixture"
+        await self.app(scope, receive, send)
+
+
+_served = _Served()
+
+
+def _load_schema() -> schemathesis.BaseSchema:
+    """The app's own document, read from an app over a store of its own (the document
+    does not depend on the store; each test's app is its own, on each database)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = BlockingStore(AsyncSQLiteStore(Path(tmp) / "corral.db"))
+        try:
+            app = create_app(store.inner, data_dir=Path(tmp), policy=_policy)
+            _served.app = on_loop(app, store.loop)
+            return schemathesis.openapi.from_asgi("/openapi.json", _served)
+        finally:
+            _served.app = None
+            store.close()
+
+
+schema = _load_schema()
+
+
+@pytest.fixture
+def served(store: BlockingStore, tmp_path: Path) -> Iterator[str]:
+    """The app over the test's store (on each database) answers schemathesis; its
+    admin key, which every generated request carries (``_AdminKey``)."""
+    key = add_key(store, "admin", admin=True)
+    app = create_app(store.inner, data_dir=tmp_path, policy=_policy)
+    _served.app = on_loop(app, store.loop)
+    _AdminKey.key = key
+    yield key
+    _served.app = None
 
 
 @schema.auth()
@@ -36,18 +82,13 @@ class _AdminKey:
     """Every generated request carries the admin key (schemathesis's own auth hook, so
     it knows the header is set for it, not by the case)."""
 
+    key = ""
+
     def get(self, case: schemathesis.Case, context: object) -> str:
-        return _key
+        return self.key
 
     def set(self, case: schemathesis.Case, data: str, context: object) -> None:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cleanup() -> Iterator[None]:
-    yield
-    _store.close()
-    shutil.rmtree(_tmp, ignore_errors=True)
 
 
 def _allowed_reference(entry: object, in_batch: bool) -> bool:
@@ -61,7 +102,7 @@ def _allowed_reference(entry: object, in_batch: bool) -> bool:
 
 @schema.parametrize()
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-def test_api_conforms(case: schemathesis.Case) -> None:
+def test_api_conforms(case: schemathesis.Case, served: str) -> None:
     # A reused Idempotency-Key with another body is a 422 by design (spec §3), which
     # schemathesis would count as valid data rejected; test_api covers the header.
     if case.headers:

@@ -1,6 +1,10 @@
 """Faults lose nothing and wedge nothing (issue 8): a full disk and a busy database
 are domain errors (507, 503), refused writes leave no partial rows, and reads keep
-working. Real SQLite files; the end-to-end tests run a real ``corral serve``."""
+working. The full database runs on both databases (``FullDatabase``: a real
+``SQLITE_FULL`` or ``disk_full``); the busy ones hold SQLite's own locks and open
+SQLite stores themselves (PostgreSQL's lock timeout is test_postgres.py's), and the
+end-to-end tests run a real ``corral serve`` on its data dir's SQLite file (the full
+file system is the one that file and the logs are on)."""
 
 from __future__ import annotations
 
@@ -22,27 +26,10 @@ from corral.store.base import NewWorkload
 from corral.store.sqlite_async import AsyncSQLiteStore
 from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
-from tests.conftest import add_key, app_client, on_write_connections
+from tests.conftest import FullDatabase, add_key, app_client, query
 from tests.server import LiveServer, pid_gone, wait_until
 
 PROBLEM = "application/problem+json"
-
-
-def fill_database(store: BlockingStore) -> None:
-    """Cap the store's database at the pages it has (``max_page_count``, a real
-    ``SQLITE_FULL``), then create until a create no longer fits."""
-
-    def cap(conn: sqlite3.Connection) -> None:
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages}")
-
-    on_write_connections(store, cap)  # the cap is per connection
-    for i in range(10_000):
-        try:
-            store.create_workload(owner="alice", spec=big_spec(i), idempotency_key=f"fill-{i}")
-        except StorageFullError:
-            return
-    raise AssertionError("the database never filled up")
 
 
 def big_spec(i: int) -> WorkloadCreate:
@@ -51,32 +38,32 @@ def big_spec(i: int) -> WorkloadCreate:
     )
 
 
-def rows(path: Path) -> dict[str, int]:
-    """Row counts, and rows that would betray a partial write."""
-    with sqlite3.connect(path) as conn:
-        one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
-        return {
-            "workloads": one("SELECT COUNT(*) FROM workloads"),
-            "events": one("SELECT COUNT(*) FROM events"),
-            "labels": one("SELECT COUNT(*) FROM workload_labels"),
-            "keys": one("SELECT COUNT(*) FROM idempotency_keys"),
-            "without created event": one(
-                "SELECT COUNT(*) FROM workloads w WHERE NOT EXISTS"
-                " (SELECT 1 FROM events e WHERE e.workload_id = w.id AND e.type = 'created')"
-            ),
-            "orphan events": one(
-                "SELECT COUNT(*) FROM events e WHERE NOT EXISTS"
-                " (SELECT 1 FROM workloads w WHERE w.id = e.workload_id)"
-            ),
-            "orphan labels": one(
-                "SELECT COUNT(*) FROM workload_labels l WHERE NOT EXISTS"
-                " (SELECT 1 FROM workloads w WHERE w.id = l.workload_id)"
-            ),
-            "orphan keys": one(
-                "SELECT COUNT(*) FROM idempotency_keys k WHERE NOT EXISTS"
-                " (SELECT 1 FROM workloads w WHERE w.id = k.workload_id)"
-            ),
-        }
+def rows(target: object) -> dict[str, int]:
+    """Row counts, and rows that would betray a partial write, in the database of
+    ``target`` (a store, or a SQLite file)."""
+    one = lambda sql: query(target, sql)[0][0]  # noqa: E731
+    return {
+        "workloads": one("SELECT COUNT(*) FROM workloads"),
+        "events": one("SELECT COUNT(*) FROM events"),
+        "labels": one("SELECT COUNT(*) FROM workload_labels"),
+        "keys": one("SELECT COUNT(*) FROM idempotency_keys"),
+        "without created event": one(
+            "SELECT COUNT(*) FROM workloads w WHERE NOT EXISTS"
+            " (SELECT 1 FROM events e WHERE e.workload_id = w.id AND e.type = 'created')"
+        ),
+        "orphan events": one(
+            "SELECT COUNT(*) FROM events e WHERE NOT EXISTS"
+            " (SELECT 1 FROM workloads w WHERE w.id = e.workload_id)"
+        ),
+        "orphan labels": one(
+            "SELECT COUNT(*) FROM workload_labels l WHERE NOT EXISTS"
+            " (SELECT 1 FROM workloads w WHERE w.id = l.workload_id)"
+        ),
+        "orphan keys": one(
+            "SELECT COUNT(*) FROM idempotency_keys k WHERE NOT EXISTS"
+            " (SELECT 1 FROM workloads w WHERE w.id = k.workload_id)"
+        ),
+    }
 
 
 CLEAN = {"without created event": 0, "orphan events": 0, "orphan labels": 0, "orphan keys": 0}
@@ -89,27 +76,25 @@ def assert_clean(counts: dict[str, int]) -> None:
 # --- the store ------------------------------------------------------------------------
 
 
-def test_a_full_database_refuses_a_batch_whole_and_reads_go_on(tmp_path: Path) -> None:
-    store = BlockingStore(AsyncSQLiteStore(tmp_path / "corral.db"))
-    try:
-        first, _ = store.create_workload(owner="alice", spec=big_spec(99999))
-        fill_database(store)
-        before = rows(store.path)
-        items = [NewWorkload(big_spec(100 + i), f"batch-{i}", "test") for i in range(5)]
-        with pytest.raises(StorageFullError, match="storage is full"):
-            store.create_workloads(items)
-        assert rows(store.path) == before  # not one item of the batch, nor a part of one
-        assert_clean(before)
-        assert store.get_workload(first.id).id == first.id
-        assert len(store.list_workloads(limit=1000).items) == before["workloads"]
-        assert store.list_events(first.id)[0].type == "created"
-        on_write_connections(store, lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
-        created, replayed = store.create_workload(
-            owner="alice", spec=big_spec(100), idempotency_key="batch-0"
-        )
-        assert not replayed and created.name == "w100"
-    finally:
-        store.close()
+def test_a_full_database_refuses_a_batch_whole_and_reads_go_on(
+    store: BlockingStore, full_database: FullDatabase
+) -> None:
+    first, _ = store.create_workload(owner="alice", spec=big_spec(99999))
+    full_database.fill()
+    before = rows(store)
+    items = [NewWorkload(big_spec(100 + i), f"batch-{i}", "test") for i in range(5)]
+    with pytest.raises(StorageFullError, match="storage is full"):
+        store.create_workloads(items)
+    assert rows(store) == before  # not one item of the batch, nor a part of one
+    assert_clean(before)
+    assert store.get_workload(first.id).id == first.id
+    assert len(store.list_workloads(limit=1000).items) == before["workloads"]
+    assert store.list_events(first.id)[0].type == "created"
+    full_database.make_room()
+    created, replayed = store.create_workload(
+        owner="alice", spec=big_spec(100), idempotency_key="batch-0"
+    )
+    assert not replayed and created.name == "w100"
 
 
 def test_a_busy_database_is_store_busy_after_the_timeout(tmp_path: Path) -> None:
@@ -171,10 +156,12 @@ def test_reads_of_a_database_locked_exclusively_are_store_busy(tmp_path: Path) -
 # --- the API, in process ----------------------------------------------------------------
 
 
-def test_a_full_disk_answers_507_and_reads_200(api: SyncASGIClient, store: BlockingStore) -> None:
+def test_a_full_disk_answers_507_and_reads_200(
+    api: SyncASGIClient, store: BlockingStore, full_database: FullDatabase
+) -> None:
     kept = api.post("/v1/workloads", json={"command": ["true"]}).json()
-    fill_database(store)
-    before = rows(store.path)
+    full_database.fill()
+    before = rows(store)
     body = {"command": ["echo", "y" * 2000], "labels": {"a": "b"}}
     response = api.post("/v1/workloads", json=body, headers={"Idempotency-Key": "full"})
     assert response.status_code == 507, response.text
@@ -182,7 +169,7 @@ def test_a_full_disk_answers_507_and_reads_200(api: SyncASGIClient, store: Block
     problem = response.json()
     assert problem["type"] == "urn:corral:problem:storage-full"
     assert problem["status"] == 507 and "nothing was stored" in problem["detail"]
-    assert rows(store.path) == before
+    assert rows(store) == before
     assert api.get(f"/v1/workloads/{kept['id']}").status_code == 200
     assert api.get("/v1/workloads").status_code == 200
     assert api.get(f"/v1/workloads/{kept['id']}/events").status_code == 200

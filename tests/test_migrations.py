@@ -18,7 +18,7 @@ from corral.store import Store, migrate
 from corral.store.sqlite import SQLiteStore
 from tests import pg
 from tests.blocking import BlockingStore
-from tests.conftest import ALL_STORE_KINDS
+from tests.conftest import STORE_KINDS
 
 
 class Db:
@@ -63,7 +63,7 @@ class Db:
         return BlockingStore(PostgresStore(self.url))  # type: ignore[return-value]
 
 
-@pytest.fixture(params=ALL_STORE_KINDS)
+@pytest.fixture(params=STORE_KINDS)
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
     if request.param == "sqlite":
         yield Db("sqlite", f"sqlite:///{tmp_path / 'corral.db'}")

@@ -1,14 +1,12 @@
 """What only PostgreSQL has to show (the shared contract is test_store_contract.py):
 timestamps read back as corral's strings, faults as domain errors (an unreachable
-server, a lost connection, a lock timeout, a full disk), and races between stores in
-different sessions on idempotency keys."""
+server, a lost connection, a lock timeout; a full disk is test_faults.py's, on both
+databases), and races between stores in different sessions on idempotency keys."""
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +24,7 @@ from corral.store.errors import (
     IdempotencyKeyReusedError,
 )
 from corral.store.postgres import PostgresStore, _domain_error, pool_size_from_env
-from tests import pg
 from tests.blocking import BlockingStore
-from tests.conftest import needs_root
 
 SPEC = WorkloadCreate(command=["true"])
 RFC3339 = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
@@ -122,59 +118,6 @@ def test_a_lock_held_past_lock_timeout_is_busy(store: Store) -> None:
     finally:
         holder.close()
         impatient.close()
-
-
-@pytest.fixture
-def full_tablespace(pg_server: str) -> Iterator[tuple[str, Path]]:
-    """A fresh migrated database whose workloads live on a 16 MiB tmpfs (a tablespace):
-    its URL and the mount; unmounted afterwards."""
-    needs_root("mounting a small tmpfs for a tablespace, to fill it up")
-    cluster = pg.current
-    assert cluster is not None
-    server = cluster.server
-    mount = server.root / f"small-{secrets.token_hex(4)}"
-    mount.mkdir()
-    owner = f"uid={server.run_as_ids()[0]},gid={server.run_as_ids()[1]}"
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size=16m,mode=0700,{owner}", "tmpfs", str(mount)],
-        check=True,
-    )
-    name = f"small_{mount.name[6:]}"
-    try:
-        admin = server.url()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"CREATE TABLESPACE {name} LOCATION '{mount}'")  # type: ignore[arg-type]
-        url = server.create_database(name, template=pg.TEMPLATE)
-        with psycopg.connect(url, autocommit=True) as conn:
-            for table in ("workloads", "events", "workload_labels"):
-                conn.execute(f"ALTER TABLE {table} SET TABLESPACE {name}")  # type: ignore[arg-type]
-        yield url, mount
-    finally:
-        server.drop_database(name)
-        with psycopg.connect(server.url(), autocommit=True) as conn:
-            conn.execute(f"DROP TABLESPACE IF EXISTS {name}")  # type: ignore[arg-type]
-        subprocess.run(["umount", "--lazy", str(mount)], check=False)
-
-
-def test_a_full_disk_is_storage_full_and_stores_nothing(
-    full_tablespace: tuple[str, Path],
-) -> None:
-    """PostgreSQL's ``disk_full`` (a relation that cannot grow) is ``StorageFullError``
-    (507): the create that hit it left no row, and reads still work."""
-    url, _ = full_tablespace
-    store = BlockingStore(PostgresStore(url))
-    try:
-        made = 0
-        with pytest.raises(StorageFullError, match="storage is full"):
-            for _ in range(200):  # ~0.5 MB per workload, 16 MiB of room
-                env = {f"V{i}": secrets.token_urlsafe(96_000) for i in range(4)}
-                store.create_workload(WorkloadCreate(command=["true"], env=env), owner="alice")
-                made += 1
-        assert 0 < made < 200
-        assert store.count_workloads() == made
-        assert len(store.list_workloads(limit=1000).items) == made
-    finally:
-        store.close()
 
 
 def test_racing_creates_with_one_idempotency_key_make_one_workload(

@@ -7,12 +7,9 @@ import multiprocessing
 import threading
 from collections.abc import Callable
 
-import pytest
-
 from corral.model import Status, WorkloadCreate, valid_transition
 from corral.store import InvalidTransitionError, open_store
 from tests.blocking import BlockingStore
-from tests.conftest import ALL_STORE_KINDS
 
 ROUNDS = 100
 # From pending only running/killed are legal; once running wins, exactly one of
@@ -51,7 +48,6 @@ def check_rounds(
         assert store.get_workload(workload_id).status == current
 
 
-@pytest.mark.parametrize("store_kind", ALL_STORE_KINDS, indirect=True)
 def test_32_threads_100_rounds(store_factory: Callable[[], BlockingStore]) -> None:
     store = store_factory()
     ids = [
@@ -101,7 +97,6 @@ def _process_worker(
     queue.put(results)
 
 
-@pytest.mark.parametrize("store_kind", ALL_STORE_KINDS, indirect=True)
 def test_4_processes_100_rounds(store_factory: Callable[[], BlockingStore]) -> None:
     store = store_factory()
     ids = [

@@ -1,7 +1,7 @@
 """The scheduler's shells around the admission core, each through a fake executor
-(``tests/fake_executor.py``: processes the test ends) with a real SQLite store:
-timeouts, reconciliation (at start and by the safety poll), memory admission, and a
-claim refused because the workload was killed after the decision.
+(``tests/fake_executor.py``: processes the test ends) with a real store, on each
+database: timeouts, reconciliation (at start and by the safety poll), memory
+admission, and a claim refused because the workload was killed after the decision.
 
 The tests use only the scheduler's public surface (``start``, ``stop``,
 ``submitted``, ``free``, ``is_active``, ``is_stopping``) and reach the store through
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from corral.executors.base import Capacity, Executor
 from corral.model import Resources, Status, Workload, WorkloadCreate
 from corral.scheduler import Scheduler
 from corral.store import Store
-from tests.conftest import STORE_KINDS, add_key_async, make_store
+from tests.blocking import BlockingStore
+from tests.conftest import add_key_async
 from tests.fake_executor import FakeExecutor, FakeMachine
 
 OWNER = "alice"
@@ -34,8 +35,11 @@ OWNER = "alice"
 class World:
     """The store, as these tests use it, and the machine the fake processes run on."""
 
-    def __init__(self, store: Store, data_dir: Path) -> None:
-        self.store = store
+    def __init__(self, store: BlockingStore, data_dir: Path) -> None:
+        self.store: Store = store.inner
+        self.run = store.run
+        """Run a scenario on the loop the store serves (a PostgreSQL pool stays on
+        the loop it was opened on)."""
         self.data_dir = data_dir
         self.machine = FakeMachine()
 
@@ -92,14 +96,12 @@ async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture(params=STORE_KINDS)
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    store = make_store(request.param, tmp_path)
+@pytest.fixture
+def world(store: BlockingStore, tmp_path: Path) -> World:
     # A server running as root (as the tests may) runs nothing as itself for a user
     # without an admin key.
-    asyncio.run(add_key_async(store, OWNER, admin=True))
-    yield World(store, tmp_path)
-    asyncio.run(store.close())
+    store.run(add_key_async(store.inner, OWNER, admin=True))
+    return World(store, tmp_path)
 
 
 @asynccontextmanager
@@ -153,7 +155,7 @@ def test_a_workload_over_its_time_limit_is_stopped_then_ends_failed_timed_out(
             seen["stubborn"] = (done.reason, done.exit_code, done.signal)
             seen["its CPU once it is gone"] = scheduler.free().cpus
 
-    asyncio.run(scenario())
+    world.run(scenario())
     assert seen == {
         "obeys": ("timed out after 0.2 s", None, None),
         "at the limit": (Status.RUNNING, True, [signal.SIGTERM]),
@@ -186,7 +188,7 @@ def test_a_time_limit_counts_from_the_start_across_a_restart(world: World) -> No
             done = await world.becomes(workload, Status.FAILED)
             seen["ended"] = done.reason
 
-    asyncio.run(scenario())
+    world.run(scenario())
     assert seen == {
         "signalled by the first server": [],
         "at once after the adoption": [signal.SIGTERM],
@@ -232,7 +234,7 @@ def test_a_restart_reconciles_the_running_workloads_with_their_processes(world: 
             seen["claimed"] = (await world.get(never_started)).status
             seen["CPUs taken"] = 8 - scheduler.free().cpus
 
-    asyncio.run(scenario())
+    world.run(scenario())
     assert seen == {
         "exited meanwhile": (3, "exit code 3"),
         "vanished": "lost: its process vanished without an exit status",
@@ -268,7 +270,7 @@ def test_the_safety_poll_reconciles_the_store_with_the_processes(
             seen["killed elsewhere"] = ((await world.get(mine)).status, process.signals)
             seen["launched"] = world.machine.launches == [mine.id]
 
-    asyncio.run(scenario())
+    world.run(scenario())
     assert seen == {
         "not ours": "lost: it is running in the store, but no process of this server runs it",
         "killed elsewhere": (Status.KILLED, [signal.SIGTERM]),
@@ -308,7 +310,7 @@ def test_a_workload_whose_memory_does_not_fit_waits_and_starts_when_it_frees(
                 await world.becomes(w, Status.RUNNING)
             seen["free after"] = scheduler.free().memory_mb
 
-    asyncio.run(scenario())
+    world.run(scenario())
     assert seen == {
         "head": "waiting for 400 MB of memory, 200 MB free",
         "behind": "waiting behind HEAD (priority 0), which needs more",
@@ -341,5 +343,5 @@ def test_a_workload_killed_between_the_decision_and_the_claim_never_runs(
             seen["first"] = await world.statuses(first)
             seen["launched"] = world.machine.launches == [second.id]
 
-    asyncio.run(scenario())
+    world.run(scenario())
     assert seen == {"first": [Status.PENDING, Status.KILLED], "launched": True}

@@ -1,5 +1,7 @@
 """Security end to end (spec §6): a real ``corral serve`` on loopback, attacked and
-used as a browser, another local user or a careless operator would."""
+used as a browser, another local user or a careless operator would. The tests of
+keys (never stored raw, the admin key across restarts, a revoked one) run on each
+database; the rest is the server's own (its files, its listener, its processes)."""
 
 from __future__ import annotations
 
@@ -39,7 +41,34 @@ def wait_done(client: httpx.Client, wid: str, timeout: float = 30) -> dict[str, 
     return wait_until(done, timeout)
 
 
-def test_no_key_no_service_and_the_key_is_never_stored_or_logged(server: LiveServer) -> None:
+def dumped(serve_db: list[str]) -> bytes:
+    """Every row of every table of the PostgreSQL database the server used, as text,
+    or nothing for SQLite (its file is in the data dir)."""
+    if not serve_db:
+        return b""
+    import psycopg
+
+    rows = []
+    with psycopg.connect(serve_db[1]) as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        for (table,) in tables.fetchall():
+            rows += conn.execute(f'SELECT t::text FROM "{table}" t').fetchall()  # type: ignore[arg-type]
+    return "\n".join(row for (row,) in rows).encode()
+
+
+@pytest.fixture
+def server_on_each_db(tmp_path: Path, serve_db: list[str]) -> Iterator[LiveServer]:
+    """``server``, on each database."""
+    srv = LiveServer(tmp_path / "data", "--kill-grace", "1", *serve_db, umask=0).start()
+    yield srv
+    srv.kill()
+    kill_all(srv.data_dir / "run")
+
+
+def test_no_key_no_service_and_the_key_is_never_stored_or_logged(
+    server_on_each_db: LiveServer, serve_db: list[str]
+) -> None:
+    server = server_on_each_db
     anonymous = httpx.Client(base_url=server.url, timeout=10)
     with anonymous, server.http() as admin:
         for method, path in (("POST", "/v1/workloads"), ("GET", "/v1/workloads")):
@@ -63,7 +92,8 @@ def test_no_key_no_service_and_the_key_is_never_stored_or_logged(server: LiveSer
         p.read_bytes()
         for p in server.data_dir.rglob("*")
         if p.is_file() and p.name != "token" and "bin" not in p.parts
-    )
+    ) + dumped(serve_db)
+    assert wid.encode() in stored  # the database's rows are in it
     logged = server.log.read_bytes()
     assert b"POST" in logged  # the requests were logged, and without the key
     for key in (admin_key, alice_key):
@@ -144,14 +174,16 @@ def test_a_data_dir_made_by_an_older_corral_becomes_private(tmp_path: Path) -> N
         assert srv.token and srv.token.startswith("corral_")
 
 
-def test_the_admin_key_survives_restarts_and_comes_back_if_deleted(tmp_path: Path) -> None:
+def test_the_admin_key_survives_restarts_and_comes_back_if_deleted(
+    tmp_path: Path, serve_db: list[str]
+) -> None:
     data = tmp_path / "data"
-    with LiveServer(data, "--executor", "none") as first:
+    with LiveServer(data, "--executor", "none", *serve_db) as first:
         key = first.token
-    with LiveServer(data, "--executor", "none") as second:
+    with LiveServer(data, "--executor", "none", *serve_db) as second:
         assert second.token == key
         (data / "token").unlink()
-    with LiveServer(data, "--executor", "none") as third:
+    with LiveServer(data, "--executor", "none", *serve_db) as third:
         assert third.token and third.token != key
         with third.http() as client:
             tokens = client.get("/v1/tokens").json()["items"]
@@ -324,11 +356,11 @@ def test_a_root_server_runs_nothing_as_root_for_a_plain_user(tmp_path: Path) -> 
         assert admin.get(f"/v1/workloads/{mine}/logs").text == "0\n"
 
 
-def test_an_admin_key_revoked_stops_counting_at_once(tmp_path: Path) -> None:
+def test_an_admin_key_revoked_stops_counting_at_once(tmp_path: Path, serve_db: list[str]) -> None:
     """On a root server, a user ran as root while holding an admin key; once it is
     revoked, the user's next workload does not."""
     needs_root("a server running as root")
-    with LiveServer(tmp_path / "data") as srv, srv.http() as admin:
+    with LiveServer(tmp_path / "data", *serve_db) as srv, srv.http() as admin:
         boss = admin.post("/v1/tokens", json={"user": "boss", "admin": True}).json()
         plain = admin.post("/v1/tokens", json={"user": "boss"}).json()["key"]
         with srv.http(token=plain) as key:

@@ -1,5 +1,5 @@
 """``GET /v1/status`` and a workload's ``stopping`` on a real ``corral serve`` that
-runs real processes (``--executor local``)."""
+runs real processes (``--executor local``), on each database."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ STUBBORN = 'trap "" TERM; echo ready; while :; do sleep 0.05; done'
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[LiveServer]:
+def server(tmp_path: Path, serve_db: list[str]) -> Iterator[LiveServer]:
     args = ("--cpus", "2", "--memory-mb", "1000", "--gpus", "1", "--kill-grace", "3")
-    live = LiveServer(tmp_path / "data", "--executor", "local", *args).start()
+    live = LiveServer(tmp_path / "data", "--executor", "local", *args, *serve_db).start()
     yield live
     live.kill()
     kill_all(tmp_path / "data" / "run")  # whatever a failed test left running

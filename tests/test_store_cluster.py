@@ -19,15 +19,8 @@ from corral.model import Status, WorkloadCreate
 from corral.store import InvalidTransitionError, Store
 from corral.store.cluster import Fence, FencedError, ServerInfo
 from corral.store.sqlite import SQLiteStore
-from tests.conftest import ALL_STORE_KINDS
 
 SPEC = WorkloadCreate(command=["true"])
-
-
-@pytest.fixture(params=ALL_STORE_KINDS)
-def store_kind(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on each database."""
-    return str(request.param)
 
 
 def server(name: str, instance: str, pid: int = 1) -> ServerInfo:

@@ -16,7 +16,6 @@ from corral.store.base import NewWorkload
 from corral.store.errors import DatabaseError
 from tests.blocking import BlockingStore
 from tests.conftest import (
-    ALL_STORE_KINDS,
     event_inserts_fail,
     is_sqlite,
     sqlite_path,
@@ -24,12 +23,6 @@ from tests.conftest import (
 )
 
 SPEC = WorkloadCreate(command=["true"])
-
-
-@pytest.fixture(params=ALL_STORE_KINDS)
-def store_kind(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on each database."""
-    return str(request.param)
 
 
 def test_create_get_roundtrip(store: BlockingStore) -> None:

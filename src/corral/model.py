@@ -94,6 +94,19 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def no_nul(value: str | None) -> str | None:
+    """``value``, unless it holds a NUL (``ValueError``)."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+NUL_FREE = AfterValidator(no_nul)
+"""For every other text the API takes (a name, a reason, a description, an id, a
+filter), with ``"pattern": NO_NUL`` in its schema: PostgreSQL's text cannot hold a
+NUL (SQLite's can), so both refuse one alike (422) and the API is the same on either
+database."""
+
 OSString = Annotated[
     str,
     StringConstraints(max_length=ARG_MAX_CHARS),
@@ -204,7 +217,11 @@ class WorkloadSpec(BaseModel):
             },
         ),
     ]
-    name: Annotated[str | None, Field(max_length=NAME_MAX_CHARS)] = None
+    name: Annotated[
+        str | None,
+        Field(max_length=NAME_MAX_CHARS, json_schema_extra={"pattern": NO_NUL}),
+        NUL_FREE,
+    ] = None
     env: Annotated[
         dict[EnvName, OSString],
         Field(max_length=ENV_MAX_ENTRIES, json_schema_extra=_keys_schema),
@@ -410,7 +427,9 @@ class StatusUpdate(BaseModel):
 
     status: Status
     exit_code: Annotated[int | None, Field(ge=-(2**31), le=2**31 - 1), INTEGRAL] = None
-    reason: Annotated[str | None, Field(max_length=1000)] = None
+    reason: Annotated[
+        str | None, Field(max_length=1000, json_schema_extra={"pattern": NO_NUL}), NUL_FREE
+    ] = None
 
     @model_validator(mode="after")
     def _exit_code_fits_status(self) -> Self:
@@ -442,7 +461,9 @@ class TokenCreate(BaseModel):
     admin: bool = False
     unix_user: Annotated[str | None, StringConstraints(pattern=UNIX_USER_RE.pattern)] = None
     """Run this user's workloads as this Unix account (the server must run as root)."""
-    description: Annotated[str | None, Field(max_length=200)] = None
+    description: Annotated[
+        str | None, Field(max_length=200, json_schema_extra={"pattern": NO_NUL}), NUL_FREE
+    ] = None
 
 
 class Token(BaseModel):

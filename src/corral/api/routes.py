@@ -48,6 +48,8 @@ from corral.model import (
     LABEL_SELECTOR_RE,
     LABELS_MAX_ENTRIES,
     NAME_MAX_CHARS,
+    NO_NUL,
+    NUL_FREE,
     TERMINAL,
     Event,
     Status,
@@ -78,7 +80,11 @@ IDEMPOTENCY_KEY_PARAM = {
 dependency machinery cost about a tenth of the create path."""
 CURSOR_PATTERN = "^([0-9a-hjkmnp-tv-z]{26})?$"
 
-WorkloadId = Annotated[str, PathParam(description="The workload's id.")]
+WorkloadId = Annotated[
+    str,
+    PathParam(description="The workload's id.", json_schema_extra={"pattern": NO_NUL}),
+    NUL_FREE,
+]
 
 
 class EventList(BaseModel):
@@ -166,12 +172,15 @@ CREATED_HEADERS = {
 
 
 def idempotency_key_of(request: Request) -> str | None:
-    """The request's ``Idempotency-Key``, if any (422 when it is too long)."""
+    """The request's ``Idempotency-Key``, if any (422 when it is too long, or holds a
+    NUL: see ``NUL_FREE``)."""
     key = request.headers.get("idempotency-key")
     if key is not None and len(key) > IDEMPOTENCY_KEY_MAX_CHARS:
         raise InvalidInputError(
             f"Idempotency-Key is longer than {IDEMPOTENCY_KEY_MAX_CHARS} characters"
         )
+    if key is not None and "\x00" in key:
+        raise InvalidInputError("Idempotency-Key: must not contain a NUL character")
     return key
 
 
@@ -347,7 +356,13 @@ def _list_route(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
             ),
         ] = "",
         name: Annotated[
-            str | None, Query(max_length=NAME_MAX_CHARS, description="This exact name.")
+            str | None,
+            Query(
+                max_length=NAME_MAX_CHARS,
+                description="This exact name.",
+                json_schema_extra={"pattern": NO_NUL},
+            ),
+            NUL_FREE,
         ] = None,
         count: Annotated[
             bool,

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from corral.model import (
     LABELS_MAX_ENTRIES,
     NAME_MAX_CHARS,
+    NO_NUL,
+    NUL_FREE,
     LabelKey,
     LabelValue,
     Resources,
@@ -57,7 +59,7 @@ class KillRequest(BaseModel):
     )
 
     ids: Annotated[
-        list[str],
+        list[Annotated[str, Field(json_schema_extra={"pattern": NO_NUL}), NUL_FREE]],
         Field(max_length=KILL_IDS_MAX, description="Workload ids, each killed if it is yours."),
     ] = []
     status: Annotated[
@@ -74,7 +76,12 @@ class KillRequest(BaseModel):
     ] = {}
     name: Annotated[
         str | None,
-        Field(max_length=NAME_MAX_CHARS, description="Select workloads of this name."),
+        Field(
+            max_length=NAME_MAX_CHARS,
+            description="Select workloads of this name.",
+            json_schema_extra={"pattern": NO_NUL},
+        ),
+        NUL_FREE,
     ] = None
     all: Annotated[
         bool, Field(description="Select every active workload (narrowed by the others).")

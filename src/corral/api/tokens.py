@@ -17,13 +17,19 @@ from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
 from corral.api.routes import json_body, json_response, parse_body
 from corral.errors import ForbiddenError, InvalidInputError
 from corral.keys import key_digest, new_key
-from corral.model import NewToken, Token, TokenCreate
+from corral.model import NO_NUL, NUL_FREE, NewToken, Token, TokenCreate
 from corral.store import Store
 
 RESERVED_USERS = frozenset({"scheduler"})
 """Actors corral records itself: no user may pass for one."""
 
-TokenId = Annotated[str, PathParam(description="The key's id (from corral token list).")]
+TokenId = Annotated[
+    str,
+    PathParam(
+        description="The key's id (from corral token list).", json_schema_extra={"pattern": NO_NUL}
+    ),
+    NUL_FREE,
+]
 
 
 class TokenList(BaseModel):

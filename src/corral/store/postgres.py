@@ -49,10 +49,10 @@ what differs is how they are had:
   ``timeout`` seconds, is ``DatabaseUnreachableError`` (a ``StoreBusyError``: 503);
   anything else is ``DatabaseError`` (500). A transaction that fails is rolled back
   whole.
-- **NUL.** PostgreSQL's text cannot hold one; the model refuses it everywhere but in a
-  workload's ``name``, which SQLite stores as given: here such an item is a
-  ``FieldError`` of its own (``name``), and a ``name`` filter with one is
-  ``InvalidInputError``.
+- **NUL.** PostgreSQL's text cannot hold one; the API refuses it in every text it
+  takes, on both databases (``model.NUL_FREE``). One that reaches the store anyway
+  (not through the API) is refused here: in a workload's ``name`` a ``FieldError`` of
+  its own (``name``), anywhere else ``InvalidInputError``.
 
 The schema is migrated on open (Alembic, under a transaction-scoped advisory lock so
 that servers starting together migrate once).
@@ -440,8 +440,8 @@ async def _owned(conn: Conn, ids: Sequence[str]) -> dict[str, str]:
 
 
 def _check_text(spec: WorkloadSpec, at: tuple[str | int, ...]) -> None:
-    """``FieldError`` for a NUL in the spec's one free text, its name (the model keeps
-    NULs out of commands, environments, paths and labels; SQLite would store it)."""
+    """``FieldError`` for a NUL in the spec's one free text, its name (the API's model
+    refuses it too; a caller of the store may not have gone through it)."""
     if spec.name is not None and "\x00" in spec.name:
         raise FieldError((*at, "name"), NUL_REFUSED)
 
