@@ -205,14 +205,20 @@ def test_group_commits_taking_keys_in_opposite_orders_all_land(
 def test_a_nul_in_a_name_is_refused_alone(store: Store) -> None:
     """PostgreSQL's text cannot hold a NUL (SQLite's can): a name with one is a field
     error of its own item, the group commit's other items are stored; as a filter it is
-    invalid input, never a 500."""
-    bad = WorkloadCreate(command=["true"], name="a\x00b")
+    invalid input, never a 500. (The API's models refuse a NUL first; the store's own
+    guard is checked here with specs built past them.)"""
+    bad = WorkloadCreate.model_construct(**{**SPEC.model_dump(), "name": "a\x00b"})
     results = store.create_workloads([NewWorkload(SPEC, "alice"), NewWorkload(bad, "alice")])
     assert isinstance(results[1], FieldError) and results[1].loc == ("name",)
     assert not isinstance(results[0], Exception)
     with pytest.raises(FieldError, match=r"items\[1\]\.name"):
         store.create_batch(
-            [WorkloadBatchItem(command=["true"]), WorkloadBatchItem(command=["x"], name="\x00")],
+            [
+                WorkloadBatchItem(command=["true"]),
+                WorkloadBatchItem.model_construct(
+                    **{**WorkloadBatchItem(command=["x"]).model_dump(), "name": "\x00"}
+                ),
+            ],
             owner="alice",
         )
     with pytest.raises(InvalidInputError, match="NUL"):
