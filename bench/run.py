@@ -156,7 +156,7 @@ def table(
     for name, twin in SQLITE_TWINS.items():
         e = metrics.get(name)
         sqlite = e and e["detail"].get("sqlite")
-        if e and sqlite:
+        if e and sqlite and sqlite["pg_over_sqlite"] is not None:
             lines.append(
                 f"{name}: {_num(e['value'])} {e['unit']} on PostgreSQL, {_num(sqlite['value'])}"
                 f" on SQLite ({twin}, this run): {sqlite['pg_over_sqlite']:.2f} x"

@@ -229,8 +229,8 @@ def test_a_nul_in_a_name_is_refused_alone(store: Store) -> None:
 def test_listings_are_planned_for_their_values_every_time(store: Store) -> None:
     """A listing's best plan depends on its values (a rare status walks its index, a
     common one the ids), so it is never a prepared statement, whose generic plan
-    PostgreSQL picks after five runs (measured at 10^6 workloads: 5 ms with custom
-    plans, 40-55 ms with the generic one); a get by id may be."""
+    PostgreSQL picks after five runs (measured at 10^6 workloads: 5-7 ms with custom
+    plans, up to 55 ms with the generic one); a get by id may be."""
     one = BlockingStore(PostgresStore(store.url, pool_size=1, migrate_schema=False))
     try:
         w, _ = one.create_workload(WorkloadCreate(command=["true"], labels={"t": "a"}), owner="a")

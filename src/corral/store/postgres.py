@@ -244,9 +244,9 @@ _LISTING = False
 """``prepare`` of listings and counts: never prepared. Their best plan depends on the
 values (a rare status walks its index, a common one walks the ids), and a statement
 psycopg has prepared (after 5 runs) gets PostgreSQL's generic plan after 5 more: at
-10^6 workloads, 5 ms with plans made for the values, 40-55 ms with the generic one
-(docs/benchmarks.md, "Issue 11: PostgreSQL"). Planning each time costs well under a
-millisecond."""
+10^6 workloads, 5-7 ms with plans made for the values, up to 55 ms with the generic one
+(docs/benchmarks.md, "Issue 11: PostgreSQL"). Planning each time costs 0.4-0.7 ms
+(EXPLAIN ANALYZE's planning time at that size)."""
 _TOKENS = (
     'SELECT k.id, k."user", k.admin, u.unix_user, k.description, k.created_at, k.revoked_at'
     ' FROM api_keys AS k JOIN users AS u ON u.name = k."user"'
