@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from corral.cli import exit_status, unreachable_message
+from corral.cluster import default_name
 from corral.executors.local import kill_all
 from corral.wire import Status, Workload
 from tests.server import LiveServer, free_port, pid_gone, wait_until
@@ -1075,6 +1076,8 @@ def test_status_without_an_executor(server: LiveServer) -> None:
     ok(corral("submit", "--", "true", url=server.url, token=key))
     lines = ok(corral("status", url=server.url, token=key)).splitlines()
     assert lines == [
+        f"server     {default_name()}",
+        "leader     none (no server schedules now)",  # --executor none: no scheduler
         "executor   none",
         "capacity   cpus 0, memory 0, gpus 0",
         "used       cpus 0, memory 0, gpus 0",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.cluster import default_name
 from corral.executors.local import kill_all
 from tests.server import LiveServer, wait_until
 from tests.test_cli import (
@@ -79,6 +80,8 @@ def test_the_workload_gets_the_shell_s_environment_but_never_the_key(
             "SECRET_COPY": f"prefix {key} suffix",
             "CORRAL_TOKEN_FILE": str(tmp_path / "unused"),
             "RAY_AUTH_TOKEN": "ray-secret",  # exported for corral serve (README)
+            "CORRAL_DB": "postgresql://corral:db-secret@db-host/corral",
+            "PGPASSWORD": "db-secret",
             "BASH_FUNC_greet%%": "() {  echo hi\n}",
         }
     )
@@ -91,12 +94,14 @@ def test_the_workload_gets_the_shell_s_environment_but_never_the_key(
     assert printed["VIRTUAL_ENV"] == str(tmp_path / "venv")
     assert printed["EXTRA"] == "1"
     assert printed["PATH"] == os.environ["PATH"]  # the shell's, not the server's
-    hidden = ("CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "RAY_AUTH_TOKEN", "SECRET_COPY")
+    hidden = ("CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "RAY_AUTH_TOKEN", "CORRAL_DB", "PGPASSWORD")
+    hidden += ("SECRET_COPY",)
     for name in (*hidden, "BASH_FUNC_greet%%"):
         assert name not in printed
-    assert key not in logs
+    assert key not in logs and "db-secret" not in logs
     stored = get(local, workload_id)["env"]
     assert isinstance(stored, dict) and key not in json.dumps(stored)
+    assert "db-secret" not in json.dumps(stored)
 
 
 def test_export_none_and_a_list(none: LiveServer) -> None:
@@ -355,18 +360,22 @@ def status_of_a_busy_server(server: LiveServer) -> None:
     wait_until(lambda: get(server, busy)["status"] == "running")
     queued = [ok(cli("submit", "--name", f"q{i}", "--", "true")).strip() for i in range(2)]
     lines = ok(cli("status")).splitlines()
-    assert lines[:5] == [
+    name = default_name()
+    assert lines[:7] == [
+        f"server     {name}",
+        f"leader     {name}",
         "executor   local",
         "capacity   cpus 1, memory 4G, gpus 0",
         "used       cpus 1, memory 1G, gpus 0",
         "free       cpus 0, memory 3G, gpus 0",
         "workloads  2 pending, 1 running",
     ]
-    assert lines[6] == "queue: 2 pending, in scheduling order"
-    assert lines[7].split() == ["ID", "OWNER", "NAME", "PRIO", "CPUS", "MEM", "GPUS", "REASON"]
-    assert [line.split()[0] for line in lines[8:]] == queued
-    assert all("cpu" in line.split(None, 7)[7].lower() for line in lines[8:])  # the reason
+    assert lines[8] == "queue: 2 pending, in scheduling order"
+    assert lines[9].split() == ["ID", "OWNER", "NAME", "PRIO", "CPUS", "MEM", "GPUS", "REASON"]
+    assert [line.split()[0] for line in lines[10:]] == queued
+    assert all("cpu" in line.split(None, 7)[7].lower() for line in lines[10:])  # the reason
     data = json.loads(ok(cli("status", "--json")))
+    assert data["server"] == data["leader"] == name
     assert data["counts"]["pending"] == 2 and [q["id"] for q in data["queue"]] == queued
     assert data["capacity"] == {"cpus": 1.0, "memory_mb": 4096, "gpus": 0}
     ok(cli("kill", busy))

@@ -142,12 +142,17 @@ def test_status_reads_the_server_s_status() -> None:
             }
         ],
         "queue_length": 3,
+        "server": "b",
+        "leader": "a",
     }
     with ScriptedServer(Answer(200, body)) as srv, Client(srv.url, token=KEY) as client:
         status = client.status()
     assert srv.seen[0].path == "/v1/status"
     assert isinstance(status, ServerStatus)
     assert (status.executor, status.free.cpus, status.counts["pending"]) == ("local", 6.0, 3)
+    assert (status.server, status.leader) == ("b", "a")
+    older = ServerStatus.from_json({k: v for k, v in body.items() if k not in ("server", "leader")})
+    assert (older.server, older.leader) == (None, None)  # a server from before names
     assert status.queue[0].resources.cpus == 16.0 and status.queue_length == 3
     with (
         ScriptedServer(Answer(200, {**body, "capacity": None})) as srv,

@@ -101,8 +101,8 @@ def test_claims_take_only_pending_workloads_and_record_each(store: Store) -> Non
         got = store.get_workload(c.id)
         assert got == c
         events = store.list_events(c.id)
-        assert [(e.from_status, e.to_status) for e in events[1:]] == [
-            (Status.PENDING, Status.RUNNING)
+        assert [(e.from_status, e.to_status, e.actor) for e in events[1:]] == [
+            (Status.PENDING, Status.RUNNING, "scheduler")
         ]
     assert store.claim_workloads(ids, node="a", fence=fence[0]) == []  # none pending now
     assert store.get_workload(ids[1]).status is Status.KILLED

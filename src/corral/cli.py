@@ -104,9 +104,13 @@ BATCH_MAX = 1000
 """The most workloads one batch may create (``POST /v1/workloads/batch``)."""
 CANDIDATES_SHOWN = 10
 TOKEN_FLAG_SOURCE = "--token"
-NEVER_EXPORTED = frozenset({"CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "RAY_AUTH_TOKEN"})
-"""Secrets of the shell a submit never copies into a workload (Ray's token: the
-README has operators export it for `corral serve`)."""
+NEVER_EXPORTED = frozenset(
+    {"CORRAL_TOKEN", "CORRAL_TOKEN_FILE", "RAY_AUTH_TOKEN", "CORRAL_DB", "PGPASSWORD"}
+)
+"""Secrets of the shell a submit never copies into a workload (a workload's env is
+stored and shown to its owner and admins): the API key, and what operators export
+for `corral serve` (Ray's token, the database URL with its password, libpq's
+password). ``-e`` still sets any of them on purpose."""
 STATUS_CHOICES = ", ".join(Status)
 
 
@@ -402,7 +406,8 @@ def _submit_parser(p: Parser) -> None:
         metavar="ALL|NONE|VAR,...",
         default="ALL",
         help="which of this shell's variables the workload gets (default ALL, as sbatch;"
-        " never CORRAL_TOKEN, CORRAL_TOKEN_FILE, RAY_AUTH_TOKEN or the API key)",
+        " never CORRAL_TOKEN, CORRAL_TOKEN_FILE, RAY_AUTH_TOKEN, CORRAL_DB, PGPASSWORD"
+        " or the API key)",
     )
     p.add_argument("--cpus", metavar="N", help="CPUs it needs (default 1)")
     p.add_argument("--memory", metavar="SIZE", help="memory it needs: 512M, 4G, 1.5T (MiB bare)")

@@ -499,7 +499,13 @@ def _amounts(cpus: float, memory_mb: int, gpus: int) -> str:
 def status_view(status: ServerStatus, width: int | None, colour: bool) -> list[str]:
     """``corral status``: capacity, used, free, counts by status, the queue's head."""
     counts = ", ".join(f"{status.counts[s]} {s}" for s in Status if status.counts.get(s))
-    rows = [("executor", status.executor)]
+    rows = []
+    if status.server is not None:  # (servers before issue 11 had no names)
+        rows.append(("server", clean(status.server)))
+        rows.append(
+            ("leader", clean(status.leader) if status.leader else "none (no server schedules now)")
+        )
+    rows.append(("executor", status.executor))
     for name in ("capacity", "used", "free"):
         amount = getattr(status, name)
         rows.append((name, _amounts(amount.cpus, amount.memory_mb, amount.gpus)))

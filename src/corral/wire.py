@@ -547,7 +547,8 @@ class QueueEntry(_Record):
 @record
 class ServerStatus(_Record):
     """``GET /v1/status``: the executor's capacity, what is used and free, the caller's
-    workloads counted by status (an admin's: everyone's), and the head of the queue."""
+    workloads counted by status (an admin's: everyone's), the head of the queue, this
+    server's name and the name of the server that schedules (None: none does now)."""
 
     executor: str
     capacity: Capacity
@@ -556,6 +557,8 @@ class ServerStatus(_Record):
     counts: dict[str, int]
     queue: list[QueueEntry]
     queue_length: int
+    server: str | None = None
+    leader: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = "status") -> Self:
@@ -572,6 +575,8 @@ class ServerStatus(_Record):
             counts,
             [QueueEntry.from_json(e, f"{where}.queue[{i}]") for i, e in enumerate(queue)],
             _int(d, "queue_length", where, len(queue)),
+            _opt_str(d, "server", where),
+            _opt_str(d, "leader", where),
         )
 
 

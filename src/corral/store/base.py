@@ -18,6 +18,8 @@ from corral.model import Event, Status, Token, Workload, WorkloadBatchItem, Work
 from corral.store.cluster import Fence, Lease, ServerInfo
 
 LIST_LIMIT_MAX = 1000
+CLAIM_ACTOR = "scheduler"
+"""The actor of every claim's event (pending→running): the scheduler, as in its other writes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +205,8 @@ class Store(Protocol):
         """pending→running on ``node`` for each of ``workload_ids`` still pending (one
         transaction, few round trips; with ``fence`` checked first, else
         ``FencedError`` and nothing written): the claimed ones, in the order given.
-        One no longer pending, or locked by a kill under way, is left alone."""
+        One no longer pending, or locked by a kill under way, is left alone. Each
+        claim's event names ``CLAIM_ACTOR`` as its actor: only the scheduler claims."""
         ...
 
     async def pending_ids(self) -> list[str]:

@@ -92,6 +92,7 @@ from corral.model import (
 )
 from corral.store import migrate
 from corral.store.base import (
+    CLAIM_ACTOR,
     LIST_LIMIT_MAX,
     Account,
     BatchCreated,
@@ -226,7 +227,7 @@ _CLAIM_BODY = (
     " logged AS (INSERT INTO events"
     " (workload_id, seq, type, from_status, to_status, at, reason, actor)"
     " SELECT c.id, (SELECT MAX(e.seq) + 1 FROM events AS e WHERE e.workload_id = c.id),"
-    " 'transition', 'pending', 'running', %(now)s, %(reason)s, NULL FROM claimed AS c)"
+    " 'transition', 'pending', 'running', %(now)s, %(reason)s, %(actor)s FROM claimed AS c)"
     " SELECT {held}, c.* FROM (VALUES (1)) AS one LEFT JOIN claimed AS c ON true"
 )
 _CLAIM = "WITH " + _CLAIM_BODY.format(gate="", held="true")
@@ -824,7 +825,13 @@ class PostgresStore(PostgresCluster):
         if not ids and fence is None:
             return []
         reason = default_reason(Status.RUNNING, None)
-        params: dict[str, Any] = {"ids": ids, "node": node, "reason": reason, "now": now_rfc3339()}
+        params: dict[str, Any] = {
+            "ids": ids,
+            "node": node,
+            "reason": reason,
+            "now": now_rfc3339(),
+            "actor": CLAIM_ACTOR,
+        }
         if fence is not None:
             params.update(zip(("lease", "instance", "epoch"), fence_params(fence), strict=True))
         rows = await self._fetch(_CLAIM if fence is None else _FENCED_CLAIM, params)

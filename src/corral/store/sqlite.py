@@ -62,7 +62,7 @@ from corral.model import (
     workload_from_row,
 )
 from corral.store import migrate
-from corral.store.base import LIST_LIMIT_MAX, BatchCreated, Created, NewWorkload, Page
+from corral.store.base import CLAIM_ACTOR, LIST_LIMIT_MAX, BatchCreated, Created, NewWorkload, Page
 from corral.store.cluster import Fence
 from corral.store.errors import (
     IdempotencyKeyReusedError,
@@ -798,7 +798,7 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
                     continue
                 conn.execute(
                     _INSERT_NEXT_EVENT,
-                    (wid, wid, "transition", "pending", "running", now, reason, None),
+                    (wid, wid, "transition", "pending", "running", now, reason, CLAIM_ACTOR),
                 )
                 claimed.append(_row_to_workload(row))
         return claimed
