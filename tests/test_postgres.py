@@ -20,6 +20,7 @@ from corral.store import StorageFullError, Store, StoreBusyError
 from corral.store.base import NewWorkload
 from corral.store.errors import (
     DatabaseError,
+    DatabaseRefusedError,
     DatabaseUnreachableError,
     IdempotencyKeyReusedError,
 )
@@ -80,6 +81,26 @@ def test_an_unreachable_database_is_a_503_naming_it(tmp_path: Path) -> None:
             store.create_workload(SPEC, owner="alice")
     finally:
         store.close()
+
+
+def test_a_refused_connection_says_what_to_fix_not_to_wait(store: Store) -> None:
+    """An unknown role or database is no outage: opening the store (as `corral serve`
+    does first) quotes the server's refusal and names what to check. (Later, the
+    pool's connection attempts log the refusal and a call waiting for a connection
+    is a plain 503: the pool does not hand its last error to the caller.)"""
+    base, db = store.url.rsplit("/", 1)
+    scheme, rest = base.split("://", 1)
+    host = rest.split("@", 1)[1]
+    for url, said in [
+        (f"{scheme}://nobody@{host}/{db}", 'role "nobody" does not exist'),
+        (f"{base}/no_such_db", 'database "no_such_db" does not exist'),
+    ]:
+        with pytest.raises(DatabaseRefusedError) as info:
+            PostgresStore(url)
+        message = str(info.value)
+        assert said in message and "check the user, password and database name" in message
+        assert "retry" not in message and "FATAL" not in message
+        assert isinstance(info.value, StoreBusyError)  # a 503 to API callers
 
 
 def test_a_lost_connection_is_unreachable_and_the_pool_recovers(store: Store) -> None:

@@ -31,6 +31,12 @@ PG_POLL_SECONDS = 2.0
 """On PostgreSQL the leader's safety poll also stands in for a missed notification."""
 
 
+_SQLITE_ONE_SCHEDULER = (
+    "; one SQLite database has one scheduler: run this one with --scheduler never to"
+    " serve the API only"
+)
+
+
 class ClusterError(Exception):
     """This server cannot join: the message says why and what to do."""
 
@@ -99,9 +105,10 @@ class Cluster:
                 info, live_seconds=self.lease_seconds, replace_instance=held.instance
             )
         if held is not None:
+            more = _SQLITE_ONE_SCHEDULER if self.schedule and not self.shared else ""
             raise ClusterError(
                 f"a server named {held.name} runs on {held.host} (pid {held.pid}) with this"
-                " database; give this one another name (--name)"
+                f" database; give this one another name (--name){more}"
             )
         lease = await self.store.get_lease()
         if lease.holder == info.name and not lease.expired:
@@ -118,9 +125,8 @@ class Cluster:
             )
             if got is None:
                 raise ClusterError(
-                    f"the scheduler of this database runs in server {lease.holder}; one"
-                    " SQLite database has one scheduler: run this one with --scheduler"
-                    " never to serve the API only"
+                    f"the scheduler of this database runs in server {lease.holder}"
+                    + _SQLITE_ONE_SCHEDULER
                 )
             await self.store.release_lease(got[0])  # taken for real by start()
             self.leadership.replace_instance = info.instance

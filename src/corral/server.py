@@ -208,11 +208,12 @@ async def _run(
 
     try:
         try:
-            await ensure_admin_key(store, data_dir)  # the first round trip to the database
+            # Joining first (the first round trip to the database): a server refused
+            # (its name taken, a second scheduler on SQLite) leaves no admin key behind.
+            await cluster.join()
+            await ensure_admin_key(store, data_dir)
         except (StoreBusyError, DatabaseError) as exc:
             raise ServeError(f"cannot open the database {redacted(store.url)}: {exc}") from None
-        try:
-            await cluster.join()
         except ClusterError as exc:
             raise ServeError(str(exc)) from None
         await server.serve(sockets=[sock])

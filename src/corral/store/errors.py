@@ -101,6 +101,21 @@ class DatabaseUnreachableError(StoreBusyError):
         )
 
 
+class DatabaseRefusedError(DatabaseUnreachableError):
+    """The database server answered but refused the connection for a reason that
+    lasts: an unknown user or database, a wrong or missing password, no ``pg_hba``
+    entry. Still a 503 to API callers (an operator may fix it while the server
+    runs), but worded as what to fix, not as a wait."""
+
+    def __init__(self, detail: str = "") -> None:
+        CorralError.__init__(
+            self,
+            f"the database refused the connection ({detail}): check the user, password"
+            " and database name of the URL (a password can come from PGPASSWORD or"
+            " ~/.pgpass instead of the URL)",
+        )
+
+
 class DatabaseError(CorralError):
     """The database refused a statement for a reason the store does not expect (not a
     full disk, a lock or a lost connection): nothing of the request was stored. Not

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ from corral.store.base import (
 from corral.store.cluster import Fence, FencedError
 from corral.store.errors import (
     DatabaseError,
+    DatabaseRefusedError,
     DatabaseUnreachableError,
     IdempotencyKeyReusedError,
     InvalidTransitionError,
@@ -323,6 +325,29 @@ _UNREACHABLE_STATES = ("08", "57P")
 """Connection exceptions (08) and a server shutting down or starting (57P01-57P05)."""
 
 
+_REFUSED_STATES = ("28", "3D000")
+"""Invalid authorization (28: a wrong password, an unknown role, no ``pg_hba`` entry)
+and an unknown database (3D000): the server is there and says no until an operator
+changes something."""
+_REFUSED_TEXT = re.compile(
+    r"FATAL:\s+(?:password authentication failed|role \S+ does not exist|database \S+"
+    r" does not exist|no pg_hba\.conf entry|permission denied)|no password supplied"
+)
+"""The same refusals as libpq reports them when connecting: a connection failure
+carries no SQLSTATE in psycopg, only libpq's message."""
+
+
+def _refusal(message: str) -> str:
+    """The server's own words of a refused connection (after ``FATAL:``), else ''."""
+    for line in message.splitlines():
+        found = re.search(r"FATAL:\s+(.*)", line)
+        if found:
+            return found.group(1).strip()
+        if "no password supplied" in line:
+            return "no password supplied"
+    return ""
+
+
 def _domain_error(exc: psycopg.Error) -> CorralError:
     """The domain error for a psycopg error (see the module docstring). psycopg's
     error classes do not nest by SQLSTATE class, so the code decides."""
@@ -338,6 +363,10 @@ def _domain_error(exc: psycopg.Error) -> CorralError:
         )
     if state.startswith(_BUSY_STATES):
         return StoreBusyError(detail)
+    if isinstance(exc, psycopg.OperationalError) and (
+        state.startswith(_REFUSED_STATES) or _REFUSED_TEXT.search(str(exc))
+    ):
+        return DatabaseRefusedError(_refusal(str(exc)) or detail)
     if state.startswith(_UNREACHABLE_STATES) or (
         not state and isinstance(exc, psycopg.OperationalError)  # no connection, a lost one
     ):
