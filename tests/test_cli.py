@@ -223,7 +223,7 @@ def test_show(server: LiveServer) -> None:
     assert "events" in text
 
     assert one_line_error(corral("show", UNKNOWN_ID, url=server.url)) == (
-        f"no workload {UNKNOWN_ID} on this server (corral ls lists them)"
+        f"no workload {UNKNOWN_ID} (corral ls lists them)"
     )
 
 
@@ -250,7 +250,7 @@ def test_kill_completed(server: LiveServer) -> None:
 
 def test_kill_unknown(server: LiveServer) -> None:
     message = one_line_error(corral("kill", UNKNOWN_ID, url=server.url))
-    assert message == f"no workload {UNKNOWN_ID} on this server (corral ls lists them)"
+    assert message == f"no workload {UNKNOWN_ID} (corral ls lists them)"
 
 
 # --- wait and submit --wait -------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_wait_timeout(server: LiveServer) -> None:
 
 def test_wait_unknown(server: LiveServer) -> None:
     assert one_line_error(corral("wait", UNKNOWN_ID, url=server.url)) == (
-        f"no workload {UNKNOWN_ID} on this server (corral ls lists them)"
+        f"no workload {UNKNOWN_ID} (corral ls lists them)"
     )
 
 
@@ -385,7 +385,7 @@ def test_logs_of_a_workload_without_output(server: LiveServer) -> None:
     assert ok(corral("logs", "-f", workload_id, url=server.url)) == ""  # ends with it
     thread.join()
     assert one_line_error(corral("logs", UNKNOWN_ID, url=server.url)) == (
-        f"no workload {UNKNOWN_ID} on this server (corral ls lists them)"
+        f"no workload {UNKNOWN_ID} (corral ls lists them)"
     )
 
 
@@ -562,6 +562,21 @@ def test_serve_refuses_bad_settings(
     settings = ("--data-dir", str(tmp_path), "--port", str(free_port()), "--executor", "none")
     result = corral("serve", *settings, *args, url="")
     assert one_line_error(result, code).startswith(expected)
+
+
+def test_serve_refuses_a_bad_pool_size_as_a_usage_error(tmp_path: Path) -> None:
+    settings = ("--data-dir", str(tmp_path), "--port", str(free_port()), "--executor", "none")
+    env = {**os.environ, "CORRAL_DB_POOL_SIZE": "zero"}
+    db = ("--db", f"postgresql://u@127.0.0.1:{free_port()}/corral")
+    result = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "serve", *settings, *db],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    message = one_line_error(result, 2)
+    assert message.startswith("CORRAL_DB_POOL_SIZE must be a positive integer, not 'zero'")
 
 
 def test_serve_on_a_port_in_use_says_so_and_leaves_the_data_dir_alone(
@@ -753,7 +768,7 @@ def test_an_unknown_handle_is_not_found(server: LiveServer, handle: str) -> None
     for command in ("show", "kill", "logs", "wait"):
         message = one_line_error(corral(command, handle, url=server.url), 1)
         assert message == (
-            f"no workload {handle} on this server: no id of yours starts with it, and no"
+            f"no workload {handle}: no id of yours starts with it, and no"
             " active one has that name (names work while active; corral ls lists them)"
         )
 

@@ -630,9 +630,9 @@ def _ambiguous(handle: str, items: Sequence[Workload], total: int | None) -> Cli
 
 def _no_workload(handle: str) -> CliError:
     if len(handle) == ID_LENGTH:
-        return CliError(f"no workload {clean(handle)} on this server (corral ls lists them)")
+        return CliError(f"no workload {clean(handle)} (corral ls lists them)")
     return CliError(
-        f"no workload {clean(handle)} on this server: no id of yours starts with it, and"
+        f"no workload {clean(handle)}: no id of yours starts with it, and"
         " no active one has that name (names work while active; corral ls lists them)"
     )
 
@@ -781,6 +781,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         message = str(first["msg"]).removeprefix("Value error, ")
         raise usage(f"invalid --{option}: {message}") from None
+    if settings.db_url.startswith(("postgresql:", "postgres:")):
+        from corral.store.postgres import pool_size_from_env
+
+        try:
+            pool_size_from_env()  # a bad setting is a usage error, before any work
+        except ValueError as exc:
+            raise usage(str(exc)) from None
     try:
         run_server(settings)
     except ServeError as exc:
@@ -1449,7 +1456,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
             token = client.revoke_token(args.token_id)
         except NotFound:
             raise CliError(
-                f"no token {clean(args.token_id)} on this server (corral token list lists them)"
+                f"no token {clean(args.token_id)} (corral token list lists them)"
             ) from None
     print(f"revoked {token.id} ({token.user})")
     return EXIT_OK
