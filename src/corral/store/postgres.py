@@ -75,7 +75,7 @@ from psycopg.adapt import Loader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from corral.errors import CorralError, FieldError, InvalidInputError
-from corral.ids import looks_like_id, new_id, now_rfc3339
+from corral.ids import new_id, now_rfc3339
 from corral.keys import same_digest
 from corral.model import (
     TERMINAL,
@@ -94,7 +94,6 @@ from corral.model import (
 from corral.store import migrate
 from corral.store.base import (
     CLAIM_ACTOR,
-    LIST_LIMIT_MAX,
     Account,
     BatchCreated,
     Created,
@@ -126,11 +125,10 @@ from corral.store.postgres_cluster import (
 )
 from corral.store.sqlite import (
     _COLUMNS,
-    _checked_filters,
     _json_text,
     batch_digest,
-    count_query,
-    list_query,
+    checked_count_query,
+    page_query,
     spec_digest,
 )
 
@@ -911,16 +909,11 @@ class PostgresStore(PostgresCluster):
         id_prefix: str | None = None,
         name: str | None = None,
     ) -> Page:
-        if not 1 <= limit <= LIST_LIMIT_MAX:
-            raise InvalidInputError(f"limit must be between 1 and {LIST_LIMIT_MAX}")
-        if cursor is not None and not looks_like_id(cursor):
-            raise InvalidInputError(f"cursor {cursor!r} is not one returned by this API")
-        labels = _checked_filters(labels, id_prefix)
-        sql, params = list_query(
+        sql, params = page_query(
             statuses=statuses,
             labels=labels,
+            limit=limit,
             cursor=cursor,
-            limit=limit + 1,
             owner=owner,
             id_prefix=id_prefix,
             name=name,
@@ -939,8 +932,7 @@ class PostgresStore(PostgresCluster):
         id_prefix: str | None = None,
         name: str | None = None,
     ) -> int:
-        labels = _checked_filters(labels, id_prefix)
-        sql, params = count_query(
+        sql, params = checked_count_query(
             statuses=statuses, labels=labels, owner=owner, id_prefix=id_prefix, name=name
         )
         rows = await self._fetch(_sql(sql), params, prepare=_LISTING)

@@ -297,6 +297,52 @@ def _checked_filters(
     return labels
 
 
+def page_query(
+    *,
+    statuses: Sequence[Status],
+    labels: Sequence[tuple[str, str]],
+    limit: int,
+    cursor: str | None,
+    owner: str | None,
+    id_prefix: str | None,
+    name: str | None,
+) -> tuple[str, list[Any]]:
+    """``list_workloads``'s arguments checked (``InvalidInputError``) and its statement
+    (``list_query``) for one page and one more row, which says whether a next page
+    exists: shared by every store."""
+    if not 1 <= limit <= LIST_LIMIT_MAX:
+        raise InvalidInputError(f"limit must be between 1 and {LIST_LIMIT_MAX}")
+    if cursor is not None and not looks_like_id(cursor):
+        raise InvalidInputError(f"cursor {cursor!r} is not one returned by this API")
+    return list_query(
+        statuses=statuses,
+        labels=_checked_filters(labels, id_prefix),
+        cursor=cursor,
+        limit=limit + 1,
+        owner=owner,
+        id_prefix=id_prefix,
+        name=name,
+    )
+
+
+def checked_count_query(
+    *,
+    statuses: Sequence[Status],
+    labels: Sequence[tuple[str, str]],
+    owner: str | None,
+    id_prefix: str | None,
+    name: str | None,
+) -> tuple[str, list[Any]]:
+    """``count_workloads``'s arguments checked and its statement (``count_query``)."""
+    return count_query(
+        statuses=statuses,
+        labels=_checked_filters(labels, id_prefix),
+        owner=owner,
+        id_prefix=id_prefix,
+        name=name,
+    )
+
+
 _LATER_FIELDS = {"depends_on", "dependency_type", "array_index"}
 """Fields added to ``WorkloadCreate`` after idempotency keys were first stored."""
 
@@ -857,16 +903,11 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         id_prefix: str | None = None,
         name: str | None = None,
     ) -> Page:
-        if not 1 <= limit <= LIST_LIMIT_MAX:
-            raise InvalidInputError(f"limit must be between 1 and {LIST_LIMIT_MAX}")
-        if cursor is not None and not looks_like_id(cursor):
-            raise InvalidInputError(f"cursor {cursor!r} is not one returned by this API")
-        labels = _checked_filters(labels, id_prefix)
-        sql, params = list_query(
+        sql, params = page_query(
             statuses=statuses,
             labels=labels,
+            limit=limit,
             cursor=cursor,
-            limit=limit + 1,
             owner=owner,
             id_prefix=id_prefix,
             name=name,
@@ -886,8 +927,7 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         id_prefix: str | None = None,
         name: str | None = None,
     ) -> int:
-        labels = _checked_filters(labels, id_prefix)
-        sql, params = count_query(
+        sql, params = checked_count_query(
             statuses=statuses, labels=labels, owner=owner, id_prefix=id_prefix, name=name
         )
         with self._connection() as conn:
