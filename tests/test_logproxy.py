@@ -10,11 +10,14 @@ running with ``node = "A"`` and its log written where A's local executor lays it
 
 from __future__ import annotations
 
+import http.server
 import os
 import random
 import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -47,11 +50,19 @@ class ProxyServer(LiveServer):
     module = "tests.logproxy_server"
 
     def __init__(
-        self, data_dir: Path, db: str, name: str, executor_kind: str, answer_seconds: float
+        self,
+        data_dir: Path,
+        db: str,
+        name: str,
+        executor_kind: str,
+        answer_seconds: float,
+        allowed_hosts: tuple[str, ...] = (),
     ) -> None:
         env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
         args = ("--db", db, "--name", name, "--executor-kind", executor_kind)
         args += ("--answer-seconds", str(answer_seconds))
+        for host in allowed_hosts:
+            args += ("--allowed-host", host)
         super().__init__(data_dir, *args, env=env)
         self.name = name
 
@@ -73,10 +84,18 @@ class Cluster:
         return key
 
     def start(
-        self, name: str, executor_kind: str = "local", *, answer_seconds: float = ANSWER_SECONDS
+        self,
+        name: str,
+        executor_kind: str = "local",
+        *,
+        answer_seconds: float = ANSWER_SECONDS,
+        allowed_hosts: tuple[str, ...] = (),
     ) -> ProxyServer:
-        """A server named ``name``, up, with its row registered (its URL)."""
-        server = ProxyServer(self.tmp_path / name, self.db, name, executor_kind, answer_seconds)
+        """A server named ``name``, up, with its row registered (its URL);
+        ``allowed_hosts``: the only ``Host`` names its guard serves (default loopback)."""
+        server = ProxyServer(
+            self.tmp_path / name, self.db, name, executor_kind, answer_seconds, allowed_hosts
+        )
         self.servers.append(server)
         server.start()
         self.register(name, server.url, pid=server.proc.pid if server.proc else 0)
@@ -224,6 +243,35 @@ class Listener:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class NotCorral:
+    """A web server that is not corral: a 404 HTML page for everything."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                page = b"<html><body>No such page</body></html>"
+                self.send_response(404)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> NotCorral:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 # --- who keeps a log (pure) ------------------------------------------------------
@@ -395,11 +443,11 @@ def test_a_keeper_lost_during_a_follow_cuts_the_body(cluster: Cluster) -> None:
 def test_a_forwarded_request_is_never_forwarded_again(cluster: Cluster) -> None:
     b = cluster.start("B", answer_seconds=1)
     workload = cluster.workload("A", b"on A\n")
-    # A's row points at B itself (a stale URL): B forwards once, then answers from
-    # what it has (no log of that workload: empty), instead of forwarding for ever.
+    # A's row points at B itself (a stale URL): B forwards once, and B, asked as the
+    # keeper, does not forward again: it does not keep that log, and says so.
     cluster.register("A", b.url)
     r = get_log(b, workload.id, cluster.alice)
-    assert r.status_code == 200 and r.content == b""
+    assert r.status_code == 503, r.text
     # A request that says it was forwarded is answered here, A never asked.
     listener = Listener()
     try:
@@ -408,13 +456,113 @@ def test_a_forwarded_request_is_never_forwarded_again(cluster: Cluster) -> None:
             logs_url(b, workload.id),
             headers={"Authorization": f"Bearer {cluster.alice}", FORWARDED_BY: "X"},
         )
-        assert r.status_code == 200 and r.content == b""
+        assert r.status_code == 503, r.text
         assert not listener.contacted()
         # Without the header, A is asked (it accepts, never answers: a 503 in 1 s).
         assert get_log(b, workload.id, cluster.alice).status_code == 503
         assert listener.contacted()
     finally:
         listener.close()
+
+
+def test_a_forwarded_request_for_a_log_kept_elsewhere_is_a_503_naming_both(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.start("A"), cluster.start("B")
+    on_a = cluster.workload("A", b"on A\n")
+    # A's row names B's address (a wrong --advertise-url): B forwards to itself.
+    cluster.register("A", b.url)
+    for params in ({}, {"follow": "true"}, {"tail": 1}):
+        r = get_log(b, on_a.id, cluster.alice, **params)
+        assert r.status_code == 503, r.text
+        assert r.json()["type"] == "urn:corral:problem:log-unavailable"
+        assert r.json()["detail"] == (
+            f"server B forwarded the request for the log of {on_a.id} to server B, but"
+            f" server A keeps it: check server A's --advertise-url ({b.url}), which leads"
+            " here"
+        )
+    # Through A (which forwards B's logs to B's real URL), a log A keeps itself.
+    cluster.register("A", a.url)
+    on_b = cluster.workload("B", b"on B\n")
+    cluster.register("B", a.url)  # now B's row names A's address
+    r = get_log(a, on_b.id, cluster.alice)
+    assert r.status_code == 503
+    assert "to server A, but server B keeps it" in r.json()["detail"]
+    assert f"server A forwarded the request for the log of {on_b.id} here" in a.log.read_text()
+    # The keeper itself answers as it would directly: its log, or an empty one not
+    # written yet; and a log on its disk (a server renamed) is answered too.
+    cluster.register("B", b.url)
+    forwarded = {"Authorization": f"Bearer {cluster.alice}", FORWARDED_BY: "X"}
+    assert httpx.get(logs_url(b, on_b.id), headers=forwarded).content == b"on B\n"
+    fresh = cluster.workload("B")
+    log_path(cluster.tmp_path / "B", fresh.id).unlink()
+    r = httpx.get(logs_url(b, fresh.id), headers=forwarded)
+    assert r.status_code == 200 and r.content == b""
+    renamed = cluster.workload("old-name-of-B", b"from B's old name\n")
+    cluster.write("B", renamed.id, b"from B's old name\n")
+    cluster.register("old-name-of-B", b.url)
+    assert get_log(a, renamed.id, cluster.alice).content == b"from B's old name\n"
+
+
+def test_a_keeper_refusing_the_hop_is_a_503_naming_it_and_what_it_said(
+    cluster: Cluster,
+) -> None:
+    # A serves only the Host 127.0.0.1, and its row names it as localhost.
+    a = cluster.start("A", allowed_hosts=("127.0.0.1",))
+    b = cluster.start("B")
+    workload = cluster.workload("A", b"on A\n")
+    assert get_log(b, workload.id, cluster.alice).content == b"on A\n"
+    url = f"http://localhost:{a.port}"
+    cluster.register("A", url)
+    r = get_log(b, workload.id, cluster.alice)
+    assert r.status_code == 503, r.text
+    assert r.json()["type"] == "urn:corral:problem:log-unavailable"
+    assert r.json()["detail"] == (
+        f"the log of {workload.id} is kept by server A, whose URL {url} answered 400 Bad"
+        f" Request: this server does not serve the host 'localhost:{a.port}'; an operator"
+        " allows more names with --allowed-host"
+    )
+    assert f"server A answered 400 to the request for the log of {workload.id}" in (
+        b.log.read_text()
+    )
+    # Errors about the caller or the workload pass through unchanged.
+    cluster.register("A", a.url)
+    assert (
+        get_log(b, workload.id, cluster.bob).json() == get_log(a, workload.id, cluster.bob).json()
+    )
+    # Something that is not corral at the URL: its 404 is not "no such workload".
+    with NotCorral() as other:
+        cluster.register("A", other.url)
+        r = get_log(b, workload.id, cluster.alice)
+        assert r.status_code == 503, r.text
+        assert r.json()["detail"] == (
+            f"the log of {workload.id} is kept by server A, whose URL {other.url} answered"
+            " 404 Not Found: <html><body>No such page</body></html>"
+        )
+
+
+def test_the_cli_says_once_that_the_keeper_is_gone(cluster: Cluster) -> None:
+    """``corral logs`` through a server whose keeper is gone: one line, not retried."""
+    a, b = cluster.start("A"), cluster.start("B")
+    workload = cluster.workload("A", b"on A\n")
+    a.kill()
+    last_seen = cluster.server_row("A").last_seen
+    env = {**os.environ, "CORRAL_URL": b.url, "CORRAL_TOKEN": cluster.alice}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    done = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "logs", workload.id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"corral: the log of {workload.id} is kept by server A, which is not reachable"
+        f" (last seen {last_seen})\n"
+    )
+    assert b.log.read_text().count(f"cannot reach server A for the log of {workload.id}") == 1
 
 
 def test_a_stopped_keeper_is_a_503_once_its_answer_is_late(cluster: Cluster) -> None:
