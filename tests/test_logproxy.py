@@ -29,14 +29,16 @@ import httpx
 import pytest
 
 from corral.api.logproxy import ANSWER_SECONDS, FORWARDED_BY, log_keeper
+from corral.config import Settings
 from corral.keys import key_digest, new_key
 from corral.logs import FOLLOW_POLL_SECONDS, log_path
 from corral.model import Status, Workload, WorkloadCreate
+from corral.server import ServeError, advertised_url, check_advertised
 from corral.store.cluster import ServerInfo
 from corral.store.postgres import PostgresStore
 from tests import pg
 from tests.blocking import BlockingStore
-from tests.server import LiveServer, wait_until
+from tests.server import LiveServer, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 LIVE_SECONDS = 15.0
@@ -294,6 +296,122 @@ def test_the_keeper_of_a_ray_workloads_log_is_the_lease_holder() -> None:
     assert log_keeper(w(Status.PENDING, None), "ray", "B") == "B"  # it will be pulled there
     assert log_keeper(w(Status.KILLED, None), "ray", "B") is None  # never ran
     assert log_keeper(w(Status.RUNNING, "ray-node-1"), "ray", None) is None  # no leader yet
+
+
+# --- the advertised URL (corral serve) ----------------------------------------------
+
+
+def advertised(fqdn: str, *args: str) -> str:
+    """The URL ``corral serve ARGS`` advertises on a machine whose FQDN is ``fqdn``."""
+    settings = Settings(**dict(zip(args[::2], args[1::2], strict=True)))  # type: ignore[arg-type]
+    return advertised_url(settings, lambda: fqdn)
+
+
+def test_the_default_advertised_url_is_a_name_other_machines_may_use() -> None:
+    wild = ("host", "0.0.0.0", "port", "8765")
+    # The README's example, on a machine that calls itself localhost.
+    assert advertised("localhost", *wild, "allowed_hosts", "a.example") == "http://a.example:8765"
+    assert advertised("localhost.localdomain", *wild, "allowed_hosts", "a.example") == (
+        "http://a.example:8765"
+    )
+    # The FQDN when the guard serves it (listed, or any host), else an allowed name.
+    hosts = "node1.corp,a.example"
+    assert advertised("node1.corp", *wild, "allowed_hosts", hosts) == "http://node1.corp:8765"
+    assert advertised("node1.corp", *wild, "allowed_hosts", "*") == "http://node1.corp:8765"
+    assert advertised("node1.corp", *wild, "allowed_hosts", "a.example") == (
+        "http://a.example:8765"
+    )
+    assert advertised("node1.corp", *wild, "allowed_hosts", "localhost,A.example") == (
+        "http://a.example:8765"
+    )
+    # Nothing better: the FQDN as it is (a warning, or a refusal, at start).
+    assert advertised("localhost", *wild, "allowed_hosts", "localhost") == "http://localhost:8765"
+    assert advertised("localhost", "host", "::", "port", "1", "allowed_hosts", "*") == (
+        "http://localhost:1"
+    )
+    # A given address is advertised as it is; TLS makes it https; the flag wins.
+    assert advertised("x", "host", "10.0.0.5", "port", "9") == "http://10.0.0.5:9"
+    assert advertised("x", "host", "fd00::5", "port", "9") == "http://[fd00::5]:9"
+    assert advertised("x", *wild, "allowed_hosts", "a.b", "tls_cert", "c", "tls_key", "k") == (
+        "https://a.b:8765"
+    )
+    given = ("advertise_url", "http://a.example:8765/")
+    assert advertised("x", *wild, "allowed_hosts", "a.b", *given) == "http://a.example:8765"
+
+
+def test_an_advertised_url_the_guard_refuses_is_refused_a_loopback_one_warned_of() -> None:
+    def check(url: str, *args: str) -> list[str]:
+        settings = Settings(**dict(zip(args[::2], args[1::2], strict=True)))  # type: ignore[arg-type]
+        return check_advertised(settings, url)
+
+    wild = ("host", "0.0.0.0", "allowed_hosts", "a.example")
+    assert check("http://a.example:8765", *wild) == []
+    assert check("http://A.example:8765", *wild) == []
+    assert check("http://127.0.0.1:8765") == []  # loopback --host: one machine's servers
+    assert check("http://node1:8765", "host", "0.0.0.0", "allowed_hosts", "*") == []
+    with pytest.raises(ServeError) as refused:
+        check("http://b.example:8765", *wild, "advertise_url", "http://b.example:8765")
+    assert str(refused.value) == (
+        "--advertise-url http://b.example:8765 names the host b.example, which this server"
+        " refuses (it is not among its --allowed-host names): add --allowed-host b.example,"
+        " or advertise a name it serves"
+    )
+    with pytest.raises(
+        ServeError,
+        match=r"^the advertised URL \(the default\) http://node1:8765 names the host node1,",
+    ):
+        check("http://node1:8765", "host", "0.0.0.0", "allowed_hosts", "localhost")
+    for url in ("http://localhost:8765", "http://[::1]:8765", "http://x.localhost:8765"):
+        (warning,) = check(url, *wild)
+        assert warning == (
+            f"the advertised URL (the default) {url} is a loopback address: the other"
+            " servers of the database would ask themselves for this server's logs; give"
+            " --advertise-url with a name they reach this machine by, e.g. --advertise-url"
+            " http://NAME:8765"
+        )
+
+
+def test_corral_serve_advertises_the_readmes_example_where_others_reach_it(
+    cluster: Cluster,
+) -> None:
+    """``corral serve --host 0.0.0.0 --allowed-host a.example`` on PostgreSQL (no
+    ``--advertise-url``): its row names a.example, not this machine's loopback name."""
+    wild = ("--host", "0.0.0.0", "--allowed-host", "a.example", "--executor", "none")
+    a = LiveServer(cluster.tmp_path / "a", "--db", cluster.db, "--name", "a", *wild)
+    cluster.servers.append(a)  # type: ignore[arg-type]
+    a.start()
+    assert cluster.server_row("a").url == f"http://a.example:{a.port}"
+    assert f"server a at http://a.example:{a.port}" in a.log.read_text()
+    assert "--advertise-url" not in a.log.read_text()  # no warning about it
+    # A loopback URL with a non-loopback --host: one warning line, naming the flag.
+    b_url = f"http://localhost:{free_port()}"
+    b = LiveServer(cluster.tmp_path / "b", "--db", cluster.db, "--name", "b", *wild)
+    b.args += ("--advertise-url", b_url)
+    cluster.servers.append(b)  # type: ignore[arg-type]
+    b.start()
+    assert cluster.server_row("b").url == b_url
+    warnings = [line for line in b.log.read_text().splitlines() if "WARNING" in line]
+    assert [w for w in warnings if "--advertise-url" in w] == [
+        next(w for w in warnings if "is a loopback address" in w)
+    ]
+    # A host the guard refuses: refused at start, in one line.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    c = ("--data-dir", str(cluster.tmp_path / "c"), "--port", str(free_port()), "--name", "c")
+    c += ("--advertise-url", "http://c.example:8765")
+    refused = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "serve", "--db", cluster.db, *c, *wild],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1, refused
+    assert refused.stderr.endswith(
+        "corral: --advertise-url http://c.example:8765 names the host c.example, which this"
+        " server refuses (it is not among its --allowed-host names): add --allowed-host"
+        " c.example, or advertise a name it serves\n"
+    ), refused.stderr
+    assert "c" not in [s.name for s in cluster.store.list_servers()]
 
 
 # --- through another server --------------------------------------------------------
