@@ -4,9 +4,11 @@ identity is wired (docs/postgres.md, Phase 2): the real app on the real store, u
 ``tests/test_logproxy.py``, through ``LiveServer`` (``module``)::
 
     python -m tests.logproxy_server serve --port P --data-dir D --db URL --name NAME \\
-        [--executor-kind local|ray] [--answer-seconds S]
+        [--executor-kind local|ray] [--answer-seconds S] [--allowed-host NAME …]
 
 Its ``servers`` row is the test's to register (``store.register_server``).
+``--allowed-host`` (repeatable) replaces the guard's allowed ``Host`` names (default
+the loopback ones), so that a test can have a keeper refuse the Host its row names.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import uvicorn
 
 from corral import serverlog
 from corral.api import create_app
+from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy
 from corral.api.logproxy import ANSWER_SECONDS, LogProxy
 from corral.store import open_store
 
@@ -32,7 +35,8 @@ async def serve(args: argparse.Namespace, config: uvicorn.Config) -> None:
             executor_kind=args.executor_kind,
             answer_seconds=args.answer_seconds,
         )
-        config.app = create_app(store, data_dir=args.data_dir, log_proxy=proxy)
+        policy = AccessPolicy(allowed_hosts=frozenset(args.allowed_host or LOOPBACK_HOSTS))
+        config.app = create_app(store, data_dir=args.data_dir, log_proxy=proxy, policy=policy)
         await uvicorn.Server(config).serve()
     finally:
         await store.close()
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--executor-kind", default="local", choices=["local", "ray"])
     parser.add_argument("--answer-seconds", type=float, default=ANSWER_SECONDS)
+    parser.add_argument("--allowed-host", action="append")
     args = parser.parse_args()
     serverlog.configure("text")
     config = uvicorn.Config(

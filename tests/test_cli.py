@@ -549,6 +549,16 @@ def test_serve_with_an_unknown_executor(tmp_path: Path) -> None:
         (("--kill-grace", "1m", "--port", "0"), 2, "invalid --port: Input should be greater"),
         (("--cpus", "-2"), 2, "invalid --cpus: Input should be greater than"),
         (
+            ("--advertise-url", "notaurl"),
+            2,
+            "invalid --advertise-url: 'notaurl' is not http(s)://HOST[:PORT] with nothing after",
+        ),
+        (("--advertise-url", "http://a.example:8765/corral"), 2, "invalid --advertise-url:"),
+        (("--advertise-url", "http://u@a.example:8765"), 2, "invalid --advertise-url:"),
+        (("--advertise-url", "ftp://a.example"), 2, "invalid --advertise-url:"),
+        (("--advertise-url", "http://a.example:0"), 2, "invalid --advertise-url:"),
+        (("--advertise-url", "http://a.example:8765?x=1"), 2, "invalid --advertise-url:"),
+        (
             ("--db", "postgresql://u:secret@db/corral"),
             1,
             "cannot open the database postgresql://u:***@db/corral: the database is unreachable",

@@ -311,6 +311,22 @@ def test_streamed_logs_are_retried_too(no_keys: Path) -> None:
     assert [s.path for s in srv.seen] == ["/v1/workloads/w1/logs"] * 2
 
 
+def test_a_log_unavailable_503_is_raised_at_once_as_the_server_said_it(no_keys: Path) -> None:
+    detail = "the log of w1 is kept by server a, which is not reachable (last seen never)"
+    gone = problem(503, "log-unavailable", detail)
+    never = Answer(200, b"not asked\n", {"Content-Type": "text/plain"})
+    for follow in (False, True):
+        with (
+            ScriptedServer(gone, never) as srv,
+            Client(srv.url, token=KEY) as client,
+            pytest.raises(ServerError) as info,
+        ):
+            b"".join(client.stream_logs("w1", follow=follow))
+        assert len(srv.seen) == 1  # not retried: waiting does not bring the keeper back
+        assert str(info.value) == detail
+        assert info.value.slug == "log-unavailable"
+
+
 # --- the token API, as sent -----------------------------------------------------------
 
 

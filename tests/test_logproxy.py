@@ -10,11 +10,14 @@ running with ``node = "A"`` and its log written where A's local executor lays it
 
 from __future__ import annotations
 
+import http.server
 import os
 import random
 import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,14 +29,16 @@ import httpx
 import pytest
 
 from corral.api.logproxy import ANSWER_SECONDS, FORWARDED_BY, log_keeper
+from corral.config import Settings
 from corral.keys import key_digest, new_key
 from corral.logs import FOLLOW_POLL_SECONDS, log_path
 from corral.model import Status, Workload, WorkloadCreate
+from corral.server import ServeError, advertised_url, check_advertised
 from corral.store.cluster import ServerInfo
 from corral.store.postgres import PostgresStore
 from tests import pg
 from tests.blocking import BlockingStore
-from tests.server import LiveServer, wait_until
+from tests.server import LiveServer, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 LIVE_SECONDS = 15.0
@@ -47,11 +52,19 @@ class ProxyServer(LiveServer):
     module = "tests.logproxy_server"
 
     def __init__(
-        self, data_dir: Path, db: str, name: str, executor_kind: str, answer_seconds: float
+        self,
+        data_dir: Path,
+        db: str,
+        name: str,
+        executor_kind: str,
+        answer_seconds: float,
+        allowed_hosts: tuple[str, ...] = (),
     ) -> None:
         env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
         args = ("--db", db, "--name", name, "--executor-kind", executor_kind)
         args += ("--answer-seconds", str(answer_seconds))
+        for host in allowed_hosts:
+            args += ("--allowed-host", host)
         super().__init__(data_dir, *args, env=env)
         self.name = name
 
@@ -73,10 +86,18 @@ class Cluster:
         return key
 
     def start(
-        self, name: str, executor_kind: str = "local", *, answer_seconds: float = ANSWER_SECONDS
+        self,
+        name: str,
+        executor_kind: str = "local",
+        *,
+        answer_seconds: float = ANSWER_SECONDS,
+        allowed_hosts: tuple[str, ...] = (),
     ) -> ProxyServer:
-        """A server named ``name``, up, with its row registered (its URL)."""
-        server = ProxyServer(self.tmp_path / name, self.db, name, executor_kind, answer_seconds)
+        """A server named ``name``, up, with its row registered (its URL);
+        ``allowed_hosts``: the only ``Host`` names its guard serves (default loopback)."""
+        server = ProxyServer(
+            self.tmp_path / name, self.db, name, executor_kind, answer_seconds, allowed_hosts
+        )
         self.servers.append(server)
         server.start()
         self.register(name, server.url, pid=server.proc.pid if server.proc else 0)
@@ -226,6 +247,35 @@ class Listener:
         self.sock.close()
 
 
+class NotCorral:
+    """A web server that is not corral: a 404 HTML page for everything."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                page = b"<html><body>No such page</body></html>"
+                self.send_response(404)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> NotCorral:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 # --- who keeps a log (pure) ------------------------------------------------------
 
 
@@ -246,6 +296,122 @@ def test_the_keeper_of_a_ray_workloads_log_is_the_lease_holder() -> None:
     assert log_keeper(w(Status.PENDING, None), "ray", "B") == "B"  # it will be pulled there
     assert log_keeper(w(Status.KILLED, None), "ray", "B") is None  # never ran
     assert log_keeper(w(Status.RUNNING, "ray-node-1"), "ray", None) is None  # no leader yet
+
+
+# --- the advertised URL (corral serve) ----------------------------------------------
+
+
+def advertised(fqdn: str, *args: str) -> str:
+    """The URL ``corral serve ARGS`` advertises on a machine whose FQDN is ``fqdn``."""
+    settings = Settings(**dict(zip(args[::2], args[1::2], strict=True)))  # type: ignore[arg-type]
+    return advertised_url(settings, lambda: fqdn)
+
+
+def test_the_default_advertised_url_is_a_name_other_machines_may_use() -> None:
+    wild = ("host", "0.0.0.0", "port", "8765")
+    # The README's example, on a machine that calls itself localhost.
+    assert advertised("localhost", *wild, "allowed_hosts", "a.example") == "http://a.example:8765"
+    assert advertised("localhost.localdomain", *wild, "allowed_hosts", "a.example") == (
+        "http://a.example:8765"
+    )
+    # The FQDN when the guard serves it (listed, or any host), else an allowed name.
+    hosts = "node1.corp,a.example"
+    assert advertised("node1.corp", *wild, "allowed_hosts", hosts) == "http://node1.corp:8765"
+    assert advertised("node1.corp", *wild, "allowed_hosts", "*") == "http://node1.corp:8765"
+    assert advertised("node1.corp", *wild, "allowed_hosts", "a.example") == (
+        "http://a.example:8765"
+    )
+    assert advertised("node1.corp", *wild, "allowed_hosts", "localhost,A.example") == (
+        "http://a.example:8765"
+    )
+    # Nothing better: the FQDN as it is (a warning, or a refusal, at start).
+    assert advertised("localhost", *wild, "allowed_hosts", "localhost") == "http://localhost:8765"
+    assert advertised("localhost", "host", "::", "port", "1", "allowed_hosts", "*") == (
+        "http://localhost:1"
+    )
+    # A given address is advertised as it is; TLS makes it https; the flag wins.
+    assert advertised("x", "host", "10.0.0.5", "port", "9") == "http://10.0.0.5:9"
+    assert advertised("x", "host", "fd00::5", "port", "9") == "http://[fd00::5]:9"
+    assert advertised("x", *wild, "allowed_hosts", "a.b", "tls_cert", "c", "tls_key", "k") == (
+        "https://a.b:8765"
+    )
+    given = ("advertise_url", "http://a.example:8765/")
+    assert advertised("x", *wild, "allowed_hosts", "a.b", *given) == "http://a.example:8765"
+
+
+def test_an_advertised_url_the_guard_refuses_is_refused_a_loopback_one_warned_of() -> None:
+    def check(url: str, *args: str) -> list[str]:
+        settings = Settings(**dict(zip(args[::2], args[1::2], strict=True)))  # type: ignore[arg-type]
+        return check_advertised(settings, url)
+
+    wild = ("host", "0.0.0.0", "allowed_hosts", "a.example")
+    assert check("http://a.example:8765", *wild) == []
+    assert check("http://A.example:8765", *wild) == []
+    assert check("http://127.0.0.1:8765") == []  # loopback --host: one machine's servers
+    assert check("http://node1:8765", "host", "0.0.0.0", "allowed_hosts", "*") == []
+    with pytest.raises(ServeError) as refused:
+        check("http://b.example:8765", *wild, "advertise_url", "http://b.example:8765")
+    assert str(refused.value) == (
+        "--advertise-url http://b.example:8765 names the host b.example, which this server"
+        " refuses (it is not among its --allowed-host names): add --allowed-host b.example,"
+        " or advertise a name it serves"
+    )
+    with pytest.raises(
+        ServeError,
+        match=r"^the advertised URL \(the default\) http://node1:8765 names the host node1,",
+    ):
+        check("http://node1:8765", "host", "0.0.0.0", "allowed_hosts", "localhost")
+    for url in ("http://localhost:8765", "http://[::1]:8765", "http://x.localhost:8765"):
+        (warning,) = check(url, *wild)
+        assert warning == (
+            f"the advertised URL (the default) {url} is a loopback address: the other"
+            " servers of the database would ask themselves for this server's logs; give"
+            " --advertise-url with a name they reach this machine by, e.g. --advertise-url"
+            " http://NAME:8765"
+        )
+
+
+def test_corral_serve_advertises_the_readmes_example_where_others_reach_it(
+    cluster: Cluster,
+) -> None:
+    """``corral serve --host 0.0.0.0 --allowed-host a.example`` on PostgreSQL (no
+    ``--advertise-url``): its row names a.example, not this machine's loopback name."""
+    wild = ("--host", "0.0.0.0", "--allowed-host", "a.example", "--executor", "none")
+    a = LiveServer(cluster.tmp_path / "a", "--db", cluster.db, "--name", "a", *wild)
+    cluster.servers.append(a)  # type: ignore[arg-type]
+    a.start()
+    assert cluster.server_row("a").url == f"http://a.example:{a.port}"
+    assert f"server a at http://a.example:{a.port}" in a.log.read_text()
+    assert "--advertise-url" not in a.log.read_text()  # no warning about it
+    # A loopback URL with a non-loopback --host: one warning line, naming the flag.
+    b_url = f"http://localhost:{free_port()}"
+    b = LiveServer(cluster.tmp_path / "b", "--db", cluster.db, "--name", "b", *wild)
+    b.args += ("--advertise-url", b_url)
+    cluster.servers.append(b)  # type: ignore[arg-type]
+    b.start()
+    assert cluster.server_row("b").url == b_url
+    warnings = [line for line in b.log.read_text().splitlines() if "WARNING" in line]
+    assert [w for w in warnings if "--advertise-url" in w] == [
+        next(w for w in warnings if "is a loopback address" in w)
+    ]
+    # A host the guard refuses: refused at start, in one line.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    c = ("--data-dir", str(cluster.tmp_path / "c"), "--port", str(free_port()), "--name", "c")
+    c += ("--advertise-url", "http://c.example:8765")
+    refused = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "serve", "--db", cluster.db, *c, *wild],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1, refused
+    assert refused.stderr.endswith(
+        "corral: --advertise-url http://c.example:8765 names the host c.example, which this"
+        " server refuses (it is not among its --allowed-host names): add --allowed-host"
+        " c.example, or advertise a name it serves\n"
+    ), refused.stderr
+    assert "c" not in [s.name for s in cluster.store.list_servers()]
 
 
 # --- through another server --------------------------------------------------------
@@ -395,11 +561,11 @@ def test_a_keeper_lost_during_a_follow_cuts_the_body(cluster: Cluster) -> None:
 def test_a_forwarded_request_is_never_forwarded_again(cluster: Cluster) -> None:
     b = cluster.start("B", answer_seconds=1)
     workload = cluster.workload("A", b"on A\n")
-    # A's row points at B itself (a stale URL): B forwards once, then answers from
-    # what it has (no log of that workload: empty), instead of forwarding for ever.
+    # A's row points at B itself (a stale URL): B forwards once, and B, asked as the
+    # keeper, does not forward again: it does not keep that log, and says so.
     cluster.register("A", b.url)
     r = get_log(b, workload.id, cluster.alice)
-    assert r.status_code == 200 and r.content == b""
+    assert r.status_code == 503, r.text
     # A request that says it was forwarded is answered here, A never asked.
     listener = Listener()
     try:
@@ -408,13 +574,113 @@ def test_a_forwarded_request_is_never_forwarded_again(cluster: Cluster) -> None:
             logs_url(b, workload.id),
             headers={"Authorization": f"Bearer {cluster.alice}", FORWARDED_BY: "X"},
         )
-        assert r.status_code == 200 and r.content == b""
+        assert r.status_code == 503, r.text
         assert not listener.contacted()
         # Without the header, A is asked (it accepts, never answers: a 503 in 1 s).
         assert get_log(b, workload.id, cluster.alice).status_code == 503
         assert listener.contacted()
     finally:
         listener.close()
+
+
+def test_a_forwarded_request_for_a_log_kept_elsewhere_is_a_503_naming_both(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.start("A"), cluster.start("B")
+    on_a = cluster.workload("A", b"on A\n")
+    # A's row names B's address (a wrong --advertise-url): B forwards to itself.
+    cluster.register("A", b.url)
+    for params in ({}, {"follow": "true"}, {"tail": 1}):
+        r = get_log(b, on_a.id, cluster.alice, **params)
+        assert r.status_code == 503, r.text
+        assert r.json()["type"] == "urn:corral:problem:log-unavailable"
+        assert r.json()["detail"] == (
+            f"server B forwarded the request for the log of {on_a.id} to server B, but"
+            f" server A keeps it: check server A's --advertise-url ({b.url}), which leads"
+            " here"
+        )
+    # Through A (which forwards B's logs to B's real URL), a log A keeps itself.
+    cluster.register("A", a.url)
+    on_b = cluster.workload("B", b"on B\n")
+    cluster.register("B", a.url)  # now B's row names A's address
+    r = get_log(a, on_b.id, cluster.alice)
+    assert r.status_code == 503
+    assert "to server A, but server B keeps it" in r.json()["detail"]
+    assert f"server A forwarded the request for the log of {on_b.id} here" in a.log.read_text()
+    # The keeper itself answers as it would directly: its log, or an empty one not
+    # written yet; and a log on its disk (a server renamed) is answered too.
+    cluster.register("B", b.url)
+    forwarded = {"Authorization": f"Bearer {cluster.alice}", FORWARDED_BY: "X"}
+    assert httpx.get(logs_url(b, on_b.id), headers=forwarded).content == b"on B\n"
+    fresh = cluster.workload("B")
+    log_path(cluster.tmp_path / "B", fresh.id).unlink()
+    r = httpx.get(logs_url(b, fresh.id), headers=forwarded)
+    assert r.status_code == 200 and r.content == b""
+    renamed = cluster.workload("old-name-of-B", b"from B's old name\n")
+    cluster.write("B", renamed.id, b"from B's old name\n")
+    cluster.register("old-name-of-B", b.url)
+    assert get_log(a, renamed.id, cluster.alice).content == b"from B's old name\n"
+
+
+def test_a_keeper_refusing_the_hop_is_a_503_naming_it_and_what_it_said(
+    cluster: Cluster,
+) -> None:
+    # A serves only the Host 127.0.0.1, and its row names it as localhost.
+    a = cluster.start("A", allowed_hosts=("127.0.0.1",))
+    b = cluster.start("B")
+    workload = cluster.workload("A", b"on A\n")
+    assert get_log(b, workload.id, cluster.alice).content == b"on A\n"
+    url = f"http://localhost:{a.port}"
+    cluster.register("A", url)
+    r = get_log(b, workload.id, cluster.alice)
+    assert r.status_code == 503, r.text
+    assert r.json()["type"] == "urn:corral:problem:log-unavailable"
+    assert r.json()["detail"] == (
+        f"the log of {workload.id} is kept by server A, whose URL {url} answered 400 Bad"
+        f" Request: this server does not serve the host 'localhost:{a.port}'; an operator"
+        " allows more names with --allowed-host"
+    )
+    assert f"server A answered 400 to the request for the log of {workload.id}" in (
+        b.log.read_text()
+    )
+    # Errors about the caller or the workload pass through unchanged.
+    cluster.register("A", a.url)
+    assert (
+        get_log(b, workload.id, cluster.bob).json() == get_log(a, workload.id, cluster.bob).json()
+    )
+    # Something that is not corral at the URL: its 404 is not "no such workload".
+    with NotCorral() as other:
+        cluster.register("A", other.url)
+        r = get_log(b, workload.id, cluster.alice)
+        assert r.status_code == 503, r.text
+        assert r.json()["detail"] == (
+            f"the log of {workload.id} is kept by server A, whose URL {other.url} answered"
+            " 404 Not Found: <html><body>No such page</body></html>"
+        )
+
+
+def test_the_cli_says_once_that_the_keeper_is_gone(cluster: Cluster) -> None:
+    """``corral logs`` through a server whose keeper is gone: one line, not retried."""
+    a, b = cluster.start("A"), cluster.start("B")
+    workload = cluster.workload("A", b"on A\n")
+    a.kill()
+    last_seen = cluster.server_row("A").last_seen
+    env = {**os.environ, "CORRAL_URL": b.url, "CORRAL_TOKEN": cluster.alice}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    done = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "logs", workload.id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"corral: the log of {workload.id} is kept by server A, which is not reachable"
+        f" (last seen {last_seen})\n"
+    )
+    assert b.log.read_text().count(f"cannot reach server A for the log of {workload.id}") == 1
 
 
 def test_a_stopped_keeper_is_a_503_once_its_answer_is_late(cluster: Cluster) -> None:

@@ -347,7 +347,9 @@ def _serve_parser(p: Parser) -> None:
     p.add_argument(
         "--advertise-url",
         metavar="URL",
-        help="where other servers of the database reach this one (default http://HOST:PORT)",
+        help="where other servers of the database reach this one: http(s)://HOST[:PORT]"
+        " (default http://HOST:PORT; with --host 0.0.0.0, the FQDN if --allowed-host"
+        " lists it, else the first non-loopback --allowed-host)",
     )
     p.add_argument("--cpus", type=_float_flag("--cpus"), help="CPUs to schedule (default: all)")
     p.add_argument(

@@ -39,8 +39,9 @@ failure is raised as one of these errors, each with a message fit to show a user
         └── ServerError             5xx: 500 internal, 503 busy (after retrying),
                                     507 storage-full (the server's disk is full)
 
-429 and 503 answers are retried transparently (see ``Client``), so ``RateLimited`` and a
-503 ``ServerError`` mean the server stayed that way for ``retry_for`` seconds.
+429 and 503 ``busy`` answers are retried transparently (see ``Client``), so ``RateLimited``
+and a 503 ``busy`` ``ServerError`` mean the server stayed that way for ``retry_for``
+seconds; a 503 ``log-unavailable`` is raised at once.
 
 Transport: a small pool of keep-alive connections (one per thread that is using one
 at the moment; idle ones are kept and reused). An idle connection the server has
@@ -308,6 +309,8 @@ class ServerError(APIError):
             hint = "the server's disk is full; nothing was changed: free space on it, then retry"
         elif self.slug == "busy":
             hint = "the server stayed busy; nothing was changed: retry later"
+        elif self.slug == "log-unavailable":
+            return self.detail  # says which server keeps the log and what is wrong
         elif self.status == 503:
             hint = "the server is unavailable: retry later"
         elif self.slug == "internal":
@@ -610,10 +613,12 @@ class Client:
     which is not idempotent, because both answers mean the request was not carried
     out: a 429 comes from the request guard before any route runs, and corral answers
     503 ``busy`` only when its database transaction could not start or was rolled
-    back whole. A 503 from something else (a proxy, without corral's ``busy``
-    problem) promises nothing, so a POST is retried after it only when it carries an
+    back whole. A 503 from something else (a proxy, without a corral problem)
+    promises nothing, so a POST is retried after it only when it carries an
     ``Idempotency-Key`` (the server then replays instead of doing it twice);
-    GET, PUT and DELETE are idempotent and always retried.
+    GET, PUT and DELETE are idempotent and always retried. Corral's other 503s
+    (``log-unavailable``: the log cannot be read, or the server that keeps it cannot
+    be reached or is misconfigured) are raised at once: waiting does not mend them.
     """
 
     def __init__(
@@ -1186,6 +1191,8 @@ class Client:
     ) -> float | None:
         """Seconds to wait before sending the request again, or None not to."""
         if error.status == 503:
+            if error.slug is not None and error.slug != "busy":
+                return None  # corral's own 503 that waiting does not mend (log-unavailable)
             safe = method in _IDEMPOTENT or error.slug == "busy" or "Idempotency-Key" in headers
             if not safe:
                 return None

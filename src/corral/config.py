@@ -18,6 +18,11 @@ from corral.defaults import is_loopback as is_loopback
 
 KILL_GRACE_SECONDS = 10.0
 SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
+ADVERTISE_URL_RE = re.compile(
+    r"(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::([0-9]{1,5}))?/?"
+)
+"""``--advertise-url``: a scheme, a host (a name or an address) and a port, no path,
+query, user or fragment (a trailing ``/`` is dropped)."""
 RATE_LIMIT_PER_SECOND = 200.0
 """Requests per second per API key (bursts of twice that); clients wait and retry."""
 
@@ -87,7 +92,24 @@ class Settings(BaseSettings):
     """How long the scheduler lease lasts without a renewal (renewed every third)."""
     advertise_url: str | None = None
     """Where other servers of the database reach this one's API (log requests are
-    forwarded there); default ``http(s)://HOST:PORT`` of its listener."""
+    forwarded there): ``http(s)://HOST[:PORT]``, nothing else. Default (the server
+    derives it, ``server.advertised_url``): ``http(s)://HOST:PORT`` of its listener;
+    with ``--host 0.0.0.0`` (or ``::``), the machine's FQDN, else its first
+    ``--allowed-host`` name, in place of HOST."""
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _advertise_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = ADVERTISE_URL_RE.fullmatch(value)
+        if match is None or not 0 < int(match.group(3) or 80) < 65536:
+            raise ValueError(
+                f"{value!r} is not http(s)://HOST[:PORT] with nothing after it: give the"
+                " URL the other servers reach this one at, e.g. http://a.example:8765"
+            )
+        return value.rstrip("/")
+
     log_format: Literal["text", "json"] = "text"
     """The server log on stderr: one line per record, as text or as a JSON object."""
 

@@ -1,4 +1,25 @@
-"""``corral serve``: build the store, scheduler and app, and run uvicorn."""
+"""``corral serve``: build the store, scheduler and app, and run uvicorn.
+
+**The advertised URL** (``advertised_url``): where the other servers of a shared
+(PostgreSQL) database reach this one, to forward it the requests for the logs it
+keeps; stored in its ``servers`` row. ``--advertise-url`` when given (checked at
+start: ``http(s)://HOST[:PORT]``, nothing else). Else the listener's
+``http(s)://HOST:PORT``, where a wildcard ``--host`` (``0.0.0.0``, ``::``) gives way
+to the first name that other machines may reach and this server's host guard
+accepts: the machine's FQDN (when it is not a loopback name: many machines call
+themselves ``localhost``) if it is among the ``--allowed-host`` names (or ``*`` is),
+else the first ``--allowed-host`` name that is not a loopback one; failing both, the
+FQDN as it is. Then, on a shared database only (on SQLite no other server asks):
+
+- a URL whose host the guard would refuse (not loopback, not among the
+  ``--allowed-host`` names) is refused at start, saying to add it to
+  ``--allowed-host``: every forwarded request would otherwise get a 400;
+- a loopback URL while ``--host`` is not loopback is a warning at start, naming
+  ``--advertise-url``. A warning, not a refusal: several servers on one machine
+  work with it, and elsewhere the mistake is loud, not silent (a server that gets a
+  forwarded request for a log it does not keep answers a 503 naming both servers
+  and the URL to check; ``api/logproxy.py``).
+"""
 
 from __future__ import annotations
 
@@ -90,6 +111,71 @@ def check_exposure(settings: Settings) -> list[str]:
     return warnings
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+"""``--host`` values that listen on every address: no host to advertise."""
+
+
+def loopback_name(host: str) -> bool:
+    """True for a host that names this machine only: a loopback address, ``localhost``
+    and its kin (``localhost.localdomain``, ``*.localhost``, ``ip6-localhost``)."""
+    host = host.lower().strip("[]").rstrip(".")
+    return (
+        is_loopback(host)
+        or host in ("localhost.localdomain", "ip6-localhost", "ip6-loopback")
+        or host.endswith(".localhost")
+    )
+
+
+def advertised_url(settings: Settings, fqdn: Callable[[], str] | None = None) -> str:
+    """Where the other servers of the database reach this one (module docstring);
+    ``fqdn`` gives this machine's fully qualified name (default ``socket.getfqdn``,
+    asked only for a wildcard ``--host``: it may wait for DNS)."""
+    if settings.advertise_url:
+        return settings.advertise_url
+    scheme = "https" if settings.tls_cert else "http"
+    host = settings.host
+    if host in WILDCARD_HOSTS:
+        from corral.api.guard import host_name
+
+        machine = (fqdn or _fqdn)()
+        allowed = [h for h in settings.allowed_hosts if h != "*"]
+        any_host = "*" in settings.allowed_hosts
+        names = [machine] if any_host or host_name(machine) in map(host_name, allowed) else []
+        names += [host_name(h) or h for h in allowed]
+        host = next((n for n in names if not loopback_name(n)), machine)
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{settings.port}"
+
+
+def check_advertised(settings: Settings, url: str) -> list[str]:
+    """Refuse an advertised ``url`` that this server's host guard would refuse
+    (``ServeError``); return the warning for a loopback one while ``--host`` is not
+    (module docstring)."""
+    from urllib.parse import urlsplit
+
+    from corral.api.guard import LOOPBACK_HOSTS, host_name
+
+    host = urlsplit(url).hostname or ""
+    given = "--advertise-url" if settings.advertise_url else "the advertised URL (the default)"
+    if loopback_name(host):
+        if is_loopback(settings.host):
+            return []
+        return [
+            f"{given} {url} is a loopback address: the other servers of the database would"
+            f" ask themselves for this server's logs; give --advertise-url with a name they"
+            f" reach this machine by, e.g. --advertise-url {urlsplit(url).scheme}://NAME:"
+            f"{settings.port}"
+        ]
+    accepted = LOOPBACK_HOSTS | {host_name(h) or h for h in settings.allowed_hosts}
+    if "*" not in accepted and host_name(host) not in accepted:
+        raise ServeError(
+            f"{given} {url} names the host {host}, which this server refuses (it is not"
+            f" among its --allowed-host names): add --allowed-host {host}, or advertise a"
+            " name it serves"
+        )
+    return []
+
+
 def serve(settings: Settings) -> None:
     from corral.api import create_app
     from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy, host_name
@@ -99,6 +185,10 @@ def serve(settings: Settings) -> None:
 
     serverlog.configure(settings.log_format)
     warnings = check_exposure(settings)
+    shared = not settings.db_url.startswith("sqlite:")
+    advertised = advertised_url(settings)
+    if shared:
+        warnings += check_advertised(settings, advertised)
     # Files this server creates are its user's alone (database, keys, logs, state);
     # workloads get the umask it was started with back (through their shim).
     workload_umask = os.umask(0o077)
@@ -108,7 +198,6 @@ def serve(settings: Settings) -> None:
     _private_dir(settings.data_dir)
     lock = _lock_data_dir(settings.data_dir)
     workload_open_files = _raise_open_files_limit()
-    shared = not settings.db_url.startswith("sqlite:")
     executor = _executor(settings, workload_open_files, workload_umask, shared=shared)
     from corral.store.errors import DatabaseError, StoreBusyError
 
@@ -134,9 +223,6 @@ def serve(settings: Settings) -> None:
     scheme = "https" if settings.tls_cert else "http"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"{scheme}://{host}:{settings.port}"
-    advertised = settings.advertise_url or (
-        url if settings.host not in ("0.0.0.0", "::") else url.replace(host, _fqdn(), 1)
-    )
     cluster = Cluster(
         store,
         scheduler,
@@ -169,7 +255,8 @@ def serve(settings: Settings) -> None:
         where += f": {cap.cpus:g} CPUs, {cap.memory_mb} MB, {cap.gpus} GPUs"
     elif executor is not None:  # its nodes are known once the scheduler has started
         where += f" at {getattr(executor, 'address', '?')}"
-    where += f"; server {name}" + ("" if settings.scheduler == "auto" else ", API only")
+    where += f"; server {name}" + (f" at {advertised}" if shared else "")
+    where += "" if settings.scheduler == "auto" else ", API only"
     banner = f"corral serving {url} ({where}; data in {settings.data_dir}; admin key in {key_file})"
 
     def announce() -> None:

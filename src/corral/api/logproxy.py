@@ -13,13 +13,26 @@ server's ``url`` (its ``servers`` row) with the caller's own ``Authorization``
 header: every server checks keys against the same database, so there is no
 server-to-server secret, and the keeper checks the key and the owner again. The
 answer is streamed back as it arrives: status, content type, body chunks, a
-``follow`` until it ends; the caller going away closes the request upstream. The
-keeper's answers pass through unchanged, errors (401, 404, 503) included.
+``follow`` until it ends; the caller going away closes the request upstream.
 
+- **What passes through, what is wrapped.** A success passes through, and so do
+  corral's errors about the caller or the workload (401, 403, 404, 422, 429) and
+  about the database or the log itself (503 ``busy``, 503 ``log-unavailable``, 507):
+  the keeper's words are the user's answer. Any other answer is about the hop, and
+  would mislead as the asked server's own (a 400 "this server does not serve the
+  host …" for a Host the keeper refuses, a redirect, a 500, a proxy's 502, a 404
+  from something that is not corral at that URL): a 503 ``log-unavailable`` naming
+  the keeper, its URL, and what it answered, in one line.
 - **No loops.** A forwarded request carries ``Corral-Forwarded-By: <name>``; a
-  server never forwards a request that carries it, but answers from what it has, so
-  two servers that disagree about who keeps a log (a stale URL, two rows naming one
-  address) cannot bounce a request between them.
+  server never forwards a request that carries it, so two servers that disagree
+  about who keeps a log (a stale URL, two rows naming one address) cannot bounce a
+  request between them. It answers from here when it keeps the log (by name; a log
+  not written yet is empty, as asked directly), when the log is on its disk (a
+  server renamed: its old name's row still names its address), or when no server
+  keeps one (it never ran). Otherwise the request reached the wrong server (the
+  keeper's ``--advertise-url`` leads here): a 503 ``log-unavailable`` naming the
+  forwarder, this server and the keeper, and the URL to check, never an empty 200
+  that a client would take for an empty log.
 - **A keeper out of reach** (no URL, connection refused, no connection within
   ``CONNECT_SECONDS``, no answer within ``ANSWER_SECONDS``): 503, "the log of W is
   kept by server X, which is not reachable (last seen T)" (T by the database clock).
@@ -46,6 +59,8 @@ keeper's answers pass through unchanged, errors (401, 404, 503) included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -74,6 +89,13 @@ KEEPALIVE_SECONDS = 4.0
 """Idle connections to other servers are dropped before uvicorn's 5 s would."""
 PASSED_HEADERS = ("content-type", "retry-after", "www-authenticate")
 """The keeper's answer headers passed on (the body is re-framed here)."""
+PASSED_ERRORS = frozenset({401, 403, 404, 422, 429})
+"""The keeper's corral problems about the caller or the workload: passed through."""
+PASSED_FAULTS = frozenset({"busy", "log-unavailable", "storage-full"})
+"""The keeper's corral 503/507 problems passed through (the database, the log)."""
+ERROR_BODY_MAX = 8192
+"""How much of an error answer is read from the keeper (a corral problem is < 1 KB)."""
+PROBLEM_PREFIX = "urn:corral:problem:"
 
 
 def log_keeper(workload: Workload, executor_kind: str, lease_holder: str | None) -> str | None:
@@ -101,6 +123,14 @@ class Keeper:
 
 class LogKeeperUnreachableError(LogUnavailableError):
     """The log is kept by another server, which cannot be reached (a 503)."""
+
+
+class LogKeeperRefusedError(LogUnavailableError):
+    """The keeper's URL answered with an error about the hop (a 503)."""
+
+
+class LogMisroutedError(LogUnavailableError):
+    """A forwarded request reached a server that does not keep the log (a 503)."""
 
 
 class LogRelayBrokenError(Exception):
@@ -165,6 +195,34 @@ class LogProxy:
         servers = await self.store.list_servers()
         return Keeper(name, next((s for s in servers if s.name == name), None))
 
+    async def received(self, workload: Workload, request: Request, *, here: Path) -> None:
+        """Check that a forwarded ``request`` for ``workload``'s log reached the
+        server that keeps it: return when this server answers it (it keeps the log,
+        the log is on its disk at ``here``, or no server keeps one), else raise
+        ``LogMisroutedError``."""
+        keeper = await self.keeper(workload)
+        if keeper is None or here.exists():
+            return
+        by = "".join(c for c in request.headers.get(FORWARDED_BY, "")[:64] if c.isprintable())
+        server = keeper.server
+        if server is None:
+            check = "no server of that name has registered"
+        elif server.url:
+            check = f"check server {keeper.name}'s --advertise-url ({server.url}), which leads here"
+        else:
+            check = f"server {keeper.name} has no URL"
+        log.warning(
+            "server %s forwarded the request for the log of %s here, but server %s keeps it",
+            by,
+            workload.id,
+            keeper.name,
+            extra={"id": workload.id, "server": keeper.name},
+        )
+        raise LogMisroutedError(
+            f"server {by} forwarded the request for the log of {workload.id} to server"
+            f" {self.this_server}, but server {keeper.name} keeps it: {check}"
+        )
+
     async def answer(
         self, workload: Workload, request: Request, *, follow: bool, here: Path
     ) -> Response | None:
@@ -225,10 +283,49 @@ class LogProxy:
             cause = str(exc) or type(exc).__name__
             raise self._unreachable(keeper, workload_id, cause) from None
         passed = {k: v for k in PASSED_HEADERS if (v := upstream.headers.get(k)) is not None}
-        return StreamingResponse(
-            _relay(upstream, workload_id, keeper.name),
-            status_code=upstream.status_code,
-            headers=passed,
+        status = upstream.status_code
+        if status < 300:
+            return StreamingResponse(
+                _relay(upstream, workload_id, keeper.name), status_code=status, headers=passed
+            )
+        try:
+            body = await self._error_body(upstream)
+        finally:
+            await upstream.aclose()
+        kind = _corral_problem(upstream, body)
+        if kind is not None and (status in PASSED_ERRORS or kind in PASSED_FAULTS):
+            return Response(body, status_code=status, headers=passed)
+        raise self._refused(keeper, workload_id, upstream, body)
+
+    async def _error_body(self, upstream: httpx.Response) -> bytes:
+        """The start of an error answer's body (``ERROR_BODY_MAX``), as much as
+        arrives within ``answer_seconds``."""
+        body = b""
+        with contextlib.suppress(httpx.TransportError, TimeoutError):
+            async with asyncio.timeout(self.answer_seconds):
+                async for chunk in upstream.aiter_raw():
+                    body += chunk
+                    if len(body) >= ERROR_BODY_MAX:
+                        break
+        return body[:ERROR_BODY_MAX]
+
+    def _refused(
+        self, keeper: Keeper, workload_id: str, upstream: httpx.Response, body: bytes
+    ) -> LogKeeperRefusedError:
+        assert keeper.server is not None and keeper.server.url
+        status = upstream.status_code
+        said = _said(upstream, body)
+        log.warning(
+            "server %s answered %d to the request for the log of %s: %s",
+            keeper.name,
+            status,
+            workload_id,
+            said,
+            extra={"id": workload_id, "server": keeper.name},
+        )
+        return LogKeeperRefusedError(
+            f"the log of {workload_id} is kept by server {keeper.name}, whose URL"
+            f" {keeper.server.url} answered {said}"
         )
 
     def _unreachable(
@@ -252,6 +349,44 @@ class LogProxy:
             f"the log of {workload_id} is kept by server {keeper.name},"
             f" which is not reachable ({seen})"
         )
+
+
+def _corral_problem(upstream: httpx.Response, body: bytes) -> str | None:
+    """The problem type (its slug) of a corral problem answer, else None (an answer
+    from something that is not corral, or not an error of corral's)."""
+    if upstream.headers.get("content-type", "").split(";")[0].strip() != "application/problem+json":
+        return None
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        return None
+    kind = problem.get("type") if isinstance(problem, dict) else None
+    if not isinstance(kind, str) or not kind.startswith(PROBLEM_PREFIX):
+        return None
+    return kind.removeprefix(PROBLEM_PREFIX)
+
+
+def _said(upstream: httpx.Response, body: bytes) -> str:
+    """What an error answer says, on one line: ``400 Bad Request: <its detail>``
+    (a problem's detail, else the start of its text), and where a redirect leads."""
+    status = upstream.status_code
+    said = f"{status} {upstream.reason_phrase}".rstrip()
+    location = upstream.headers.get("location")
+    if 300 <= status < 400 and location:
+        said += f" (to {location})"
+    detail = None
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        problem = None
+    if isinstance(problem, dict) and isinstance(problem.get("detail"), str):
+        detail = problem["detail"]
+    if detail is None:
+        detail = body.decode("utf-8", errors="replace")
+    detail = " ".join("".join(c if c.isprintable() else " " for c in detail).split())
+    if len(detail) > 300:
+        detail = detail[:300] + "…"
+    return f"{said}: {detail}" if detail else said
 
 
 async def _relay(upstream: httpx.Response, workload_id: str, keeper: str) -> AsyncIterator[bytes]:

@@ -445,8 +445,10 @@ def _batch_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None
 
 LOG_RESPONSES = responses(404, 422, *READ_FAULTS)
 LOG_RESPONSES[503]["description"] = (
-    "Service Unavailable: the database is busy (retry), the log cannot be read, or"
-    " another server keeps it and cannot be reached"
+    "Service Unavailable: the database is busy (`busy`: retry), or the log cannot be"
+    " had (`log-unavailable`, not worth retrying: it cannot be read, or another server"
+    " keeps it and cannot be reached or answered with an error about the hop, or a"
+    " forwarded request reached a server that does not keep it)"
 )
 
 
@@ -475,7 +477,9 @@ def _log_routes(
         workload = await store.get_workload(workload_id, owner=visible_to(principal(request)))
         logs = scheduler.executor.logs if scheduler.executor else FileLogs(data_dir)
         path = logs.path(workload_id)
-        if log_proxy is not None and not log_proxy.forwarded(request):
+        if log_proxy is not None and log_proxy.forwarded(request):
+            await log_proxy.received(workload, request, here=path)  # or a 503: not ours
+        elif log_proxy is not None:
             forwarded = await log_proxy.answer(workload, request, follow=follow, here=path)
             if forwarded is not None:  # kept by another server: its answer
                 return forwarded
