@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from corral import __version__
 from corral.api import problems
 from corral.api.access import AccessLog
+from corral.api.direct import direct_routes
 from corral.api.docs import install_docs
 from corral.api.guard import (
     BODY_METHODS,
@@ -72,8 +73,14 @@ def create_app(
     )
     problems.install(app)
     install_docs(app, title="corral")
-    app.include_router(build_router(store, sched, data_dir, log_proxy))
-    app.include_router(build_token_router(store, keys.forget))
+    routers = [
+        build_router(store, sched, data_dir, log_proxy),
+        build_token_router(store, keys.forget),
+    ]
+    for router in routers:
+        app.include_router(router)
+    # In front: the routes that need nothing of FastAPI at request time (direct.py).
+    app.router.routes[:0] = [d for router in routers for d in direct_routes(router.routes)]
     _fix_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(Guard, policy=policy, keys=keys)
