@@ -70,6 +70,10 @@ def create_app(
         summary="A workload manager: submit commands, run them, follow and kill them.",
         lifespan=lifespan,
         docs_url=None,  # install_docs serves it, without a CDN
+        # corral exports no telemetry. FastAPI's own OpenTelemetry hooks, left on, ask
+        # three environment variables on every request whether a provider has been set
+        # since (5 % of a create's CPU; docs/benchmarks.md, "The request path, trimmed").
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     problems.install(app)
     install_docs(app, title="corral")

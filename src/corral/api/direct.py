@@ -22,14 +22,14 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Iterable
-from typing import Any, get_type_hints
+from typing import Any, TypeGuard, get_type_hints
 
 from fastapi.routing import APIRoute
+from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
 from starlette.types import Receive, Scope, Send
-from starlette._utils import get_route_path
 
 
 class DirectRoute(BaseRoute):
@@ -67,10 +67,15 @@ class DirectRoute(BaseRoute):
 _PARAM = re.compile(r"{[^}]*}")
 
 
-def is_direct(route: BaseRoute) -> bool:
+def is_direct(route: BaseRoute) -> TypeGuard[APIRoute]:
     """True for a FastAPI route whose endpoint is ``async def f(request: Request) ->
     Response``, at a path without parameters, with no dependencies."""
-    if not isinstance(route, APIRoute) or route.dependencies or _PARAM.search(route.path):
+    if (
+        not isinstance(route, APIRoute)
+        or not route.methods
+        or route.dependencies
+        or _PARAM.search(route.path)
+    ):
         return False
     endpoint = route.endpoint
     if not inspect.iscoroutinefunction(endpoint):
@@ -87,4 +92,4 @@ def is_direct(route: BaseRoute) -> bool:
 
 def direct_routes(routes: Iterable[BaseRoute]) -> list[DirectRoute]:
     """A ``DirectRoute`` for each route of ``routes`` that ``is_direct``."""
-    return [DirectRoute(route) for route in routes if is_direct(route) and route.methods]
+    return [DirectRoute(route) for route in routes if is_direct(route)]
