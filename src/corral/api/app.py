@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from corral import __version__
 from corral.api import problems
 from corral.api.access import AccessLog
+from corral.api.direct import direct_routes
 from corral.api.docs import install_docs
 from corral.api.guard import (
     BODY_METHODS,
@@ -69,11 +70,21 @@ def create_app(
         summary="A workload manager: submit commands, run them, follow and kill them.",
         lifespan=lifespan,
         docs_url=None,  # install_docs serves it, without a CDN
+        # corral exports no telemetry. FastAPI's own OpenTelemetry hooks, left on, ask
+        # three environment variables on every request whether a provider has been set
+        # since (5 % of a create's CPU; docs/benchmarks.md, "The request path, trimmed").
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     problems.install(app)
     install_docs(app, title="corral")
-    app.include_router(build_router(store, sched, data_dir, log_proxy))
-    app.include_router(build_token_router(store, keys.forget))
+    routers = [
+        build_router(store, sched, data_dir, log_proxy),
+        build_token_router(store, keys.forget),
+    ]
+    for router in routers:
+        app.include_router(router)
+    # In front: the routes that need nothing of FastAPI at request time (direct.py).
+    app.router.routes[:0] = [d for router in routers for d in direct_routes(router.routes)]
     _fix_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(Guard, policy=policy, keys=keys)

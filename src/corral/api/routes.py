@@ -2,7 +2,9 @@
 
 Responses are serialized by Pydantic's ``model_dump_json`` and returned as ready
 ``Response`` objects (the declared ``response_model`` documents them in OpenAPI
-without a second validation pass).
+without a second validation pass). An endpoint that takes the ``Request`` alone and
+returns a ``Response`` runs without FastAPI's per-request machinery (``direct.py``):
+the hot ones (create) are written that way, reading headers and bodies themselves.
 """
 
 from __future__ import annotations
