@@ -211,6 +211,23 @@ def test_unknown_id_is_404_everywhere(
     assert "01nosuchworkload0000000000" in str(problem["detail"])
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/v1/workloads", "GET, POST"),  # a direct route (POST) and FastAPI's
+        ("POST", "/v1/workloads/{id}", "DELETE, GET"),
+        ("DELETE", "/v1/workloads/{id}/events", "GET"),
+        ("DELETE", "/v1/tokens", "GET, POST"),
+    ],
+)
+def test_a_method_not_allowed_is_405_with_the_allowed_ones(
+    api: SyncASGIClient, method: str, path: str, allowed: str
+) -> None:
+    response = api.request(method, path.format(id="01nosuchworkload0000000000"))
+    assert_problem(response, 405)
+    assert response.headers["Allow"] == allowed
+
+
 NUL = "a\x00b"
 
 
