@@ -218,6 +218,7 @@ def test_unknown_id_is_404_everywhere(
         ("POST", "/v1/workloads/{id}", "DELETE, GET"),
         ("DELETE", "/v1/workloads/{id}/events", "GET"),
         ("DELETE", "/v1/tokens", "GET, POST"),
+        ("PUT", "/v1/workloads/batch", "POST"),  # not {id}'s, though its pattern matches
     ],
 )
 def test_a_method_not_allowed_is_405_with_the_allowed_ones(

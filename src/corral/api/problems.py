@@ -7,17 +7,19 @@ never build error responses themselves.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match
 
 from corral.errors import (
     CorralError,
@@ -182,18 +184,31 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+@functools.lru_cache(maxsize=64)
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """``/v1/workloads/{workload_id}`` as a pattern of the paths it stands for."""
+    parts = re.split(r"({[^}]*})", template)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """The methods some route answers at this path, asked of the routes themselves
-    (FastAPI 0.165 keeps included routers, not their routes, in ``app.routes``)."""
-    allowed = []
-    for method in _METHODS:
-        scope = {**request.scope, "method": method}
-        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
-            allowed.append(method)
-    return allowed
+    """The methods of the resource at this path, as the API document says them: of
+    the documented path templates that match it, the most literal one
+    (``/v1/workloads/batch`` takes POST only, though ``/v1/workloads/{id}`` would
+    match it too); plus those of the undocumented plain routes (``/docs``)."""
+    path = get_route_path(request.scope)
+    best: tuple[int, dict[str, object]] | None = None
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if _template_pattern(template).fullmatch(path):
+            params = template.count("{")
+            if best is None or params < best[0]:
+                best = (params, operations)
+    methods = {m.upper() for m in best[1]} if best else set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _log_unexpected(request: Request, exc: Exception) -> None:
