@@ -574,6 +574,19 @@ def test_serve_refuses_bad_settings(
     assert one_line_error(result, code).startswith(expected)
 
 
+@pytest.mark.parametrize("host", ["[:]", "[1.2.3.4]", "[fd00::1::2]", "1.2.3.999", "256.1.1.1"])
+def test_serve_refuses_an_advertise_url_whose_host_is_no_address(tmp_path: Path, host: str) -> None:
+    """A host no HTTP client can reach (brackets without an IPv6 address, an IPv4
+    address out of range) is a usage error at start: it was let
+    through, then crashed the start on PostgreSQL as an unexpected error, or failed
+    every forward to this server."""
+    settings = ("--data-dir", str(tmp_path), "--port", str(free_port()), "--executor", "none")
+    db = ("--db", f"postgresql://u@127.0.0.1:{free_port()}/corral")
+    url = f"http://{host}:8765"
+    result = corral("serve", *settings, *db, "--advertise-url", url, url="")
+    assert one_line_error(result, 2).startswith(f"invalid --advertise-url: {url!r} is not")
+
+
 def test_serve_refuses_a_bad_pool_size_as_a_usage_error(tmp_path: Path) -> None:
     settings = ("--data-dir", str(tmp_path), "--port", str(free_port()), "--executor", "none")
     env = {**os.environ, "CORRAL_DB_POOL_SIZE": "zero"}

@@ -536,6 +536,20 @@ def test_a_keeper_out_of_reach_is_a_503_naming_it(cluster: Cluster) -> None:
     assert get_log(b, on_ghost.id, cluster.alice).content == b"from before names\n"
 
 
+def test_a_keeper_url_no_client_takes_is_a_503_naming_it(cluster: Cluster) -> None:
+    """A ``servers`` row's URL that is no usable URL (written by a corral that did not
+    check --advertise-url) makes the keeper unreachable, not a 500."""
+    b = cluster.start("B")
+    for name, url in (("D", "http://1.2.3.999:8765"), ("E", "http://[:]:8765")):
+        cluster.register(name, url)
+        workload = cluster.workload(name)
+        r = get_log(b, workload.id, cluster.alice)
+        assert r.status_code == 503, r.text
+        assert r.json()["detail"].startswith(
+            f"the log of {workload.id} is kept by server {name}, which is not reachable"
+        )
+
+
 def test_a_keeper_lost_during_a_follow_cuts_the_body(cluster: Cluster) -> None:
     a, b = cluster.start("A"), cluster.start("B")
     workload = cluster.workload("A", b"before\n")

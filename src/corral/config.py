@@ -23,6 +23,21 @@ ADVERTISE_URL_RE = re.compile(
 )
 """``--advertise-url``: a scheme, a host (a name or an address) and a port, no path,
 query, user or fragment (a trailing ``/`` is dropped)."""
+
+
+def _url_usable(url: str) -> bool:
+    """``url`` (matched by ``ADVERTISE_URL_RE``) is one the other servers' HTTP client
+    takes: the pattern lets through any colons and dots in brackets, and addresses
+    such as ``1.2.3.999``, on which a forward would fail."""
+    import httpx
+
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return False
+    return True
+
+
 RATE_LIMIT_PER_SECOND = 200.0
 """Requests per second per API key (bursts of twice that); clients wait and retry."""
 
@@ -103,7 +118,7 @@ class Settings(BaseSettings):
         if value is None:
             return None
         match = ADVERTISE_URL_RE.fullmatch(value)
-        if match is None or not 0 < int(match.group(3) or 80) < 65536:
+        if match is None or not 0 < int(match.group(3) or 80) < 65536 or not _url_usable(value):
             raise ValueError(
                 f"{value!r} is not http(s)://HOST[:PORT] with nothing after it: give the"
                 " URL the other servers reach this one at, e.g. http://a.example:8765"

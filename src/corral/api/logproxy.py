@@ -273,13 +273,14 @@ class LogProxy:
         timeout = httpx.Timeout(
             None if follow else READ_SECONDS, connect=CONNECT_SECONDS, pool=None
         )
-        upstream_request = self._client.build_request(
-            "GET", httpx.URL(url, query=query), headers=headers, timeout=timeout
-        )
         try:
+            # (a URL no client takes, from a row an older corral wrote: unreachable too)
+            upstream_request = self._client.build_request(
+                "GET", httpx.URL(url, query=query), headers=headers, timeout=timeout
+            )
             async with asyncio.timeout(self.answer_seconds):
                 upstream = await self._client.send(upstream_request, stream=True)
-        except (httpx.TransportError, TimeoutError) as exc:
+        except (httpx.TransportError, httpx.InvalidURL, TimeoutError) as exc:
             cause = str(exc) or type(exc).__name__
             raise self._unreachable(keeper, workload_id, cause) from None
         passed = {k: v for k in PASSED_HEADERS if (v := upstream.headers.get(k)) is not None}
