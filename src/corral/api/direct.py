@@ -95,5 +95,8 @@ def is_direct(route: BaseRoute) -> TypeGuard[APIRoute]:
 
 
 def direct_routes(routes: Iterable[BaseRoute]) -> list[DirectRoute]:
-    """A ``DirectRoute`` for each route of ``routes`` that ``is_direct``."""
+    """A ``DirectRoute`` for each route of ``routes`` that ``is_direct``. The routes
+    are a router's own, as declared: a router included with a ``prefix`` or
+    ``dependencies`` would have them bypassed, so ``create_app`` includes its routers
+    with neither (``include_router`` refuses nothing of the kind: keep it so)."""
     return [DirectRoute(route) for route in routes if is_direct(route)]
