@@ -1,7 +1,8 @@
 """The scheduler: admission, wake-ups and reconciliation.
 
 It is the only writer of ``running``, ``completed`` and ``failed`` (the API writes
-``killed``), always through ``store.update_workload_status``, so every change is
+``killed``), always through ``store.update_workload_status`` (by ``set_status``, which
+counts it for ``/metrics``, as the claims are counted), so every change is
 checked against the state machine and recorded as an event.
 
 - **Admission.** Pending workloads are kept in memory in priority order, then
@@ -113,6 +114,7 @@ from corral.executors.base import (
     SpawnError,
     resolve_run_as,
 )
+from corral.metrics import Tally
 from corral.model import TERMINAL, Resources, Status, Workload
 from corral.store import (
     InvalidTransitionError,
@@ -255,6 +257,9 @@ class Scheduler:
             else None
         )  # the one machine of an executor without placement: this server's name
         self._paused = False  # the lease was lost: claim nothing, write nothing
+        self.tally = Tally()
+        """The transitions this process wrote and the claims' latency (``/metrics``)."""
+        self._ended_by_api: set[str] = set()  # terminal in the store, process not gone yet
         self._unlaunched: dict[str, RunAs | Exception | None] = {}
         """Of ``_allocated``: claimed, but the lease ran out before the launch (no
         process). Launched if this server leads again (``resume``), else given back
@@ -308,6 +313,35 @@ class Scheduler:
         self._admit(workload)
         self._poke()
 
+    async def set_status(
+        self,
+        workload_id: str,
+        status: Status,
+        *,
+        exit_code: int | None = None,
+        reason: str | None = None,
+        signal: str | None = None,
+        actor: str | None = None,
+        owner: str | None = None,
+        node: str | None = None,
+        fence: Fence | None = None,
+    ) -> Workload:
+        """``store.update_workload_status``, counted (``tally``): every status change
+        of this process but the claims goes through here, the API's too."""
+        workload = await self.store.update_workload_status(
+            workload_id,
+            status,
+            exit_code=exit_code,
+            reason=reason,
+            signal=signal,
+            actor=actor,
+            owner=owner,
+            node=node,
+            fence=fence,
+        )
+        self.tally.transition(workload)
+        return workload
+
     def stopped(self, workload: Workload) -> None:
         """A workload became terminal through the API (kill or status update)."""
         if self.executor is None or self._wake is None:
@@ -325,6 +359,7 @@ class Scheduler:
         if self._unblock(workload.id) is not None:
             self._reasons.pop(workload.id, None)
         if workload.id in self._allocated:
+            self._ended_by_api.add(workload.id)
             self.executor.terminate(workload.id)
         # afterok dependants of a killed workload die now; afterany ones see it ended
         # once its process is gone (its exit marks them again).
@@ -362,6 +397,36 @@ class Scheduler:
             return _capacity(self.published.get("free"))
         free = self._free
         return Capacity(max(free.cpus, 0.0), max(free.memory_mb, 0), len(free.gpus))
+
+    def readiness(self) -> tuple[str, str]:
+        """For ``/readyz``: the executor's state (``ok``, or ``down`` when the
+        scheduling loop ended without being stopped) and the scheduler's (``active``:
+        it schedules here; ``standby``: another server holds the lease; ``never``: no
+        executor, this server runs nothing)."""
+        if self.executor is None:
+            return "ok", "never"
+        task = self._task
+        if task is not None and task.done() and not self._stopping:
+            return "down", "active"
+        return "ok", "standby" if self._standby() else "active"
+
+    def live_counts(self) -> tuple[int, int] | None:
+        """(pending, running) as this scheduler knows them, exactly and at once (None
+        when it does not schedule here: a standby, or no executor). Running: claimed
+        and not made terminal through the API, its end not yet stored included."""
+        if self.executor is None or self._wake is None or self._standby():
+            return None
+        pending = len(self._pending) + len(self._blocked) + len(self._placing)
+        pending += len(self._claiming)
+        running = len({*self._allocated, *self._unrecorded} - self._ended_by_api)
+        return pending, running
+
+    def queue_depth(self) -> int | None:
+        """How many pending workloads wait in the queue (not blocked by dependencies),
+        or None when this scheduler does not schedule here."""
+        if self.executor is None or self._wake is None or self._standby():
+            return None
+        return len(self._pending) + len(self._placing)
 
     def _standby(self) -> bool:
         """Another server schedules (this one has not started, or lost the lease)."""
@@ -598,7 +663,7 @@ class Scheduler:
     async def _kill_dependant(self, workload: Workload, reason: str) -> None:
         """pending→killed for a dependency that failed; its dependants are next."""
         with contextlib.suppress(InvalidTransitionError, NotFoundError):  # ended already
-            await self.store.update_workload_status(
+            await self.set_status(
                 workload.id, Status.KILLED, reason=reason, actor="scheduler", fence=self._fence()
             )
         self._unblock(workload.id)
@@ -729,6 +794,8 @@ class Scheduler:
             for claim in claims:
                 self._unclaim(claim, requeue=not claim.stopped)
             raise
+        for workload in got:
+            self.tally.transition(workload)
         running = {w.id: w for w in got}
         for claim in claims:
             self._claimed(claim, running.get(claim.workload.id), accounts[claim.workload.owner])
@@ -809,7 +876,7 @@ class Scheduler:
         try:
             if not self._leads():
                 raise FencedError(self._fence() or Fence("", 0))
-            running = await self.store.update_workload_status(
+            running = await self.set_status(
                 wid, Status.RUNNING, actor="scheduler", node=node, fence=self._fence()
             )
         except (InvalidTransitionError, NotFoundError):
@@ -1077,7 +1144,7 @@ class Scheduler:
         it. A refusal keeps it, and arms a retry."""
         ending = self._unrecorded[wid]
         try:
-            await self.store.update_workload_status(
+            await self.set_status(
                 wid,
                 ending.status,
                 exit_code=ending.exit_code,
@@ -1103,6 +1170,7 @@ class Scheduler:
         if ending.failures:
             log.warning("recorded the end of %s (refused %d times before)", wid, ending.failures)
         del self._unrecorded[wid]
+        self._ended_by_api.discard(wid)
         if self.executor is not None:
             self.executor.forget(wid)
         self._ended(wid)
@@ -1178,7 +1246,7 @@ class Scheduler:
         node = workload.node
         when = stopped_at.get(node or "") or "an unknown time"
         with contextlib.suppress(InvalidTransitionError, NotFoundError):
-            await self.store.update_workload_status(
+            await self.set_status(
                 workload.id,
                 Status.FAILED,
                 reason=f"lost: server {node} stopped at {when}",
@@ -1249,7 +1317,7 @@ class Scheduler:
 
     async def _fail_unowned(self, workload_id: str) -> None:
         with contextlib.suppress(InvalidTransitionError, NotFoundError):
-            await self.store.update_workload_status(
+            await self.set_status(
                 workload_id,
                 Status.FAILED,
                 reason="lost: it is running in the store, but no process of this server runs it",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +26,7 @@ from corral.api.guard import (
 )
 from corral.api.limits import MAX_BODY_BYTES, BodyLimit
 from corral.api.logproxy import LogProxy
+from corral.api.metrics import Metrics, build_metrics_router
 from corral.api.problems import PROBLEM_JSON, RETRY_AFTER_HEADER
 from corral.api.routes import BODY_MODELS, QUERY_ITEM_PATTERNS, build_router
 from corral.api.tokens import build_token_router
@@ -50,6 +53,7 @@ def create_app(
     policy = policy or AccessPolicy()
     keys = KeyCache(store.find_api_key)
     sched = scheduler or Scheduler(store)
+    metrics = Metrics(store, sched)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,9 +61,13 @@ def create_app(
             await log_proxy.open()
         # With a cluster, the scheduler starts once this server holds the lease.
         await (cluster.start() if cluster else sched.start())
+        refresher = asyncio.create_task(metrics.refresh_forever(), name="corral-metrics")
         try:
             yield
         finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
             await (cluster.stop() if cluster else sched.stop())
             if log_proxy is not None:
                 await log_proxy.close()
@@ -75,11 +83,13 @@ def create_app(
         # since (5 % of a create's CPU; docs/benchmarks.md, "The request path, trimmed").
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.state.metrics = metrics  # its counts' refresh, for tests
     problems.install(app)
     install_docs(app, title="corral")
     routers = [
         build_router(store, sched, data_dir, log_proxy),
         build_token_router(store, keys.forget),
+        build_metrics_router(metrics),
     ]
     for router in routers:
         app.include_router(router)
@@ -90,7 +100,7 @@ def create_app(
     app.add_middleware(Guard, policy=policy, keys=keys)
     # Outermost (added last): every state-changing request is logged, the ones the
     # guard or the body limit refuse too.
-    app.add_middleware(AccessLog)
+    app.add_middleware(AccessLog, observe=metrics.observe)
     return app
 
 
@@ -101,6 +111,8 @@ def _problem_response(description: str) -> dict[str, Any]:
     }
 
 
+READINESS = "#/components/schemas/Readiness"
+"""``/readyz`` answers 503 with its usual body, not a problem."""
 TOO_LARGE = _problem_response("Content Too Large")
 GUARD_RESPONSES = {
     "400": _problem_response(
@@ -148,7 +160,7 @@ def _fix_openapi(app: FastAPI) -> None:
                         del operation["responses"]["422"]
                     for code, response in operation["responses"].items():
                         content = response.get("content", {})
-                        if int(code) >= 400 and content:
+                        if int(code) >= 400 and content and READINESS not in str(content):
                             response["content"] = {PROBLEM_JSON: next(iter(content.values()))}
             schema.setdefault("components", {})["securitySchemes"] = BEARER
             components = schema["components"].setdefault("schemas", {})

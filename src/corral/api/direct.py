@@ -52,7 +52,9 @@ class DirectRoute(BaseRoute):
             and scope["method"] in self.methods
             and get_route_path(scope) == self.path
         ):
-            return Match.FULL, {"endpoint": self.endpoint, "path_params": {}}
+            # "route": FastAPI's router sets it for its own routes only; the request's
+            # timing (access.py, for /metrics) reads the path template there.
+            return Match.FULL, {"endpoint": self.endpoint, "path_params": {}, "route": self}
         return Match.NONE, {}
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:

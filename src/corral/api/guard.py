@@ -31,9 +31,10 @@ from corral.store.errors import StoreBusyError
 PRINCIPAL = "corral.principal"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 PUBLIC_PATHS = frozenset(
-    {"/healthz", DOCS_PATH, OAUTH2_REDIRECT_PATH, "/openapi.json", *ASSET_PATHS}
+    {"/healthz", "/readyz", DOCS_PATH, OAUTH2_REDIRECT_PATH, "/openapi.json", *ASSET_PATHS}
 )
-"""Reachable without a key: liveness for probes, and the API's own description."""
+"""Reachable without a key: liveness and readiness for probes, and the API's own
+description."""
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 KEY_CACHE_SECONDS = 2.0

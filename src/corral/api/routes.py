@@ -33,6 +33,7 @@ from corral.api.schemas import (
     KillResult,
     NotKilled,
     QueueEntry,
+    Readiness,
     ServerStatus,
     Transitions,
     WorkloadList,
@@ -191,6 +192,10 @@ def visible_to(who: Principal) -> str | None:
     return None if who.admin else who.user
 
 
+READY_TIMEOUT_SECONDS = 1.0
+"""How long ``/readyz`` waits for the database's answer."""
+
+
 def build_router(
     store: Store, scheduler: Scheduler, data_dir: Path, log_proxy: LogProxy | None = None
 ) -> APIRouter:
@@ -293,7 +298,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
             )
         update = await parse_body(request, StatusUpdate)
         note(request.scope, id=workload_id)
-        workload = await store.update_workload_status(
+        workload = await scheduler.set_status(
             workload_id,
             update.status,
             exit_code=update.exit_code,
@@ -513,9 +518,7 @@ async def kill(
     """Kill one workload (``owner``'s, when given) as ``actor``: the store's transition,
     then the scheduler stops its process. ``NotFoundError``, ``InvalidTransitionError``
     as the store's."""
-    workload = await store.update_workload_status(
-        workload_id, Status.KILLED, actor=actor, owner=owner
-    )
+    workload = await scheduler.set_status(workload_id, Status.KILLED, actor=actor, owner=owner)
     scheduler.stopped(workload)
     return with_stopping(scheduler, workload)
 
@@ -673,3 +676,24 @@ def _meta_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
     @router.get("/healthz", summary="Liveness", operation_id="healthz", tags=["meta"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "A part is not ready"}},
+        summary="Readiness: the database answers and the executor is up (no key)",
+        operation_id="readyz",
+        tags=["meta"],
+    )
+    async def readyz() -> Response:
+        database = "ok"
+        try:
+            await asyncio.wait_for(store.ping(), READY_TIMEOUT_SECONDS)
+        except Exception:  # any fault, or no answer in time: not ready, whatever it is
+            database = "down"
+        executor, role = scheduler.readiness()
+        ready = Readiness.model_validate(
+            {"database": database, "executor": executor, "scheduler": role}
+        )
+        code = 200 if database == executor == "ok" else 503
+        return Response(ready.model_dump_json(), code, media_type="application/json")

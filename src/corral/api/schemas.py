@@ -1,5 +1,5 @@
 """Bodies and answers of the API that are not workloads themselves: the bulk kill,
-the server's status, the state machine as data, and listings."""
+the server's status and readiness, the state machine as data, and listings."""
 
 from __future__ import annotations
 
@@ -158,3 +158,18 @@ class ServerStatus(BaseModel):
 
 class Transitions(RootModel[dict[Status, list[Status]]]):
     """The state machine: each status and the statuses it may move to."""
+
+
+class Readiness(BaseModel):
+    """The answer of ``GET /readyz``, 200 or 503 alike: each part's state."""
+
+    database: Literal["ok", "down"] = Field(
+        description="`ok` when the database answered `SELECT 1` within a second."
+    )
+    executor: Literal["ok", "down"] = Field(
+        description="`down` when the scheduling loop has ended without being stopped."
+    )
+    scheduler: Literal["active", "standby", "never"] = Field(
+        description="`active`: this server schedules; `standby`: another one holds the"
+        " lease; `never`: this server runs nothing (`--executor none`)."
+    )

@@ -162,6 +162,11 @@ class Store(Protocol):
         its pages."""
         ...
 
+    async def ping(self) -> None:
+        """Ask the database the cheapest question there is (``SELECT 1``), for
+        ``/readyz``: returns once it answers, raises (a ``StoreError``) if it cannot."""
+        ...
+
     async def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
         """The number of workloads (``owner``'s, or everyone's when None) in each
         status, every status present (0 when none)."""

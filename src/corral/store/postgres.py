@@ -938,6 +938,9 @@ class PostgresStore(PostgresCluster):
         rows = await self._fetch(_sql(sql), params, prepare=_LISTING)
         return int(rows[0][0])
 
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
     async def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
         sql = "SELECT status, COUNT(*) FROM workloads"
         sql += " WHERE owner = %s GROUP BY status" if owner is not None else " GROUP BY status"

@@ -934,6 +934,10 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
             count: int = conn.execute(sql, params).fetchone()[0]
         return count
 
+    def ping(self) -> None:
+        with self._connection() as conn:
+            conn.execute("SELECT 1").fetchall()
+
     def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
         sql = "SELECT status, COUNT(*) FROM workloads"
         sql += " WHERE owner = ? GROUP BY status" if owner is not None else " GROUP BY status"

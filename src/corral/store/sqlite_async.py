@@ -389,6 +389,9 @@ class AsyncSQLiteStore:
             name=name,
         )
 
+    async def ping(self) -> None:
+        await self._readers.call(self.sync.ping)
+
     async def count_by_status(self, *, owner: str | None = None) -> dict[Status, int]:
         return await self._readers.call(self.sync.count_by_status, owner=owner)
 

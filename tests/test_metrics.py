@@ -1,0 +1,169 @@
+"""``GET /metrics``: the scrape parses as Prometheus text, and its values move as
+workloads move (submit, run, complete, kill), on the real app over a real store with
+the local executor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from corral.api.metrics import Metrics
+from corral.executors.base import Capacity
+from corral.executors.local import LocalExecutor, kill_all
+from corral.scheduler import Scheduler
+from tests.blocking import BlockingStore
+from tests.conftest import add_key, app_client
+from tests.server import wait_until
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class Running:
+    def __init__(self, store: BlockingStore, tmp_path: Path, token: str) -> None:
+        executor = LocalExecutor(tmp_path, capacity=Capacity(2, 1000, 0), kill_grace_seconds=1)
+        self.scheduler = Scheduler(store.inner, executor)
+        self.store = store
+        self.api = app_client(store, tmp_path, token=token, scheduler=self.scheduler)
+        self.metrics: Metrics = self.api_app.state.metrics
+        store.run(self.scheduler.start())
+
+    @property
+    def api_app(self) -> Any:
+        return self.api.client._transport.app  # type: ignore[attr-defined]
+
+    def scrape(self) -> Samples:
+        response = self.api.get("/metrics")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
+        }
+
+    def submit(self, command: list[str], cpus: float = 1) -> str:
+        r = self.api.post("/v1/workloads", json={"command": command, "resources": {"cpus": cpus}})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def wait(self, wid: str, status: str) -> None:
+        wait_until(lambda: self.api.get(f"/v1/workloads/{wid}").json()["status"] == status)
+
+
+@pytest.fixture
+def running(store: BlockingStore, tmp_path: Path, admin_key: str) -> Iterator[Running]:
+    r = Running(store, tmp_path, admin_key)
+    yield r
+    store.run(r.scheduler.stop())
+    r.api.close()
+    kill_all(tmp_path / "run")
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def workloads(samples: Samples, status: str) -> float:
+    return value(samples, "corral_workloads", status=status)
+
+
+def moved(samples: Samples, a: str, b: str) -> float:
+    return value(samples, "corral_transitions_total", from_status=a, to_status=b)
+
+
+def test_values_follow_the_workloads(running: Running) -> None:
+    s = running.scrape()
+    assert value(s, "corral_capacity", resource="cpus") == 2
+    assert value(s, "corral_capacity", resource="memory_bytes") == 1000 << 20
+    assert value(s, "corral_capacity_free", resource="cpus") == 2
+    assert value(s, "corral_queue_depth") == 0
+    assert value(s, "corral_server_leader") == 1
+    assert value(s, "corral_scheduling_latency_seconds_count") == 0
+
+    long = running.submit(["sleep", "60"], cpus=2)
+    running.wait(long, "running")
+    waiting = running.submit(["true"], cpus=1)
+    s = running.scrape()
+    assert workloads(s, "running") == 1 and workloads(s, "pending") == 1  # live, no refresh
+    assert value(s, "corral_queue_depth") == 1
+    assert value(s, "corral_capacity_used", resource="cpus") == 2
+    assert value(s, "corral_capacity_free", resource="cpus") == 0
+    assert moved(s, "pending", "running") == 1
+    assert value(s, "corral_scheduling_latency_seconds_count") == 1
+
+    assert running.api.delete(f"/v1/workloads/{long}").status_code == 200
+    running.wait(waiting, "completed")
+    wait_until(lambda: workloads(running.scrape(), "running") == 0)
+    running.store.run(running.metrics.refresh())  # what the lifespan's task does
+    s = running.scrape()
+    assert moved(s, "running", "killed") == 1
+    assert moved(s, "pending", "running") == 2
+    assert moved(s, "running", "completed") == 1
+    assert workloads(s, "killed") == 1 and workloads(s, "completed") == 1
+    assert workloads(s, "pending") == 0
+    assert value(s, "corral_queue_depth") == 0
+    assert value(s, "corral_capacity_used", resource="cpus") == 0
+    assert value(s, "corral_scheduling_latency_seconds_count") == 2
+
+    blocker = running.submit(["sleep", "60"], cpus=2)
+    running.wait(blocker, "running")
+    pending = running.submit(["true"], cpus=1)  # waits behind it
+    assert running.api.delete(f"/v1/workloads/{pending}").status_code == 200
+    s = running.scrape()
+    assert moved(s, "pending", "killed") == 1
+    assert workloads(s, "pending") == 0 and value(s, "corral_queue_depth") == 0
+    assert running.api.delete(f"/v1/workloads/{blocker}").status_code == 200
+
+
+def test_request_durations_by_route_template(running: Running) -> None:
+    wid = running.submit(["true"])
+    running.api.get(f"/v1/workloads/{wid}")
+    running.api.get("/v1/workloads/nosuchid0000")
+    running.api.get("/no/such/path")
+    s = running.scrape()
+    count = "corral_http_request_duration_seconds_count"
+    assert value(s, count, route="/v1/workloads", method="POST", status="201") == 1
+    template = "/v1/workloads/{workload_id}"
+    assert value(s, count, route=template, method="GET", status="200") == 1
+    assert value(s, count, route=template, method="GET", status="404") == 1
+    assert value(s, count, route="unmatched", method="GET", status="404") == 1
+    assert not any(wid in str(labels) for _, labels in s)  # never the raw path
+
+
+def test_admin_keys_only(store: BlockingStore, tmp_path: Path) -> None:
+    user = app_client(store, tmp_path, token=add_key(store, "alice"))
+    anonymous = app_client(store, tmp_path)
+    try:
+        assert user.get("/metrics").status_code == 403
+        assert anonymous.get("/metrics").status_code == 401
+    finally:
+        user.close()
+        anonymous.close()
+
+
+def test_the_counts_are_refreshed_off_the_request_path(
+    store: BlockingStore, tmp_path: Path, admin_key: str
+) -> None:
+    """Without a scheduler here, every count is the last one read; the refresher
+    reads them again, on its own."""
+    api = app_client(store, tmp_path, token=admin_key)
+    metrics: Metrics = api.client._transport.app.state.metrics  # type: ignore[attr-defined]
+    try:
+        assert api.post("/v1/workloads", json={"command": ["true"]}).status_code == 201
+        assert "corral_workloads{" not in api.get("/metrics").text  # not read yet
+        task = store.run(_start(metrics.refresh_forever(period=0.05)))
+        try:
+            wait_until(lambda: 'corral_workloads{status="pending"} 1.0' in api.get("/metrics").text)
+        finally:
+            store.loop.call_soon_threadsafe(task.cancel)
+    finally:
+        api.close()
+
+
+async def _start(work: Any) -> asyncio.Task[None]:
+    return asyncio.create_task(work)
