@@ -407,6 +407,8 @@ OPERATIONS = {
     ("/v1/transitions", "get"): ("get_transitions", "meta"),
     ("/v1/status", "get"): ("get_status", "meta"),
     ("/healthz", "get"): ("healthz", "meta"),
+    ("/readyz", "get"): ("readyz", "meta"),
+    ("/metrics", "get"): ("get_metrics", "meta"),
 }
 
 

@@ -9,16 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from corral.api.app import create_app
 from corral.api.metrics import Metrics
 from corral.executors.base import Capacity
 from corral.executors.local import LocalExecutor, kill_all
 from corral.scheduler import Scheduler
+from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
 from tests.conftest import add_key, app_client
-from tests.server import wait_until
+from tests.server import LiveServer, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -28,13 +31,10 @@ class Running:
         executor = LocalExecutor(tmp_path, capacity=Capacity(2, 1000, 0), kill_grace_seconds=1)
         self.scheduler = Scheduler(store.inner, executor)
         self.store = store
-        self.api = app_client(store, tmp_path, token=token, scheduler=self.scheduler)
-        self.metrics: Metrics = self.api_app.state.metrics
+        app = create_app(store.inner, data_dir=tmp_path, scheduler=self.scheduler)
+        self.metrics: Metrics = app.state.metrics
+        self.api = SyncASGIClient(app, token=token, run=store.run)
         store.run(self.scheduler.start())
-
-    @property
-    def api_app(self) -> Any:
-        return self.api.client._transport.app  # type: ignore[attr-defined]
 
     def scrape(self) -> Samples:
         response = self.api.get("/metrics")
@@ -151,8 +151,9 @@ def test_the_counts_are_refreshed_off_the_request_path(
 ) -> None:
     """Without a scheduler here, every count is the last one read; the refresher
     reads them again, on its own."""
-    api = app_client(store, tmp_path, token=admin_key)
-    metrics: Metrics = api.client._transport.app.state.metrics  # type: ignore[attr-defined]
+    app = create_app(store.inner, data_dir=tmp_path)
+    metrics: Metrics = app.state.metrics
+    api = SyncASGIClient(app, token=admin_key, run=store.run)
     try:
         assert api.post("/v1/workloads", json={"command": ["true"]}).status_code == 201
         assert "corral_workloads{" not in api.get("/metrics").text  # not read yet
@@ -167,3 +168,32 @@ def test_the_counts_are_refreshed_off_the_request_path(
 
 async def _start(work: Any) -> asyncio.Task[None]:
     return asyncio.create_task(work)
+
+
+def test_a_live_server(tmp_path: Path, serve_db: list[str]) -> None:
+    """``corral serve``: /readyz without a key; /metrics with the admin key, its
+    counts by status read at start by the lifespan's refresher."""
+    args = ("--executor", "local", "--cpus", "1", "--memory-mb", "100", *serve_db)
+    server = LiveServer(tmp_path / "data", *args).start()
+    try:
+        ready = httpx.get(f"{server.url}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"database": "ok", "executor": "ok", "scheduler": "active"}
+        with server.http() as http:
+            r = http.post("/v1/workloads", json={"command": ["true"]})
+            wid = r.json()["id"]
+            wait_until(lambda: http.get(f"/v1/workloads/{wid}").json()["status"] == "completed")
+            text = http.get("/metrics").text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        counts = {s.labels["status"]: s.value for s in families["corral_workloads"].samples}
+        assert set(counts) == {"pending", "running", "completed", "failed", "killed"}
+        assert counts["running"] == 0 and counts["pending"] == 0
+        moved = {
+            (s.labels["from_status"], s.labels["to_status"]): s.value
+            for s in families["corral_transitions"].samples
+            if s.name == "corral_transitions_total"
+        }
+        assert moved == {("pending", "running"): 1, ("running", "completed"): 1}
+    finally:
+        server.kill()
+        kill_all(tmp_path / "data" / "run")

@@ -277,7 +277,7 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
     async def kill_workload(workload_id: WorkloadId, request: Request) -> Response:
         note(request.scope, id=workload_id)
         who = principal(request)
-        workload = await kill(store, scheduler, workload_id, who.user, visible_to(who))
+        workload = await kill(scheduler, workload_id, who.user, visible_to(who))
         return json_response(workload)
 
     @router.put(
@@ -512,12 +512,10 @@ def _log_routes(
         return StreamingResponse(follow_log(path, finished, start=start), media_type="text/plain")
 
 
-async def kill(
-    store: Store, scheduler: Scheduler, workload_id: str, actor: str, owner: str | None
-) -> Workload:
-    """Kill one workload (``owner``'s, when given) as ``actor``: the store's transition,
-    then the scheduler stops its process. ``NotFoundError``, ``InvalidTransitionError``
-    as the store's."""
+async def kill(scheduler: Scheduler, workload_id: str, actor: str, owner: str | None) -> Workload:
+    """Kill one workload (``owner``'s, when given) as ``actor``: the store's transition
+    (``Scheduler.set_status``), then the scheduler stops its process.
+    ``NotFoundError``, ``InvalidTransitionError`` as the store's."""
     workload = await scheduler.set_status(workload_id, Status.KILLED, actor=actor, owner=owner)
     scheduler.stopped(workload)
     return with_stopping(scheduler, workload)
@@ -551,7 +549,7 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         seen: set[str] = set()
         for n, workload_id in enumerate(dict.fromkeys(body.ids), 1):
             seen.add(workload_id)
-            await _kill_one(store, scheduler, workload_id, who.user, owner, result)
+            await _kill_one(scheduler, workload_id, who.user, owner, result)
             if n % KILLS_PER_TURN == 0:
                 await asyncio.sleep(0)
         if body.selects:
@@ -567,7 +565,7 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
                         seen.add(workload.id)
                         selected.append(workload.id)
             for n, workload_id in enumerate(selected, 1):
-                await _kill_one(store, scheduler, workload_id, who.user, owner, result)
+                await _kill_one(scheduler, workload_id, who.user, owner, result)
                 if n % KILLS_PER_TURN == 0:
                     await asyncio.sleep(0)
         note(
@@ -603,7 +601,6 @@ async def _selected(
 
 
 async def _kill_one(
-    store: Store,
     scheduler: Scheduler,
     workload_id: str,
     actor: str,
@@ -613,7 +610,7 @@ async def _kill_one(
     """Kill one target of a bulk kill, putting it in the list of ``result`` it belongs
     to (faults of the database propagate)."""
     try:
-        result.killed.append(await kill(store, scheduler, workload_id, actor, owner))
+        result.killed.append(await kill(scheduler, workload_id, actor, owner))
     except NotFoundError:
         result.not_found.append(workload_id)
     except InvalidTransitionError as exc:
