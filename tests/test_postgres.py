@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,29 @@ def test_a_lock_held_past_lock_timeout_is_busy(store: Store) -> None:
     finally:
         holder.close()
         impatient.close()
+
+
+def test_a_pending_reason_never_waits_for_a_row_lock(store: Store) -> None:
+    """A reason is advice: a row another session holds keeps its old one, and the
+    call returns at once instead of waiting for the lock (the scheduler awaits it)."""
+    held, _ = store.create_workload(SPEC, owner="alice")
+    free, _ = store.create_workload(SPEC, owner="alice")
+    holder = psycopg.connect(store.url)
+    try:
+        holder.execute("SELECT 1 FROM workloads WHERE id = %s FOR UPDATE", (held.id,))
+        with ThreadPoolExecutor(1) as pool:
+            setting = pool.submit(
+                store.set_pending_reasons,
+                [(held.id, "waiting for 1 CPU"), (free.id, "waiting too")],
+            )
+            try:
+                setting.result(timeout=5)  # (were it waiting for the lock: a timeout)
+            finally:
+                holder.rollback()
+        assert store.get_workload(held.id).reason is None
+        assert store.get_workload(free.id).reason == "waiting too"
+    finally:
+        holder.close()
 
 
 def test_racing_creates_with_one_idempotency_key_make_one_workload(

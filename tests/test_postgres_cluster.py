@@ -21,17 +21,21 @@ import pytest
 from corral.model import Status, WorkloadBatchItem, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, Store
 from corral.store.base import NewWorkload
-from corral.store.cluster import Fence, FencedError
-from corral.store.errors import DatabaseError
+from corral.store.cluster import Fence, FencedError, ServerInfo
+from corral.store.errors import DatabaseError, DatabaseUnreachableError
 from corral.store.postgres import PostgresStore
 from corral.store.postgres_cluster import (
+    FENCE_SQL,
     KILL,
     LISTEN_APPLICATION_NAME,
     NOTIFY_PAYLOAD_MAX_BYTES,
+    SESSION_PREFIX,
     WAKE,
+    fence_params,
     wake_payload,
 )
 from tests import pg
+from tests.blocking import BlockingStore
 
 SPEC = WorkloadCreate(command=["true"])
 WAIT_SECONDS = 30.0
@@ -418,3 +422,65 @@ def test_fenced_writes_waiting_for_an_acquire_are_refused_when_it_commits(
     assert len(b.list_events(waiting.id)) == 1 and len(b.list_events(running.id)) == 2
     lease = b.get_lease()
     assert (lease.instance, lease.epoch, lease.expired) == ("b-1", 2, False)
+
+
+def test_a_takeover_ends_the_sessions_of_a_holder_stalled_inside_a_transaction(
+    two_servers: tuple[Store, Store],
+) -> None:
+    """A leader stopped (SIGSTOP) between two statements of a fenced write holds the
+    lease row FOR SHARE, a session PostgreSQL sees as active, so no idle timeout ends
+    it: the server taking the expired lease ends the holder's sessions, named by its
+    instance, and takes the lease at once; the stalled write fails having written
+    nothing when its server wakes."""
+    url = two_servers[0].url
+    a, b = (
+        BlockingStore(PostgresStore(url, migrate_schema=False, session_name=SESSION_PREFIX + i))
+        for i in ("a-1", "b-1")
+    )
+    try:
+        _takeover_ends_stalled_sessions(a, b)
+    finally:
+        a.close()
+        b.close()
+
+
+def _takeover_ends_stalled_sessions(a: BlockingStore, b: BlockingStore) -> None:
+    assert a.register_server(ServerInfo("a", "a-1", "h", 1), live_seconds=15) is None
+    assert b.register_server(ServerInfo("b", "b-1", "h", 2), live_seconds=15) is None
+    named = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    assert sql(a.url, named, (f"{SESSION_PREFIX}a-1",))[0][0] >= 1
+    got = a.acquire_lease("a", "a-1", 1.0)
+    assert got is not None
+    w, _ = a.create_workload(SPEC, owner="alice")
+    wake = threading.Event()
+
+    async def stalled(conn: Any) -> None:
+        await (await conn.execute(FENCE_SQL, fence_params(got[0]))).fetchall()
+        await conn.execute("UPDATE workloads SET reason = 'stalled' WHERE id = %s", (w.id,))
+        await asyncio.get_running_loop().run_in_executor(None, wake.wait)  # SIGSTOP
+        await (await conn.execute("SELECT 1")).fetchall()
+
+    stalling = asyncio.run_coroutine_threadsafe(a.inner._transaction(stalled), a.loop)
+    pool = ThreadPoolExecutor(1)
+    try:
+        wait_until("the lease expires", lambda: b.get_lease().expired)
+        began = time.monotonic()
+        acquire = pool.submit(b.acquire_lease, "b", "b-1", 15)
+        taken = acquire.result(timeout=10)  # (without the fix: until a wakes)
+        assert time.monotonic() - began < 5
+        assert taken is not None and taken[0].instance == "b-1"
+        assert sql(a.url, named, (f"{SESSION_PREFIX}a-1",))[0][0] == 0
+        assert b.get_workload(w.id).reason is None  # rolled back
+    finally:
+        wake.set()
+        pool.shutdown()
+    with pytest.raises(DatabaseUnreachableError):
+        stalling.result(timeout=WAIT_SECONDS)
+    for _ in range(10):  # each ended connection of its pool fails once, then is replaced
+        try:
+            assert a.get_workload(w.id).reason is None
+            break
+        except DatabaseUnreachableError:
+            continue
+    else:
+        raise AssertionError("the stalled server's pool never recovered")

@@ -45,6 +45,11 @@ def default_name() -> str:
     return socket.gethostname().split(".")[0] or "corral"
 
 
+def new_instance() -> str:
+    """A server process's instance id (the store's sessions are named by it)."""
+    return secrets.token_hex(8)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -65,13 +70,14 @@ class Cluster:
         url: str | None,
         lease_seconds: float,
         schedule: bool,
+        instance: str | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.shared = not store.url.startswith("sqlite:")
         self.info = ServerInfo(
             name=name,
-            instance=secrets.token_hex(8),
+            instance=instance or new_instance(),
             host=socket.gethostname(),
             pid=os.getpid(),
             url=url,

@@ -199,16 +199,16 @@ def serve(settings: Settings) -> None:
     lock = _lock_data_dir(settings.data_dir)
     workload_open_files = _raise_open_files_limit()
     executor = _executor(settings, workload_open_files, workload_umask, shared=shared)
+    from corral.cluster import PG_POLL_SECONDS, Cluster, default_name, new_instance
     from corral.store.errors import DatabaseError, StoreBusyError
 
+    instance = new_instance()
     try:
-        store = open_store(settings.db_url, server=True)
+        store = open_store(settings.db_url, server=True, instance=instance)
     except (ValueError, OSError, sqlite3.Error, StoreBusyError, DatabaseError) as exc:
         raise ServeError(f"cannot open the database {redacted(settings.db_url)}: {exc}") from None
     _private_files(settings.db_url)
     key_file = settings.data_dir / KEY_FILE_NAME  # made sure of by _run, first thing
-    from corral.cluster import PG_POLL_SECONDS, Cluster, default_name
-
     name = settings.name or default_name()
     scheduler = Scheduler(
         store, executor, node=name, poll_seconds=PG_POLL_SECONDS if shared else None
@@ -230,6 +230,7 @@ def serve(settings: Settings) -> None:
         url=advertised,
         lease_seconds=settings.lease_seconds,
         schedule=settings.scheduler == "auto",
+        instance=instance,
     )
     log_proxy = None
     if shared:  # a log may be kept by another server of the database

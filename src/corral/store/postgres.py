@@ -484,6 +484,14 @@ def _check_dependencies(
             raise FieldError(loc, f"no workload has id {ref!r}")
 
 
+_SET_REASONS = (
+    "UPDATE workloads AS w SET reason = r.reason"
+    " FROM unnest(%s::text[], %s::text[]) AS r(id, reason)"
+    " WHERE w.id = r.id AND w.id IN (SELECT id FROM workloads"
+    " WHERE id = ANY(%s::text[]) AND status = 'pending' FOR UPDATE SKIP LOCKED)"
+)
+
+
 class PostgresStore(PostgresCluster):
     """The ``Store`` on one PostgreSQL database; see the module docstring (and
     ``store/postgres_cluster.py`` for servers, the lease and notifications)."""
@@ -495,11 +503,16 @@ class PostgresStore(PostgresCluster):
         pool_size: int = DEFAULT_POOL_SIZE,
         timeout: float = POOL_TIMEOUT_SECONDS,
         migrate_schema: bool = True,
+        session_name: str = "corral",
     ) -> None:
+        """``session_name``: the ``application_name`` of its sessions; a server names
+        them ``SESSION_PREFIX`` and its instance (``postgres_cluster``: a takeover
+        ends a stalled leader's sessions by it)."""
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, not {pool_size}")
         self._url = url
         self._closed = False
+        self._session_name = session_name
         if migrate_schema:
             self._migrate()
         self._pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
@@ -507,7 +520,7 @@ class PostgresStore(PostgresCluster):
             min_size=min(POOL_MIN_SIZE, pool_size),
             max_size=pool_size,
             kwargs={"autocommit": True},
-            configure=_configure,
+            configure=self._configure,
             timeout=timeout,
             reconnect_timeout=POOL_RECONNECT_SECONDS,
             open=False,
@@ -522,6 +535,16 @@ class PostgresStore(PostgresCluster):
 
     def _listen_conninfo(self) -> str:
         return _conninfo(self._url)
+
+    async def _configure(self, conn: Conn) -> None:
+        """Each new connection: UTC and ISO dates, read back as RFC 3339 strings; the
+        server's session name."""
+        conn.adapters.register_loader("timestamptz", _Rfc3339Loader)
+        await conn.execute(
+            "SELECT set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO', false),"
+            " set_config('application_name', %s, false)",
+            (self._session_name,),
+        )
 
     def _migrate(self) -> None:
         from sqlalchemy import create_engine, text
@@ -827,19 +850,19 @@ class PostgresStore(PostgresCluster):
         return _row_to_workload(row)
 
     async def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
+        """As the protocol says, except that a workload another transaction has locked
+        (a claim, a kill, a server stalled inside a transaction) keeps its reason: a
+        reason is advice, never worth waiting for a lock (the scheduler would wait
+        with it)."""
         latest = dict(reasons)  # an id given twice: its last reason, as SQLite's loop
         if not latest:
             return
 
         async def body(conn: Conn) -> None:
-            await conn.execute(
-                "UPDATE workloads AS w SET reason = r.reason"
-                " FROM unnest(%s::text[], %s::text[]) AS r(id, reason)"
-                " WHERE w.id = r.id AND w.status = 'pending'",
-                (list(latest), list(latest.values())),
-            )
+            ids = list(latest)
+            await conn.execute(_SET_REASONS, (ids, list(latest.values()), ids))
 
-        await self._transaction(body)  # (rerun if it deadlocks with another such call)
+        await self._transaction(body)
 
     async def claim_workloads(
         self, workload_ids: Sequence[str], *, node: str, fence: Fence | None = None
@@ -1131,13 +1154,6 @@ async def _rollback(conn: Conn) -> None:
         return
     with suppress(psycopg.Error):  # the pool discards a connection it cannot reset
         await conn.rollback()
-
-
-async def _configure(conn: Conn) -> None:
-    """Each new connection: UTC and ISO dates, read back as RFC 3339 strings."""
-    conn.adapters.register_loader("timestamptz", _Rfc3339Loader)
-    await conn.execute("SET TIME ZONE 'UTC'")
-    await conn.execute("SET DateStyle = 'ISO'")
 
 
 def _conninfo(url: str) -> str:

@@ -18,6 +18,23 @@ fenced writes in flight and the new leader reads them committed; and a fenced wr
 waiting for an acquire rechecks the lease row as the acquire left it (PostgreSQL
 re-evaluates the condition on the updated row), so it is refused.
 
+**A stalled holder's sessions are ended** (``acquire_lease``). A server stopped in the
+middle of a transaction (SIGSTOP, a frozen VM) keeps that transaction's locks for as
+long as it is stopped. PostgreSQL's ``idle_in_transaction_session_timeout`` cannot be
+relied on: while a pipeline waits for its client between statements the session is
+``active``, and after psycopg's flush requests the timer is off even where the
+session shows ``idle in transaction`` (tried: a 300 ms limit left such a session
+alone for seconds). Its fenced writes hold the lease row ``FOR SHARE`` and its scheduler's
+writes hold workload rows, so a standby's acquire would wait on the lease row, and
+its scheduler on those rows, until the stalled server woke. So every session of a
+server is named ``corral:<instance>`` (``application_name``: ``corral serve`` opens
+its store with ``session_name``), and a server about to take an *expired* lease from another
+instance first ends that instance's sessions (``pg_terminate_backend``), which rolls
+their transactions back and frees their locks. The stalled server finds its
+connections broken when it wakes, and its fence gone. Ending another role's
+sessions takes that role's membership or ``pg_signal_backend``; without it the
+takeover is logged and waits for the locks, as before.
+
 **Notifications** (``WAKE``, ``KILL``) are sent by the store inside its writing
 transactions (``pg_notify``: delivered on commit only, never for a rollback; one per
 transaction). ``listen`` receives them on one connection of its own (not the pool's:
@@ -44,6 +61,7 @@ import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.conninfo import make_conninfo
 
+from corral.errors import CorralError
 from corral.store.cluster import LEASE, Fence, Lease, ServerInfo
 
 log = logging.getLogger(__name__)
@@ -78,6 +96,18 @@ FENCE_SQL = (
     " AND expires_at > clock_timestamp() FOR SHARE"
 )
 """Lock the lease row, shared, if ``fence`` still holds (params: ``fence_params``)."""
+
+SESSION_PREFIX = "corral:"
+"""``application_name`` of a server's sessions: this and its instance."""
+_END_EXPIRED_HOLDER = (
+    "SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid))"
+    " FROM leases AS l JOIN pg_stat_activity AS a"
+    " ON a.application_name = %s || l.instance AND a.datname = current_database()"
+    " WHERE l.name = %s AND l.expires_at <= clock_timestamp() AND l.instance <> %s"
+    " AND a.pid <> pg_backend_pid()"
+)
+"""End the sessions of the instance whose lease has expired (params: prefix, lease,
+the taker's instance); how many."""
 
 _SERVER_COLUMNS = "name, instance, host, pid, url, capacity, started_at, last_seen"
 _LEASE_COLUMNS = "holder, instance, epoch, renewed_at, expires_at"
@@ -228,6 +258,8 @@ class PostgresCluster:
         ``replace_instance``'s (a dead one, known to the caller): a new epoch, and the
         lease as it was before; None while another instance holds it."""
 
+        await self._end_expired_holder(instance)
+
         async def body(conn: Conn) -> tuple[AsyncCursor[tuple[Any, ...]], ...]:
             before = await conn.execute(_LOCK_LEASE, (LEASE,))  # waits for fenced writes
             taken = await conn.execute(
@@ -247,6 +279,19 @@ class PostgresCluster:
             return None
         # Both RFC 3339 strings of the database's clock, in one format: they compare.
         return Fence(instance, int(new[0])), _lease(old, old[4] <= new[1])
+
+    async def _end_expired_holder(self, instance: str) -> None:
+        """End the sessions of the instance whose lease expired, if any (see the
+        module docstring): a stalled holder's locks would hold the takeover up."""
+        try:
+            rows = await self._fetch(_END_EXPIRED_HOLDER, (SESSION_PREFIX, LEASE, instance))
+        except CorralError as exc:  # e.g. another role's sessions, without the right
+            log.warning("cannot end the sessions of the expired scheduler: %s", exc)
+            return
+        if rows and rows[0][0]:
+            log.warning(
+                "ended %d database session(s) of the server whose lease expired", rows[0][0]
+            )
 
     async def renew_lease(self, fence: Fence, ttl_seconds: float) -> bool:
         """Extend the lease from now; False (nothing changed) when it is no longer
