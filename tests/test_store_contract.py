@@ -706,3 +706,84 @@ def test_pending_reasons_change_pending_workloads_only_without_events(store: Blo
     assert store.get_workload(waiting.id).model_dump(exclude={"reason"}) == waiting.model_dump(
         exclude={"reason"}
     )
+
+
+def test_events_after_an_id_are_every_owners_oldest_first_with_name_and_labels(
+    store: BlockingStore,
+) -> None:
+    a, _ = store.create_workload(
+        owner="alice", spec=WorkloadCreate(command=["true"], name="a", labels={"team": "ml"})
+    )
+    b, _ = store.create_workload(owner="bob", spec=WorkloadCreate(command=["true"]))
+    store.update_workload_status(a.id, Status.RUNNING, actor="scheduler")
+    store.update_workload_status(b.id, Status.KILLED, actor="bob")
+    store.update_workload_status(a.id, Status.COMPLETED, exit_code=0, actor="scheduler")
+    every = store.list_events_after(0)
+    assert [(e.workload_id, e.seq) for e in every] == [
+        (a.id, 1),
+        (b.id, 1),
+        (a.id, 2),
+        (b.id, 2),
+        (a.id, 3),
+    ]
+    ids = [e.id for e in every]
+    assert ids == sorted(set(ids))
+    assert every[0].name == "a" and every[0].labels == {"team": "ml"}
+    assert every[1].name is None and every[1].labels == {}
+    assert (every[3].from_status, every[3].to_status, every[3].actor) == (
+        Status.PENDING,
+        Status.KILLED,
+        "bob",
+    )
+    assert every[3].reason == store.list_events(b.id)[1].reason
+    assert every[4].at == store.list_events(a.id)[2].at
+    # after an id: strictly after it; a limit: the oldest first
+    assert store.list_events_after(ids[1]) == every[2:]
+    assert store.list_events_after(ids[1], limit=2) == every[2:4]
+    assert store.list_events_after(ids[-1]) == []
+
+
+def test_events_after_filter_by_owner_workload_label_and_status(store: BlockingStore) -> None:
+    a, _ = store.create_workload(
+        owner="alice", spec=WorkloadCreate(command=["true"], labels={"team": "ml", "x": "1"})
+    )
+    b, _ = store.create_workload(
+        owner="alice", spec=WorkloadCreate(command=["true"], labels={"team": "web"})
+    )
+    c, _ = store.create_workload(
+        owner="bob", spec=WorkloadCreate(command=["true"], labels={"team": "ml"})
+    )
+    for w in (a, b, c):
+        store.update_workload_status(w.id, Status.RUNNING, actor="scheduler")
+    store.update_workload_status(b.id, Status.FAILED, exit_code=1, actor="scheduler")
+
+    def seen(**filters: Any) -> list[tuple[str, int]]:
+        return [(e.workload_id, e.seq) for e in store.list_events_after(0, **filters)]
+
+    assert seen(owner="bob") == [(c.id, 1), (c.id, 2)]
+    assert seen(owner="carol") == []
+    assert seen(workload_ids=[b.id, a.id]) == [
+        (a.id, 1),
+        (b.id, 1),
+        (a.id, 2),
+        (b.id, 2),
+        (b.id, 3),
+    ]
+    assert seen(labels=[("team", "ml")]) == [(a.id, 1), (c.id, 1), (a.id, 2), (c.id, 2)]
+    assert seen(labels=[("team", "ml"), ("x", "1")]) == [(a.id, 1), (a.id, 2)]
+    assert seen(labels=[("team", "ml")], owner="alice") == [(a.id, 1), (a.id, 2)]
+    assert seen(statuses=[Status.RUNNING]) == [(a.id, 2), (b.id, 2), (c.id, 2)]
+    assert seen(statuses=[Status.FAILED, Status.PENDING], owner="alice") == [
+        (a.id, 1),
+        (b.id, 1),
+        (b.id, 3),
+    ]
+    assert seen(workload_ids=["0" * 26]) == []
+
+
+@pytest.mark.parametrize(
+    ("after", "limit"), [(-1, 10), (0, 0), (0, 501)], ids=["negative", "zero", "too-many"]
+)
+def test_events_after_checks_its_arguments(store: BlockingStore, after: int, limit: int) -> None:
+    with pytest.raises(InvalidInputError):
+        store.list_events_after(after, limit=limit)

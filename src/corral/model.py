@@ -402,6 +402,24 @@ class Event(BaseModel):
     actor: str | None
 
 
+class TransitionEvent(BaseModel):
+    """One event of the live feed (``GET /v1/events``): an ``Event`` with its global
+    ``id`` (the order of the feed, and what ``Last-Event-ID`` resumes after), its
+    workload's id, name and labels."""
+
+    id: int
+    workload_id: str
+    seq: int
+    type: str
+    from_status: Status | None
+    to_status: Status
+    at: str
+    reason: str | None
+    actor: str | None
+    name: str | None
+    labels: dict[str, str]
+
+
 def _when_status(statuses: list[JsonValue], exit_code: JsonDict) -> JsonDict:
     return {
         "if": {"properties": {"status": {"enum": statuses}}},

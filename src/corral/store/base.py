@@ -14,10 +14,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from corral.errors import CorralError
-from corral.model import Event, Status, Token, Workload, WorkloadBatchItem, WorkloadCreate
+from corral.model import (
+    Event,
+    Status,
+    Token,
+    TransitionEvent,
+    Workload,
+    WorkloadBatchItem,
+    WorkloadCreate,
+)
 from corral.store.cluster import Fence, Lease, ServerInfo
 
 LIST_LIMIT_MAX = 1000
+EVENTS_LIMIT_MAX = 500
+"""The most events ``list_events_after`` returns at once (one page of the live feed)."""
 CLAIM_ACTOR = "scheduler"
 """The actor of every claim's event (pending→running): the scheduler, as in its other writes."""
 
@@ -180,6 +190,26 @@ class Store(Protocol):
     async def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
         """The workload's events, oldest first (the first is ``created``);
         ``NotFoundError`` as ``get_workload``."""
+        ...
+
+    async def list_events_after(
+        self,
+        after_id: int,
+        *,
+        owner: str | None = None,
+        workload_ids: Sequence[str] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        statuses: Sequence[Status] = (),
+        limit: int = EVENTS_LIMIT_MAX,
+    ) -> list[TransitionEvent]:
+        """Up to ``limit`` (1 to ``EVENTS_LIMIT_MAX``, else ``InvalidInputError``)
+        events with a global id above ``after_id``, oldest (lowest id) first, each
+        with its workload's name and labels: of ``owner``'s workloads (everyone's when
+        None), of one of ``workload_ids`` (any when empty), of workloads carrying
+        every one of ``labels``, moving to one of ``statuses`` (any when empty).
+
+        Ids only grow, but on PostgreSQL not in commit order: a later read may find a
+        lower id than one already returned (``corral.events`` waits for such gaps)."""
         ...
 
     async def update_workload_status(

@@ -82,6 +82,7 @@ from corral.model import (
     Event,
     Status,
     Token,
+    TransitionEvent,
     Workload,
     WorkloadBatchItem,
     WorkloadCreate,
@@ -94,6 +95,7 @@ from corral.model import (
 from corral.store import migrate
 from corral.store.base import (
     CLAIM_ACTOR,
+    EVENTS_LIMIT_MAX,
     Account,
     BatchCreated,
     Created,
@@ -128,7 +130,9 @@ from corral.store.sqlite import (
     _json_text,
     batch_digest,
     checked_count_query,
+    events_query,
     page_query,
+    row_to_transition,
     spec_digest,
 )
 
@@ -1004,6 +1008,27 @@ class PostgresStore(PostgresCluster):
             )
             for r in rows
         ]
+
+    async def list_events_after(
+        self,
+        after_id: int,
+        *,
+        owner: str | None = None,
+        workload_ids: Sequence[str] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        statuses: Sequence[Status] = (),
+        limit: int = EVENTS_LIMIT_MAX,
+    ) -> list[TransitionEvent]:
+        sql, params = events_query(
+            after_id,
+            owner=owner,
+            workload_ids=workload_ids,
+            labels=labels,
+            statuses=statuses,
+            limit=limit,
+        )
+        rows = await self._fetch(_sql(sql), params, prepare=_LISTING)
+        return [row_to_transition(r) for r in rows]
 
     # --- users and API keys ------------------------------------------------------
 

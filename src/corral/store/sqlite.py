@@ -51,6 +51,7 @@ from corral.model import (
     TERMINAL,
     Event,
     Status,
+    TransitionEvent,
     Workload,
     WorkloadBatchItem,
     WorkloadCreate,
@@ -62,7 +63,15 @@ from corral.model import (
     workload_from_row,
 )
 from corral.store import migrate
-from corral.store.base import CLAIM_ACTOR, LIST_LIMIT_MAX, BatchCreated, Created, NewWorkload, Page
+from corral.store.base import (
+    CLAIM_ACTOR,
+    EVENTS_LIMIT_MAX,
+    LIST_LIMIT_MAX,
+    BatchCreated,
+    Created,
+    NewWorkload,
+    Page,
+)
 from corral.store.cluster import Fence
 from corral.store.errors import (
     IdempotencyKeyReusedError,
@@ -295,6 +304,79 @@ def _checked_filters(
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
     return labels
+
+
+EVENT_COLUMNS = (
+    "e.id, e.workload_id, e.seq, e.type, e.from_status, e.to_status, e.at, e.reason,"
+    " e.actor, w.name, w.labels"
+)
+
+
+def events_query(
+    after_id: int,
+    *,
+    owner: str | None,
+    workload_ids: Sequence[str],
+    labels: Sequence[tuple[str, str]],
+    statuses: Sequence[Status],
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """``list_events_after``'s arguments checked (``InvalidInputError``) and its
+    statement (SQLite's parameters; ``EVENT_COLUMNS``): a walk of the events' primary
+    key from ``after_id``, each event's workload probed by its primary key for the
+    filters, so a page costs its rows (and the rows it skips) whatever the table's
+    size."""
+    if not 1 <= limit <= EVENTS_LIMIT_MAX:
+        raise InvalidInputError(f"limit must be between 1 and {EVENTS_LIMIT_MAX}")
+    if after_id < 0:
+        raise InvalidInputError("after must be 0 or more")
+    where: list[str] = ["e.id > ?"]
+    params: list[Any] = [after_id]
+    if owner is not None:
+        where.append("w.owner = ?")
+        params.append(owner)
+    ids = list(dict.fromkeys(workload_ids))
+    if ids:
+        if len(ids) > _ID_CHUNK:
+            raise InvalidInputError(f"{len(ids)} workloads; at most {_ID_CHUNK} are allowed")
+        where.append(f"e.workload_id IN ({', '.join('?' * len(ids))})")
+        params += ids
+    values = list(dict.fromkeys(Status(s).value for s in statuses))
+    if values:
+        where.append(f"e.to_status IN ({', '.join('?' * len(values))})")
+        params += values
+    for key, value in _checked_filters(labels, None):
+        where.append(
+            "EXISTS (SELECT 1 FROM workload_labels AS l WHERE l.workload_id = e.workload_id"
+            " AND l.key = ? AND l.value = ?)"
+        )
+        params += [key, value]
+    sql = (
+        f"SELECT {EVENT_COLUMNS} FROM events AS e CROSS JOIN workloads AS w"
+        f" ON w.id = e.workload_id WHERE {' AND '.join(where)} ORDER BY e.id LIMIT ?"
+    )
+    return sql, [*params, limit]
+
+
+def row_to_transition(row: Sequence[Any]) -> TransitionEvent:
+    """A row of ``EVENT_COLUMNS`` (labels as JSON text on SQLite, a dict on
+    PostgreSQL)."""
+    labels = row[10] if isinstance(row[10], dict) else json.loads(row[10])
+    return TransitionEvent.model_validate(
+        {
+            "id": row[0],
+            "workload_id": row[1],
+            "seq": row[2],
+            "type": row[3],
+            "from_status": row[4],
+            "to_status": row[5],
+            "at": row[6],
+            "reason": row[7],
+            "actor": row[8],
+            "name": row[9],
+            "labels": labels,
+        }
+    )
 
 
 def page_query(
@@ -973,6 +1055,28 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
             )
             for r in rows
         ]
+
+    def list_events_after(
+        self,
+        after_id: int,
+        *,
+        owner: str | None = None,
+        workload_ids: Sequence[str] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        statuses: Sequence[Status] = (),
+        limit: int = EVENTS_LIMIT_MAX,
+    ) -> list[TransitionEvent]:
+        sql, params = events_query(
+            after_id,
+            owner=owner,
+            workload_ids=workload_ids,
+            labels=labels,
+            statuses=statuses,
+            limit=limit,
+        )
+        with self._connection() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [row_to_transition(r) for r in rows]
 
     def _checkpoint_loop(self) -> None:
         conn = self._conn()  # this thread's own connection

@@ -41,8 +41,17 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from corral.errors import CorralError
-from corral.model import Event, Status, Token, Workload, WorkloadBatchItem, WorkloadCreate
+from corral.model import (
+    Event,
+    Status,
+    Token,
+    TransitionEvent,
+    Workload,
+    WorkloadBatchItem,
+    WorkloadCreate,
+)
 from corral.store.base import (
+    EVENTS_LIMIT_MAX,
     Account,
     BatchCreated,
     Created,
@@ -405,6 +414,29 @@ class AsyncSQLiteStore:
 
     async def list_events(self, workload_id: str, *, owner: str | None = None) -> list[Event]:
         return self.sync.list_events(workload_id, owner=owner)
+
+    async def list_events_after(
+        self,
+        after_id: int,
+        *,
+        owner: str | None = None,
+        workload_ids: Sequence[str] = (),
+        labels: Sequence[tuple[str, str]] = (),
+        statuses: Sequence[Status] = (),
+        limit: int = EVENTS_LIMIT_MAX,
+    ) -> list[TransitionEvent]:
+        call = functools.partial(
+            self.sync.list_events_after,
+            after_id,
+            owner=owner,
+            workload_ids=workload_ids,
+            labels=labels,
+            statuses=statuses,
+            limit=limit,
+        )
+        if limit <= INLINE_ROWS:
+            return call()
+        return await self._readers.call(call)
 
     async def pending_ids(self) -> list[str]:
         return await self._readers.call(self.sync.pending_ids)
