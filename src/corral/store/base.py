@@ -201,15 +201,25 @@ class Store(Protocol):
         labels: Sequence[tuple[str, str]] = (),
         statuses: Sequence[Status] = (),
         limit: int = EVENTS_LIMIT_MAX,
+        until_id: int | None = None,
     ) -> list[TransitionEvent]:
         """Up to ``limit`` (1 to ``EVENTS_LIMIT_MAX``, else ``InvalidInputError``)
         events with a global id above ``after_id``, oldest (lowest id) first, each
         with its workload's name and labels: of ``owner``'s workloads (everyone's when
         None), of one of ``workload_ids`` (any when empty), of workloads carrying
-        every one of ``labels``, moving to one of ``statuses`` (any when empty).
+        every one of ``labels``, moving to one of ``statuses`` (any when empty), with
+        an id of at most ``until_id`` (when given).
 
         Ids only grow, but on PostgreSQL not in commit order: a later read may find a
         lower id than one already returned (``corral.events`` waits for such gaps)."""
+        ...
+
+    async def event_ids_after(
+        self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX
+    ) -> list[tuple[int, str]]:
+        """The id and time (``at``) of up to ``limit`` events above ``after_id``, lowest
+        first, of every workload: what a follower reads to find the gaps of ids not
+        committed yet (``corral.events``)."""
         ...
 
     async def update_workload_status(

@@ -127,8 +127,10 @@ from corral.store.postgres_cluster import (
 )
 from corral.store.sqlite import (
     _COLUMNS,
+    EVENT_IDS_QUERY,
     _json_text,
     batch_digest,
+    check_events_limit,
     checked_count_query,
     events_query,
     page_query,
@@ -1018,6 +1020,7 @@ class PostgresStore(PostgresCluster):
         labels: Sequence[tuple[str, str]] = (),
         statuses: Sequence[Status] = (),
         limit: int = EVENTS_LIMIT_MAX,
+        until_id: int | None = None,
     ) -> list[TransitionEvent]:
         sql, params = events_query(
             after_id,
@@ -1026,9 +1029,17 @@ class PostgresStore(PostgresCluster):
             labels=labels,
             statuses=statuses,
             limit=limit,
+            until_id=until_id,
         )
         rows = await self._fetch(_sql(sql), params, prepare=_LISTING)
         return [row_to_transition(r) for r in rows]
+
+    async def event_ids_after(
+        self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX
+    ) -> list[tuple[int, str]]:
+        check_events_limit(after_id, limit)
+        rows = await self._fetch(_sql(EVENT_IDS_QUERY), (after_id, limit))
+        return [(int(r[0]), str(r[1])) for r in rows]
 
     # --- users and API keys ------------------------------------------------------
 

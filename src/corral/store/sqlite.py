@@ -320,18 +320,19 @@ def events_query(
     labels: Sequence[tuple[str, str]],
     statuses: Sequence[Status],
     limit: int,
+    until_id: int | None = None,
 ) -> tuple[str, list[Any]]:
     """``list_events_after``'s arguments checked (``InvalidInputError``) and its
     statement (SQLite's parameters; ``EVENT_COLUMNS``): a walk of the events' primary
     key from ``after_id``, each event's workload probed by its primary key for the
     filters, so a page costs its rows (and the rows it skips) whatever the table's
     size."""
-    if not 1 <= limit <= EVENTS_LIMIT_MAX:
-        raise InvalidInputError(f"limit must be between 1 and {EVENTS_LIMIT_MAX}")
-    if after_id < 0:
-        raise InvalidInputError("after must be 0 or more")
+    check_events_limit(after_id, limit)
     where: list[str] = ["e.id > ?"]
     params: list[Any] = [after_id]
+    if until_id is not None:
+        where.append("e.id <= ?")
+        params.append(until_id)
     if owner is not None:
         where.append("w.owner = ?")
         params.append(owner)
@@ -356,6 +357,16 @@ def events_query(
         f" ON w.id = e.workload_id WHERE {' AND '.join(where)} ORDER BY e.id LIMIT ?"
     )
     return sql, [*params, limit]
+
+
+EVENT_IDS_QUERY = "SELECT id, at FROM events WHERE id > ? ORDER BY id LIMIT ?"
+
+
+def check_events_limit(after_id: int, limit: int) -> None:
+    if not 1 <= limit <= EVENTS_LIMIT_MAX:
+        raise InvalidInputError(f"limit must be between 1 and {EVENTS_LIMIT_MAX}")
+    if after_id < 0:
+        raise InvalidInputError("after must be 0 or more")
 
 
 def row_to_transition(row: Sequence[Any]) -> TransitionEvent:
@@ -1065,6 +1076,7 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         labels: Sequence[tuple[str, str]] = (),
         statuses: Sequence[Status] = (),
         limit: int = EVENTS_LIMIT_MAX,
+        until_id: int | None = None,
     ) -> list[TransitionEvent]:
         sql, params = events_query(
             after_id,
@@ -1073,10 +1085,18 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
             labels=labels,
             statuses=statuses,
             limit=limit,
+            until_id=until_id,
         )
         with self._connection() as conn:
             rows = conn.execute(sql, params).fetchall()
         return [row_to_transition(r) for r in rows]
+
+    def event_ids_after(
+        self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX
+    ) -> list[tuple[int, str]]:
+        check_events_limit(after_id, limit)
+        with self._connection() as conn:
+            return [(r[0], r[1]) for r in conn.execute(EVENT_IDS_QUERY, (after_id, limit))]
 
     def _checkpoint_loop(self) -> None:
         conn = self._conn()  # this thread's own connection

@@ -424,6 +424,7 @@ class AsyncSQLiteStore:
         labels: Sequence[tuple[str, str]] = (),
         statuses: Sequence[Status] = (),
         limit: int = EVENTS_LIMIT_MAX,
+        until_id: int | None = None,
     ) -> list[TransitionEvent]:
         call = functools.partial(
             self.sync.list_events_after,
@@ -433,10 +434,16 @@ class AsyncSQLiteStore:
             labels=labels,
             statuses=statuses,
             limit=limit,
+            until_id=until_id,
         )
         if limit <= INLINE_ROWS:
             return call()
         return await self._readers.call(call)
+
+    async def event_ids_after(
+        self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX
+    ) -> list[tuple[int, str]]:
+        return self.sync.event_ids_after(after_id, limit=limit)  # a primary-key range
 
     async def pending_ids(self) -> list[str]:
         return await self._readers.call(self.sync.pending_ids)
