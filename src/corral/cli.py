@@ -13,6 +13,7 @@ Handles: wherever a workload is named, a full id, a unique prefix of one (at lea
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -249,6 +250,7 @@ def _commands() -> list[tuple[str, Handler, str, Callable[[Parser], None], dict[
         ("kill", cmd_kill, "kill workloads (SIGTERM, then SIGKILL)", _kill_parser, {}),
         ("wait", cmd_wait, "wait until workloads end; exit like them", _wait_parser, {}),
         ("logs", cmd_logs, "print a workload's output (stdout and stderr)", _logs_parser, {}),
+        ("watch", cmd_watch, "print every event as it happens, until stopped", _watch_parser, {}),
         (
             "status",
             cmd_status,
@@ -282,6 +284,20 @@ def _logs_parser(p: Parser) -> None:
         "-f", "--follow", action="store_true", help="keep printing until the workload ends"
     )
     p.add_argument("--tail", metavar="N", help="start with the last N lines")
+
+
+def _watch_parser(p: Parser) -> None:
+    p.add_argument(
+        "handles", nargs="*", metavar="ID", help="only these (ids, unique prefixes or names)"
+    )
+    p.add_argument(
+        "-l", "--label", action="append", metavar="K=V", help="with this label (repeatable)"
+    )
+    p.add_argument(
+        "--status", action="append", metavar="STATUS", help=f"moving to: {STATUS_CHOICES}"
+    )
+    p.add_argument("--after", metavar="EVENT_ID", help="from after this event id (default: 0)")
+    _json_flag(p)
 
 
 def _completion_parser(p: Parser) -> None:
@@ -1181,6 +1197,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
             out.flush()
         except NotFound:
             raise _no_workload(args.handle) from None
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """One line per event (``--json``: one object per line), reconnecting with the
+    last id printed (``Client.watch``), until interrupted."""
+    after = number(args.after, "--after", integer=True)
+    labels = pairs(args.label, "--label", labels=True)
+    out = sys.stdout
+    with connect(args) as client:
+        ids = [resolve(client, handle) for handle in args.handles]
+        events = client.watch(ids, labels=labels, statuses=statuses(args.status), after=after)
+        for event in events:
+            if args.json:
+                out.write(json.dumps(as_json(event), ensure_ascii=False) + "\n")
+            else:
+                moved = f"{event.from_status or '-'} -> {event.to_status}"
+                reason = f"  {clean(event.reason)}" if event.reason else ""
+                name = clean(event.name) if event.name else "-"
+                out.write(f"{event.at}  {event.id}  {event.workload_id}  {name}  {moved}{reason}\n")
+            out.flush()
     return EXIT_OK
 
 

@@ -97,6 +97,7 @@ from corral.wire import (
     ServerStatus,
     Status,
     Token,
+    TransitionEvent,
     WireError,
     Workload,
 )
@@ -957,6 +958,77 @@ class Client:
         """``stream_logs(..., follow=True)``: new output as it is written, until the
         workload ends."""
         return self.stream_logs(workload_id, tail=tail, follow=True)
+
+    # --- the live event feed ------------------------------------------------------
+
+    def watch(
+        self,
+        workload_ids: Sequence[str] = (),
+        *,
+        labels: Mapping[str, str] | None = None,
+        statuses: Sequence[Status | str] = (),
+        after: int | None = None,
+        reconnect: bool = True,
+    ) -> Iterator[TransitionEvent]:
+        """Every event of the workloads the key may see, as it happens, oldest first
+        (from ``after``, an event id; else from the oldest the server keeps), for ever:
+        ``GET /v1/events?follow=true``. Filters: ``workload_ids`` (any of them),
+        ``labels`` (every one), ``statuses`` (moved to any of them). A lost
+        connection, or a server restart, is reconnected with the last id yielded
+        (``Last-Event-ID``), so nothing is lost or given twice; ``reconnect=False``
+        raises instead. An error answer (a bad filter, 401, …) is always raised."""
+        params = [("follow", "true")]
+        params += [("workload", w) for w in workload_ids]
+        params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
+        params += [("status", str(getattr(s, "value", s))) for s in statuses]
+        last = after
+        delay = RETRY_MIN_DELAY
+        while True:
+            headers = {} if last is None else {"Last-Event-ID": str(last)}
+            try:
+                for event in self._event_stream(params, headers):
+                    last = event.id
+                    delay = RETRY_MIN_DELAY
+                    yield event
+            except APIError:
+                raise
+            except CorralClientError:
+                if not reconnect:
+                    raise
+            if not reconnect:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
+    def _event_stream(
+        self, params: Sequence[tuple[str, str]], headers: Mapping[str, str]
+    ) -> Iterator[TransitionEvent]:
+        """The events of one ``text/event-stream`` answer, until it ends."""
+        conn, response = self._request(
+            "GET", "/v1/events", params=params, headers=headers, follow=True
+        )
+        buffer = b""
+        data: builtins.list[bytes] = []
+        try:
+            while chunk := response.read1(LOG_CHUNK_BYTES):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    line = line.rstrip(b"\r")
+                    if line.startswith(b"data:"):
+                        data.append(line[5:].removeprefix(b" "))
+                    elif not line and data:
+                        try:
+                            parsed = json.loads(b"\n".join(data))
+                        except ValueError:
+                            raise self._unexpected("an event that is not JSON") from None
+                        data = []
+                        yield self._read(TransitionEvent.from_json, parsed)
+        except (OSError, HTTPException) as exc:
+            conn.close()
+            raise self._transport_error(exc) from exc
+        finally:
+            self._done(conn, response)
 
     # --- waiting --------------------------------------------------------------------
 

@@ -200,11 +200,15 @@ def serve(settings: Settings) -> None:
     workload_open_files = _raise_open_files_limit()
     executor = _executor(settings, workload_open_files, workload_umask, shared=shared)
     from corral.cluster import PG_POLL_SECONDS, Cluster, default_name, new_instance
+    from corral.events import Broadcast, BroadcastingStore
     from corral.store.errors import DatabaseError, StoreBusyError
 
     instance = new_instance()
     try:
-        store = open_store(settings.db_url, server=True, instance=instance)
+        # Each write this server makes wakes its event streams (corral.events).
+        store = BroadcastingStore(
+            open_store(settings.db_url, server=True, instance=instance), Broadcast()
+        )
     except (ValueError, OSError, sqlite3.Error, StoreBusyError, DatabaseError) as exc:
         raise ServeError(f"cannot open the database {redacted(settings.db_url)}: {exc}") from None
     _private_files(settings.db_url)

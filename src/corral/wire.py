@@ -462,6 +462,42 @@ class Event(_Record):
 
 
 @record
+class TransitionEvent(_Record):
+    """One event of the live feed (``GET /v1/events``, ``Client.watch``): an
+    ``Event`` with its global ``id`` (what a resume continues after), its workload's
+    id, name and labels."""
+
+    id: int
+    workload_id: str
+    seq: int
+    type: str
+    from_status: Status | None
+    to_status: Status
+    at: str
+    reason: str | None
+    actor: str | None
+    name: str | None
+    labels: dict[str, str]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "event") -> Self:
+        d = _object(data, where)
+        return cls(
+            _int(d, "id", where),
+            _str(d, "workload_id", where),
+            _int(d, "seq", where),
+            _str(d, "type", where),
+            _opt_status(d, "from_status", where),
+            _status(d, "to_status", where),
+            _str(d, "at", where),
+            _opt_str(d, "reason", where),
+            _opt_str(d, "actor", where),
+            _opt_str(d, "name", where),
+            _str_dict(d, "labels", where),
+        )
+
+
+@record
 class Token(_Record):
     """An API key as listed: never the key itself, which only its creation returns."""
 

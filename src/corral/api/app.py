@@ -16,6 +16,7 @@ from corral.api import problems
 from corral.api.access import AccessLog
 from corral.api.direct import direct_routes
 from corral.api.docs import install_docs
+from corral.api.events import build_event_router
 from corral.api.guard import (
     BODY_METHODS,
     PUBLIC_PATHS,
@@ -31,6 +32,7 @@ from corral.api.problems import PROBLEM_JSON, RETRY_AFTER_HEADER
 from corral.api.routes import BODY_MODELS, QUERY_ITEM_PATTERNS, build_router
 from corral.api.tokens import build_token_router
 from corral.cluster import Cluster
+from corral.events import Broadcast, BroadcastingStore
 from corral.scheduler import Scheduler
 from corral.store import Store
 
@@ -51,6 +53,8 @@ def create_app(
     database) forwards a log request to the server that keeps the log (default: every
     log is kept here), its HTTP client opened and closed with the app."""
     policy = policy or AccessPolicy()
+    if not isinstance(store, BroadcastingStore):  # (serve wraps it, for its scheduler too)
+        store = BroadcastingStore(store, Broadcast())
     keys = KeyCache(store.find_api_key)
     sched = scheduler or Scheduler(store)
     metrics = Metrics(store, sched)
@@ -90,6 +94,7 @@ def create_app(
         build_router(store, sched, data_dir, log_proxy),
         build_token_router(store, keys.forget),
         build_metrics_router(metrics),
+        build_event_router(store),
     ]
     for router in routers:
         app.include_router(router)

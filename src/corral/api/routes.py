@@ -150,7 +150,10 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {JSON: {"schema": ref}}}}
 
 
-QUERY_ITEM_PATTERNS = {"label": LABEL_SELECTOR_RE.pattern}
+QUERY_ITEM_PATTERNS = {
+    "label": LABEL_SELECTOR_RE.pattern,
+    "workload": "^[0-9a-hjkmnp-tv-z]{26}$",  # GET /v1/events: ids
+}
 """Patterns of list query items, which FastAPI neither documents nor checks
 (``parse_label_selector`` checks them)."""
 

@@ -1,0 +1,148 @@
+"""``GET /v1/events``: the live event feed, a JSON page or a ``text/event-stream``
+(the design: ``corral.events``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from corral.api.guard import principal
+from corral.api.problems import READ_FAULTS, responses
+from corral.api.routes import parse_label_selector, visible_to
+from corral.errors import InvalidInputError
+from corral.events import (
+    KEEP_ALIVE_MESSAGE,
+    Broadcast,
+    BroadcastingStore,
+    follow,
+    read_page,
+    sse_message,
+)
+from corral.ids import looks_like_id
+from corral.model import LABELS_MAX_ENTRIES, Status, TransitionEvent
+from corral.store import Store
+from corral.store.base import EVENTS_LIMIT_MAX
+
+EVENT_STREAM = "text/event-stream"
+WORKLOADS_MAX = 500
+"""The most ``workload=`` filters of one request."""
+
+
+class EventPage(BaseModel):
+    """One page of ``GET /v1/events``: ``last_id`` is the ``after=`` of the next
+    page (past the events the filters skip; never past an id not committed yet)."""
+
+    items: list[TransitionEvent]
+    last_id: int
+
+
+def _cursor(after: int | None, last_event_id: str | None) -> int:
+    """``after=``, else ``Last-Event-ID``, else 0 (the oldest event kept)."""
+    if after is not None:
+        return after
+    if last_event_id is None or not last_event_id.strip():
+        return 0
+    try:
+        value = int(last_event_id.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidInputError(
+            f"Last-Event-ID {last_event_id!r} is not an event id (an integer, 0 or more)"
+        )
+    return value
+
+
+def build_event_router(store: Store) -> APIRouter:
+    router = APIRouter()
+    broadcast = store.broadcast if isinstance(store, BroadcastingStore) else Broadcast()
+
+    @router.get(
+        "/v1/events",
+        response_model=EventPage,
+        responses={
+            **responses(422, *READ_FAULTS),
+            200: {
+                "content": {
+                    EVENT_STREAM: {"schema": {"type": "string"}},
+                }
+            },
+        },
+        summary="Events of every workload the key may see, oldest first; live with"
+        " follow=true (server-sent events)",
+        operation_id="list_events",
+        tags=["events"],
+    )
+    async def list_events(
+        request: Request,
+        after: Annotated[
+            int | None,
+            Query(ge=0, description="Events after this id (else Last-Event-ID, else 0)."),
+        ] = None,
+        workload: Annotated[
+            list[str], Query(max_length=WORKLOADS_MAX, description="Any of these workloads.")
+        ] = [],  # noqa: B006
+        label: Annotated[
+            list[str],
+            Query(max_length=LABELS_MAX_ENTRIES, description="`key=value`; every one must match."),
+        ] = [],  # noqa: B006
+        status: Annotated[list[Status], Query(description="Moving to any of these statuses.")] = [],  # noqa: B006
+        limit: Annotated[int, Query(ge=1, le=EVENTS_LIMIT_MAX)] = 100,
+        follow_: Annotated[
+            bool,
+            Query(
+                alias="follow",
+                description="A text/event-stream of every event as it happens (a"
+                " comment every 15 s when there is none), until the client leaves.",
+            ),
+        ] = False,
+        last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> Response:
+        who = principal(request)
+        owner = visible_to(who)
+        for workload_id in workload:
+            if not looks_like_id(workload_id):
+                raise InvalidInputError(f"workload {workload_id!r} is not a workload id")
+        labels = parse_label_selector(label)
+        cursor = _cursor(after, last_event_id)
+        if not follow_:
+            items, last_id = await read_page(
+                store,
+                cursor,
+                owner=owner,
+                workload_ids=workload,
+                labels=labels,
+                statuses=status,
+                limit=limit,
+            )
+            body = EventPage.model_construct(items=items, last_id=last_id)
+            return Response(body.model_dump_json(), media_type="application/json")
+        # Read once before answering: a bad filter or a database fault is a problem
+        # with its status code, not a broken stream.
+        await store.event_ids_after(cursor, limit=1)
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield KEEP_ALIVE_MESSAGE  # the headers and a first byte, at once
+            async for event in follow(
+                store,
+                broadcast,
+                cursor,
+                owner=owner,
+                workload_ids=workload,
+                labels=labels,
+                statuses=status,
+            ):
+                yield KEEP_ALIVE_MESSAGE if event is None else sse_message(event)
+
+        return StreamingResponse(
+            stream(),
+            media_type=EVENT_STREAM,
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    return router

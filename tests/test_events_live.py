@@ -1,0 +1,237 @@
+"""``GET /v1/events`` on a real ``corral serve`` running real processes, on each
+database: pages, the event stream, resuming with ``Last-Event-ID`` across a
+disconnect and a restart, and what another user may not see."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from corral.client import Client
+from corral.executors.local import kill_all
+from tests.server import LiveServer, wait_until
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+    kill_all(tmp_path / "data" / "run")
+
+
+def serve(data: Path, serve_db: list[str], port: int | None = None) -> LiveServer:
+    return LiveServer(data, "--executor", "local", *serve_db, port=port).start()
+
+
+def user_key(server: LiveServer, user: str) -> str:
+    with server.http() as admin:
+        response = admin.post("/v1/tokens", json={"user": user})
+    assert response.status_code == 201, response.text
+    return str(response.json()["key"])
+
+
+ENDS = ("completed", "failed")
+
+
+def run_to_the_end(http: httpx.Client, count: int, **body: Any) -> list[str]:
+    """``count`` workloads that end at once, waited for: 3 events each (a user's
+    without a Unix account fail to spawn when the server runs as root)."""
+    ids = []
+    for _ in range(count):
+        response = http.post("/v1/workloads", json={"command": ["true"], **body})
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    for wid in ids:
+        wait_until(lambda w=wid: http.get(f"/v1/workloads/{w}").json()["status"] in ENDS)
+    return ids
+
+
+def page(http: httpx.Client, **params: Any) -> dict[str, Any]:
+    response = http.get("/v1/events", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def read_stream(
+    http: httpx.Client,
+    count: int,
+    *,
+    last_event_id: int | None = None,
+    params: dict[str, Any] | None = None,
+    connected: threading.Event | None = None,
+) -> list[dict[str, Any]]:
+    """The first ``count`` events of a stream, then disconnect. Each message's
+    ``id:`` is its data's id; its ``event:`` is ``transition``."""
+    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+    events: list[dict[str, Any]] = []
+    fields: dict[str, str] = {}
+    query = {"follow": "true", **(params or {})}
+    with http.stream("GET", "/v1/events", params=query, headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        if connected is not None:
+            connected.set()
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                continue  # a comment: the keep-alive
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if not fields:
+                continue
+            assert fields["event"] == "transition"
+            event = json.loads(fields["data"])
+            assert int(fields["id"]) == event["id"]
+            events.append(event)
+            fields = {}
+            if len(events) == count:
+                break
+    return events
+
+
+def test_a_client_that_resumes_gets_every_event_once_also_across_a_restart(
+    data: Path, serve_db: list[str]
+) -> None:
+    server = serve(data, serve_db)
+    alice_key, bob_key = user_key(server, "alice"), user_key(server, "bob")
+    alice, bob = server.http(token=alice_key), server.http(token=bob_key)
+    run_to_the_end(alice, 2, labels={"team": "ml"})
+    run_to_the_end(bob, 1)
+    seen = read_stream(alice, 4)  # part of the 6 of alice's: then the client goes
+    run_to_the_end(alice, 1)
+    run_to_the_end(bob, 1)
+    seen += read_stream(alice, 5, last_event_id=seen[-1]["id"])
+
+    server.kill()  # and a new one on the same data (the same port: the same URL)
+    server = serve(data, serve_db, port=server.port)
+    alice, bob = server.http(token=alice_key), server.http(token=bob_key)
+    connected = threading.Event()
+    later: list[dict[str, Any]] = []
+    reader = threading.Thread(
+        target=lambda: later.extend(
+            read_stream(alice, 3, last_event_id=seen[-1]["id"], connected=connected)
+        )
+    )
+    reader.start()
+    assert connected.wait(30)
+    run_to_the_end(bob, 1)
+    run_to_the_end(alice, 1)  # while the stream waits: the broadcast wakes it
+    reader.join(60)
+    assert not reader.is_alive()
+    seen += later
+
+    with server.http() as admin:
+        everyone = page(admin)["items"]
+    truth = [e for e in everyone if e["workload_id"] in {s["workload_id"] for s in seen}]
+    assert len({e["workload_id"] for e in everyone}) == 7  # bob's 3 are there too
+    assert seen == truth  # alice's 12 events, each once, in order, bob's none
+    assert len(seen) == 12 and seen[0]["seq"] == 1
+    assert seen[0]["labels"] == {"team": "ml"} and seen[-1]["to_status"] in ENDS
+    assert page(alice)["items"] == truth
+    alice.close()
+    bob.close()
+    server.kill()
+
+
+def test_pages_filter_and_carry_the_cursor_past_what_they_skip(
+    data: Path, serve_db: list[str]
+) -> None:
+    with serve(data, serve_db) as server, server.http() as admin:
+        ml = run_to_the_end(admin, 1, labels={"team": "ml"}, name="a")
+        web = run_to_the_end(admin, 1, labels={"team": "web"})
+        every = page(admin)
+        assert [e["workload_id"] for e in every["items"]] == [ml[0]] * 3 + [web[0]] * 3
+        assert every["last_id"] == every["items"][-1]["id"]
+        first = page(admin, limit=2)
+        assert first["items"] == every["items"][:2]
+        assert page(admin, after=first["last_id"])["items"] == every["items"][2:]
+        only_web = page(admin, label="team=web")
+        assert only_web["items"] == every["items"][3:]
+        running = page(admin, status="running", workload=[ml[0], web[0]])
+        assert [e["to_status"] for e in running["items"]] == ["running", "running"]
+        # Nothing of team=ml after ml's last event, but the cursor moves past web's.
+        assert page(admin, label="team=ml", after=every["items"][2]["id"]) == {
+            "items": [],
+            "last_id": every["last_id"],
+        }
+        assert read_stream(admin, 1, params={"status": list(ENDS), "label": "team=web"}) == [
+            every["items"][5]
+        ]
+
+
+BAD_INPUT = [
+    ({"after": "-1"}, {}, "after"),
+    ({"after": "x"}, {}, "after"),
+    ({"label": "team"}, {}, "team"),
+    ({"status": "done"}, {}, "status"),
+    ({"workload": "nope"}, {}, "nope"),
+    ({"limit": "501"}, {}, "limit"),
+    ({"follow": "true"}, {"Last-Event-ID": "ten"}, "Last-Event-ID"),
+    ({}, {"Last-Event-ID": "-3"}, "Last-Event-ID"),
+]
+
+
+def test_bad_input_is_a_4xx_naming_it(data: Path, serve_db: list[str]) -> None:
+    with serve(data, serve_db) as server, server.http() as admin:
+        for params, headers, names in BAD_INPUT:
+            response = admin.get("/v1/events", params=params, headers=headers)
+            assert response.status_code == 422, response.text
+            assert names in response.text, response.text
+
+
+def test_client_watch_reconnects_across_a_restart_and_the_cli_prints_each_event(
+    data: Path, serve_db: list[str]
+) -> None:
+    server = serve(data, serve_db)
+    key = (data / "token").read_text().strip()
+    with server.http() as admin:
+        first = run_to_the_end(admin, 1, name="one")
+    got: list[Any] = []
+    client = Client(server.url, token=key, timeout=5)
+
+    def watch() -> None:
+        for event in client.watch(statuses=["pending", "completed", "failed"]):
+            got.append(event)
+            if len(got) == 4:
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    wait_until(lambda: len(got) == 2)
+    server.kill()
+    server = serve(data, serve_db, port=server.port)
+    with server.http() as admin:
+        second = run_to_the_end(admin, 1)
+    watcher.join(60)
+    assert not watcher.is_alive()
+    client.close()
+    assert [(e.workload_id, e.to_status) for e in got] == [
+        (first[0], "pending"),
+        (first[0], "completed"),
+        (second[0], "pending"),
+        (second[0], "completed"),
+    ]
+    assert got[0].name == "one" and [e.id for e in got] == sorted({e.id for e in got})
+
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "watch", "--json", "--status", "completed"],
+        stdout=subprocess.PIPE,
+        env={**server.env, "CORRAL_URL": server.url, "CORRAL_TOKEN": key},
+    )
+    try:
+        assert cli.stdout is not None
+        lines = [json.loads(cli.stdout.readline()) for _ in range(2)]
+        assert [line["workload_id"] for line in lines] == [first[0], second[0]]
+        assert lines[1]["id"] == got[3].id
+    finally:
+        cli.kill()
+        cli.wait()
+        server.kill()
