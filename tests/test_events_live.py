@@ -235,3 +235,24 @@ def test_client_watch_reconnects_across_a_restart_and_the_cli_prints_each_event(
         cli.kill()
         cli.wait()
         server.kill()
+
+
+def test_a_server_told_to_stop_ends_its_streams_and_stops(data: Path, serve_db: list[str]) -> None:
+    server = serve(data, serve_db)
+    connected = threading.Event()
+    ended: list[BaseException | None] = []
+
+    def follow_for_ever() -> None:
+        try:
+            read_stream(server.http(), 1_000_000, connected=connected)
+            ended.append(None)
+        except (httpx.HTTPError, AssertionError) as exc:
+            ended.append(exc)
+
+    reader = threading.Thread(target=follow_for_ever, daemon=True)
+    reader.start()
+    assert connected.wait(30)
+    server.stop()  # SIGTERM; waits 30 s at most for the process to end (else raises)
+    assert server.proc is not None and server.proc.returncode is not None
+    reader.join(30)
+    assert ended == [None]  # the stream ended cleanly: the client resumes elsewhere

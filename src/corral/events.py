@@ -55,6 +55,14 @@ class Broadcast:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
+        """Set by ``close()``: the server is stopping, so every stream ends (a
+        client resumes on the next server with ``Last-Event-ID``); else uvicorn
+        would wait for streams that never end."""
+
+    def close(self) -> None:
+        self.closed = True
+        self.fire()
 
     def fire(self) -> None:
         self._event.set()
@@ -162,11 +170,12 @@ async def follow(
     statuses: Sequence[Status] = (),
     keep_alive: float = KEEP_ALIVE_SECONDS,
 ) -> AsyncIterator[TransitionEvent | None]:
-    """Every matching event after ``cursor``, in id order, for ever; ``None`` after
-    ``keep_alive`` seconds without one (the stream's keep-alive comment)."""
+    """Every matching event after ``cursor``, in id order, until the broadcast is
+    closed; ``None`` after ``keep_alive`` seconds without one (the stream's
+    keep-alive comment)."""
     waited: dict[int, float] = {}
     quiet_since = time.monotonic()
-    while True:
+    while not broadcast.closed:
         waiter = broadcast.waiter()
         items, next_cursor = await read_page(
             store,

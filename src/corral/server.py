@@ -206,8 +206,9 @@ def serve(settings: Settings) -> None:
     instance = new_instance()
     try:
         # Each write this server makes wakes its event streams (corral.events).
+        broadcast = Broadcast()
         store = BroadcastingStore(
-            open_store(settings.db_url, server=True, instance=instance), Broadcast()
+            open_store(settings.db_url, server=True, instance=instance), broadcast
         )
     except (ValueError, OSError, sqlite3.Error, StoreBusyError, DatabaseError) as exc:
         raise ServeError(f"cannot open the database {redacted(settings.db_url)}: {exc}") from None
@@ -284,7 +285,15 @@ def serve(settings: Settings) -> None:
     )
     try:
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(_run(_Server(config, announce), store, settings.data_dir, sock, cluster))
+            runner.run(
+                _run(
+                    _Server(config, announce, broadcast.close),
+                    store,
+                    settings.data_dir,
+                    sock,
+                    cluster,
+                )
+            )
     finally:
         sock.close()
         lock.close()
@@ -452,9 +461,16 @@ class _Server(uvicorn.Server):
     """uvicorn's server, announcing itself once it answers requests (a banner printed
     earlier would claim a port the server may not get)."""
 
-    def __init__(self, config: uvicorn.Config, announce: Callable[[], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, announce: Callable[[], None], stopping: Callable[[], None]
+    ) -> None:
         super().__init__(config)
         self.announce = announce
+        self.stopping = stopping
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.stopping()  # end the event streams first: uvicorn waits for every response
+        await super().shutdown(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
