@@ -398,6 +398,7 @@ OPERATIONS = {
     ("/v1/workloads/{workload_id}", "delete"): ("kill_workload", "workloads"),
     ("/v1/workloads/{workload_id}/status", "put"): ("set_workload_status", "workloads"),
     ("/v1/workloads/{workload_id}/events", "get"): ("list_workload_events", "workloads"),
+    ("/v1/events", "get"): ("list_events", "events"),
     ("/v1/workloads/{workload_id}/logs", "get"): ("get_workload_logs", "workloads"),
     ("/v1/workloads/kill", "post"): ("kill_workloads", "workloads"),
     ("/v1/workloads/batch", "post"): ("create_workloads", "workloads"),
