@@ -170,6 +170,8 @@ def test_pages_filter_and_carry_the_cursor_past_what_they_skip(
 BAD_INPUT = [
     ({"after": "-1"}, {}, "after"),
     ({"after": "x"}, {}, "after"),
+    ({"after": str(2**63)}, {}, "after"),
+    ({}, {"Last-Event-ID": str(2**63)}, "Last-Event-ID"),
     ({"label": "team"}, {}, "team"),
     ({"status": "done"}, {}, "status"),
     ({"workload": "nope"}, {}, "nope"),

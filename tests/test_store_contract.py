@@ -782,7 +782,9 @@ def test_events_after_filter_by_owner_workload_label_and_status(store: BlockingS
 
 
 @pytest.mark.parametrize(
-    ("after", "limit"), [(-1, 10), (0, 0), (0, 501)], ids=["negative", "zero", "too-many"]
+    ("after", "limit"),
+    [(-1, 10), (2**63, 10), (0, 0), (0, 501)],
+    ids=["negative", "too-large", "zero", "too-many"],
 )
 def test_events_after_checks_its_arguments(store: BlockingStore, after: int, limit: int) -> None:
     with pytest.raises(InvalidInputError):

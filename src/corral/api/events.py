@@ -27,6 +27,7 @@ from corral.ids import looks_like_id
 from corral.model import LABELS_MAX_ENTRIES, Status, TransitionEvent
 from corral.store import Store
 from corral.store.base import EVENTS_LIMIT_MAX
+from corral.store.sqlite import EVENT_ID_MAX
 
 EVENT_STREAM = "text/event-stream"
 WORKLOADS_MAX = 500
@@ -51,9 +52,10 @@ def _cursor(after: int | None, last_event_id: str | None) -> int:
         value = int(last_event_id.strip())
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value <= EVENT_ID_MAX:
         raise InvalidInputError(
-            f"Last-Event-ID {last_event_id!r} is not an event id (an integer, 0 or more)"
+            f"Last-Event-ID {last_event_id!r} is not an event id"
+            f" (an integer from 0 to {EVENT_ID_MAX})"
         )
     return value
 
@@ -82,7 +84,11 @@ def build_event_router(store: Store) -> APIRouter:
         request: Request,
         after: Annotated[
             int | None,
-            Query(ge=0, description="Events after this id (else Last-Event-ID, else 0)."),
+            Query(
+                ge=0,
+                le=EVENT_ID_MAX,
+                description="Events after this id (else Last-Event-ID, else 0).",
+            ),
         ] = None,
         workload: Annotated[
             list[str], Query(max_length=WORKLOADS_MAX, description="Any of these workloads.")

@@ -359,14 +359,16 @@ def events_query(
     return sql, [*params, limit]
 
 
+EVENT_ID_MAX = 2**63 - 1
+"""The largest id either database's integer holds."""
 EVENT_IDS_QUERY = "SELECT id, at FROM events WHERE id > ? ORDER BY id LIMIT ?"
 
 
 def check_events_limit(after_id: int, limit: int) -> None:
     if not 1 <= limit <= EVENTS_LIMIT_MAX:
         raise InvalidInputError(f"limit must be between 1 and {EVENTS_LIMIT_MAX}")
-    if after_id < 0:
-        raise InvalidInputError("after must be 0 or more")
+    if not 0 <= after_id <= EVENT_ID_MAX:
+        raise InvalidInputError(f"after must be between 0 and {EVENT_ID_MAX}")
 
 
 def row_to_transition(row: Sequence[Any]) -> TransitionEvent:
