@@ -380,6 +380,12 @@ def _serve_parser(p: Parser) -> None:
         help="time between SIGTERM and SIGKILL when stopping a workload (default 10s)",
     )
     p.add_argument(
+        "--max-log-bytes",
+        metavar="SIZE",
+        help="keep each workload's log to its first and last SIZE/2 bytes, with a line"
+        " saying how many were dropped between: 10M, 1G or bytes (default 0: no cap)",
+    )
+    p.add_argument(
         "--no-auth",
         action="store_true",
         help="check no API key: every request acts as an admin (loopback only; unsafe on a"
@@ -776,6 +782,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "memory_mb": size(args.memory_mb, "--memory-mb"),
         "gpus": args.gpus,
         "kill_grace_seconds": duration(args.kill_grace, "--kill-grace", zero=True),
+        "max_log_bytes": args.max_log_bytes,
         "name": args.name,
         "scheduler": args.scheduler,
         "lease_seconds": duration(args.lease, "--lease"),

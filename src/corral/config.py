@@ -68,6 +68,21 @@ class Settings(BaseSettings):
     gpus: int | None = Field(None, ge=0)
     """Schedulable GPUs; default: counted by ``nvidia-smi``, else 0."""
     kill_grace_seconds: float = Field(KILL_GRACE_SECONDS, ge=0)
+    max_log_bytes: int = Field(0, ge=0)
+    """Each workload's log is kept to its first and last half of this many bytes, with
+    a line saying how many were dropped between (``corral.logs``); 0: no cap. Sizes
+    as ``10M``, ``1G`` or bytes (``corral.units.parse_bytes``)."""
+
+    @field_validator("max_log_bytes", mode="before")
+    @classmethod
+    def _bytes(cls, value: object) -> object:
+        """``--max-log-bytes 10M`` and ``CORRAL_MAX_LOG_BYTES=10M`` as well as bytes."""
+        if isinstance(value, str):
+            from corral.units import parse_bytes
+
+            return parse_bytes(value)
+        return value
+
     max_body_bytes: int = Field(1 << 20, ge=1)
     no_auth: bool = False
     """Serve every request as an admin without a key (loopback only)."""

@@ -503,6 +503,7 @@ def _executor(
             workload_open_files=workload_open_files,
             workload_umask=workload_umask,
             watch_pid=os.getpid() if shared else None,
+            max_log_bytes=settings.max_log_bytes,
         )
     except ShimBuildError as exc:
         raise ServeError(str(exc)) from None
@@ -553,6 +554,7 @@ def _ray_executor(
             node_dir=node_dir,
             workload_umask=workload_umask,
             workload_open_files=workload_open_files,
+            max_log_bytes=settings.max_log_bytes,
         )
         log.info("joining the Ray cluster at %s", address)
         executor.connect(settings.ray_connect_timeout_seconds)

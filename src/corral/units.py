@@ -10,6 +10,9 @@ Units ``d``, ``h``, ``m``, ``s``, in that order, each at most once (``1h30m``,
 ``2d``, ``1.5h``, ``90s``); or Slurm's clock forms ``MM:SS``, ``HH:MM:SS``,
 ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``.
 
+Byte counts (``--max-log-bytes 10M``) are in bytes: a bare whole number is bytes, the
+same suffixes multiply by 1024 each; a fraction with a unit is rounded down to a byte.
+
 ``format_*`` write the shortest form ``parse_*`` reads back exactly. Standard library
 only: the CLI imports this on every call.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["format_duration", "format_size", "parse_duration", "parse_size"]
+__all__ = ["format_duration", "format_size", "parse_bytes", "parse_duration", "parse_size"]
 
 _SIZE_RE = re.compile(r"(?P<number>\d+(?:\.\d+)?|\.\d+)\s*(?:(?P<unit>[kmgt])(?:i?b)?)?", re.I)
 _SIZE_MIB = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
@@ -45,6 +48,27 @@ def parse_size(text: str) -> int:
     if not math.isfinite(mib):
         raise ValueError(f"{text!r} is too large a size")
     return math.ceil(mib)
+
+
+_BYTES_MAX = 1 << 62
+"""Beyond any disk; what the shim reads as a number."""
+
+
+def parse_bytes(text: str) -> int:
+    """Bytes in ``text`` (``10M`` → 10485760, ``1G``, ``1.5K`` → 1536, ``4096``)."""
+    match = _SIZE_RE.fullmatch(text.strip())
+    if match is None or (match["unit"] is None and not match["number"].isdigit()):
+        raise ValueError(
+            f"{text!r} is not a number of bytes: write whole bytes (1048576) or a number with"
+            " a unit (512K, 10M, 1.5G)"
+        )
+    unit = match["unit"]
+    factor = 1024 ** ("kmgt".index(unit.lower()) + 1) if unit else 1
+    number = match["number"]
+    count = int(number) * factor if number.isdigit() else math.floor(float(number) * factor)
+    if count > _BYTES_MAX:
+        raise ValueError(f"{text!r} is too large: at most 2^62 bytes")
+    return count
 
 
 def format_size(mib: int) -> str:

@@ -10,7 +10,6 @@ the hot ones (create) are written that way, reading headers and bodies themselve
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -46,7 +45,7 @@ from corral.errors import (
     UnsupportedMediaTypeError,
 )
 from corral.ids import ID_LENGTH, ID_PREFIX_MIN, ID_PREFIX_PATTERN
-from corral.logs import FileLogs, follow_log, log_chunks, log_start, open_log
+from corral.logs import FileLogs, follow_log, log_chunks, open_reader
 from corral.model import (
     LABEL_SELECTOR_RE,
     LABELS_MAX_ENTRIES,
@@ -493,14 +492,9 @@ def _log_routes(
             forwarded = await log_proxy.answer(workload, request, follow=follow, here=path)
             if forwarded is not None:  # kept by another server: its answer
                 return forwarded
-        fd = open_log(path)  # a log the OS refuses is a problem now, before a body
-        try:
-            start = log_start(fd, tail)
-        finally:
-            if fd is not None:
-                os.close(fd)
+        reader = open_reader(path, tail)  # a log the OS refuses is a problem now, before a body
         if not follow:  # what is there now, streamed from disk
-            return StreamingResponse(log_chunks(path, start=start), media_type="text/plain")
+            return StreamingResponse(log_chunks(reader), media_type="text/plain")
 
         async def finished() -> bool:
             if scheduler.is_active(workload_id):
@@ -512,7 +506,7 @@ def _log_routes(
             except (StorageFullError, StoreBusyError):
                 return False  # ask again on the next poll
 
-        return StreamingResponse(follow_log(path, finished, start=start), media_type="text/plain")
+        return StreamingResponse(follow_log(reader, finished), media_type="text/plain")
 
 
 async def kill(scheduler: Scheduler, workload_id: str, actor: str, owner: str | None) -> Workload:

@@ -11,7 +11,7 @@ import os
 import pwd
 import signal as signals
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from corral.logs import FileLogs
@@ -29,13 +29,16 @@ class Capacity:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a workload's process ended; exactly one of the fields is set."""
+    """How a workload's process ended; exactly one of the four after the id is set."""
 
     workload_id: str
     exit_code: int | None = None
     signal: int | None = None
     spawn_error: str | None = None
     lost: str | None = None
+    log_bytes: int | None = field(default=None, compare=False)
+    """The final size of its log, when the executor knows it (for
+    ``corral_log_bytes_total``): the local executor's (and a Ray node's) stat of it."""
 
     @property
     def signal_name(self) -> str | None:

@@ -67,7 +67,7 @@ from corral.executors.shim import (
     state_file,
 )
 from corral.executors.spawn import spawn_session
-from corral.logs import FileLogs, log_path
+from corral.logs import FileLogs, finish_capped_log, log_path
 from corral.model import Workload
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,10 @@ GROUPS_VARIABLE = "CORRAL_SHIM_GROUPS"
 the shim removes all three."""
 WATCH_VARIABLE = "CORRAL_SHIM_WATCH_PID"
 """Tells the shim the process whose exit stops the workload; the shim removes it."""
+LOG_CAP_VARIABLE = "CORRAL_SHIM_LOG_CAP"
+LOG_VARIABLE = "CORRAL_SHIM_LOG"
+"""With the one above: cap the log (at that path) at that many bytes (``corral.logs``);
+the shim removes both."""
 SHIM_PREFIX = "CORRAL_SHIM_"
 """Of the variables above, the shim's instructions: only the server sets them (a
 workload's own are dropped)."""
@@ -193,8 +197,11 @@ class LocalExecutor:
         workload_open_files: int | None = None,
         workload_umask: int | None = None,
         watch_pid: int | None = None,
+        max_log_bytes: int | None = None,
     ) -> None:
         self.capacity = capacity
+        self.max_log_bytes = max_log_bytes or None
+        """The cap of each workload's log, in bytes (None: none; ``corral.logs``)."""
         self.workload_open_files = workload_open_files
         """The soft open-files limit workloads get (the server's own may be raised)."""
         self.workload_umask = workload_umask
@@ -293,6 +300,9 @@ class LocalExecutor:
         cwd = Path(workload.cwd) if workload.cwd else None
         argv = shim_argv(self.shim, state, self.kill_grace_seconds, cwd, workload.command)
         log = log_path(self.data_dir, workload.id)
+        if self.max_log_bytes is not None:
+            env[LOG_CAP_VARIABLE] = str(self.max_log_bytes)
+            env[LOG_VARIABLE] = str(log)
         spawned = self._loop.run_in_executor(
             self._spawner, self._spawn_shim, argv, env, log, run_as
         )
@@ -399,14 +409,25 @@ class LocalExecutor:
             problem = "it recorded no exit status"
         if status is None:
             self._kill_orphaned_group(workload_id, state)
-            return Outcome(workload_id, lost=f"its process watcher {watcher}; {problem}")
+        log = self.logs.path(workload_id)
+        if status is None or self.max_log_bytes is not None:
+            # A capped log whose shim died (or could not finish it) still has its ring.
+            finish_capped_log(log)
+        try:
+            log_bytes: int | None = os.stat(log).st_size
+        except OSError:
+            log_bytes = None
+        if status is None:
+            lost = f"its process watcher {watcher}; {problem}"
+            return Outcome(workload_id, lost=lost, log_bytes=log_bytes)
         if status.kind == "exit":
-            return Outcome(workload_id, exit_code=status.value)
+            return Outcome(workload_id, exit_code=status.value, log_bytes=log_bytes)
         if status.kind == "signal":
-            return Outcome(workload_id, signal=status.value)
+            return Outcome(workload_id, signal=status.value, log_bytes=log_bytes)
+        reason = os.strerror(status.value)
         if status.kind == "chdir":
-            return Outcome(workload_id, spawn_error=f"cwd {cwd}: {os.strerror(status.value)}")
-        return Outcome(workload_id, spawn_error=os.strerror(status.value))
+            reason = f"cwd {cwd}: {reason}"
+        return Outcome(workload_id, spawn_error=reason, log_bytes=log_bytes)
 
     def _report(self, outcome: Outcome) -> None:
         assert self._on_exit is not None, "start() first"

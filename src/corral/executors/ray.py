@@ -27,11 +27,15 @@ chosen. See docs/ray.md ("Built as") for the design; the decisions taken here:
   whose agent cannot be started is retried every ``AGENT_RETRY_SECONDS``. Every
   node must import the same corral (the agent class is pickled by reference). An
   agent found by name keeps what it was made with (``node_dir``, the kill grace, the
-  umask and open-files limit of workloads): a server restarted with other values
+  umask and open-files limit of workloads, the log cap): a server restarted with other values
   gets them only on agents it creates.
 - **Exits and logs**: one long-poll task per agent. Log chunks are appended to
   ``DATA_DIR/logs/<id>.log`` (0600, emptied at launch); an exit is reported only once
   that copy has the outcome's ``log_size`` bytes (or the node has no more to give).
+  With a log cap (``--max-log-bytes``) the nodes' shims cap the logs, and the copy
+  follows: only the head while the workload runs (the tail is in the node's ring,
+  not copied: a ring rewritten in place has no offset to copy from), then the marker
+  and the tail, appended at its end, when the node's log is finished.
 - **Lost**: the node watch (``ray.nodes()`` every ``NODE_WATCH_SECONDS``, on a
   thread) reports every workload of a node gone ALIVE→DEAD as ``lost: Ray node <id>
   (<address>) died``; a poll failing with ``ActorDiedError`` looks at the nodes at
@@ -172,8 +176,10 @@ class RayExecutor:
         node_dir: Path,
         workload_umask: int | None = None,
         workload_open_files: int | None = None,
+        max_log_bytes: int | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.max_log_bytes = max_log_bytes
         self.address = address
         self.namespace = namespace
         self.kill_grace_seconds = kill_grace_seconds
@@ -761,6 +767,7 @@ class RayExecutor:
                 self.kill_grace_seconds,
                 self.workload_umask,
                 self.workload_open_files,
+                self.max_log_bytes,
             )
             hello: dict[str, Any] = await handle.hello.remote()
         except Exception as exc:

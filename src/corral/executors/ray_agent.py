@@ -22,6 +22,10 @@ exactly as locally. Decisions:
   ``CUDA_VISIBLE_DEVICES``.
 - **``CORRAL_NODE``**: each workload gets its Ray node id in its environment (it may
   not set it itself).
+- **Log cap** (``max_log_bytes``): the node's logs are capped by their shims as a local
+  server's are (``corral.logs``); the node's log holds the head while the workload
+  runs, and the finished log (head, marker, tail: appended to it) once it has
+  ended, so the server's copy, read by offset, grows the same way.
 - **Outcomes** are kept, numbered (``seq``), until the server names them in
   ``poll(forget=…)`` (after it stored them); each carries the log's final size, so the
   server reports an exit only once its copy of the log has that many bytes. ``forget``
@@ -52,6 +56,7 @@ from typing import Any
 from corral.executors.base import Capacity, NotStartedError, Outcome, RunAs, SpawnError
 from corral.executors.local import LocalExecutor, find_shims
 from corral.executors.shim import shim_path
+from corral.logs import ring_path
 from corral.model import Workload
 
 NODE_VARIABLE = "CORRAL_NODE"
@@ -84,6 +89,7 @@ class Agent:
         kill_grace_seconds: float,
         workload_umask: int | None = None,
         workload_open_files: int | None = None,
+        max_log_bytes: int | None = None,
     ) -> None:
         import ray  # in the actor's process only
 
@@ -105,6 +111,7 @@ class Agent:
             workload_umask=workload_umask,
             workload_open_files=workload_open_files,
             watch_pid=os.getpid(),
+            max_log_bytes=max_log_bytes,
         )
         self._gpus = list(range(capacity.gpus))
         self._devices: dict[str, list[int]] = {}
@@ -229,8 +236,10 @@ class Agent:
             return  # still running here: only an outcome is forgotten
         self._ended.pop(workload_id, None)
         self._local.forget(workload_id)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._local.logs.path(workload_id))
+        path = self._local.logs.path(workload_id)
+        for name in (path, ring_path(path)):  # a ring only if a capped log could not be finished
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
 
     _turn = 0
     """Where the next answer starts among the server's workloads: where the last one

@@ -60,6 +60,35 @@
  *     start (the server exec's a shim with LD_PRELOAD, LD_LIBRARY_PATH, GCONV_PATH…
  *     renamed so, or a dynamically linked shim, which stays root, would load what a
  *     user named). The shim renames them back before the workload starts.
+ *   - CORRAL_SHIM_LOG_CAP=N and CORRAL_SHIM_LOG=PATH (PATH: the log's path, the file
+ *     stdout is open on): cap the log at N bytes (0: no cap, as without them). The
+ *     workload's stdout and stderr are then one pipe (so their writes stay in the order
+ *     made, as on the log file), which the shim copies: the first N/2 bytes to the log,
+ *     the last N-N/2 to a ring file PATH.ring, and at the end a log of the head, one
+ *     line "[corral: D bytes dropped]\n" (preceded by "\n" when the head does not end
+ *     a line) when D bytes were dropped, and the tail. While it runs the log holds the
+ *     head only and never grows past it; the ring is at most 128 + N - N/2 bytes.
+ *       PATH.ring: bytes 0-63 "corral-log-ring 1 HEAD_END SIZE" (HEAD_END: the log's
+ *       size when the head was full; SIZE: N-N/2), written once, before the ring is
+ *       renamed into place (from PATH.ring.tmp); bytes 64-127 "LO HI SEALED CHECK"
+ *       (%020llu %020llu %d %016llx, space-padded), the state: the tail holds the
+ *       output's bytes LO..HI counted from the head's end (so LO were dropped), byte I
+ *       of them at offset 128 + I % SIZE; CHECK is FNV-1a 64 of the first 43 bytes (a
+ *       reader takes a record whose check fails for a torn read, and reads it again).
+ *       A write first raises LO (the bytes about to be overwritten are no longer
+ *       kept), then writes the bytes, then raises HI; so a reader that read HI,
+ *       then bytes from I, then the record again, has good bytes when I >= LO still.
+ *       A write that fails drops what the tail held (LO = HI).
+ *     At the end (the workload's group gone, the pipe drained: bytes written later by
+ *     processes that left the group are lost) the shim seals the ring (SEALED 1: it
+ *     never changes again), appends marker and tail to the log (whose every size is
+ *     so a prefix of the final log), and removes the ring, all before STATE.status.
+ *     A ring that cannot be made (a full disk) keeps no tail: the rest is counted as
+ *     dropped, and the marker is appended with a line saying why. A log that cannot
+ *     be finished is cut back to its head beside the sealed ring (readers join them;
+ *     the server finishes it later: corral/logs.py). A bad or lone value of either
+ *     variable is "spawn 22".
+ *     Removed before the workload starts, like the others.
  *   - Exit code: 0 once status is written, 1 if its path is too long for the system
  *     (it never could be), 2 on bad arguments.
  *
@@ -74,11 +103,13 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -93,6 +124,8 @@
 #define WATCH_TICK_NS 500000000L /* between checks of a watched process (0.5 s) */
 
 static const char *state_dir;
+static int capping; /* the log is capped, and its output goes through cap_write() */
+static void cap_write(const char *buf, size_t n);
 
 /* Writes "corral-shim: <a><b>\n" to stderr (the workload's log), unbuffered. */
 static void say(const char *a, const char *b)
@@ -103,6 +136,10 @@ static void say(const char *a, const char *b)
         return;
     if (n > (int)sizeof msg - 1)
         n = (int)sizeof msg - 1;
+    if (capping) {
+        cap_write(msg, (size_t)n);
+        return;
+    }
     ssize_t w = write(STDERR_FILENO, msg, (size_t)n);
     (void)w;
 }
@@ -224,6 +261,272 @@ static int watched_gone(int pidfd)
         r = poll(&p, 1, 0);
     while (r < 0 && errno == EINTR);
     return r > 0;
+}
+
+/* --- the log cap (CORRAL_SHIM_LOG_CAP; the protocol is at the top) ------------------- */
+
+#define RING_RECORD 64 /* the offset of the ring's state record, and each line's length */
+#define RING_DATA 128  /* the offset of the ring's bytes */
+
+static const char *log_path;                /* CORRAL_SHIM_LOG */
+static unsigned long long head_left;        /* bytes the head still takes */
+static unsigned long long ring_size;        /* N - N/2 */
+static unsigned long long ring_lo, ring_hi; /* the tail: output bytes LO..HI after the head */
+static unsigned long long head_end;         /* the log's size once the head was full */
+static int in_tail;                         /* the head is full: the rest goes to the ring */
+static int ring_fd = -1;
+static int ring_error;                      /* why there is no ring (an errno), or 0 */
+static char head_last = '\n';               /* the head's last byte ('\n' for none) */
+static int out_fd = -1;                     /* the read end of the workload's output pipe */
+static int sig_fd = -1;                     /* the blocked signals, to poll with out_fd */
+static char out_buf[65536];
+
+static int write_all(int fd, const char *buf, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, buf, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = ENOSPC;
+            return -1;
+        }
+        buf += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int pwrite_all(int fd, const char *buf, size_t n, unsigned long long at)
+{
+    while (n > 0) {
+        ssize_t w = pwrite(fd, buf, n, (off_t)at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = ENOSPC;
+            return -1;
+        }
+        buf += w;
+        n -= (size_t)w;
+        at += (unsigned long long)w;
+    }
+    return 0;
+}
+
+/* Copies LEN bytes of FROM at offset AT to the end of TO. */
+static int copy_range(int from, unsigned long long at, unsigned long long len, int to)
+{
+    while (len > 0) {
+        size_t want = len < sizeof out_buf ? (size_t)len : sizeof out_buf;
+        ssize_t r = pread(from, out_buf, want, (off_t)at);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            if (r == 0)
+                errno = EIO; /* shorter than it was written */
+            return -1;
+        }
+        if (write_all(to, out_buf, (size_t)r) < 0)
+            return -1;
+        at += (unsigned long long)r;
+        len -= (unsigned long long)r;
+    }
+    return 0;
+}
+
+/* OUT = the log's path followed by SUFFIX; -1 when that is too long. */
+static int log_sibling(char out[4096], const char *suffix)
+{
+    return snprintf(out, 4096, "%s%s", log_path, suffix) >= 4096 ? -1 : 0;
+}
+
+/* Writes LINE (up to RING_RECORD - 1 bytes), space-padded to a line of RING_RECORD. */
+static int ring_line(int fd, char *line, unsigned long long at)
+{
+    size_t len = strlen(line);
+    memset(line + len, ' ', RING_RECORD - 1 - len);
+    line[RING_RECORD - 1] = '\n';
+    return pwrite_all(fd, line, RING_RECORD, at);
+}
+
+/* Writes the ring's state record: "LO HI SEALED CHECK". */
+static int ring_record(int sealed)
+{
+    char line[RING_RECORD + 1];
+    int n = snprintf(line, sizeof line, "%020llu %020llu %d", ring_lo, ring_hi, sealed ? 1 : 0);
+    uint64_t check = 14695981039346656037ULL; /* FNV-1a 64 */
+    for (int i = 0; i < n; i++) {
+        check ^= (unsigned char)line[i];
+        check *= 1099511628211ULL;
+    }
+    snprintf(line + n, sizeof line - (size_t)n, " %016llx", (unsigned long long)check);
+    return ring_line(ring_fd, line, RING_RECORD);
+}
+
+/* Once the head is full: makes the ring, given to the log's owner, as PATH.ring.tmp
+ * renamed to PATH.ring once its header is written. On failure ring_error says why. */
+static void ring_open(void)
+{
+    char path[4096], tmp[4096], line[RING_RECORD + 1];
+    struct stat st;
+    if (log_sibling(path, ".ring") < 0 || log_sibling(tmp, ".ring.tmp") < 0) {
+        ring_error = ENAMETOOLONG;
+        return;
+    }
+    if (fstat(STDOUT_FILENO, &st) < 0) {
+        ring_error = errno;
+        return;
+    }
+    head_end = (unsigned long long)st.st_size;
+    ring_fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (ring_fd < 0) {
+        ring_error = errno;
+        return;
+    }
+    if (st.st_uid != geteuid() || st.st_gid != getegid()) {
+        int r = fchown(ring_fd, st.st_uid, st.st_gid); /* as the log (root only) */
+        (void)r;
+    }
+    /* Its blocks now, so that a full disk is found here rather than half-way. */
+    int e = 0;
+    if (fallocate(ring_fd, 0, 0, (off_t)(RING_DATA + ring_size)) < 0) {
+        e = errno;
+        if ((e == EOPNOTSUPP || e == ENOSYS) && ftruncate(ring_fd, (off_t)(RING_DATA + ring_size)) == 0)
+            e = 0;
+    }
+    snprintf(line, sizeof line, "corral-log-ring 1 %llu %llu", head_end, ring_size);
+    if (e == 0 && (ring_line(ring_fd, line, 0) < 0 || ring_record(0) < 0 || rename(tmp, path) < 0))
+        e = errno;
+    if (e != 0) {
+        close(ring_fd);
+        ring_fd = -1;
+        unlink(tmp);
+        ring_error = e;
+    }
+}
+
+/* Where the workload's output (and the shim's own words) go while the log is capped. */
+static void cap_write(const char *buf, size_t n)
+{
+    if (head_left > 0 && n > 0) {
+        size_t k = n < head_left ? n : (size_t)head_left;
+        if (write_all(STDOUT_FILENO, buf, k) < 0) {
+            /* lost, as the workload's own writes to a full disk are without a cap */
+        }
+        head_left -= k;
+        head_last = buf[k - 1];
+        buf += k;
+        n -= k;
+    }
+    if (n == 0)
+        return;
+    if (!in_tail) {
+        in_tail = 1;
+        ring_open();
+    }
+    unsigned long long hi = ring_hi + n;
+    if (ring_fd < 0) { /* no ring: no tail */
+        ring_lo = ring_hi = hi;
+        return;
+    }
+    size_t k = n < ring_size ? n : (size_t)ring_size; /* the bytes that may stay */
+    buf += n - k;
+    unsigned long long from = hi - k;
+    int ok = 1;
+    if (hi > ring_size && hi - ring_size > ring_lo) {
+        /* First: the bytes about to be overwritten are no longer kept. */
+        ring_lo = hi - ring_size;
+        ok = ring_record(0) == 0;
+    }
+    size_t pos = (size_t)(from % ring_size), first = k < ring_size - pos ? k : (size_t)ring_size - pos;
+    ok = ok && pwrite_all(ring_fd, buf, first, RING_DATA + pos) == 0 &&
+         pwrite_all(ring_fd, buf + first, k - first, RING_DATA) == 0;
+    ring_hi = hi;
+    if (!ok) /* what the tail held is uncertain now: none of it is kept */
+        ring_lo = hi;
+    ring_record(0);
+}
+
+/* Copies what the output pipe holds now through cap_write, in at most CHUNKS reads;
+ * closes it at its end. */
+static void pump(int chunks)
+{
+    for (; chunks != 0; chunks--) {
+        ssize_t n = read(out_fd, out_buf, sizeof out_buf);
+        if (n > 0) {
+            cap_write(out_buf, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || errno != EAGAIN) { /* every writer is gone */
+            close(out_fd);
+            out_fd = -1;
+        }
+        return;
+    }
+}
+
+/* At the end, the pipe drained: seals the ring, appends marker and tail to the log
+ * (so the log only ever grows, through the final log's prefixes) and removes the ring
+ * (see the protocol above). */
+static void cap_finish(void)
+{
+    capping = 0;
+    if (!in_tail)
+        return; /* all of it fit in the head: the log is whole */
+    char marker[64] = "";
+    if (ring_lo > 0)
+        snprintf(marker, sizeof marker, "%s[corral: %llu bytes dropped]\n",
+                 head_last == '\n' ? "" : "\n", ring_lo);
+    if (ring_fd < 0) {
+        if (write_all(STDOUT_FILENO, marker, strlen(marker)) == 0)
+            say("could not keep the log's tail: ", strerror(ring_error));
+        return;
+    }
+    ring_record(1);
+    int ok = write_all(STDOUT_FILENO, marker, strlen(marker)) == 0;
+    for (unsigned long long at = ring_lo; ok && at < ring_hi;) {
+        unsigned long long pos = at % ring_size, len = ring_hi - at;
+        if (len > ring_size - pos)
+            len = ring_size - pos;
+        ok = copy_range(ring_fd, RING_DATA + pos, len, STDOUT_FILENO) == 0;
+        at += len;
+    }
+    char ring[4096];
+    if (ok && log_sibling(ring, ".ring") == 0) { /* it fits: ring_open made it */
+        unlink(ring);
+    } else if (ftruncate(STDOUT_FILENO, (off_t)head_end) < 0) {
+        /* the sealed ring stays: readers join it to the head, the server finishes it */
+    }
+    close(ring_fd);
+    ring_fd = -1;
+}
+
+/* Waits for one of SET's signals for at most TIMEOUT_NS (< 0: no limit) and returns
+ * it, or -1 when none came. With a capped log it copies the workload's output
+ * meanwhile, and returns -1 after each read: the caller looks at its processes. */
+static int next_signal(const sigset_t *set, long long timeout_ns)
+{
+    if (out_fd < 0) {
+        if (timeout_ns < 0)
+            return sigwaitinfo(set, NULL);
+        struct timespec ts = {(time_t)(timeout_ns / 1000000000LL), (long)(timeout_ns % 1000000000LL)};
+        return sigtimedwait(set, NULL, &ts);
+    }
+    struct pollfd p[2] = {{sig_fd, POLLIN, 0}, {out_fd, POLLIN, 0}};
+    int ms = timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999LL) / 1000000LL);
+    if (poll(p, 2, ms) <= 0)
+        return -1;
+    if (p[1].revents)
+        pump(16); /* then a look at signals, even under a flood of output */
+    struct signalfd_siginfo si;
+    if ((p[0].revents & POLLIN) && read(sig_fd, &si, sizeof si) == (ssize_t)sizeof si)
+        return (int)si.ssi_signo;
+    return -1;
 }
 
 static int usage(const char *why)
@@ -447,6 +750,21 @@ static int shim_main(int argc, char **argv)
         unsetenv("CORRAL_SHIM_WATCH_PID");
     }
 
+    /* The log cap: both variables, or none (CORRAL_SHIM_LOG alone is bad too). */
+    unsigned long cap = 0;
+    const char *cap_s = getenv("CORRAL_SHIM_LOG_CAP"), *cap_path = getenv("CORRAL_SHIM_LOG");
+    if (cap_s != NULL || cap_path != NULL) {
+        if (cap_s == NULL || parse_number(cap_s, 10, ULONG_MAX / 4, &cap) < 0 ||
+            (cap > 0 && (cap_path == NULL || cap_path[0] == '\0' ||
+                         (log_path = strdup(cap_path)) == NULL))) {
+            say("bad or incomplete CORRAL_SHIM_LOG_CAP, CORRAL_SHIM_LOG", "");
+            bad_env = 1;
+            cap = 0;
+        }
+        unsetenv("CORRAL_SHIM_LOG_CAP");
+        unsetenv("CORRAL_SHIM_LOG");
+    }
+
     /* Block the signals taken by sigwaitinfo first: a kill request that comes while
      * the shim starts up must wait for it, not kill it with nothing recorded. */
     sigset_t set;
@@ -482,9 +800,17 @@ static int shim_main(int argc, char **argv)
      * on a close-on-exec pipe. It waits on a second one for a byte sent once STATE.pid is
      * written: no command runs without a trace on disk. */
     restore_hidden_env(); /* last: a restored name never instructs the shim */
-    int errpipe[2], gopipe[2];
+    int errpipe[2], gopipe[2], outpipe[2] = {-1, -1};
     if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(gopipe, O_CLOEXEC) < 0)
         return finish("spawn", errno);
+    if (cap > 0) { /* the workload's output comes through a pipe, read without blocking */
+        if (pipe2(outpipe, O_CLOEXEC) < 0 || fcntl(outpipe[0], F_SETFL, O_NONBLOCK) < 0 ||
+            (sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK)) < 0)
+            return finish("spawn", errno);
+        out_fd = outpipe[0];
+        head_left = cap / 2;
+        ring_size = cap - cap / 2;
+    }
     pid_t child = fork();
     if (child < 0)
         return finish("spawn", errno);
@@ -503,7 +829,10 @@ static int shim_main(int argc, char **argv)
         int err;
         /* Groups first (only root may set them), the user last (then nothing more can
          * be changed); before chdir and exec, so both are checked as the user. */
-        if (run_as && (setgroups(ngroups, groups) != 0 || setgid((gid_t)gid) != 0 ||
+        if (outpipe[1] >= 0 && (dup2(outpipe[1], STDOUT_FILENO) < 0 ||
+                                dup2(outpipe[1], STDERR_FILENO) < 0)) {
+            err = errno;
+        } else if (run_as && (setgroups(ngroups, groups) != 0 || setgid((gid_t)gid) != 0 ||
                        setuid((uid_t)uid) != 0)) {
             err = errno;
         } else if (cwd[0] != '\0' && chdir(cwd) != 0) {
@@ -517,6 +846,10 @@ static int shim_main(int argc, char **argv)
         _exit(127);
     }
     close(errpipe[1]);
+    if (outpipe[1] >= 0) {
+        close(outpipe[1]);
+        capping = 1;
+    }
     setpgid(child, child); /* also done by the child: whichever runs first wins */
 
     char line[32];
@@ -563,17 +896,15 @@ static int shim_main(int argc, char **argv)
         int sig;
         if (!reaped && !terminating && watch_fd < 0) {
             /* Running, nothing asked: only a signal (its exit, a kill) changes that. */
-            sig = sigwaitinfo(&set, NULL);
+            sig = next_signal(&set, -1);
         } else if (!reaped && !terminating) {
             /* The same, and the watched process's exit, seen at the next turn. */
-            struct timespec ts = {0, WATCH_TICK_NS};
-            sig = sigtimedwait(&set, NULL, &ts);
+            sig = next_signal(&set, WATCH_TICK_NS);
         } else {
             double wait = TICK;
             if (terminating && !killed && deadline - t < wait)
                 wait = deadline > t ? deadline - t : 0;
-            struct timespec ts = {0, (long)(wait * 1e9)};
-            sig = sigtimedwait(&set, NULL, &ts);
+            sig = next_signal(&set, (long long)(wait * 1e9));
         }
         if ((sig == SIGTERM || sig == SIGINT || sig == SIGHUP) && !terminating) {
             stop_group(child);
@@ -581,6 +912,13 @@ static int shim_main(int argc, char **argv)
             deadline = now() + grace;
         }
     }
+    if (out_fd >= 0) /* what the group wrote before it ended (a pipe holds 64 KiB) */
+        pump(64);
+    if (out_fd >= 0)
+        close(out_fd);
+    out_fd = -1;
+    if (capping)
+        cap_finish();
     int err;
     ssize_t n;
     do /* no writer is left: the child is reaped, and the pipe closed on its exec */
