@@ -30,7 +30,7 @@ import pytest
 from corral.executors.base import Capacity, Outcome, RunAs, resolve_run_as
 from corral.executors.local import LocalExecutor, find_shims, is_alive, kill_all
 from corral.executors.shim import ShimStatus, read_pid, read_status, shim_argv, state_file
-from corral.logs import log_path
+from corral.logs import log_path, ring_path
 from corral.model import Workload
 from tests.conftest import needs_root
 from tests.executors import make_workload
@@ -42,13 +42,19 @@ class Harness:
     """One ``LocalExecutor`` started on the running loop; outcomes by workload id."""
 
     def __init__(
-        self, data_dir: Path, *, grace: float = 1.0, workload_umask: int | None = None
+        self,
+        data_dir: Path,
+        *,
+        grace: float = 1.0,
+        workload_umask: int | None = None,
+        max_log_bytes: int | None = None,
     ) -> None:
         self.executor = LocalExecutor(
             data_dir,
             capacity=Capacity(cpus=2, memory_mb=1024, gpus=1),
             kill_grace_seconds=grace,
             workload_umask=workload_umask,
+            max_log_bytes=max_log_bytes,
         )
         self.outcomes: dict[str, asyncio.Future[Outcome]] = {}
         self.executor.start(self._on_exit)
@@ -250,6 +256,35 @@ def test_a_workload_runs_as_its_user_with_its_groups_and_home(
             assert users.a.home == f"/home/{USER_A}"
             owner = log.stat()
             assert (owner.st_uid, owner.st_gid, mode(log)) == (users.a.uid, users.a.gid, 0o600)
+        finally:
+            h.executor.close()
+
+    run(main)
+
+
+def test_a_capped_log_and_its_ring_are_the_users(users: Users, shared_dir: Path) -> None:
+    """Under ``--max-log-bytes`` the shim (root) writes the log of a workload run as a
+    user: the ring beside it, while it runs, and the finished log are that user's,
+    0600."""
+    flag = shared_dir / "go"
+    script = f"yes | head -c 5000; while [ ! -e {flag} ]; do sleep 0.02; done; echo end"
+    w = make_workload(["sh", "-c", script])
+
+    async def main() -> None:
+        h = Harness(shared_dir / "data", max_log_bytes=100)
+        try:
+            await h.launch(w, run_as=users.a)
+            ring = ring_path(h.log(w))
+            await until(ring.exists, what="the ring")
+            for path in (h.log(w), ring):
+                owner = path.stat()
+                assert (owner.st_uid, owner.st_gid, mode(path)) == (users.a.uid, users.a.gid, 0o600)
+            flag.touch()
+            assert (await h.outcome(w)).exit_code == 0
+            assert h.log(w).read_bytes() == b"y\n" * 25 + b"[corral: 4904 bytes dropped]\n" + (
+                b"y\n" * 23 + b"end\n"
+            )
+            assert h.log(w).stat().st_uid == users.a.uid and not ring.exists()
         finally:
             h.executor.close()
 
