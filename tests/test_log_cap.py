@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from corral.executors.base import Capacity, Outcome
-from corral.executors.local import LocalExecutor, kill_all
+from corral.executors.local import LocalExecutor, is_alive, kill_all
 from corral.executors.shim import ShimStatus, ensure_shim, read_pid, read_status, shim_argv
 from corral.logs import (
     RING_DATA,
@@ -248,7 +248,9 @@ def test_50_mb_under_a_1_mb_cap_through_every_reader(
     for n in (0, 1, 3, 50_000, 10**6):
         assert read_all(run.log, tail=n) == last_lines(so_far, n), n
 
-    samples: list[tuple[int, int]] = []
+    samples: list[tuple[int, int, bool]] = []
+    workload = read_pid(run.state)
+    assert workload is not None
     followed: list[bytes] = []
 
     def sample() -> None:
@@ -259,7 +261,7 @@ def test_50_mb_under_a_1_mb_cap_through_every_reader(
                     sizes.append(path.stat().st_size)
                 except FileNotFoundError:
                     sizes.append(0)
-            samples.append((sizes[0], sizes[1]))
+            samples.append((sizes[0], sizes[1], is_alive(workload)))  # alive after the stat
 
     def follow() -> None:  # a follower slower than the writer: 64 KiB, then a nap
         reader = LogReader(run.log)
@@ -288,9 +290,10 @@ def test_50_mb_under_a_1_mb_cap_through_every_reader(
     assert len(final) == cap + len(b"\n[corral: 48951424 bytes dropped]\n")  # mid-line
     assert not ring_path(run.log).exists()
     assert len(samples) > 100, "too few samples to say anything"
-    assert max(log for log, _ in samples) <= len(final)
-    assert max(ring for _, ring in samples) <= RING_DATA + cap - cap // 2
-    assert all(log <= cap // 2 for log, ring in samples if ring and log < len(final))
+    assert max(log for log, _, _ in samples) <= len(final)
+    assert max(ring for _, ring, _ in samples) <= RING_DATA + cap - cap // 2
+    assert all(log <= cap // 2 for log, _, running in samples if running)  # the head only
+    assert sum(running for _, _, running in samples) > 100
     got = b"".join(followed)
     covered, counts = coherent(got)
     assert covered == total and counts and got.startswith(lines(0, cap // 2))

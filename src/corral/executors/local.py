@@ -3,10 +3,12 @@
 Each workload runs under its own ``corral-shim`` (see ``shim.c``), a session leader
 forked by the resident shim launcher (``launcher.py``; ``posix_spawn`` of the shim
 when a request does not fit the launcher). The shim runs the command in its own process
-group with stdout and stderr on ``<data>/logs/<id>.log``, forwards kill requests to
-the group (SIGTERM, then SIGKILL after the grace period), and writes how the command
-ended to ``<data>/run/<id>.status``. Because the shim, not the server, is the parent,
-a restarted server re-adopts running workloads and still learns their exit codes.
+group with stdout and stderr on ``<data>/logs/<id>.log`` (with ``max_log_bytes``, on
+a pipe the shim copies into it, keeping head and tail: ``corral.logs``), forwards
+kill requests to the group (SIGTERM, then SIGKILL after the grace period), and
+writes how the command ended to ``<data>/run/<id>.status``. Because the shim, not the
+server, is the parent, a restarted server re-adopts running workloads and still
+learns their exit codes.
 
 Exits are noticed without threads or polling: each shim has a pidfd registered with
 the event loop, readable the moment the shim exits (whoever its parent is by then).

@@ -5,10 +5,12 @@ with stdout and stderr on the workload's log. The shim runs the workload in its 
 process group, reaps it and its orphans, forwards kill requests (SIGTERM, then SIGKILL
 after a grace period) to the whole group, and records how the workload ended in a state
 file pair ``STATE.pid`` / ``STATE.status`` (``STATE`` is a path prefix such as
-``<data>/run/<workload id>``: no directory per workload to create and remove). The
-protocol is described at the top of ``shim.c``; this module installs the binary once
-per source version (a copy of the one a wheel carries, else compiled with ``cc``: see
-``ensure_shim``) and reads the state files it writes.
+``<data>/run/<workload id>``: no directory per workload to create and remove). With a
+log cap it copies the workload's output into the log itself, keeping the head and the
+tail (``corral.logs``). The protocol is described at the top of ``shim.c``; this
+module installs the binary once per source version (a copy of the one a wheel
+carries, else compiled with ``cc``: see ``ensure_shim``) and reads the state files it
+writes.
 """
 
 from __future__ import annotations
