@@ -126,6 +126,9 @@ GUARD_RESPONSES = {
 }
 KEYED_RESPONSES = {
     "401": _problem_response("Unauthorized: no API key, or not a valid one"),
+    "403": _problem_response(
+        "Forbidden: the key may not do this (a metrics key: GET /metrics only)"
+    ),
     "429": {
         **_problem_response("Too Many Requests for this key; see Retry-After"),
         "headers": RETRY_AFTER_HEADER,

@@ -1,7 +1,9 @@
 """``GET /metrics``: the Prometheus text format (0.0.4), from a registry of the app's
 own (never the global one: tests build many apps in one process).
 
-Admin keys only, for now. No scrape runs a query whose cost grows with the table:
+Admin keys and metrics keys (``corral token create --metrics NAME``, which may read
+nothing else: ``guard.py``); user keys get 403. No scrape runs a query whose cost
+grows with the table:
 
 - ``corral_workloads{status}``: the counts by status, refreshed off the request path
   (``Metrics.refresh_forever``, on the app's lifespan, every ``REFRESH_SECONDS``);
@@ -32,10 +34,10 @@ from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, 
 from starlette.responses import Response
 
 from corral import __version__
-from corral.api.guard import principal
+from corral.api.guard import METRICS_PATH, principal
 from corral.api.problems import responses
 from corral.errors import ForbiddenError
-from corral.model import Status
+from corral.model import KeyRole, Status
 from corral.scheduler import Scheduler
 from corral.store import Store
 
@@ -146,19 +148,22 @@ def build_metrics_router(metrics: Metrics) -> APIRouter:
     router = APIRouter()
 
     @router.get(
-        "/metrics",
+        METRICS_PATH,
         response_class=PlainTextResponse,
         responses={
             200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}},
             **responses(403),
         },
-        summary="Prometheus metrics, text format 0.0.4 (admin keys only)",
+        summary="Prometheus metrics, text format 0.0.4 (admin and metrics keys)",
         operation_id="get_metrics",
         tags=["meta"],
     )
     async def get_metrics(request: Request) -> Response:
-        if not principal(request).admin:
-            raise ForbiddenError("only admin keys may read the metrics")
+        if principal(request).role is KeyRole.USER:
+            raise ForbiddenError(
+                "only admin and metrics keys may read the metrics; an admin makes a"
+                " metrics key with: corral token create --metrics NAME"
+            )
         return Response(metrics.scrape(), media_type=CONTENT_TYPE)
 
     return router
