@@ -120,6 +120,23 @@ def test_values_follow_the_workloads(running: Running) -> None:
     assert running.api.delete(f"/v1/workloads/{blocker}").status_code == 200
 
 
+def test_log_bytes_are_counted_at_each_exit_and_read_while_running(running: Running) -> None:
+    """``corral_log_bytes_total``: each ended log's final size, added at its exit;
+    ``corral_log_bytes_running``: the running logs' sizes now."""
+    s = running.scrape()
+    assert value(s, "corral_log_bytes_total") == 0 and value(s, "corral_log_bytes_running") == 0
+    done = running.submit(["sh", "-c", "head -c 1000 /dev/zero; head -c 234 /dev/zero >&2"])
+    running.wait(done, "completed")
+    wait_until(lambda: value(running.scrape(), "corral_log_bytes_total") == 1234)
+    busy = running.submit(["sh", "-c", "head -c 500 /dev/zero; exec sleep 60"])
+    running.wait(busy, "running")
+    wait_until(lambda: value(running.scrape(), "corral_log_bytes_running") == 500)
+    assert value(running.scrape(), "corral_log_bytes_total") == 1234  # not over yet
+    assert running.api.delete(f"/v1/workloads/{busy}").status_code == 200
+    wait_until(lambda: value(running.scrape(), "corral_log_bytes_total") == 1734)
+    assert value(running.scrape(), "corral_log_bytes_running") == 0
+
+
 def test_request_durations_by_route_template(running: Running) -> None:
     wid = running.submit(["true"])
     running.api.get(f"/v1/workloads/{wid}")

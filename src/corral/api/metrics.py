@@ -15,6 +15,9 @@ grows with the table:
   access-log middleware (``api/access.py``); ``route`` is the path template
   (``/v1/workloads/{workload_id}``), never the raw path, ``unmatched`` for a path no
   route serves.
+- ``corral_log_bytes_total``: the final size of each log, counted by the ``Tally``
+  at each exit; ``corral_log_bytes_running``: the logs of the workloads running here,
+  one ``stat`` each at scrape time (bounded by the running count, not the table).
 - ``corral_capacity``, ``corral_capacity_used``, ``corral_capacity_free`` by
   ``resource`` (cpus, memory_bytes, gpus), ``corral_queue_depth``,
   ``corral_server_leader``: read from the scheduler at scrape time (``_Collector``).
@@ -132,6 +135,13 @@ class _Collector:
         if depth is not None:
             yield GaugeMetricFamily(
                 "corral_queue_depth", "Pending workloads waiting to start.", value=depth
+            )
+        running_logs = scheduler.running_log_bytes()
+        if running_logs is not None:
+            yield GaugeMetricFamily(
+                "corral_log_bytes_running",
+                "Bytes in the logs of the workloads running on this server now (a stat each).",
+                value=running_logs,
             )
         _, role = scheduler.readiness()
         yield GaugeMetricFamily(
