@@ -5,6 +5,8 @@ the local executor."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,7 +191,8 @@ async def _start(work: Any) -> asyncio.Task[None]:
 
 def test_a_live_server(tmp_path: Path, serve_db: list[str]) -> None:
     """``corral serve``: /readyz without a key; /metrics with the admin key, its
-    counts by status read at start by the lifespan's refresher."""
+    counts by status read at start by the lifespan's refresher; a metrics key made by
+    ``corral token create --metrics`` reads them too, and nothing else."""
     args = ("--executor", "local", "--cpus", "1", "--memory-mb", "100", *serve_db)
     server = LiveServer(tmp_path / "data", *args).start()
     try:
@@ -211,6 +214,23 @@ def test_a_live_server(tmp_path: Path, serve_db: list[str]) -> None:
             if s.name == "corral_transitions_total"
         }
         assert moved == {("pending", "running"): 1, ("running", "completed"): 1}
+        made = subprocess.run(
+            [sys.executable, "-m", "corral.cli", "token", "create", "--metrics", "prom"],
+            env=server.cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+        assert "created metrics key" in made.stderr
+        with server.http(token=made.stdout.strip()) as prom:
+            scraped = prom.get("/metrics")
+            assert scraped.status_code == 200, scraped.text
+            assert "corral_workloads" in {
+                f.name for f in text_string_to_metric_families(scraped.text)
+            }
+            refused = prom.get(f"/v1/workloads/{wid}")
+            assert refused.status_code == 403 and "metrics key" in refused.json()["detail"]
     finally:
         server.kill()
         kill_all(tmp_path / "data" / "run")
