@@ -1,6 +1,6 @@
-"""The ``postgres`` group: ``pg_create_rps``, ``pg_transition_ps``, ``pg_e2e_ps`` and
-``pg_list_p99_ms``, the SQLite metrics of the same names measured the same way on
-PostgreSQL (issue 11).
+"""The ``postgres`` group: ``pg_create_rps``, ``pg_transition_ps``, ``pg_e2e_ps``,
+``pg_list_p99_ms`` and ``pg_metrics_scrape_ms``, the SQLite metrics of the same names
+measured the same way on PostgreSQL (issues 11 and 12).
 
 Each run starts its own throw-away cluster (``bench/pg_server.py``: initdb + pg_ctl in a
 temporary directory, ``fsync=on``), a database of its own per metric, and stops it at
@@ -32,6 +32,10 @@ Bounds, measured in the same run and taking turns with corral:
   in turn. The database (10^6 workloads, quick: 10^5, the rows ``list_bench`` builds)
   is copied from ``list_bench``'s SQLite file with ``COPY``, then ``VACUUM ANALYZE``d
   (statistics and visibility map, as autovacuum would have by then).
+- ``pg_metrics_scrape_ms``: ``GET /metrics`` of a server on that database beside one
+  on 10^3 workloads copied the same way, as ``metrics_scrape_ms``
+  (``bench/metrics_bench.py``); the bound is the scrape at 10^3. The list databases
+  are built once per run and shared by both metrics (``list_database``).
 
 Without PostgreSQL's server binaries the group is skipped, saying why (under
 ``CI=true`` it fails instead).
@@ -49,7 +53,7 @@ from typing import Any
 import psycopg
 import uvloop
 
-from bench import list_bench
+from bench import list_bench, metrics_bench
 from bench.api_bench import BODY, _detail, _errors, _load, _median_run
 from bench.common import GroupSkipped, Metric, Server, fresh_dir
 from bench.http_load import encode_request
@@ -62,7 +66,13 @@ from corral.store import migrate
 from corral.store.base import NewWorkload
 from corral.store.postgres import _LISTING, PostgresStore, _sql
 
-NAMES = ("pg_create_rps", "pg_transition_ps", "pg_e2e_ps", "pg_list_p99_ms")
+NAMES = (
+    "pg_create_rps",
+    "pg_transition_ps",
+    "pg_e2e_ps",
+    "pg_list_p99_ms",
+    "pg_metrics_scrape_ms",
+)
 RAW_CREATE_CONNECTIONS = (1, 8)
 """The raw create bound of a round is the better of one connection and eight."""
 
@@ -81,6 +91,7 @@ def run(quick: bool, only: set[str]) -> dict[str, Metric]:
             ("pg_transition_ps", lambda: transition_metric(pg, quick)),
             ("pg_e2e_ps", lambda: e2e_metric(quick, pg.create_database("e2e"))),
             ("pg_list_p99_ms", lambda: list_metric(pg, quick)),
+            ("pg_metrics_scrape_ms", lambda: metrics_metric(pg, quick)),
         ]
         out: dict[str, Metric] = {}
         for name, measure in measures:
@@ -265,10 +276,25 @@ class PgStoreQuery:
         self.loop.close()
 
 
+_LIST_DATABASES: dict[tuple[str, int], tuple[str, float]] = {}
+"""The list databases built by this run, by cluster and size: read only, so
+``pg_list_p99_ms`` and ``pg_metrics_scrape_ms`` share them."""
+
+
+def list_database(pg: PgServer, n: int) -> tuple[str, float]:
+    """The URL of a database of ``list_bench``'s ``n`` workloads, and the seconds its
+    build took (0 when this run had built it)."""
+    key = (pg.url(), n)
+    if key in _LIST_DATABASES:
+        return _LIST_DATABASES[key][0], 0.0
+    url = pg.create_database(f"list_{n}")
+    _LIST_DATABASES[key] = (url, build(n, url))
+    return _LIST_DATABASES[key]
+
+
 def list_metric(pg: PgServer, quick: bool) -> Metric:
     n, k = (100_000, 60) if quick else (1_000_000, 300)
-    url = pg.create_database("list")
-    built_in = build(n, url)
+    url, built_in = list_database(pg, n)
     with Server(fresh_dir("pg-list"), "none", db=url) as srv:
         http_query = list_bench.HttpQuery(srv.port)
         runners: dict[str, Any] = {
@@ -297,3 +323,36 @@ def list_metric(pg: PgServer, quick: bool) -> Metric:
         detail,
         lower_is_better=True,
     )
+
+
+# --- pg_metrics_scrape_ms ------------------------------------------------------------
+
+
+def metrics_metric(pg: PgServer, quick: bool) -> Metric:
+    """``metrics_scrape_ms`` on PostgreSQL: the list databases of 10^6 (quick: 10^5)
+    and 10^3 workloads, a server on each, scraped in turn (``bench/metrics_bench.py``)."""
+    large = 100_000 if quick else 1_000_000
+    urls = {n: list_database(pg, n)[0] for n in (metrics_bench.SMALL, large)}
+    count_ms = {n: _pg_count_ms(url) for n, url in urls.items()}
+    logs = fresh_dir("pg-metrics")
+    servers = {
+        n: Server(fresh_dir(f"pg-metrics-{n}"), "none", db=url, log_dir=logs)
+        for n, url in urls.items()
+    }
+    try:
+        for srv in servers.values():
+            srv.start()
+        return metrics_bench.scrape_metric(servers, quick, count_ms, {"db": "postgresql"})
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+def _pg_count_ms(url: str) -> float:
+    loop = uvloop.new_event_loop()
+    store = PostgresStore(url, migrate_schema=False)
+    try:
+        return metrics_bench.count_time(lambda: loop.run_until_complete(store.count_by_status()))
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()

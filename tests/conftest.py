@@ -28,7 +28,7 @@ import corral
 from corral.api import create_app
 from corral.executors.local import is_alive, kill_all
 from corral.keys import key_digest, new_key
-from corral.model import WorkloadCreate
+from corral.model import KeyRole, WorkloadCreate
 from corral.store import StorageFullError, Store
 from corral.store.sqlite import SQLiteStore
 from corral.store.sqlite_async import AsyncSQLiteStore
@@ -333,10 +333,17 @@ def store(store_factory: Callable[[], BlockingStore]) -> BlockingStore:
     return store_factory()
 
 
-def add_key(store: BlockingStore | SQLiteStore, user: str, *, admin: bool = False) -> str:
-    """A new API key of ``user``, stored; returns the key."""
+def add_key(
+    store: BlockingStore | SQLiteStore, user: str, *, admin: bool = False, role: str | None = None
+) -> str:
+    """A new API key of ``user`` (an admin's, or of ``role``), stored; returns the key."""
     key = new_key()
-    store.create_api_key(user=user, admin=admin, key_sha256=key_digest(key))
+    store.create_api_key(
+        user=user,
+        admin=admin,
+        role=None if role is None else KeyRole(role),
+        key_sha256=key_digest(key),
+    )
     return key
 
 

@@ -137,7 +137,8 @@ class ScriptedServer:
 
 
 def token_body(**extra: object) -> dict[str, object]:
-    return {
+    """A key as a server answers it (``role`` from ``admin`` unless given)."""
+    body: dict[str, object] = {
         "id": "t1",
         "user": "alice",
         "admin": False,
@@ -147,6 +148,8 @@ def token_body(**extra: object) -> dict[str, object]:
         "revoked_at": None,
         **extra,
     }
+    body.setdefault("role", "admin" if body["admin"] else "user")
+    return body
 
 
 def workload_body(**extra: object) -> dict[str, object]:

@@ -69,6 +69,7 @@ def tokens_api(seen: Seen) -> Answer:
             "items": [
                 token_body(id="t2", user="root", admin=True, unix_user="root"),
                 token_body(revoked_at="2024-01-02T03:04:05Z", description="old laptop"),
+                token_body(id="t3", user="prom", role="metrics"),
             ]
         },
     )
@@ -98,21 +99,32 @@ def test_token_create_prints_the_key_alone(home: Path) -> None:
     assert "authorization" not in srv.seen[1].headers  # no key anywhere
 
 
+def test_token_create_metrics(home: Path) -> None:
+    """``--metrics NAME``: a key of role ``metrics`` for NAME, said so on stderr."""
+    with ScriptedServer(tokens_api) as srv:
+        result = corral("token", "create", "--metrics", "prom", url=srv.url, home=home, token="a")
+        assert ok(result) == KEY + "\n"
+        assert "created metrics key t9 for prom" in result.stderr
+        assert "scrape job" in result.stderr and KEY not in result.stderr
+    assert srv.seen[0].json() == {"user": "prom", "admin": False, "role": "metrics"}
+
+
 def test_token_list_and_revoke(home: Path) -> None:
     with ScriptedServer(tokens_api) as srv:
         table = ok(corral("token", "list", url=srv.url, home=home, token="adm")).splitlines()
-        assert table[0].split() == ["ID", "USER", "ADMIN", "UNIX-USER", "CREATED", "REVOKED"]
-        assert table[1].split() == ["t2", "root", "yes", "root", "2024-01-01T00:00:00Z", "-"]
+        assert table[0].split() == ["ID", "USER", "ROLE", "UNIX-USER", "CREATED", "REVOKED"]
+        assert table[1].split() == ["t2", "root", "admin", "root", "2024-01-01T00:00:00Z", "-"]
+        assert table[3].split() == ["t3", "prom", "metrics", "-", "2024-01-01T00:00:00Z", "-"]
         assert table[2].split() == [
             "t1",
             "alice",
-            "no",
+            "user",
             "-",
             "2024-01-01T00:00:00Z",
             "2024-01-02T03:04:05Z",
         ]
         listed = json.loads(ok(corral("token", "list", "--json", url=srv.url, home=home)))
-        assert [t["id"] for t in listed] == ["t2", "t1"]
+        assert [t["id"] for t in listed] == ["t2", "t1", "t3"]
         assert all("key" not in t for t in listed)
 
         revoked = corral("token", "revoke", "t1", url=srv.url, home=home, token="adm")
@@ -126,7 +138,20 @@ def test_token_list_and_revoke(home: Path) -> None:
     [
         (("token", "create", "--user", "Alice"), "invalid --user 'Alice': lower-case"),
         (("token", "create", "--user", "a", "--unix-user", "x y"), "invalid --unix-user 'x y'"),
-        (("token", "create"), "missing --user (see: corral token create --help)"),
+        (("token", "create"), "missing --user or --metrics (see: corral token create --help)"),
+        (("token", "create", "--metrics", "Prom"), "invalid --metrics 'Prom': lower-case"),
+        (
+            ("token", "create", "--user", "a", "--metrics", "b"),
+            "--metrics cannot be given with --user",
+        ),
+        (
+            ("token", "create", "--metrics", "prom", "--admin"),
+            "--metrics makes a key that may only read /metrics: it takes no --admin",
+        ),
+        (
+            ("token", "create", "--metrics", "prom", "--unix-user", "x"),
+            "--metrics makes a key that may only read /metrics: it takes no --unix-user",
+        ),
         (("token", "revoke"), "missing ID (see: corral token revoke --help)"),
         (("--token", "two words", "ls"), "invalid --token: a key is one word"),
         (("--token", "", "ls"), "invalid --token: a key is one word"),

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from bench.pg_server import PgServer
 from bench.pg_server import start as pg_start
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import pg
 from tests.server import LiveServer, pid_gone, wait_until
@@ -37,7 +38,9 @@ def db_url(pg_server: str, tmp_path: Path) -> Iterator[str]:
     pg.current.drop(tmp_path)
 
 
-def serve(tmp_path: Path, name: str, db_url: str, *args: str) -> LiveServer:
+def serve(
+    tmp_path: Path, name: str, db_url: str, *args: str, env: dict[str, str] | None = None
+) -> LiveServer:
     return LiveServer(
         tmp_path / name,
         "--db",
@@ -49,6 +52,7 @@ def serve(tmp_path: Path, name: str, db_url: str, *args: str) -> LiveServer:
         "--kill-grace",
         "1s",
         *args,
+        env=env,
     )
 
 
@@ -440,3 +444,74 @@ def test_a_claim_that_outlives_the_lease_is_started_once_the_lease_is_back(
         assert status(a, http)["leader"] == "a"
     finally:
         a.kill()
+
+
+def scrape(server: LiveServer, http: httpx.Client) -> dict[str, Any]:
+    """``/metrics`` of ``server``, parsed by prometheus-client: the counts by status,
+    the queue depth and whether it leads."""
+    got = http.get(f"{server.url}/metrics")
+    assert got.status_code == 200, got.text
+    samples = {
+        (s.name, s.labels.get("status")): s.value
+        for family in text_string_to_metric_families(got.text)
+        for s in family.samples
+    }
+    return {
+        "counts": {st: v for (name, st), v in samples.items() if name == "corral_workloads"},
+        "queue_depth": samples.get(("corral_queue_depth", None)),
+        "leader": samples[("corral_server_leader", None)],
+    }
+
+
+def test_the_other_servers_serve_the_counts_the_scheduling_server_publishes(
+    tmp_path: Path, db_url: str
+) -> None:
+    """``/metrics`` on a standby and on an API-only server: the counts by status and
+    the queue depth the scheduling server published with its heartbeat, moving as
+    workloads move, never a count of their own. Every server here reads the counts
+    hourly, so the leader has counted before a failed workload was put in the
+    database behind its back: a server counting for itself would say 1."""
+    import psycopg
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    hourly = {"CORRAL_METRICS_REFRESH_SECONDS": "3600"}
+    a = serve(tmp_path, "a", db_url, "--cpus", "1", env=hourly).start()
+    http = httpx.Client(headers=a.headers, timeout=30)
+    wait_until(lambda: status(a, http)["leader"] == "a")
+    zero = dict.fromkeys(["pending", "running", "completed", "failed", "killed"], 0.0)
+    wait_until(lambda: scrape(a, http)["counts"] == zero)  # a's first count, at its start
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO workloads (id, name, command, env, cwd, cpus, memory_mb, gpus,"
+            " labels, priority, status, created_at, updated_at, owner) VALUES"
+            " ('01m8p1a0000000000000000000', 'planted', '[\"true\"]', '{}', NULL, 1, 0, 0,"
+            " '{}', 0, 'failed', now(), now(), 'nobody')"
+        )
+    b = serve(tmp_path, "b", db_url, "--cpus", "1", env=hourly).start()
+    c = serve(tmp_path, "c", db_url, "--scheduler", "never", env=hourly).start()
+    servers = [a, b, c]
+    try:
+        for s in (b, c):
+            wait_until(lambda s=s: status(s, http)["leader"] == "a")
+
+        def everywhere(expected: dict[str, float], depth: float) -> bool:
+            seen = [scrape(s, http) for s in servers]
+            return all(x["counts"] == expected and x["queue_depth"] == depth for x in seen)
+
+        wait_until(lambda: everywhere(zero, 0), interval=0.2)
+        one_cpu = {"resources": {"cpus": 1}}
+        first = http.post(f"{b.url}/v1/workloads", json=sleeper(pids, **one_cpu)).json()["id"]
+        pid_of(pids, first)
+        second = http.post(f"{c.url}/v1/workloads", json=sleeper(pids, **one_cpu)).json()["id"]
+        wait_until(lambda: everywhere({**zero, "running": 1, "pending": 1}, 1), interval=0.2)
+        assert [scrape(s, http)["leader"] for s in servers] == [1, 0, 0]
+
+        assert http.delete(f"{c.url}/v1/workloads/{first}").status_code == 200
+        pid_of(pids, second)
+        wait_until(lambda: everywhere({**zero, "running": 1}, 0), interval=0.2)
+        assert http.delete(f"{b.url}/v1/workloads/{second}").status_code == 200
+        wait_until(lambda: everywhere(zero, 0), interval=0.2)
+    finally:
+        for s in servers:
+            s.kill()

@@ -5,6 +5,8 @@ the local executor."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,23 @@ def test_values_follow_the_workloads(running: Running) -> None:
     assert running.api.delete(f"/v1/workloads/{blocker}").status_code == 200
 
 
+def test_log_bytes_are_counted_at_each_exit_and_read_while_running(running: Running) -> None:
+    """``corral_log_bytes_total``: each ended log's final size, added at its exit;
+    ``corral_log_bytes_running``: the running logs' sizes now."""
+    s = running.scrape()
+    assert value(s, "corral_log_bytes_total") == 0 and value(s, "corral_log_bytes_running") == 0
+    done = running.submit(["sh", "-c", "head -c 1000 /dev/zero; head -c 234 /dev/zero >&2"])
+    running.wait(done, "completed")
+    wait_until(lambda: value(running.scrape(), "corral_log_bytes_total") == 1234)
+    busy = running.submit(["sh", "-c", "head -c 500 /dev/zero; exec sleep 60"])
+    running.wait(busy, "running")
+    wait_until(lambda: value(running.scrape(), "corral_log_bytes_running") == 500)
+    assert value(running.scrape(), "corral_log_bytes_total") == 1234  # not over yet
+    assert running.api.delete(f"/v1/workloads/{busy}").status_code == 200
+    wait_until(lambda: value(running.scrape(), "corral_log_bytes_total") == 1734)
+    assert value(running.scrape(), "corral_log_bytes_running") == 0
+
+
 def test_request_durations_by_route_template(running: Running) -> None:
     wid = running.submit(["true"])
     running.api.get(f"/v1/workloads/{wid}")
@@ -172,7 +191,8 @@ async def _start(work: Any) -> asyncio.Task[None]:
 
 def test_a_live_server(tmp_path: Path, serve_db: list[str]) -> None:
     """``corral serve``: /readyz without a key; /metrics with the admin key, its
-    counts by status read at start by the lifespan's refresher."""
+    counts by status read at start by the lifespan's refresher; a metrics key made by
+    ``corral token create --metrics`` reads them too, and nothing else."""
     args = ("--executor", "local", "--cpus", "1", "--memory-mb", "100", *serve_db)
     server = LiveServer(tmp_path / "data", *args).start()
     try:
@@ -194,6 +214,23 @@ def test_a_live_server(tmp_path: Path, serve_db: list[str]) -> None:
             if s.name == "corral_transitions_total"
         }
         assert moved == {("pending", "running"): 1, ("running", "completed"): 1}
+        made = subprocess.run(
+            [sys.executable, "-m", "corral.cli", "token", "create", "--metrics", "prom"],
+            env=server.cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+        assert "created metrics key" in made.stderr
+        with server.http(token=made.stdout.strip()) as prom:
+            scraped = prom.get("/metrics")
+            assert scraped.status_code == 200, scraped.text
+            assert "corral_workloads" in {
+                f.name for f in text_string_to_metric_families(scraped.text)
+            }
+            refused = prom.get(f"/v1/workloads/{wid}")
+            assert refused.status_code == 403 and "metrics key" in refused.json()["detail"]
     finally:
         server.kill()
         kill_all(tmp_path / "data" / "run")

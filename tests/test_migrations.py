@@ -275,3 +275,51 @@ def test_node_is_recorded_by_the_claim_and_survives_down_and_up(db: Db) -> None:
         assert store.get_workload(created.id).node is None  # not kept by the round trip
     finally:
         store.close()
+
+
+def test_key_roles_come_from_the_admin_flag_and_go_back_to_it(db: Db) -> None:
+    """0006: each key of 0005 gets ``admin`` or ``user`` from its flag, which goes;
+    down again, the flag comes back from the role, and a metrics key (which 0005
+    cannot express: it would be a user key there) is revoked."""
+    from corral.model import KeyRole
+
+    migrate.upgrade(db.url, "0005")
+    db.execute("INSERT INTO users (name, created_at) VALUES ('root', '2026-01-01T00:00:00Z')")
+    db.execute("INSERT INTO users (name, created_at) VALUES ('alice', '2026-01-01T00:00:00Z')")
+    for key_id, user, admin in (("k1", "root", True), ("k2", "alice", False)):
+        db.execute(
+            'INSERT INTO api_keys (id, "user", admin, key_sha256, created_at)'
+            " VALUES (?, ?, ?, ?, '2026-01-01T00:00:00Z')",
+            (key_id, user, admin, key_id * 32),
+        )
+    store = db.store()  # migrates to head
+    try:
+        roles = {t.id: (t.role, t.admin) for t in store.list_api_keys()}
+        assert roles == {"k1": (KeyRole.ADMIN, True), "k2": (KeyRole.USER, False)}
+        found = store.find_api_key("k1" * 32)
+        assert found is not None and found.admin and found.role is KeyRole.ADMIN
+        prom = store.create_api_key(user="prom", role=KeyRole.METRICS, key_sha256="k3" * 32)
+    finally:
+        store.close()
+    assert "admin" not in db.columns("api_keys")
+    with pytest.raises(Exception, match=r"(?i)check"):  # the column takes the three roles only
+        db.execute("UPDATE api_keys SET role = 'boss' WHERE id = 'k2'")
+    migrate.downgrade(db.url, "0005")
+    assert "role" not in db.columns("api_keys")
+    rows = db.execute("SELECT id, admin, revoked_at IS NOT NULL FROM api_keys ORDER BY id")
+    assert [(r[0], bool(r[1]), bool(r[2])) for r in rows] == [
+        (prom.id, False, True),
+        ("k1", True, False),
+        ("k2", False, False),
+    ]
+    migrate.upgrade(db.url)
+    store = db.store()
+    try:
+        assert store.find_api_key("k3" * 32) is None  # revoked by the round trip
+        assert {t.id: t.role for t in store.list_api_keys()} == {
+            prom.id: KeyRole.USER,
+            "k1": KeyRole.ADMIN,
+            "k2": KeyRole.USER,
+        }
+    finally:
+        store.close()

@@ -247,6 +247,61 @@ def test_tokens_are_managed_by_admins_and_never_shown_again(
     assert all(len(row.id) == 26 for row in store.list_api_keys())
 
 
+def test_a_metrics_key_reads_the_metrics_and_nothing_else(
+    users: Users, store: BlockingStore
+) -> None:
+    """``"role": "metrics"``: made by an admin, listed with its role; it reads
+    ``GET /metrics`` (as admin keys do; user keys may not) and gets a 403 naming what
+    it may do everywhere else, before any route runs (nothing is created)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    created = users["root"].post("/v1/tokens", json={"user": "prom", "role": "metrics"})
+    assert created.status_code == 201, created.text
+    token = created.json()
+    assert (token["role"], token["admin"], token["user"]) == ("metrics", False, "prom")
+    listed = {t["id"]: t for t in users["root"].get("/v1/tokens").json()["items"]}
+    assert listed[token["id"]]["role"] == "metrics"
+    assert {t["user"]: t["role"] for t in listed.values()} == {
+        "prom": "metrics",
+        "root": "admin",
+        "alice": "user",
+        "bob": "user",
+    }
+    wid = submit(users["alice"])["id"]
+    prom = users.client(token["key"])
+    try:
+        scrape = prom.get("/metrics")
+        assert scrape.status_code == 200, scrape.text
+        names = {f.name for f in text_string_to_metric_families(scrape.text)}
+        assert {"corral_workloads", "corral_build_info"} <= names
+        for method, path, body in EVERY_KEYED_ROUTE:
+            refused = problem(prom.request(method, path.format(id=wid), json=body), 403)
+            assert "metrics key: it may only GET /metrics" in str(refused["detail"]), path
+        problem(prom.post("/metrics"), 403)
+        assert prom.get("/healthz").status_code == 200  # public routes stay public
+    finally:
+        prom.close()
+    assert users["root"].get("/metrics").status_code == 200
+    refused = problem(users["alice"].get("/metrics"), 403)
+    assert "corral token create --metrics NAME" in str(refused["detail"])
+    assert [w["id"] for w in users["root"].get("/v1/workloads?all_users=true").json()["items"]] == [
+        wid
+    ]
+    assert {t.user for t in store.list_api_keys()} == {"prom", "root", "alice", "bob"}
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"user": "x", "role": "boss"}, "role"),
+        ({"user": "x", "admin": True, "role": "metrics"}, "disagree"),
+        ({"user": "x", "role": "metrics", "unix_user": "x"}, "unix_user"),
+    ],
+)
+def test_a_key_role_is_one_of_three(users: Users, body: dict[str, object], named: str) -> None:
+    assert named in str(problem(users["root"].post("/v1/tokens", json=body), 422)["detail"])
+
+
 def test_a_unix_user_needs_a_root_server_and_a_real_account(users: Users) -> None:
     unknown = users["root"].post("/v1/tokens", json={"user": "dave", "unix_user": "nosuchacct"})
     detail = str(problem(unknown, 422)["detail"])

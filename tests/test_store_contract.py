@@ -661,6 +661,35 @@ def test_api_keys_are_found_listed_and_revoked(store: BlockingStore) -> None:
         store.revoke_api_key("01m8n0ne000000000000000000")
 
 
+def test_a_key_has_one_role_and_admin_is_derived(store: BlockingStore) -> None:
+    """``role``: ``user``, ``admin`` (also from ``admin=True``) or ``metrics``, found,
+    listed and counted (a metrics key makes no one an admin) as stored."""
+    from corral.model import KeyRole
+    from corral.store.base import Account, Principal
+
+    prom = store.create_api_key(user="prom", role=KeyRole.METRICS, key_sha256=digest(1))
+    root = store.create_api_key(user="root", role=KeyRole.ADMIN, key_sha256=digest(2))
+    old = store.create_api_key(user="old", admin=True, key_sha256=digest(3))
+    plain = store.create_api_key(user="alice", key_sha256=digest(4))
+    roles = [(t.user, t.role, t.admin) for t in store.list_api_keys()]
+    assert roles == [
+        ("alice", "user", False),
+        ("old", "admin", True),
+        ("root", "admin", True),
+        ("prom", "metrics", False),
+    ]
+    found = store.find_api_key(digest(1))
+    assert found == Principal(prom.id, "prom", admin=False, metrics=True)
+    assert found is not None and found.role is KeyRole.METRICS
+    assert store.find_api_key(digest(2)) == Principal(root.id, "root", admin=True)
+    assert store.find_api_key(digest(3)) == Principal(old.id, "old", admin=True)
+    assert store.find_api_key(digest(4)) == Principal(plain.id, "alice", admin=False)
+    assert store.account_of("prom") == Account(None, False)
+    with pytest.raises(ValueError, match="an admin key cannot have the role 'metrics'"):
+        store.create_api_key(user="x", admin=True, role=KeyRole.METRICS, key_sha256=digest(5))
+    assert len(store.list_api_keys()) == 4
+
+
 def test_a_users_unix_account_is_fixed_once_given(store: BlockingStore) -> None:
     from corral.store.errors import UnixUserConflictError
 

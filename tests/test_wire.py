@@ -126,6 +126,12 @@ def test_tokens_events_pages_kill_results_and_status() -> None:
     assert "corral_secret" not in repr(new)
     with pytest.raises(WireError, match=r"^token\.key: missing$"):
         NewToken.from_json(token_body())
+    old = {k: v for k, v in token_body(admin=True).items() if k != "role"}  # before 0006
+    assert Token.from_json(old).role == "admin"
+    assert Token.from_json({**old, "admin": False}).role == "user"
+    assert Token.from_json(token_body(role="metrics")).role == "metrics"
+    with pytest.raises(WireError, match=r"^token\.role: expected a string"):
+        Token.from_json(token_body(role=1))
 
     event = Event.from_json(
         {"seq": 1, "type": "created", "from_status": None, "to_status": "pending",

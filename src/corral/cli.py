@@ -141,6 +141,12 @@ def _usage_text(message: str) -> str:
     """argparse's wording, made plainer."""
     if message.startswith("the following arguments are required: "):
         return "missing " + message.split(": ", 1)[1]
+    match = re.match(r"one of the arguments (.+) is required$", message)
+    if match:
+        return "missing " + " or ".join(match[1].split())
+    match = re.match(r"argument (\S+): not allowed with argument (\S+)$", message)
+    if match:
+        return f"{match[1]} cannot be given with {match[2]}"
     match = re.match(r"argument (\S+): invalid choice: '([^']*)'", message)
     if match and match[1] == "COMMAND":
         return f"no command {match[2]!r}"
@@ -537,8 +543,12 @@ def _token_parser(p: Parser) -> None:
         description="Create an API key and print it (alone on stdout: KEY=$(corral token"
         " create ...)).",
     )
-    create.add_argument(
-        "--user", required=True, metavar="NAME", help="whose key (created with its first key)"
+    whose = create.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--user", metavar="NAME", help="whose key (created with its first key)")
+    whose.add_argument(
+        "--metrics",
+        metavar="NAME",
+        help="a metrics key named NAME (a scraper's): it may only GET /metrics",
     )
     create.add_argument("--admin", action="store_true", help="an admin key: sees everything")
     create.add_argument(
@@ -1459,26 +1469,39 @@ def cmd_token_help(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    if not USER_NAME_RE.fullmatch(args.user):
+    flag, name = ("--metrics", args.metrics) if args.metrics is not None else ("--user", args.user)
+    if not USER_NAME_RE.fullmatch(name):
         raise usage(
-            f"invalid --user {args.user!r}: lower-case letters, digits, '_', '.', '@' or '-',"
+            f"invalid {flag} {name!r}: lower-case letters, digits, '_', '.', '@' or '-',"
             " starting with a letter or '_', at most 64"
         )
+    if args.metrics is not None and (args.admin or args.unix_user is not None):
+        given = "--admin" if args.admin else "--unix-user"
+        raise usage(f"--metrics makes a key that may only read /metrics: it takes no {given}")
     if args.unix_user is not None and not UNIX_USER_RE.fullmatch(args.unix_user):
         raise usage(f"invalid --unix-user {args.unix_user!r}: not a Unix user name")
+    role = "metrics" if args.metrics is not None else None
     with connect(args) as client:
         new = client.create_token(
-            args.user, admin=args.admin, unix_user=args.unix_user, description=args.description
+            name,
+            admin=args.admin,
+            role=role,
+            unix_user=args.unix_user,
+            description=args.description,
         )
     if args.json:
         print_json(as_json(new))
     else:
         print(new.key, flush=True)
-    kind = "admin key" if new.admin else "key"
+    kind = {"admin": "admin key", "metrics": "metrics key"}.get(new.role, "key")
+    use = (
+        "the scrape job's bearer token (authorization: {credentials: KEY})"
+        if new.role == "metrics"
+        else f"{new.user} to set as CORRAL_TOKEN, or to keep in a 0600 file named by"
+        " CORRAL_TOKEN_FILE"
+    )
     print(
-        f"created {kind} {new.id} for {new.user}; it is shown only this once: give it to"
-        f" {new.user} to set as CORRAL_TOKEN, or to keep in a 0600 file named by"
-        " CORRAL_TOKEN_FILE",
+        f"created {kind} {new.id} for {new.user}; it is shown only this once: give it to {use}",
         file=sys.stderr,
     )
     return EXIT_OK

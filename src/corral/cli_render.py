@@ -405,7 +405,7 @@ def token_table(tokens: Iterable[Token], colour: bool = False) -> list[str]:
     columns = [
         Column("ID", [x.id for x in t]),
         Column("USER", [clean(x.user) for x in t]),
-        Column("ADMIN", ["yes" if x.admin else "no" for x in t]),
+        Column("ROLE", [clean(x.role) for x in t]),
         Column("UNIX-USER", [clean(x.unix_user or "-") for x in t]),
         Column("CREATED", [format_time(x.created_at) for x in t]),
         Column("REVOKED", [format_time(x.revoked_at) if x.revoked_at else "-" for x in t]),

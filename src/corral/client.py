@@ -894,13 +894,18 @@ class Client:
         user: str,
         *,
         admin: bool = False,
+        role: str | None = None,
         unix_user: str | None = None,
         description: str | None = None,
     ) -> NewToken:
         """A new API key for ``user`` (created with its first key); ``.key`` is the key,
-        which the server shows this once. ``unix_user``: run the user's workloads as
-        that Unix account (the server must run as root)."""
+        which the server shows this once. ``admin``: an admin key; ``role``: ``user``,
+        ``admin`` or ``metrics`` (a key that may only read ``/metrics``), instead.
+        ``unix_user``: run the user's workloads as that Unix account (the server must
+        run as root)."""
         body: dict[str, Any] = {"user": user, "admin": admin}
+        if role is not None:
+            body["role"] = role
         if unix_user is not None:
             body["unix_user"] = unix_user
         if description is not None:

@@ -5,9 +5,11 @@
 scheduler lease at once: one SQLite file has one scheduler, and a second server
 that would schedule is refused rather than left to fail the first one's workloads.
 ``Cluster.start()`` (the app's start) runs, as tasks: the lease (``Leadership``:
-taking it starts or resumes the scheduler, losing it pauses it), a heartbeat, and on
-PostgreSQL the listener of ``corral_wake``/``corral_kill``. ``stop()`` releases the
-lease, so a standby takes over at once, and stops the scheduler.
+taking it starts or resumes the scheduler, losing it pauses it), a heartbeat (the
+leader's publishes its capacity and the counts of ``/metrics`` in
+``servers.capacity``; the others' read them), and on PostgreSQL the listener of
+``corral_wake``/``corral_kill``. ``stop()`` releases the lease, so a standby takes
+over at once, and stops the scheduler.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from corral.leader import ACQUIRE_SECONDS, Leadership
@@ -96,6 +99,9 @@ class Cluster:
         scheduler.server = self
         self.leader: str | None = None
         """The scheduling server's name, as last read (None: none)."""
+        self.publish: Callable[[], dict[str, Any]] = dict
+        """More for the heartbeat of the scheduling server to publish beside its
+        capacity (the app sets it: the counts ``/metrics`` serves elsewhere)."""
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -200,6 +206,7 @@ class Cluster:
         return {
             "capacity": {"cpus": cap.cpus, "memory_mb": cap.memory_mb, "gpus": cap.gpus},
             "free": {"cpus": free.cpus, "memory_mb": free.memory_mb, "gpus": free.gpus},
+            **self.publish(),
         }
 
     # --- notifications (PostgreSQL) --------------------------------------------------

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
+    metrics_refresh_seconds: float = Field(15.0, gt=0)
+    """How often ``/metrics`` reads the counts by status (on the scheduling server, or
+    a server alone; the others serve what it publishes)."""
     log_format: Literal["text", "json"] = "text"
     """The server log on stderr: one line per record, as text or as a JSON object."""
 

@@ -3,8 +3,10 @@
 The scheduler owns a ``Tally``: every status change this process writes goes through
 ``Scheduler.set_status`` or a claim, and each is counted here, so the transitions are
 counted once, by the process that wrote them (a Prometheus counter per process; the
-monitoring side sums the servers). The metrics are made without a registry: the app's
-registry (one per app, never the global one) collects them through its collector.
+monitoring side sums the servers). Each exit the executor reports adds the final size
+of the workload's log (one ``stat``) to ``corral_log_bytes_total``. The metrics are
+made without a registry: the app's registry (one per app, never the global one)
+collects them through its collector.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ class Tally:
             ["from_status", "to_status"],
             registry=None,
         )
+        self.log_bytes = Counter(
+            "corral_log_bytes",
+            "Bytes of workloads' logs, counted at each exit of a process this server ran"
+            " (the log's final size).",
+            registry=None,
+        )
         self.latency = Histogram(
             "corral_scheduling_latency_seconds",
             "From submit to running (started_at - created_at, the store's clock), at each claim.",
@@ -53,8 +61,12 @@ class Tally:
             waited = _parse(workload.started_at) - _parse(workload.created_at)
             self.latency.observe(max(waited.total_seconds(), 0.0))
 
+    def exited(self, log_bytes: int) -> None:
+        """A process of this server is over; its log holds ``log_bytes``."""
+        self.log_bytes.inc(log_bytes)
+
     def collect(self) -> list[Metric]:
-        return [*self.transitions.collect(), *self.latency.collect()]
+        return [*self.transitions.collect(), *self.latency.collect(), *self.log_bytes.collect()]
 
 
 def _parse(at: str) -> datetime:

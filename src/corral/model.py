@@ -39,6 +39,7 @@ from corral.wire import TERMINAL as TERMINAL
 from corral.wire import TRANSITIONS as TRANSITIONS
 from corral.wire import UNIX_USER_RE as UNIX_USER_RE
 from corral.wire import USER_NAME_RE as USER_NAME_RE
+from corral.wire import KeyRole as KeyRole
 from corral.wire import Status as Status
 from corral.wire import check_label as check_label
 from corral.wire import sources_of as sources_of
@@ -470,18 +471,60 @@ class StatusUpdate(BaseModel):
 UserName = Annotated[str, StringConstraints(pattern=USER_NAME_RE.pattern)]
 
 
+_ONE_ROLE_SCHEMA: list[JsonValue] = [  # TokenCreate._one_role
+    {
+        "if": {"properties": {"admin": {"const": True}}, "required": ["admin"]},
+        "then": {"properties": {"role": {"enum": ["admin", None]}}},
+    },
+    {
+        "if": {"properties": {"role": {"const": "metrics"}}, "required": ["role"]},
+        "then": {"properties": {"unix_user": {"type": "null"}}},
+    },
+]
+
+
 class TokenCreate(BaseModel):
     """The body of ``POST /v1/tokens`` (admin keys only)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"allOf": _ONE_ROLE_SCHEMA}
+    )
 
     user: UserName
     admin: bool = False
+    """``true``: an admin key (as ``"role": "admin"``)."""
+    role: KeyRole | None = None
+    """``user``, ``admin`` or ``metrics`` (may only ``GET /metrics``); default from
+    ``admin``."""
     unix_user: Annotated[str | None, StringConstraints(pattern=UNIX_USER_RE.pattern)] = None
     """Run this user's workloads as this Unix account (the server must run as root)."""
     description: Annotated[
         str | None, Field(max_length=200, json_schema_extra={"pattern": NO_NUL}), NUL_FREE
     ] = None
+
+    @model_validator(mode="after")
+    def _one_role(self) -> Self:
+        if self.admin and self.role not in (None, KeyRole.ADMIN):
+            raise ValueError(f'"admin": true and "role": "{self.role}" disagree: give one')
+        if self.role is KeyRole.METRICS and self.unix_user is not None:
+            raise ValueError("a metrics key runs no workloads: it takes no unix_user")
+        return self
+
+    @property
+    def key_role(self) -> KeyRole:
+        """The role asked for (``role``, else from ``admin``)."""
+        return role_of(self.admin, self.role)
+
+
+def role_of(admin: bool, role: KeyRole | str | None) -> KeyRole:
+    """A key's role: ``role``, else ``admin`` or ``user`` by ``admin``; ``ValueError``
+    when both are given and disagree."""
+    if role is None:
+        return KeyRole.ADMIN if admin else KeyRole.USER
+    role = KeyRole(role)
+    if admin and role is not KeyRole.ADMIN:
+        raise ValueError(f"an admin key cannot have the role {role.value!r}")
+    return role
 
 
 class Token(BaseModel):
@@ -490,6 +533,10 @@ class Token(BaseModel):
     id: str
     user: str
     admin: bool
+    """Derived from ``role``: ``role == "admin"``."""
+    role: KeyRole
+    """What the key may do: ``user`` (its user's workloads), ``admin`` (everything),
+    ``metrics`` (``GET /metrics`` only)."""
     unix_user: str | None
     description: str | None
     created_at: str

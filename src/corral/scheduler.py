@@ -421,6 +421,22 @@ class Scheduler:
         running = len({*self._allocated, *self._unrecorded} - self._ended_by_api)
         return pending, running
 
+    def log_size(self, workload_id: str) -> int:
+        """The size of the workload's log now, one ``stat`` (0 when it has none)."""
+        if self.executor is None:
+            return 0
+        try:
+            return os.stat(self.executor.logs.path(workload_id)).st_size
+        except OSError:
+            return 0
+
+    def running_log_bytes(self) -> int | None:
+        """The bytes in the logs of the processes this server runs now (one ``stat``
+        each: bounded by what runs, not by the table); None without an executor."""
+        if self.executor is None:
+            return None
+        return sum(self.log_size(wid) for wid in self._allocated)
+
     def queue_depth(self) -> int | None:
         """How many pending workloads wait in the queue (not blocked by dependencies),
         or None when this scheduler does not schedule here."""
@@ -1126,6 +1142,7 @@ class Scheduler:
         self._timed_out.discard(wid)
         self._unrecorded[wid] = _Ending(*_translate(outcome, timed_out, timeout))
         self._release(wid)
+        self.tally.exited(self.log_size(wid))
         self._record_soon(wid)
 
     def _record_ends(self) -> None:

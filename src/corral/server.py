@@ -254,6 +254,7 @@ def serve(settings: Settings) -> None:
         policy=policy,
         cluster=cluster,
         log_proxy=log_proxy,
+        metrics_refresh_seconds=settings.metrics_refresh_seconds,
     )
     where = f"executor {settings.executor}"
     if executor is not None and not executor.placement:

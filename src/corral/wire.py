@@ -44,6 +44,7 @@ __all__ = [
     "USER_NAME_RE",
     "Capacity",
     "Event",
+    "KeyRole",
     "KillResult",
     "NewToken",
     "NotKilled",
@@ -74,6 +75,17 @@ class Status(StrEnum):
     """Non-zero exit, a foreign signal, a spawn error, a timeout, or lost."""
     KILLED = "killed"
     """Stopped on request (DELETE), whatever the process did afterwards."""
+
+
+class KeyRole(StrEnum):
+    """What an API key may do (its ``role``)."""
+
+    USER = "user"
+    """Its user's own workloads."""
+    ADMIN = "admin"
+    """Everything: every user's workloads, the keys, the metrics."""
+    METRICS = "metrics"
+    """``GET /metrics`` only (a scraper's key)."""
 
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
@@ -504,6 +516,11 @@ class Token(_Record):
     id: str
     user: str
     admin: bool
+    """Derived: ``role == "admin"``."""
+    role: str
+    """``user``, ``admin`` or ``metrics`` (``KeyRole``; a string, so that a newer
+    server's kinds still read; an older server's answer has none: derived from
+    ``admin``)."""
     unix_user: str | None
     description: str | None
     created_at: str
@@ -516,10 +533,12 @@ class Token(_Record):
 
 
 def _token_fields(d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    admin = _bool(d, "admin", where)
     return {
         "id": _str(d, "id", where),
         "user": _str(d, "user", where),
-        "admin": _bool(d, "admin", where),
+        "admin": admin,
+        "role": _str_or(d, "role", where, (KeyRole.ADMIN if admin else KeyRole.USER).value),
         "unix_user": _opt_str(d, "unix_user", where),
         "description": _opt_str(d, "description", where),
         "created_at": _str(d, "created_at", where),
@@ -534,7 +553,7 @@ class NewToken(Token):
     key: str
 
     def __repr__(self) -> str:  # the key is a secret: never in a log or traceback
-        return f"NewToken(id={self.id!r}, user={self.user!r}, admin={self.admin!r}, key=...)"
+        return f"NewToken(id={self.id!r}, user={self.user!r}, role={self.role!r}, key=...)"
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = "token") -> Self:

@@ -27,7 +27,7 @@ from corral.api.guard import (
 )
 from corral.api.limits import MAX_BODY_BYTES, BodyLimit
 from corral.api.logproxy import LogProxy
-from corral.api.metrics import Metrics, build_metrics_router
+from corral.api.metrics import REFRESH_SECONDS, Metrics, build_metrics_router
 from corral.api.problems import PROBLEM_JSON, RETRY_AFTER_HEADER
 from corral.api.routes import BODY_MODELS, QUERY_ITEM_PATTERNS, build_router
 from corral.api.tokens import build_token_router
@@ -46,18 +46,22 @@ def create_app(
     policy: AccessPolicy | None = None,
     cluster: Cluster | None = None,
     log_proxy: LogProxy | None = None,
+    metrics_refresh_seconds: float = REFRESH_SECONDS,
 ) -> FastAPI:
     """The API over ``store``; ``scheduler`` (default: runs nothing) is started and
     stopped with the app; ``policy`` says who may reach it (default: keys required,
     loopback host names, no rate limit); ``log_proxy`` (several servers on one
     database) forwards a log request to the server that keeps the log (default: every
-    log is kept here), its HTTP client opened and closed with the app."""
+    log is kept here), its HTTP client opened and closed with the app;
+    ``metrics_refresh_seconds``: how often ``/metrics`` reads the counts by status."""
     policy = policy or AccessPolicy()
     if not isinstance(store, BroadcastingStore):  # (serve wraps it, for its scheduler too)
         store = BroadcastingStore(store, Broadcast())
     keys = KeyCache(store.find_api_key)
     sched = scheduler or Scheduler(store)
-    metrics = Metrics(store, sched)
+    metrics = Metrics(store, sched, metrics_refresh_seconds)
+    if cluster is not None:
+        cluster.publish = metrics.publication
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,6 +130,9 @@ GUARD_RESPONSES = {
 }
 KEYED_RESPONSES = {
     "401": _problem_response("Unauthorized: no API key, or not a valid one"),
+    "403": _problem_response(
+        "Forbidden: the key may not do this (a metrics key: GET /metrics only)"
+    ),
     "429": {
         **_problem_response("Too Many Requests for this key; see Retry-After"),
         "headers": RETRY_AFTER_HEADER,

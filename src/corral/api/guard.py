@@ -4,7 +4,8 @@ route sees it (design: ``docs/security.md``).
 In order: the ``Host`` must be one the server serves (DNS rebinding fails); a
 state-changing request from a foreign ``Origin`` is refused; every route but the
 public ones needs a valid bearer key, whose principal is put in
-``scope["corral.principal"]``; each key has a request budget (a token bucket).
+``scope["corral.principal"]``; each key has a request budget (a token bucket); a
+metrics key reaches ``GET /metrics`` only.
 Refusals are problem details, built by ``problems.problem`` like every other error.
 (That a body is declared ``application/json`` is checked where bodies are read,
 ``routes.parse_body``, after routing: an unknown method answers 405 first.)
@@ -35,6 +36,9 @@ PUBLIC_PATHS = frozenset(
 )
 """Reachable without a key: liveness and readiness for probes, and the API's own
 description."""
+METRICS_PATH = "/metrics"
+METRICS_KEY_REACHES = frozenset({("GET", METRICS_PATH)})
+"""All a metrics key may do (every other route answers it 403, before routing)."""
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 KEY_CACHE_SECONDS = 2.0
@@ -233,6 +237,13 @@ class Guard:
                 response.headers["Retry-After"] = str(seconds)
                 await response(scope, receive, send)
                 return
+        if who.metrics and (method, scope["path"]) not in METRICS_KEY_REACHES:
+            detail = (
+                f"this is a metrics key: it may only GET {METRICS_PATH}, not {method}"
+                f" {scope['path']}; use a user or admin key for the API"
+            )
+            await problem(403, "forbidden", detail)(scope, receive, send)
+            return
         scope[PRINCIPAL] = who
         await self.app(scope, receive, send)
 

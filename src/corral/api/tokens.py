@@ -1,4 +1,9 @@
-"""``/v1/tokens``: API keys, managed by admin keys (``corral token …``)."""
+"""``/v1/tokens``: API keys, managed by admin keys (``corral token …``).
+
+A key has a ``role``: ``user``, ``admin`` or ``metrics`` (``GET /metrics`` only, which
+the guard enforces: ``guard.py``); ``admin`` in the body and the answers is kept,
+derived from it.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
 from corral.api.routes import json_body, json_response, parse_body
 from corral.errors import ForbiddenError, InvalidInputError
 from corral.keys import key_digest, new_key
-from corral.model import NO_NUL, NUL_FREE, NewToken, Token, TokenCreate
+from corral.model import NO_NUL, NUL_FREE, KeyRole, NewToken, Token, TokenCreate
 from corral.store import Store
 
 RESERVED_USERS = frozenset({"scheduler"})
@@ -79,12 +84,13 @@ def build_token_router(store: Store, forget_keys: Callable[[], None]) -> APIRout
             raise InvalidInputError(
                 f"{body.user!r} is a name corral uses for itself in events; choose another"
             )
+        role = body.key_role
         if body.unix_user is not None:
-            check_unix_user(body.unix_user, admin=body.admin)
+            check_unix_user(body.unix_user, admin=role is KeyRole.ADMIN)
         key = new_key()
         token = await store.create_api_key(
             user=body.user,
-            admin=body.admin,
+            role=role,
             key_sha256=key_digest(key),
             unix_user=body.unix_user,
             description=body.description,

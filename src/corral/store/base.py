@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from corral.errors import CorralError
 from corral.model import (
     Event,
+    KeyRole,
     Status,
     Token,
     TransitionEvent,
@@ -58,6 +59,20 @@ class Principal:
     key_id: str | None
     user: str
     admin: bool
+    metrics: bool = False
+    """A metrics key: it may only ``GET /metrics`` (never with ``admin``)."""
+
+    @classmethod
+    def of(cls, key_id: str | None, user: str, role: KeyRole | str) -> Principal:
+        """The principal of a key of ``role`` (the stores' ``role`` column)."""
+        role = KeyRole(role)
+        return cls(key_id, user, role is KeyRole.ADMIN, role is KeyRole.METRICS)
+
+    @property
+    def role(self) -> KeyRole:
+        if self.metrics:
+            return KeyRole.METRICS
+        return KeyRole.ADMIN if self.admin else KeyRole.USER
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,15 +288,17 @@ class Store(Protocol):
         self,
         *,
         user: str,
-        admin: bool,
         key_sha256: str,
+        admin: bool = False,
+        role: KeyRole | None = None,
         unix_user: str | None = None,
         description: str | None = None,
     ) -> Token:
         """Store a key (its hash only) for ``user``, creating the user on its first
-        key. A user's ``unix_user``, once given, is fixed: a later key naming another
-        raises ``UnixUserConflictError`` and stores nothing (a key naming none keeps
-        it; an unmapped user may be mapped by a later key)."""
+        key. Its role is ``role``, else from ``admin`` (``admin`` with another role
+        is a ``ValueError``). A user's ``unix_user``, once given, is fixed: a later
+        key naming another raises ``UnixUserConflictError`` and stores nothing (a key
+        naming none keeps it; an unmapped user may be mapped by a later key)."""
         ...
 
     async def find_api_key(self, key_sha256: str) -> Principal | None:

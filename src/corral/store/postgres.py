@@ -80,6 +80,7 @@ from corral.keys import same_digest
 from corral.model import (
     TERMINAL,
     Event,
+    KeyRole,
     Status,
     Token,
     TransitionEvent,
@@ -89,6 +90,7 @@ from corral.model import (
     WorkloadSpec,
     check_batch_references,
     default_reason,
+    role_of,
     valid_transition,
     workload_from_row,
 )
@@ -255,7 +257,7 @@ psycopg has prepared (after 5 runs) gets PostgreSQL's generic plan after 5 more:
 (docs/benchmarks.md, "Issue 11: PostgreSQL"). Planning each time costs 0.4-0.7 ms
 (EXPLAIN ANALYZE's planning time at that size)."""
 _TOKENS = (
-    'SELECT k.id, k."user", k.admin, u.unix_user, k.description, k.created_at, k.revoked_at'
+    'SELECT k.id, k."user", k.role, u.unix_user, k.description, k.created_at, k.revoked_at'
     ' FROM api_keys AS k JOIN users AS u ON u.name = k."user"'
 )
 
@@ -311,7 +313,8 @@ def _token(row: Sequence[Any]) -> Token:
     return Token(
         id=row[0],
         user=row[1],
-        admin=row[2],
+        admin=row[2] == KeyRole.ADMIN,
+        role=row[2],
         unix_user=row[3],
         description=row[4],
         created_at=row[5],
@@ -1047,11 +1050,13 @@ class PostgresStore(PostgresCluster):
         self,
         *,
         user: str,
-        admin: bool,
         key_sha256: str,
+        admin: bool = False,
+        role: KeyRole | None = None,
         unix_user: str | None = None,
         description: str | None = None,
     ) -> Token:
+        key_role = role_of(admin, role).value
         key_id = new_id()
 
         async def body(conn: Conn) -> AsyncCursor[tuple[Any, ...]]:
@@ -1074,9 +1079,9 @@ class PostgresStore(PostgresCluster):
                 elif unix_user is not None and row[0] != unix_user:
                     raise UnixUserConflictError(user, row[0], unix_user)
             await conn.execute(
-                'INSERT INTO api_keys (id, "user", admin, key_sha256, description, created_at)'
+                'INSERT INTO api_keys (id, "user", role, key_sha256, description, created_at)'
                 " VALUES (%s, %s, %s, %s, %s, %s)",
-                (key_id, user, admin, key_sha256, description, now),
+                (key_id, user, key_role, key_sha256, description, now),
             )
             return await conn.execute(f"{_TOKENS} WHERE k.id = %s", (key_id,))
 
@@ -1086,13 +1091,13 @@ class PostgresStore(PostgresCluster):
 
     async def find_api_key(self, key_sha256: str) -> Principal | None:
         rows = await self._fetch(
-            'SELECT id, "user", admin, key_sha256 FROM api_keys'
+            'SELECT id, "user", role, key_sha256 FROM api_keys'
             " WHERE key_sha256 = %s AND revoked_at IS NULL",
             (key_sha256,),
         )
         if not rows or not same_digest(rows[0][3], key_sha256):
             return None
-        return Principal(key_id=rows[0][0], user=rows[0][1], admin=bool(rows[0][2]))
+        return Principal.of(rows[0][0], rows[0][1], rows[0][2])
 
     async def list_api_keys(self) -> list[Token]:
         return [_token(r) for r in await self._fetch(f"{_TOKENS} ORDER BY k.id DESC")]
@@ -1113,7 +1118,7 @@ class PostgresStore(PostgresCluster):
     async def account_of(self, user: str) -> Account:
         rows = await self._fetch(
             'SELECT unix_user, EXISTS (SELECT 1 FROM api_keys WHERE "user" = %s'
-            " AND admin AND revoked_at IS NULL) FROM users WHERE name = %s",
+            " AND role = 'admin' AND revoked_at IS NULL) FROM users WHERE name = %s",
             (user, user),
         )
         return Account(None, False) if not rows else Account(rows[0][0], bool(rows[0][1]))

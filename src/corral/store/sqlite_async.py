@@ -43,6 +43,7 @@ from typing import Any, ParamSpec, TypeVar
 from corral.errors import CorralError
 from corral.model import (
     Event,
+    KeyRole,
     Status,
     Token,
     TransitionEvent,
@@ -335,8 +336,9 @@ class AsyncSQLiteStore:
         self,
         *,
         user: str,
-        admin: bool,
         key_sha256: str,
+        admin: bool = False,
+        role: KeyRole | None = None,
         unix_user: str | None = None,
         description: str | None = None,
     ) -> Token:
@@ -345,6 +347,7 @@ class AsyncSQLiteStore:
             self.sync.create_api_key,
             user=user,
             admin=admin,
+            role=role,
             key_sha256=key_sha256,
             unix_user=unix_user,
             description=description,

@@ -9,11 +9,11 @@ from typing import Any
 
 from corral.ids import new_id, now_rfc3339
 from corral.keys import same_digest
-from corral.model import Token
+from corral.model import KeyRole, Token, role_of
 from corral.store.base import Account, Principal
 from corral.store.errors import TokenNotFoundError, UnixUserConflictError
 
-_TOKEN_COLUMNS = "k.id, k.user, k.admin, u.unix_user, k.description, k.created_at, k.revoked_at"
+_TOKEN_COLUMNS = "k.id, k.user, k.role, u.unix_user, k.description, k.created_at, k.revoked_at"
 _TOKENS = f"SELECT {_TOKEN_COLUMNS} FROM api_keys AS k JOIN users AS u ON u.name = k.user"
 
 
@@ -21,7 +21,8 @@ def _token(row: Sequence[Any]) -> Token:
     return Token(
         id=row[0],
         user=row[1],
-        admin=bool(row[2]),
+        admin=row[2] == KeyRole.ADMIN,
+        role=row[2],
         unix_user=row[3],
         description=row[4],
         created_at=row[5],
@@ -42,11 +43,13 @@ class SQLiteKeys:
         self,
         *,
         user: str,
-        admin: bool,
         key_sha256: str,
+        admin: bool = False,
+        role: KeyRole | None = None,
         unix_user: str | None = None,
         description: str | None = None,
     ) -> Token:
+        key_role = role_of(admin, role).value
         key_id = new_id()
         with self._write() as conn:
             now = now_rfc3339()
@@ -61,9 +64,9 @@ class SQLiteKeys:
             elif unix_user is not None and row[0] != unix_user:
                 raise UnixUserConflictError(user, row[0], unix_user)
             conn.execute(
-                "INSERT INTO api_keys (id, user, admin, key_sha256, description, created_at)"
+                "INSERT INTO api_keys (id, user, role, key_sha256, description, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (key_id, user, admin, key_sha256, description, now),
+                (key_id, user, key_role, key_sha256, description, now),
             )
             found = conn.execute(f"{_TOKENS} WHERE k.id = ?", (key_id,)).fetchone()
         return _token(found)
@@ -71,13 +74,13 @@ class SQLiteKeys:
     def find_api_key(self, key_sha256: str) -> Principal | None:
         with self._connection() as conn:
             row = conn.execute(
-                "SELECT id, user, admin, key_sha256 FROM api_keys"
+                "SELECT id, user, role, key_sha256 FROM api_keys"
                 " WHERE key_sha256 = ? AND revoked_at IS NULL",
                 (key_sha256,),
             ).fetchone()
         if row is None or not same_digest(row[3], key_sha256):
             return None
-        return Principal(key_id=row[0], user=row[1], admin=bool(row[2]))
+        return Principal.of(row[0], row[1], row[2])
 
     def list_api_keys(self) -> list[Token]:
         with self._connection() as conn:
@@ -99,7 +102,7 @@ class SQLiteKeys:
         with self._connection() as conn:
             row = conn.execute(
                 "SELECT unix_user, EXISTS (SELECT 1 FROM api_keys WHERE user = ?"
-                " AND admin AND revoked_at IS NULL) FROM users WHERE name = ?",
+                " AND role = 'admin' AND revoked_at IS NULL) FROM users WHERE name = ?",
                 (user, user),
             ).fetchone()
         return Account(None, False) if row is None else Account(row[0], bool(row[1]))
