@@ -70,6 +70,12 @@ def make(
     return finish(store, created.id, status)
 
 
+def tick(store: BlockingStore) -> Workload:
+    """Another event, newer than every other: the workload of the newest event is
+    kept (see ``test_the_newest_events_workload_is_kept_so_event_ids_never_go_back``)."""
+    return make(store, Status.PENDING, owner="carol")
+
+
 def rows_referencing(store: BlockingStore, ids: list[str]) -> dict[str, int]:
     """How many rows of each table that references workloads name one of ``ids``."""
     marks = ", ".join(f"'{i}'" for i in ids)
@@ -181,12 +187,36 @@ def test_deletes_the_finished_past_the_age_with_their_rows_and_nothing_else(
 
 def test_zero_deletes_every_finished_one_and_a_huge_age_none(store: BlockingStore) -> None:
     done = make(store, Status.COMPLETED)
+    tick(store)
     assert store.delete_finished(OLDER_THAN_MAX_SECONDS) == []
     assert store.delete_finished(0) == [done.id]
 
 
+def test_the_newest_events_workload_is_kept_so_event_ids_never_go_back(
+    store: BlockingStore,
+) -> None:
+    """SQLite gives a new row the table's largest id plus one: were the newest event
+    deleted, the next event would take its id again, and a follower of the feed that
+    had seen it (``Last-Event-ID``) would skip the new one. So its workload stays
+    until a newer event exists (the same on PostgreSQL, whose ids come from a
+    sequence anyway: one contract)."""
+    first = make(store, Status.COMPLETED)
+    last = make(store, Status.FAILED)
+    seen = store.list_events_after(0)[-1].id  # a follower is here, at last's end
+    assert store.delete_finished(0) == [first.id]
+    assert store.get_workload(last.id) == last
+    later = tick(store)
+    assert [(e.workload_id, e.id > seen) for e in store.list_events_after(seen)] == [
+        (later.id, True)
+    ]
+    assert store.delete_finished(0) == [last.id]
+    newer = tick(store)
+    assert [e.workload_id for e in store.list_events_after(seen)] == [later.id, newer.id]
+
+
 def test_batches_are_at_most_the_limit(store: BlockingStore) -> None:
     ids = {make(store, Status.COMPLETED).id for _ in range(7)}
+    tick(store)
     batches = [store.delete_finished(0, limit=3) for _ in range(4)]
     assert [len(b) for b in batches] == [3, 3, 1, 0]
     assert {i for b in batches for i in b} == ids
@@ -195,6 +225,7 @@ def test_batches_are_at_most_the_limit(store: BlockingStore) -> None:
 def test_an_owner_deletes_only_their_own(store: BlockingStore) -> None:
     alice = make(store, Status.COMPLETED, owner="alice")
     bob = make(store, Status.FAILED, owner="bob")
+    tick(store)
     assert store.delete_finished(0, owner="carol") == []
     assert store.delete_finished(0, owner="alice") == [alice.id]
     assert store.get_workload(bob.id) == bob
@@ -215,12 +246,15 @@ def test_a_dependency_of_a_pending_or_running_workload_is_kept_until_it_ends(
     z, _ = store.create_workload(spec, owner="alice")
     finish(store, z.id, Status.RUNNING)
     lone = make(store, Status.FAILED)
+    tick(store)
     assert store.delete_finished(0) == [lone.id]
     assert store.get_workload(x.id) == x and store.get_workload(w.id) == w
     assert store.statuses([y.id, z.id]) == {y.id: Status.PENDING, z.id: Status.RUNNING}
     finish(store, y.id, Status.COMPLETED)
+    tick(store)
     assert sorted(store.delete_finished(0)) == sorted([x.id, y.id])
     store.update_workload_status(z.id, Status.COMPLETED, exit_code=0, actor="scheduler")
+    tick(store)
     assert sorted(store.delete_finished(0)) == sorted([w.id, z.id])
     # A batch keeps its items' order of deletion free: dependants and dependencies
     # of one finished batch go together.
@@ -231,11 +265,13 @@ def test_a_dependency_of_a_pending_or_running_workload_is_kept_until_it_ends(
     batch, _ = store.create_batch(items, owner="alice")
     for b in batch:
         finish(store, b.id, Status.COMPLETED)
+    tick(store)
     assert sorted(store.delete_finished(0)) == sorted(b.id for b in batch)
 
 
 def test_a_create_naming_a_deleted_workload_is_refused_as_unknown(store: BlockingStore) -> None:
     gone = make(store, Status.COMPLETED)
+    tick(store)
     assert store.delete_finished(0) == [gone.id]
     with pytest.raises(FieldError) as info:
         store.create_workload(WorkloadCreate(command=["true"], depends_on=[gone.id]), owner="alice")
@@ -254,6 +290,7 @@ def test_creates_naming_a_workload_race_its_delete_and_one_wins_whole(
     outcomes = {"deleted": 0, "kept": 0}
     for _ in range(8):
         target = make(store, Status.COMPLETED)
+        tick(store)
         created: list[str] = []
         errors: list[BaseException] = []
         go = threading.Barrier(len(others) + 1)
@@ -555,6 +592,7 @@ def test_a_log_of_a_workload_still_stopping_here_is_kept(
     keep = retention(store, logs)
     stopping = make(store, Status.KILLED)
     write_log(logs, stopping.id)
+    tick(store)
     keep.scheduler.is_active = lambda wid: wid == stopping.id  # type: ignore[method-assign]
     assert store.run(keep.clean(0)) == 1
     assert (logs / f"{stopping.id}.log").exists()
@@ -589,6 +627,7 @@ def test_the_task_runs_at_once_and_again_and_survives_a_failure(
     )
     assert keep.interval == 0.2
     done = make(store, Status.COMPLETED)
+    tick(store)
 
     async def run_for(seconds: float) -> None:
         task = keep.start()

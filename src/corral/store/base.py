@@ -290,7 +290,10 @@ class Store(Protocol):
 
         Never a pending or running workload, nor one that a pending or running
         workload depends on (the scheduler kills a dependant whose dependency does
-        not exist): that one is kept until its last such dependant has ended. A
+        not exist): that one is kept until its last such dependant has ended. Nor
+        the workload of the newest event, until another event is written: on SQLite
+        the next event would otherwise reuse a deleted event's id
+        (``sqlite.deletable_query``), and a follower of the feed miss it. A
         workload is found by the time its id starts with (``ids.id_ceiling``), so a
         call costs the rows it deletes, not the table."""
         ...

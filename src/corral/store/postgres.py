@@ -129,6 +129,7 @@ from corral.store.postgres_cluster import (
 from corral.store.sqlite import (
     _COLUMNS,
     EVENT_IDS_QUERY,
+    NEWEST_EVENTS_WORKLOAD,
     _json_text,
     batch_digest,
     check_events_limit,
@@ -934,21 +935,24 @@ class PostgresStore(PostgresCluster):
         owner: str | None = None,
         limit: int = DELETE_BATCH_MAX,
     ) -> list[str]:
-        """See ``Store.delete_finished``. One transaction: the database's time; the
-        workloads due, locked (``FOR UPDATE SKIP LOCKED``: one another transaction
+        """See ``Store.delete_finished``. One transaction: the database's time (and
+        the newest event's workload, which SQLite must keep: kept here too, for one
+        contract); the workloads due, locked (``FOR UPDATE SKIP LOCKED``: one another transaction
         holds is left for the next call); then, in a statement whose snapshot is taken
         once they are locked, those of them no pending or running workload depends on,
         deleted. A create naming one of them either committed before the lock (the
         second statement sees its dependency and keeps it) or waits for the delete and
         fails on the foreign key (``_DEPENDENCY_KEY``: run again, it finds no such
         workload)."""
-        deletable_params(0.0, older_than_seconds, owner, limit)  # checked before any trip
+        deletable_params(0.0, None, older_than_seconds, owner, limit)  # checked first
 
         async def body(conn: Conn) -> list[str]:
-            cur = await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
+            cur = await conn.execute(
+                f"SELECT extract(epoch FROM clock_timestamp())::float8, ({NEWEST_EVENTS_WORKLOAD})"
+            )
             row = await cur.fetchone()
             assert row is not None
-            params = deletable_params(float(row[0]), older_than_seconds, owner, limit)
+            params = deletable_params(float(row[0]), row[1], older_than_seconds, owner, limit)
             cur = await conn.execute(_LOCK_DELETABLE[owner is not None], params)
             ids = [r[0] for r in await cur.fetchall()]
             if not ids:

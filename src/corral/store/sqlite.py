@@ -450,16 +450,21 @@ def checked_count_query(
 
 
 def deletable_query(*, owner: bool) -> str:
-    """The ids ``delete_finished`` may delete (SQLite's parameters: the id ceiling and
-    the cutoff of ``deletable_params``, the owner when ``owner``, the limit): terminal,
-    created (by their id) and finished before the cutoff, and no dependency of a
-    pending or running workload. A walk of the ``(status, id)`` index (``(owner,
-    status, id)`` with an owner) below the ceiling, one range per terminal status: it
-    meets the workloads due and those created before the cutoff that finished after
-    it, never the younger ones."""
+    """The ids ``delete_finished`` may delete (SQLite's parameters: those of
+    ``deletable_params``): terminal, created (by their id) and finished before the
+    cutoff, not the workload of the newest event, and no dependency of a pending or
+    running workload. A walk of the ``(status, id)`` index (``(owner, status, id)``
+    with an owner) below the ceiling, one range per terminal status: it meets the
+    workloads due and those created before the cutoff that finished after it, never
+    the younger ones.
+
+    The newest event's workload stays because SQLite gives a new row the largest id
+    of the table plus one: with the newest event deleted, the next one would take an
+    id already handed out, and a follower of ``GET /v1/events`` past it would never
+    see it. Kept, it keeps every later id above every earlier one."""
     return (
         "SELECT w.id FROM workloads AS w WHERE w.status IN ('completed', 'failed', 'killed')"
-        " AND w.id < ? AND w.finished_at < ?"
+        " AND w.id < ? AND w.finished_at < ? AND w.id <> ?"
         + (" AND w.owner = ?" if owner else "")
         # CROSS JOIN: SQLite walks the dependants by the index on depends_on, then
         # probes each by its primary key (not every active workload, then each).
@@ -470,11 +475,19 @@ def deletable_query(*, owner: bool) -> str:
     )
 
 
+NEWEST_EVENTS_WORKLOAD = "SELECT workload_id FROM events ORDER BY id DESC LIMIT 1"
+
+
 def deletable_params(
-    now: float, older_than_seconds: float, owner: str | None, limit: int
+    now: float,
+    newest: str | None,
+    older_than_seconds: float,
+    owner: str | None,
+    limit: int,
 ) -> list[Any]:
     """``deletable_query``'s parameters for a store whose clock says ``now`` (seconds
-    since the epoch), after checking the arguments (``InvalidInputError``)."""
+    since the epoch) and whose newest event is ``newest``'s, after checking the
+    arguments (``InvalidInputError``)."""
     if not 0 <= older_than_seconds <= OLDER_THAN_MAX_SECONDS:  # (NaN fails both)
         raise InvalidInputError(
             f"older_than_seconds must be between 0 and {OLDER_THAN_MAX_SECONDS}"
@@ -482,7 +495,8 @@ def deletable_params(
     if not 1 <= limit <= DELETE_BATCH_MAX:
         raise InvalidInputError(f"limit must be between 1 and {DELETE_BATCH_MAX}")
     cutoff = now - older_than_seconds
-    return [id_ceiling(cutoff), rfc3339_at(cutoff), *([owner] if owner is not None else []), limit]
+    owned = [owner] if owner is not None else []
+    return [id_ceiling(cutoff), rfc3339_at(cutoff), newest or "", *owned, limit]
 
 
 _LATER_FIELDS = {"depends_on", "dependency_type", "array_index"}
@@ -1000,10 +1014,12 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
     ) -> list[str]:
         """See ``Store.delete_finished``: under the write lock, so no create can add a
         dependant meanwhile (it reads its dependencies under the same lock)."""
-        deletable_params(0.0, older_than_seconds, owner, limit)  # checked before the lock
+        deletable_params(0.0, None, older_than_seconds, owner, limit)  # checked first
         sql = deletable_query(owner=owner is not None)
         with self._write() as conn:
-            params = deletable_params(time.time(), older_than_seconds, owner, limit)
+            newest = conn.execute(NEWEST_EVENTS_WORKLOAD).fetchone()
+            now = time.time()
+            params = deletable_params(now, newest and newest[0], older_than_seconds, owner, limit)
             ids = [r[0] for r in conn.execute(sql, params)]
             if ids:
                 marks = ", ".join("?" * len(ids))
