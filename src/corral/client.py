@@ -807,6 +807,21 @@ class Client:
         data = self._call("POST", "/v1/workloads/kill", body=body)
         return self._read(KillResult.from_json, data)
 
+    def clean(self, older_than_seconds: float) -> int:
+        """Delete the finished workloads (completed, failed, killed) that ended more
+        than ``older_than_seconds`` ago, with their events and logs: the caller's own,
+        or with an admin key everyone's. A workload a pending or running one depends on
+        is kept until that one has ended. Returns how many were deleted (sending it
+        again deletes only those that have aged past it since). ``InvalidInput`` for
+        a negative or huge age."""
+        data = self._call(
+            "POST", "/v1/workloads/clean", body={"older_than_seconds": older_than_seconds}
+        )
+        deleted = data.get("deleted") if isinstance(data, dict) else None
+        if not isinstance(deleted, int) or isinstance(deleted, bool) or deleted < 0:
+            raise self._unexpected("a count of workloads deleted was expected")
+        return deleted
+
     def list(
         self,
         *,
