@@ -23,7 +23,7 @@ from corral.ids import new_id
 from corral.model import Status, Workload, WorkloadBatchItem, WorkloadCreate
 from corral.retention import Retention, interval_for
 from corral.scheduler import Scheduler
-from corral.store import NotFoundError
+from corral.store import NotFoundError, StoreBusyError
 from corral.store.base import DELETE_BATCH_MAX, OLDER_THAN_MAX_SECONDS
 from tests.blocking import BlockingStore
 from tests.conftest import is_sqlite, query
@@ -642,3 +642,35 @@ def test_the_task_runs_at_once_and_again_and_survives_a_failure(
     with pytest.raises(NotFoundError):
         store.get_workload(done.id)
     assert Retention(store.inner, Scheduler(store.inner), logs).start() is None
+
+
+def test_a_fault_midway_leaves_the_batches_done_without_their_logs(
+    store: BlockingStore, tmp_path: Path
+) -> None:
+    """A clean the database stops after a batch (a 503 or 507 to the client) has
+    removed that batch's logs already: a retry would not know them."""
+    logs = tmp_path / "logs"
+    keep = retention(store, logs)
+    batch, _ = store.create_batch(
+        [WorkloadBatchItem(command=["true"]) for _ in range(DELETE_BATCH_MAX + 5)], owner="alice"
+    )
+    for w in batch:
+        finish(store, w.id, Status.KILLED)
+        write_log(logs, w.id)
+    tick(store)
+    inner = store.inner.delete_finished
+    calls: list[int] = []
+
+    async def failing(*args: Any, **kwargs: Any) -> list[str]:
+        calls.append(1)
+        if len(calls) > 1:
+            raise StoreBusyError("the database is locked")
+        found: list[str] = await inner(*args, **kwargs)
+        return found
+
+    keep.store = type("Failing", (), {"delete_finished": staticmethod(failing)})()  # type: ignore[assignment]
+    with pytest.raises(StoreBusyError):
+        store.run(keep.clean(0))
+    left = {p.name.removesuffix(".log") for p in logs.iterdir()}
+    assert left == set(store.statuses([w.id for w in batch]))
+    assert len(left) == 5

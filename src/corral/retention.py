@@ -111,26 +111,33 @@ class Retention:
 
     # --- once ---------------------------------------------------------------------------
 
-    async def delete(self, older_than_seconds: float, *, owner: str | None = None) -> list[str]:
+    async def delete(
+        self,
+        older_than_seconds: float,
+        *,
+        owner: str | None = None,
+        logs: bool = False,
+    ) -> list[str]:
         """Delete every finished workload (``owner``'s, or everyone's) older than
-        ``older_than_seconds``, batch after batch; the ids deleted. A store fault
-        propagates, with the batches before it done."""
+        ``older_than_seconds``, batch after batch (with ``logs``, each batch's logs
+        from this server's directory once it is committed); the ids deleted. A store
+        fault propagates, with the batches before it done."""
         deleted: list[str] = []
         while True:
             batch = await self.store.delete_finished(
                 older_than_seconds, owner=owner, limit=DELETE_BATCH_MAX
             )
             deleted += batch
+            if logs:
+                await self._remove_logs(batch)
             if len(batch) < DELETE_BATCH_MAX:
                 return deleted
             await asyncio.sleep(BATCH_PAUSE_SECONDS)
 
     async def clean(self, older_than_seconds: float, *, owner: str | None = None) -> int:
-        """``POST /v1/workloads/clean``: ``delete``, then the logs of those deleted
-        from this server's directory; how many workloads were deleted."""
-        deleted = await self.delete(older_than_seconds, owner=owner)
-        await self._remove_logs(deleted)
-        return len(deleted)
+        """``POST /v1/workloads/clean``: ``delete`` with the logs this server keeps;
+        how many workloads were deleted."""
+        return len(await self.delete(older_than_seconds, owner=owner, logs=True))
 
     async def sweep_logs(self, older_than_seconds: float = 0.0) -> int:
         """Remove this server's logs of workloads no longer in the database, among
@@ -162,9 +169,7 @@ class Retention:
         assert self.retain_seconds is not None
         deleted = 0
         if await self.deletes_rows():
-            ids = await self.delete(self.retain_seconds)
-            deleted = len(ids)
-            await self._remove_logs(ids)
+            deleted = len(await self.delete(self.retain_seconds, logs=True))
         removed = await self.sweep_logs(self.retain_seconds)
         return deleted, removed
 
