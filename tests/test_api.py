@@ -402,6 +402,7 @@ OPERATIONS = {
     ("/v1/events", "get"): ("list_events", "events"),
     ("/v1/workloads/{workload_id}/logs", "get"): ("get_workload_logs", "workloads"),
     ("/v1/workloads/kill", "post"): ("kill_workloads", "workloads"),
+    ("/v1/workloads/clean", "post"): ("clean_workloads", "workloads"),
     ("/v1/workloads/batch", "post"): ("create_workloads", "workloads"),
     ("/v1/tokens", "post"): ("create_token", "tokens"),
     ("/v1/tokens", "get"): ("list_tokens", "tokens"),

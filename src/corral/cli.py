@@ -254,6 +254,13 @@ def _commands() -> list[tuple[str, Handler, str, Callable[[Parser], None], dict[
         ("ls", cmd_ls, "list workloads: active ones, then recent finished ones", _ls_parser, {}),
         ("show", cmd_show, "show one workload and its history", _show_parser, {}),
         ("kill", cmd_kill, "kill workloads (SIGTERM, then SIGKILL)", _kill_parser, {}),
+        (
+            "clean",
+            cmd_clean,
+            "delete finished workloads older than an age, with their events and logs",
+            _clean_parser,
+            {},
+        ),
         ("wait", cmd_wait, "wait until workloads end; exit like them", _wait_parser, {}),
         ("logs", cmd_logs, "print a workload's output (stdout and stderr)", _logs_parser, {}),
         ("watch", cmd_watch, "print every event as it happens, until stopped", _watch_parser, {}),
@@ -423,6 +430,12 @@ def _serve_parser(p: Parser) -> None:
         metavar="text|json",
         help="the server log on stderr, one line per record (default text; $CORRAL_LOG_FORMAT)",
     )
+    p.add_argument(
+        "--retain-finished",
+        metavar="DURATION",
+        help="delete finished workloads, their events and logs, this long after they ended:"
+        " 12h, 7d (default: keep them)",
+    )
 
 
 def _submit_parser(p: Parser) -> None:
@@ -519,6 +532,16 @@ def _kill_parser(p: Parser) -> None:
     p.add_argument("--all", action="store_true", help="every active workload of yours")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask to confirm --all")
     p.add_argument("--json", action="store_true", help="print what was killed as JSON")
+
+
+def _clean_parser(p: Parser) -> None:
+    p.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        help="those that ended longer ago than this: 3d, 12h, 90m, 0 (every finished one);"
+        " yours, or with an admin key everyone's (required)",
+    )
+    p.add_argument("--json", action="store_true", help='print {"deleted": N}')
 
 
 def _wait_parser(p: Parser) -> None:
@@ -804,6 +827,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "rate_limit": args.rate_limit,
         "log_format": args.log_format,
+        "retain_finished_seconds": duration(args.retain_finished, "--retain-finished"),
     }
     overrides = {k: v for k, v in optional.items() if v is not None}
     try:
@@ -1303,6 +1327,23 @@ def cmd_kill(args: argparse.Namespace) -> int:
         print("no workload matches; nothing killed", file=sys.stderr)
     if args.handles and (result.not_killed or result.not_found):
         return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    if args.older_than is None:
+        raise usage("say how old: corral clean --older-than DURATION (e.g. 3d, 12h)")
+    seconds = duration(args.older_than, "--older-than", zero=True)
+    assert seconds is not None
+    with connect(args) as client:
+        deleted = client.clean(seconds)
+    if args.json:
+        print_json({"deleted": deleted})
+        return EXIT_OK
+    from corral.units import format_duration
+
+    noun = "workload" if deleted == 1 else "workloads"
+    print(f"deleted {deleted} finished {noun} older than {format_duration(seconds)}")
     return EXIT_OK
 
 

@@ -807,6 +807,24 @@ class Client:
         data = self._call("POST", "/v1/workloads/kill", body=body)
         return self._read(KillResult.from_json, data)
 
+    def clean(self, older_than_seconds: float) -> int:
+        """Delete the finished workloads (completed, failed, killed) that ended more
+        than ``older_than_seconds`` ago, with their events and logs: the caller's own,
+        or with an admin key everyone's. A workload a pending or running one depends on
+        is kept until that one has ended. Returns how many were deleted (sending it
+        again deletes only those that have aged past it since). ``InvalidInput`` for
+        a negative or huge age.
+
+        The server answers once it has deleted them all, in batches of 500 with a
+        pause between: a million take minutes, so this waits without a read
+        timeout."""
+        body = {"older_than_seconds": older_than_seconds}
+        data = self._call("POST", "/v1/workloads/clean", body=body, patient=True)
+        deleted = data.get("deleted") if isinstance(data, dict) else None
+        if not isinstance(deleted, int) or isinstance(deleted, bool) or deleted < 0:
+            raise self._unexpected("a count of workloads deleted was expected")
+        return deleted
+
     def list(
         self,
         *,
@@ -1082,9 +1100,13 @@ class Client:
         params: Sequence[tuple[str, str]] = (),
         body: Any = _NO_BODY,
         headers: Mapping[str, str] | None = None,
+        patient: bool = False,
     ) -> Any:
-        """Send a request and return its JSON answer (see ``_request``)."""
-        conn, response = self._request(method, path, params=params, body=body, headers=headers)
+        """Send a request and return its JSON answer (see ``_request``); ``patient``:
+        wait for the answer as long as it takes (no read timeout, as a stream)."""
+        conn, response = self._request(
+            method, path, params=params, body=body, headers=headers, follow=patient
+        )
         try:
             data = response.read()
         except (OSError, HTTPException) as exc:

@@ -15,6 +15,8 @@ from corral.defaults import DEFAULT_PORT as DEFAULT_PORT
 from corral.defaults import DEFAULT_URL as DEFAULT_URL
 from corral.defaults import default_data_dir as default_data_dir
 from corral.defaults import is_loopback as is_loopback
+from corral.retention import MIN_INTERVAL_SECONDS
+from corral.store.base import OLDER_THAN_MAX_SECONDS
 
 KILL_GRACE_SECONDS = 10.0
 SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
@@ -143,6 +145,14 @@ class Settings(BaseSettings):
     metrics_refresh_seconds: float = Field(15.0, gt=0)
     """How often ``/metrics`` reads the counts by status (on the scheduling server, or
     a server alone; the others serve what it publishes)."""
+
+    retain_finished_seconds: float | None = Field(None, gt=0, le=OLDER_THAN_MAX_SECONDS)
+    """Delete finished workloads (with their events and logs) this long after they
+    ended (``corral.retention``); None: keep them."""
+    retention_min_interval_seconds: float = Field(MIN_INTERVAL_SECONDS, gt=0)
+    """The shortest time between two runs of retention (no flag: for tests, which
+    retain for seconds; docs/operations.md)."""
+
     log_format: Literal["text", "json"] = "text"
     """The server log on stderr: one line per record, as text or as a JSON object."""
 

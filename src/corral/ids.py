@@ -29,6 +29,17 @@ def new_id() -> str:
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
+def id_ceiling(seconds: float) -> str:
+    """An id above every id ``new_id`` made before ``seconds`` after the epoch (the
+    first id of the millisecond after it): ids sort as text in the order of the time
+    they start with, so ``id < id_ceiling(t)`` bounds an index walk to the workloads
+    created before ``t`` (retention: one finished before a cutoff was created before
+    it, by the clock that made its id)."""
+    ms = max(0, min(int(seconds * 1000) + 1, (1 << 48) - 1))
+    value = ms << 80
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+
+
 def looks_like_id(text: str) -> bool:
     """True when ``text`` has the shape of an id (used to validate cursors)."""
     return len(text) == ID_LENGTH and all(c in _ALPHABET for c in text)
@@ -64,6 +75,13 @@ def id_prefix_range(prefix: str) -> tuple[str, str]:
     """``(low, high)``: the ids starting with ``prefix`` are those with ``low <= id <
     high`` (the alphabet is in ASCII order, so this is a range of the primary key)."""
     return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def rfc3339_at(seconds: float) -> str:
+    """The UTC time ``seconds`` after the epoch, written as ``now_rfc3339`` writes it
+    (so that the two compare as text)."""
+    whole, micros = divmod(round(seconds * 1_000_000), 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros:06d}Z"
 
 
 _second: tuple[int, str] = (-1, "")

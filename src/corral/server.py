@@ -237,6 +237,16 @@ def serve(settings: Settings) -> None:
         schedule=settings.scheduler == "auto",
         instance=instance,
     )
+    from corral.retention import Retention, scheduling_server
+
+    retention = Retention(
+        store,
+        scheduler,
+        settings.data_dir / "logs",
+        retain_seconds=settings.retain_finished_seconds,
+        min_interval=settings.retention_min_interval_seconds,
+        deletes_rows=scheduling_server(cluster, store),
+    )
     log_proxy = None
     if shared:  # a log may be kept by another server of the database
         from corral.api.logproxy import LogProxy
@@ -255,6 +265,7 @@ def serve(settings: Settings) -> None:
         cluster=cluster,
         log_proxy=log_proxy,
         metrics_refresh_seconds=settings.metrics_refresh_seconds,
+        retention=retention,
     )
     where = f"executor {settings.executor}"
     if executor is not None and not executor.placement:
@@ -264,6 +275,10 @@ def serve(settings: Settings) -> None:
         where += f" at {getattr(executor, 'address', '?')}"
     where += f"; server {name}" + (f" at {advertised}" if shared else "")
     where += "" if settings.scheduler == "auto" else ", API only"
+    if settings.retain_finished_seconds is not None:
+        from corral.units import format_duration
+
+        where += f"; finished workloads kept {format_duration(settings.retain_finished_seconds)}"
     banner = f"corral serving {url} ({where}; data in {settings.data_dir}; admin key in {key_file})"
 
     def announce() -> None:

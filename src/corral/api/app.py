@@ -33,6 +33,7 @@ from corral.api.routes import BODY_MODELS, QUERY_ITEM_PATTERNS, build_router
 from corral.api.tokens import build_token_router
 from corral.cluster import Cluster
 from corral.events import Broadcast, BroadcastingStore
+from corral.retention import Retention
 from corral.scheduler import Scheduler
 from corral.store import Store
 
@@ -47,13 +48,16 @@ def create_app(
     cluster: Cluster | None = None,
     log_proxy: LogProxy | None = None,
     metrics_refresh_seconds: float = REFRESH_SECONDS,
+    retention: Retention | None = None,
 ) -> FastAPI:
     """The API over ``store``; ``scheduler`` (default: runs nothing) is started and
     stopped with the app; ``policy`` says who may reach it (default: keys required,
     loopback host names, no rate limit); ``log_proxy`` (several servers on one
     database) forwards a log request to the server that keeps the log (default: every
     log is kept here), its HTTP client opened and closed with the app;
-    ``metrics_refresh_seconds``: how often ``/metrics`` reads the counts by status."""
+    ``metrics_refresh_seconds``: how often ``/metrics`` reads the counts by status;
+    ``retention`` (``--retain-finished``: its task runs with the app) deletes finished
+    workloads (default: only when asked, ``POST /v1/workloads/clean``)."""
     policy = policy or AccessPolicy()
     if not isinstance(store, BroadcastingStore):  # (serve wraps it, for its scheduler too)
         store = BroadcastingStore(store, Broadcast())
@@ -62,6 +66,7 @@ def create_app(
     metrics = Metrics(store, sched, metrics_refresh_seconds)
     if cluster is not None:
         cluster.publish = metrics.publication
+    retention = retention or Retention(store, sched, data_dir / "logs")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,12 +75,15 @@ def create_app(
         # With a cluster, the scheduler starts once this server holds the lease.
         await (cluster.start() if cluster else sched.start())
         refresher = asyncio.create_task(metrics.refresh_forever(), name="corral-metrics")
+        retaining = retention.start()  # None without --retain-finished
         try:
             yield
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            for task in (refresher, retaining):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await (cluster.stop() if cluster else sched.stop())
             if log_proxy is not None:
                 await log_proxy.close()
@@ -95,7 +103,7 @@ def create_app(
     problems.install(app)
     install_docs(app, title="corral")
     routers = [
-        build_router(store, sched, data_dir, log_proxy),
+        build_router(store, sched, data_dir, log_proxy, retention),
         build_token_router(store, keys.forget),
         build_metrics_router(metrics),
         build_event_router(store),

@@ -28,6 +28,8 @@ from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
 from corral.api.schemas import (
     QUEUE_HEAD,
     Amounts,
+    CleanRequest,
+    CleanResult,
     KillRequest,
     KillResult,
     NotKilled,
@@ -63,6 +65,7 @@ from corral.model import (
     check_label,
     transitions_as_data,
 )
+from corral.retention import Retention
 from corral.scheduler import Scheduler
 from corral.store import InvalidTransitionError, NotFoundError, Store
 from corral.store.base import LIST_LIMIT_MAX, Principal
@@ -162,6 +165,7 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (
     StatusUpdate,
     TokenCreate,
     KillRequest,
+    CleanRequest,
 )
 KILLS_PER_TURN = 100
 """A bulk kill lets the event loop serve others after this many kills."""
@@ -199,14 +203,21 @@ READY_TIMEOUT_SECONDS = 1.0
 
 
 def build_router(
-    store: Store, scheduler: Scheduler, data_dir: Path, log_proxy: LogProxy | None = None
+    store: Store,
+    scheduler: Scheduler,
+    data_dir: Path,
+    log_proxy: LogProxy | None = None,
+    retention: Retention | None = None,
 ) -> APIRouter:
     """The v1 routes; ``log_proxy`` (several servers on one database) forwards a log
-    request to the server that keeps the log (None: every log is kept here)."""
+    request to the server that keeps the log (None: every log is kept here);
+    ``retention`` deletes for ``POST /v1/workloads/clean`` (default: one over this
+    store and ``data_dir``'s logs)."""
     router = APIRouter()
     _workload_routes(router, store, scheduler)
     _list_route(router, store, scheduler)
     _bulk_kill_route(router, store, scheduler)
+    _clean_route(router, retention or Retention(store, scheduler, data_dir / "logs"))
     _batch_routes(router, store, scheduler)
     _log_routes(router, store, scheduler, data_dir, log_proxy)
     _meta_routes(router, store, scheduler)
@@ -572,6 +583,31 @@ def _bulk_kill_route(router: APIRouter, store: Store, scheduler: Scheduler) -> N
             not_found=len(result.not_found),
         )
         return json_response(result)
+
+
+def _clean_route(router: APIRouter, retention: Retention) -> None:
+
+    @router.post(
+        "/v1/workloads/clean",
+        response_model=CleanResult,
+        responses=responses(413, 422, *WRITE_FAULTS),
+        summary="Delete finished workloads older than an age, with their events and logs",
+        description="Deletes the completed, failed and killed workloads that ended more"
+        " than `older_than_seconds` ago: with an admin key every user's, with a user key"
+        " the user's own. A workload that a pending or running one depends on is kept"
+        " until that one has ended. Deleted in batches of 500, each its own transaction:"
+        " a database fault (503, 507) stops it with the batches before it done (send it"
+        " again). A deleted workload answers 404, and its events leave `GET /v1/events`.",
+        openapi_extra=json_body(CleanRequest),
+        operation_id="clean_workloads",
+        tags=["workloads"],
+    )
+    async def clean_workloads(request: Request) -> Response:
+        who = principal(request)
+        body = await parse_body(request, CleanRequest)
+        deleted = await retention.clean(body.older_than_seconds, owner=visible_to(who))
+        note(request.scope, older_than_seconds=body.older_than_seconds, deleted=deleted)
+        return json_response(CleanResult(deleted=deleted))
 
 
 async def _selected(

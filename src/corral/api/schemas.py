@@ -19,6 +19,7 @@ from corral.model import (
     Workload,
     _keys_schema,
 )
+from corral.store.base import OLDER_THAN_MAX_SECONDS
 
 KILL_IDS_MAX = 1000
 """Ids one bulk kill may name (a selector has no such limit)."""
@@ -110,6 +111,29 @@ class KillResult(BaseModel):
     killed: list[Workload]
     not_killed: list[NotKilled]
     not_found: list[str] = Field(description="Ids given that name none of your workloads.")
+
+
+class CleanRequest(BaseModel):
+    """The body of ``POST /v1/workloads/clean``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    older_than_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=OLDER_THAN_MAX_SECONDS,
+            allow_inf_nan=False,
+            description="Delete the finished workloads (completed, failed, killed) that"
+            " ended more than this many seconds ago (0: every finished one).",
+        ),
+    ]
+
+
+class CleanResult(BaseModel):
+    """The answer to ``POST /v1/workloads/clean``."""
+
+    deleted: int = Field(description="How many workloads were deleted.")
 
 
 class Amounts(BaseModel):

@@ -29,6 +29,10 @@ from corral.store.cluster import Fence, Lease, ServerInfo
 LIST_LIMIT_MAX = 1000
 EVENTS_LIMIT_MAX = 500
 """The most events ``list_events_after`` returns at once (one page of the live feed)."""
+DELETE_BATCH_MAX = 500
+"""The most workloads ``delete_finished`` deletes in one transaction."""
+OLDER_THAN_MAX_SECONDS = 100 * 365 * 86400
+"""The largest age ``delete_finished`` takes (100 years): a cutoff before 1926."""
 CLAIM_ACTOR = "scheduler"
 """The actor of every claim's event (pending→running): the scheduler, as in its other writes."""
 
@@ -280,6 +284,33 @@ class Store(Protocol):
     async def set_pending_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
         """Set the ``reason`` of each ``(id, reason)`` whose workload is still pending,
         in one transaction; not a status change, so no event."""
+        ...
+
+    async def delete_finished(
+        self,
+        older_than_seconds: float,
+        *,
+        owner: str | None = None,
+        limit: int = DELETE_BATCH_MAX,
+    ) -> list[str]:
+        """Delete, in one transaction, up to ``limit`` (1 to ``DELETE_BATCH_MAX``)
+        terminal workloads (completed, failed, killed) of ``owner`` (everyone's when
+        None) whose ``finished_at`` is more than ``older_than_seconds`` (0 to
+        ``OLDER_THAN_MAX_SECONDS``) before now by the store's clock (SQLite: this
+        process's, which stamps ``finished_at``; PostgreSQL: the database's, as the
+        lease's); else ``InvalidInputError``. Their labels, events, idempotency keys
+        and dependency rows go with them (``ON DELETE CASCADE``). Returns the ids
+        deleted: fewer than ``limit`` once no more are due (call again while it
+        returns ``limit``).
+
+        Never a pending or running workload, nor one that a pending or running
+        workload depends on (the scheduler kills a dependant whose dependency does
+        not exist): that one is kept until its last such dependant has ended. Nor
+        the workload of the newest event, until another event is written: on SQLite
+        the next event would otherwise reuse a deleted event's id
+        (``sqlite.deletable_query``), and a follower of the feed miss it. A
+        workload is found by the time its id starts with (``ids.id_ceiling``), so a
+        call costs the rows it deletes, not the table."""
         ...
 
     # --- users and API keys ---------------------------------------------------------

@@ -97,6 +97,7 @@ from corral.model import (
 from corral.store import migrate
 from corral.store.base import (
     CLAIM_ACTOR,
+    DELETE_BATCH_MAX,
     EVENTS_LIMIT_MAX,
     Account,
     BatchCreated,
@@ -130,10 +131,13 @@ from corral.store.postgres_cluster import (
 from corral.store.sqlite import (
     _COLUMNS,
     EVENT_IDS_QUERY,
+    NEWEST_EVENTS_WORKLOAD,
     _json_text,
     batch_digest,
     check_events_limit,
     checked_count_query,
+    deletable_params,
+    deletable_query,
     events_query,
     page_query,
     row_to_transition,
@@ -160,6 +164,10 @@ idempotency key another transaction took meanwhile, before ``StoreBusyError``.""
 MIGRATION_LOCK = 0x636F7272616C  # "corral": pg_advisory_xact_lock's key for migrating
 
 _IDEMPOTENCY_KEY_INDEX = "idempotency_keys_pkey"
+_DEPENDENCY_KEY = "workload_dependencies_depends_on_fkey"
+"""The foreign key of a dependency row to the workload it names: a create that names
+a workload being deleted (``delete_finished``) waits for that delete's row lock and
+then fails on this key; it is run again, and its lookup finds no workload."""
 NUL_REFUSED = "must not contain a NUL character (PostgreSQL cannot store one in text)"
 
 
@@ -249,6 +257,25 @@ _FENCED_CLAIM = (
 )
 """``_CLAIM`` under the fence (``FENCE_SQL``, evaluated once): the lease row locked
 shared before any workload, and nothing claimed when the fence no longer holds."""
+
+
+def _lock_deletable(*, owner: bool) -> str:
+    sql = _sql(deletable_query(owner=owner)).replace(
+        "finished_at < %s", "finished_at < %s::timestamptz"
+    )
+    return sql + " FOR UPDATE OF w SKIP LOCKED"
+
+
+_LOCK_DELETABLE = {owner: _lock_deletable(owner=owner) for owner in (False, True)}
+"""``delete_finished``'s first statement (by whether an owner is given): the workloads
+due, locked."""
+_DELETE_UNNEEDED = (
+    "DELETE FROM workloads AS w WHERE w.id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM"
+    " workload_dependencies AS d JOIN workloads AS a ON a.id = d.workload_id"
+    " WHERE d.depends_on = w.id AND a.status IN ('pending', 'running')) RETURNING w.id"
+)
+"""``delete_finished``'s second statement: of the workloads locked, those still needed
+by no pending or running workload, deleted (their rows elsewhere by cascade)."""
 _LISTING = False
 """``prepare`` of listings and counts: never prepared. Their best plan depends on the
 values (a rare status walks its index, a common one walks the ids), and a statement
@@ -609,6 +636,10 @@ class PostgresStore(PostgresCluster):
                 if exc.diag.constraint_name != _IDEMPOTENCY_KEY_INDEX:
                     raise _domain_error(exc) from exc
                 conflict = exc
+            except errors.ForeignKeyViolation as exc:
+                if exc.diag.constraint_name != _DEPENDENCY_KEY:
+                    raise _domain_error(exc) from exc
+                conflict = exc
             except psycopg.Error as exc:
                 raise _domain_error(exc) from exc
         raise StoreBusyError(
@@ -899,6 +930,40 @@ class PostgresStore(PostgresCluster):
             raise FencedError(fence)
         claimed = {w.id: w for w in (_row_to_workload(r[1:]) for r in rows if r[1] is not None)}
         return [claimed[i] for i in ids if i in claimed]
+
+    async def delete_finished(
+        self,
+        older_than_seconds: float,
+        *,
+        owner: str | None = None,
+        limit: int = DELETE_BATCH_MAX,
+    ) -> list[str]:
+        """See ``Store.delete_finished``. One transaction: the database's time (and
+        the newest event's workload, which SQLite must keep: kept here too, for one
+        contract); the workloads due, locked (``FOR UPDATE SKIP LOCKED``: one another transaction
+        holds is left for the next call); then, in a statement whose snapshot is taken
+        once they are locked, those of them no pending or running workload depends on,
+        deleted. A create naming one of them either committed before the lock (the
+        second statement sees its dependency and keeps it) or waits for the delete and
+        fails on the foreign key (``_DEPENDENCY_KEY``: run again, it finds no such
+        workload)."""
+        deletable_params(0.0, None, older_than_seconds, owner, limit)  # checked first
+
+        async def body(conn: Conn) -> list[str]:
+            cur = await conn.execute(
+                f"SELECT extract(epoch FROM clock_timestamp())::float8, ({NEWEST_EVENTS_WORKLOAD})"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            params = deletable_params(float(row[0]), row[1], older_than_seconds, owner, limit)
+            cur = await conn.execute(_LOCK_DELETABLE[owner is not None], params)
+            ids = [r[0] for r in await cur.fetchall()]
+            if not ids:
+                return []
+            cur = await conn.execute(_DELETE_UNNEEDED, (ids,))
+            return [r[0] for r in await cur.fetchall()]
+
+        return await self._transaction(body)
 
     async def pending_ids(self) -> list[str]:
         """The ids of every pending workload (the scheduler's cache check)."""

@@ -37,6 +37,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -45,7 +46,15 @@ from typing import Any, ParamSpec, TypeVar
 from pydantic_core import to_json
 
 from corral.errors import CorralError, FieldError, InvalidInputError
-from corral.ids import check_id_prefix, id_prefix_range, looks_like_id, new_id, now_rfc3339
+from corral.ids import (
+    check_id_prefix,
+    id_ceiling,
+    id_prefix_range,
+    looks_like_id,
+    new_id,
+    now_rfc3339,
+    rfc3339_at,
+)
 from corral.model import (
     LABELS_MAX_ENTRIES,
     TERMINAL,
@@ -65,8 +74,10 @@ from corral.model import (
 from corral.store import migrate
 from corral.store.base import (
     CLAIM_ACTOR,
+    DELETE_BATCH_MAX,
     EVENTS_LIMIT_MAX,
     LIST_LIMIT_MAX,
+    OLDER_THAN_MAX_SECONDS,
     BatchCreated,
     Created,
     NewWorkload,
@@ -436,6 +447,56 @@ def checked_count_query(
         id_prefix=id_prefix,
         name=name,
     )
+
+
+def deletable_query(*, owner: bool) -> str:
+    """The ids ``delete_finished`` may delete (SQLite's parameters: those of
+    ``deletable_params``): terminal, created (by their id) and finished before the
+    cutoff, not the workload of the newest event, and no dependency of a pending or
+    running workload. A walk of the ``(status, id)`` index (``(owner, status, id)``
+    with an owner) below the ceiling, one range per terminal status: it meets the
+    workloads due and those created before the cutoff that finished after it, never
+    the younger ones.
+
+    The newest event's workload stays because SQLite gives a new row the largest id
+    of the table plus one: with the newest event deleted, the next one would take an
+    id already handed out, and a follower of ``GET /v1/events`` past it would never
+    see it. Kept, it keeps every later id above every earlier one."""
+    return (
+        "SELECT w.id FROM workloads AS w WHERE w.status IN ('completed', 'failed', 'killed')"
+        " AND w.id < ? AND w.finished_at < ? AND w.id <> ?"
+        + (" AND w.owner = ?" if owner else "")
+        # CROSS JOIN: SQLite walks the dependants by the index on depends_on, then
+        # probes each by its primary key (not every active workload, then each).
+        + " AND NOT EXISTS (SELECT 1 FROM workload_dependencies AS d"
+        " CROSS JOIN workloads AS a ON a.id = d.workload_id"
+        " WHERE d.depends_on = w.id AND a.status IN ('pending', 'running'))"
+        " LIMIT ?"
+    )
+
+
+NEWEST_EVENTS_WORKLOAD = "SELECT workload_id FROM events ORDER BY id DESC LIMIT 1"
+
+
+def deletable_params(
+    now: float,
+    newest: str | None,
+    older_than_seconds: float,
+    owner: str | None,
+    limit: int,
+) -> list[Any]:
+    """``deletable_query``'s parameters for a store whose clock says ``now`` (seconds
+    since the epoch) and whose newest event is ``newest``'s, after checking the
+    arguments (``InvalidInputError``)."""
+    if not 0 <= older_than_seconds <= OLDER_THAN_MAX_SECONDS:  # (NaN fails both)
+        raise InvalidInputError(
+            f"older_than_seconds must be between 0 and {OLDER_THAN_MAX_SECONDS}"
+        )
+    if not 1 <= limit <= DELETE_BATCH_MAX:
+        raise InvalidInputError(f"limit must be between 1 and {DELETE_BATCH_MAX}")
+    cutoff = now - older_than_seconds
+    owned = [owner] if owner is not None else []
+    return [id_ceiling(cutoff), rfc3339_at(cutoff), newest or "", *owned, limit]
 
 
 _LATER_FIELDS = {"depends_on", "dependency_type", "array_index"}
@@ -943,6 +1004,27 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
                 )
                 claimed.append(_row_to_workload(row))
         return claimed
+
+    def delete_finished(
+        self,
+        older_than_seconds: float,
+        *,
+        owner: str | None = None,
+        limit: int = DELETE_BATCH_MAX,
+    ) -> list[str]:
+        """See ``Store.delete_finished``: under the write lock, so no create can add a
+        dependant meanwhile (it reads its dependencies under the same lock)."""
+        deletable_params(0.0, None, older_than_seconds, owner, limit)  # checked first
+        sql = deletable_query(owner=owner is not None)
+        with self._write() as conn:
+            newest = conn.execute(NEWEST_EVENTS_WORKLOAD).fetchone()
+            now = time.time()
+            params = deletable_params(now, newest and newest[0], older_than_seconds, owner, limit)
+            ids = [r[0] for r in conn.execute(sql, params)]
+            if ids:
+                marks = ", ".join("?" * len(ids))
+                conn.execute(f"DELETE FROM workloads WHERE id IN ({marks})", ids)
+        return ids
 
     def pending_ids(self) -> list[str]:
         """The ids of every pending workload (the scheduler's cache check)."""

@@ -52,6 +52,7 @@ from corral.model import (
     WorkloadCreate,
 )
 from corral.store.base import (
+    DELETE_BATCH_MAX,
     EVENTS_LIMIT_MAX,
     Account,
     BatchCreated,
@@ -271,6 +272,17 @@ class AsyncSQLiteStore:
     ) -> list[Workload]:
         return await self._write(
             len(workload_ids), self.sync.claim_workloads, workload_ids, node=node, fence=fence
+        )
+
+    async def delete_finished(
+        self,
+        older_than_seconds: float,
+        *,
+        owner: str | None = None,
+        limit: int = DELETE_BATCH_MAX,
+    ) -> list[str]:
+        return await self._write(
+            limit, self.sync.delete_finished, older_than_seconds, owner=owner, limit=limit
         )
 
     # --- servers and the scheduler lease (store/cluster.py) ---------------------------
