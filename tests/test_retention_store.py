@@ -403,9 +403,9 @@ def test_retention_deletes_batch_after_batch_and_removes_their_logs(
     assert store.run(keep.clean(0)) == len(batch)
     assert calls == [DELETE_BATCH_MAX, 20]
     keep.store = store.inner
+    kept = [f"{running.id}.log", f"{running.id}.log.ring", "notes.txt"]
     assert sorted(p.name for p in logs.iterdir()) == sorted(
-        [f"{running.id}.log", f"{running.id}.log.ring", "notes.txt"]
-        + [f"{stray_old}.log", f"{stray_old}.log.ring"]
+        [*kept, f"{stray_old}.log", f"{stray_old}.log.ring"]
     )
     # The sweep: the stray log of no workload goes; a young id is not even asked about.
     stray_young = new_id()
