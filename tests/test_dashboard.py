@@ -331,3 +331,20 @@ def test_a_user_follows_a_workload_live_and_kills_it_and_another_sees_none(
     expect(page.locator("pre.log")).not_to_contain_text("tick")
     assert problems == [], problems
     context.close()
+
+
+def test_a_server_without_keys_opens_the_dashboard_without_a_sign_in(
+    browser: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    data = tmp_path / "data"
+    with LiveServer(data, "--executor", "none", "--no-auth") as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(server.url)
+        expect(page.locator(".empty")).to_contain_text("No workloads yet")
+        expect(page.locator("#role")).to_have_text("no keys (--no-auth)")
+        expect(page.locator("#login-view")).to_be_hidden()
+        expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+        expect(page.locator("#capacity")).to_contain_text("This server runs nothing")
+        page.close()

@@ -46,14 +46,15 @@ export function apiUrl(path, params) {
   return url;
 }
 
-/** fetch with the key; the Response when 2xx, else throws ApiError. */
+/** fetch with the key (none when there is none: a server run with --no-auth); the
+ * Response when 2xx, else throws ApiError. */
 export async function call(path, options = {}) {
   const { method = "GET", params, key = storedKey(), signal, headers = {}, body } = options;
   let response;
   try {
     response = await fetch(apiUrl(path, params), {
       method,
-      headers: { Authorization: `Bearer ${key}`, ...headers },
+      headers: key ? { Authorization: `Bearer ${key}`, ...headers } : headers,
       body,
       signal,
       cache: "no-store",

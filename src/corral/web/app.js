@@ -72,12 +72,14 @@ async function isAdmin() {
   }
 }
 
-async function start() {
+/** open: the server takes no key (corral serve --no-auth): no sign-in, no sign-out. */
+async function start(open = false) {
   whenUnauthorized(() => signOut("Your key is no longer accepted (revoked?). Sign in again."));
   $("signout").addEventListener("click", () => signOut(""));
+  $("signout").hidden = open;
   $("notice-close").addEventListener("click", () => notice(""));
   const admin = await isAdmin();
-  $("role").textContent = admin ? "admin key" : "user key";
+  $("role").textContent = open ? "no keys (--no-auth)" : admin ? "admin key" : "user key";
   $("session").hidden = false;
   $("app").hidden = false;
 
@@ -132,9 +134,14 @@ async function start() {
   );
 }
 
-function main() {
-  if (storedKey()) start();
-  else showLogin();
+async function main() {
+  if (storedKey()) return start();
+  try {
+    await call("v1/status", { key: "" }); // answered without a key: --no-auth
+  } catch {
+    return showLogin();
+  }
+  return start(true);
 }
 
 main();
