@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pg-binaries bench bench-quick clean
+.PHONY: run test lint typecheck pg-binaries chromium bench bench-quick clean
 
 # The server's dependencies, the test tools and Ray (the Ray executor's tests run real
 # Ray heads); corral itself editable (its shim is then compiled at the first `corral
@@ -38,7 +38,17 @@ pg-binaries:
 	     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
 	|| echo "no PostgreSQL server binaries: the tests on PostgreSQL will skip"
 
-test: lint typecheck pg-binaries
+# Debian's Chromium, for the dashboard's browser tests (tests/test_dashboard.py drives
+# /usr/bin/chromium headless with Playwright; never a browser download of Playwright's
+# own), installed like PostgreSQL above when absent. Otherwise those tests skip, saying
+# why (and fail under CI=true).
+chromium:
+	@test -x /usr/bin/chromium \
+	|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	|| echo "no /usr/bin/chromium: the dashboard's browser tests will skip"
+
+test: lint typecheck pg-binaries chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

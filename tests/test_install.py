@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.api.web import FILES, PAGE
 from corral.executors.shim import PREBUILT_SHIM, SHIM_SOURCE
 from tests.conftest import needs
 from tests.server import LiveServer, free_port
@@ -106,6 +107,9 @@ def test_the_wheel_is_a_platform_wheel_carrying_the_shim(wheel: Path) -> None:
         metadata = next(n for n in zf.namelist() if n.endswith(".dist-info/WHEEL"))
         assert "Root-Is-Purelib: false" in zf.read(metadata).decode()
         assert "corral/executors/shim.c" in zf.namelist()
+        # The dashboard's files, each one api/web.py serves.
+        for name in [PAGE, *FILES]:
+            assert f"corral/web/{name}" in zf.namelist(), name
 
 
 @pytest.fixture
@@ -226,6 +230,10 @@ def test_an_installed_wheel_serves_and_runs_a_workload_without_a_compiler(
     logs = run("logs", workload_id)
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout == "from a wheel: ok\n"
+    # The dashboard, from the files in the wheel.
+    with urllib.request.urlopen(env["CORRAL_URL"] + "/ui/app.js", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/javascript")
+        assert b"followEvents" in response.read()
 
     # The shim it ran is the wheel's, copied into the private DATA_DIR/bin: none compiled.
     server_log = log.read_text()

@@ -20,6 +20,9 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
   ``POLL_SECONDS`` pass (which covers writes by other servers of a PostgreSQL
   database). A slow consumer only makes its own task wait on its socket: no buffer
   is shared.
+- **Since a time.** ``since_seconds`` starts a reader at the first event of the last
+  N seconds (``cursor_since``): a binary search over the ids, whose times rise with
+  them, of one indexed row a step (the dashboard's plot of the last hour).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 from corral.model import Status, TransitionEvent
 from corral.store.base import EVENTS_LIMIT_MAX, Store
+from corral.store.sqlite import EVENT_ID_MAX
 
 GAP_WAIT_SECONDS = 5.0
 POLL_SECONDS = 1.0
@@ -128,6 +132,41 @@ def horizon(
                 return expected - 1
         expected = event_id + 1
     return expected - 1
+
+
+async def cursor_since(store: Store, seconds: float, *, now: float | None = None) -> int:
+    """The cursor before the first event of the last ``seconds`` (by ``now``, this
+    server's clock; the events' times are their writing servers'): 0 when every event
+    kept is that recent, else the id of the newest older one.
+
+    A binary search over the ids, each step the first event after an id
+    (``event_ids_after(x, limit=1)``, one row by the primary key): about 2 log2 of the
+    newest id in steps, whatever the table holds. It assumes times rise with ids,
+    which holds but for writes racing in the same instant (or servers' clocks apart):
+    an event a little out of order at the edge may be in or out."""
+    cutoff = (time.time() if now is None else now) - seconds
+
+    async def recent_after(cursor: int) -> bool:
+        """True when no event after ``cursor`` is older than the cutoff (so none is,
+        if times rise with ids)."""
+        found = await store.event_ids_after(cursor, limit=1)
+        return not found or _age_seconds(found[0][1], cutoff) <= 0
+
+    if await recent_after(0):
+        return 0
+    low, step = 0, 1  # recent_after(low) is False
+    while True:
+        high = min(low + step, EVENT_ID_MAX)
+        if high == low or await recent_after(high):
+            break
+        low, step = high, step * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if await recent_after(middle):
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 async def read_page(

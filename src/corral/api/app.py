@@ -31,6 +31,7 @@ from corral.api.metrics import REFRESH_SECONDS, Metrics, build_metrics_router
 from corral.api.problems import PROBLEM_JSON, RETRY_AFTER_HEADER
 from corral.api.routes import BODY_MODELS, QUERY_ITEM_PATTERNS, build_router
 from corral.api.tokens import build_token_router
+from corral.api.web import install_web
 from corral.cluster import Cluster
 from corral.events import Broadcast, BroadcastingStore
 from corral.retention import Retention
@@ -102,6 +103,7 @@ def create_app(
     app.state.metrics = metrics  # its counts' refresh, for tests
     problems.install(app)
     install_docs(app, title="corral")
+    install_web(app)
     routers = [
         build_router(store, sched, data_dir, log_proxy, retention),
         build_token_router(store, keys.forget),

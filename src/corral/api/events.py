@@ -19,6 +19,7 @@ from corral.events import (
     KEEP_ALIVE_MESSAGE,
     Broadcast,
     BroadcastingStore,
+    cursor_since,
     follow,
     read_page,
     sse_message,
@@ -32,6 +33,8 @@ from corral.store.sqlite import EVENT_ID_MAX
 EVENT_STREAM = "text/event-stream"
 WORKLOADS_MAX = 500
 """The most ``workload=`` filters of one request."""
+SINCE_SECONDS_MAX = 100 * 365 * 86400
+"""``since_seconds`` at most: a century."""
 
 
 class EventPage(BaseModel):
@@ -98,6 +101,15 @@ def build_event_router(store: Store) -> APIRouter:
             Query(max_length=LABELS_MAX_ENTRIES, description="`key=value`; every one must match."),
         ] = [],  # noqa: B006
         status: Annotated[list[Status], Query(description="Moving to any of these statuses.")] = [],  # noqa: B006
+        since_seconds: Annotated[
+            float | None,
+            Query(
+                ge=0,
+                le=SINCE_SECONDS_MAX,
+                description="Start at the first event of the last N seconds, when neither"
+                " `after` nor Last-Event-ID is given (a reconnect resumes where it was).",
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=EVENTS_LIMIT_MAX)] = 100,
         follow_: Annotated[
             bool,
@@ -116,6 +128,8 @@ def build_event_router(store: Store) -> APIRouter:
                 raise InvalidInputError(f"workload {workload_id!r} is not a workload id")
         labels = parse_label_selector(label)
         cursor = _cursor(after, last_event_id)
+        if since_seconds is not None and after is None and not (last_event_id or "").strip():
+            cursor = await cursor_since(store, since_seconds)
         if not follow_:
             items, last_id = await read_page(
                 store,

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api.docs import ASSET_PATHS, DOCS_PATH, OAUTH2_REDIRECT_PATH
 from corral.api.problems import RETRY_AFTER_SECONDS, problem
+from corral.api.web import WEB_PATHS
 from corral.keys import key_digest
 from corral.store.base import Principal
 from corral.store.errors import StoreBusyError
@@ -32,10 +33,19 @@ from corral.store.errors import StoreBusyError
 PRINCIPAL = "corral.principal"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", DOCS_PATH, OAUTH2_REDIRECT_PATH, "/openapi.json", *ASSET_PATHS}
+    {
+        "/healthz",
+        "/readyz",
+        DOCS_PATH,
+        OAUTH2_REDIRECT_PATH,
+        "/openapi.json",
+        *ASSET_PATHS,
+        *WEB_PATHS,
+    }
 )
-"""Reachable without a key: liveness and readiness for probes, and the API's own
-description."""
+"""Reachable without a key: liveness and readiness for probes, the API's own
+description, and the dashboard's page and files (``web.py``: code only; it asks for a
+key to call the API)."""
 METRICS_PATH = "/metrics"
 METRICS_KEY_REACHES = frozenset({("GET", METRICS_PATH)})
 """All a metrics key may do (every other route answers it 403, before routing)."""
