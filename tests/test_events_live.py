@@ -5,9 +5,12 @@ disconnect and a restart, and what another user may not see."""
 from __future__ import annotations
 
 import json
+import socket
+import statistics
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -258,3 +261,68 @@ def test_a_server_told_to_stop_ends_its_streams_and_stops(data: Path, serve_db: 
     assert server.proc is not None and server.proc.returncode is not None
     reader.join(30)
     assert ended == [None]  # the stream ended cleanly: the client resumes elsewhere
+
+
+def _p99(http: httpx.Client, path: str, count: int = 200) -> float:
+    times = []
+    for _ in range(count):
+        began = time.perf_counter()
+        assert http.get(path).status_code == 200
+        times.append(time.perf_counter() - began)
+    return statistics.quantiles(times, n=100)[98]
+
+
+def _stalled_stream(server: LiveServer) -> socket.socket:
+    """A client that asks for every event from the start and never reads: a small
+    receive buffer, so the server's writes to it soon block."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(
+        (
+            "GET /v1/events?follow=true&after=0 HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\n"
+            f"Authorization: Bearer {server.token}\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+def test_stalled_consumers_do_not_delay_the_api_or_other_streams(
+    data: Path, serve_db: list[str]
+) -> None:
+    """20 streams that never read, each owed megabytes of events: the p99 of other
+    requests stays as it was (compared in the same run, generously: no timing of
+    speed), and a stream that reads still gets new events as they happen."""
+    labels = {f"team.example.com/key-{i:02d}-" + "k" * 40: "v" * 60 for i in range(16)}
+    with serve(data, serve_db) as server, server.http() as admin:
+        for _ in range(5):  # 500 workloads: ~1,500 events of ~2 kB
+            items = [{"command": ["true"], "labels": labels} for _ in range(100)]
+            response = admin.post("/v1/workloads/batch", json={"items": items})
+            assert response.status_code == 201, response.text
+        last = response.json()["items"][-1]["id"]
+        wait_until(lambda: admin.get(f"/v1/workloads/{last}").json()["status"] in ENDS, 120)
+        path = f"/v1/workloads/{last}"
+        _p99(admin, path, 50)  # warm
+        quiet = _p99(admin, path)
+        stalled = [_stalled_stream(server) for _ in range(20)]
+        try:
+            time.sleep(1)  # their buffers fill, their writers block
+            got: list[dict[str, Any]] = []
+            newest = 0
+            while items := page(admin, after=newest, limit=500)["items"]:
+                newest = items[-1]["id"]
+            reader = threading.Thread(
+                target=lambda: got.extend(read_stream(admin, 3, last_event_id=newest)),
+                daemon=True,
+            )
+            reader.start()
+            busy = _p99(admin, path)
+            (fresh,) = run_to_the_end(admin, 1)
+            reader.join(timeout=30)
+            assert [e["workload_id"] for e in got] == [fresh] * 3
+        finally:
+            for sock in stalled:
+                sock.close()
+        print(f"p99 of GET {path}: {quiet * 1000:.1f} ms quiet, {busy * 1000:.1f} ms stalled")
+        assert busy <= 3 * quiet + 0.05, (quiet, busy)
