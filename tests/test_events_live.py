@@ -5,6 +5,7 @@ disconnect and a restart, and what another user may not see."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import statistics
 import subprocess
@@ -326,3 +327,49 @@ def test_stalled_consumers_do_not_delay_the_api_or_other_streams(
                 sock.close()
         print(f"p99 of GET {path}: {quiet * 1000:.1f} ms quiet, {busy * 1000:.1f} ms stalled")
         assert busy <= 3 * quiet + 0.05, (quiet, busy)
+
+
+def _stalled_request(server: LiveServer, target: str) -> socket.socket:
+    """A client that asks for ``target`` and never reads a byte of the answer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(
+        (
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Authorization: Bearer {server.token}\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+def test_streams_that_never_read_do_not_keep_a_stopping_server(data: Path) -> None:
+    """Streams whose writes block on a full socket (one owed ~4 MB of events, a log
+    follow of a workload that runs on): SIGTERM still stops the server within
+    seconds, its port and data dir free for the next one."""
+    labels = {f"team.example.com/key-{i:02d}-" + "k" * 40: "v" * 60 for i in range(16)}
+    server = LiveServer(data, "--executor", "local").start()
+    try:
+        with server.http() as admin:
+            running = admin.post("/v1/workloads", json={"command": ["sleep", "600"]}).json()
+            path = f"/v1/workloads/{running['id']}"
+            wait_until(lambda: admin.get(path).json()["status"] == "running")
+            # 2,000 events of ~2 kB: workloads that wait for that one
+            items = [{"command": ["true"], "labels": labels, "depends_on": [running["id"]]}]
+            for _ in range(5):
+                response = admin.post("/v1/workloads/batch", json={"items": items * 400})
+                assert response.status_code == 201, response.text[:200]
+        stalled = [
+            _stalled_request(server, "/v1/events?follow=true&after=0"),
+            _stalled_request(server, f"{path}/logs?follow=true"),
+        ]
+        time.sleep(2)  # the first one's writes block
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=15)  # raises if it is still running
+        for sock in stalled:
+            sock.close()
+        assert "Traceback" not in server.log.read_text()
+        server = serve(data, [], port=server.port)  # the same port, the same data
+    finally:
+        server.kill()
