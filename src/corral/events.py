@@ -9,11 +9,21 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
   moved past 10 would skip it for ever, so a reader goes only up to the *horizon*:
   the id before the first gap in the ids of every event (``Store.event_ids_after``,
   unfiltered: another user's event fills a gap as well as one's own). A gap is
-  waited for at most ``GAP_WAIT_SECONDS`` (a rolled-back transaction leaves one for
-  ever): it is settled once the event after it is that old by its time (``at``, the
-  writing server's clock), or once this follower has waited that long for it by its
-  own clock. SQLite has one writer and its rollbacks take their ids back, so there
-  it meets no gaps but those retention leaves, which are old and settled at once.
+  waited for ``GAP_WAIT_SECONDS`` at most (a rolled-back transaction leaves one for
+  ever), by this server's own monotonic clock only, never by an event's ``at`` (the
+  writing server's clock, which may be behind): ``GAPS``, one per process, shared
+  by every page and stream, remembers when this process first met each gap, so a
+  JSON page stops at a gap first met less than ``GAP_WAIT_SECONDS`` ago and a later
+  page, or stream, passes it. It is bounded (``GAPS_REMEMBERED``, the oldest
+  forgotten first): a forgotten gap met again is waited for again, later but never
+  lost. The price: an event whose transaction stays open more than
+  ``GAP_WAIT_SECONDS`` after a later one committed is not delivered to the readers
+  that passed it (it is in the table: a page read from before it has it). corral's
+  transactions are pipelined and take milliseconds, and a stalled server's sessions
+  are ended at a takeover, so that is a transaction that failed in all but name.
+  A gap left long ago (a rollback) costs the first reader of this process that meets
+  it ``GAP_WAIT_SECONDS``, once. SQLite has one writer and its rollbacks take their
+  ids back, so there it meets no gaps.
 - **Wake-ups.** Each stream is its own task reading from its own cursor in pages of
   up to ``EVENTS_LIMIT_MAX``; it sleeps until the server's ``Broadcast`` fires
   (``BroadcastingStore`` fires it after each write this server makes) or
@@ -28,7 +38,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from corral.model import Status, TransitionEvent
@@ -101,31 +110,44 @@ class BroadcastingStore:
         return write
 
 
-def _age_seconds(at: str, now: float) -> float:
-    return now - datetime.fromisoformat(at).replace(tzinfo=UTC).timestamp()
+GAPS_REMEMBERED = 4096
+"""The most gaps ``Gaps`` remembers."""
 
 
-def horizon(
-    cursor: int,
-    ids: Sequence[tuple[int, str]],
-    *,
-    now: float,
-    waited: dict[int, float] | None = None,
-    clock: float = 0.0,
-) -> int:
+class Gaps:
+    """When this process first met each gap (its first missing id), by the monotonic
+    clock; at most ``size`` of them, the first met forgotten first."""
+
+    def __init__(self, size: int = GAPS_REMEMBERED) -> None:
+        self.size = size
+        self._first_met: dict[int, float] = {}  # in the order met
+
+    def settled(self, gap: int, clock: float) -> bool:
+        """Whether ``gap`` was first met ``GAP_WAIT_SECONDS`` or more before
+        ``clock`` (met now if it was not known)."""
+        first = self._first_met.get(gap)
+        if first is None:
+            if len(self._first_met) >= self.size:
+                del self._first_met[next(iter(self._first_met))]
+            self._first_met[gap] = first = clock
+        return clock - first >= GAP_WAIT_SECONDS
+
+    def __len__(self) -> int:
+        return len(self._first_met)
+
+
+GAPS = Gaps()
+"""This process's: shared by every page and stream (``read_page``)."""
+
+
+def horizon(cursor: int, ids: Sequence[int], gaps: Gaps, clock: float) -> int:
     """The highest id up to which every id after ``cursor`` is known: ``ids`` (those
-    of every event after ``cursor``, lowest first, with their times) up to the first
-    gap not settled. A gap is settled when the event after it is ``GAP_WAIT_SECONDS``
-    old by ``now`` (wall clock), or, for a follower (``waited``: the gap's first id ->
-    when it first saw it on its monotonic ``clock``), when it has waited that long."""
+    of every event after ``cursor``, lowest first) up to the first gap not settled
+    (``Gaps.settled`` at ``clock``, the monotonic clock)."""
     expected = cursor + 1
-    for event_id, at in ids:
-        if event_id != expected and _age_seconds(at, now) < GAP_WAIT_SECONDS:
-            if waited is None:
-                return expected - 1
-            since = waited.setdefault(expected, clock)
-            if clock - since < GAP_WAIT_SECONDS:
-                return expected - 1
+    for event_id in ids:
+        if event_id != expected and not gaps.settled(expected, clock):
+            return expected - 1
         expected = event_id + 1
     return expected - 1
 
@@ -139,12 +161,12 @@ async def read_page(
     labels: Sequence[tuple[str, str]] = (),
     statuses: Sequence[Status] = (),
     limit: int = EVENTS_LIMIT_MAX,
-    waited: dict[int, float] | None = None,
+    gaps: Gaps = GAPS,
 ) -> tuple[list[TransitionEvent], int]:
     """The events after ``cursor`` that match, up to the horizon, and the cursor to
     read from next (past events that do not match, never past a gap not settled)."""
     ids = await store.event_ids_after(cursor, limit=EVENTS_LIMIT_MAX)
-    until = horizon(cursor, ids, now=time.time(), waited=waited, clock=time.monotonic())
+    until = horizon(cursor, ids, gaps, time.monotonic())
     if until == cursor:
         return [], cursor
     items = await store.list_events_after(
@@ -169,11 +191,11 @@ async def follow(
     labels: Sequence[tuple[str, str]] = (),
     statuses: Sequence[Status] = (),
     keep_alive: float = KEEP_ALIVE_SECONDS,
+    gaps: Gaps = GAPS,
 ) -> AsyncIterator[TransitionEvent | None]:
     """Every matching event after ``cursor``, in id order, until the broadcast is
     closed; ``None`` after ``keep_alive`` seconds without one (the stream's
     keep-alive comment)."""
-    waited: dict[int, float] = {}
     quiet_since = time.monotonic()
     while not broadcast.closed:
         waiter = broadcast.waiter()
@@ -184,7 +206,7 @@ async def follow(
             workload_ids=workload_ids,
             labels=labels,
             statuses=statuses,
-            waited=waited,
+            gaps=gaps,
         )
         for item in items:
             yield item
@@ -195,8 +217,6 @@ async def follow(
             quiet_since = time.monotonic()
         moved = next_cursor != cursor
         cursor = next_cursor
-        for gap in [g for g in waited if g <= cursor]:
-            del waited[gap]
         if moved:
             continue  # perhaps more to read now
         until_keep_alive = keep_alive - (time.monotonic() - quiet_since)
