@@ -38,8 +38,7 @@ def held_event(store: BlockingStore, workload_id: str, seq: int) -> psycopg.Conn
 
 @pytest.fixture
 def gaps() -> Gaps:
-    """The test's own memory of gaps met (a server's is ``GAPS``, for its one
-    database; here each test's database has ids from 1)."""
+    """The test's memory of the gaps met (a server's app has one, for its database)."""
     return Gaps()
 
 

@@ -11,8 +11,9 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
   unfiltered: another user's event fills a gap as well as one's own). A gap is
   waited for ``GAP_WAIT_SECONDS`` at most (a rolled-back transaction leaves one for
   ever), by this server's own monotonic clock only, never by an event's ``at`` (the
-  writing server's clock, which may be behind): ``GAPS``, one per process, shared
-  by every page and stream, remembers when this process first met each gap, so a
+  writing server's clock, which may be behind): a ``Gaps``, one per server (its
+  app's, for its one database), shared by every page and stream, remembers when the
+  server first met each gap, so a
   JSON page stops at a gap first met less than ``GAP_WAIT_SECONDS`` ago and a later
   page, or stream, passes it. It is bounded (``GAPS_REMEMBERED``, the oldest
   forgotten first): a forgotten gap met again is waited for again, later but never
@@ -136,10 +137,6 @@ class Gaps:
         return len(self._first_met)
 
 
-GAPS = Gaps()
-"""This process's: shared by every page and stream (``read_page``)."""
-
-
 def horizon(cursor: int, ids: Sequence[int], gaps: Gaps, clock: float) -> int:
     """The highest id up to which every id after ``cursor`` is known: ``ids`` (those
     of every event after ``cursor``, lowest first) up to the first gap not settled
@@ -160,8 +157,8 @@ async def read_page(
     workload_ids: Sequence[str] = (),
     labels: Sequence[tuple[str, str]] = (),
     statuses: Sequence[Status] = (),
+    gaps: Gaps,
     limit: int = EVENTS_LIMIT_MAX,
-    gaps: Gaps = GAPS,
 ) -> tuple[list[TransitionEvent], int]:
     """The events after ``cursor`` that match, up to the horizon, and the cursor to
     read from next (past events that do not match, never past a gap not settled)."""
@@ -190,8 +187,8 @@ async def follow(
     workload_ids: Sequence[str] = (),
     labels: Sequence[tuple[str, str]] = (),
     statuses: Sequence[Status] = (),
+    gaps: Gaps,
     keep_alive: float = KEEP_ALIVE_SECONDS,
-    gaps: Gaps = GAPS,
 ) -> AsyncIterator[TransitionEvent | None]:
     """Every matching event after ``cursor``, in id order, until the broadcast is
     closed; ``None`` after ``keep_alive`` seconds without one (the stream's

@@ -19,6 +19,7 @@ from corral.events import (
     KEEP_ALIVE_MESSAGE,
     Broadcast,
     BroadcastingStore,
+    Gaps,
     follow,
     read_page,
     sse_message,
@@ -63,6 +64,7 @@ def _cursor(after: int | None, last_event_id: str | None) -> int:
 def build_event_router(store: Store) -> APIRouter:
     router = APIRouter()
     broadcast = store.broadcast if isinstance(store, BroadcastingStore) else Broadcast()
+    gaps = Gaps()  # when this server first met each gap, for every page and stream
 
     @router.get(
         "/v1/events",
@@ -125,6 +127,7 @@ def build_event_router(store: Store) -> APIRouter:
                 labels=labels,
                 statuses=status,
                 limit=limit,
+                gaps=gaps,
             )
             body = EventPage.model_construct(items=items, last_id=last_id)
             return Response(body.model_dump_json(), media_type="application/json")
@@ -142,6 +145,7 @@ def build_event_router(store: Store) -> APIRouter:
                 workload_ids=workload,
                 labels=labels,
                 statuses=status,
+                gaps=gaps,
             ):
                 yield KEEP_ALIVE_MESSAGE if event is None else sse_message(event)
 
