@@ -182,6 +182,9 @@ BAD_INPUT = [
     ({"limit": "501"}, {}, "limit"),
     ({"follow": "true"}, {"Last-Event-ID": "ten"}, "Last-Event-ID"),
     ({}, {"Last-Event-ID": "-3"}, "Last-Event-ID"),
+    ({}, {"Last-Event-ID": "1_000"}, "Last-Event-ID"),
+    ({}, {"Last-Event-ID": "+5"}, "Last-Event-ID"),
+    ({"after": "3"}, {"Last-Event-ID": "0x10"}, "Last-Event-ID"),
 ]
 
 
@@ -191,6 +194,25 @@ def test_bad_input_is_a_4xx_naming_it(data: Path, serve_db: list[str]) -> None:
             response = admin.get("/v1/events", params=params, headers=headers)
             assert response.status_code == 422, response.text
             assert names in response.text, response.text
+        response = admin.get("/v1/events", headers={"Last-Event-ID": "9" * 5000})
+        assert response.status_code == 422
+        assert "Last-Event-ID '99999" in response.text and len(response.text) < 1000
+
+
+def test_last_event_id_wins_over_after_as_an_event_source_reconnects(
+    data: Path, serve_db: list[str]
+) -> None:
+    """An EventSource reconnects to the URL it opened (``?after=`` and all) with the
+    last id it got as ``Last-Event-ID``: that is where it resumes, not ``after``."""
+    with serve(data, serve_db) as server, server.http() as admin:
+        run_to_the_end(admin, 1)
+        every = page(admin)["items"]
+        assert len(every) == 3
+        resumed = read_stream(admin, 1, last_event_id=every[1]["id"], params={"after": 0})
+        assert resumed == every[2:]
+        assert page(admin, after=0, limit=1)["items"] == every[:1]
+        got = admin.get("/v1/events", params={"after": 0}, headers={"Last-Event-ID": "0"})
+        assert got.json()["items"] == every
 
 
 def test_client_watch_reconnects_across_a_restart_and_the_cli_prints_each_event(

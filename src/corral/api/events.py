@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -43,22 +44,23 @@ class EventPage(BaseModel):
     last_id: int
 
 
+SHOWN_MAX_CHARS = 40
+"""The most characters of a bad ``Last-Event-ID`` a problem's detail repeats."""
+
+
 def _cursor(after: int | None, last_event_id: str | None) -> int:
-    """``after=``, else ``Last-Event-ID``, else 0 (the oldest event kept)."""
-    if after is not None:
-        return after
-    if last_event_id is None or not last_event_id.strip():
-        return 0
-    try:
-        value = int(last_event_id.strip())
-    except ValueError:
-        value = -1
-    if not 0 <= value <= EVENT_ID_MAX:
-        raise InvalidInputError(
-            f"Last-Event-ID {last_event_id!r} is not an event id"
-            f" (an integer from 0 to {EVENT_ID_MAX})"
-        )
-    return value
+    """``Last-Event-ID``, else ``after=``, else 0 (the oldest event kept). The header
+    wins: an EventSource reconnects to the URL it first opened, ``after=`` and all,
+    adding the last id it got. Only ASCII digits (not ``int()``'s ``+5``, ``1_000``)."""
+    value = (last_event_id or "").strip()
+    if not value:
+        return 0 if after is None else after
+    if re.fullmatch(r"[0-9]{1,19}", value) and int(value) <= EVENT_ID_MAX:
+        return int(value)
+    shown = value[:SHOWN_MAX_CHARS] + ("…" if len(value) > SHOWN_MAX_CHARS else "")
+    raise InvalidInputError(
+        f"Last-Event-ID {shown!r} is not an event id (an integer from 0 to {EVENT_ID_MAX})"
+    )
 
 
 def build_event_router(store: Store) -> APIRouter:
@@ -89,7 +91,9 @@ def build_event_router(store: Store) -> APIRouter:
             Query(
                 ge=0,
                 le=EVENT_ID_MAX,
-                description="Events after this id (else Last-Event-ID, else 0).",
+                description="Events after this id, unless a Last-Event-ID header is"
+                " sent (it wins: an EventSource reconnects to the same URL with it);"
+                " else 0.",
             ),
         ] = None,
         workload: Annotated[
