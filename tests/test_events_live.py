@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+from bench.pg_server import PgServer
+from bench.pg_server import start as pg_start
 
 from corral.client import Client
 from corral.executors.local import kill_all
@@ -70,11 +72,13 @@ def read_stream(
     last_event_id: int | None = None,
     params: dict[str, Any] | None = None,
     connected: threading.Event | None = None,
+    into: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The first ``count`` events of a stream, then disconnect. Each message's
-    ``id:`` is its data's id; its ``event:`` is ``transition``."""
+    """The first ``count`` events of a stream (appended to ``into`` as they come),
+    then disconnect. Each message's ``id:`` is its data's id; its ``event:`` is
+    ``transition``."""
     headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
-    events: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = [] if into is None else into
     fields: dict[str, str] = {}
     query = {"follow": "true", **(params or {})}
     with http.stream("GET", "/v1/events", params=query, headers=headers) as response:
@@ -393,5 +397,55 @@ def test_streams_that_never_read_do_not_keep_a_stopping_server(data: Path) -> No
             sock.close()
         assert "Traceback" not in server.log.read_text()
         server = serve(data, [], port=server.port)  # the same port, the same data
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_pg(pg_server: str) -> Iterator[PgServer]:
+    """A PostgreSQL of this test's own (it is stopped and started again), migrated."""
+    from corral.store import migrate
+
+    server = pg_start()
+    try:
+        migrate.upgrade(server.create_database("corral"))
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_stream_outlives_a_database_outage_and_goes_on(data: Path, own_pg: PgServer) -> None:
+    """PostgreSQL stops under an open stream, then starts again: the stream stays open
+    (no traceback logged), and delivers the events written once it is back."""
+    server = LiveServer(data, "--db", own_pg.url("corral"), "--executor", "none").start()
+    try:
+        with server.http() as admin:
+            before = admin.post("/v1/workloads", json={"command": ["true"]}).json()["id"]
+            got: list[dict[str, Any]] = []
+            reader = threading.Thread(
+                target=lambda: read_stream(server.http(), 2, into=got), daemon=True
+            )
+            reader.start()
+            wait_until(lambda: len(got) == 1)
+            own_pg.halt()
+            try:
+                time.sleep(4)  # the stream's reads fail meanwhile
+                assert reader.is_alive()
+            finally:
+                own_pg.boot()
+            after = wait_until(
+                lambda: (
+                    (r := admin.post("/v1/workloads", json={"command": ["true"]})).status_code
+                    == 201
+                    and r.json()["id"]
+                ),
+                timeout=30,
+                interval=0.5,
+            )
+            reader.join(60)
+            assert [e["workload_id"] for e in got] == [before, after]
+        log = server.log.read_text()
+        assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+        assert log.count("an event stream waits for the database") == 1
     finally:
         server.kill()

@@ -31,22 +31,36 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
   ``POLL_SECONDS`` pass (which covers writes by other servers of a PostgreSQL
   database). A slow consumer only makes its own task wait on its socket: no buffer
   is shared.
+- **The database failing** (unreachable, busy, refusing) under a stream does not end
+  it: its reads are tried again after ``RETRY_MIN_SECONDS``, doubling up to
+  ``RETRY_MAX_SECONDS``, its keep-alive comments go on, one warning is logged per
+  outage and stream (no traceback), and the events written once the database is
+  back follow. Ending it instead would send every watcher reconnecting, each
+  getting a 503 until the database is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from corral.model import Status, TransitionEvent
 from corral.store.base import EVENTS_LIMIT_MAX, Store
+from corral.store.errors import DatabaseError, StoreBusyError
 
 GAP_WAIT_SECONDS = 5.0
 POLL_SECONDS = 1.0
 KEEP_ALIVE_SECONDS = 15.0
+RETRY_MIN_SECONDS = 0.5
+RETRY_MAX_SECONDS = 5.0
+"""A stream's reads while the database fails: tried again after 0.5 s, doubling up
+to 5 s."""
+
+log = logging.getLogger(__name__)
 
 _WRITES = frozenset(
     {
@@ -194,17 +208,30 @@ async def follow(
     closed; ``None`` after ``keep_alive`` seconds without one (the stream's
     keep-alive comment)."""
     quiet_since = time.monotonic()
+    retry = 0.0  # while the database fails: the seconds until the next try
     while not broadcast.closed:
         waiter = broadcast.waiter()
-        items, next_cursor = await read_page(
-            store,
-            cursor,
-            owner=owner,
-            workload_ids=workload_ids,
-            labels=labels,
-            statuses=statuses,
-            gaps=gaps,
-        )
+        try:
+            items, next_cursor = await read_page(
+                store,
+                cursor,
+                owner=owner,
+                workload_ids=workload_ids,
+                labels=labels,
+                statuses=statuses,
+                gaps=gaps,
+            )
+        except (StoreBusyError, DatabaseError) as exc:
+            if not retry:
+                log.warning("an event stream waits for the database: %s", exc)
+            retry = min(max(2 * retry, RETRY_MIN_SECONDS), RETRY_MAX_SECONDS)
+            if time.monotonic() - quiet_since >= keep_alive:
+                yield None
+                quiet_since = time.monotonic()
+            until_keep_alive = keep_alive - (time.monotonic() - quiet_since)
+            await _pause(broadcast, max(0.0, min(retry, until_keep_alive)))
+            continue
+        retry = 0.0
         for item in items:
             yield item
         if items:
@@ -218,6 +245,14 @@ async def follow(
             continue  # perhaps more to read now
         until_keep_alive = keep_alive - (time.monotonic() - quiet_since)
         await broadcast.wait(waiter, max(0.0, min(POLL_SECONDS, until_keep_alive)))
+
+
+async def _pause(broadcast: Broadcast, seconds: float) -> None:
+    """``seconds``, or until the broadcast closes (not woken by its writes: each write
+    tried while the database is down fires it too)."""
+    deadline = time.monotonic() + seconds
+    while not broadcast.closed and (left := deadline - time.monotonic()) > 0:
+        await broadcast.wait(broadcast.waiter(), left)
 
 
 def sse_message(event: TransitionEvent) -> bytes:
