@@ -449,3 +449,39 @@ def test_a_stream_outlives_a_database_outage_and_goes_on(data: Path, own_pg: PgS
         assert log.count("an event stream waits for the database") == 1
     finally:
         server.kill()
+
+
+def _chunks(sock: socket.socket, count: int) -> list[bytes]:
+    """The first ``count`` chunks of a chunked HTTP answer on ``sock`` (each is one
+    write of the server's), after its headers."""
+    reader = sock.makefile("rb")
+    while reader.readline() not in (b"\r\n", b""):
+        pass  # the status line and headers
+    chunks = []
+    for _ in range(count):
+        size = int(reader.readline().split(b";")[0], 16)
+        chunks.append(reader.read(size))
+        assert reader.readline() == b"\r\n"
+    return chunks
+
+
+def test_a_stream_writes_a_page_of_events_at_once(data: Path, serve_db: list[str]) -> None:
+    """Catching up, a page of events is one write (one chunk), not one per event."""
+    with serve(data, serve_db) as server, server.http() as admin:
+        run_to_the_end(admin, 2)
+        with _stalled_request(server, "/v1/events?follow=true&after=0") as sock:
+            first, page = _chunks(sock, 2)
+        assert first == b": keep-alive\n\n"
+        assert page.count(b"event: transition\n") == 6, page
+
+
+def test_a_connection_keeps_little_unsent_in_the_kernel() -> None:
+    """``TCP_NOTSENT_LOWAT`` on the listener, so on every connection it accepts: a
+    client that does not read costs the server little (its stream stops early)."""
+    from corral.server import NOT_SENT_MAX_BYTES, _listen
+
+    with _listen("127.0.0.1", 0) as listener, socket.create_connection(listener.getsockname()):
+        accepted, _ = listener.accept()
+        with accepted:
+            got = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+    assert got == NOT_SENT_MAX_BYTES == 128 * 1024

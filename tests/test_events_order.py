@@ -64,9 +64,8 @@ def test_a_follower_waits_for_an_open_transactions_id_then_delivers_in_order(
 
         async def two() -> list[TransitionEvent]:
             got: list[TransitionEvent] = []
-            async for event in follow(store.inner, Broadcast(), cursor, owner=None, gaps=gaps):
-                if event is not None:
-                    got.append(event)
+            async for page in follow(store.inner, Broadcast(), cursor, owner=None, gaps=gaps):
+                got += page
                 if len(got) == 2:
                     return got
             raise AssertionError("the stream ended")

@@ -31,6 +31,11 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
   ``POLL_SECONDS`` pass (which covers writes by other servers of a PostgreSQL
   database). A slow consumer only makes its own task wait on its socket: no buffer
   is shared.
+- **Catching up** on a backlog (``after=0`` on a big table) is paced so that it does
+  not crowd out the other requests: a page is one write (its messages joined), the
+  task yields to the event loop between pages, and the server's streams read at
+  most ``STREAM_READS`` pages at once (a semaphore): a stalled or slow client holds
+  a page or two of memory and no more.
 - **The database failing** (unreachable, busy, refusing) under a stream does not end
   it: its reads are tried again after ``RETRY_MIN_SECONDS``, doubling up to
   ``RETRY_MAX_SECONDS``, its keep-alive comments go on, one warning is logged per
@@ -55,6 +60,8 @@ from corral.store.errors import DatabaseError, StoreBusyError
 GAP_WAIT_SECONDS = 5.0
 POLL_SECONDS = 1.0
 KEEP_ALIVE_SECONDS = 15.0
+STREAM_READS = 2
+"""The most page reads a server's streams make at once."""
 RETRY_MIN_SECONDS = 0.5
 RETRY_MAX_SECONDS = 5.0
 """A stream's reads while the database fails: tried again after 0.5 s, doubling up
@@ -202,49 +209,46 @@ async def follow(
     labels: Sequence[tuple[str, str]] = (),
     statuses: Sequence[Status] = (),
     gaps: Gaps,
+    reads: asyncio.Semaphore | None = None,
     keep_alive: float = KEEP_ALIVE_SECONDS,
-) -> AsyncIterator[TransitionEvent | None]:
-    """Every matching event after ``cursor``, in id order, until the broadcast is
-    closed; ``None`` after ``keep_alive`` seconds without one (the stream's
-    keep-alive comment)."""
+) -> AsyncIterator[list[TransitionEvent]]:
+    """Every matching event after ``cursor``, in id order, a page at a time, until
+    the broadcast is closed; an empty page after ``keep_alive`` seconds without any
+    (the stream's keep-alive comment). ``reads``: taken for each page read, to bound
+    the reads of every stream at once (a server's streams share one)."""
     quiet_since = time.monotonic()
     retry = 0.0  # while the database fails: the seconds until the next try
     while not broadcast.closed:
         waiter = broadcast.waiter()
         try:
-            items, next_cursor = await read_page(
-                store,
-                cursor,
-                owner=owner,
-                workload_ids=workload_ids,
-                labels=labels,
-                statuses=statuses,
-                gaps=gaps,
-            )
+            async with reads or contextlib.nullcontext():
+                items, next_cursor = await read_page(
+                    store,
+                    cursor,
+                    owner=owner,
+                    workload_ids=workload_ids,
+                    labels=labels,
+                    statuses=statuses,
+                    gaps=gaps,
+                )
+            retry = 0.0
         except (StoreBusyError, DatabaseError) as exc:
             if not retry:
                 log.warning("an event stream waits for the database: %s", exc)
             retry = min(max(2 * retry, RETRY_MIN_SECONDS), RETRY_MAX_SECONDS)
-            if time.monotonic() - quiet_since >= keep_alive:
-                yield None
-                quiet_since = time.monotonic()
-            until_keep_alive = keep_alive - (time.monotonic() - quiet_since)
-            await _pause(broadcast, max(0.0, min(retry, until_keep_alive)))
-            continue
-        retry = 0.0
-        for item in items:
-            yield item
-        if items:
+            items, next_cursor = [], cursor
+        if items or time.monotonic() - quiet_since >= keep_alive:
+            yield items
             quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= keep_alive:
-            yield None
-            quiet_since = time.monotonic()
-        moved = next_cursor != cursor
-        cursor = next_cursor
-        if moved:
+        if next_cursor != cursor:
+            cursor = next_cursor
+            await asyncio.sleep(0)  # let other requests in between the pages of a catch-up
             continue  # perhaps more to read now
-        until_keep_alive = keep_alive - (time.monotonic() - quiet_since)
-        await broadcast.wait(waiter, max(0.0, min(POLL_SECONDS, until_keep_alive)))
+        until_keep_alive = max(0.0, keep_alive - (time.monotonic() - quiet_since))
+        if retry:
+            await _pause(broadcast, min(retry, until_keep_alive))
+        else:
+            await broadcast.wait(waiter, min(POLL_SECONDS, until_keep_alive))
 
 
 async def _pause(broadcast: Broadcast, seconds: float) -> None:
@@ -255,9 +259,14 @@ async def _pause(broadcast: Broadcast, seconds: float) -> None:
         await broadcast.wait(broadcast.waiter(), left)
 
 
+KEEP_ALIVE_MESSAGE = b": keep-alive\n\n"
+
+
 def sse_message(event: TransitionEvent) -> bytes:
     """One ``text/event-stream`` message."""
     return f"id: {event.id}\nevent: transition\ndata: {event.model_dump_json()}\n\n".encode()
 
 
-KEEP_ALIVE_MESSAGE = b": keep-alive\n\n"
+def sse_messages(page: Sequence[TransitionEvent]) -> bytes:
+    """A page of ``follow``, as one write: its messages, or the keep-alive comment."""
+    return b"".join(map(sse_message, page)) if page else KEEP_ALIVE_MESSAGE

@@ -436,6 +436,10 @@ def _raise_open_files_limit() -> int | None:
     return soft
 
 
+NOT_SENT_MAX_BYTES = 128 * 1024
+"""``TCP_NOTSENT_LOWAT`` of every connection (``_listen``; inherited on accept)."""
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``, or a ``ServeError`` that says why not."""
     try:
@@ -445,6 +449,11 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ServeError(f"cannot listen on {host}:{port}: {exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # At most 128 KiB not sent yet in the kernel per connection (its buffer grows
+        # to 4 MB else): what a client that does not read costs the server (an event
+        # stream catching up) stays small; sending speed is not limited.
+        if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOT_SENT_MAX_BYTES)
         sock.bind(address)
         sock.listen(2048)
     except OSError as exc:

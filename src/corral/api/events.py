@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -18,12 +19,13 @@ from corral.api.routes import parse_label_selector, visible_to
 from corral.errors import InvalidInputError
 from corral.events import (
     KEEP_ALIVE_MESSAGE,
+    STREAM_READS,
     Broadcast,
     BroadcastingStore,
     Gaps,
     follow,
     read_page,
-    sse_message,
+    sse_messages,
 )
 from corral.ids import looks_like_id
 from corral.model import LABELS_MAX_ENTRIES, Status, TransitionEvent
@@ -67,6 +69,7 @@ def build_event_router(store: Store) -> APIRouter:
     router = APIRouter()
     broadcast = store.broadcast if isinstance(store, BroadcastingStore) else Broadcast()
     gaps = Gaps()  # when this server first met each gap, for every page and stream
+    reads = asyncio.Semaphore(STREAM_READS)  # the page reads of every stream at once
 
     @router.get(
         "/v1/events",
@@ -141,7 +144,7 @@ def build_event_router(store: Store) -> APIRouter:
 
         async def stream() -> AsyncIterator[bytes]:
             yield KEEP_ALIVE_MESSAGE  # the headers and a first byte, at once
-            async for event in follow(
+            async for page in follow(
                 store,
                 broadcast,
                 cursor,
@@ -150,8 +153,9 @@ def build_event_router(store: Store) -> APIRouter:
                 labels=labels,
                 statuses=status,
                 gaps=gaps,
+                reads=reads,
             ):
-                yield KEEP_ALIVE_MESSAGE if event is None else sse_message(event)
+                yield sse_messages(page)
 
         return StreamingResponse(
             stream(),
