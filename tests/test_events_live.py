@@ -5,15 +5,21 @@ disconnect and a restart, and what another user may not see."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import statistics
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from bench.pg_server import PgServer
+from bench.pg_server import start as pg_start
 
 from corral.client import Client
 from corral.executors.local import kill_all
@@ -66,11 +72,13 @@ def read_stream(
     last_event_id: int | None = None,
     params: dict[str, Any] | None = None,
     connected: threading.Event | None = None,
+    into: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The first ``count`` events of a stream, then disconnect. Each message's
-    ``id:`` is its data's id; its ``event:`` is ``transition``."""
+    """The first ``count`` events of a stream (appended to ``into`` as they come),
+    then disconnect. Each message's ``id:`` is its data's id; its ``event:`` is
+    ``transition``."""
     headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
-    events: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = [] if into is None else into
     fields: dict[str, str] = {}
     query = {"follow": "true", **(params or {})}
     with http.stream("GET", "/v1/events", params=query, headers=headers) as response:
@@ -178,6 +186,9 @@ BAD_INPUT = [
     ({"limit": "501"}, {}, "limit"),
     ({"follow": "true"}, {"Last-Event-ID": "ten"}, "Last-Event-ID"),
     ({}, {"Last-Event-ID": "-3"}, "Last-Event-ID"),
+    ({}, {"Last-Event-ID": "1_000"}, "Last-Event-ID"),
+    ({}, {"Last-Event-ID": "+5"}, "Last-Event-ID"),
+    ({"after": "3"}, {"Last-Event-ID": "0x10"}, "Last-Event-ID"),
 ]
 
 
@@ -187,6 +198,25 @@ def test_bad_input_is_a_4xx_naming_it(data: Path, serve_db: list[str]) -> None:
             response = admin.get("/v1/events", params=params, headers=headers)
             assert response.status_code == 422, response.text
             assert names in response.text, response.text
+        response = admin.get("/v1/events", headers={"Last-Event-ID": "9" * 5000})
+        assert response.status_code == 422
+        assert "Last-Event-ID '99999" in response.text and len(response.text) < 1000
+
+
+def test_last_event_id_wins_over_after_as_an_event_source_reconnects(
+    data: Path, serve_db: list[str]
+) -> None:
+    """An EventSource reconnects to the URL it opened (``?after=`` and all) with the
+    last id it got as ``Last-Event-ID``: that is where it resumes, not ``after``."""
+    with serve(data, serve_db) as server, server.http() as admin:
+        run_to_the_end(admin, 1)
+        every = page(admin)["items"]
+        assert len(every) == 3
+        resumed = read_stream(admin, 1, last_event_id=every[1]["id"], params={"after": 0})
+        assert resumed == every[2:]
+        assert page(admin, after=0, limit=1)["items"] == every[:1]
+        got = admin.get("/v1/events", params={"after": 0}, headers={"Last-Event-ID": "0"})
+        assert got.json()["items"] == every
 
 
 def test_client_watch_reconnects_across_a_restart_and_the_cli_prints_each_event(
@@ -258,3 +288,200 @@ def test_a_server_told_to_stop_ends_its_streams_and_stops(data: Path, serve_db: 
     assert server.proc is not None and server.proc.returncode is not None
     reader.join(30)
     assert ended == [None]  # the stream ended cleanly: the client resumes elsewhere
+
+
+def _p99(http: httpx.Client, path: str, count: int = 200) -> float:
+    times = []
+    for _ in range(count):
+        began = time.perf_counter()
+        assert http.get(path).status_code == 200
+        times.append(time.perf_counter() - began)
+    return statistics.quantiles(times, n=100)[98]
+
+
+def _stalled_stream(server: LiveServer) -> socket.socket:
+    """A client that asks for every event from the start and never reads: a small
+    receive buffer, so the server's writes to it soon block."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(
+        (
+            "GET /v1/events?follow=true&after=0 HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\n"
+            f"Authorization: Bearer {server.token}\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+def test_stalled_consumers_do_not_delay_the_api_or_other_streams(
+    data: Path, serve_db: list[str]
+) -> None:
+    """20 streams that never read, each owed megabytes of events: the p99 of other
+    requests stays as it was (compared in the same run, generously: no timing of
+    speed), and a stream that reads still gets new events as they happen."""
+    labels = {f"team.example.com/key-{i:02d}-" + "k" * 40: "v" * 60 for i in range(16)}
+    with serve(data, serve_db) as server, server.http() as admin:
+        for _ in range(5):  # 500 workloads: ~1,500 events of ~2 kB
+            items = [{"command": ["true"], "labels": labels} for _ in range(100)]
+            response = admin.post("/v1/workloads/batch", json={"items": items})
+            assert response.status_code == 201, response.text
+        last = response.json()["items"][-1]["id"]
+        wait_until(lambda: admin.get(f"/v1/workloads/{last}").json()["status"] in ENDS, 120)
+        path = f"/v1/workloads/{last}"
+        _p99(admin, path, 50)  # warm
+        quiet = _p99(admin, path)
+        stalled = [_stalled_stream(server) for _ in range(20)]
+        try:
+            time.sleep(1)  # their buffers fill, their writers block
+            got: list[dict[str, Any]] = []
+            newest = 0
+            while items := page(admin, after=newest, limit=500)["items"]:
+                newest = items[-1]["id"]
+            reader = threading.Thread(
+                target=lambda: got.extend(read_stream(admin, 3, last_event_id=newest)),
+                daemon=True,
+            )
+            reader.start()
+            busy = _p99(admin, path)
+            (fresh,) = run_to_the_end(admin, 1)
+            reader.join(timeout=30)
+            assert [e["workload_id"] for e in got] == [fresh] * 3
+        finally:
+            for sock in stalled:
+                sock.close()
+        print(f"p99 of GET {path}: {quiet * 1000:.1f} ms quiet, {busy * 1000:.1f} ms stalled")
+        assert busy <= 3 * quiet + 0.05, (quiet, busy)
+
+
+def _stalled_request(server: LiveServer, target: str) -> socket.socket:
+    """A client that asks for ``target`` and never reads a byte of the answer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(
+        (
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Authorization: Bearer {server.token}\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+def test_streams_that_never_read_do_not_keep_a_stopping_server(data: Path) -> None:
+    """Streams whose writes block on a full socket (one owed ~4 MB of events, a log
+    follow of a workload that runs on): SIGTERM still stops the server within
+    seconds, its port and data dir free for the next one."""
+    labels = {f"team.example.com/key-{i:02d}-" + "k" * 40: "v" * 60 for i in range(16)}
+    server = LiveServer(data, "--executor", "local").start()
+    try:
+        with server.http() as admin:
+            running = admin.post("/v1/workloads", json={"command": ["sleep", "600"]}).json()
+            path = f"/v1/workloads/{running['id']}"
+            wait_until(lambda: admin.get(path).json()["status"] == "running")
+            # 2,000 events of ~2 kB: workloads that wait for that one
+            items = [{"command": ["true"], "labels": labels, "depends_on": [running["id"]]}]
+            for _ in range(5):
+                response = admin.post("/v1/workloads/batch", json={"items": items * 400})
+                assert response.status_code == 201, response.text[:200]
+        stalled = [
+            _stalled_request(server, "/v1/events?follow=true&after=0"),
+            _stalled_request(server, f"{path}/logs?follow=true"),
+        ]
+        time.sleep(2)  # the first one's writes block
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=15)  # raises if it is still running
+        for sock in stalled:
+            sock.close()
+        assert "Traceback" not in server.log.read_text()
+        server = serve(data, [], port=server.port)  # the same port, the same data
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_pg(pg_server: str) -> Iterator[PgServer]:
+    """A PostgreSQL of this test's own (it is stopped and started again), migrated."""
+    from corral.store import migrate
+
+    server = pg_start()
+    try:
+        migrate.upgrade(server.create_database("corral"))
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_stream_outlives_a_database_outage_and_goes_on(data: Path, own_pg: PgServer) -> None:
+    """PostgreSQL stops under an open stream, then starts again: the stream stays open
+    (no traceback logged), and delivers the events written once it is back."""
+    server = LiveServer(data, "--db", own_pg.url("corral"), "--executor", "none").start()
+    try:
+        with server.http() as admin:
+            before = admin.post("/v1/workloads", json={"command": ["true"]}).json()["id"]
+            got: list[dict[str, Any]] = []
+            reader = threading.Thread(
+                target=lambda: read_stream(server.http(), 2, into=got), daemon=True
+            )
+            reader.start()
+            wait_until(lambda: len(got) == 1)
+            own_pg.halt()
+            try:
+                time.sleep(4)  # the stream's reads fail meanwhile
+                assert reader.is_alive()
+            finally:
+                own_pg.boot()
+            after = wait_until(
+                lambda: (
+                    (r := admin.post("/v1/workloads", json={"command": ["true"]})).status_code
+                    == 201
+                    and r.json()["id"]
+                ),
+                timeout=30,
+                interval=0.5,
+            )
+            reader.join(60)
+            assert [e["workload_id"] for e in got] == [before, after]
+        log = server.log.read_text()
+        assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+        assert log.count("an event stream waits for the database") == 1
+    finally:
+        server.kill()
+
+
+def _chunks(sock: socket.socket, count: int) -> list[bytes]:
+    """The first ``count`` chunks of a chunked HTTP answer on ``sock`` (each is one
+    write of the server's), after its headers."""
+    reader = sock.makefile("rb")
+    while reader.readline() not in (b"\r\n", b""):
+        pass  # the status line and headers
+    chunks = []
+    for _ in range(count):
+        size = int(reader.readline().split(b";")[0], 16)
+        chunks.append(reader.read(size))
+        assert reader.readline() == b"\r\n"
+    return chunks
+
+
+def test_a_stream_writes_a_page_of_events_at_once(data: Path, serve_db: list[str]) -> None:
+    """Catching up, a page of events is one write (one chunk), not one per event."""
+    with serve(data, serve_db) as server, server.http() as admin:
+        run_to_the_end(admin, 2)
+        with _stalled_request(server, "/v1/events?follow=true&after=0") as sock:
+            first, page = _chunks(sock, 2)
+        assert first == b": keep-alive\n\n"
+        assert page.count(b"event: transition\n") == 6, page
+
+
+def test_a_connection_keeps_little_unsent_in_the_kernel() -> None:
+    """``TCP_NOTSENT_LOWAT`` on the listener, so on every connection it accepts: a
+    client that does not read costs the server little (its stream stops early)."""
+    from corral.server import NOT_SENT_MAX_BYTES, _listen
+
+    with _listen("127.0.0.1", 0) as listener, socket.create_connection(listener.getsockname()):
+        accepted, _ = listener.accept()
+        with accepted:
+            got = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+    assert got == NOT_SENT_MAX_BYTES == 128 * 1024

@@ -5,13 +5,11 @@ here on purpose), and gives up on one after ``GAP_WAIT_SECONDS`` (a rollback).""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
-from corral.events import GAP_WAIT_SECONDS, Broadcast, follow, horizon, read_page
-from corral.ids import now_rfc3339
+from corral.events import GAP_WAIT_SECONDS, Broadcast, Gaps, follow, horizon, read_page
 from corral.model import TransitionEvent, WorkloadCreate
 from tests.blocking import BlockingStore
 from tests.server import wait_until
@@ -24,27 +22,36 @@ def store_kind() -> str:
     return "postgresql"
 
 
+INSERT_EVENT = (
+    "INSERT INTO events (workload_id, seq, type, from_status, to_status, at)"
+    " VALUES (%s, %s, 'transition', 'pending', 'running', now() - %s * interval '1 second')"
+)
+
+
 def held_event(store: BlockingStore, workload_id: str, seq: int) -> psycopg.Connection:
     """An event of ``workload_id`` inserted (its id taken) in a transaction left
     open: commit or roll back the connection returned."""
     conn = psycopg.connect(store.url)
-    conn.execute(
-        "INSERT INTO events (workload_id, seq, type, from_status, to_status, at)"
-        " VALUES (%s, %s, 'transition', 'pending', 'running', now())",
-        (workload_id, seq),
-    )
+    conn.execute(INSERT_EVENT, (workload_id, seq, 0))
     return conn
 
 
-def page_after(store: BlockingStore, cursor: int) -> tuple[list[TransitionEvent], int]:
+@pytest.fixture
+def gaps() -> Gaps:
+    """The test's memory of the gaps met (a server's app has one, for its database)."""
+    return Gaps()
+
+
+def page_after(store: BlockingStore, cursor: int, gaps: Gaps) -> tuple[list[TransitionEvent], int]:
+    """A JSON page's read."""
     result: tuple[list[TransitionEvent], int] = store.run(
-        read_page(store.inner, cursor, owner=None, waited={})
+        read_page(store.inner, cursor, owner=None, gaps=gaps)
     )
     return result
 
 
 def test_a_follower_waits_for_an_open_transactions_id_then_delivers_in_order(
-    store: BlockingStore,
+    store: BlockingStore, gaps: Gaps
 ) -> None:
     first, _ = store.create_workload(SPEC, owner="alice")
     cursor = store.list_events_after(0)[-1].id
@@ -53,13 +60,12 @@ def test_a_follower_waits_for_an_open_transactions_id_then_delivers_in_order(
         later, _ = store.create_workload(SPEC, owner="bob")  # cursor + 2, committed
         committed = store.list_events_after(cursor)
         assert [(e.id, e.workload_id) for e in committed] == [(cursor + 2, later.id)]
-        assert page_after(store, cursor) == ([], cursor)  # not past the open one
+        assert page_after(store, cursor, gaps) == ([], cursor)  # not past the open one
 
         async def two() -> list[TransitionEvent]:
             got: list[TransitionEvent] = []
-            async for event in follow(store.inner, Broadcast(), cursor, owner=None):
-                if event is not None:
-                    got.append(event)
+            async for page in follow(store.inner, Broadcast(), cursor, owner=None, gaps=gaps):
+                got += page
                 if len(got) == 2:
                     return got
             raise AssertionError("the stream ended")
@@ -75,37 +81,62 @@ def test_a_follower_waits_for_an_open_transactions_id_then_delivers_in_order(
         holder.close()
 
 
-def test_a_rolled_back_id_is_given_up_on_after_the_gap_wait(store: BlockingStore) -> None:
+def test_a_rolled_back_id_is_given_up_on_after_the_gap_wait(
+    store: BlockingStore, gaps: Gaps
+) -> None:
     first, _ = store.create_workload(SPEC, owner="alice")
     cursor = store.list_events_after(0)[-1].id
     holder = held_event(store, first.id, 2)
     try:
         later, _ = store.create_workload(SPEC, owner="alice")
-        assert page_after(store, cursor) == ([], cursor)
+        assert page_after(store, cursor, gaps) == ([], cursor)
         holder.rollback()  # cursor + 1 will never be committed
     finally:
         holder.close()
     items, next_cursor = wait_until(
-        lambda: (page := page_after(store, cursor))[0] and page,
+        lambda: (page := page_after(store, cursor, gaps))[0] and page,
         timeout=GAP_WAIT_SECONDS + 15,
     )
     assert [(e.id, e.workload_id) for e in items] == [(cursor + 2, later.id)]
     assert next_cursor == cursor + 2
 
 
-def test_the_horizon_stops_at_the_first_gap_not_settled() -> None:
-    now = datetime.now(UTC)
-    fresh = now_rfc3339()
-    old = (now - timedelta(seconds=GAP_WAIT_SECONDS + 1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    t = now.timestamp()
-    assert horizon(10, [], now=t) == 10
-    assert horizon(10, [(11, fresh), (12, fresh)], now=t) == 12
-    assert horizon(10, [(11, fresh), (13, fresh)], now=t) == 11  # 12 may yet commit
-    assert horizon(10, [(12, fresh)], now=t) == 10
-    assert horizon(10, [(11, fresh), (13, old), (14, fresh)], now=t) == 14  # settled
-    # A follower gives up on a gap it has waited for long enough by its own clock.
-    waited: dict[int, float] = {}
-    assert horizon(10, [(12, fresh)], now=t, waited=waited, clock=100.0) == 10
-    assert waited == {11: 100.0}
-    assert horizon(10, [(12, fresh)], now=t, waited=waited, clock=103.0) == 10
-    assert horizon(10, [(12, fresh)], now=t, waited=waited, clock=105.0) == 12
+def test_an_event_dated_in_the_past_by_its_writer_does_not_settle_the_gap_below_it(
+    store: BlockingStore, gaps: Gaps
+) -> None:
+    """A server whose clock is 6 s behind writes an event after one still in an open
+    transaction: the gap is waited for by this server's clock, not passed at once."""
+    first, _ = store.create_workload(SPEC, owner="alice")
+    cursor = store.list_events_after(0)[-1].id
+    holder = held_event(store, first.id, 2)  # cursor + 1, not committed
+    try:
+        with psycopg.connect(store.url, autocommit=True) as behind:
+            behind.execute(INSERT_EVENT, (first.id, 3, GAP_WAIT_SECONDS + 1))  # cursor + 2
+        assert page_after(store, cursor, gaps) == ([], cursor)
+        holder.commit()
+        items, next_cursor = page_after(store, cursor, gaps)
+        assert [(e.id, e.seq) for e in items] == [(cursor + 1, 2), (cursor + 2, 3)]
+        assert next_cursor == cursor + 2
+    finally:
+        holder.close()
+
+
+def test_the_horizon_stops_at_the_first_gap_not_settled_by_this_process_clock() -> None:
+    gaps = Gaps()
+    assert horizon(10, [], gaps, 100.0) == 10
+    assert horizon(10, [11, 12], gaps, 100.0) == 12
+    assert len(gaps) == 0
+    assert horizon(10, [11, 13], gaps, 100.0) == 11  # 12 may yet commit
+    assert horizon(10, [12], gaps, 100.0) == 10  # 11 too, met at 100
+    assert horizon(10, [11, 13], gaps, 103.0) == 11
+    # Met by another page (the memory is shared): settled by when first met.
+    assert horizon(10, [12], gaps, 105.0) == 12
+    assert horizon(11, [13, 14, 16], gaps, 105.0) == 14  # 12 settled, 15 met now
+    assert horizon(11, [13, 14, 16], gaps, 110.0) == 16
+    # Bounded: the gap met first is forgotten first, then met (and waited for) again.
+    small = Gaps(size=2)
+    for gap, clock in ((1, 0.0), (3, 1.0), (5, 2.0)):
+        small.settled(gap, clock)
+    assert len(small) == 2
+    assert small.settled(3, 6.0) and small.settled(5, 7.0)
+    assert not small.settled(1, 7.0)

@@ -9,11 +9,22 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
   moved past 10 would skip it for ever, so a reader goes only up to the *horizon*:
   the id before the first gap in the ids of every event (``Store.event_ids_after``,
   unfiltered: another user's event fills a gap as well as one's own). A gap is
-  waited for at most ``GAP_WAIT_SECONDS`` (a rolled-back transaction leaves one for
-  ever): it is settled once the event after it is that old by its time (``at``, the
-  writing server's clock), or once this follower has waited that long for it by its
-  own clock. SQLite has one writer and its rollbacks take their ids back, so there
-  it meets no gaps but those retention leaves, which are old and settled at once.
+  waited for ``GAP_WAIT_SECONDS`` at most (a rolled-back transaction leaves one for
+  ever), by this server's own monotonic clock only, never by an event's ``at`` (the
+  writing server's clock, which may be behind): a ``Gaps``, one per server (its
+  app's, for its one database), shared by every page and stream, remembers when the
+  server first met each gap, so a
+  JSON page stops at a gap first met less than ``GAP_WAIT_SECONDS`` ago and a later
+  page, or stream, passes it. It is bounded (``GAPS_REMEMBERED``, the oldest
+  forgotten first): a forgotten gap met again is waited for again, later but never
+  lost. The price: an event whose transaction stays open more than
+  ``GAP_WAIT_SECONDS`` after a later one committed is not delivered to the readers
+  that passed it (it is in the table: a page read from before it has it). corral's
+  transactions are pipelined and take milliseconds, and a stalled server's sessions
+  are ended at a takeover, so that is a transaction that failed in all but name.
+  A gap left long ago (a rollback) costs the first reader of this process that meets
+  it ``GAP_WAIT_SECONDS``, once. SQLite has one writer and its rollbacks take their
+  ids back, so there it meets no gaps.
 - **Wake-ups.** Each stream is its own task reading from its own cursor in pages of
   up to ``EVENTS_LIMIT_MAX``; it sleeps until the server's ``Broadcast`` fires
   (``BroadcastingStore`` fires it after each write this server makes) or
@@ -23,24 +34,45 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
 - **Since a time.** ``since_seconds`` starts a reader at the first event of the last
   N seconds (``cursor_since``): a binary search over the ids, whose times rise with
   them, of one indexed row a step (the dashboard's plot of the last hour).
+- **Catching up** on a backlog (``after=0`` on a big table) is paced so that it does
+  not crowd out the other requests: a page is one write (its messages joined), the
+  task yields to the event loop between pages, and the server's streams read at
+  most ``STREAM_READS`` pages at once (a semaphore): a stalled or slow client holds
+  a page or two of memory and no more.
+- **The database failing** (unreachable, busy, refusing) under a stream does not end
+  it: its reads are tried again after ``RETRY_MIN_SECONDS``, doubling up to
+  ``RETRY_MAX_SECONDS``, its keep-alive comments go on, one warning is logged per
+  outage and stream (no traceback), and the events written once the database is
+  back follow. Ending it instead would send every watcher reconnecting, each
+  getting a 503 until the database is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from corral.model import Status, TransitionEvent
 from corral.store.base import EVENTS_LIMIT_MAX, Store
+from corral.store.errors import DatabaseError, StoreBusyError
 from corral.store.sqlite import EVENT_ID_MAX
 
 GAP_WAIT_SECONDS = 5.0
 POLL_SECONDS = 1.0
 KEEP_ALIVE_SECONDS = 15.0
+STREAM_READS = 2
+"""The most page reads a server's streams make at once."""
+RETRY_MIN_SECONDS = 0.5
+RETRY_MAX_SECONDS = 5.0
+"""A stream's reads while the database fails: tried again after 0.5 s, doubling up
+to 5 s."""
+
+log = logging.getLogger(__name__)
 
 _WRITES = frozenset(
     {
@@ -105,31 +137,40 @@ class BroadcastingStore:
         return write
 
 
-def _age_seconds(at: str, now: float) -> float:
-    return now - datetime.fromisoformat(at).replace(tzinfo=UTC).timestamp()
+GAPS_REMEMBERED = 4096
+"""The most gaps ``Gaps`` remembers."""
 
 
-def horizon(
-    cursor: int,
-    ids: Sequence[tuple[int, str]],
-    *,
-    now: float,
-    waited: dict[int, float] | None = None,
-    clock: float = 0.0,
-) -> int:
+class Gaps:
+    """When this process first met each gap (its first missing id), by the monotonic
+    clock; at most ``size`` of them, the first met forgotten first."""
+
+    def __init__(self, size: int = GAPS_REMEMBERED) -> None:
+        self.size = size
+        self._first_met: dict[int, float] = {}  # in the order met
+
+    def settled(self, gap: int, clock: float) -> bool:
+        """Whether ``gap`` was first met ``GAP_WAIT_SECONDS`` or more before
+        ``clock`` (met now if it was not known)."""
+        first = self._first_met.get(gap)
+        if first is None:
+            if len(self._first_met) >= self.size:
+                del self._first_met[next(iter(self._first_met))]
+            self._first_met[gap] = first = clock
+        return clock - first >= GAP_WAIT_SECONDS
+
+    def __len__(self) -> int:
+        return len(self._first_met)
+
+
+def horizon(cursor: int, ids: Sequence[int], gaps: Gaps, clock: float) -> int:
     """The highest id up to which every id after ``cursor`` is known: ``ids`` (those
-    of every event after ``cursor``, lowest first, with their times) up to the first
-    gap not settled. A gap is settled when the event after it is ``GAP_WAIT_SECONDS``
-    old by ``now`` (wall clock), or, for a follower (``waited``: the gap's first id ->
-    when it first saw it on its monotonic ``clock``), when it has waited that long."""
+    of every event after ``cursor``, lowest first) up to the first gap not settled
+    (``Gaps.settled`` at ``clock``, the monotonic clock)."""
     expected = cursor + 1
-    for event_id, at in ids:
-        if event_id != expected and _age_seconds(at, now) < GAP_WAIT_SECONDS:
-            if waited is None:
-                return expected - 1
-            since = waited.setdefault(expected, clock)
-            if clock - since < GAP_WAIT_SECONDS:
-                return expected - 1
+    for event_id in ids:
+        if event_id != expected and not gaps.settled(expected, clock):
+            return expected - 1
         expected = event_id + 1
     return expected - 1
 
@@ -140,7 +181,7 @@ async def cursor_since(store: Store, seconds: float, *, now: float | None = None
     kept is that recent, else the id of the newest older one.
 
     A binary search over the ids, each step the first event after an id
-    (``event_ids_after(x, limit=1)``, one row by the primary key): about 2 log2 of the
+    (``list_events_after(x, limit=1)``, one row by the primary key): about 2 log2 of the
     newest id in steps, whatever the table holds. It assumes times rise with ids,
     which holds but for writes racing in the same instant (or servers' clocks apart):
     an event a little out of order at the edge may be in or out."""
@@ -149,8 +190,8 @@ async def cursor_since(store: Store, seconds: float, *, now: float | None = None
     async def recent_after(cursor: int) -> bool:
         """True when no event after ``cursor`` is older than the cutoff (so none is,
         if times rise with ids)."""
-        found = await store.event_ids_after(cursor, limit=1)
-        return not found or _age_seconds(found[0][1], cutoff) <= 0
+        found = await store.list_events_after(cursor, limit=1)
+        return not found or _epoch_seconds(found[0].at) >= cutoff
 
     if await recent_after(0):
         return 0
@@ -169,6 +210,11 @@ async def cursor_since(store: Store, seconds: float, *, now: float | None = None
     return high
 
 
+def _epoch_seconds(at: str) -> float:
+    """An event's ``at`` (RFC 3339, UTC) as seconds since the epoch."""
+    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+
+
 async def read_page(
     store: Store,
     cursor: int,
@@ -177,13 +223,13 @@ async def read_page(
     workload_ids: Sequence[str] = (),
     labels: Sequence[tuple[str, str]] = (),
     statuses: Sequence[Status] = (),
+    gaps: Gaps,
     limit: int = EVENTS_LIMIT_MAX,
-    waited: dict[int, float] | None = None,
 ) -> tuple[list[TransitionEvent], int]:
     """The events after ``cursor`` that match, up to the horizon, and the cursor to
     read from next (past events that do not match, never past a gap not settled)."""
     ids = await store.event_ids_after(cursor, limit=EVENTS_LIMIT_MAX)
-    until = horizon(cursor, ids, now=time.time(), waited=waited, clock=time.monotonic())
+    until = horizon(cursor, ids, gaps, time.monotonic())
     if until == cursor:
         return [], cursor
     items = await store.list_events_after(
@@ -207,39 +253,58 @@ async def follow(
     workload_ids: Sequence[str] = (),
     labels: Sequence[tuple[str, str]] = (),
     statuses: Sequence[Status] = (),
+    gaps: Gaps,
+    reads: asyncio.Semaphore | None = None,
     keep_alive: float = KEEP_ALIVE_SECONDS,
-) -> AsyncIterator[TransitionEvent | None]:
-    """Every matching event after ``cursor``, in id order, until the broadcast is
-    closed; ``None`` after ``keep_alive`` seconds without one (the stream's
-    keep-alive comment)."""
-    waited: dict[int, float] = {}
+) -> AsyncIterator[list[TransitionEvent]]:
+    """Every matching event after ``cursor``, in id order, a page at a time, until
+    the broadcast is closed; an empty page after ``keep_alive`` seconds without any
+    (the stream's keep-alive comment). ``reads``: taken for each page read, to bound
+    the reads of every stream at once (a server's streams share one)."""
     quiet_since = time.monotonic()
+    retry = 0.0  # while the database fails: the seconds until the next try
     while not broadcast.closed:
         waiter = broadcast.waiter()
-        items, next_cursor = await read_page(
-            store,
-            cursor,
-            owner=owner,
-            workload_ids=workload_ids,
-            labels=labels,
-            statuses=statuses,
-            waited=waited,
-        )
-        for item in items:
-            yield item
-        if items:
+        try:
+            async with reads or contextlib.nullcontext():
+                items, next_cursor = await read_page(
+                    store,
+                    cursor,
+                    owner=owner,
+                    workload_ids=workload_ids,
+                    labels=labels,
+                    statuses=statuses,
+                    gaps=gaps,
+                )
+            retry = 0.0
+        except (StoreBusyError, DatabaseError) as exc:
+            if not retry:
+                log.warning("an event stream waits for the database: %s", exc)
+            retry = min(max(2 * retry, RETRY_MIN_SECONDS), RETRY_MAX_SECONDS)
+            items, next_cursor = [], cursor
+        if items or time.monotonic() - quiet_since >= keep_alive:
+            yield items
             quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= keep_alive:
-            yield None
-            quiet_since = time.monotonic()
-        moved = next_cursor != cursor
-        cursor = next_cursor
-        for gap in [g for g in waited if g <= cursor]:
-            del waited[gap]
-        if moved:
+        if next_cursor != cursor:
+            cursor = next_cursor
+            await asyncio.sleep(0)  # let other requests in between the pages of a catch-up
             continue  # perhaps more to read now
-        until_keep_alive = keep_alive - (time.monotonic() - quiet_since)
-        await broadcast.wait(waiter, max(0.0, min(POLL_SECONDS, until_keep_alive)))
+        until_keep_alive = max(0.0, keep_alive - (time.monotonic() - quiet_since))
+        if retry:
+            await _pause(broadcast, min(retry, until_keep_alive))
+        else:
+            await broadcast.wait(waiter, min(POLL_SECONDS, until_keep_alive))
+
+
+async def _pause(broadcast: Broadcast, seconds: float) -> None:
+    """``seconds``, or until the broadcast closes (not woken by its writes: each write
+    tried while the database is down fires it too)."""
+    deadline = time.monotonic() + seconds
+    while not broadcast.closed and (left := deadline - time.monotonic()) > 0:
+        await broadcast.wait(broadcast.waiter(), left)
+
+
+KEEP_ALIVE_MESSAGE = b": keep-alive\n\n"
 
 
 def sse_message(event: TransitionEvent) -> bytes:
@@ -247,4 +312,6 @@ def sse_message(event: TransitionEvent) -> bytes:
     return f"id: {event.id}\nevent: transition\ndata: {event.model_dump_json()}\n\n".encode()
 
 
-KEEP_ALIVE_MESSAGE = b": keep-alive\n\n"
+def sse_messages(page: Sequence[TransitionEvent]) -> bytes:
+    """A page of ``follow``, as one write: its messages, or the keep-alive comment."""
+    return b"".join(map(sse_message, page)) if page else KEEP_ALIVE_MESSAGE

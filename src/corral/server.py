@@ -298,6 +298,7 @@ def serve(settings: Settings) -> None:
         log_level=None,
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
+        timeout_graceful_shutdown=STOP_TIMEOUT_SECONDS,
     )
     try:
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
@@ -451,6 +452,10 @@ def _raise_open_files_limit() -> int | None:
     return soft
 
 
+NOT_SENT_MAX_BYTES = 128 * 1024
+"""``TCP_NOTSENT_LOWAT`` of every connection (``_listen``; inherited on accept)."""
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``, or a ``ServeError`` that says why not."""
     try:
@@ -460,6 +465,11 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ServeError(f"cannot listen on {host}:{port}: {exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # At most 128 KiB not sent yet in the kernel per connection (its buffer grows
+        # to 4 MB else): what a client that does not read costs the server (an event
+        # stream catching up) stays small; sending speed is not limited.
+        if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOT_SENT_MAX_BYTES)
         sock.bind(address)
         sock.listen(2048)
     except OSError as exc:
@@ -473,9 +483,27 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+STOP_GRACE_SECONDS = 3.0
+"""How long a stopping server lets the answers in progress end by themselves before
+it closes their connections (``_Server.shutdown``)."""
+STOP_TIMEOUT_SECONDS = 10
+"""uvicorn's ``timeout_graceful_shutdown``: past it, a request still running (one
+waiting on something else than its client) is cancelled."""
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, announcing itself once it answers requests (a banner printed
-    earlier would claim a port the server may not get)."""
+    earlier would claim a port the server may not get).
+
+    **Stopping.** uvicorn waits for every answer in progress to end, with no limit
+    of its own, and some never end by themselves: an event stream (ended by
+    ``stopping``, the event broadcast's ``close``, unless its task is blocked writing
+    to a client that does not read), a log ``follow=true`` of a workload that runs
+    on. So ``STOP_GRACE_SECONDS`` after the stop began, the connections still open are
+    closed (each answer then ends as if its client had left: a client resumes
+    elsewhere, a watcher with ``Last-Event-ID``), and ``STOP_TIMEOUT_SECONDS`` is
+    uvicorn's own bound for the rest: the port and the data dir's lock are freed
+    within seconds."""
 
     def __init__(
         self, config: uvicorn.Config, announce: Callable[[], None], stopping: Callable[[], None]
@@ -486,7 +514,20 @@ class _Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.stopping()  # end the event streams first: uvicorn waits for every response
-        await super().shutdown(sockets)
+        loop = asyncio.get_running_loop()
+        closing = loop.call_later(STOP_GRACE_SECONDS, self._close_connections)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            closing.cancel()
+
+    def _close_connections(self) -> None:
+        """Close every connection still open, at once (what its client has not read
+        yet is dropped): each answer's next write sees its client gone."""
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

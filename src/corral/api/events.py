@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -17,12 +19,14 @@ from corral.api.routes import parse_label_selector, visible_to
 from corral.errors import InvalidInputError
 from corral.events import (
     KEEP_ALIVE_MESSAGE,
+    STREAM_READS,
     Broadcast,
     BroadcastingStore,
+    Gaps,
     cursor_since,
     follow,
     read_page,
-    sse_message,
+    sse_messages,
 )
 from corral.ids import looks_like_id
 from corral.model import LABELS_MAX_ENTRIES, Status, TransitionEvent
@@ -45,27 +49,30 @@ class EventPage(BaseModel):
     last_id: int
 
 
+SHOWN_MAX_CHARS = 40
+"""The most characters of a bad ``Last-Event-ID`` a problem's detail repeats."""
+
+
 def _cursor(after: int | None, last_event_id: str | None) -> int:
-    """``after=``, else ``Last-Event-ID``, else 0 (the oldest event kept)."""
-    if after is not None:
-        return after
-    if last_event_id is None or not last_event_id.strip():
-        return 0
-    try:
-        value = int(last_event_id.strip())
-    except ValueError:
-        value = -1
-    if not 0 <= value <= EVENT_ID_MAX:
-        raise InvalidInputError(
-            f"Last-Event-ID {last_event_id!r} is not an event id"
-            f" (an integer from 0 to {EVENT_ID_MAX})"
-        )
-    return value
+    """``Last-Event-ID``, else ``after=``, else 0 (the oldest event kept). The header
+    wins: an EventSource reconnects to the URL it first opened, ``after=`` and all,
+    adding the last id it got. Only ASCII digits (not ``int()``'s ``+5``, ``1_000``)."""
+    value = (last_event_id or "").strip()
+    if not value:
+        return 0 if after is None else after
+    if re.fullmatch(r"[0-9]{1,19}", value) and int(value) <= EVENT_ID_MAX:
+        return int(value)
+    shown = value[:SHOWN_MAX_CHARS] + ("…" if len(value) > SHOWN_MAX_CHARS else "")
+    raise InvalidInputError(
+        f"Last-Event-ID {shown!r} is not an event id (an integer from 0 to {EVENT_ID_MAX})"
+    )
 
 
 def build_event_router(store: Store) -> APIRouter:
     router = APIRouter()
     broadcast = store.broadcast if isinstance(store, BroadcastingStore) else Broadcast()
+    gaps = Gaps()  # when this server first met each gap, for every page and stream
+    reads = asyncio.Semaphore(STREAM_READS)  # the page reads of every stream at once
 
     @router.get(
         "/v1/events",
@@ -90,7 +97,9 @@ def build_event_router(store: Store) -> APIRouter:
             Query(
                 ge=0,
                 le=EVENT_ID_MAX,
-                description="Events after this id (else Last-Event-ID, else 0).",
+                description="Events after this id, unless a Last-Event-ID header is"
+                " sent (it wins: an EventSource reconnects to the same URL with it);"
+                " else 0.",
             ),
         ] = None,
         workload: Annotated[
@@ -139,6 +148,7 @@ def build_event_router(store: Store) -> APIRouter:
                 labels=labels,
                 statuses=status,
                 limit=limit,
+                gaps=gaps,
             )
             body = EventPage.model_construct(items=items, last_id=last_id)
             return Response(body.model_dump_json(), media_type="application/json")
@@ -148,7 +158,7 @@ def build_event_router(store: Store) -> APIRouter:
 
         async def stream() -> AsyncIterator[bytes]:
             yield KEEP_ALIVE_MESSAGE  # the headers and a first byte, at once
-            async for event in follow(
+            async for page in follow(
                 store,
                 broadcast,
                 cursor,
@@ -156,8 +166,10 @@ def build_event_router(store: Store) -> APIRouter:
                 workload_ids=workload,
                 labels=labels,
                 statuses=status,
+                gaps=gaps,
+                reads=reads,
             ):
-                yield KEEP_ALIVE_MESSAGE if event is None else sse_message(event)
+                yield sse_messages(page)
 
         return StreamingResponse(
             stream(),

@@ -233,12 +233,10 @@ class Store(Protocol):
         lower id than one already returned (``corral.events`` waits for such gaps)."""
         ...
 
-    async def event_ids_after(
-        self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX
-    ) -> list[tuple[int, str]]:
-        """The id and time (``at``) of up to ``limit`` events above ``after_id``, lowest
-        first, of every workload: what a follower reads to find the gaps of ids not
-        committed yet (``corral.events``)."""
+    async def event_ids_after(self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX) -> list[int]:
+        """The ids of up to ``limit`` events above ``after_id``, lowest first, of every
+        workload: what a follower reads to find the gaps of ids not committed yet
+        (``corral.events``)."""
         ...
 
     async def update_workload_status(

@@ -1102,12 +1102,10 @@ class PostgresStore(PostgresCluster):
         rows = await self._fetch(_sql(sql), params, prepare=_LISTING)
         return [row_to_transition(r) for r in rows]
 
-    async def event_ids_after(
-        self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX
-    ) -> list[tuple[int, str]]:
+    async def event_ids_after(self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX) -> list[int]:
         check_events_limit(after_id, limit)
         rows = await self._fetch(_sql(EVENT_IDS_QUERY), (after_id, limit))
-        return [(int(r[0]), str(r[1])) for r in rows]
+        return [int(r[0]) for r in rows]
 
     # --- users and API keys ------------------------------------------------------
 

@@ -372,7 +372,7 @@ def events_query(
 
 EVENT_ID_MAX = 2**63 - 1
 """The largest id either database's integer holds."""
-EVENT_IDS_QUERY = "SELECT id, at FROM events WHERE id > ? ORDER BY id LIMIT ?"
+EVENT_IDS_QUERY = "SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?"
 
 
 def check_events_limit(after_id: int, limit: int) -> None:
@@ -1175,12 +1175,10 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
             rows = conn.execute(sql, params).fetchall()
         return [row_to_transition(r) for r in rows]
 
-    def event_ids_after(
-        self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX
-    ) -> list[tuple[int, str]]:
+    def event_ids_after(self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX) -> list[int]:
         check_events_limit(after_id, limit)
         with self._connection() as conn:
-            return [(r[0], r[1]) for r in conn.execute(EVENT_IDS_QUERY, (after_id, limit))]
+            return [r[0] for r in conn.execute(EVENT_IDS_QUERY, (after_id, limit))]
 
     def _checkpoint_loop(self) -> None:
         conn = self._conn()  # this thread's own connection

@@ -455,9 +455,7 @@ class AsyncSQLiteStore:
             return call()
         return await self._readers.call(call)
 
-    async def event_ids_after(
-        self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX
-    ) -> list[tuple[int, str]]:
+    async def event_ids_after(self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX) -> list[int]:
         return self.sync.event_ids_after(after_id, limit=limit)  # a primary-key range
 
     async def pending_ids(self) -> list[str]:
