@@ -33,6 +33,8 @@ EVERY_KEYED_ROUTE = [
     ("POST", "/v1/workloads/kill", {"all": True}),
     ("POST", "/v1/workloads/batch", {"items": [{"command": ["true"]}]}),
     ("GET", "/v1/status", None),
+    ("GET", "/v1/events", None),
+    ("POST", "/v1/workloads/clean", {"older_than_seconds": 0}),
     ("POST", "/v1/tokens", {"user": "x"}),
     ("GET", "/v1/tokens", None),
     ("DELETE", "/v1/tokens/{id}", None),
