@@ -1142,7 +1142,10 @@ class Scheduler:
         self._timed_out.discard(wid)
         self._unrecorded[wid] = _Ending(*_translate(outcome, timed_out, timeout))
         self._release(wid)
-        self.tally.exited(self.log_size(wid))
+        # The executor stats the log as it reports the exit; a stat here only for
+        # one that does not (a second one on the loop for every exit otherwise).
+        log_bytes = outcome.log_bytes
+        self.tally.exited(self.log_size(wid) if log_bytes is None else log_bytes)
         self._record_soon(wid)
 
     def _record_ends(self) -> None:
