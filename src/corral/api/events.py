@@ -40,7 +40,9 @@ WORKLOADS_MAX = 500
 
 class EventPage(BaseModel):
     """One page of ``GET /v1/events``: ``last_id`` is the ``after=`` of the next
-    page (past the events the filters skip; never past an id not committed yet)."""
+    page (past the events the filters skip or the key may not see, so a page may be
+    empty with more to come; never past an id not committed yet). Caught up, for
+    now, when it equals ``after``."""
 
     items: list[TransitionEvent]
     last_id: int
