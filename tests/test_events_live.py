@@ -21,7 +21,7 @@ import pytest
 from bench.pg_server import PgServer
 from bench.pg_server import start as pg_start
 
-from corral.client import Client
+from corral.client import Client, CorralClientError, ServerUnreachable
 from corral.executors.local import kill_all
 from tests.server import LiveServer, wait_until
 
@@ -485,3 +485,121 @@ def test_a_connection_keeps_little_unsent_in_the_kernel() -> None:
         with accepted:
             got = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
     assert got == NOT_SENT_MAX_BYTES == 128 * 1024
+
+
+def _event_message(event_id: int) -> bytes:
+    data = {
+        "id": event_id,
+        "workload_id": "01m8pcbvsjznvjhx0b78mcn2k2",
+        "seq": event_id,
+        "type": "transition",
+        "from_status": "pending",
+        "to_status": "running",
+        "at": "2026-01-01T00:00:00Z",
+        "reason": None,
+        "actor": "scheduler",
+        "name": None,
+        "labels": {},
+    }
+    body = f"id: {event_id}\nevent: transition\ndata: {json.dumps(data)}\n\n".encode()
+    return b"%x\r\n%s\r\n" % (len(body), body)
+
+
+def test_watch_takes_a_silent_connection_for_lost_and_resumes() -> None:
+    """A stream that goes silent (a host lost without a reset: no keep-alive any
+    more) is given up after ``idle_timeout`` and reopened with the last id."""
+    requests: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        for event_id in (7, 8):
+            conn, _ = listener.accept()
+            conns.append(conn)
+            requests.append(conn.recv(65536))
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n" + _event_message(event_id)
+            )  # then nothing, the connection left open
+
+    threading.Thread(target=serve, daemon=True).start()
+    got: list[int] = []
+    losses: list[CorralClientError | None] = []
+    client = Client(f"http://127.0.0.1:{port}", token="k", timeout=5)
+
+    def watch() -> None:
+        for event in client.watch(on_reconnect=losses.append, idle_timeout=1):
+            got.append(event.id)
+            if len(got) == 2:
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    watcher.join(30)
+    for conn in conns:
+        conn.close()
+    listener.close()
+    assert not watcher.is_alive()
+    assert got == [7, 8]
+    assert b"last-event-id: 7\r\n" in requests[1].lower()
+    assert len(losses) == 1 and "nothing from the corral server" in str(losses[0])
+
+
+def test_watch_fails_at_once_when_it_cannot_connect_first() -> None:
+    with pytest.raises(ServerUnreachable):
+        next(iter(Client("http://127.0.0.1:1", token="k", timeout=5).watch()))
+    cli = subprocess.run(
+        [sys.executable, "-m", "corral.cli", "watch"],
+        env={**LiveServer(Path("/nonexistent")).env, "CORRAL_URL": "http://127.0.0.1:1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 3, cli
+    assert cli.stdout == "" and len(cli.stderr.splitlines()) == 1, cli.stderr
+    assert "127.0.0.1:1" in cli.stderr
+
+
+def test_corral_watch_of_an_unknown_workload_says_so_and_a_lost_server_is_one_line(
+    data: Path,
+) -> None:
+    server = serve(data, [])
+    env = server.cli_env
+    try:
+        unknown = subprocess.run(
+            [sys.executable, "-m", "corral.cli", "watch", "01m8pcbvsjznvjhx0b78mcn2k2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert unknown.returncode == 1, unknown
+        assert unknown.stderr.startswith("corral: no workload 01m8pcbvsjznvjhx0b78mcn2k2")
+        assert unknown.stdout == ""
+
+        with server.http() as admin:
+            first = run_to_the_end(admin, 1)
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "corral.cli", "watch", "--json", "--status", "completed"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert cli.stdout is not None and cli.stderr is not None
+            assert json.loads(cli.stdout.readline())["workload_id"] == first[0]
+            server.kill()
+            assert cli.stderr.readline().endswith("; reconnecting…\n")
+            time.sleep(2)  # a few tries fail meanwhile: still one line
+            server = serve(data, [], port=server.port)
+            with server.http() as admin:
+                second = run_to_the_end(admin, 1)
+            assert json.loads(cli.stdout.readline())["workload_id"] == second[0]
+        finally:
+            cli.kill()
+            _, rest = cli.communicate()
+        assert rest == ""  # no more lines on stderr
+    finally:
+        server.kill()

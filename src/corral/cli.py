@@ -1243,13 +1243,33 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """One line per event (``--json``: one object per line), reconnecting with the
-    last id printed (``Client.watch``), until interrupted."""
+    last id printed (``Client.watch``), until interrupted. Each workload named must
+    exist (else nothing would ever be printed); a first connection that fails is an
+    error; a later loss prints one line to stderr, then reconnects."""
     after = number(args.after, "--after", integer=True)
     labels = pairs(args.label, "--label", labels=True)
     out = sys.stdout
+
+    def reconnecting(error: CorralClientError | None) -> None:
+        why = str(error) if error is not None else "the server ended the stream"
+        print(f"corral: {' '.join(why.split())}; reconnecting…", file=sys.stderr, flush=True)
+
     with connect(args) as client:
-        ids = [resolve(client, handle) for handle in args.handles]
-        events = client.watch(ids, labels=labels, statuses=statuses(args.status), after=after)
+        ids = []
+        for handle in args.handles:
+            workload_id = resolve(client, handle)
+            try:
+                client.get(workload_id)  # a full id is not looked up by resolve
+            except NotFound:
+                raise _no_workload(handle) from None
+            ids.append(workload_id)
+        events = client.watch(
+            ids,
+            labels=labels,
+            statuses=statuses(args.status),
+            after=after,
+            on_reconnect=reconnecting,
+        )
         for event in events:
             if args.json:
                 out.write(json.dumps(as_json(event), ensure_ascii=False) + "\n")

@@ -117,6 +117,9 @@ RETRY_FOR = 30.0
 """How long, in all, the client keeps retrying a 429 or 503 before raising."""
 RETRY_MIN_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
+WATCH_IDLE_TIMEOUT = 45.0
+"""``watch``: seconds without a byte from the server (which sends a keep-alive every
+15 s) after which the connection is taken for lost and opened again."""
 TOKEN_ENV = "CORRAL_TOKEN"
 TOKEN_FILE_ENV = "CORRAL_TOKEN_FILE"
 DATA_DIR_ENV = "CORRAL_DATA_DIR"
@@ -992,47 +995,80 @@ class Client:
         statuses: Sequence[Status | str] = (),
         after: int | None = None,
         reconnect: bool = True,
+        on_reconnect: Callable[[CorralClientError | None], None] | None = None,
+        idle_timeout: float = WATCH_IDLE_TIMEOUT,
     ) -> Iterator[TransitionEvent]:
         """Every event of the workloads the key may see, as it happens, oldest first
         (from ``after``, an event id; else from the oldest the server keeps), for ever:
         ``GET /v1/events?follow=true``. Filters: ``workload_ids`` (any of them),
-        ``labels`` (every one), ``statuses`` (moved to any of them). A lost
-        connection, or a server restart, is reconnected with the last id yielded
-        (``Last-Event-ID``), so nothing is lost or given twice; ``reconnect=False``
-        raises instead. An error answer (a bad filter, 401, …) is always raised."""
+        ``labels`` (every one), ``statuses`` (moved to any of them).
+
+        The first connection failing is raised (``ServerUnreachable``, …): a wrong
+        URL is not retried for ever. Once a stream was open, a lost connection, a
+        server restart, or ``idle_timeout`` seconds without a byte (the server sends
+        a keep-alive every 15 s: a silent connection is a lost one) is reconnected
+        with the last id yielded (``Last-Event-ID``), so nothing is lost or given
+        twice, retrying with a backoff up to 5 s; ``on_reconnect`` is called once per
+        loss, with the error (None: the server ended the stream, as a stopping one
+        does). ``reconnect=False`` raises instead (or returns, when the server ended
+        it). An error answer (a bad filter, 401, …) is always raised."""
         params = [("follow", "true")]
         params += [("workload", w) for w in workload_ids]
         params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
         params += [("status", str(getattr(s, "value", s))) for s in statuses]
         last = after
         delay = RETRY_MIN_DELAY
+        opened = False  # a stream was open once: losses are reconnected from then on
+        lost = False  # the stream was lost since it was last open
         while True:
             headers = {} if last is None else {"Last-Event-ID": str(last)}
+            error: CorralClientError | None = None
             try:
-                for event in self._event_stream(params, headers):
+                for event in self._event_stream(params, headers, idle_timeout):
+                    if event is None:  # open
+                        opened, lost, delay = True, False, RETRY_MIN_DELAY
+                        continue
                     last = event.id
-                    delay = RETRY_MIN_DELAY
                     yield event
+            except (ServerError, ServerUnreachable) as exc:  # a restart, a database outage
+                if not reconnect or not opened:
+                    raise
+                error = exc
             except APIError:
                 raise
-            except CorralClientError:
-                if not reconnect:
+            except CorralClientError as exc:
+                if not reconnect or not opened:
                     raise
+                error = exc
             if not reconnect:
                 return
+            if not lost:
+                lost = True
+                if on_reconnect is not None:
+                    on_reconnect(error)
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY)
 
     def _event_stream(
-        self, params: Sequence[tuple[str, str]], headers: Mapping[str, str]
-    ) -> Iterator[TransitionEvent]:
-        """The events of one ``text/event-stream`` answer, until it ends."""
+        self,
+        params: Sequence[tuple[str, str]],
+        headers: Mapping[str, str],
+        idle_timeout: float,
+    ) -> Iterator[TransitionEvent | None]:
+        """The events of one ``text/event-stream`` answer, until it ends: ``None``
+        first, once the stream is open."""
         conn, response = self._request(
-            "GET", "/v1/events", params=params, headers=headers, follow=True
+            "GET",
+            "/v1/events",
+            params=params,
+            headers=headers,
+            follow=True,
+            read_timeout=idle_timeout,
         )
         buffer = b""
         data: builtins.list[bytes] = []
         try:
+            yield None
             while chunk := response.read1(LOG_CHUNK_BYTES):
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
@@ -1047,6 +1083,12 @@ class Client:
                             raise self._unexpected("an event that is not JSON") from None
                         data = []
                         yield self._read(TransitionEvent.from_json, parsed)
+        except TimeoutError:
+            conn.close()
+            raise CorralClientError(
+                f"nothing from the corral server at {self.url} for {idle_timeout:g} s"
+                " (it sends a keep-alive every 15 s)"
+            ) from None
         except (OSError, HTTPException) as exc:
             conn.close()
             raise self._transport_error(exc) from exc
@@ -1150,9 +1192,12 @@ class Client:
         body: Any = _NO_BODY,
         headers: Mapping[str, str] | None = None,
         follow: bool = False,
+        read_timeout: float | None = None,
     ) -> tuple[_Connection, _Response]:
         """Send, retrying 429 and 503 (see the class docstring); raise the typed error
-        of an error answer. The caller reads the answer, then calls ``_done``."""
+        of an error answer. The caller reads the answer, then calls ``_done``.
+        ``follow``: an answer read as it comes, waiting ``read_timeout`` seconds at
+        most for each read (None: for ever), not ``timeout``."""
         target = self._base_path + path
         if params:
             target += "?" + urlencode(params)
@@ -1169,7 +1214,12 @@ class Client:
         attempt = 0
         while True:
             conn, response = self._send(
-                method, target, payload, all_headers, replayable=replayable, follow=follow
+                method,
+                target,
+                payload,
+                all_headers,
+                replayable=replayable,
+                read_timeout=read_timeout if follow else self.timeout,
             )
             if response.status < 400:
                 return conn, response
@@ -1201,7 +1251,7 @@ class Client:
         headers: Mapping[str, str],
         *,
         replayable: bool,
-        follow: bool,
+        read_timeout: float | None,
     ) -> tuple[_Connection, _Response]:
         """One request on a pooled connection, sent again on a new one when a
         kept-alive connection turns out dropped and the request is ``replayable``."""
@@ -1211,7 +1261,7 @@ class Client:
             if not reused:
                 self._connect(conn)
             try:
-                conn.settimeout(None if follow else self.timeout)
+                conn.settimeout(read_timeout)
                 conn.request(method, target, body=payload, headers=headers)
                 return conn, conn.getresponse()
             except ValueError:  # a header corral.http refuses (a line break in it)

@@ -11,20 +11,19 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
   unfiltered: another user's event fills a gap as well as one's own). A gap is
   waited for ``GAP_WAIT_SECONDS`` at most (a rolled-back transaction leaves one for
   ever), by this server's own monotonic clock only, never by an event's ``at`` (the
-  writing server's clock, which may be behind): a ``Gaps``, one per server (its
-  app's, for its one database), shared by every page and stream, remembers when the
-  server first met each gap, so a
-  JSON page stops at a gap first met less than ``GAP_WAIT_SECONDS`` ago and a later
-  page, or stream, passes it. It is bounded (``GAPS_REMEMBERED``, the oldest
-  forgotten first): a forgotten gap met again is waited for again, later but never
-  lost. The price: an event whose transaction stays open more than
-  ``GAP_WAIT_SECONDS`` after a later one committed is not delivered to the readers
-  that passed it (it is in the table: a page read from before it has it). corral's
-  transactions are pipelined and take milliseconds, and a stalled server's sessions
-  are ended at a takeover, so that is a transaction that failed in all but name.
-  A gap left long ago (a rollback) costs the first reader of this process that meets
-  it ``GAP_WAIT_SECONDS``, once. SQLite has one writer and its rollbacks take their
-  ids back, so there it meets no gaps.
+  writing server's clock, which may be behind). A ``Gaps``, one per server (its
+  app's, for its one database) and shared by every page and stream, remembers when
+  the server first met each gap: a JSON page stops at a gap first met less than
+  ``GAP_WAIT_SECONDS`` ago, and a later page, or a stream, passes it. It is bounded
+  (``GAPS_REMEMBERED``, the first met forgotten first): a forgotten gap met again is
+  waited for again, later but never lost. The price: an event whose transaction
+  stays open more than ``GAP_WAIT_SECONDS`` after a later one committed is not
+  delivered to the readers that passed it (it is in the table: a page read from
+  before it has it). corral's transactions are pipelined and take milliseconds, and
+  a stalled server's sessions are ended at a takeover, so that is a transaction that
+  failed in all but name. A gap left long ago (a rollback) costs the first reader of
+  the server that meets it ``GAP_WAIT_SECONDS``, once. SQLite has one writer and its
+  rollbacks take their ids back, so there no gaps are met.
 - **Wake-ups.** Each stream is its own task reading from its own cursor in pages of
   up to ``EVENTS_LIMIT_MAX``; it sleeps until the server's ``Broadcast`` fires
   (``BroadcastingStore`` fires it after each write this server makes) or
@@ -37,8 +36,10 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
 - **Catching up** on a backlog (``after=0`` on a big table) is paced so that it does
   not crowd out the other requests: a page is one write (its messages joined), the
   task yields to the event loop between pages, and the server's streams read at
-  most ``STREAM_READS`` pages at once (a semaphore): a stalled or slow client holds
-  a page or two of memory and no more.
+  most ``STREAM_READS`` pages at once (a semaphore). A client that does not read
+  costs a page or two of memory, and 128 KiB of the kernel's (the listener's
+  ``TCP_NOTSENT_LOWAT``, ``corral.server``: else the kernel takes ~4 MB of events
+  before the stream's writes block).
 - **The database failing** (unreachable, busy, refusing) under a stream does not end
   it: its reads are tried again after ``RETRY_MIN_SECONDS``, doubling up to
   ``RETRY_MAX_SECONDS``, its keep-alive comments go on, one warning is logged per
@@ -142,7 +143,7 @@ GAPS_REMEMBERED = 4096
 
 
 class Gaps:
-    """When this process first met each gap (its first missing id), by the monotonic
+    """When this server first met each gap (its first missing id), by the monotonic
     clock; at most ``size`` of them, the first met forgotten first."""
 
     def __init__(self, size: int = GAPS_REMEMBERED) -> None:

@@ -43,7 +43,9 @@ SINCE_SECONDS_MAX = 100 * 365 * 86400
 
 class EventPage(BaseModel):
     """One page of ``GET /v1/events``: ``last_id`` is the ``after=`` of the next
-    page (past the events the filters skip; never past an id not committed yet)."""
+    page (past the events the filters skip or the key may not see, so a page may be
+    empty with more to come; never past an id not committed yet). Caught up, for
+    now, when it equals ``after``."""
 
     items: list[TransitionEvent]
     last_id: int
