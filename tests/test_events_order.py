@@ -11,6 +11,7 @@ import pytest
 
 from corral.events import GAP_WAIT_SECONDS, Broadcast, Gaps, follow, horizon, read_page
 from corral.model import TransitionEvent, WorkloadCreate
+from corral.store.base import EVERY_EVENT
 from tests.blocking import BlockingStore
 from tests.server import wait_until
 
@@ -45,7 +46,7 @@ def gaps() -> Gaps:
 def page_after(store: BlockingStore, cursor: int, gaps: Gaps) -> tuple[list[TransitionEvent], int]:
     """A JSON page's read."""
     result: tuple[list[TransitionEvent], int] = store.run(
-        read_page(store.inner, cursor, owner=None, gaps=gaps)
+        read_page(store.inner, cursor, EVERY_EVENT, gaps=gaps)
     )
     return result
 
@@ -64,7 +65,7 @@ def test_a_follower_waits_for_an_open_transactions_id_then_delivers_in_order(
 
         async def two() -> list[TransitionEvent]:
             got: list[TransitionEvent] = []
-            async for page in follow(store.inner, Broadcast(), cursor, owner=None, gaps=gaps):
+            async for page in follow(store.inner, Broadcast(), cursor, EVERY_EVENT, gaps=gaps):
                 got += page
                 if len(got) == 2:
                     return got

@@ -12,6 +12,7 @@ import pytest
 from corral import events
 from corral.events import Broadcast, BroadcastingStore, Gaps, follow
 from corral.model import TransitionEvent, WorkloadCreate
+from corral.store.base import EVERY_EVENT
 from tests.blocking import BlockingStore
 
 
@@ -40,7 +41,7 @@ def test_a_write_of_this_server_wakes_its_followers_without_waiting_for_the_poll
     reads = _Reads(store.inner)
 
     async def first_page() -> list[TransitionEvent]:
-        pages = follow(reads, broadcast, 0, owner=None, gaps=Gaps(), keep_alive=3600)  # type: ignore[arg-type]
+        pages = follow(reads, broadcast, 0, EVERY_EVENT, gaps=Gaps(), keep_alive=3600)  # type: ignore[arg-type]
         async for page in pages:
             if page:
                 return page

@@ -12,7 +12,7 @@ import pytest
 from corral.errors import FieldError, InvalidInputError
 from corral.model import Status, WorkloadBatchItem, WorkloadCreate
 from corral.store import IdempotencyKeyReusedError, InvalidTransitionError, NotFoundError
-from corral.store.base import NewWorkload
+from corral.store.base import EventFilter, NewWorkload
 from corral.store.errors import DatabaseError
 from tests.blocking import BlockingStore
 from tests.conftest import (
@@ -787,7 +787,7 @@ def test_events_after_filter_by_owner_workload_label_and_status(store: BlockingS
     store.update_workload_status(b.id, Status.FAILED, exit_code=1, actor="scheduler")
 
     def seen(**filters: Any) -> list[tuple[str, int]]:
-        return [(e.workload_id, e.seq) for e in store.list_events_after(0, **filters)]
+        return [(e.workload_id, e.seq) for e in store.list_events_after(0, EventFilter(**filters))]
 
     assert seen(owner="bob") == [(c.id, 1), (c.id, 2)]
     assert seen(owner="carol") == []
@@ -826,7 +826,7 @@ def test_events_until_an_id_and_every_events_id(store: BlockingStore) -> None:
     store.update_workload_status(a.id, Status.RUNNING, actor="scheduler")
     every = store.list_events_after(0)
     assert store.list_events_after(0, until_id=every[1].id) == every[:2]
-    assert store.list_events_after(0, owner="alice", until_id=every[1].id) == every[:1]
+    assert store.list_events_after(0, EventFilter(owner="alice"), until_id=every[1].id) == every[:1]
     assert store.event_ids_after(0) == [e.id for e in every]
     assert store.event_ids_after(every[0].id, limit=1) == [every[1].id]
     assert b.id == every[1].workload_id

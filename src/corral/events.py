@@ -58,8 +58,8 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from corral.model import Status, TransitionEvent
-from corral.store.base import EVENTS_LIMIT_MAX, Store
+from corral.model import TransitionEvent
+from corral.store.base import EVENTS_LIMIT_MAX, EventFilter, Store
 from corral.store.errors import DatabaseError, StoreBusyError
 from corral.store.sqlite import EVENT_ID_MAX
 
@@ -219,11 +219,8 @@ def _epoch_seconds(at: str) -> float:
 async def read_page(
     store: Store,
     cursor: int,
+    matching: EventFilter,
     *,
-    owner: str | None,
-    workload_ids: Sequence[str] = (),
-    labels: Sequence[tuple[str, str]] = (),
-    statuses: Sequence[Status] = (),
     gaps: Gaps,
     limit: int = EVENTS_LIMIT_MAX,
 ) -> tuple[list[TransitionEvent], int]:
@@ -233,15 +230,7 @@ async def read_page(
     until = horizon(cursor, ids, gaps, time.monotonic())
     if until == cursor:
         return [], cursor
-    items = await store.list_events_after(
-        cursor,
-        owner=owner,
-        workload_ids=workload_ids,
-        labels=labels,
-        statuses=statuses,
-        limit=limit,
-        until_id=until,
-    )
+    items = await store.list_events_after(cursor, matching, limit=limit, until_id=until)
     return items, (items[-1].id if len(items) == limit else until)
 
 
@@ -249,11 +238,8 @@ async def follow(
     store: Store,
     broadcast: Broadcast,
     cursor: int,
+    matching: EventFilter,
     *,
-    owner: str | None,
-    workload_ids: Sequence[str] = (),
-    labels: Sequence[tuple[str, str]] = (),
-    statuses: Sequence[Status] = (),
     gaps: Gaps,
     reads: asyncio.Semaphore | None = None,
     keep_alive: float = KEEP_ALIVE_SECONDS,
@@ -268,15 +254,7 @@ async def follow(
         waiter = broadcast.waiter()
         try:
             async with reads or contextlib.nullcontext():
-                items, next_cursor = await read_page(
-                    store,
-                    cursor,
-                    owner=owner,
-                    workload_ids=workload_ids,
-                    labels=labels,
-                    statuses=statuses,
-                    gaps=gaps,
-                )
+                items, next_cursor = await read_page(store, cursor, matching, gaps=gaps)
             retry = 0.0
         except (StoreBusyError, DatabaseError) as exc:
             if not retry:

@@ -31,7 +31,7 @@ from corral.events import (
 from corral.ids import looks_like_id
 from corral.model import LABELS_MAX_ENTRIES, Status, TransitionEvent
 from corral.store import Store
-from corral.store.base import EVENTS_LIMIT_MAX
+from corral.store.base import EVENTS_LIMIT_MAX, EventFilter
 from corral.store.sqlite import EVENT_ID_MAX
 
 EVENT_STREAM = "text/event-stream"
@@ -133,25 +133,20 @@ def build_event_router(store: Store) -> APIRouter:
         last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Response:
         who = principal(request)
-        owner = visible_to(who)
         for workload_id in workload:
             if not looks_like_id(workload_id):
                 raise InvalidInputError(f"workload {workload_id!r} is not a workload id")
-        labels = parse_label_selector(label)
+        matching = EventFilter(
+            owner=visible_to(who),
+            workload_ids=workload,
+            labels=parse_label_selector(label),
+            statuses=status,
+        )
         cursor = _cursor(after, last_event_id)
         if since_seconds is not None and after is None and not (last_event_id or "").strip():
             cursor = await cursor_since(store, since_seconds)
         if not follow_:
-            items, last_id = await read_page(
-                store,
-                cursor,
-                owner=owner,
-                workload_ids=workload,
-                labels=labels,
-                statuses=status,
-                limit=limit,
-                gaps=gaps,
-            )
+            items, last_id = await read_page(store, cursor, matching, limit=limit, gaps=gaps)
             body = EventPage.model_construct(items=items, last_id=last_id)
             return Response(body.model_dump_json(), media_type="application/json")
         # Read once before answering: a bad filter or a database fault is a problem
@@ -160,17 +155,7 @@ def build_event_router(store: Store) -> APIRouter:
 
         async def stream() -> AsyncIterator[bytes]:
             yield KEEP_ALIVE_MESSAGE  # the headers and a first byte, at once
-            async for page in follow(
-                store,
-                broadcast,
-                cursor,
-                owner=owner,
-                workload_ids=workload,
-                labels=labels,
-                statuses=status,
-                gaps=gaps,
-                reads=reads,
-            ):
+            async for page in follow(store, broadcast, cursor, matching, gaps=gaps, reads=reads):
                 yield sse_messages(page)
 
         return StreamingResponse(

@@ -38,6 +38,24 @@ CLAIM_ACTOR = "scheduler"
 
 
 @dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a reader of the live feed gets (``list_events_after``): every
+    condition given must hold; an empty one holds for all."""
+
+    owner: str | None = None
+    """Of this user's workloads only (None: everyone's)."""
+    workload_ids: Sequence[str] = ()
+    """Of one of these workloads."""
+    labels: Sequence[tuple[str, str]] = ()
+    """Of workloads carrying every one of these labels."""
+    statuses: Sequence[Status] = ()
+    """Moving to one of these statuses."""
+
+
+EVERY_EVENT = EventFilter()
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One page of a listing; ``next_cursor`` is None on the last page."""
 
@@ -214,20 +232,15 @@ class Store(Protocol):
     async def list_events_after(
         self,
         after_id: int,
+        matching: EventFilter = EVERY_EVENT,
         *,
-        owner: str | None = None,
-        workload_ids: Sequence[str] = (),
-        labels: Sequence[tuple[str, str]] = (),
-        statuses: Sequence[Status] = (),
         limit: int = EVENTS_LIMIT_MAX,
         until_id: int | None = None,
     ) -> list[TransitionEvent]:
         """Up to ``limit`` (1 to ``EVENTS_LIMIT_MAX``, else ``InvalidInputError``)
         events with a global id above ``after_id``, oldest (lowest id) first, each
-        with its workload's name and labels: of ``owner``'s workloads (everyone's when
-        None), of one of ``workload_ids`` (any when empty), of workloads carrying
-        every one of ``labels``, moving to one of ``statuses`` (any when empty), with
-        an id of at most ``until_id`` (when given).
+        with its workload's name and labels, ``matching`` the filter, with an id of at
+        most ``until_id`` (when given).
 
         Ids only grow, but on PostgreSQL not in commit order: a later read may find a
         lower id than one already returned (``corral.events`` waits for such gaps)."""

@@ -99,9 +99,11 @@ from corral.store.base import (
     CLAIM_ACTOR,
     DELETE_BATCH_MAX,
     EVENTS_LIMIT_MAX,
+    EVERY_EVENT,
     Account,
     BatchCreated,
     Created,
+    EventFilter,
     NewWorkload,
     Page,
     Principal,
@@ -1082,23 +1084,12 @@ class PostgresStore(PostgresCluster):
     async def list_events_after(
         self,
         after_id: int,
+        matching: EventFilter = EVERY_EVENT,
         *,
-        owner: str | None = None,
-        workload_ids: Sequence[str] = (),
-        labels: Sequence[tuple[str, str]] = (),
-        statuses: Sequence[Status] = (),
         limit: int = EVENTS_LIMIT_MAX,
         until_id: int | None = None,
     ) -> list[TransitionEvent]:
-        sql, params = events_query(
-            after_id,
-            owner=owner,
-            workload_ids=workload_ids,
-            labels=labels,
-            statuses=statuses,
-            limit=limit,
-            until_id=until_id,
-        )
+        sql, params = events_query(after_id, matching, limit=limit, until_id=until_id)
         rows = await self._fetch(_sql(sql), params, prepare=_LISTING)
         return [row_to_transition(r) for r in rows]
 

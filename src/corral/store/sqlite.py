@@ -76,10 +76,12 @@ from corral.store.base import (
     CLAIM_ACTOR,
     DELETE_BATCH_MAX,
     EVENTS_LIMIT_MAX,
+    EVERY_EVENT,
     LIST_LIMIT_MAX,
     OLDER_THAN_MAX_SECONDS,
     BatchCreated,
     Created,
+    EventFilter,
     NewWorkload,
     Page,
 )
@@ -324,14 +326,7 @@ EVENT_COLUMNS = (
 
 
 def events_query(
-    after_id: int,
-    *,
-    owner: str | None,
-    workload_ids: Sequence[str],
-    labels: Sequence[tuple[str, str]],
-    statuses: Sequence[Status],
-    limit: int,
-    until_id: int | None = None,
+    after_id: int, matching: EventFilter, *, limit: int, until_id: int | None = None
 ) -> tuple[str, list[Any]]:
     """``list_events_after``'s arguments checked (``InvalidInputError``) and its
     statement (SQLite's parameters; ``EVENT_COLUMNS``): a walk of the events' primary
@@ -344,20 +339,20 @@ def events_query(
     if until_id is not None:
         where.append("e.id <= ?")
         params.append(until_id)
-    if owner is not None:
+    if matching.owner is not None:
         where.append("w.owner = ?")
-        params.append(owner)
-    ids = list(dict.fromkeys(workload_ids))
+        params.append(matching.owner)
+    ids = list(dict.fromkeys(matching.workload_ids))
     if ids:
         if len(ids) > _ID_CHUNK:
             raise InvalidInputError(f"{len(ids)} workloads; at most {_ID_CHUNK} are allowed")
         where.append(f"e.workload_id IN ({', '.join('?' * len(ids))})")
         params += ids
-    values = list(dict.fromkeys(Status(s).value for s in statuses))
+    values = list(dict.fromkeys(Status(s).value for s in matching.statuses))
     if values:
         where.append(f"e.to_status IN ({', '.join('?' * len(values))})")
         params += values
-    for key, value in _checked_filters(labels, None):
+    for key, value in _checked_filters(matching.labels, None):
         where.append(
             "EXISTS (SELECT 1 FROM workload_labels AS l WHERE l.workload_id = e.workload_id"
             " AND l.key = ? AND l.value = ?)"
@@ -1154,23 +1149,12 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
     def list_events_after(
         self,
         after_id: int,
+        matching: EventFilter = EVERY_EVENT,
         *,
-        owner: str | None = None,
-        workload_ids: Sequence[str] = (),
-        labels: Sequence[tuple[str, str]] = (),
-        statuses: Sequence[Status] = (),
         limit: int = EVENTS_LIMIT_MAX,
         until_id: int | None = None,
     ) -> list[TransitionEvent]:
-        sql, params = events_query(
-            after_id,
-            owner=owner,
-            workload_ids=workload_ids,
-            labels=labels,
-            statuses=statuses,
-            limit=limit,
-            until_id=until_id,
-        )
+        sql, params = events_query(after_id, matching, limit=limit, until_id=until_id)
         with self._connection() as conn:
             rows = conn.execute(sql, params).fetchall()
         return [row_to_transition(r) for r in rows]

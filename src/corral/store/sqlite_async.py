@@ -54,9 +54,11 @@ from corral.model import (
 from corral.store.base import (
     DELETE_BATCH_MAX,
     EVENTS_LIMIT_MAX,
+    EVERY_EVENT,
     Account,
     BatchCreated,
     Created,
+    EventFilter,
     NewWorkload,
     Page,
     Principal,
@@ -433,21 +435,15 @@ class AsyncSQLiteStore:
     async def list_events_after(
         self,
         after_id: int,
+        matching: EventFilter = EVERY_EVENT,
         *,
-        owner: str | None = None,
-        workload_ids: Sequence[str] = (),
-        labels: Sequence[tuple[str, str]] = (),
-        statuses: Sequence[Status] = (),
         limit: int = EVENTS_LIMIT_MAX,
         until_id: int | None = None,
     ) -> list[TransitionEvent]:
         call = functools.partial(
             self.sync.list_events_after,
             after_id,
-            owner=owner,
-            workload_ids=workload_ids,
-            labels=labels,
-            statuses=statuses,
+            matching,
             limit=limit,
             until_id=until_id,
         )
