@@ -212,7 +212,7 @@ def test_403_is_one_line_with_a_hint(home: Path) -> None:
         (problem(507, "storage-full", "the disk is full"), "the disk is full (the server's disk"),
         (
             problem(503, "busy", "the database is busy", **{"Retry-After": "300"}),
-            "the database is busy (the server stayed busy; nothing was changed: retry later)",
+            "the database is busy (still so after the client retried; nothing was changed:",
         ),
     ],
 )
@@ -222,11 +222,13 @@ def test_server_faults_are_one_line(home: Path, answer: Answer, expected: str) -
     assert message.startswith(expected)
 
 
-def test_a_busy_server_is_retried(home: Path) -> None:
-    busy = problem(503, "busy", "the database is busy", **{"Retry-After": "0"})
-    with ScriptedServer(busy, Answer(201, workload_body())) as srv:
-        assert ok(corral("submit", "--", "true", url=srv.url, home=home)) == "w1\n"
-    assert len(srv.seen) == 2
+def test_a_busy_server_is_retried_saying_so_once(home: Path) -> None:
+    busy = problem(503, "busy", "the database is\nunreachable", **{"Retry-After": "0"})
+    with ScriptedServer(busy, busy, Answer(201, workload_body())) as srv:
+        result = corral("submit", "--", "true", url=srv.url, home=home)
+        assert ok(result) == "w1\n"
+    assert len(srv.seen) == 3
+    assert result.stderr == "corral: the database is unreachable; retrying for up to 30 s…\n"
 
 
 def test_ls_all_users_has_an_owner_column_and_show_the_owner(home: Path) -> None:

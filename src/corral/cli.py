@@ -38,6 +38,8 @@ from corral.cli_render import (
     write_lines,
 )
 from corral.client import (
+    RETRY_FOR,
+    APIError,
     Client,
     CorralClientError,
     Forbidden,
@@ -621,7 +623,7 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
         raise usage("invalid --token: a key is one word of printable ASCII (corral_…)")
     url = getattr(args, "server_after", None) or args.server
     try:
-        client = Client(url, token=token)
+        client = Client(url, token=token, on_retry=_say_retrying())
     except CorralClientError as exc:
         if str(exc).startswith("invalid server URL"):  # a bad --server or $CORRAL_URL
             raise usage(str(exc)) from None
@@ -630,6 +632,26 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
         if token is not None:
             client.token_source = TOKEN_FLAG_SOURCE
         yield client
+
+
+def _say_retrying() -> Callable[[APIError, float], None]:
+    """The client's ``on_retry``: one line on stderr at the first wait of the command
+    (a 429, or a 503 while the server's database is locked or unreachable), so a
+    command that waits for up to ``RETRY_FOR`` seconds says why."""
+    said = False
+
+    def say(error: APIError, delay: float) -> None:
+        nonlocal said
+        if not said:
+            said = True
+            detail = " ".join(error.detail.split())
+            print(
+                f"corral: {detail}; retrying for up to {RETRY_FOR:g} s…",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return say
 
 
 def resolve(client: Client, handle: str) -> str:

@@ -114,7 +114,8 @@ WAIT_MIN_DELAY = 0.05
 WAIT_MAX_DELAY = 1.0
 LIST_PAGE_MAX = 1000
 RETRY_FOR = 30.0
-"""How long, in all, the client keeps retrying a 429 or 503 before raising."""
+"""How long, in all (from the first answer, the server's time to answer included), the
+client keeps retrying a 429 or 503 before raising."""
 RETRY_MIN_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
 WATCH_IDLE_TIMEOUT = 45.0
@@ -312,7 +313,7 @@ class ServerError(APIError):
         if self.status == 507 or self.slug == "storage-full":
             hint = "the server's disk is full; nothing was changed: free space on it, then retry"
         elif self.slug == "busy":
-            hint = "the server stayed busy; nothing was changed: retry later"
+            hint = "still so after the client retried; nothing was changed: retry later"
         elif self.slug == "log-unavailable":
             return self.detail  # says which server keeps the log and what is wrong
         elif self.status == 503:
@@ -612,9 +613,11 @@ class Client:
     bounds connecting and each wait for the server (not a followed log).
 
     Retries: a 429 (rate limited) or a 503 (busy) answer is retried after the
-    server's ``Retry-After`` (else a short backoff), for ``retry_for`` seconds in all,
-    then raised (``RateLimited``, ``ServerError``). That is safe even for a POST,
-    which is not idempotent, because both answers mean the request was not carried
+    server's ``Retry-After`` (else a short backoff), for ``retry_for`` seconds in all
+    (counted from the first refusal, the server's time to answer included: a server
+    whose database is unreachable takes seconds to say so), then raised
+    (``RateLimited``, ``ServerError``); ``on_retry`` hears of each wait. That is safe
+    even for a POST, which is not idempotent, because both answers mean the request was not carried
     out: a 429 comes from the request guard before any route runs, and corral answers
     503 ``busy`` only when its database transaction could not start or was rolled
     back whole. A 503 from something else (a proxy, without a corral problem)
@@ -632,10 +635,14 @@ class Client:
         token: str | None = None,
         timeout: float = 30.0,
         retry_for: float = RETRY_FOR,
+        on_retry: Callable[[APIError, float], None] | None = None,
     ) -> None:
         self.url = _normalize_url(url or os.environ.get("CORRAL_URL") or DEFAULT_URL)
         self.timeout = timeout
         self.retry_for = retry_for
+        self.on_retry = on_retry
+        """Called with the error and the seconds to wait before each retry (the CLI
+        says once that it is waiting)."""
         parts = urlsplit(self.url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -1210,7 +1217,7 @@ class Client:
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
         replayable = method in _IDEMPOTENT or "Idempotency-Key" in all_headers
-        waited = 0.0
+        first_refusal: float | None = None
         attempt = 0
         while True:
             conn, response = self._send(
@@ -1237,10 +1244,14 @@ class Client:
                 retry_after_header=response.getheader("Retry-After"),
             )
             delay = self._retry_delay(method, all_headers, error, attempt)
-            if delay is None or waited + delay > self.retry_for:
+            now = time.monotonic()
+            if first_refusal is None:
+                first_refusal = now
+            if delay is None or now + delay - first_refusal > self.retry_for:
                 raise self._explain(error)
+            if self.on_retry is not None:
+                self.on_retry(error, delay)
             time.sleep(delay)
-            waited += delay
             attempt += 1
 
     def _send(
