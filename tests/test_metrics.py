@@ -199,6 +199,17 @@ def test_a_live_server(tmp_path: Path, serve_db: list[str]) -> None:
         ready = httpx.get(f"{server.url}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
         assert ready.json() == {"database": "ok", "executor": "ok", "scheduler": "active"}
+        # As the kubelet probes: Host is the pod's IP (no --allowed-host names it),
+        # GET or HEAD. Only the probes answer such a Host.
+        pod = {"Host": "10.0.0.7:8765"}
+        for method in ("GET", "HEAD"):
+            for path in ("/healthz", "/readyz"):
+                probe = httpx.request(method, f"{server.url}{path}", headers=pod, timeout=10)
+                assert probe.status_code == 200, (method, path, probe.text)
+                assert (probe.content == b"") == (method == "HEAD"), (method, path)
+        other = httpx.get(f"{server.url}/v1/status", headers=pod, timeout=10)
+        assert other.status_code == 400 and "host" in other.json()["detail"]
+        assert httpx.head(f"{server.url}/metrics", headers=pod, timeout=10).status_code == 400
         with server.http() as http:
             r = http.post("/v1/workloads", json={"command": ["true"]})
             wid = r.json()["id"]

@@ -32,10 +32,14 @@ from corral.store.errors import StoreBusyError
 
 PRINCIPAL = "corral.principal"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+"""Kubernetes' probes: served whatever the ``Host`` (the kubelet sends the pod's IP,
+which no ``--allowed-host`` names in advance; the answers say only ok or down, so a
+page that rebinds a name to this server learns nothing from them), and to ``HEAD`` as
+to ``GET`` (the server sends no body)."""
 PUBLIC_PATHS = frozenset(
     {
-        "/healthz",
-        "/readyz",
+        *PROBE_PATHS,
         DOCS_PATH,
         OAUTH2_REDIRECT_PATH,
         "/openapi.json",
@@ -194,6 +198,12 @@ class Guard:
         if repeated:
             detail = f"the {repeated} header is given more than once"
             await problem(400, "bad-request", detail)(scope, receive, send)
+            return
+        if scope["path"] in PROBE_PATHS:
+            if scope["method"] == "HEAD":  # the server (uvicorn) still sends no body
+                scope = {**scope, "method": "GET"}
+            scope["corral.headers"] = headers
+            await self._checked(scope, receive, send)
             return
         host = headers.get("host", "")
         if not self._any_host and _hostname(host) not in self.policy.allowed_hosts:
