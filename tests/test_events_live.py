@@ -603,3 +603,54 @@ def test_corral_watch_of_an_unknown_workload_says_so_and_a_lost_server_is_one_li
         assert rest == ""  # no more lines on stderr
     finally:
         server.kill()
+
+
+def test_streams_stop_once_their_key_is_revoked(data: Path) -> None:
+    """A key revoked while it follows the events and a log gets nothing more from
+    either (it was checked only when the stream began), and its streams end."""
+    server = serve(data, [])
+    try:
+        with server.http() as admin:
+            made = admin.post("/v1/tokens", json={"user": "ops", "admin": True}).json()
+            loop = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.05; done"
+            wid = admin.post("/v1/workloads", json={"command": ["sh", "-c", loop]}).json()["id"]
+            wait_until(lambda: admin.get(f"/v1/workloads/{wid}").json()["status"] == "running")
+        events: list[dict[str, Any]] = []
+        log_lines: list[tuple[float, str]] = []
+        ended: dict[str, float] = {}
+
+        def follow(kind: str) -> None:
+            path, params = (
+                ("/v1/events", {"follow": "true", "workload": wid})
+                if kind == "events"
+                else (f"/v1/workloads/{wid}/logs", {"follow": "true"})
+            )
+            with (
+                server.http(token=made["key"], timeout=30) as http,
+                http.stream("GET", path, params=params) as response,
+            ):
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if kind == "events" and line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+                    elif kind == "log" and line:
+                        log_lines.append((time.monotonic(), line))
+            ended[kind] = time.monotonic()
+
+        kinds = ("events", "log")
+        readers = [threading.Thread(target=follow, args=(k,), daemon=True) for k in kinds]
+        for reader in readers:
+            reader.start()
+        wait_until(lambda: len(events) == 2 and len(log_lines) >= 3)
+        with server.http() as admin:
+            assert admin.delete(f"/v1/tokens/{made['id']}").status_code == 200
+            time.sleep(1.5)  # the workload goes on writing its log
+            killed = time.monotonic()
+            assert admin.delete(f"/v1/workloads/{wid}").status_code == 200
+        for reader in readers:
+            reader.join(15)
+        assert set(ended) == {"events", "log"}, "a revoked key's stream is still open"
+        assert ended["log"] < killed, "the log went on streaming to a revoked key"
+        assert [e["to_status"] for e in events] == ["pending", "running"]
+    finally:
+        server.stop()

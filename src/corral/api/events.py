@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from corral.api.guard import principal
+from corral.api.guard import principal, while_allowed
 from corral.api.problems import READ_FAULTS, responses
 from corral.api.routes import parse_label_selector, visible_to
 from corral.errors import InvalidInputError
@@ -155,7 +155,8 @@ def build_event_router(store: Store) -> APIRouter:
 
         async def stream() -> AsyncIterator[bytes]:
             yield KEEP_ALIVE_MESSAGE  # the headers and a first byte, at once
-            async for page in follow(store, broadcast, cursor, matching, gaps=gaps, reads=reads):
+            pages = follow(store, broadcast, cursor, matching, gaps=gaps, reads=reads)
+            async for page in while_allowed(request, pages):
                 yield sse_messages(page)
 
         return StreamingResponse(

@@ -5,7 +5,9 @@ In order: the ``Host`` must be one the server serves (DNS rebinding fails); a
 state-changing request from a foreign ``Origin`` is refused; every route but the
 public ones needs a valid bearer key, whose principal is put in
 ``scope["corral.principal"]``; each key has a request budget (a token bucket); a
-metrics key reaches ``GET /metrics`` only.
+metrics key reaches ``GET /metrics`` only. A stream (events, a followed log) asks
+``still_allowed`` before it sends more, so a key revoked while its streams are open
+stops getting data within ``KEY_CACHE_SECONDS`` (at once through this server).
 Refusals are problem details, built by ``problems.problem`` like every other error.
 (That a body is declared ``application/json`` is checked where bodies are read,
 ``routes.parse_body``, after routing: an unknown method answers 405 first.)
@@ -13,11 +15,13 @@ Refusals are problem details, built by ``problems.problem`` like every other err
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -28,9 +32,13 @@ from corral.api.problems import RETRY_AFTER_SECONDS, problem
 from corral.api.web import WEB_PATHS
 from corral.keys import key_digest
 from corral.store.base import Principal
-from corral.store.errors import StoreBusyError
+from corral.store.errors import DatabaseError, StoreBusyError
 
+T = TypeVar("T")
 PRINCIPAL = "corral.principal"
+KEY_CHECK = "corral.key_check"
+"""In the scope of a request made with a key: ``await check()`` says whether that key
+is still valid (``still_allowed``)."""
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 """Kubernetes' probes: served whatever the ``Host`` (the kubelet sends the pod's IP,
@@ -85,6 +93,24 @@ def principal(request: Request) -> Principal:
     """Who the request speaks for (set by the guard)."""
     found: Principal = request.scope[PRINCIPAL]
     return found
+
+
+async def still_allowed(request: Request) -> bool:
+    """Whether the key the request was made with is still valid (not revoked since):
+    what a long stream asks before it sends more. A valid key is remembered for
+    ``KEY_CACHE_SECONDS``, so asking often costs a database read that often at most;
+    a database that does not answer leaves the key valid (streams ride out an outage)."""
+    check: Callable[[], Awaitable[bool]] | None = request.scope.get(KEY_CHECK)
+    return True if check is None else await check()
+
+
+async def while_allowed(request: Request, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``chunks`` (a stream's body) as long as ``still_allowed``: asked before each
+    one, the stream ends once the key is revoked (reconnecting then gets the 401)."""
+    async for chunk in chunks:
+        if not await still_allowed(request):
+            return
+        yield chunk
 
 
 BUCKETS_MAX = 100_000
@@ -265,7 +291,17 @@ class Guard:
             await problem(403, "forbidden", detail)(scope, receive, send)
             return
         scope[PRINCIPAL] = who
+        if self.policy.auth:
+            scope[KEY_CHECK] = functools.partial(
+                self._still_valid, key_digest(headers["authorization"].partition(" ")[2].strip())
+            )
         await self.app(scope, receive, send)
+
+    async def _still_valid(self, digest: str) -> bool:
+        try:
+            return await self.keys.find(digest) is not None
+        except (StoreBusyError, DatabaseError):
+            return True  # the database's fault, not the key's
 
     def _same_origin(self, scope: Scope, headers: dict[str, str]) -> bool:
         """True unless a browser says the request comes from another site that is not

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from corral.api.access import note
-from corral.api.guard import principal
+from corral.api.guard import principal, while_allowed
 from corral.api.logproxy import LogProxy
 from corral.api.problems import READ_FAULTS, WRITE_FAULTS, responses
 from corral.api.schemas import (
@@ -517,7 +517,8 @@ def _log_routes(
             except (StorageFullError, StoreBusyError):
                 return False  # ask again on the next poll
 
-        return StreamingResponse(follow_log(reader, finished), media_type="text/plain")
+        chunks = while_allowed(request, follow_log(reader, finished))
+        return StreamingResponse(chunks, media_type="text/plain")
 
 
 async def kill(scheduler: Scheduler, workload_id: str, actor: str, owner: str | None) -> Workload:
