@@ -239,8 +239,8 @@ def test_a_kill_body_must_be_json(users: Users) -> None:
 
 
 def test_status_without_an_executor_counts_the_callers_workloads(users: Users) -> None:
-    for _ in range(2):
-        submit(users["alice"])
+    queued = [submit(users["alice"])["id"] for _ in range(2)]
+    submit(users["bob"])  # pending too, but not alice's
     w = submit(users["alice"])["id"]
     set_status(users, w, "running")
     set_status(users, submit(users["bob"])["id"], "running", "failed")
@@ -252,10 +252,22 @@ def test_status_without_an_executor_counts_the_callers_workloads(users: Users) -
         "used": nothing,
         "free": nothing,
         "counts": {"pending": 2, "running": 1, "completed": 0, "failed": 0, "killed": 0},
-        "queue": [],
-        "queue_length": 0,
+        # the pending ones, read from the database (as a standby does): an API-only
+        # server beside the one that schedules shows the queue too
+        "queue": [
+            {
+                "id": wid,
+                "name": None,
+                "owner": "alice",
+                "resources": {"cpus": 1.0, "memory_mb": 0, "gpus": 0},
+                "priority": 0,
+                "reason": None,
+            }
+            for wid in queued
+        ],
+        "queue_length": 2,
         "server": None,  # an app without a scheduler: no server name, no leader
         "leader": None,
     }
     everyone = users["root"].get("/v1/status").json()["counts"]
-    assert everyone == {"pending": 2, "running": 1, "completed": 0, "failed": 1, "killed": 0}
+    assert everyone == {"pending": 3, "running": 1, "completed": 0, "failed": 1, "killed": 0}

@@ -455,9 +455,10 @@ class Scheduler:
     async def queue(
         self, limit: int, *, owner: str | None = None
     ) -> tuple[list[tuple[Workload, str | None]], int]:
-        """``queue_head``; on a standby read from the database (the first
-        ``PAGE`` pending workloads, in the order the scheduler takes them)."""
-        if not self._standby():
+        """``queue_head`` where this server schedules; elsewhere (a standby, or a
+        server that runs nothing: ``--executor none``) read from the database (the
+        first ``PAGE`` pending workloads, in the order the scheduler takes them)."""
+        if self.executor is not None and not self._standby():
             return self.queue_head(limit, owner=owner)
         page = await self.store.list_workloads(statuses=[Status.PENDING], owner=owner, limit=PAGE)
         queued = [w for w in page.items if not w.depends_on]
