@@ -9,11 +9,14 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from corral.api.app import create_app
 from corral.executors.base import Capacity
 from corral.executors.local import LocalExecutor
 from corral.scheduler import Scheduler
 from corral.store.postgres import PostgresStore
+from corral.store.sqlite_async import AsyncSQLiteStore
 from tests import pg
 from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
@@ -53,6 +56,28 @@ def test_a_closed_database_is_503(store: BlockingStore, tmp_path: Path) -> None:
         assert response.json() == {"database": "down", "executor": "ok", "scheduler": "never"}
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("fault", ["removed", "replaced"])
+def test_a_sqlite_file_that_is_gone_is_503(tmp_path: Path, fault: str) -> None:
+    """``SELECT 1`` reads no file: a database file removed (the open connections
+    would go on writing to an inode gone at the next start) or replaced is not ready
+    all the same (nor one this process may not read and write: ``SQLiteStore.ping``)."""
+    store = BlockingStore(AsyncSQLiteStore(tmp_path / "corral.db"))
+    client = app_client(store, tmp_path)
+    try:
+        assert client.get("/readyz").status_code == 200
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store.inner.path}{suffix}").unlink(missing_ok=True)
+        if fault == "replaced":
+            store.inner.path.write_bytes(b"")
+        for _ in range(4):  # from every reader thread
+            response = client.get("/readyz")
+            assert response.status_code == 503, response.text
+            assert response.json()["database"] == "down"
+    finally:
+        client.close()
+        store.close()
 
 
 class SilentProxy:

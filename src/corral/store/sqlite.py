@@ -87,6 +87,7 @@ from corral.store.base import (
 )
 from corral.store.cluster import Fence
 from corral.store.errors import (
+    DatabaseError,
     IdempotencyKeyReusedError,
     InvalidTransitionError,
     NotFoundError,
@@ -365,6 +366,15 @@ def events_query(
     return sql, [*params, limit]
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode (None: not there)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 EVENT_ID_MAX = 2**63 - 1
 """The largest id either database's integer holds."""
 EVENT_IDS_QUERY = "SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?"
@@ -542,6 +552,7 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         self._background_checkpoints = background_checkpoints
         if migrate_schema:
             self._migrate()
+        self._file_identity = _file_identity(self.path)
         if background_checkpoints:
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_loop, name="corral-wal-checkpoint", daemon=True
@@ -1107,6 +1118,17 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         return count
 
     def ping(self) -> None:
+        """Raises unless the database answers: ``SELECT 1`` reads no file, so first
+        the file must still be the one opened (not removed, nor replaced: the open
+        connections would go on writing to a file gone at the next start) and be
+        readable and writable by this process."""
+        identity = _file_identity(self.path)
+        if self._file_identity is None:
+            self._file_identity = identity
+        if identity is None or identity != self._file_identity:
+            raise DatabaseError(f"the database file {self.path} was removed or replaced")
+        if not os.access(self.path, os.R_OK | os.W_OK):
+            raise DatabaseError(f"the database file {self.path} is not readable and writable")
         with self._connection() as conn:
             conn.execute("SELECT 1").fetchall()
 
