@@ -254,7 +254,17 @@ def test_client_watch_reconnects_across_a_restart_and_the_cli_prints_each_event(
     assert got[0].name == "one" and [e.id for e in got] == sorted({e.id for e in got})
 
     cli = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "watch", "--json", "--status", "completed"],
+        [
+            sys.executable,
+            "-m",
+            "corral.cli",
+            "watch",
+            "--json",
+            "--status",
+            "completed",
+            "--after",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         env={**server.env, "CORRAL_URL": server.url, "CORRAL_TOKEN": key},
     )
@@ -581,7 +591,17 @@ def test_corral_watch_of_an_unknown_workload_says_so_and_a_lost_server_is_one_li
         with server.http() as admin:
             first = run_to_the_end(admin, 1)
         cli = subprocess.Popen(
-            [sys.executable, "-m", "corral.cli", "watch", "--json", "--status", "completed"],
+            [
+                sys.executable,
+                "-m",
+                "corral.cli",
+                "watch",
+                "--json",
+                "--status",
+                "completed",
+                "--since",
+                "1h",
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -652,5 +672,55 @@ def test_streams_stop_once_their_key_is_revoked(data: Path) -> None:
         assert set(ended) == {"events", "log"}, "a revoked key's stream is still open"
         assert ended["log"] < killed, "the log went on streaming to a revoked key"
         assert [e["to_status"] for e in events] == ["pending", "running"]
+    finally:
+        server.stop()
+
+
+def test_corral_watch_starts_now_unless_told_otherwise(data: Path) -> None:
+    """Without workloads named, ``corral watch`` prints what happens from now on (a
+    server of weeks would flood the terminal with its history); ``--since`` and
+    ``--after`` go back; a named workload's whole story is told."""
+    server = serve(data, [])
+    env = server.cli_env
+
+    def watch(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "corral.cli", "watch", "--json", "--status", "completed", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    try:
+        with server.http() as admin:
+            before = run_to_the_end(admin, 2)
+            watchers = {"now": watch(), "since": watch("--since", "1h"), "named": watch(before[1])}
+            try:
+                wait_until(lambda: len(admin.get("/v1/events").json()["items"]) >= 6)
+                time.sleep(1)  # the watchers connect (from now on: after the first two)
+                after = run_to_the_end(admin, 1)
+                first_line = {}
+                for kind, cli in watchers.items():
+                    assert cli.stdout is not None
+                    first_line[kind] = json.loads(cli.stdout.readline())["workload_id"]
+                completed = [
+                    e["workload_id"]
+                    for e in admin.get("/v1/events").json()["items"]
+                    if e["to_status"] == "completed"
+                ]  # the two before ran at once: either may end first
+            finally:
+                for cli in watchers.values():
+                    cli.kill()
+                    cli.wait()
+        assert completed[2] == after[0] and set(completed[:2]) == set(before)
+        assert first_line == {"now": after[0], "since": completed[0], "named": before[1]}
+        usage = subprocess.run(
+            [sys.executable, "-m", "corral.cli", "watch", "--since", "1h", "--after", "3"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert usage.returncode == 2 and "not both" in usage.stderr
     finally:
         server.stop()

@@ -311,7 +311,13 @@ def _watch_parser(p: Parser) -> None:
     p.add_argument(
         "--status", action="append", metavar="STATUS", help=f"moving to: {STATUS_CHOICES}"
     )
-    p.add_argument("--after", metavar="EVENT_ID", help="from after this event id (default: 0)")
+    p.add_argument(
+        "--since",
+        metavar="DURATION",
+        help="from the events of the last DURATION (30s, 10m, 1h, 7d; default: the named"
+        " workloads' whole history, else from now on)",
+    )
+    p.add_argument("--after", metavar="EVENT_ID", help="from after this event id (0: all kept)")
     _json_flag(p)
 
 
@@ -1265,10 +1271,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """One line per event (``--json``: one object per line), reconnecting with the
-    last id printed (``Client.watch``), until interrupted. Each workload named must
-    exist (else nothing would ever be printed); a first connection that fails is an
-    error; a later loss prints one line to stderr, then reconnects."""
+    last id printed (``Client.watch``), until interrupted: the named workloads' from
+    their first, else those from now on (``--since``, ``--after``: from earlier).
+    Each workload named must exist (else nothing would ever be printed); a first
+    connection that fails is an error; a later loss prints one line to stderr, then
+    reconnects."""
     after = number(args.after, "--after", integer=True)
+    since = duration(args.since, "--since", zero=True)
+    if after is not None and since is not None:
+        raise usage("give --after or --since, not both")
     labels = pairs(args.label, "--label", labels=True)
     out = sys.stdout
 
@@ -1285,11 +1296,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
             except NotFound:
                 raise _no_workload(handle) from None
             ids.append(workload_id)
+        if after is None and since is None:  # a workload's whole story; else what comes
+            after, since = (0, None) if ids else (None, 0.0)
         events = client.watch(
             ids,
             labels=labels,
             statuses=statuses(args.status),
-            after=after,
+            after=None if after is None else int(after),
+            since=since,
             on_reconnect=reconnecting,
         )
         for event in events:

@@ -1001,12 +1001,14 @@ class Client:
         labels: Mapping[str, str] | None = None,
         statuses: Sequence[Status | str] = (),
         after: int | None = None,
+        since: float | None = None,
         reconnect: bool = True,
         on_reconnect: Callable[[CorralClientError | None], None] | None = None,
         idle_timeout: float = WATCH_IDLE_TIMEOUT,
     ) -> Iterator[TransitionEvent]:
         """Every event of the workloads the key may see, as it happens, oldest first
-        (from ``after``, an event id; else from the oldest the server keeps), for ever:
+        (from ``after``, an event id; else from the first of the last ``since``
+        seconds, 0: from now on; else from the oldest the server keeps), for ever:
         ``GET /v1/events?follow=true``. Filters: ``workload_ids`` (any of them),
         ``labels`` (every one), ``statuses`` (moved to any of them).
 
@@ -1019,11 +1021,13 @@ class Client:
         loss, with the error (None: the server ended the stream, as a stopping one
         does). ``reconnect=False`` raises instead (or returns, when the server ended
         it). An error answer (a bad filter, 401, …) is always raised."""
-        params = [("follow", "true")]
-        params += [("workload", w) for w in workload_ids]
-        params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
-        params += [("status", str(getattr(s, "value", s))) for s in statuses]
-        last = after
+        params = [
+            ("follow", "true"),
+            *[("workload", w) for w in workload_ids],
+            *[("label", f"{k}={v}") for k, v in (labels or {}).items()],
+            *[("status", str(getattr(s, "value", s))) for s in statuses],
+        ]
+        last = self._event_id_since(since) if after is None and since is not None else after
         delay = RETRY_MIN_DELAY
         opened = False  # a stream was open once: losses are reconnected from then on
         lost = False  # the stream was lost since it was last open
@@ -1055,6 +1059,18 @@ class Client:
                     on_reconnect(error)
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY)
+
+    def _event_id_since(self, seconds: float) -> int:
+        """The event id to read after to start at the first event of the last
+        ``seconds`` (``GET /v1/events?since_seconds=``, one event)."""
+        params = [("since_seconds", f"{seconds:g}"), ("limit", "1")]
+        data = self._call("GET", "/v1/events", params=params)
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, builtins.list) or not isinstance(data.get("last_id"), int):
+            raise CorralClientError(f"unexpected answer from {self.url}: not an event page")
+        if items and isinstance(items[0], dict) and isinstance(items[0].get("id"), int):
+            return max(0, int(items[0]["id"]) - 1)
+        return int(data["last_id"])
 
     def _event_stream(
         self,
