@@ -49,7 +49,7 @@ chromium:
 	|| echo "no /usr/bin/chromium: the dashboard's browser tests will skip"
 
 test: lint typecheck pg-binaries chromium
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -61,9 +61,25 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now. Under pytest-xdist, only ports whose remainder by
+    the number of workers is this worker's index: a port one worker found free, and
+    gives a server to start (or frees to start one again on it), is never the one
+    another worker finds, so no test reaches another test's server."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    held = []  # ports of the other workers, held until one of ours comes
+    try:
+        while True:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port % workers == index % workers:
+                s.close()
+                return port
+            held.append(s)
+    finally:
+        for other in held:
+            other.close()
 
 
 _FRESH: list[Path] = []

@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.common import free_port as free_port  # one rule for every port (xdist)
 
 SUPERUSER = "postgres"
 """The cluster's superuser (``initdb --username``), whoever runs it."""
@@ -47,12 +48,6 @@ def find_bindir() -> Path | None:
         if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists():
             return bindir
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

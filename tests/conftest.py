@@ -40,6 +40,24 @@ STORE_KINDS = ["sqlite", "postgresql"]
 """The databases every test that takes a store runs on (one suite, two databases)."""
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``: two workers, ``--dist loadgroup``), every
+    test of Ray (the session's cluster, or heads of its own) runs on one worker: one
+    Ray cluster per run, and never two Ray heads at once on a 2-core machine. Each
+    worker has its own PostgreSQL (``pg_server``) and its own ports
+    (``bench.common.free_port``)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if (
+            "ray_cluster" in fixtures
+            or "ray" in params  # an executor kind, whose fixture asks for ray_cluster
+            or item.path.name.startswith("test_ray")
+        ):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 def needs(condition: bool, why: str) -> None:
     """Skip a test whose ``condition`` fails here, except in CI (``CI=true``), where
     every test must run: CI fails instead of skipping it."""
