@@ -216,6 +216,7 @@ def test_a_live_server(tmp_path: Path, serve_db: list[str]) -> None:
             wait_until(lambda: http.get(f"/v1/workloads/{wid}").json()["status"] == "completed")
             text = http.get("/metrics").text
         families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert "_created" not in text  # prometheus-client's default series, turned off
         counts = {s.labels["status"]: s.value for s in families["corral_workloads"].samples}
         assert set(counts) == {"pending", "running", "completed", "failed", "killed"}
         assert counts["running"] == 0 and counts["pending"] == 0
@@ -242,6 +243,17 @@ def test_a_live_server(tmp_path: Path, serve_db: list[str]) -> None:
             }
             refused = prom.get(f"/v1/workloads/{wid}")
             assert refused.status_code == 403 and "metrics key" in refused.json()["detail"]
+        listed = subprocess.run(
+            [sys.executable, "-m", "corral.cli", "ls"],
+            env={**server.cli_env, "CORRAL_TOKEN": made.stdout.strip()},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 4 and listed.stderr == (
+            "corral: this is a metrics key: it may only GET /metrics, not GET /v1/workloads;"
+            " use a user or admin key for the API (the key from $CORRAL_TOKEN)\n"
+        )
     finally:
         server.kill()
         kill_all(tmp_path / "data" / "run")

@@ -1660,6 +1660,8 @@ def _forbidden(exc: Forbidden) -> str:
     if exc.slug == "origin-not-allowed":
         return str(exc)
     source = exc.token_source or "the request"
+    if exc.detail.startswith("this is a metrics key"):  # the guard's: it says what to use
+        return f"{exc.detail} (the key from {source})"
     return (
         f"{exc} (the key from {source} is not an admin key: ask an admin to do it,"
         " or for an admin key)"

@@ -6,17 +6,21 @@ counted once, by the process that wrote them (a Prometheus counter per process; 
 monitoring side sums the servers). Each exit the executor reports adds the final size
 of the workload's log (one ``stat``) to ``corral_log_bytes_total``. The metrics are
 made without a registry: the app's registry (one per app, never the global one)
-collects them through its collector.
+collects them through its collector. No ``*_created`` series: prometheus-client adds
+one to every counter and histogram by default (a gauge of its creation time, about
+20 series nobody graphs), turned off for the process at import.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, disable_created_metrics
 from prometheus_client.metrics_core import Metric
 
 from corral.model import Status, Workload
+
+disable_created_metrics()
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 """Submit to running, in seconds: from a free machine's milliseconds to a deep queue's
