@@ -297,6 +297,7 @@ def test_a_metrics_key_reads_the_metrics_and_nothing_else(
     [
         ({"user": "x", "role": "boss"}, "role"),
         ({"user": "x", "admin": True, "role": "metrics"}, "disagree"),
+        ({"user": "x", "admin": False, "role": "admin"}, "disagree"),
         ({"user": "x", "role": "metrics", "unix_user": "x"}, "unix_user"),
     ],
 )

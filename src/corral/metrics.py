@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import Metric
 
 from corral.model import Status, Workload
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 """Submit to running, in seconds: from a free machine's milliseconds to a deep queue's

@@ -477,6 +477,10 @@ _ONE_ROLE_SCHEMA: list[JsonValue] = [  # TokenCreate._one_role
         "then": {"properties": {"role": {"enum": ["admin", None]}}},
     },
     {
+        "if": {"properties": {"admin": {"const": False}}, "required": ["admin"]},
+        "then": {"properties": {"role": {"enum": ["user", "metrics", None]}}},
+    },
+    {
         "if": {"properties": {"role": {"const": "metrics"}}, "required": ["role"]},
         "then": {"properties": {"unix_user": {"type": "null"}}},
     },
@@ -506,6 +510,8 @@ class TokenCreate(BaseModel):
     def _one_role(self) -> Self:
         if self.admin and self.role not in (None, KeyRole.ADMIN):
             raise ValueError(f'"admin": true and "role": "{self.role}" disagree: give one')
+        if "admin" in self.model_fields_set and not self.admin and self.role is KeyRole.ADMIN:
+            raise ValueError('"admin": false and "role": "admin" disagree: give one')
         if self.role is KeyRole.METRICS and self.unix_user is not None:
             raise ValueError("a metrics key runs no workloads: it takes no unix_user")
         return self
