@@ -8,22 +8,30 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
   may see id 11 committed while id 10 is still in an open transaction. A cursor
   moved past 10 would skip it for ever, so a reader goes only up to the *horizon*:
   the id before the first gap in the ids of every event (``Store.event_ids_after``,
-  unfiltered: another user's event fills a gap as well as one's own). A gap is
-  waited for ``GAP_WAIT_SECONDS`` at most (a rolled-back transaction leaves one for
-  ever), by this server's own monotonic clock only, never by an event's ``at`` (the
-  writing server's clock, which may be behind). A ``Gaps``, one per server (its
-  app's, for its one database) and shared by every page and stream, remembers when
-  the server first met each gap: a JSON page stops at a gap first met less than
-  ``GAP_WAIT_SECONDS`` ago, and a later page, or a stream, passes it. It is bounded
-  (``GAPS_REMEMBERED``, the first met forgotten first): a forgotten gap met again is
-  waited for again, later but never lost. The price: an event whose transaction
-  stays open more than ``GAP_WAIT_SECONDS`` after a later one committed is not
-  delivered to the readers that passed it (it is in the table: a page read from
-  before it has it). corral's transactions are pipelined and take milliseconds, and
-  a stalled server's sessions are ended at a takeover, so that is a transaction that
-  failed in all but name. A gap left long ago (a rollback) costs the first reader of
-  the server that meets it ``GAP_WAIT_SECONDS``, once. SQLite has one writer and its
-  rollbacks take their ids back, so there no gaps are met.
+  unfiltered: another user's event fills a gap as well as one's own). Most gaps are
+  no write in flight at all: the events of deleted workloads (retention), or a
+  rolled-back transaction's id. So when a page meets a gap, the store says which
+  writes are in flight (``Store.writes_in_flight``: on PostgreSQL the ids of this
+  database's transactions in progress that have written, read after the ids; the
+  one holding the gap's id is among them); the gap is settled once every one of
+  those first seen with it has ended: at once for a gap nobody holds, within
+  milliseconds for a commit under way. (Not the snapshot's ``xmin``: it is the whole
+  cluster's, where another database's long transaction would hold every gap.)
+  Whatever the snapshot says, a gap is waited for ``GAP_WAIT_SECONDS`` at most, by
+  this server's own monotonic clock only, never by an event's ``at`` (the writing
+  server's clock, which may be behind). A ``Gaps``, one per server (its app's, for its
+  one database) and shared by every page and stream, remembers when, and with which
+  writes in flight, the server first met each gap: a JSON page stops at a gap not settled, and
+  a later page, or a stream (which looks again every ``GAP_RECHECK_SECONDS``), passes
+  it. It is bounded (``GAPS_REMEMBERED``, the first met forgotten first): a forgotten
+  gap met again is waited for again, later but never lost. The price: an event whose
+  transaction stays open more than ``GAP_WAIT_SECONDS`` after a later one committed
+  is not delivered to the readers that passed it (it is in the table: a page read
+  from before it has it). corral's transactions are pipelined and take milliseconds,
+  and a stalled server's sessions are ended at a takeover, so that is a transaction
+  that failed in all but name. SQLite has one writer and its rollbacks take their
+  ids back: its gaps are deleted events only, settled as soon as met
+  (``writes_in_flight`` is None).
 - **Wake-ups.** Each stream is its own task reading from its own cursor in pages of
   up to ``EVENTS_LIMIT_MAX``; it sleeps until the server's ``Broadcast`` fires
   (``BroadcastingStore`` fires it after each write this server makes) or
@@ -59,11 +67,13 @@ from datetime import datetime
 from typing import Any
 
 from corral.model import TransitionEvent
-from corral.store.base import EVENTS_LIMIT_MAX, EventFilter, Store
+from corral.store.base import EVENTS_LIMIT_MAX, EventFilter, Store, WritesInFlight
 from corral.store.errors import DatabaseError, StoreBusyError
 from corral.store.sqlite import EVENT_ID_MAX
 
 GAP_WAIT_SECONDS = 5.0
+GAP_RECHECK_SECONDS = 0.02
+"""How soon a stream stopped at a gap not settled looks again."""
 POLL_SECONDS = 1.0
 KEEP_ALIVE_SECONDS = 15.0
 STREAM_READS = 2
@@ -144,33 +154,56 @@ GAPS_REMEMBERED = 4096
 
 class Gaps:
     """When this server first met each gap (its first missing id), by the monotonic
-    clock; at most ``size`` of them, the first met forgotten first."""
+    clock, and the writes then in flight; at most ``size`` of them, the first met
+    forgotten first."""
 
     def __init__(self, size: int = GAPS_REMEMBERED) -> None:
         self.size = size
-        self._first_met: dict[int, float] = {}  # in the order met
+        self._first_met: dict[int, tuple[float, WritesInFlight]] = {}  # in the order met
 
-    def settled(self, gap: int, clock: float) -> bool:
-        """Whether ``gap`` was first met ``GAP_WAIT_SECONDS`` or more before
-        ``clock`` (met now if it was not known)."""
+    def settled(self, gap: int, clock: float, writes: WritesInFlight | None = None) -> bool:
+        """Whether ``gap`` cannot be filled any more: no write can be in flight
+        (``writes`` None: SQLite), every write in flight when it was first met has
+        ended (by ``writes``, read now), or it was first met ``GAP_WAIT_SECONDS`` or
+        more before ``clock`` (met now if it was not known)."""
+        if writes is None:
+            return True
         first = self._first_met.get(gap)
         if first is None:
             if len(self._first_met) >= self.size:
                 del self._first_met[next(iter(self._first_met))]
-            self._first_met[gap] = first = clock
-        return clock - first >= GAP_WAIT_SECONDS
+            self._first_met[gap] = first = (clock, writes)
+        met_at, then = first
+        return not (then & writes) or clock - met_at >= GAP_WAIT_SECONDS
+
+    def waiting(self, gap: int) -> bool:
+        """Whether ``gap`` was met and may not be settled yet (a stream looks again
+        soon instead of waiting for a write)."""
+        return gap in self._first_met
 
     def __len__(self) -> int:
         return len(self._first_met)
 
 
-def horizon(cursor: int, ids: Sequence[int], gaps: Gaps, clock: float) -> int:
+def has_gap(cursor: int, ids: Sequence[int]) -> bool:
+    """Whether ``ids`` (after ``cursor``, lowest first) skip an id."""
+    return bool(ids) and ids[-1] - cursor != len(ids)
+
+
+def horizon(
+    cursor: int,
+    ids: Sequence[int],
+    gaps: Gaps,
+    clock: float,
+    writes: WritesInFlight | None = None,
+) -> int:
     """The highest id up to which every id after ``cursor`` is known: ``ids`` (those
     of every event after ``cursor``, lowest first) up to the first gap not settled
-    (``Gaps.settled`` at ``clock``, the monotonic clock)."""
+    (``Gaps.settled`` at ``clock``, the monotonic clock, with ``writes``, the
+    database's writes in flight read after ``ids``)."""
     expected = cursor + 1
     for event_id in ids:
-        if event_id != expected and not gaps.settled(expected, clock):
+        if event_id != expected and not gaps.settled(expected, clock, writes):
             return expected - 1
         expected = event_id + 1
     return expected - 1
@@ -227,7 +260,8 @@ async def read_page(
     """The events after ``cursor`` that match, up to the horizon, and the cursor to
     read from next (past events that do not match, never past a gap not settled)."""
     ids = await store.event_ids_after(cursor, limit=EVENTS_LIMIT_MAX)
-    until = horizon(cursor, ids, gaps, time.monotonic())
+    writes = await store.writes_in_flight() if has_gap(cursor, ids) else None
+    until = horizon(cursor, ids, gaps, time.monotonic(), writes)
     if until == cursor:
         return [], cursor
     items = await store.list_events_after(cursor, matching, limit=limit, until_id=until)
@@ -272,7 +306,9 @@ async def follow(
         if retry:
             await _pause(broadcast, min(retry, until_keep_alive))
         else:
-            await broadcast.wait(waiter, min(POLL_SECONDS, until_keep_alive))
+            # stopped at a gap: it settles when the writes in flight end (milliseconds)
+            soon = GAP_RECHECK_SECONDS if gaps.waiting(cursor + 1) else POLL_SECONDS
+            await broadcast.wait(waiter, min(soon, until_keep_alive))
 
 
 async def _pause(broadcast: Broadcast, seconds: float) -> None:

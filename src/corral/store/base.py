@@ -55,6 +55,11 @@ class EventFilter:
 EVERY_EVENT = EventFilter()
 
 
+WritesInFlight = frozenset[int]
+"""The ids of the transactions in progress that have written (PostgreSQL's
+``backend_xid``), in this database, at one moment."""
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of a listing; ``next_cursor`` is None on the last page."""
@@ -250,6 +255,12 @@ class Store(Protocol):
         """The ids of up to ``limit`` events above ``after_id``, lowest first, of every
         workload: what a follower reads to find the gaps of ids not committed yet
         (``corral.events``)."""
+        ...
+
+    async def writes_in_flight(self) -> WritesInFlight | None:
+        """The transactions in flight now, read after ``event_ids_after`` met a gap
+        (``corral.events``: the gap settles once they have ended); None where no write
+        in flight can hold an event id below a committed one (SQLite: one writer)."""
         ...
 
     async def update_workload_status(

@@ -107,6 +107,7 @@ from corral.store.base import (
     NewWorkload,
     Page,
     Principal,
+    WritesInFlight,
 )
 from corral.store.cluster import Fence, FencedError
 from corral.store.errors import (
@@ -229,6 +230,10 @@ _INSERT_KEY = (
     " VALUES (%s, %s, %s, %s, %s)"
 )
 _LOCK_STATUS = "SELECT status, owner FROM workloads WHERE id = %s FOR UPDATE"
+_WRITES_IN_FLIGHT = (  # this database's only: a cluster's snapshot has every database's
+    "SELECT backend_xid::text::bigint FROM pg_stat_activity"
+    " WHERE datname = current_database() AND backend_xid IS NOT NULL"
+)
 _UPDATE_STATUS = (
     "UPDATE workloads SET status = %s, exit_code = %s, signal = %s, reason = %s,"
     " updated_at = %s, started_at = COALESCE(%s, started_at),"
@@ -1097,6 +1102,10 @@ class PostgresStore(PostgresCluster):
         check_events_limit(after_id, limit)
         rows = await self._fetch(_sql(EVENT_IDS_QUERY), (after_id, limit))
         return [int(r[0]) for r in rows]
+
+    async def writes_in_flight(self) -> WritesInFlight | None:
+        rows = await self._fetch(_WRITES_IN_FLIGHT, ())
+        return frozenset(int(r[0]) for r in rows)
 
     # --- users and API keys ------------------------------------------------------
 

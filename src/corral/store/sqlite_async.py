@@ -62,6 +62,7 @@ from corral.store.base import (
     NewWorkload,
     Page,
     Principal,
+    WritesInFlight,
 )
 from corral.store.cluster import Fence, Lease, ServerInfo
 from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, WriteWouldWait
@@ -453,6 +454,9 @@ class AsyncSQLiteStore:
 
     async def event_ids_after(self, after_id: int, *, limit: int = EVENTS_LIMIT_MAX) -> list[int]:
         return self.sync.event_ids_after(after_id, limit=limit)  # a primary-key range
+
+    async def writes_in_flight(self) -> WritesInFlight | None:
+        return None  # one writer, whose rollbacks take their ids back: gaps are deletions
 
     async def pending_ids(self) -> list[str]:
         return await self._readers.call(self.sync.pending_ids)
