@@ -10,7 +10,12 @@ In a real browser (Playwright driving Debian's Chromium headless, ``/usr/bin/chr
 real ``corral serve`` with keys on: a wrong key is refused on the page; a user signs
 in, a workload submitted through the API appears without a reload, its page shows the
 log growing, a kill (confirmed in the dialog) shows ``killed``; another user signed in
-afterwards sees none of it. Screenshots go to the test's folder and to
+afterwards sees none of it. A workload's log shows without scrolling in a 1280 by
+800 window (its 40-variable environment folded); the list tells an array's tasks
+apart by unique id prefixes and their index, never wraps an id, and shows 200
+characters of a 100 KB command; the log follows again by itself after a server
+restart, without showing a line twice; the page asks the API nothing before a key;
+the plot makes room for its labels. Screenshots go to the test's folder and to
 ``.screenshots/`` at the top of the tree (ignored by git), to be looked at.
 """
 
@@ -27,7 +32,15 @@ from typing import Any
 
 import pytest
 
-from corral.api.web import CONTENT_SECURITY_POLICY, FILES, PAGE, PAGE_PATH, WEB_DIR, WEB_PATHS
+from corral.api.web import (
+    CONFIG_PATH,
+    CONTENT_SECURITY_POLICY,
+    FILES,
+    PAGE,
+    PAGE_PATH,
+    WEB_DIR,
+    WEB_PATHS,
+)
 from corral.executors.local import kill_all
 from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
@@ -89,6 +102,8 @@ def test_the_page_and_its_files_are_served_without_a_key_with_a_strict_policy(
         assert response.status_code == 200, (path, response.text)
         name = path.rsplit("/", 1)[1]
         expected = FILES.get(name, "text/html; charset=utf-8")
+        if path == CONFIG_PATH:
+            expected = "application/json"
         assert response.headers["content-type"] == expected, path
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         assert "default-src 'self'" in CONTENT_SECURITY_POLICY
@@ -98,6 +113,9 @@ def test_the_page_and_its_files_are_served_without_a_key_with_a_strict_policy(
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
         assert "set-cookie" not in response.headers
+
+    # The page asks whether the server takes keys here, not of the API (a 401).
+    assert anonymous.get(CONFIG_PATH).json() == {"keys": True}
 
     page = anonymous.get(PAGE_PATH).text
     parser = _Refs()
@@ -348,3 +366,252 @@ def test_a_server_without_keys_opens_the_dashboard_without_a_sign_in(
         expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
         expect(page.locator("#capacity")).to_contain_text("This server runs nothing")
         page.close()
+
+
+def sign_in(
+    browser: Any, server: LiveServer, key: str, width: int = 1280, height: int = 800
+) -> Any:
+    """A new page of the dashboard at this size, signed in with ``key`` through the form;
+    ``page.problems`` collects page errors and policy violations."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.problems = []
+    page.on("pageerror", lambda error: page.problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda m: (
+            page.problems.append(m.text)
+            if re.search(r"Content Security Policy|Trusted Type|Uncaught", m.text)
+            else None
+        ),
+    )
+    page.goto(server.url)
+    page.fill("#key", key)
+    page.click("#login button[type=submit]")
+    expect(page.locator("#live")).to_have_text("Live", timeout=20_000)
+    return page
+
+
+def forty_variables() -> dict[str, str]:
+    """An environment as a shell passes it on: 40 variables, some long."""
+    env = {f"VARIABLE_{i:02d}": f"/some/path/number/{i}/" + "x" * (i % 7) * 9 for i in range(38)}
+    env["PATH"] = ":".join([*(f"/opt/tool{i}/bin" for i in range(30)), "/usr/bin:/bin"])
+    env["LS_COLORS"] = "rs=0:di=01;34:ln=01;36:" * 20
+    return env
+
+
+def test_a_workload_page_folds_its_environment_and_shows_its_log_without_scrolling(
+    browser: Any, server: LiveServer, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)
+    shots = Shots(tmp_path / "screenshots")
+    env = forty_variables()
+    with server.http() as http:
+        ticker = http.post(
+            "/v1/workloads",
+            json={"command": ["sh", "-c", TICKER], "name": "env-ticker", "env": env, "cwd": "/tmp"},
+        ).json()
+        failing = http.post(
+            "/v1/workloads",
+            json={"command": ["sh", "-c", "echo oops; exit 3"], "env": env, "cwd": "/tmp"},
+        ).json()
+    page = sign_in(browser, server, str(server.token))
+    page.goto(f"{server.url}/#/w/{ticker['id']}")
+    expect(page.locator("pre.log")).to_contain_text("tick 2")
+
+    # The log's first lines show in a 1280 by 800 window, without scrolling.
+    assert page.evaluate("window.scrollY") == 0
+    box = page.locator(".log-box").bounding_box()
+    assert box is not None and box["y"] + 60 <= 800, box
+    # The environment is one folded line, after the other fields.
+    fold = page.locator("details.env")
+    expect(fold.locator("summary")).to_have_text("environment: 40 variables")
+    assert fold.get_attribute("open") is None
+    expect(fold.locator("li").first).to_be_hidden()
+    after = (
+        "document.querySelector('.fields')"
+        ".compareDocumentPosition(document.querySelector('details.env'))"
+    )
+    assert page.evaluate(after) & 4, "the environment comes after the fields"
+    shots(page, "workload-env-folded")
+
+    fold.locator("summary").click()
+    expect(fold.locator("li")).to_have_count(40)
+    expect(fold).to_contain_text("VARIABLE_17=/some/path/number/17/")
+    shots(page, "workload-env-open", full_page=True)
+
+    # A reason sits with the key fields, above the environment.
+    page.goto(f"{server.url}/#/w/{failing['id']}")
+    expect(page.locator(".head-badge .badge")).to_have_text("failed")
+    reason = page.locator(".fields .field", has=page.locator("dt", has_text="Reason"))
+    expect(reason).to_be_visible()
+    reason_box, fold_box = reason.bounding_box(), page.locator("details.env").bounding_box()
+    assert reason_box and fold_box and reason_box["y"] < fold_box["y"]
+    box = page.locator(".log-box").bounding_box()
+    assert box is not None and box["y"] + 60 <= 800, box
+    expect(page.locator("pre.log")).to_contain_text("oops")
+    shots(page, "workload-failed")
+    assert page.problems == [], page.problems
+    page.close()
+
+
+def test_the_list_tells_array_tasks_apart_keeps_ids_whole_and_cuts_long_commands(
+    browser: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)
+    shots = Shots(tmp_path / "screenshots")
+    with LiveServer(tmp_path / "data", "--executor", "none") as server:
+        with server.http() as http:
+            items = [{"command": ["sleep", "1"], "array_index": i} for i in range(10)]
+            tasks = http.post("/v1/workloads/batch", json={"items": items}).json()["items"]
+            named = [
+                {"command": ["sleep", "1"], "array_index": i, "name": "sweep"} for i in range(3)
+            ]
+            sweep = http.post("/v1/workloads/batch", json={"items": named}).json()["items"]
+            big = http.post(
+                "/v1/workloads", json={"command": ["echo", "A" * 100_000], "name": "big"}
+            ).json()
+
+        page = sign_in(browser, server, str(server.token), width=390, height=844)
+        expect(page.locator("tbody tr")).to_have_count(14)
+
+        # Unnamed tasks: the id's prefix unique among the rows (10 characters or more;
+        # when long, its head and its end, where it differs), and the task's index;
+        # named ones: the name and index, the id so shown below.
+        def shown_id(text: str, wid: str) -> str:
+            match = re.fullmatch(r"([0-9a-z]{8,})(?:…([0-9a-z]+))?", text)
+            assert match, text
+            head, end = match[1], match[2] or ""
+            assert wid.startswith(head) and len(head) + len(end) >= 10, (text, wid)
+            assert end in wid[len(head) :], (text, wid)
+            return text
+
+        unnamed = []
+        for task in tasks:
+            link = page.locator(f"tr[data-id='{task['id']}'] a.name")
+            assert link.get_attribute("title") == task["id"]
+            text = link.text_content() or ""
+            match = re.fullmatch(r"(.+)\[(\d+)\]", text)
+            assert match and int(match[2]) == task["array_index"], text
+            unnamed.append(shown_id(match[1], task["id"]))
+        assert len(set(unnamed)) == len(unnamed), unnamed
+        named = []
+        for task in sweep:
+            row = page.locator(f"tr[data-id='{task['id']}']")
+            expect(row.locator("a.name")).to_have_text(f"sweep[{task['array_index']}]")
+            named.append(shown_id(row.locator(".id").inner_text(), task["id"]))
+        assert len(set(named)) == len(named), named
+        shots(page, "list-array-narrow", full_page=True)
+        # No id or name wraps: one line each, however narrow the window (measured in
+        # one go: the list may be drawn again between two questions).
+        lines = page.evaluate(
+            """() => [...document.querySelectorAll(".c-name a.name, .c-name .id")].map((e) => {
+                const style = getComputedStyle(e);
+                const lines = e.getBoundingClientRect().height / parseFloat(style.fontSize);
+                return [e.textContent, style.whiteSpace, e.getClientRects().length, lines];
+            })"""
+        )
+        assert len(lines) == 14 + 3 + 1, lines
+        for text, white_space, rects, height in lines:
+            assert white_space == "nowrap" and rects == 1 and height < 2, (text, height)
+        cut = page.evaluate(
+            """() => [...document.querySelectorAll(".c-name .unnamed .base, .c-name .id")]
+                .filter((e) => e.scrollWidth > e.clientWidth).map((e) => e.textContent)"""
+        )
+        assert cut == [], f"ids cut short at 390 px: {cut}"
+        # A 100 KB command: about 200 characters of it, in the text and the title.
+        page.set_viewport_size({"width": 1280, "height": 800})
+        code = page.locator(f"tr[data-id='{big['id']}'] .c-command code")
+        text, title = code.text_content() or "", code.get_attribute("title") or ""
+        assert text.startswith("echo AAAA") and text.endswith("…") and len(text) <= 201, len(text)
+        assert title == text
+        shots(page, "list-array")
+        assert page.problems == [], page.problems
+        page.close()
+
+
+def test_the_log_follows_again_by_itself_after_a_server_restart(
+    browser: Any, server: LiveServer, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
+    shots = Shots(tmp_path / "screenshots")
+    alice = user_key(server, "alice")
+    with server.http(token=alice) as http:
+        ticker = http.post(
+            "/v1/workloads", json={"command": ["sh", "-c", TICKER], "name": "ticker", "cwd": "/tmp"}
+        ).json()
+    page = sign_in(browser, server, alice)
+    live_colour = page.locator("#live").evaluate("e => getComputedStyle(e).color")
+    page.goto(f"{server.url}/#/w/{ticker['id']}")
+    log = page.locator("pre.log")
+    expect(log).to_contain_text("tick 5\n")
+
+    server.stop()
+    expect(page.locator(".log-state")).to_contain_text("reconnecting")
+    expect(page.locator("#live")).to_have_text("Reconnecting…")
+    colour = page.locator("#live").evaluate("e => getComputedStyle(e).color")
+    assert colour != live_colour, "Reconnecting… is drawn in Live's green"
+    shots(page, "log-reconnecting")
+    stopped_at = max(int(n) for n in re.findall(r"tick (\d+)", log.inner_text()))
+    server.start()
+
+    # The log comes back by itself, with what was written meanwhile and after, once.
+    expect(log).to_contain_text(f"tick {stopped_at + 15}\n")
+    expect(page.locator(".log-state")).to_have_text("following…")
+    ticks = [int(n) for n in re.findall(r"tick (\d+)", log.inner_text())]
+    assert ticks == list(range(1, len(ticks) + 1)), ticks
+    shots(page, "log-resumed")
+
+    # Killed: the follow ends and stays ended.
+    with server.http(token=alice) as http:
+        assert http.delete(f"/v1/workloads/{ticker['id']}").status_code == 200
+    expect(page.locator(".log-state")).to_have_text("ended")
+    page.wait_for_timeout(2500)
+    expect(page.locator(".log-state")).to_have_text("ended")
+    assert page.problems == [], page.problems
+    page.close()
+
+
+def test_the_page_asks_nothing_before_sign_in_and_the_plot_fits_its_labels(
+    browser: Any, server: LiveServer
+) -> None:
+    from playwright.sync_api import expect
+
+    # Before sign-in the page asks the API nothing: no 401 in the console.
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    page.goto(server.url)
+    expect(page.locator("#login-view")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    assert not [m for m in console if "401" in m], console
+    page.close()
+
+    page = sign_in(browser, server, str(server.token))
+    # The plot module itself, drawn with large counts into the page.
+    for count in (7, 4_800, 480_000, 24_000_000):
+        labels = page.evaluate(
+            """async (count) => {
+                const { plot } = await import("./ui/plot.js");
+                const submits = new Array(60).fill(0);
+                submits[58] = count;
+                const [svg] = plot(submits, new Array(60).fill(0));
+                document.querySelector("#activity .panel-body").replaceChildren(svg);
+                const axis = Number(svg.querySelector(".grid line").getAttribute("x1"));
+                return [...svg.querySelectorAll(".grid text")].map((t) => {
+                    const box = t.getBBox();
+                    return [t.textContent, box.x, box.x + box.width, axis];
+                });
+            }""",
+            count,
+        )
+        for text, left, right, axis in labels:
+            assert left >= 0 and right <= axis, (count, text, left, right, axis)
+    page.close()

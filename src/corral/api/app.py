@@ -103,7 +103,7 @@ def create_app(
     app.state.metrics = metrics  # its counts' refresh, for tests
     problems.install(app)
     install_docs(app, title="corral")
-    install_web(app)
+    install_web(app, keys=policy.auth)
     routers = [
         build_router(store, sched, data_dir, log_proxy, retention),
         build_token_router(store, keys.forget),

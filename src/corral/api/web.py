@@ -6,7 +6,10 @@ The page and its files are public (``guard.PUBLIC_PATHS``), like ``/docs``: they
 nothing but code. The page asks for an API key and sends it with every API call as
 ``Authorization: Bearer`` (never a cookie, so a foreign page cannot make the browser
 call the API for it); the guard still checks ``Host`` and ``Origin`` before them.
-Only the files named in ``FILES`` are served, by name, never a path from the request.
+Only the files named in ``FILES`` are served, by name, never a path from the request,
+and ``/ui/config.json``, which tells the page whether the server takes keys (with
+``--no-auth`` it opens without a sign-in; it asks this rather than the API, which
+answers 401 to a page with no key yet: nothing new, the API tells anyone as much).
 Every answer carries a strict ``Content-Security-Policy`` (scripts, styles, images
 and connections from this origin only; no inline script or style; no framing), and
 ``Cache-Control: no-cache`` (revalidated each time, so an upgrade is seen at once).
@@ -14,6 +17,7 @@ and connections from this origin only; no inline script or style; no framing), a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -35,7 +39,9 @@ FILES = {
 }
 """The files the page loads, and their media types."""
 PAGE = "index.html"
-WEB_PATHS = frozenset({PAGE_PATH, *(f"{FILES_PATH}/{name}" for name in FILES)})
+CONFIG_PATH = f"{FILES_PATH}/config.json"
+"""``{"keys": bool}``: whether the API asks for keys."""
+WEB_PATHS = frozenset({PAGE_PATH, CONFIG_PATH, *(f"{FILES_PATH}/{name}" for name in FILES)})
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
@@ -57,11 +63,17 @@ HEADERS = {
 }
 
 
-def install_web(app: FastAPI) -> None:
-    """Add the page and its files to ``app`` (none is in the OpenAPI document)."""
+def install_web(app: FastAPI, *, keys: bool = True) -> None:
+    """Add the page, its files and its config to ``app`` (none is in the OpenAPI
+    document); ``keys``: whether the API asks for keys (False: ``--no-auth``)."""
     _file_route(app, PAGE_PATH, PAGE, "text/html; charset=utf-8")
     for name, media_type in FILES.items():
         _file_route(app, f"{FILES_PATH}/{name}", name, media_type)
+    config = json.dumps({"keys": keys})
+
+    @app.get(CONFIG_PATH, include_in_schema=False)
+    async def web_config() -> Response:
+        return Response(config, media_type="application/json", headers=HEADERS)
 
 
 def _file_route(app: FastAPI, path: str, name: str, media_type: str) -> None:

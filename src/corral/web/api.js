@@ -107,7 +107,8 @@ export async function readText(response, onText) {
   if (rest) onText(rest);
 }
 
-const sleep = (ms, signal) =>
+/** Wait ms, or less if signal aborts. */
+export const sleep = (ms, signal) =>
   new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
     signal.addEventListener("abort", () => {
@@ -115,6 +116,12 @@ const sleep = (ms, signal) =>
       resolve();
     });
   });
+
+/** A stream lost is asked for again after RETRY_FIRST_MS, doubling to RETRY_MAX_MS. */
+export const RETRY_FIRST_MS = 1000;
+export const RETRY_MAX_MS = 15000;
+/** The answers that asking again cannot change. */
+export const FINAL = [401, 403, 404, 422];
 
 /**
  * Follow a text/event-stream for ever (until signal aborts): onMessage({id, event,
@@ -126,14 +133,14 @@ const sleep = (ms, signal) =>
  */
 export async function followEvents(path, params, { onMessage, onState, signal }) {
   let last = null;
-  let delay = 1000;
+  let delay = RETRY_FIRST_MS;
   while (!signal.aborted) {
     try {
       const headers = { Accept: "text/event-stream" };
       if (last !== null) headers["Last-Event-ID"] = last;
       const response = await call(path, { params, headers, signal });
       onState("live");
-      delay = 1000;
+      delay = RETRY_FIRST_MS;
       let buffer = "";
       let message = { data: [] };
       await readText(response, (text) => {
@@ -165,7 +172,7 @@ export async function followEvents(path, params, { onMessage, onState, signal })
       });
     } catch (err) {
       if (signal.aborted) return;
-      if ([401, 403, 404, 422].includes(err.status)) {
+      if (FINAL.includes(err.status)) {
         onState("failed", err);
         return;
       }
@@ -173,6 +180,6 @@ export async function followEvents(path, params, { onMessage, onState, signal })
     }
     if (!signal.aborted) onState("reconnecting");
     await sleep(delay, signal);
-    delay = Math.min(delay * 2, 15000);
+    delay = Math.min(delay * 2, RETRY_MAX_MS);
   }
 }

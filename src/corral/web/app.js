@@ -3,7 +3,7 @@
 // one event stream (GET /v1/events?follow=true, from an hour back for the plot).
 // Signing out forgets the key and reloads the page: nothing of the last key's stays.
 
-import { ApiError, call, followEvents, forgetKey, storedKey, storeKey, whenUnauthorized } from "./api.js";
+import { ApiError, call, followEvents, forgetKey, getJSON, storedKey, storeKey, whenUnauthorized } from "./api.js";
 import { listView } from "./list.js";
 import { overview } from "./overview.js";
 import { workloadView } from "./workload.js";
@@ -125,7 +125,7 @@ async function start(open = false) {
         if (view) view.event(data);
       },
       onState: (state, err) => {
-        live.className = `live ${state}`;
+        live.className = `live is-${state}`; // not "live live": Live's colour for all
         live.textContent = state === "live" ? "Live" : state === "failed" ? "Not live" : "Reconnecting…";
         live.title = err ? err.message : state === "live" ? "Updates as they happen" : "";
         if (state === "failed" && err && err.status !== 401) notice(`Live updates stopped: ${err.message}`);
@@ -134,14 +134,20 @@ async function start(open = false) {
   );
 }
 
+/** Whether the server asks for keys (ui/config.json, public): the API is not called
+ * before there is a key (a 401 in the console on every visit otherwise). */
+async function keysNeeded() {
+  try {
+    return (await getJSON("ui/config.json", {}, { key: "" })).keys !== false;
+  } catch {
+    return true; // the sign-in form says what is wrong when a key is tried
+  }
+}
+
 async function main() {
   if (storedKey()) return start();
-  try {
-    await call("v1/status", { key: "" }); // answered without a key: --no-auth
-  } catch {
-    return showLogin();
-  }
-  return start(true);
+  if (await keysNeeded()) return showLogin();
+  return start(true); // corral serve --no-auth
 }
 
 main();

@@ -94,15 +94,74 @@ export function ranFor(w) {
   return duration((end - parseTime(w.started_at)) / 1000);
 }
 
-/** The command as a shell would take it back. */
-export function commandText(argv) {
-  return argv
-    .map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`))
-    .join(" ");
+/** The command as a shell would take it back; cut to its first max characters and
+ * "…" (the work done grows with max, not with the command, which may be 1 MB). */
+export function commandText(argv, max = Infinity) {
+  let text = "";
+  for (const whole of argv) {
+    const a = whole.length > max ? whole.slice(0, max + 1) : whole; // cut below anyway
+    const word = /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`;
+    text += text ? ` ${word}` : word;
+    if (text.length > max) return `${text.slice(0, max)}…`;
+  }
+  return text;
 }
 
+export const ID_PREFIX = 10;
+
 export function shortId(id) {
-  return id.slice(0, 10);
+  return id.slice(0, ID_PREFIX);
+}
+
+/**
+ * The shortest prefix of each id, at least ID_PREFIX long, that no other of ids
+ * starts with (as git abbreviates): a Map from id to prefix. Sorted, an id shares
+ * its longest common prefix with a neighbour, so it is one sort and one pass.
+ */
+export function uniquePrefixes(ids) {
+  const sorted = [...new Set(ids)].sort();
+  const common = (a, b) => {
+    let i = 0;
+    while (i < a.length && a[i] === b[i]) i += 1;
+    return i;
+  };
+  const prefixes = new Map();
+  sorted.forEach((id, i) => {
+    const before = i > 0 ? common(sorted[i - 1], id) : 0;
+    const after = i + 1 < sorted.length ? common(id, sorted[i + 1]) : 0;
+    prefixes.set(id, id.slice(0, Math.max(ID_PREFIX, before + 1, after + 1)));
+  });
+  return prefixes;
+}
+
+const SHOWN_MAX = 14;
+/**
+ * uniquePrefixes, as shown: a prefix longer than SHOWN_MAX characters (ids made in
+ * the same millisecond, as an array's tasks are, differ only at their end) keeps its
+ * head and its end, where it differs from its neighbours: "01m8pnx6…q7xk1". One
+ * shown like another (a coincidence of random characters) is shown whole.
+ */
+export function idLabels(ids) {
+  const prefixes = uniquePrefixes(ids);
+  const labels = new Map();
+  for (const [id, prefix] of prefixes) {
+    labels.set(id, prefix.length <= SHOWN_MAX ? prefix : `${prefix.slice(0, 8)}…${prefix.slice(-5)}`);
+  }
+  const seen = new Map();
+  for (const label of labels.values()) seen.set(label, (seen.get(label) || 0) + 1);
+  for (const [id, label] of labels) if (seen.get(label) > 1) labels.set(id, prefixes.get(id));
+  return labels;
+}
+
+/** An array task's index, "[3]", or "". */
+export function arrayIndex(w) {
+  return w.array_index === null || w.array_index === undefined ? "" : `[${w.array_index}]`;
+}
+
+/** What a workload is called: its name, else its id's prefix; an array task's index
+ * after it ("train[3]"). */
+export function workloadName(w, prefix = shortId(w.id)) {
+  return `${w.name || prefix}${arrayIndex(w)}`;
 }
 
 export function plural(n, one, many) {
@@ -133,8 +192,10 @@ export function labelChips(labels) {
 }
 
 /** A function that runs fn at most once per wait ms, after the last call (trailing),
- * never twice at once: a call while it runs runs it again when it is done. */
+ * never twice at once: a call while it runs runs it again when it is done. wait may
+ * be a function, asked at each call that sets the timer. */
 export function debounce(fn, wait) {
+  const delay = typeof wait === "function" ? wait : () => wait;
   let timer = null;
   let running = false;
   let again = false;
@@ -156,7 +217,7 @@ export function debounce(fn, wait) {
     }
   };
   const schedule = () => {
-    if (timer === null) timer = setTimeout(run, wait);
+    if (timer === null) timer = setTimeout(run, delay());
   };
   schedule.cancel = () => {
     if (timer !== null) clearTimeout(timer);

@@ -1,24 +1,33 @@
 // The workload list, with the CLI's filters (status, label k=v, name; everyone's for
 // admins), kept in the address (#/?status=running&label=team=ml&name=x) and updated
-// live: each event of the stream reloads it (at most twice a second).
+// live: each event of the stream reloads it (at most twice a second, and less often
+// when a load takes long: a list of huge commands is megabytes, since the API sends
+// whole workloads). A command shows its first COMMAND_CHARS only; an id shows as its
+// shortest prefix unique among the rows (10 characters or more, its middle elided
+// when long: idLabels), and an array task's index follows ("train[3]"); neither a
+// name nor an id wraps.
 
 import { getJSON } from "./api.js";
 import {
+  arrayIndex,
   commandText,
   debounce,
   fill,
   h,
+  idLabels,
   labelChips,
   plural,
   ranFor,
   refreshTimes,
-  shortId,
   STATUSES,
   statusBadge,
   timeAgo,
 } from "./dom.js";
 
 const PAGE = 50;
+const COMMAND_CHARS = 200;
+const RELOAD_MS = 500;
+const RELOAD_MAX_MS = 30000;
 
 /** The filters of a hash query ("status=running&label=a=b"). */
 export function filtersOf(query) {
@@ -151,7 +160,10 @@ export function listView(root, ctx, query) {
     load();
   }
 
+  let lastLoadMs = 0; // how long the last load took, fetch to render
+
   async function load() {
+    const began = performance.now();
     let page;
     try {
       page = await getJSON("v1/workloads", {
@@ -177,6 +189,7 @@ export function listView(root, ctx, query) {
     if (stopped) return;
     filterError.hidden = true;
     render(page);
+    lastLoadMs = performance.now() - began;
   }
 
   function render(page) {
@@ -204,7 +217,10 @@ export function listView(root, ctx, query) {
       return;
     }
     const owner = filters.all;
+    const labels = idLabels(items.map((w) => w.id));
     const rows = items.map((w) => {
+      const idLabel = labels.get(w.id);
+      const command = commandText(w.command, COMMAND_CHARS);
       const isNew = seen !== null && !seen.has(w.id);
       const open = () => ctx.navigate(`#/w/${w.id}`);
       return h(
@@ -214,10 +230,15 @@ export function listView(root, ctx, query) {
         h(
           "td",
           { class: "c-name" },
-          h("a", { href: `#/w/${w.id}`, class: "name" }, w.name || shortId(w.id)),
-          w.name ? h("div", { class: "id" }, shortId(w.id)) : null,
+          h(
+            "a",
+            { href: `#/w/${w.id}`, class: w.name ? "name" : "name unnamed", title: w.name ? null : w.id },
+            h("span", { class: "base" }, w.name || idLabel),
+            arrayIndex(w) ? h("span", { class: "index" }, arrayIndex(w)) : null,
+          ),
+          w.name ? h("div", { class: "id", title: w.id }, idLabel) : null,
         ),
-        h("td", { class: "c-command" }, h("code", { title: commandText(w.command) }, commandText(w.command))),
+        h("td", { class: "c-command" }, h("code", { title: command }, command)),
         h("td", { class: "c-labels" }, labelChips(w.labels)),
         owner ? h("td", { class: "c-owner" }, w.owner) : null,
         h("td", { class: "c-time" }, timeAgo(w.created_at)),
@@ -252,7 +273,8 @@ export function listView(root, ctx, query) {
     seen = new Set(items.map((w) => w.id));
   }
 
-  const reload = debounce(load, 500);
+  // At most twice a second, and never more than a third of the time loading.
+  const reload = debounce(load, () => Math.min(Math.max(RELOAD_MS, 2 * lastLoadMs), RELOAD_MAX_MS));
   const ticker = setInterval(() => {
     refreshTimes(body);
     reload();

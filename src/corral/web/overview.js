@@ -1,9 +1,10 @@
 // The side panel: capacity and the queue (GET /v1/status, again after events and
 // every 10 s) and the plot of the last hour's submits and starts, counted from the
-// event stream (which starts an hour back: since_seconds=3600).
+// event stream (which starts an hour back: since_seconds=3600) into one count per
+// minute, so an event costs the same however many came before it.
 
 import { getJSON } from "./api.js";
-import { debounce, fill, h, parseTime, plural, s, serverNow, shortId, STATUSES, statusBadge } from "./dom.js";
+import { debounce, fill, h, idLabels, parseTime, plural, s, serverNow, STATUSES, statusBadge, workloadName } from "./dom.js";
 import { plot } from "./plot.js";
 
 const MINUTES = 60;
@@ -86,6 +87,7 @@ export function overview(root, ctx) {
         ),
       ),
     );
+    const labels = idLabels(st.queue.map((q) => q.id));
     fill(
       queueBox,
       st.queue_length === 0
@@ -99,7 +101,7 @@ export function overview(root, ctx) {
                 h(
                   "li",
                   {},
-                  h("a", { href: `#/w/${q.id}` }, q.name || shortId(q.id)),
+                  h("a", { href: `#/w/${q.id}`, class: q.name ? null : "mono" }, workloadName(q, labels.get(q.id))),
                   ctx.admin ? h("span", { class: "muted" }, ` ${q.owner}`) : null,
                   q.reason ? h("div", { class: "fine" }, q.reason) : null,
                 ),
@@ -109,17 +111,18 @@ export function overview(root, ctx) {
     );
   }
 
-  // The last hour's submits and starts: their times, by the server's clock.
-  const submits = [];
-  const starts = [];
+  // The last hour's submits and starts: a count per minute (since the epoch, by the
+  // server's clock), the minutes older than the plot's forgotten at each drawing.
+  const submits = new Map();
+  const starts = new Map();
   function drawPlot() {
-    const now = serverNow();
+    const now = Math.floor(serverNow() / 60000);
     const counts = [new Array(MINUTES).fill(0), new Array(MINUTES).fill(0)];
-    [submits, starts].forEach((times, k) => {
-      while (times.length && now - times[0] >= MINUTES * 60000) times.shift();
-      for (const t of times) {
-        const slot = MINUTES - 1 - Math.floor((now - t) / 60000);
-        if (slot >= 0 && slot < MINUTES) counts[k][slot] += 1;
+    [submits, starts].forEach((perMinute, k) => {
+      for (const [minute, n] of perMinute) {
+        const slot = MINUTES - 1 - (now - minute);
+        if (slot < 0) perMinute.delete(minute);
+        else if (slot < MINUTES) counts[k][slot] = n; // a later minute (skew): later
       }
     });
     fill(plotBox, plot(counts[0], counts[1]));
@@ -137,12 +140,10 @@ export function overview(root, ctx) {
   return {
     event(ev) {
       const t = parseTime(ev.at);
-      const list = ev.from_status === null ? submits : ev.to_status === "running" ? starts : null;
-      if (list && Number.isFinite(t)) {
-        // The stream is in id order, nearly time order: keep the list sorted.
-        let i = list.length;
-        while (i > 0 && list[i - 1] > t) i -= 1;
-        list.splice(i, 0, t);
+      const perMinute = ev.from_status === null ? submits : ev.to_status === "running" ? starts : null;
+      if (perMinute && Number.isFinite(t)) {
+        const minute = Math.floor(t / 60000);
+        perMinute.set(minute, (perMinute.get(minute) || 0) + 1);
         plotSoon();
       }
       statusSoon();

@@ -5,7 +5,11 @@ import { h, s } from "./dom.js";
 
 const W = 320;
 const H = 132;
-const PAD = { left: 26, right: 8, top: 10, bottom: 20 };
+const PAD = { right: 8, top: 10, bottom: 20 };
+const CHAR_WIDTH = 6; // of a digit or K, M at the labels' 9 px, a little over (DejaVu Sans: 5.7)
+const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 1 });
+/** An axis label: 950, 5000, 20K, 2.5M. */
+const label = (v) => (v < 10000 ? String(v) : compact.format(v));
 
 /** A "nice" axis maximum at or above n: 1, 2, 5, 10, 20, 50, … */
 function niceMax(n) {
@@ -22,20 +26,23 @@ function niceMax(n) {
 export function plot(submits, starts) {
   const minutes = submits.length;
   const top = niceMax(Math.max(...submits, ...starts));
-  const plotW = W - PAD.left - PAD.right;
+  const levels = top % 2 ? [0, top] : [0, top / 2, top];
+  // Room on the left for the widest label, right-aligned 4 px before the axis.
+  const left = 8 + CHAR_WIDTH * Math.max(...levels.map((v) => label(v).length));
+  const plotW = W - left - PAD.right;
   const plotH = H - PAD.top - PAD.bottom;
   const slot = plotW / minutes;
-  const x = (i) => PAD.left + i * slot;
+  const x = (i) => left + i * slot;
   const y = (v) => PAD.top + plotH - (v / top) * plotH;
   const totalSubmits = submits.reduce((a, b) => a + b, 0);
   const totalStarts = starts.reduce((a, b) => a + b, 0);
 
-  const grid = (top % 2 ? [0, top] : [0, top / 2, top]).map((v) =>
+  const grid = levels.map((v) =>
     s(
       "g",
       { class: "grid" },
-      s("line", { x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v) }),
-      s("text", { x: PAD.left - 4, y: y(v) + 3, "text-anchor": "end" }, v),
+      s("line", { x1: left, x2: W - PAD.right, y1: y(v), y2: y(v) }),
+      s("text", { x: left - 4, y: y(v) + 3, "text-anchor": "end" }, label(v)),
     ),
   );
   const ticks = [

@@ -1,8 +1,15 @@
-// A workload's page: its fields, its events as a timeline (reloaded on each of its
-// events from the stream), its log followed live (GET …/logs?follow=true&tail=N read
-// as a stream, until the workload ends) and a kill button behind a confirmation.
+// A workload's page: its fields (the environment folded, after them), its events as a
+// timeline (reloaded on each of its events from the stream), its log followed live
+// (GET …/logs?follow=true&tail=N read as a stream, until the workload ends) and a kill
+// button behind a confirmation. The fields and the timeline sit side by side and keep
+// to a bounded height, so the log's head shows in a 1280×800 window.
+//
+// A follow lost (the server restarted, the network went) is asked for again by
+// itself, after 1 s, doubling to 15 s, until the workload has ended. The log API has
+// no byte offset to resume from, so the tail asked for again replaces what is shown
+// (with its first piece: nothing flickers empty meanwhile): nothing is shown twice.
 
-import { ApiError, call, getJSON, readText } from "./api.js";
+import { ApiError, call, FINAL, getJSON, readText, RETRY_FIRST_MS, RETRY_MAX_MS, sleep } from "./api.js";
 import {
   ACTIVE,
   clock,
@@ -11,14 +18,17 @@ import {
   fill,
   h,
   labelChips,
+  plural,
   ranFor,
   refreshTimes,
   shortId,
   statusBadge,
   timeAgo,
+  workloadName,
 } from "./dom.js";
 
 const TAIL_LINES = 2000;
+const DIALOG_COMMAND_CHARS = 1000;
 const LOG_MAX_CHARS = 1 << 20;
 /** The log shown is cut to its last LOG_MAX_CHARS (a browser would slow down). */
 
@@ -35,12 +45,12 @@ function field(name, value, wide) {
 }
 
 function fields(w) {
-  const env = Object.entries(w.env || {});
   return h(
     "dl",
     { class: "fields" },
     field("ID", h("code", { class: "select" }, w.id), true),
-    field("Command", h("code", { class: "command" }, commandText(w.command)), true),
+    field("Command", h("code", { class: "command", tabindex: "0" }, commandText(w.command)), true),
+    field("Reason", w.reason, true),
     field("Owner", w.owner),
     field("Resources", resources(w.resources)),
     field("Priority", w.priority !== 0 ? String(w.priority) : null),
@@ -53,11 +63,22 @@ function fields(w) {
     field("Exit code", w.exit_code === null ? null : String(w.exit_code)),
     field("Signal", w.signal),
     field("Node", w.node),
+    field("Array task", w.array_index === null || w.array_index === undefined ? null : String(w.array_index)),
     field("Working dir", w.cwd ? h("code", {}, w.cwd) : null),
     field("Depends on", w.depends_on.length ? h("span", {}, w.depends_on.map((d) => h("a", { href: `#/w/${d}`, class: "dep" }, shortId(d))), ` (${w.dependency_type})`) : null),
     field("Batch", w.batch_id ? h("code", {}, w.batch_id) : null),
-    field("Environment", env.length ? h("ul", { class: "env" }, env.map(([k, v]) => h("li", {}, h("code", {}, `${k}=${v}`)))) : null, true),
-    field("Reason", w.reason, true),
+  );
+}
+
+/** The submitted environment, folded: often 40 variables and more. */
+function environment(w) {
+  const env = Object.entries(w.env || {});
+  if (!env.length) return null;
+  return h(
+    "details",
+    { class: "env" },
+    h("summary", {}, `environment: ${plural(env.length, "variable")}`),
+    h("ul", {}, env.map(([k, v]) => h("li", {}, h("code", {}, `${k}=${v}`)))),
   );
 }
 
@@ -97,7 +118,7 @@ function confirmKill(w) {
       h(
         "form",
         { method: "dialog" },
-        h("h2", { id: "kill-title" }, `Kill ${w.name || shortId(w.id)}?`),
+        h("h2", { id: "kill-title" }, `Kill ${workloadName(w)}?`),
         h(
           "p",
           {},
@@ -105,7 +126,7 @@ function confirmKill(w) {
             ? "Its process is stopped now (SIGTERM, then SIGKILL after the server's grace period). This cannot be undone."
             : "It will never start. This cannot be undone.",
         ),
-        h("p", {}, h("code", {}, commandText(w.command))),
+        h("p", {}, h("code", {}, commandText(w.command, DIALOG_COMMAND_CHARS))),
         h(
           "div",
           { class: "actions" },
@@ -125,7 +146,9 @@ function confirmKill(w) {
 
 export function workloadView(root, ctx, id) {
   const controller = new AbortController();
+  const signal = controller.signal;
   let current = null;
+  let envFold; // made once: the environment does not change, and it stays open if opened
   let logStarted = false;
 
   const title = h("h1", {}, shortId(id));
@@ -147,7 +170,7 @@ export function workloadView(root, ctx, id) {
       "div",
       { class: "workload-grid" },
       h("section", { class: "card", "aria-labelledby": "details-h" }, h("h2", { id: "details-h" }, "Details"), details),
-      h("section", { class: "card", "aria-labelledby": "events-h" }, h("h2", { id: "events-h" }, "Timeline"), events),
+      h("section", { class: "card events-card", "aria-labelledby": "events-h" }, h("h2", { id: "events-h" }, "Timeline"), events),
       h(
         "section",
         { class: "card log-card", "aria-labelledby": "log-h" },
@@ -164,12 +187,13 @@ export function workloadView(root, ctx, id) {
 
   function render(w, evs) {
     current = w;
-    title.textContent = w.name || shortId(w.id);
-    document.title = `${w.name || shortId(w.id)} · corral`;
+    title.textContent = workloadName(w);
+    document.title = `${workloadName(w)} · corral`;
     fill(badge, statusBadge(w.status, w.stopping));
     killButton.hidden = !ACTIVE.has(w.status);
     killButton.disabled = false;
-    fill(details, fields(w));
+    if (envFold === undefined) envFold = environment(w);
+    fill(details, fields(w), envFold);
     fill(events, timeline(evs));
   }
 
@@ -177,11 +201,11 @@ export function workloadView(root, ctx, id) {
     let w, evs;
     try {
       [w, evs] = await Promise.all([
-        getJSON(`v1/workloads/${encodeURIComponent(id)}`, {}, { signal: controller.signal }),
-        getJSON(`v1/workloads/${encodeURIComponent(id)}/events`, {}, { signal: controller.signal }),
+        getJSON(`v1/workloads/${encodeURIComponent(id)}`, {}, { signal }),
+        getJSON(`v1/workloads/${encodeURIComponent(id)}/events`, {}, { signal }),
       ]);
     } catch (err) {
-      if (controller.signal.aborted) return;
+      if (signal.aborted) return;
       if (err.status === 404) {
         fill(details, h("div", { class: "empty" }, h("p", { class: "empty-title" }, "No such workload."), h("p", {}, "It does not exist, or it is not yours.")));
         fill(events);
@@ -201,8 +225,14 @@ export function workloadView(root, ctx, id) {
   }
 
   let logChars = 0;
+  let replacing = false; // the next piece replaces what is shown (a follow again)
   function append(text) {
     const atBottom = logBox.scrollHeight - logBox.scrollTop - logBox.clientHeight < 40;
+    if (replacing) {
+      replacing = false;
+      log.replaceChildren();
+      logChars = 0;
+    }
     log.append(text);
     logChars += text.length;
     if (logChars > LOG_MAX_CHARS) {
@@ -214,25 +244,61 @@ export function workloadView(root, ctx, id) {
     if (atBottom) logBox.scrollTop = logBox.scrollHeight;
   }
 
-  async function followLog() {
-    logState.textContent = "following…";
-    logState.className = "log-state live";
+  function setLogState(text, state, why) {
+    logState.textContent = text;
+    logState.className = state ? `log-state ${state}` : "log-state";
+    logState.title = why || "";
+  }
+
+  /** Whether the workload has ended, asked now (a follow also ends when its server
+   * stops); false when that cannot be told. */
+  async function hasEnded() {
     try {
-      const response = await call(`v1/workloads/${encodeURIComponent(id)}/logs`, {
-        params: { follow: "true", tail: TAIL_LINES },
-        signal: controller.signal,
-      });
-      await readText(response, append);
-      if (!log.textContent) log.append(h("span", { class: "muted" }, "(no output)"));
-      logState.textContent = "ended";
-      logState.className = "log-state";
-    } catch (err) {
-      if (controller.signal.aborted) return;
-      logState.className = "log-state";
-      logState.textContent = "";
-      const again = h("button", { type: "button", class: "link", onclick: () => { log.replaceChildren(); logChars = 0; followLog(); } }, "follow again");
-      const message = err instanceof ApiError ? err.message : "the connection was lost";
-      logState.append(h("span", { class: "error" }, `log: ${message} · `), again);
+      const w = await getJSON(`v1/workloads/${encodeURIComponent(id)}`, {}, { signal });
+      return !ACTIVE.has(w.status);
+    } catch {
+      return false;
+    }
+  }
+
+  /** again: what is shown is replaced by what comes (a "follow again"). */
+  async function followLog(again = false) {
+    let delay = RETRY_FIRST_MS;
+    let shown = again; // a follow got an answer: the next one replaces what it showed
+    while (!signal.aborted) {
+      setLogState("following…", "live");
+      let why = "";
+      let opened = null; // when the follow was answered
+      try {
+        const response = await call(`v1/workloads/${encodeURIComponent(id)}/logs`, {
+          params: { follow: "true", tail: TAIL_LINES },
+          signal,
+        });
+        opened = performance.now();
+        replacing = shown;
+        shown = true;
+        await readText(response, append);
+        replacing = false;
+        if (await hasEnded()) {
+          if (!log.textContent) log.append(h("span", { class: "muted" }, "(no output)"));
+          setLogState("ended");
+          return;
+        }
+      } catch (err) {
+        if (signal.aborted) return;
+        if (err instanceof ApiError && FINAL.includes(err.status)) {
+          setLogState("");
+          const again = h("button", { type: "button", class: "link", onclick: () => followLog(true) }, "follow again");
+          logState.append(h("span", { class: "error" }, `log: ${err.message} · `), again);
+          return;
+        }
+        why = err instanceof ApiError ? err.message : "the connection was lost";
+      }
+      setLogState("reconnecting…", "reconnecting", why);
+      // A follow that lasted starts the waits again; one cut at once waits longer each time.
+      if (opened !== null && performance.now() - opened > RETRY_MAX_MS) delay = RETRY_FIRST_MS;
+      await sleep(delay, signal);
+      delay = Math.min(delay * 2, RETRY_MAX_MS);
     }
   }
 
