@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -60,26 +61,36 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
+LISTEN_PORTS = (20000, 32767)
+"""Where ``free_port`` looks: below Linux's ephemeral range (32768-60999 by default),
+where the kernel picks the local port of every outgoing connection (a port found free
+could be such a connection's by the time a server binds it), and above Ray's worker
+ports (10002-19999)."""
+
+
 def free_port() -> int:
-    """A loopback port free now. Under pytest-xdist, only ports whose remainder by
-    the number of workers is this worker's index: a port one worker found free, and
-    gives a server to start (or frees to start one again on it), is never the one
-    another worker finds, so no test reaches another test's server."""
+    """A loopback port free now, for a server to listen on soon: a random one of
+    ``LISTEN_PORTS`` (below the ephemeral range, if it starts higher), checked by
+    binding it. Under pytest-xdist, only ports whose remainder by the number of
+    workers is this worker's index: a port one worker found free (or frees, to start
+    a server on it again) is never one another worker finds."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
     index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    held = []  # ports of the other workers, held until one of ours comes
-    try:
-        while True:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-            if port % workers == index % workers:
-                s.close()
-                return port
-            held.append(s)
-    finally:
-        for other in held:
-            other.close()
+    low, high = LISTEN_PORTS
+    with contextlib.suppress(OSError, ValueError):
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        high = min(high, ephemeral - 1) if ephemeral > low + 1000 else high
+    for _ in range(1000):
+        port = random.randrange(low, high + 1)
+        if port % workers != index % workers:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 _FRESH: list[Path] = []
