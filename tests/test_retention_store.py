@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from corral.errors import CorralError, FieldError, InvalidInputError
-from corral.ids import new_id
+from corral.ids import _PAIRS, _SHIFTS, new_id, rfc3339_at
 from corral.model import Status, Workload, WorkloadBatchItem, WorkloadCreate
 from corral.retention import Retention, interval_for
 from corral.scheduler import Scheduler
@@ -351,6 +352,52 @@ def test_delete_finished_checks_its_arguments(
     with pytest.raises(InvalidInputError):
         store.delete_finished(0, limit=DELETE_BATCH_MAX + 1)
     assert store.count_workloads() == 1
+
+
+class SkewedTime:
+    """The ``time`` module as a store module sees it, its wall clock ``behind``
+    seconds behind the real one (and the database's)."""
+
+    def __init__(self, behind: float) -> None:
+        self.behind = behind
+
+    def time(self) -> float:
+        return time.time() - self.behind
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def skew_server_clock(monkeypatch: pytest.MonkeyPatch, store: BlockingStore, behind: float) -> None:
+    """Set the clock of the server that ``store`` serves ``behind`` seconds back: the
+    times and ids it stamps (``now_rfc3339``, ``new_id``) and its own reads of it."""
+    import corral.store.postgres
+    import corral.store.sqlite
+
+    module = corral.store.sqlite if is_sqlite(store) else corral.store.postgres
+    clock = SkewedTime(behind)
+
+    def skewed_id() -> str:
+        value = (int(clock.time() * 1000) << 80) | int.from_bytes(os.urandom(10))
+        return "".join(_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS)
+
+    monkeypatch.setattr(module, "time", clock)
+    monkeypatch.setattr(module, "now_rfc3339", lambda: rfc3339_at(clock.time()))
+    monkeypatch.setattr(module, "new_id", skewed_id)
+
+
+def test_a_server_clock_behind_the_databases_does_not_hasten_a_deletion(
+    store: BlockingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose clock is 10 minutes behind the database's stamps what it ends
+    by its clock; ``--older-than 1m`` keeps it for a minute by that clock, not by the
+    database's (on PostgreSQL the cutoff was the database's: deleted at once)."""
+    skew_server_clock(monkeypatch, store, 600)
+    done = make(store, Status.COMPLETED)
+    tick(store)
+    assert store.delete_finished(60.0) == []
+    skew_server_clock(monkeypatch, store, 600 - 61)  # a minute on, by the server's clock
+    assert store.delete_finished(60.0) == [done.id]
 
 
 def test_interval_is_half_the_age_within_bounds() -> None:

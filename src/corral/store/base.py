@@ -307,12 +307,13 @@ class Store(Protocol):
         """Delete, in one transaction, up to ``limit`` (1 to ``DELETE_BATCH_MAX``)
         terminal workloads (completed, failed, killed) of ``owner`` (everyone's when
         None) whose ``finished_at`` is more than ``older_than_seconds`` (0 to
-        ``OLDER_THAN_MAX_SECONDS``) before now by the store's clock (SQLite: this
-        process's, which stamps ``finished_at``; PostgreSQL: the database's, as the
-        lease's); else ``InvalidInputError``. Their labels, events, idempotency keys
-        and dependency rows go with them (``ON DELETE CASCADE``). Returns the ids
-        deleted: fewer than ``limit`` once no more are due (call again while it
-        returns ``limit``).
+        ``OLDER_THAN_MAX_SECONDS``) before now by this server's clock, which stamps
+        the ``finished_at`` it writes (on PostgreSQL, by the earlier of it and the
+        database's clock: a server's clock ahead of the database's does not hasten
+        the deletion of what the others ended); else ``InvalidInputError``. Their
+        labels, events, idempotency keys and dependency rows go with them (``ON
+        DELETE CASCADE``). Returns the ids deleted: fewer than ``limit`` once no
+        more are due (call again while it returns ``limit``).
 
         Never a pending or running workload, nor one that a pending or running
         workload depends on (the scheduler kills a dependant whose dependency does
