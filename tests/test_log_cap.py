@@ -28,6 +28,7 @@ from corral.executors.base import Capacity, Outcome
 from corral.executors.local import LocalExecutor, is_alive, kill_all
 from corral.executors.shim import ShimStatus, ensure_shim, read_pid, read_status, shim_argv
 from corral.logs import (
+    READ_CHUNK_BYTES,
     RING_DATA,
     LogReader,
     finish_capped_log,
@@ -320,6 +321,23 @@ def test_a_killed_shim_leaves_a_ring_that_readers_join_and_the_executor_finishes
     assert run.log.read_bytes() == expected and not ring_path(run.log).exists()
     finish_capped_log(run.log)  # nothing left to do
     assert run.log.read_bytes() == expected
+
+
+def test_a_capped_log_removed_mid_read_is_read_whole(
+    run_shim: Callable[..., ShimRun], tmp_path: Path
+) -> None:
+    """A killed shim's head and ring, removed (its workload deleted: retention) while
+    a read streams them: the reader holds both open and gives the whole log."""
+    cap = 2 * READ_CHUNK_BYTES + 1000  # a head of more than one chunk
+    run = run_shim(writer(tmp_path, 10**7, 2 * 10**6), cap)
+    wait_until(lambda: (tmp_path / "go.paused").exists(), 30)
+    run.kill()
+    wait_until(run.done)
+    chunks = log_chunks(open_reader(run.log))
+    first = next(chunks)
+    ring_path(run.log).unlink()
+    run.log.unlink()
+    assert first + b"".join(chunks) == capped(lines(0, 2 * 10**6), cap)
 
 
 def test_a_ring_that_cannot_be_made_counts_the_rest_as_dropped(

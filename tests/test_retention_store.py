@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -650,6 +651,76 @@ def test_a_log_of_a_workload_still_stopping_here_is_kept(
     keep.scheduler.is_active = lambda wid: False  # type: ignore[method-assign]
     assert store.run(keep.sweep_logs(0)) == 1
     assert not (logs / f"{stopping.id}.log").exists()
+
+
+def test_the_sweep_removes_what_a_capped_log_left_without_the_log(
+    store: BlockingStore, tmp_path: Path
+) -> None:
+    """A ring, or a ring in the making, of a workload no longer there, with no
+    ``<id>.log`` beside it: swept too (only ``<id>.log`` names were listed)."""
+    logs = tmp_path / "logs"
+    keep = retention(store, logs)
+    ring_only, tmp_only = new_id(), new_id()  # no such workloads
+    (logs / f"{ring_only}.log.ring").write_bytes(b"ring")
+    (logs / f"{tmp_only}.log.ring.tmp").write_bytes(b"ring in the making")
+    running = make(store, Status.RUNNING)
+    (logs / f"{running.id}.log.ring.tmp").write_bytes(b"")
+    (logs / f"{tmp_only}.txt").write_text("not a log")
+    assert store.run(keep.sweep_logs(0)) == 2
+    assert sorted(p.name for p in logs.iterdir()) == sorted(
+        [f"{running.id}.log.ring.tmp", f"{tmp_only}.txt"]
+    )
+
+
+def test_a_log_the_os_refuses_to_remove_is_logged_and_the_rest_go(
+    store: BlockingStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rows are deleted already: a file that cannot be removed (here a directory
+    where a ring would be) is a warning, not a failed clean (a 500)."""
+    logs = tmp_path / "logs"
+    keep = retention(store, logs)
+    stuck, other = make(store, Status.COMPLETED), make(store, Status.FAILED)
+    write_log(logs, stuck.id)
+    write_log(logs, other.id)
+    (logs / f"{stuck.id}.log.ring").mkdir()
+    (logs / f"{stuck.id}.log.ring" / "in-the-way").touch()
+    tick(store)
+    with caplog.at_level(logging.WARNING, logger="corral.logs"):
+        assert store.run(keep.clean(0)) == 2
+    assert sorted(p.name for p in logs.iterdir()) == [f"{stuck.id}.log.ring"]
+    assert f"cannot remove the log {logs / stuck.id}.log.ring" in caplog.text
+
+
+def test_the_task_counts_the_logs_of_what_it_deleted(
+    store: BlockingStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    keep = Retention(
+        store.inner, Scheduler(store.inner), logs, retain_seconds=0.3, min_interval=0.2
+    )
+    done = make(store, Status.COMPLETED)
+    write_log(logs, done.id)
+    tick(store)
+    time.sleep(0.5)
+    assert store.run(keep.run_once()) == (1, 1)  # (1, 0): only the sweep's were counted
+    done = make(store, Status.FAILED)
+    write_log(logs, done.id)
+    tick(store)
+    time.sleep(0.5)
+
+    async def run_for(seconds: float) -> None:
+        task = keep.start()
+        assert task is not None
+        await asyncio.sleep(seconds)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.INFO, logger="corral.retention"):
+        store.run(run_for(0.5))
+    said = [r.getMessage() for r in caplog.records if r.name == "corral.retention"]
+    assert said == ["retention: deleted 1 finished workload, removed 1 log"]
 
 
 def test_the_task_runs_at_once_and_again_and_survives_a_failure(
