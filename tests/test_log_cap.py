@@ -38,7 +38,7 @@ from corral.logs import (
     read_ring,
     ring_path,
 )
-from corral.units import parse_bytes
+from corral.units import BYTES_MAX, parse_bytes
 from tests.conftest import RayCluster
 from tests.executors import GRACE_SECONDS, Harness, make_workload
 from tests.server import Api, LiveServer, wait_until
@@ -363,6 +363,22 @@ def test_bad_cap_variables_run_nothing(
     assert run.wait() == ShimStatus("spawn", 22)  # "" : a cap without a path
     assert not (tmp_path / "ran").exists()
     assert b"bad or incomplete CORRAL_SHIM_LOG_CAP" in run.log.read_bytes()
+
+
+def test_the_largest_cap_the_parser_takes_is_the_shims(
+    run_shim: Callable[..., ShimRun],
+) -> None:
+    """``--max-log-bytes`` takes up to what the shim takes (it took 2^62, 4194304T,
+    and then every workload failed to spawn: Invalid argument)."""
+    assert parse_bytes(str(BYTES_MAX)) == BYTES_MAX == (1 << 62) - 1
+    for beyond in (str(BYTES_MAX + 1), "4194304T"):
+        with pytest.raises(ValueError, match="too large: at most 4611686018427387903 bytes"):
+            parse_bytes(beyond)
+    run = run_shim(["echo", "hi"], BYTES_MAX)
+    assert run.wait() == ShimStatus("exit", 0)
+    assert run.log.read_bytes() == b"hi\n"
+    run = run_shim(["echo", "hi"], BYTES_MAX + 1)
+    assert run.wait() == ShimStatus("spawn", 22)
 
 
 def test_the_local_executor_caps_and_reports_log_bytes(tmp_path: Path) -> None:
