@@ -97,6 +97,23 @@ def rows_referencing(store: BlockingStore, ids: list[str]) -> dict[str, int]:
     }
 
 
+def test_each_migrations_docstring_names_the_revision_it_revises() -> None:
+    """``Revises:`` in a migration's docstring is its ``down_revision`` (0007's said
+    0005)."""
+    import importlib
+
+    import corral.store.migrations.versions as versions
+
+    folder = Path(versions.__path__[0])
+    names = sorted(p.stem for p in folder.glob("0*.py"))
+    assert "0007_retention_indexes" in names
+    for name in names:
+        module = importlib.import_module(f"{versions.__name__}.{name}")
+        doc = module.__doc__ or ""
+        assert f"Revision ID: {module.revision}\n" in doc, name
+        assert f"Revises: {module.down_revision or ''}".rstrip() + "\n" in doc, name
+
+
 def test_every_table_referencing_workloads_deletes_with_them(store: BlockingStore) -> None:
     """The schema's foreign keys to ``workloads`` (a table added later that forgot
     its cascade fails here), and an index starting with each referencing column, so

@@ -50,6 +50,10 @@ def parse_size(text: str) -> int:
     return math.ceil(mib)
 
 
+AGE_MAX_SECONDS = 100 * 365 * 86400
+"""The largest age retention takes (``--older-than``, ``--retain-finished``)."""
+AGE_MAX_TEXT = "100 years"
+
 BYTES_MAX = (1 << 62) - 1
 """Beyond any disk: the largest log cap the shim takes (``ULONG_MAX / 4`` in
 ``executors/shim.c``, which works in unsigned longs with room to add)."""

@@ -25,13 +25,14 @@ from corral.model import (
     WorkloadCreate,
 )
 from corral.store.cluster import Fence, Lease, ServerInfo
+from corral.units import AGE_MAX_SECONDS
 
 LIST_LIMIT_MAX = 1000
 EVENTS_LIMIT_MAX = 500
 """The most events ``list_events_after`` returns at once (one page of the live feed)."""
 DELETE_BATCH_MAX = 500
 """The most workloads ``delete_finished`` deletes in one transaction."""
-OLDER_THAN_MAX_SECONDS = 100 * 365 * 86400
+OLDER_THAN_MAX_SECONDS = AGE_MAX_SECONDS
 """The largest age ``delete_finished`` takes (100 years): a cutoff before 1926."""
 CLAIM_ACTOR = "scheduler"
 """The actor of every claim's event (pending→running): the scheduler, as in its other writes."""
