@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,9 @@ from corral.retention import Retention, interval_for
 from corral.scheduler import Scheduler
 from corral.store import NotFoundError, StoreBusyError
 from corral.store.base import DELETE_BATCH_MAX, OLDER_THAN_MAX_SECONDS
+from corral.store.sqlite import SQLiteStore
 from tests.blocking import BlockingStore
-from tests.conftest import is_sqlite, query
+from tests.conftest import is_sqlite, query, sqlite_path
 
 AGE = 1.0
 """The age the tests delete past: what finished before a ``wait_past_age`` is due."""
@@ -372,6 +374,53 @@ def test_delete_finished_checks_its_arguments(
     assert store.count_workloads() == 1
 
 
+def test_with_none_due_a_delete_takes_no_write_lock(store: BlockingStore) -> None:
+    """SQLite: the walk for the ids due (which meets every workload created before
+    the cutoff that ended after it: 270 ms at a million) is a read; with none due the
+    write lock is never taken (it was held for the walk, every writer waiting)."""
+    path = sqlite_path(store)
+    if path is None:
+        pytest.skip("PostgreSQL takes no lock for a read")
+    make(store, Status.COMPLETED)  # not an hour old
+    tick(store)
+    holder = sqlite3.connect(path, isolation_level=None)
+    quick = SQLiteStore(path, busy_timeout_ms=200)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        assert quick.delete_finished(3600) == []
+        assert store.delete_finished(3600) == []
+        assert quick.delete_finished(0, owner="bob") == []
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        quick.close()
+    assert len(store.delete_finished(0)) == 1
+
+
+def test_ids_found_due_are_checked_again_under_the_lock(store: BlockingStore) -> None:
+    """SQLite: a workload found due that a create made a dependency of meanwhile is
+    kept; a full batch left short by it is filled by walking again, so that a short
+    batch still means none are left."""
+    path = sqlite_path(store)
+    if path is None:
+        pytest.skip("PostgreSQL finds and deletes in one transaction")
+    sync = SQLiteStore(path)
+    try:
+        done = [make(store, Status.COMPLETED).id for _ in range(4)]
+        tick(store)
+        now = time.time()
+        found = sync.due_ids(now, 0, owner=None, limit=3)
+        assert found == done[:3]
+        make(store, Status.PENDING, depends_on=[found[0]])
+        deleted = sync.delete_due(found, now, 0, owner=None, limit=3)
+        assert deleted == done[1:]  # the first kept; the fourth, walked to again
+        found = sync.due_ids(now, 0, owner=None, limit=3)
+        assert found == []
+        assert sync.delete_due(done, now, 0, owner="alice", limit=3) == []  # gone, or still needed
+    finally:
+        sync.close()
+
+
 class SkewedTime:
     """The ``time`` module as a store module sees it, its wall clock ``behind``
     seconds behind the real one (and the database's)."""
@@ -391,9 +440,12 @@ def skew_server_clock(monkeypatch: pytest.MonkeyPatch, store: BlockingStore, beh
     times and ids it stamps (``now_rfc3339``, ``new_id``) and its own reads of it."""
     import corral.store.postgres
     import corral.store.sqlite
+    import corral.store.sqlite_async
 
     module = corral.store.sqlite if is_sqlite(store) else corral.store.postgres
     clock = SkewedTime(behind)
+    if is_sqlite(store):
+        monkeypatch.setattr(corral.store.sqlite_async, "time", clock)
 
     def skewed_id() -> str:
         value = (int(clock.time() * 1000) << 80) | int.from_bytes(os.urandom(10))
