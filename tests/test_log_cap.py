@@ -28,6 +28,7 @@ from corral.executors.base import Capacity, Outcome
 from corral.executors.local import LocalExecutor, is_alive, kill_all
 from corral.executors.shim import ShimStatus, ensure_shim, read_pid, read_status, shim_argv
 from corral.logs import (
+    READ_CHUNK_BYTES,
     RING_DATA,
     LogReader,
     finish_capped_log,
@@ -37,7 +38,7 @@ from corral.logs import (
     read_ring,
     ring_path,
 )
-from corral.units import parse_bytes
+from corral.units import BYTES_MAX, parse_bytes
 from tests.conftest import RayCluster
 from tests.executors import GRACE_SECONDS, Harness, make_workload
 from tests.server import Api, LiveServer, wait_until
@@ -322,6 +323,23 @@ def test_a_killed_shim_leaves_a_ring_that_readers_join_and_the_executor_finishes
     assert run.log.read_bytes() == expected
 
 
+def test_a_capped_log_removed_mid_read_is_read_whole(
+    run_shim: Callable[..., ShimRun], tmp_path: Path
+) -> None:
+    """A killed shim's head and ring, removed (its workload deleted: retention) while
+    a read streams them: the reader holds both open and gives the whole log."""
+    cap = 2 * READ_CHUNK_BYTES + 1000  # a head of more than one chunk
+    run = run_shim(writer(tmp_path, 10**7, 2 * 10**6), cap)
+    wait_until(lambda: (tmp_path / "go.paused").exists(), 30)
+    run.kill()
+    wait_until(run.done)
+    chunks = log_chunks(open_reader(run.log))
+    first = next(chunks)
+    ring_path(run.log).unlink()
+    run.log.unlink()
+    assert first + b"".join(chunks) == capped(lines(0, 2 * 10**6), cap)
+
+
 def test_a_ring_that_cannot_be_made_counts_the_rest_as_dropped(
     run_shim: Callable[..., ShimRun], tmp_path: Path
 ) -> None:
@@ -345,6 +363,22 @@ def test_bad_cap_variables_run_nothing(
     assert run.wait() == ShimStatus("spawn", 22)  # "" : a cap without a path
     assert not (tmp_path / "ran").exists()
     assert b"bad or incomplete CORRAL_SHIM_LOG_CAP" in run.log.read_bytes()
+
+
+def test_the_largest_cap_the_parser_takes_is_the_shims(
+    run_shim: Callable[..., ShimRun],
+) -> None:
+    """``--max-log-bytes`` takes up to what the shim takes (it took 2^62, 4194304T,
+    and then every workload failed to spawn: Invalid argument)."""
+    assert parse_bytes(str(BYTES_MAX)) == BYTES_MAX == (1 << 62) - 1
+    for beyond in (str(BYTES_MAX + 1), "4194304T"):
+        with pytest.raises(ValueError, match="too large: at most 4611686018427387903 bytes"):
+            parse_bytes(beyond)
+    run = run_shim(["echo", "hi"], BYTES_MAX)
+    assert run.wait() == ShimStatus("exit", 0)
+    assert run.log.read_bytes() == b"hi\n"
+    run = run_shim(["echo", "hi"], BYTES_MAX + 1)
+    assert run.wait() == ShimStatus("spawn", 22)
 
 
 def test_the_local_executor_caps_and_reports_log_bytes(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tempfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral import logs
-from corral.logs import log_chunks, open_reader
+from corral.logs import follow_log, log_chunks, open_reader
 
 LINE = st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"."))
 LONG_LINE = st.integers(0, 3 * logs.TAIL_BLOCK_BYTES).map(lambda n: b"y" * n)
@@ -62,3 +63,31 @@ def test_a_log_not_written_yet_is_empty(tmp_path: Path) -> None:
     assert read_log(missing) == b"" and read_log(missing, tail=5) == b""
     (tmp_path / "a-file").write_text("")
     assert read_log(tmp_path / "a-file" / "under-a-file.log", tail=2) == b""  # ENOTDIR
+
+
+def test_a_log_removed_mid_read_is_read_whole(tmp_path: Path) -> None:
+    """Its workload deleted (retention) while a plain read or a follow streams it: the
+    reader holds the file open, so the read that started gets the whole log (it was
+    cut at the chunk the file went, and answered as if whole)."""
+    path = tmp_path / "w.log"
+    data = bytes(range(11, 256)) * 5000  # 1.2 MB: five chunks
+    path.write_bytes(data)
+    chunks = log_chunks(open_reader(path))
+    first = next(chunks)
+    path.unlink()
+    assert first + b"".join(chunks) == data
+
+    path.write_bytes(data)
+
+    async def follow() -> bytes:
+        got = []
+
+        async def finished() -> bool:
+            return not path.exists()  # deleted: ended
+
+        async for chunk in follow_log(open_reader(path), finished):
+            got.append(chunk)
+            path.unlink(missing_ok=True)
+        return b"".join(got)
+
+    assert asyncio.run(follow()) == data

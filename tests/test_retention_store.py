@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
+import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,14 +22,15 @@ from typing import Any
 import pytest
 
 from corral.errors import CorralError, FieldError, InvalidInputError
-from corral.ids import new_id
+from corral.ids import _PAIRS, _SHIFTS, new_id, rfc3339_at
 from corral.model import Status, Workload, WorkloadBatchItem, WorkloadCreate
 from corral.retention import Retention, interval_for
 from corral.scheduler import Scheduler
 from corral.store import NotFoundError, StoreBusyError
 from corral.store.base import DELETE_BATCH_MAX, OLDER_THAN_MAX_SECONDS
+from corral.store.sqlite import SQLiteStore
 from tests.blocking import BlockingStore
-from tests.conftest import is_sqlite, query
+from tests.conftest import is_sqlite, query, sqlite_path
 
 AGE = 1.0
 """The age the tests delete past: what finished before a ``wait_past_age`` is due."""
@@ -93,6 +97,23 @@ def rows_referencing(store: BlockingStore, ids: list[str]) -> dict[str, int]:
             f" WHERE workload_id IN ({marks}) OR depends_on IN ({marks})",
         )[0][0],
     }
+
+
+def test_each_migrations_docstring_names_the_revision_it_revises() -> None:
+    """``Revises:`` in a migration's docstring is its ``down_revision`` (0007's said
+    0005)."""
+    import importlib
+
+    import corral.store.migrations.versions as versions
+
+    folder = Path(versions.__path__[0])
+    names = sorted(p.stem for p in folder.glob("0*.py"))
+    assert "0007_retention_indexes" in names
+    for name in names:
+        module = importlib.import_module(f"{versions.__name__}.{name}")
+        doc = module.__doc__ or ""
+        assert f"Revision ID: {module.revision}\n" in doc, name
+        assert f"Revises: {module.down_revision or ''}".rstrip() + "\n" in doc, name
 
 
 def test_every_table_referencing_workloads_deletes_with_them(store: BlockingStore) -> None:
@@ -353,6 +374,102 @@ def test_delete_finished_checks_its_arguments(
     assert store.count_workloads() == 1
 
 
+def test_with_none_due_a_delete_takes_no_write_lock(store: BlockingStore) -> None:
+    """SQLite: the walk for the ids due (which meets every workload created before
+    the cutoff that ended after it: 270 ms at a million) is a read; with none due the
+    write lock is never taken (it was held for the walk, every writer waiting)."""
+    path = sqlite_path(store)
+    if path is None:
+        pytest.skip("PostgreSQL takes no lock for a read")
+    make(store, Status.COMPLETED)  # not an hour old
+    tick(store)
+    holder = sqlite3.connect(path, isolation_level=None)
+    quick = SQLiteStore(path, busy_timeout_ms=200)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        assert quick.delete_finished(3600) == []
+        assert store.delete_finished(3600) == []
+        assert quick.delete_finished(0, owner="bob") == []
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        quick.close()
+    assert len(store.delete_finished(0)) == 1
+
+
+def test_ids_found_due_are_checked_again_under_the_lock(store: BlockingStore) -> None:
+    """SQLite: a workload found due that a create made a dependency of meanwhile is
+    kept; a full batch left short by it is filled by walking again, so that a short
+    batch still means none are left."""
+    path = sqlite_path(store)
+    if path is None:
+        pytest.skip("PostgreSQL finds and deletes in one transaction")
+    sync = SQLiteStore(path)
+    try:
+        done = [make(store, Status.COMPLETED).id for _ in range(4)]
+        tick(store)
+        now = time.time()
+        found = sync.due_ids(now, 0, owner=None, limit=3)
+        assert found == done[:3]
+        make(store, Status.PENDING, depends_on=[found[0]])
+        deleted = sync.delete_due(found, now, 0, owner=None, limit=3)
+        assert deleted == done[1:]  # the first kept; the fourth, walked to again
+        found = sync.due_ids(now, 0, owner=None, limit=3)
+        assert found == []
+        assert sync.delete_due(done, now, 0, owner="alice", limit=3) == []  # gone, or still needed
+    finally:
+        sync.close()
+
+
+class SkewedTime:
+    """The ``time`` module as a store module sees it, its wall clock ``behind``
+    seconds behind the real one (and the database's)."""
+
+    def __init__(self, behind: float) -> None:
+        self.behind = behind
+
+    def time(self) -> float:
+        return time.time() - self.behind
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def skew_server_clock(monkeypatch: pytest.MonkeyPatch, store: BlockingStore, behind: float) -> None:
+    """Set the clock of the server that ``store`` serves ``behind`` seconds back: the
+    times and ids it stamps (``now_rfc3339``, ``new_id``) and its own reads of it."""
+    import corral.store.postgres
+    import corral.store.sqlite
+    import corral.store.sqlite_async
+
+    module = corral.store.sqlite if is_sqlite(store) else corral.store.postgres
+    clock = SkewedTime(behind)
+    if is_sqlite(store):
+        monkeypatch.setattr(corral.store.sqlite_async, "time", clock)
+
+    def skewed_id() -> str:
+        value = (int(clock.time() * 1000) << 80) | int.from_bytes(os.urandom(10))
+        return "".join(_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS)
+
+    monkeypatch.setattr(module, "time", clock)
+    monkeypatch.setattr(module, "now_rfc3339", lambda: rfc3339_at(clock.time()))
+    monkeypatch.setattr(module, "new_id", skewed_id)
+
+
+def test_a_server_clock_behind_the_databases_does_not_hasten_a_deletion(
+    store: BlockingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose clock is 10 minutes behind the database's stamps what it ends
+    by its clock; ``--older-than 1m`` keeps it for a minute by that clock, not by the
+    database's (on PostgreSQL the cutoff was the database's: deleted at once)."""
+    skew_server_clock(monkeypatch, store, 600)
+    done = make(store, Status.COMPLETED)
+    tick(store)
+    assert store.delete_finished(60.0) == []
+    skew_server_clock(monkeypatch, store, 600 - 61)  # a minute on, by the server's clock
+    assert store.delete_finished(60.0) == [done.id]
+
+
 def test_interval_is_half_the_age_within_bounds() -> None:
     assert interval_for(7 * 86400) == 300
     assert interval_for(120) == 60
@@ -603,6 +720,76 @@ def test_a_log_of_a_workload_still_stopping_here_is_kept(
     keep.scheduler.is_active = lambda wid: False  # type: ignore[method-assign]
     assert store.run(keep.sweep_logs(0)) == 1
     assert not (logs / f"{stopping.id}.log").exists()
+
+
+def test_the_sweep_removes_what_a_capped_log_left_without_the_log(
+    store: BlockingStore, tmp_path: Path
+) -> None:
+    """A ring, or a ring in the making, of a workload no longer there, with no
+    ``<id>.log`` beside it: swept too (only ``<id>.log`` names were listed)."""
+    logs = tmp_path / "logs"
+    keep = retention(store, logs)
+    ring_only, tmp_only = new_id(), new_id()  # no such workloads
+    (logs / f"{ring_only}.log.ring").write_bytes(b"ring")
+    (logs / f"{tmp_only}.log.ring.tmp").write_bytes(b"ring in the making")
+    running = make(store, Status.RUNNING)
+    (logs / f"{running.id}.log.ring.tmp").write_bytes(b"")
+    (logs / f"{tmp_only}.txt").write_text("not a log")
+    assert store.run(keep.sweep_logs(0)) == 2
+    assert sorted(p.name for p in logs.iterdir()) == sorted(
+        [f"{running.id}.log.ring.tmp", f"{tmp_only}.txt"]
+    )
+
+
+def test_a_log_the_os_refuses_to_remove_is_logged_and_the_rest_go(
+    store: BlockingStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rows are deleted already: a file that cannot be removed (here a directory
+    where a ring would be) is a warning, not a failed clean (a 500)."""
+    logs = tmp_path / "logs"
+    keep = retention(store, logs)
+    stuck, other = make(store, Status.COMPLETED), make(store, Status.FAILED)
+    write_log(logs, stuck.id)
+    write_log(logs, other.id)
+    (logs / f"{stuck.id}.log.ring").mkdir()
+    (logs / f"{stuck.id}.log.ring" / "in-the-way").touch()
+    tick(store)
+    with caplog.at_level(logging.WARNING, logger="corral.logs"):
+        assert store.run(keep.clean(0)) == 2
+    assert sorted(p.name for p in logs.iterdir()) == [f"{stuck.id}.log.ring"]
+    assert f"cannot remove the log {logs / stuck.id}.log.ring" in caplog.text
+
+
+def test_the_task_counts_the_logs_of_what_it_deleted(
+    store: BlockingStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    keep = Retention(
+        store.inner, Scheduler(store.inner), logs, retain_seconds=0.3, min_interval=0.2
+    )
+    done = make(store, Status.COMPLETED)
+    write_log(logs, done.id)
+    tick(store)
+    time.sleep(0.5)
+    assert store.run(keep.run_once()) == (1, 1)  # (1, 0): only the sweep's were counted
+    done = make(store, Status.FAILED)
+    write_log(logs, done.id)
+    tick(store)
+    time.sleep(0.5)
+
+    async def run_for(seconds: float) -> None:
+        task = keep.start()
+        assert task is not None
+        await asyncio.sleep(seconds)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.INFO, logger="corral.retention"):
+        store.run(run_for(0.5))
+    said = [r.getMessage() for r in caplog.records if r.name == "corral.retention"]
+    assert said == ["retention: deleted 1 finished workload, removed 1 log"]
 
 
 def test_the_task_runs_at_once_and_again_and_survives_a_failure(

@@ -800,10 +800,12 @@ def size(text: str | None, flag: str) -> int | None:
         raise usage(f"invalid {flag}: {exc}") from None
 
 
-def duration(text: str | None, flag: str, *, zero: bool = False) -> float | None:
+def duration(text: str | None, flag: str, *, zero: bool = False, age: bool = False) -> float | None:
+    """The seconds of ``flag``'s ``text`` (None: not given), > 0 (or 0 with
+    ``zero``); with ``age``, at most retention's largest age. Else a usage error."""
     if text is None:
         return None
-    from corral.units import parse_duration
+    from corral.units import AGE_MAX_SECONDS, AGE_MAX_TEXT, parse_duration
 
     try:
         seconds = parse_duration(text)
@@ -811,6 +813,8 @@ def duration(text: str | None, flag: str, *, zero: bool = False) -> float | None
         raise usage(f"invalid {flag}: {exc}") from None
     if seconds <= 0 and not (zero and seconds == 0):
         raise usage(f"{flag} must be > 0")
+    if age and seconds > AGE_MAX_SECONDS:
+        raise usage(f"{flag}: at most {AGE_MAX_TEXT}")
     return seconds
 
 
@@ -855,7 +859,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "rate_limit": args.rate_limit,
         "log_format": args.log_format,
-        "retain_finished_seconds": duration(args.retain_finished, "--retain-finished"),
+        "retain_finished_seconds": duration(args.retain_finished, "--retain-finished", age=True),
     }
     overrides = {k: v for k, v in optional.items() if v is not None}
     try:
@@ -1389,7 +1393,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     if args.older_than is None:
         raise usage("say how old: corral clean --older-than DURATION (e.g. 3d, 12h)")
-    seconds = duration(args.older_than, "--older-than", zero=True)
+    seconds = duration(args.older_than, "--older-than", zero=True, age=True)
     assert seconds is not None
     with connect(args) as client:
         deleted = client.clean(seconds)

@@ -42,6 +42,11 @@ the top of ``executors/shim.c``; in short:
   so every byte of the output is given or counted, once.
 - Records are checked (FNV-1a 64): a record read while the shim writes it is read
   again.
+- A reader holds the log file open from its first read that finds it (its ring too,
+  once found) to its end: a log removed meanwhile (its workload deleted by
+  retention) reads on whole through the descriptor. The log file is never replaced,
+  only created, appended to and (at a start) truncated, so the descriptor stays the
+  log's.
 
 On a Ray node the node's log is capped the same way; the server's copy (appended
 from the node's log by offset) then holds the head while the workload runs, and the
@@ -64,6 +69,8 @@ TAIL_BLOCK_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 256 * 1024
 RING_SUFFIX = ".ring"
 """``<id>.log.ring``: the tail of a capped log, while its workload runs."""
+TMP_SUFFIX = ".tmp"
+"""``<id>.log.ring.tmp``: a ring the shim is making (renamed once its header is in)."""
 RING_RECORD = 64
 """The ring's state record's offset, and the length of its two header lines."""
 RING_DATA = 128
@@ -177,7 +184,7 @@ def _ring_bytes(fd: int, state: RingState, start: int, size: int) -> bytes:
 class LogReader:
     """A log read forward from a position, in chunks, capped or not (see the module
     docstring). ``read`` never blocks on the workload; ``close`` (or the end of the
-    generators below) releases the ring it may hold."""
+    generators below) releases the log and the ring it may hold."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -187,6 +194,8 @@ class LogReader:
         """The last byte given (a marker starts a line after it)."""
         self.marked = False
         """The last read gave a marker (past it: the oldest byte the ring kept then)."""
+        self._log: int | None = None
+        """The log file, open once found (``_log_fd``)."""
         self._ring: int | None = None
         self._final = False
         """Past the head of a finished log: there is no ring to look for."""
@@ -195,6 +204,27 @@ class LogReader:
         if self._ring is not None:
             os.close(self._ring)
             self._ring = None
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
+
+    def open_log(self) -> int | None:
+        """The log file's descriptor, opened at the first call that finds the file
+        and kept to ``close``; None while there is no such file. Raises ``OSError``
+        when the OS refuses it."""
+        if self._log is None:
+            with contextlib.suppress(*_ABSENT):
+                self._log = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._log
+
+    def _read_log(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the log file at ``offset``: b"" when there is no
+        such file (yet), or the OS refuses it."""
+        try:
+            fd = self.open_log()
+            return os.pread(fd, size, offset) if fd is not None else b""
+        except OSError:
+            return b""
 
     def __del__(self) -> None:
         self.close()  # a body never started (its client gone first) never closes it
@@ -223,7 +253,8 @@ class LogReader:
         if state is not None:
             return state.head_end + state.hi
         try:
-            return os.stat(self.path).st_size
+            fd = self.open_log()
+            return os.fstat(fd).st_size if fd is not None else 0
         except OSError:
             return 0
 
@@ -236,7 +267,7 @@ class LogReader:
         except OSError:
             return b""
         if self._ring is None:
-            data = _read_from(self.path, self.pos, limit)
+            data = self._read_log(self.pos, limit)
             self.pos += len(data)
         else:
             data = self._read_capped(self._ring, limit)
@@ -251,7 +282,7 @@ class LogReader:
                 return b""
             head_end = state.head_end
             if self.pos < head_end:
-                data = _read_from(self.path, self.pos, min(limit, head_end - self.pos))
+                data = self._read_log(self.pos, min(limit, head_end - self.pos))
                 self.pos += len(data)
                 return data
             lo, hi = head_end + state.lo, head_end + state.hi
@@ -270,12 +301,12 @@ class LogReader:
             if not state.sealed:
                 return b""
             # All of it given: on in the finished log, past its head, marker and tail.
-            before = _read_from(self.path, head_end - 1, 1) if head_end else b""
+            before = self._read_log(head_end - 1, 1) if head_end else b""
             final_marker = marker(state.lo, before) if state.lo else b""
             self.pos = head_end + len(final_marker) + state.hi - state.lo
             self.close()
             self._final = True
-            data = _read_from(self.path, self.pos, limit)
+            data = self._read_log(self.pos, limit)
             self.pos += len(data)
             return data
 
@@ -284,17 +315,9 @@ class LogReader:
         a newline counts as a line; a marker is a line)."""
         self.find_ring()
         state = read_ring(self._ring) if self._ring is not None else None
-        try:
-            log_fd: int | None = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except _ABSENT:
-            log_fd = None
-        try:
-            view = _View(log_fd, self._ring, state)
-            start = _tail_offset(view.read, view.size, lines)
-            self.pos, self.last = view.position(start)
-        finally:
-            if log_fd is not None:
-                os.close(log_fd)
+        view = _View(self.open_log(), self._ring, state)
+        start = _tail_offset(view.read, view.size, lines)
+        self.pos, self.last = view.position(start)
 
 
 class _View:
@@ -350,8 +373,7 @@ def open_reader(path: Path, tail: int | None = None) -> LogReader:
     before it starts a body). A log that is not there reads as empty."""
     reader = LogReader(path)
     try:
-        with contextlib.suppress(*_ABSENT):
-            os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        reader.open_log()  # held to the end: a log removed meanwhile is read whole
         if tail is None:
             reader.find_ring()
         else:
@@ -364,11 +386,11 @@ def open_reader(path: Path, tail: int | None = None) -> LogReader:
 
 def log_chunks(reader: LogReader) -> Iterator[bytes]:
     """The log from the reader's position to where it ends when iteration starts, in
-    chunks of at most ``READ_CHUNK_BYTES``: memory stays flat however large. No
-    descriptor of the log is held between chunks (each is read by ``_read_from``); a
-    capped log's ring is, and released at the end (a body abandoned half-way is
-    closed by its server, or its generator collected). A log the OS refuses by then
-    ends the body."""
+    chunks of at most ``READ_CHUNK_BYTES``: memory stays flat however large. The
+    reader's descriptors of the log (and of a capped log's ring) are held to the end,
+    and released then (a body abandoned half-way is closed by its server, or its
+    generator collected): a log removed meanwhile is read whole. A log the OS refuses
+    by then ends the body."""
     try:
         end = reader.end()
         while reader.pos < end:
@@ -434,21 +456,6 @@ async def follow_log(
         reader.close()
 
 
-def _read_from(path: Path, offset: int, size: int = READ_CHUNK_BYTES) -> bytes:
-    """Up to ``size`` bytes of the log at ``offset`` (b"" for a log that is not there
-    or that the OS refuses), opened and closed around the read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return b""
-    try:
-        return os.pread(fd, size, offset)
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
-
-
 # --- after the end ----------------------------------------------------------------------
 
 
@@ -496,3 +503,22 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def remove_log(path: Path) -> bool:
+    """Remove the log at ``path`` with what a capped log may leave beside it (its
+    ring, a ring the shim was making: ``RING_SUFFIX + TMP_SUFFIX``), once its
+    workload is deleted; whether any of them was removed. One the OS refuses to
+    remove is logged and left (the workload is gone either way)."""
+    ring = ring_path(path)
+    removed = False
+    for each in (ring.with_name(ring.name + TMP_SUFFIX), ring, path):
+        try:
+            each.unlink()
+        except _ABSENT:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove the log %s: %s", each, exc.strerror or exc)
+            continue
+        removed = True
+    return removed

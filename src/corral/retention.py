@@ -16,14 +16,19 @@
   logs directory. ``POST /v1/workloads/clean`` (``clean``) deletes on whichever
   server answers it, and removes the logs of what it deleted from that server's
   directory; other servers' copies go at their next sweep.
-- **Logs.** A log is ``<logs>/<id>.log``, written by the server that ran the
-  workload. ``sweep_logs`` lists the directory *first*, then asks the database which
-  of those ids still exist, and removes the others: a log is created only when its
-  workload starts, after its row was committed, so an id listed and then not found
-  was deleted (ids are never reused). It looks only at ids made before the cutoff
-  (``ids.id_ceiling``: a workload just created is never even asked about), and never
-  removes the log of a workload whose process this server still runs (a killed one
-  still stopping: its row may already be gone).
+- **Logs.** A log is ``<logs>/<id>.log`` (a capped one may leave ``<id>.log.ring``
+  and ``<id>.log.ring.tmp`` beside it: ``logs.remove_log`` removes all three),
+  written by the server that ran the workload. ``sweep_logs`` lists the directory
+  *first*, then asks the database which of those ids still exist, and removes the
+  others: a log is created only when its workload starts, after its row was
+  committed, so an id listed and then not found was deleted (ids are never reused).
+  It looks only at ids made before the cutoff (``ids.id_ceiling``: a workload just
+  created is never even asked about). Neither it nor a clean removes the log of a
+  workload whose process this server still runs (a killed one still stopping: its
+  row may already be gone); the scheduler removes that one when the process is over
+  and its end finds no row (``Scheduler._record``). Both orders are covered: the
+  scheduler lets go of the process before it writes the end, a clean deletes the
+  rows before it asks whether the process runs.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from corral.ids import id_ceiling, looks_like_id
-from corral.logs import RING_SUFFIX
+from corral.logs import RING_SUFFIX, TMP_SUFFIX, remove_log
 from corral.store import Store
 from corral.store.base import DELETE_BATCH_MAX
 
@@ -123,16 +128,23 @@ class Retention:
         ``older_than_seconds``, batch after batch (with ``logs``, each batch's logs
         from this server's directory once it is committed); the ids deleted. A store
         fault propagates, with the batches before it done."""
+        return (await self._delete(older_than_seconds, owner=owner, logs=logs))[0]
+
+    async def _delete(
+        self, older_than_seconds: float, *, owner: str | None, logs: bool
+    ) -> tuple[list[str], int]:
+        """``delete``: the ids deleted, and how many logs were removed."""
         deleted: list[str] = []
+        removed = 0
         while True:
             batch = await self.store.delete_finished(
                 older_than_seconds, owner=owner, limit=DELETE_BATCH_MAX
             )
             deleted += batch
             if logs:
-                await self._remove_logs(batch)
+                removed += await self._remove_logs(batch)
             if len(batch) < DELETE_BATCH_MAX:
-                return deleted
+                return deleted, removed
             await asyncio.sleep(BATCH_PAUSE_SECONDS)
 
     async def clean(self, older_than_seconds: float, *, owner: str | None = None) -> int:
@@ -155,8 +167,8 @@ class Retention:
 
     async def _remove_logs(self, workload_ids: Sequence[str]) -> int:
         """Remove the logs of ``workload_ids`` (deleted workloads) from this server's
-        directory, but those whose process this server still runs; how many were
-        there."""
+        directory, but those whose process this server still runs (the scheduler
+        removes those once it is over); how many were there."""
         doomed = [w for w in workload_ids if not self.scheduler.is_active(w)]
         if not doomed:
             return 0
@@ -166,13 +178,14 @@ class Retention:
 
     async def run_once(self) -> tuple[int, int]:
         """One run of the task: the rows (when this server deletes them), then this
-        server's logs; (workloads deleted, logs removed)."""
+        server's logs; (workloads deleted, logs removed: theirs and the sweep's)."""
         assert self.retain_seconds is not None
-        deleted = 0
+        deleted: list[str] = []
+        removed = 0
         if await self.deletes_rows():
-            deleted = len(await self.delete(self.retain_seconds, logs=True))
-        removed = await self.sweep_logs(self.retain_seconds)
-        return deleted, removed
+            deleted, removed = await self._delete(self.retain_seconds, owner=None, logs=True)
+        removed += await self.sweep_logs(self.retain_seconds)
+        return len(deleted), removed
 
     def start(self) -> asyncio.Task[None] | None:
         """Start the task on the running loop (None without ``retain_seconds``)."""
@@ -202,43 +215,35 @@ class Retention:
                 self._failing = False
                 if deleted or removed:
                     log.info(
-                        "retention: deleted %d finished workloads, removed %d logs",
+                        "retention: deleted %d finished %s, removed %d %s",
                         deleted,
+                        "workload" if deleted == 1 else "workloads",
                         removed,
+                        "log" if removed == 1 else "logs",
                     )
             await asyncio.sleep(self.interval)
 
 
+LOG_NAMES = (LOG_SUFFIX, LOG_SUFFIX + RING_SUFFIX, LOG_SUFFIX + RING_SUFFIX + TMP_SUFFIX)
+"""What a workload's log leaves in the directory: ``<id>`` and one of these."""
+
+
 def _log_ids(logs_dir: Path, ceiling: str) -> list[str]:
-    """The ids of the logs in ``logs_dir`` (``<id>.log``) below ``ceiling``, sorted;
-    none when there is no such directory."""
-    ids = []
+    """The ids of the logs in ``logs_dir`` below ``ceiling`` (of ``<id>.log``, or
+    of a capped log's ring or ring in the making left without it), sorted; none when
+    there is no such directory."""
+    ids = set()
     with (
         contextlib.suppress(FileNotFoundError, NotADirectoryError),
         os.scandir(logs_dir) as entries,
     ):
         for entry in entries:
-            workload_id = entry.name.removesuffix(LOG_SUFFIX)
-            if workload_id != entry.name and looks_like_id(workload_id) and workload_id < ceiling:
-                ids.append(workload_id)
+            workload_id, dot, rest = entry.name.partition(".")
+            if dot + rest in LOG_NAMES and looks_like_id(workload_id) and workload_id < ceiling:
+                ids.add(workload_id)
     return sorted(ids)
 
 
 def _unlink_logs(logs_dir: Path, workload_ids: Sequence[str]) -> int:
-    """Remove each one's log (and a capped log's ring), if there; how many were. One
-    the OS refuses to remove is logged and left (the workload is gone either way)."""
-    removed = 0
-    for workload_id in workload_ids:
-        path = logs_dir / f"{workload_id}{LOG_SUFFIX}"
-        ring = path.with_name(path.name + RING_SUFFIX)  # a capped log's tail, if left
-        with contextlib.suppress(FileNotFoundError):
-            ring.unlink()
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning("retention: cannot remove %s: %s", path, exc.strerror)
-            continue
-        removed += 1
-    return removed
+    """Remove each one's log (``logs.remove_log``), if there; how many were."""
+    return sum(remove_log(logs_dir / f"{w}{LOG_SUFFIX}") for w in workload_ids)

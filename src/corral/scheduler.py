@@ -77,6 +77,10 @@ checked against the state machine and recorded as an event.
   the workload ends ``failed`` ("timed out after N s") when the process is gone.
 - **Restart.** On start, running workloads are handed to the executor to adopt; it
   reports those that ended meanwhile.
+- **Deleted while stopping.** A workload killed, then deleted (retention) while its
+  process still stops keeps its log until the process is over (it may still write):
+  when its end then finds no row, the scheduler removes the log (``_record``;
+  ``corral.retention``'s docstring).
 - **Faults.** A store that refuses a write (a full disk, a busy database) loses
   nothing and wedges nothing. An exit is taken off the machine at once (its
   resources are free again, ``process_over`` is true) and kept in memory until the
@@ -114,6 +118,7 @@ from corral.executors.base import (
     SpawnError,
     resolve_run_as,
 )
+from corral.logs import remove_log
 from corral.metrics import Tally
 from corral.model import TERMINAL, Resources, Status, Workload
 from corral.store import (
@@ -1164,6 +1169,7 @@ class Scheduler:
         """Store the kept end of ``wid``; then (only then) the executor may forget
         it. A refusal keeps it, and arms a retry."""
         ending = self._unrecorded[wid]
+        deleted = False
         try:
             await self.set_status(
                 wid,
@@ -1174,8 +1180,10 @@ class Scheduler:
                 actor="scheduler",
                 fence=self._fence(),
             )
-        except (InvalidTransitionError, NotFoundError):
-            pass  # already terminal (killed meanwhile), or gone: nothing to record
+        except InvalidTransitionError:
+            pass  # already terminal (killed meanwhile): nothing to record
+        except NotFoundError:
+            deleted = True  # killed and deleted (retention) while its process stopped
         except FencedError as exc:  # kept: written if this server leads again
             self._recording.discard(wid)
             self._fenced(exc)
@@ -1195,6 +1203,8 @@ class Scheduler:
         if self.executor is not None:
             self.executor.forget(wid)
         self._ended(wid)
+        if deleted and self.executor is not None:  # its log, which retention left to now
+            await asyncio.to_thread(remove_log, self.executor.logs.path(wid))
 
     # --- reconciliation --------------------------------------------------------------
 

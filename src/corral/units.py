@@ -50,8 +50,13 @@ def parse_size(text: str) -> int:
     return math.ceil(mib)
 
 
-_BYTES_MAX = 1 << 62
-"""Beyond any disk; what the shim reads as a number."""
+AGE_MAX_SECONDS = 100 * 365 * 86400
+"""The largest age retention takes (``--older-than``, ``--retain-finished``)."""
+AGE_MAX_TEXT = "100 years"
+
+BYTES_MAX = (1 << 62) - 1
+"""Beyond any disk: the largest log cap the shim takes (``ULONG_MAX / 4`` in
+``executors/shim.c``, which works in unsigned longs with room to add)."""
 
 
 def parse_bytes(text: str) -> int:
@@ -66,8 +71,8 @@ def parse_bytes(text: str) -> int:
     factor = 1024 ** ("kmgt".index(unit.lower()) + 1) if unit else 1
     number = match["number"]
     count = int(number) * factor if number.isdigit() else math.floor(float(number) * factor)
-    if count > _BYTES_MAX:
-        raise ValueError(f"{text!r} is too large: at most 2^62 bytes")
+    if count > BYTES_MAX:
+        raise ValueError(f"{text!r} is too large: at most {BYTES_MAX} bytes (2^62 - 1)")
     return count
 
 

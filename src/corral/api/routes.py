@@ -514,6 +514,8 @@ def _log_routes(
                 return True  # its end is not stored yet (retried), but its output is all
             try:
                 return (await store.get_workload(workload_id)).status in TERMINAL
+            except NotFoundError:
+                return True  # deleted (retention): ended; the reader holds its log open
             except (StorageFullError, StoreBusyError):
                 return False  # ask again on the next poll
 

@@ -25,13 +25,14 @@ from corral.model import (
     WorkloadCreate,
 )
 from corral.store.cluster import Fence, Lease, ServerInfo
+from corral.units import AGE_MAX_SECONDS
 
 LIST_LIMIT_MAX = 1000
 EVENTS_LIMIT_MAX = 500
 """The most events ``list_events_after`` returns at once (one page of the live feed)."""
 DELETE_BATCH_MAX = 500
 """The most workloads ``delete_finished`` deletes in one transaction."""
-OLDER_THAN_MAX_SECONDS = 100 * 365 * 86400
+OLDER_THAN_MAX_SECONDS = AGE_MAX_SECONDS
 """The largest age ``delete_finished`` takes (100 years): a cutoff before 1926."""
 CLAIM_ACTOR = "scheduler"
 """The actor of every claim's event (pending→running): the scheduler, as in its other writes."""
@@ -318,12 +319,13 @@ class Store(Protocol):
         """Delete, in one transaction, up to ``limit`` (1 to ``DELETE_BATCH_MAX``)
         terminal workloads (completed, failed, killed) of ``owner`` (everyone's when
         None) whose ``finished_at`` is more than ``older_than_seconds`` (0 to
-        ``OLDER_THAN_MAX_SECONDS``) before now by the store's clock (SQLite: this
-        process's, which stamps ``finished_at``; PostgreSQL: the database's, as the
-        lease's); else ``InvalidInputError``. Their labels, events, idempotency keys
-        and dependency rows go with them (``ON DELETE CASCADE``). Returns the ids
-        deleted: fewer than ``limit`` once no more are due (call again while it
-        returns ``limit``).
+        ``OLDER_THAN_MAX_SECONDS``) before now by this server's clock, which stamps
+        the ``finished_at`` it writes (on PostgreSQL, by the earlier of it and the
+        database's clock: a server's clock ahead of the database's does not hasten
+        the deletion of what the others ended); else ``InvalidInputError``. Their
+        labels, events, idempotency keys and dependency rows go with them (``ON
+        DELETE CASCADE``). Returns the ids deleted: fewer than ``limit`` once no
+        more are due (call again while it returns ``limit``).
 
         Never a pending or running workload, nor one that a pending or running
         workload depends on (the scheduler kills a dependant whose dependency does

@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -947,13 +948,19 @@ class PostgresStore(PostgresCluster):
     ) -> list[str]:
         """See ``Store.delete_finished``. One transaction: the database's time (and
         the newest event's workload, which SQLite must keep: kept here too, for one
-        contract); the workloads due, locked (``FOR UPDATE SKIP LOCKED``: one another transaction
-        holds is left for the next call); then, in a statement whose snapshot is taken
-        once they are locked, those of them no pending or running workload depends on,
-        deleted. A create naming one of them either committed before the lock (the
-        second statement sees its dependency and keeps it) or waits for the delete and
-        fails on the foreign key (``_DEPENDENCY_KEY``: run again, it finds no such
-        workload)."""
+        contract); the workloads due, locked (``FOR UPDATE SKIP LOCKED``: one another
+        transaction holds is left for the next call); then, in a statement whose
+        snapshot is taken once they are locked, those of them no pending or running
+        workload depends on, deleted. A create naming one of them either committed
+        before the lock (the second statement sees its dependency and keeps it) or
+        waits for the delete and fails on the foreign key (``_DEPENDENCY_KEY``: run
+        again, it finds no such workload).
+
+        The cutoff is by the earlier of this server's clock and the database's:
+        ``finished_at`` and ids are stamped by the server that writes them
+        (``now_rfc3339``, ``new_id``), so the database's clock alone, ahead of a
+        server's, would delete what that server just ended; the server's alone,
+        ahead of the database's, what the others did."""
         deletable_params(0.0, None, older_than_seconds, owner, limit)  # checked first
 
         async def body(conn: Conn) -> list[str]:
@@ -962,7 +969,8 @@ class PostgresStore(PostgresCluster):
             )
             row = await cur.fetchone()
             assert row is not None
-            params = deletable_params(float(row[0]), row[1], older_than_seconds, owner, limit)
+            now = min(time.time(), float(row[0]))
+            params = deletable_params(now, row[1], older_than_seconds, owner, limit)
             cur = await conn.execute(_LOCK_DELETABLE[owner is not None], params)
             ids = [r[0] for r in await cur.fetchall()]
             if not ids:

@@ -36,6 +36,7 @@ import contextlib
 import functools
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -65,7 +66,7 @@ from corral.store.base import (
     WritesInFlight,
 )
 from corral.store.cluster import Fence, Lease, ServerInfo
-from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, WriteWouldWait
+from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, WriteWouldWait, deletable_params
 
 INLINE_ROWS = 100
 """Writes of more rows (a large batch, many pending reasons), and pages of more
@@ -284,8 +285,18 @@ class AsyncSQLiteStore:
         owner: str | None = None,
         limit: int = DELETE_BATCH_MAX,
     ) -> list[str]:
+        """``SQLiteStore.delete_finished`` in its two halves: the walk for the ids due
+        on a reader thread, beside the writes; then those ids, checked again by key
+        and deleted, under the write lock. With none due, no lock at all."""
+        deletable_params(0.0, None, older_than_seconds, owner, limit)  # checked first
+        now = time.time()
+        due = await self._readers.call(
+            self.sync.due_ids, now, older_than_seconds, owner=owner, limit=limit
+        )
+        if not due:
+            return []
         return await self._write(
-            limit, self.sync.delete_finished, older_than_seconds, owner=owner, limit=limit
+            limit, self.sync.delete_due, due, now, older_than_seconds, owner=owner, limit=limit
         )
 
     # --- servers and the scheduler lease (store/cluster.py) ---------------------------

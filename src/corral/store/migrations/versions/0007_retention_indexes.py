@@ -10,7 +10,7 @@ two indexes make it a probe; they cost a create an index entry per label, and on
 per idempotency key.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 from alembic import op
