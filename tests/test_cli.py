@@ -1111,9 +1111,9 @@ def test_kill_all_asks_on_a_terminal_and_not_with_yes(server: LiveServer) -> Non
 
 def test_status_without_an_executor(server: LiveServer) -> None:
     key = new_user(server)
-    ok(corral("submit", "--", "true", url=server.url, token=key))
+    wid = ok(corral("submit", "--", "true", url=server.url, token=key)).strip()
     lines = ok(corral("status", url=server.url, token=key)).splitlines()
-    assert lines == [
+    assert lines[:9] == [
         f"server     {default_name()}",
         "leader     none (no server schedules now)",  # --executor none: no scheduler
         "executor   none",
@@ -1122,8 +1122,10 @@ def test_status_without_an_executor(server: LiveServer) -> None:
         "free       cpus 0, memory 0, gpus 0",
         "workloads  1 pending",
         "",
-        "queue: empty",
+        "queue: 1 pending, in scheduling order",  # read from the database, as a standby
     ]
+    assert lines[9].split()[:2] == ["ID", "OWNER"] and lines[10].startswith(wid)
+    assert len(lines) == 11
 
 
 def test_serve_without_the_server_packages_says_what_to_install(tmp_path: Path) -> None:
