@@ -301,7 +301,7 @@ def test_retrying_stops_after_retry_for(no_keys: Path) -> None:
         start = time.monotonic()
         client.tokens()
     took = time.monotonic() - start
-    assert 1.5 <= took < 1.5 + 2 * (slow.delay + 0.25)
+    assert 1.0 <= took < 1.5 + slow.delay + 0.25
     assert len(waits) == len(srv.seen) - 1 >= 2
 
     far = problem(503, "busy", "database busy", **{"Retry-After": "120"})

@@ -662,6 +662,14 @@ def test_streams_stop_once_their_key_is_revoked(data: Path) -> None:
         for reader in readers:
             reader.start()
         wait_until(lambda: len(events) == 2 and len(log_lines) >= 3)
+        cli = subprocess.Popen(  # corral logs -f with that key: ends saying why
+            [sys.executable, "-m", "corral.cli", "logs", "-f", wid],
+            env={**server.cli_env, "CORRAL_TOKEN": made["key"]},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert cli.stdout is not None and cli.stdout.readline().startswith("line ")
         with server.http() as admin:
             assert admin.delete(f"/v1/tokens/{made['id']}").status_code == 200
             time.sleep(1.5)  # the workload goes on writing its log
@@ -671,6 +679,9 @@ def test_streams_stop_once_their_key_is_revoked(data: Path) -> None:
             reader.join(15)
         assert set(ended) == {"events", "log"}, "a revoked key's stream is still open"
         assert ended["log"] < killed, "the log went on streaming to a revoked key"
+        _, stderr = cli.communicate(timeout=30)
+        assert cli.returncode == 4, stderr
+        assert "the API key is not valid" in stderr and stderr.count("\n") == 1
         assert [e["to_status"] for e in events] == ["pending", "running"]
     finally:
         server.stop()

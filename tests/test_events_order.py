@@ -11,8 +11,16 @@ import time
 import psycopg
 import pytest
 
-from corral.events import GAP_WAIT_SECONDS, Broadcast, Gaps, follow, horizon, read_page
-from corral.model import TransitionEvent, WorkloadCreate
+from corral.events import (
+    GAP_GRACE_SECONDS,
+    GAP_WAIT_SECONDS,
+    Broadcast,
+    Gaps,
+    follow,
+    horizon,
+    read_page,
+)
+from corral.model import Status, TransitionEvent, WorkloadCreate
 from corral.store.base import EVERY_EVENT
 from tests.blocking import BlockingStore
 
@@ -95,9 +103,8 @@ def test_a_rolled_back_id_is_passed_once_its_transaction_has_ended(
         holder.rollback()  # cursor + 1 will never be committed
     finally:
         holder.close()
-    began = time.monotonic()
-    items, next_cursor = page_after(store, cursor, gaps)  # no wait: nothing holds the gap
-    assert time.monotonic() - began < GAP_WAIT_SECONDS
+    time.sleep(GAP_GRACE_SECONDS * 1.5)  # nothing holds the gap: not the whole wait
+    items, next_cursor = page_after(store, cursor, gaps)
     assert [(e.id, e.workload_id) for e in items] == [(cursor + 2, later.id)]
     assert next_cursor == cursor + 2
 
@@ -135,14 +142,79 @@ def test_the_horizon_stops_at_the_first_gap_not_settled() -> None:
     # process's clock, whatever the database says.
     assert horizon(10, [12], gaps, 105.0, busy) == 12
     assert horizon(11, [13, 14, 16], gaps, 105.0, busy) == 14  # 12 settled, 15 met now
-    # every write in flight when 15 was met (5, 8) has ended: settled at once
-    assert horizon(11, [13, 14, 16], gaps, 105.1, frozenset({9, 12})) == 16
+    # every write in flight when 15 was met (5, 8) has ended, but a writer may take
+    # its id a moment before it counts as in flight: settled after the grace only
+    assert horizon(11, [13, 14, 16], gaps, 105.0 + GAP_GRACE_SECONDS / 2, frozenset({9})) == 14
+    assert gaps.recheck_in(15, 105.05) == GAP_GRACE_SECONDS / 2
+    assert horizon(11, [13, 14, 16], gaps, 105.0 + GAP_GRACE_SECONDS + 1e-3, frozenset({9})) == 16
+    assert gaps.recheck_in(15, 106.0) is None  # settled: nothing to look again for
     # where no write in flight can hold an id (SQLite), a gap is a deleted event
     assert horizon(20, [25, 30], Gaps(), 0.0, None) == 30
-    # Bounded: the gap met first is forgotten first, then met (and waited for) again.
+
+
+def test_a_settled_gap_covers_only_the_ids_missing_when_it_was_met() -> None:
+    """Gap 11 met with 12 present, settled; then 12 is deleted (retention) while 13
+    is being written and 14 commits: 12 and 13 are a gap of their own."""
+    gaps = Gaps()
+    assert horizon(10, [12], gaps, 100.0, frozenset()) == 10
+    assert horizon(10, [12], gaps, 100.0 + GAP_GRACE_SECONDS + 1e-3, frozenset()) == 12
+    writing = frozenset({7})
+    assert horizon(10, [14], gaps, 101.0, writing) == 11  # not up to 14
+    assert horizon(10, [14], gaps, 101.0 + GAP_GRACE_SECONDS + 1e-3, writing) == 11
+    assert horizon(10, [13, 14], gaps, 101.2, frozenset()) == 14  # 13 committed
+
+
+def test_a_gap_below_an_id_seen_long_ago_is_settled_as_met() -> None:
+    """Old gaps (the events retention deleted) cost nothing once the server has seen
+    the ids above them for ``GAP_WAIT_SECONDS``: their holders, if any, would have
+    been in flight that long."""
+    gaps = Gaps()
+    busy = frozenset({3})
+    assert horizon(100, [101], gaps, 0.0, busy) == 101  # seen at 0
+    assert horizon(0, [5, 9, 60], gaps, 1.0, busy) == 0  # old holes, but not 5 s yet
+    assert horizon(0, [5, 9, 60, 150], gaps, GAP_WAIT_SECONDS, busy) == 101  # 102+: not then
+    assert horizon(101, [150], gaps, GAP_WAIT_SECONDS, busy) == 101
+
+
+def test_the_gap_memory_is_bounded() -> None:
+    """The gap met first is forgotten first, then met (and waited for) again."""
+    busy = frozenset({5})
     small = Gaps(size=2)
     for gap, clock in ((1, 0.0), (3, 1.0), (5, 2.0)):
-        small.settled(gap, clock, busy)
+        small.settle(gap, gap + 1, clock, busy)
     assert len(small) == 2
-    assert small.settled(3, 6.0, busy) and small.settled(5, 7.0, busy)
-    assert not small.settled(1, 7.0, busy)
+    assert small.settle(3, 4, 6.0, busy) == 4 and small.settle(5, 6, 7.0, busy) == 6
+    assert small.settle(1, 2, 7.0, busy) is None
+
+
+def test_a_gap_whose_range_grew_by_a_deletion_holds_the_event_still_written(
+    store: BlockingStore,
+) -> None:
+    """Reader A settles a rolled-back id; the events above it are deleted (a clean)
+    while another event is being written: reader B, from below, must wait for it."""
+    gaps = Gaps()  # the server's, shared by every page and stream
+    w0, _ = store.create_workload(SPEC, owner="alice")
+    cursor = store.list_events_after(0)[-1].id
+    with psycopg.connect(store.url) as rolled_back:
+        rolled_back.execute(INSERT_EVENT, (w0.id, 2, 0))
+        rolled_back.rollback()
+    x, _ = store.create_workload(SPEC, owner="alice")
+    store.update_workload_status(x.id, Status.RUNNING, actor="scheduler")
+    store.update_workload_status(x.id, Status.COMPLETED, exit_code=0, actor="scheduler")
+    page_after(store, cursor, gaps)
+    time.sleep(GAP_GRACE_SECONDS * 1.5)
+    items, _ = page_after(store, cursor, gaps)  # reader A: the rolled-back id settled
+    assert [e.workload_id for e in items] == [x.id] * 3
+    holder = held_event(store, w0.id, 2)
+    try:
+        later, _ = store.create_workload(SPEC, owner="bob")
+        assert x.id in store.delete_finished(0)
+        items, next_cursor = page_after(store, cursor, gaps)  # reader B, from below
+        in_flight = max(e.id for e in store.list_events_after(0)) - 1
+        assert next_cursor < in_flight and later.id not in [e.workload_id for e in items]
+        holder.commit()
+        time.sleep(GAP_GRACE_SECONDS * 1.5)
+        items, _ = page_after(store, next_cursor, gaps)
+        assert [e.workload_id for e in items] == [w0.id, later.id]
+    finally:
+        holder.close()

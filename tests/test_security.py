@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from corral.api import create_app
+from corral.api import create_app, guard
 from corral.api.guard import LOOPBACK_HOSTS, AccessPolicy, KeyCache
 from corral.keys import key_digest
 from corral.store.base import Principal
+from corral.store.errors import StoreBusyError
 from tests.asgi import SyncASGIClient
 from tests.blocking import BlockingStore
 from tests.conftest import add_key, needs_root
@@ -215,6 +216,33 @@ def test_a_key_looked_up_while_keys_are_forgotten_is_not_remembered(
     answered, later = store.run(scenario())
     assert answered is not None and answered.user == "alice"
     assert later is None
+
+
+def test_a_stream_asks_for_its_key_once_per_cache_period_while_the_database_is_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A followed log asks before each chunk whether its key is still valid: while the
+    database does not answer, the key is taken as valid for another cache period, so
+    the stream neither ends nor waits for the database at every chunk."""
+    monkeypatch.setattr(guard, "KEY_CACHE_SECONDS", 0.2)
+    lookups: list[str] = []
+
+    async def lookup(key_sha256: str) -> Principal | None:
+        lookups.append(key_sha256)
+        if len(lookups) > 1:
+            raise StoreBusyError("the database is unreachable")
+        return Principal("k1", "alice", False)
+
+    async def scenario() -> list[bool]:
+        checker = guard.Guard(None, policy=AccessPolicy(), keys=KeyCache(lookup))  # type: ignore[arg-type]
+        assert await checker.keys.find("d") is not None  # the request's own check
+        await asyncio.sleep(0.25)  # the cache period is over: the next check asks
+        answers = [await checker._still_valid("d") for _ in range(50)]
+        await asyncio.sleep(0.25)
+        return [*answers, await checker._still_valid("d")]
+
+    assert all(asyncio.run(scenario()))
+    assert len(lookups) == 3  # the request's, one after each cache period: not 51
 
 
 def test_tokens_are_managed_by_admins_and_never_shown_again(

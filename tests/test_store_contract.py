@@ -830,3 +830,20 @@ def test_events_until_an_id_and_every_events_id(store: BlockingStore) -> None:
     assert store.event_ids_after(0) == [e.id for e in every]
     assert store.event_ids_after(every[0].id, limit=1) == [every[1].id]
     assert b.id == every[1].workload_id
+
+
+def test_the_queue_head_is_in_scheduling_order_without_dependants(store: BlockingStore) -> None:
+    """``queue_head``: pending, without dependencies, higher priority first then the
+    oldest, whatever the number pending (a standby's and an API server's queue)."""
+    low = [store.create_workload(owner="alice", spec=SPEC)[0] for _ in range(3)]
+    high, _ = store.create_workload(owner="bob", spec=WorkloadCreate(command=["true"], priority=5))
+    store.create_workload(
+        owner="alice", spec=WorkloadCreate(command=["true"], depends_on=[low[0].id])
+    )
+    started, _ = store.create_workload(owner="alice", spec=SPEC)
+    store.update_workload_status(started.id, Status.RUNNING, actor="scheduler")
+    head, length = store.queue_head(3)
+    assert [w.id for w in head] == [high.id, low[0].id, low[1].id] and length == 4
+    head, length = store.queue_head(10, owner="alice")
+    assert [w.id for w in head] == [w.id for w in low] and length == 3
+    assert store.queue_head(10, owner="carol") == ([], 0)

@@ -114,7 +114,7 @@ WAIT_MIN_DELAY = 0.05
 WAIT_MAX_DELAY = 1.0
 LIST_PAGE_MAX = 1000
 RETRY_FOR = 30.0
-"""How long, in all (from the first answer, the server's time to answer included), the
+"""How long, in all (from the first try, the server's time to answer included), the
 client keeps retrying a 429 or 503 before raising."""
 RETRY_MIN_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
@@ -614,7 +614,7 @@ class Client:
 
     Retries: a 429 (rate limited) or a 503 (busy) answer is retried after the
     server's ``Retry-After`` (else a short backoff), for ``retry_for`` seconds in all
-    (counted from the first refusal, the server's time to answer included: a server
+    (counted from the first try, the server's time to answer included: a server
     whose database is unreachable takes seconds to say so), then raised
     (``RateLimited``, ``ServerError``); ``on_retry`` hears of each wait. That is safe
     even for a POST, which is not idempotent, because both answers mean the request was not carried
@@ -972,7 +972,10 @@ class Client:
         self, workload_id: str, *, tail: int | None = None, follow: bool = False
     ) -> Iterator[bytes]:
         """The output in chunks as they arrive, however large the log; with ``follow``,
-        new output as it is written, until the workload ends (no read timeout then)."""
+        new output as it is written, until the workload ends (no read timeout then).
+        A follow the server ends while the workload still runs (its key revoked: the
+        ``Unauthorized`` of the check that follows; a server stopping) is raised, not
+        taken for the end of the log."""
         params = [("follow", "true")] if follow else []
         if tail is not None:
             params.append(("tail", str(tail)))
@@ -986,6 +989,20 @@ class Client:
             raise self._transport_error(exc) from exc
         finally:
             self._done(conn, response)
+        if follow:
+            self._check_ended(workload_id)
+
+    def _check_ended(self, workload_id: str) -> None:
+        """After a follow ended: the workload must have (or be gone: deleted)."""
+        try:
+            status = self.get(workload_id).status
+        except NotFound:
+            return
+        if status not in TERMINAL:
+            raise CorralClientError(
+                f"the server ended the log of {workload_id} while it is still {status}:"
+                " follow it again"
+            )
 
     def follow_logs(self, workload_id: str, *, tail: int | None = None) -> Iterator[bytes]:
         """``stream_logs(..., follow=True)``: new output as it is written, until the
@@ -1233,7 +1250,7 @@ class Client:
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
         replayable = method in _IDEMPOTENT or "Idempotency-Key" in all_headers
-        first_refusal: float | None = None
+        began = time.monotonic()  # the budget counts from the first try
         attempt = 0
         while True:
             conn, response = self._send(
@@ -1260,10 +1277,7 @@ class Client:
                 retry_after_header=response.getheader("Retry-After"),
             )
             delay = self._retry_delay(method, all_headers, error, attempt)
-            now = time.monotonic()
-            if first_refusal is None:
-                first_refusal = now
-            if delay is None or now + delay - first_refusal > self.retry_for:
+            if delay is None or time.monotonic() + delay - began > self.retry_for:
                 raise self._explain(error)
             if self.on_retry is not None:
                 self.on_retry(error, delay)

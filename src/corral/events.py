@@ -7,31 +7,35 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
 - **Gaps.** On PostgreSQL a serial id is taken at insert, not at commit: a reader
   may see id 11 committed while id 10 is still in an open transaction. A cursor
   moved past 10 would skip it for ever, so a reader goes only up to the *horizon*:
-  the id before the first gap in the ids of every event (``Store.event_ids_after``,
-  unfiltered: another user's event fills a gap as well as one's own). Most gaps are
-  no write in flight at all: the events of deleted workloads (retention), or a
-  rolled-back transaction's id. So when a page meets a gap, the store says which
-  writes are in flight (``Store.writes_in_flight``: on PostgreSQL the ids of this
-  database's transactions in progress that have written, read after the ids; the
-  one holding the gap's id is among them); the gap is settled once every one of
-  those first seen with it has ended: at once for a gap nobody holds, within
-  milliseconds for a commit under way. (Not the snapshot's ``xmin``: it is the whole
-  cluster's, where another database's long transaction would hold every gap.)
-  Whatever the snapshot says, a gap is waited for ``GAP_WAIT_SECONDS`` at most, by
-  this server's own monotonic clock only, never by an event's ``at`` (the writing
-  server's clock, which may be behind). A ``Gaps``, one per server (its app's, for its
-  one database) and shared by every page and stream, remembers when, and with which
-  writes in flight, the server first met each gap: a JSON page stops at a gap not settled, and
-  a later page, or a stream (which looks again every ``GAP_RECHECK_SECONDS``), passes
-  it. It is bounded (``GAPS_REMEMBERED``, the first met forgotten first): a forgotten
-  gap met again is waited for again, later but never lost. The price: an event whose
-  transaction stays open more than ``GAP_WAIT_SECONDS`` after a later one committed
-  is not delivered to the readers that passed it (it is in the table: a page read
-  from before it has it). corral's transactions are pipelined and take milliseconds,
-  and a stalled server's sessions are ended at a takeover, so that is a transaction
-  that failed in all but name. SQLite has one writer and its rollbacks take their
-  ids back: its gaps are deleted events only, settled as soon as met
-  (``writes_in_flight`` is None).
+  the id before the first gap not settled in the ids of every event
+  (``Store.event_ids_after``, unfiltered: another user's event fills a gap as well as
+  one's own). A gap is settled, by this server's monotonic clock (never by an
+  event's ``at``, the writing server's clock, which may be behind):
+  1. ``GAP_WAIT_SECONDS`` after this server first met it, whatever else;
+  2. at once, when it lies below an id this server saw ``GAP_WAIT_SECONDS`` ago
+     (its holder, if any, has been in flight that long: the same rule as 1, for old
+     gaps such as the events retention deleted, or a rollback long ago);
+  3. once every write in flight when it was first met has ended, and
+     ``GAP_GRACE_SECONDS`` have passed (a writer may take its id a moment before it
+     counts as in flight): ``Store.writes_in_flight``, on PostgreSQL this database's
+     transactions that have written (``pg_stat_activity.backend_xid``, read after the
+     ids; not the snapshot's ``xmin``, which is the whole cluster's, where another
+     database's long transaction would hold every gap). A rolled-back id, a fresh
+     hole: settled in about ``GAP_GRACE_SECONDS``; a commit under way, when it ends.
+  SQLite has one writer and its rollbacks take their ids back: its gaps are deleted
+  events only, settled as met (``writes_in_flight`` is None). A ``Gaps``, one per
+  server (its app's, for its one database) and shared by every page and stream,
+  remembers each gap met, keyed by its first missing id, with where it ended (ids
+  missing above that later, events deleted since, are a gap of their own), bounded
+  (``GAPS_REMEMBERED``, the first met forgotten first: a forgotten gap met again is
+  waited for again, later but never lost), and the highest id seen over the last
+  ``GAP_WAIT_SECONDS`` (for 2). A JSON page stops at a gap not settled; a stream
+  looks again soon (``Gaps.recheck_in``: from 50 ms, less often as the gap ages).
+  The price: an event whose transaction stays open more than ``GAP_WAIT_SECONDS``
+  after a later one committed is not delivered to the readers that passed it (it is
+  in the table: a page read from before it has it). corral's transactions are
+  pipelined and take milliseconds, and a stalled server's sessions are ended at a
+  takeover, so that is a transaction that failed in all but name.
 - **Wake-ups.** Each stream is its own task reading from its own cursor in pages of
   up to ``EVENTS_LIMIT_MAX``; it sleeps until the server's ``Broadcast`` fires
   (``BroadcastingStore`` fires it after each write this server makes) or
@@ -62,7 +66,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -72,8 +78,12 @@ from corral.store.errors import DatabaseError, StoreBusyError
 from corral.store.sqlite import EVENT_ID_MAX
 
 GAP_WAIT_SECONDS = 5.0
-GAP_RECHECK_SECONDS = 0.02
-"""How soon a stream stopped at a gap not settled looks again."""
+GAP_GRACE_SECONDS = 0.1
+"""A gap met is not settled by the writes in flight before this (a writer may take its
+id a moment before it counts as a write in flight: PostgreSQL's ``nextval`` of a
+statement whose first row is not written yet)."""
+SEEN_STEP_SECONDS = 0.1
+"""``Gaps`` keeps the highest id seen at most once per such step (a bounded memory)."""
 POLL_SECONDS = 1.0
 KEEP_ALIVE_SECONDS = 15.0
 STREAM_READS = 2
@@ -152,37 +162,84 @@ GAPS_REMEMBERED = 4096
 """The most gaps ``Gaps`` remembers."""
 
 
+@dataclass
+class _Gap:
+    met_at: float
+    """When this server first met it (the monotonic clock)."""
+    writes: WritesInFlight
+    """The writes in flight then: the gap's holder, if any, is among them."""
+    end: int
+    """The id present just above it then: the gap is ``[its key, end)``; ids missing
+    above ``end`` later (events deleted since) are a gap of their own."""
+    settled: bool = False
+
+
 class Gaps:
-    """When this server first met each gap (its first missing id), by the monotonic
-    clock, and the writes then in flight; at most ``size`` of them, the first met
-    forgotten first."""
+    """What this server knows of the gaps in the event ids: when it first met each
+    (keyed by its first missing id), with the writes then in flight and where it
+    ended, at most ``size`` of them (the first met forgotten first); and the highest
+    id it saw over the last ``GAP_WAIT_SECONDS``, so that a gap below an id seen that
+    long ago is settled as met (its holder, if any, has been in flight that long)."""
 
     def __init__(self, size: int = GAPS_REMEMBERED) -> None:
         self.size = size
-        self._first_met: dict[int, tuple[float, WritesInFlight]] = {}  # in the order met
+        self._met: dict[int, _Gap] = {}  # in the order met
+        self._seen: deque[tuple[float, int]] = deque()  # (when, highest id), both rising
 
-    def settled(self, gap: int, clock: float, writes: WritesInFlight | None = None) -> bool:
-        """Whether ``gap`` cannot be filled any more: no write can be in flight
-        (``writes`` None: SQLite), every write in flight when it was first met has
-        ended (by ``writes``, read now), or it was first met ``GAP_WAIT_SECONDS`` or
-        more before ``clock`` (met now if it was not known)."""
+    def observe(self, highest: int, clock: float) -> None:
+        """``highest``, a committed event's id, is seen at ``clock``."""
+        seen = self._seen
+        if seen and highest <= seen[-1][1]:
+            return
+        if len(seen) >= 2 and clock - seen[-2][0] < SEEN_STEP_SECONDS:
+            seen[-1] = (clock, highest)  # within a step of the one before: moved on (later)
+        else:
+            seen.append((clock, highest))
+        while len(seen) >= 2 and clock - seen[1][0] >= GAP_WAIT_SECONDS:
+            seen.popleft()
+
+    def _long_seen(self, clock: float) -> int:
+        """The highest id seen ``GAP_WAIT_SECONDS`` or more before ``clock`` (0: none)."""
+        if self._seen and clock - self._seen[0][0] >= GAP_WAIT_SECONDS:
+            return self._seen[0][1]
+        return 0
+
+    def settle(self, gap: int, end: int, clock: float, writes: WritesInFlight | None) -> int | None:
+        """Ids ``gap`` to ``end - 1`` are missing: the first of them (or ``end``) not
+        known to be settled yet, past ``gap``; None when ``gap`` itself is not settled.
+        Settled: where no write can be in flight (``writes`` None: SQLite), below an
+        id seen ``GAP_WAIT_SECONDS`` ago, or a gap first met ``GAP_GRACE_SECONDS`` ago
+        or more with none of the writes then in flight still in flight (``writes``,
+        read now), or first met ``GAP_WAIT_SECONDS`` ago or more."""
         if writes is None:
-            return True
-        first = self._first_met.get(gap)
-        if first is None:
-            if len(self._first_met) >= self.size:
-                del self._first_met[next(iter(self._first_met))]
-            self._first_met[gap] = first = (clock, writes)
-        met_at, then = first
-        return not (then & writes) or clock - met_at >= GAP_WAIT_SECONDS
+            return end
+        long_seen = self._long_seen(clock)
+        if gap <= long_seen:
+            return min(end, long_seen + 1)
+        known = self._met.get(gap)
+        if known is None:
+            if len(self._met) >= self.size:
+                del self._met[next(iter(self._met))]
+            self._met[gap] = known = _Gap(clock, writes, end)
+        age = clock - known.met_at
+        if not known.settled:
+            known.settled = age >= GAP_WAIT_SECONDS or (
+                age >= GAP_GRACE_SECONDS and not (known.writes & writes)
+            )
+        return min(end, known.end) if known.settled else None
 
-    def waiting(self, gap: int) -> bool:
-        """Whether ``gap`` was met and may not be settled yet (a stream looks again
-        soon instead of waiting for a write)."""
-        return gap in self._first_met
+    def recheck_in(self, gap: int, clock: float) -> float | None:
+        """How soon a stream stopped at ``gap`` should look again: soon after it was
+        first met (a write under way ends in milliseconds), less often as it ages;
+        None when it is not a gap waited for."""
+        known = self._met.get(gap)
+        if known is None or known.settled:
+            return None
+        age = clock - known.met_at
+        return min(POLL_SECONDS, max(GAP_GRACE_SECONDS / 2, age / 4))
 
     def __len__(self) -> int:
-        return len(self._first_met)
+        return len(self._met)
 
 
 def has_gap(cursor: int, ids: Sequence[int]) -> bool:
@@ -199,14 +256,23 @@ def horizon(
 ) -> int:
     """The highest id up to which every id after ``cursor`` is known: ``ids`` (those
     of every event after ``cursor``, lowest first) up to the first gap not settled
-    (``Gaps.settled`` at ``clock``, the monotonic clock, with ``writes``, the
+    (``Gaps.settle`` at ``clock``, the monotonic clock, with ``writes``, the
     database's writes in flight read after ``ids``)."""
+    if ids:
+        gaps.observe(ids[-1], clock)
+    found: int | None = None  # the horizon, once a gap not settled is met
     expected = cursor + 1
     for event_id in ids:
-        if event_id != expected and not gaps.settled(expected, clock, writes):
-            return expected - 1
+        gap = expected
+        while gap < event_id:
+            settled_to = gaps.settle(gap, event_id, clock, writes)
+            if settled_to is None:
+                if found is None:
+                    found = gap - 1  # the rest of the page's gaps are met now all the same,
+                break  # so that they settle together (one grace for a page of holes)
+            gap = settled_to
         expected = event_id + 1
-    return expected - 1
+    return expected - 1 if found is None else found
 
 
 async def cursor_since(store: Store, seconds: float, *, now: float | None = None) -> int:
@@ -307,7 +373,7 @@ async def follow(
             await _pause(broadcast, min(retry, until_keep_alive))
         else:
             # stopped at a gap: it settles when the writes in flight end (milliseconds)
-            soon = GAP_RECHECK_SECONDS if gaps.waiting(cursor + 1) else POLL_SECONDS
+            soon = gaps.recheck_in(cursor + 1, time.monotonic()) or POLL_SECONDS
             await broadcast.wait(waiter, min(soon, until_keep_alive))
 
 

@@ -461,14 +461,11 @@ class Scheduler:
         self, limit: int, *, owner: str | None = None
     ) -> tuple[list[tuple[Workload, str | None]], int]:
         """``queue_head`` where this server schedules; elsewhere (a standby, or a
-        server that runs nothing: ``--executor none``) read from the database (the
-        first ``PAGE`` pending workloads, in the order the scheduler takes them)."""
+        server that runs nothing: ``--executor none``) the store's ``queue_head``."""
         if self.executor is not None and not self._standby():
             return self.queue_head(limit, owner=owner)
-        page = await self.store.list_workloads(statuses=[Status.PENDING], owner=owner, limit=PAGE)
-        queued = [w for w in page.items if not w.depends_on]
-        head = heapq.nsmallest(limit, queued, key=_rank)
-        return [(w, w.reason) for w in head], len(queued)
+        head, length = await self.store.queue_head(limit, owner=owner)
+        return [(w, w.reason) for w in head], length
 
     def queue_head(
         self, limit: int, *, owner: str | None = None

@@ -185,6 +185,13 @@ class KeyCache:
         self._generation += 1
         self._cache.clear()
 
+    def keep(self, digest: str) -> None:
+        """A key found valid before is taken as valid for another ``KEY_CACHE_SECONDS``
+        (the database did not answer: a stream asks again then, not at every chunk)."""
+        cached = self._cache.get(digest)
+        if cached is not None:
+            self._cache[digest] = (cached[0], time.monotonic() + KEY_CACHE_SECONDS)
+
 
 class Guard:
     """See the module docstring; ``keys`` looks keys up (and remembers valid ones)."""
@@ -301,7 +308,8 @@ class Guard:
         try:
             return await self.keys.find(digest) is not None
         except (StoreBusyError, DatabaseError):
-            return True  # the database's fault, not the key's
+            self.keys.keep(digest)  # the database's fault, not the key's
+            return True
 
     def _same_origin(self, scope: Scope, headers: dict[str, str]) -> bool:
         """True unless a browser says the request comes from another site that is not

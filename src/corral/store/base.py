@@ -300,6 +300,15 @@ class Store(Protocol):
         """The id of every pending workload, in id order."""
         ...
 
+    async def queue_head(
+        self, limit: int, *, owner: str | None = None
+    ) -> tuple[list[Workload], int]:
+        """The first ``limit`` pending workloads without dependencies (``owner``'s,
+        when given) in the order the scheduler takes them (higher priority first, then
+        the oldest), and how many such there are: the queue as a server that does not
+        schedule shows it (a standby, ``--executor none``)."""
+        ...
+
     async def get_workloads(self, workload_ids: Sequence[str]) -> list[Workload]:
         """The workloads of ``workload_ids`` that exist, in id order."""
         ...

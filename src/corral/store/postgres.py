@@ -136,6 +136,7 @@ from corral.store.sqlite import (
     _COLUMNS,
     EVENT_IDS_QUERY,
     NEWEST_EVENTS_WORKLOAD,
+    QUEUED_WHERE,
     _json_text,
     batch_digest,
     check_events_limit,
@@ -984,6 +985,19 @@ class PostgresStore(PostgresCluster):
         """The ids of every pending workload (the scheduler's cache check)."""
         rows = await self._fetch("SELECT id FROM workloads WHERE status = 'pending' ORDER BY id")
         return [r[0] for r in rows]
+
+    async def queue_head(
+        self, limit: int, *, owner: str | None = None
+    ) -> tuple[list[Workload], int]:
+        where, params = QUEUED_WHERE, []
+        if owner is not None:
+            where, params = f"{where} AND owner = %s", [owner]
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM workloads WHERE {where} ORDER BY priority DESC, id LIMIT %s",
+            [*params, limit],
+        )
+        count = await self._fetch(f"SELECT COUNT(*) FROM workloads WHERE {where}", params)
+        return [_row_to_workload(r) for r in rows], int(count[0][0])
 
     async def get_workloads(self, workload_ids: Sequence[str]) -> list[Workload]:
         """The workloads of ``workload_ids`` that exist, in id order."""

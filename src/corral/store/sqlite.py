@@ -366,6 +366,13 @@ def events_query(
     return sql, [*params, limit]
 
 
+QUEUED_WHERE = (
+    "status = 'pending' AND NOT EXISTS"
+    " (SELECT 1 FROM workload_dependencies AS d WHERE d.workload_id = workloads.id)"
+)
+"""The workloads in the queue (``queue_head``): pending, without dependencies."""
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """The file's device and inode (None: not there)."""
     try:
@@ -1088,6 +1095,20 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         with self._connection() as conn:
             rows = conn.execute("SELECT id FROM workloads WHERE status = 'pending' ORDER BY id")
             return [r[0] for r in rows]
+
+    def queue_head(self, limit: int, *, owner: str | None = None) -> tuple[list[Workload], int]:
+        where, params = QUEUED_WHERE, []
+        if owner is not None:
+            where, params = f"{where} AND owner = ?", [owner]
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM workloads WHERE {where} ORDER BY priority DESC, id"
+                " LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+            counted = f"SELECT COUNT(*) FROM workloads WHERE {where}"
+            (count,) = conn.execute(counted, params).fetchone()
+        return [_row_to_workload(r) for r in rows], int(count)
 
     def get_workloads(self, workload_ids: Sequence[str]) -> list[Workload]:
         """The workloads of ``workload_ids`` that exist, in id order."""

@@ -472,6 +472,11 @@ class AsyncSQLiteStore:
     async def pending_ids(self) -> list[str]:
         return await self._readers.call(self.sync.pending_ids)
 
+    async def queue_head(
+        self, limit: int, *, owner: str | None = None
+    ) -> tuple[list[Workload], int]:
+        return await self._readers.call(self.sync.queue_head, limit, owner=owner)
+
     async def get_workloads(self, workload_ids: Sequence[str]) -> list[Workload]:
         if len(workload_ids) > INLINE_IDS:
             return await self._readers.call(self.sync.get_workloads, workload_ids)
