@@ -359,6 +359,9 @@ def status_of_a_busy_server(server: LiveServer) -> None:
     busy = ok(cli("submit", "--memory", "1G", "--", "sleep", "60")).strip()
     wait_until(lambda: get(server, busy)["status"] == "running")
     queued = [ok(cli("submit", "--name", f"q{i}", "--", "true")).strip() for i in range(2)]
+    wait_until(  # the scheduler's next pass gives each its reason
+        lambda: all(q["reason"] for q in json.loads(ok(cli("status", "--json")))["queue"])
+    )
     lines = ok(cli("status")).splitlines()
     name = default_name()
     assert lines[:7] == [

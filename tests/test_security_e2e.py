@@ -311,7 +311,9 @@ def test_mapped_users_run_as_themselves(users: Users, tmp_path: Path) -> None:  
             kid, tid = killed.json()["id"], timed.json()["id"]
             wait_until(lambda: ta.get(f"/v1/workloads/{kid}").json()["status"] == "running")
             pgid = int(wait_until(lambda: _read(srv.data_dir / "run" / f"{kid}.pid")))
-            assert _uid_of(pgid) == users.a.uid
+            # the pid file is written as the child is forked, before it takes the
+            # user's uid and runs the command: wait for that, not a moment earlier
+            wait_until(lambda: _uid_of(pgid) == users.a.uid)
             start = time.monotonic()
             assert ta.delete(f"/v1/workloads/{kid}").json()["status"] == "killed"
             wait_until(lambda: _gone(pgid), timeout=5)
