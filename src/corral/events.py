@@ -15,9 +15,10 @@ or a server restart, resumes with ``Last-Event-ID`` and loses nothing.
   2. at once, when it lies below an id this server saw ``GAP_WAIT_SECONDS`` ago
      (its holder, if any, has been in flight that long: the same rule as 1, for old
      gaps such as the events retention deleted, or a rollback long ago);
-  3. once every write in flight when it was first met has ended, and
-     ``GAP_GRACE_SECONDS`` have passed (a writer may take its id a moment before it
-     counts as in flight): ``Store.writes_in_flight``, on PostgreSQL this database's
+  3. at a read that finds none in flight of the writes in flight at the first read
+     ``GAP_GRACE_SECONDS`` or more after it was met (its *roster*: a writer may take
+     its id a moment before it counts as in flight, but not that long before):
+     ``Store.writes_in_flight``, on PostgreSQL this database's
      transactions that have written (``pg_stat_activity.backend_xid``, read after the
      ids; not the snapshot's ``xmin``, which is the whole cluster's, where another
      database's long transaction would hold every gap). A rolled-back id, a fresh
@@ -165,12 +166,14 @@ GAPS_REMEMBERED = 4096
 @dataclass
 class _Gap:
     met_at: float
-    """When this server first met it (the monotonic clock)."""
-    writes: WritesInFlight
-    """The writes in flight then: the gap's holder, if any, is among them."""
+    """When this server first met it (the monotonic clock, read after the ids)."""
     end: int
     """The id present just above it then: the gap is ``[its key, end)``; ids missing
     above ``end`` later (events deleted since) are a gap of their own."""
+    roster: WritesInFlight | None = None
+    """The writes in flight at the first read ``GAP_GRACE_SECONDS`` or more after it
+    was met: the gap's holder, if any, has its transaction id by then, so it is among
+    them; the gap settles at a later read that finds none of them in flight."""
     settled: bool = False
 
 
@@ -187,19 +190,24 @@ class Gaps:
         self._seen: deque[tuple[float, int]] = deque()  # (when, highest id), both rising
 
     def observe(self, highest: int, clock: float) -> None:
-        """``highest``, a committed event's id, is seen at ``clock``."""
+        """``highest``, a committed event's id, is seen at ``clock`` (read after it)."""
         seen = self._seen
-        if seen and highest <= seen[-1][1]:
-            return
-        if len(seen) >= 2 and clock - seen[-2][0] < SEEN_STEP_SECONDS:
-            seen[-1] = (clock, highest)  # within a step of the one before: moved on (later)
-        else:
-            seen.append((clock, highest))
+        if not seen or highest > seen[-1][1]:
+            if len(seen) >= 2 and clock - seen[-2][0] < SEEN_STEP_SECONDS:
+                seen[-1] = (clock, highest)  # within a step of the one before: moved on
+            else:
+                seen.append((clock, highest))
+        self._forget_seen(clock)
+
+    def _forget_seen(self, clock: float) -> None:
+        """Keep one id seen ``GAP_WAIT_SECONDS`` ago or more: the highest."""
+        seen = self._seen
         while len(seen) >= 2 and clock - seen[1][0] >= GAP_WAIT_SECONDS:
             seen.popleft()
 
     def _long_seen(self, clock: float) -> int:
         """The highest id seen ``GAP_WAIT_SECONDS`` or more before ``clock`` (0: none)."""
+        self._forget_seen(clock)
         if self._seen and clock - self._seen[0][0] >= GAP_WAIT_SECONDS:
             return self._seen[0][1]
         return 0
@@ -208,9 +216,9 @@ class Gaps:
         """Ids ``gap`` to ``end - 1`` are missing: the first of them (or ``end``) not
         known to be settled yet, past ``gap``; None when ``gap`` itself is not settled.
         Settled: where no write can be in flight (``writes`` None: SQLite), below an
-        id seen ``GAP_WAIT_SECONDS`` ago, or a gap first met ``GAP_GRACE_SECONDS`` ago
-        or more with none of the writes then in flight still in flight (``writes``,
-        read now), or first met ``GAP_WAIT_SECONDS`` ago or more."""
+        id seen ``GAP_WAIT_SECONDS`` ago, first met ``GAP_WAIT_SECONDS`` ago or more,
+        or none of its roster in flight (``_Gap.roster``; ``writes``, read after
+        ``clock``, is the writes in flight now)."""
         if writes is None:
             return end
         long_seen = self._long_seen(clock)
@@ -220,21 +228,25 @@ class Gaps:
         if known is None:
             if len(self._met) >= self.size:
                 del self._met[next(iter(self._met))]
-            self._met[gap] = known = _Gap(clock, writes, end)
+            self._met[gap] = known = _Gap(clock, end)
         age = clock - known.met_at
-        if not known.settled:
-            known.settled = age >= GAP_WAIT_SECONDS or (
-                age >= GAP_GRACE_SECONDS and not (known.writes & writes)
-            )
+        if not known.settled and age >= GAP_WAIT_SECONDS:
+            known.settled = True
+        elif not known.settled and age >= GAP_GRACE_SECONDS:
+            if known.roster is None:
+                known.roster = writes  # settled now only if nothing is in flight
+            known.settled = not (known.roster & writes)
         return min(end, known.end) if known.settled else None
 
     def recheck_in(self, gap: int, clock: float) -> float | None:
         """How soon a stream stopped at ``gap`` should look again: soon after it was
-        first met (a write under way ends in milliseconds), less often as it ages;
-        None when it is not a gap waited for."""
+        first met (a write under way ends in milliseconds), less often as it ages; at
+        once when it has settled meanwhile; None when it is not a gap waited for."""
         known = self._met.get(gap)
-        if known is None or known.settled:
+        if known is None:
             return None
+        if known.settled:
+            return 0.0
         age = clock - known.met_at
         return min(POLL_SECONDS, max(GAP_GRACE_SECONDS / 2, age / 4))
 
@@ -326,8 +338,9 @@ async def read_page(
     """The events after ``cursor`` that match, up to the horizon, and the cursor to
     read from next (past events that do not match, never past a gap not settled)."""
     ids = await store.event_ids_after(cursor, limit=EVENTS_LIMIT_MAX)
+    clock = time.monotonic()  # after the ids (a gap met is no older), before the writes
     writes = await store.writes_in_flight() if has_gap(cursor, ids) else None
-    until = horizon(cursor, ids, gaps, time.monotonic(), writes)
+    until = horizon(cursor, ids, gaps, clock, writes)
     if until == cursor:
         return [], cursor
     items = await store.list_events_after(cursor, matching, limit=limit, until_id=until)
@@ -373,7 +386,8 @@ async def follow(
             await _pause(broadcast, min(retry, until_keep_alive))
         else:
             # stopped at a gap: it settles when the writes in flight end (milliseconds)
-            soon = gaps.recheck_in(cursor + 1, time.monotonic()) or POLL_SECONDS
+            soon = gaps.recheck_in(cursor + 1, time.monotonic())
+            soon = POLL_SECONDS if soon is None else soon
             await broadcast.wait(waiter, min(soon, until_keep_alive))
 
 
