@@ -102,14 +102,25 @@ def test_a_new_connection_dropped_is_an_error_not_a_retry() -> None:
 
 
 def test_a_slow_answer_times_out_but_a_followed_log_does_not() -> None:
+    status = {"status": "running"}
+
     def answer(seen: Seen) -> Answer:
+        if not seen.path.startswith("/v1/workloads/w1/logs"):
+            return Answer(200, workload_body(**status))
         return Answer(200, b"late\n", {"Content-Type": "text/plain"}, delay=1.0)
 
     with ScriptedServer(answer) as srv, Client(srv.url, token=KEY, timeout=0.3) as client:
         with pytest.raises(CorralClientError, match=r"did not answer within 0\.3 s"):
             client.logs("w1")
+        # a follow that ends while the workload runs on was ended by the server
+        with pytest.raises(CorralClientError, match=r"ended the log of w1 while it is still"):
+            b"".join(client.follow_logs("w1"))
+        status["status"] = "completed"
         assert b"".join(client.follow_logs("w1")) == b"late\n"
-    assert srv.seen[-1].path == "/v1/workloads/w1/logs?follow=true"
+    assert [s.path for s in srv.seen[-2:]] == [
+        "/v1/workloads/w1/logs?follow=true",
+        "/v1/workloads/w1",  # then asked: ended
+    ]
 
 
 def test_logs_stream_in_chunks_while_other_requests_go_on() -> None:

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from corral.scheduler import Scheduler
 from corral.store import NotFoundError, StoreBusyError
 from corral.store.base import DELETE_BATCH_MAX, OLDER_THAN_MAX_SECONDS
 from corral.store.sqlite import SQLiteStore
+from corral.store.sqlite_async import AsyncSQLiteStore
 from tests.blocking import BlockingStore
-from tests.conftest import is_sqlite, query, sqlite_path
+from tests.conftest import is_sqlite, query
 
 AGE = 1.0
 """The age the tests delete past: what finished before a ``wait_past_age`` is due."""
@@ -374,13 +375,21 @@ def test_delete_finished_checks_its_arguments(
     assert store.count_workloads() == 1
 
 
-def test_with_none_due_a_delete_takes_no_write_lock(store: BlockingStore) -> None:
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[BlockingStore]:
+    """SQLite's own: its lock and its two steps (PostgreSQL takes no lock for a read,
+    and finds and deletes in one transaction)."""
+    opened = BlockingStore(AsyncSQLiteStore(tmp_path / "corral.db"))
+    yield opened
+    opened.close()
+
+
+def test_with_none_due_a_delete_takes_no_write_lock(sqlite_store: BlockingStore) -> None:
     """SQLite: the walk for the ids due (which meets every workload created before
     the cutoff that ended after it: 270 ms at a million) is a read; with none due the
     write lock is never taken (it was held for the walk, every writer waiting)."""
-    path = sqlite_path(store)
-    if path is None:
-        pytest.skip("PostgreSQL takes no lock for a read")
+    store = sqlite_store
+    path = store.inner.path
     make(store, Status.COMPLETED)  # not an hour old
     tick(store)
     holder = sqlite3.connect(path, isolation_level=None)
@@ -397,13 +406,12 @@ def test_with_none_due_a_delete_takes_no_write_lock(store: BlockingStore) -> Non
     assert len(store.delete_finished(0)) == 1
 
 
-def test_ids_found_due_are_checked_again_under_the_lock(store: BlockingStore) -> None:
+def test_ids_found_due_are_checked_again_under_the_lock(sqlite_store: BlockingStore) -> None:
     """SQLite: a workload found due that a create made a dependency of meanwhile is
     kept; a full batch left short by it is filled by walking again, so that a short
     batch still means none are left."""
-    path = sqlite_path(store)
-    if path is None:
-        pytest.skip("PostgreSQL finds and deletes in one transaction")
+    store = sqlite_store
+    path = store.inner.path
     sync = SQLiteStore(path)
     try:
         done = [make(store, Status.COMPLETED).id for _ in range(4)]

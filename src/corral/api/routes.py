@@ -10,7 +10,7 @@ the hot ones (create) are written that way, reading headers and bodies themselve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from corral.api.access import note
 from corral.api.guard import principal, while_allowed
@@ -47,7 +48,7 @@ from corral.errors import (
     UnsupportedMediaTypeError,
 )
 from corral.ids import ID_LENGTH, ID_PREFIX_MIN, ID_PREFIX_PATTERN
-from corral.logs import FileLogs, follow_log, log_chunks, open_reader
+from corral.logs import FileLogs, LogReader, follow_log, log_chunks, open_reader
 from corral.model import (
     LABEL_SELECTOR_RE,
     LABELS_MAX_ENTRIES,
@@ -472,6 +473,24 @@ LOG_RESPONSES[503]["description"] = (
 )
 
 
+class LogResponse(StreamingResponse):
+    """A log's body, whose reader (holding the log open from its first read, so that
+    a log removed meanwhile is read whole) is closed when the answer is over, sent or
+    abandoned: a body's generator left suspended by a client gone is only collected
+    later (a reference cycle through the exception), holding the file. By then no
+    thread is reading (Starlette waits for a read under way before it returns)."""
+
+    def __init__(self, body: Iterator[bytes] | AsyncIterator[bytes], reader: LogReader) -> None:
+        super().__init__(body, media_type="text/plain")
+        self.reader = reader
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.reader.close()
+
+
 def _log_routes(
     router: APIRouter,
     store: Store,
@@ -505,7 +524,7 @@ def _log_routes(
                 return forwarded
         reader = open_reader(path, tail)  # a log the OS refuses is a problem now, before a body
         if not follow:  # what is there now, streamed from disk
-            return StreamingResponse(log_chunks(reader), media_type="text/plain")
+            return LogResponse(log_chunks(reader), reader)
 
         async def finished() -> bool:
             if scheduler.is_active(workload_id):
@@ -520,7 +539,7 @@ def _log_routes(
                 return False  # ask again on the next poll
 
         chunks = while_allowed(request, follow_log(reader, finished))
-        return StreamingResponse(chunks, media_type="text/plain")
+        return LogResponse(chunks, reader)
 
 
 async def kill(scheduler: Scheduler, workload_id: str, actor: str, owner: str | None) -> Workload:
