@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.pg_server import PgServer
+from bench.pg_server import start as pg_start
 
 import corral
 from corral.api import create_app
@@ -344,6 +346,21 @@ def pg_server() -> Iterator[str]:
     finally:
         pg.current = None
         cluster.stop()
+
+
+@pytest.fixture
+def own_pg(pg_server: str) -> Iterator[PgServer]:
+    """A PostgreSQL of the test's own, which it may stop and start again (a
+    database outage), with a migrated database ``corral``; started only by the tests
+    that ask for it (the session's ``pg_server`` is shared)."""
+    from corral.store import migrate
+
+    server = pg_start()
+    try:
+        migrate.upgrade(server.create_database("corral"))
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 from bench.pg_server import PgServer
-from bench.pg_server import start as pg_start
 
 from corral.client import Client, CorralClientError, ServerUnreachable
 from corral.executors.local import kill_all
@@ -409,19 +408,6 @@ def test_streams_that_never_read_do_not_keep_a_stopping_server(data: Path) -> No
         server = serve(data, [], port=server.port)  # the same port, the same data
     finally:
         server.kill()
-
-
-@pytest.fixture
-def own_pg(pg_server: str) -> Iterator[PgServer]:
-    """A PostgreSQL of this test's own (it is stopped and started again), migrated."""
-    from corral.store import migrate
-
-    server = pg_start()
-    try:
-        migrate.upgrade(server.create_database("corral"))
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_stream_outlives_a_database_outage_and_goes_on(data: Path, own_pg: PgServer) -> None:

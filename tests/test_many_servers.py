@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 from bench.pg_server import PgServer
-from bench.pg_server import start as pg_start
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import pg
@@ -354,19 +353,6 @@ def test_on_ray_a_standby_takes_over_and_adopts_the_running_workloads(
                 ]:
                     http.delete(f"{s.url}/v1/workloads/{w['id']}")
             s.kill()
-
-
-@pytest.fixture
-def own_pg(pg_server: str) -> Iterator[PgServer]:
-    """A PostgreSQL of this test's own (it is stopped and started again), migrated."""
-    from corral.store import migrate
-
-    server = pg_start()
-    try:
-        migrate.upgrade(server.create_database("corral"))
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_database_down_for_20_s_then_back_loses_nothing_and_answers_again(

@@ -81,6 +81,16 @@ def tick(store: BlockingStore) -> Workload:
     return make(store, Status.PENDING, owner="carol")
 
 
+async def run_task_for(keep: Retention, seconds: float) -> None:
+    """Run the retention task for ``seconds``, then cancel it."""
+    task = keep.start()
+    assert task is not None
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def rows_referencing(store: BlockingStore, ids: list[str]) -> dict[str, int]:
     """How many rows of each table that references workloads name one of ``ids``."""
     marks = ", ".join(f"'{i}'" for i in ids)
@@ -786,16 +796,8 @@ def test_the_task_counts_the_logs_of_what_it_deleted(
     tick(store)
     time.sleep(0.5)
 
-    async def run_for(seconds: float) -> None:
-        task = keep.start()
-        assert task is not None
-        await asyncio.sleep(seconds)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
     with caplog.at_level(logging.INFO, logger="corral.retention"):
-        store.run(run_for(0.5))
+        store.run(run_task_for(keep, 0.5))
     said = [r.getMessage() for r in caplog.records if r.name == "corral.retention"]
     assert said == ["retention: deleted 1 finished workload, removed 1 log"]
 
@@ -827,15 +829,7 @@ def test_the_task_runs_at_once_and_again_and_survives_a_failure(
     done = make(store, Status.COMPLETED)
     tick(store)
 
-    async def run_for(seconds: float) -> None:
-        task = keep.start()
-        assert task is not None
-        await asyncio.sleep(seconds)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    store.run(run_for(1.5))
+    store.run(run_task_for(keep, 1.5))
     assert len(runs) >= 3  # at once (failed), then every 0.2 s
     with pytest.raises(NotFoundError):
         store.get_workload(done.id)
