@@ -19,7 +19,7 @@ import pytest
 from corral.client import Client, CorralClientError
 from corral.executors.local import kill_all
 from tests.conftest import needs_root
-from tests.server import LiveServer, free_port, wait_until
+from tests.server import LiveServer, free_port, pid_gone, wait_until
 from tests.test_executor_isolation import USER_A, USER_B, Users, users  # noqa: F401
 
 TERMINAL = {"completed", "failed", "killed"}
@@ -316,7 +316,7 @@ def test_mapped_users_run_as_themselves(users: Users, tmp_path: Path) -> None:  
             wait_until(lambda: _uid_of(pgid) == users.a.uid)
             start = time.monotonic()
             assert ta.delete(f"/v1/workloads/{kid}").json()["status"] == "killed"
-            wait_until(lambda: _gone(pgid), timeout=5)
+            wait_until(lambda: pid_gone(pgid), timeout=5)
             assert time.monotonic() - start < 1 + 1.5  # grace 1 s, then SIGKILL
             assert wait_done(ta, tid)["reason"] == "timed out after 0.5 s"
 
@@ -333,14 +333,6 @@ def _uid_of(pid: int) -> int:
         if line.startswith("Uid:"):
             return int(line.split()[1])
     raise AssertionError(pid)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 def test_a_root_server_runs_nothing_as_root_for_a_plain_user(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from corral.executors.shim import (
     state_file,
 )
 from tests.conftest import needs_root
+from tests.server import pid_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -60,14 +61,6 @@ def live_members(pgid: int) -> list[int]:
         if int(pgrp) == pgid and state != "Z":
             members.append(int(entry))
     return members
-
-
-def is_gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
 
 
 @dataclass
@@ -160,7 +153,7 @@ def test_exit_status_is_recorded(
 ) -> None:
     run = start(argv)
     assert run.wait() == expected
-    assert is_gone(run.pid())
+    assert pid_gone(run.pid())
     assert sorted(p.name for p in run.state.parent.iterdir()) == ["w.pid", "w.status"]
 
 
@@ -296,7 +289,7 @@ def test_a_shim_that_dies_before_recording_the_pid_runs_nothing(
     child = int(children.read_text().split()[0])
     os.kill(run.shim_pid, signal.SIGKILL)
     assert run.exit_code() == -signal.SIGKILL
-    wait_for(lambda: is_gone(child), what="the child to exit")
+    wait_for(lambda: pid_gone(child), what="the child to exit")
     assert not marker.exists(), "the command ran though its shim never recorded it"
     assert read_pid(run.state) is None
 
@@ -361,7 +354,7 @@ def test_no_command_runs_unless_its_pid_file_is_written(
     blocked = start([], raw_args=args)
     wait_for(lambda: "retrying" in blocked.log.read_text(), what="the shim to say it retries")
     time.sleep(0.3)
-    assert not is_gone(blocked.shim_pid), "the shim gave up on its status"
+    assert not pid_gone(blocked.shim_pid), "the shim gave up on its status"
     assert not not_ran.exists(), "the command ran without a pid file"
     log = blocked.log.read_text()
     assert f"cannot write {missing}/w.pid: No such file or directory\n" in log
@@ -416,10 +409,10 @@ def test_a_status_that_cannot_be_written_is_retried_until_it_is(
     filler = small_tmpfs / "filler"
     fill(filler)
     flag.touch()
-    wait_for(lambda: is_gone(pid), what="the workload to exit")
+    wait_for(lambda: pid_gone(pid), what="the workload to exit")
     wait_for(lambda: "retrying" in run.log.read_text(), what="the shim to say it retries")
     time.sleep(1.5)  # several retries
-    assert not is_gone(run.shim_pid), "the shim gave up"
+    assert not pid_gone(run.shim_pid), "the shim gave up"
     assert read_status(run.state) is None
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler", "w.pid"]
     log = run.log.read_text()
@@ -443,7 +436,7 @@ def test_leftover_processes_do_not_outlive_the_workload(
     assert run.wait() == ShimStatus("exit", 0)
     assert min_seconds <= time.monotonic() - began < 2.0
     leftover_pid = int(run.log.read_text().split()[0])
-    assert is_gone(leftover_pid)
+    assert pid_gone(leftover_pid)
     assert live_members(run.pid()) == []
 
 
@@ -526,7 +519,7 @@ def test_the_exit_of_the_watched_process_stops_the_whole_group(
         if reap:
             agent.wait()
         else:
-            wait_for(lambda: is_gone(agent.pid), what="the watched process to exit")
+            wait_for(lambda: pid_gone(agent.pid), what="the watched process to exit")
         assert run.wait(timeout=grace + 5) == ShimStatus("signal", expected)
         took = time.monotonic() - began
     assert live_members(pid) == []
@@ -553,7 +546,7 @@ def test_a_watched_process_already_gone_runs_nothing(
     proc = subprocess.Popen(["true"])
     try:
         if zombie:
-            wait_for(lambda: is_gone(proc.pid), what="the child to exit")
+            wait_for(lambda: pid_gone(proc.pid), what="the child to exit")
             assert Path(f"/proc/{proc.pid}").exists(), "reaped: no zombie"
         else:
             proc.wait()
