@@ -8,10 +8,12 @@ entry of ``STORE_KINDS`` and one branch of ``make_store``."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import secrets
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -58,6 +60,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or item.path.name.startswith("test_ray")
         ):
             item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session no ``corral serve`` with its data below this
+    session's temporary directory still runs: a server a test leaked (started twice,
+    say: the second start answered ``/healthz`` from the first) would keep its port,
+    its database and its scheduler busy long after. Any found are killed, and named."""
+    yield
+    base = str(tmp_path_factory.getbasetemp()) + "/"
+    left = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if "serve" in args and any(a.startswith(base) for a in args) and is_alive(int(entry)):
+            left[int(entry)] = " ".join(args)[:300]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"servers left running by the tests: {left}"
 
 
 def needs(condition: bool, why: str) -> None:

@@ -52,6 +52,9 @@ class LiveServer:
         """The server's open-files limit for tests: N (soft and hard) or (soft, hard)."""
 
     def start(self, timeout: float = 30.0, *, verify: bool = True) -> LiveServer:
+        if self.running():
+            # A second start would answer /healthz from the first process and leak it.
+            raise RuntimeError(f"the server on port {self.port} is running already")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", self.module, "serve", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
@@ -115,8 +118,12 @@ class LiveServer:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def __enter__(self) -> LiveServer:
-        return self.start()
+        """Starts the server unless it runs already (``serve(...)`` started it)."""
+        return self if self.running() else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
