@@ -154,3 +154,94 @@ def test_a_write_without_waiting_refuses_at_once_and_does_nothing(tmp_path: Path
     finally:
         other.close()
         store.close()
+
+
+def test_the_writes_of_one_loop_turn_share_one_transaction_each_with_its_own_answer(
+    tmp_path: Path,
+) -> None:
+    """Writes made during one turn of the loop (here: gathered) are one transaction,
+    one ``COMMIT``; a refused one among them (a transition the table forbids, a
+    workload that does not exist) gets its own error and the others their results."""
+
+    async def scenario() -> tuple[list[object], list[str], Status]:
+        store = AsyncSQLiteStore(tmp_path / "corral.db")
+        try:
+            (a, _), (b, _) = [await store.create_workload(SPEC, owner="al") for _ in range(2)]
+            statements: list[str] = []
+            store.sync._conn(no_wait=True).set_trace_callback(statements.append)
+            answers = await asyncio.gather(
+                store.update_workload_status(a.id, Status.RUNNING, actor="test"),
+                store.update_workload_status(b.id, Status.COMPLETED, actor="test"),
+                store.update_workload_status("01nonexistent0000000000000", Status.KILLED),
+                store.create_workload(SPEC, owner="al"),
+                return_exceptions=True,
+            )
+            commits = [s for s in statements if s.strip().upper() in ("BEGIN IMMEDIATE", "COMMIT")]
+            shown = [type(x).__name__ if isinstance(x, Exception) else x for x in answers]
+            return shown, commits, (await store.get_workload(b.id)).status
+        finally:
+            await store.close()
+
+    shown, commits, b_status = asyncio.run(scenario())
+    assert getattr(shown[0], "status", None) is Status.RUNNING
+    assert shown[1:3] == ["InvalidTransitionError", "NotFoundError"]
+    assert isinstance(shown[3], tuple)  # (the workload, replayed)
+    assert commits == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert b_status is Status.PENDING
+
+
+def test_a_write_refused_together_with_others_leaves_nothing_of_its_own(tmp_path: Path) -> None:
+    """``write_together``: a write that fails after it wrote is rolled back to its
+    savepoint; the writes before and after it are committed."""
+    store = SQLiteStore(tmp_path / "corral.db")
+
+    def half_done() -> None:
+        with store._write() as conn:
+            conn.execute("UPDATE workloads SET name = 'half' WHERE id = ?", (first.id,))
+            raise CorralError("refused after writing")
+
+    try:
+        first, _ = store.create_workload(SPEC, owner="al")
+        results = store.write_together(
+            [
+                lambda: store.create_workload(SPEC, owner="al"),
+                half_done,
+                lambda: store.update_workload_status(first.id, Status.KILLED, actor="t"),
+            ]
+        )
+        assert isinstance(results[1], CorralError)
+        assert store.get_workload(first.id).name != "half"
+        assert store.get_workload(first.id).status is Status.KILLED
+        created = results[0]
+        assert not isinstance(created, Exception)
+        assert store.get_workload(created[0].id).status is Status.PENDING
+    finally:
+        store.close()
+
+
+def test_a_fault_in_a_turn_of_writes_gives_each_its_own_answer(tmp_path: Path) -> None:
+    """A fault of the database within a turn's transaction (here: a write that raises
+    ``sqlite3.Error``, as a full disk does) rolls the whole transaction back; the
+    writes are then made one by one on the writer thread, each with its own answer:
+    the faulty one its error, the others their results, stored."""
+
+    async def scenario() -> tuple[list[str], int]:
+        store = AsyncSQLiteStore(tmp_path / "corral.db")
+
+        def faulty() -> None:
+            with store.sync._write() as conn:
+                conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+        try:
+            answers = await asyncio.gather(
+                store.create_workload(SPEC, owner="al"),
+                store._write(1, faulty),
+                store.create_workload(SPEC, owner="al"),
+                return_exceptions=True,
+            )
+            names = [type(x).__name__ for x in answers]
+            return names, len((await store.list_workloads()).items)
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == (["tuple", "OperationalError", "tuple"], 2)

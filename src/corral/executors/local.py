@@ -221,6 +221,7 @@ class LocalExecutor:
         self._stray_pidfds: set[int] = set()
         self._launching: set[str] = set()
         self._stop_on_start: set[str] = set()
+        self._with_devices: set[str] = set()  # launched here with a GPU file
         self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="corral-spawn")
         self._on_exit: OnExit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -276,6 +277,7 @@ class LocalExecutor:
         assert self._loop is not None, "start() first"
         state = self.run_dir / workload.id
         if gpu_devices:
+            self._with_devices.add(workload.id)
             try:
                 _write_private(state_file(state, "devices"), ",".join(map(str, gpu_devices)))
             except OSError as exc:
@@ -446,7 +448,10 @@ class LocalExecutor:
         if shim_pid is not None:
             try:
                 self._watch(workload, shim_pid, is_child=False)
-                return _read_devices(state)
+                devices = _read_devices(state)
+                if devices:
+                    self._with_devices.add(workload.id)
+                return devices
             except ProcessLookupError:
                 pass  # exited just now: its status (if any) is on disk
         if not state_file(state, "pid").exists() and not state_file(state, "status").exists():
@@ -500,11 +505,17 @@ class LocalExecutor:
             os.kill(proc.shim_pid, signal.SIGTERM)
 
     def forget(self, workload_id: str) -> None:
-        """The outcome is recorded: remove the workload's state files."""
-        state = self.run_dir / workload_id
-        for name in ("status", "pid", "devices"):
+        """The outcome is recorded: remove the workload's state files. (Runs on the
+        event loop at every exit: plain strings, and the GPU file only where there
+        may be one: one written here, or any on a machine with GPUs.)"""
+        state = f"{self.run_dir}/{workload_id}"
+        names = ["status", "pid"]
+        if workload_id in self._with_devices or self.capacity.gpus:
+            self._with_devices.discard(workload_id)
+            names.append("devices")
+        for name in names:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(state_file(state, name))
+                os.unlink(f"{state}.{name}")
 
     def close(self) -> None:
         # A spawn in flight finishes (its shim is adopted by the next server).

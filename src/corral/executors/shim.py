@@ -192,7 +192,7 @@ def read_status(state: Path) -> ShimStatus | None:
     gone, so a status means the workload is over and its log complete. Raises
     ``ValueError`` if the file is not in the shim's format.
     """
-    text = _read(state_file(state, STATUS_FILE))
+    text = _read(f"{state}.{STATUS_FILE}")  # (no Path built: read at every exit)
     if text is None:
         return None
     kind, _, value = text.strip().partition(" ")
@@ -219,8 +219,17 @@ def state_file(state: Path, name: str) -> Path:
     return state.with_name(f"{state.name}.{name}")
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path | str) -> str | None:
+    """The text of a small file, or None when there is none (raw ``os`` calls: this
+    runs on the event loop at every exit)."""
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()  # UnicodeDecodeError is a ValueError: malformed

@@ -645,10 +645,49 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         finally:
             self._local.no_wait = False
 
+    def write_together(self, calls: Sequence[Callable[[], T]]) -> list[T | Exception]:
+        """Run ``calls`` (write methods of this store, bound to their arguments) in one
+        transaction, one commit for all: each in a savepoint of its own, so each gets
+        what it would have got alone, its result or its error (a refused transition,
+        say: rolled back to its savepoint, the others kept). A fault of the database
+        itself (``sqlite3.Error``: a full disk, an I/O error) rolls back everything and
+        is raised, as the domain error where there is one: the caller runs them one by
+        one instead, for each its own answer. Within ``without_waiting``,
+        ``WriteWouldWait`` before anything is done, as for one write."""
+        results: list[T | Exception] = []
+        with self._write() as conn:
+            self._local.together = conn
+            try:
+                for call in calls:
+                    try:
+                        results.append(call())
+                    except sqlite3.Error:
+                        raise
+                    except Exception as exc:  # its own savepoint is rolled back
+                        results.append(exc)
+            finally:
+                self._local.together = None
+        return results
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its first statement;
-        on any error it is rolled back whole, and faults become domain errors."""
+        on any error it is rolled back whole, and faults become domain errors.
+        Within ``write_together``: a savepoint of its transaction, rolled back to on
+        any error (a database fault is left to ``write_together``)."""
+        together = getattr(self._local, "together", None)
+        if together is not None:
+            together.execute("SAVEPOINT write")
+            try:
+                yield together
+            except sqlite3.Error:
+                raise  # the whole transaction is rolled back
+            except BaseException:
+                together.execute("ROLLBACK TO write")
+                together.execute("RELEASE write")
+                raise
+            together.execute("RELEASE write")
+            return
         no_wait = getattr(self._local, "no_wait", False)
         with self._connection(no_wait=no_wait) as conn:
             if no_wait:

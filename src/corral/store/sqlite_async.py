@@ -3,16 +3,22 @@
 Each call runs the synchronous store's method where it costs least, and the event
 loop never waits for SQLite's lock:
 
-- **Writes** never wait for SQLite's lock on the event loop. A write of at most
-  ``INLINE_ROWS`` rows is first tried inline, on the loop, taking the lock without
-  waiting (``SQLiteStore.without_waiting``): SQLite has one writer anyway, and an
-  uncontended transaction of a few rows costs less than the hop to a thread and
-  back (measured, docs/postgres.md). A write that would wait (another process or
-  connection holds the lock), a larger one, and any write made while the writer
-  thread has work (so that writes stay in the order they were made) runs on the
-  one writer thread instead, which waits for the lock up to the busy timeout. Queued
-  writes run back to back there, and ``CreateBatcher`` puts the creates made while
-  a batch is written into the next one.
+- **Writes** never wait for SQLite's lock on the event loop. The writes of at most
+  ``INLINE_ROWS`` rows made during one turn of the loop (a create, the scheduler's
+  claims, an exit's end, pending reasons, a kill) are written together at the end
+  of the turn, in the order made, as one transaction with one commit
+  (``SQLiteStore.write_together``: each in a savepoint of its own, so each caller
+  gets its own result or error). That transaction is first tried inline, on the
+  loop, taking the lock without waiting (``SQLiteStore.without_waiting``): SQLite
+  has one writer anyway, and an uncontended transaction of a few rows costs less
+  than the hop to a thread and back (measured, docs/postgres.md). When it would
+  wait (another process or connection holds the lock), when the writer thread has
+  work (so that writes stay in the order they were made), or on a fault of the
+  database (then each write is made alone there, for its own answer), it runs on
+  the one writer thread instead, which waits for the lock up to the busy timeout.
+  A larger write always runs there. Queued writes run back to back there, and
+  ``CreateBatcher`` puts the creates made while a batch is written into the next
+  one.
 - **Reads** never wait for the write lock (WAL). Those that scan (counts, pages of
   more than ``INLINE_ROWS`` workloads: the scheduler's, or a client's asking for
   up to 1000, and the statuses of more than ``INLINE_IDS`` ids) run on a few reader
@@ -109,18 +115,23 @@ class Threads:
         return self._busy == 0
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.submit(lambda: fn(*args, **kwargs))
+
+    def submit(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``work`` now (jobs run in the order submitted); its future."""
         if self._closed:
             raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._busy_lock:
             self._busy += 1
-        self._jobs.put((loop, future, lambda: fn(*args, **kwargs)))
-        try:
-            return await future
-        finally:
-            with self._busy_lock:
-                self._busy -= 1
+        future.add_done_callback(self._done)
+        self._jobs.put((loop, future, work))
+        return future
+
+    def _done(self, _: asyncio.Future[Any]) -> None:
+        with self._busy_lock:
+            self._busy -= 1
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -153,6 +164,40 @@ class Threads:
             thread.join()
 
 
+def _outcome(call: Callable[[], Any]) -> Any:
+    """What ``call`` returns, or the exception it raises."""
+    try:
+        return call()
+    except WriteWouldWait:
+        raise
+    except Exception as exc:
+        return exc
+
+
+_Turn = list[tuple[Callable[[], Any], "asyncio.Future[Any]"]]
+
+
+def _settle(turn: _Turn, results: list[Any]) -> None:
+    """Answer each caller of a turn's writes, its result or its error."""
+    for (_, future), result in zip(turn, results, strict=True):
+        if isinstance(result, Exception):
+            _fail(future, result)
+        else:
+            _succeed(future, result)
+
+
+def _settled(turn: _Turn, done: asyncio.Future[list[Any]]) -> None:
+    """``_settle`` once the writer thread has written a turn's writes."""
+    if done.cancelled():
+        for _, future in turn:
+            future.cancel()
+    elif (exc := done.exception()) is not None:
+        for _, future in turn:
+            _fail(future, exc)
+    else:
+        _settle(turn, done.result())
+
+
 def _succeed(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
         future.set_result(result)
@@ -183,6 +228,8 @@ class AsyncSQLiteStore:
         )
         """The synchronous store underneath (its own connection per thread)."""
         self._writer = Threads(1, "corral-sqlite-write")
+        self._turn: _Turn = []
+        """The small writes made during this loop turn (``_write_turn``)."""
         self._readers = Threads(readers, "corral-sqlite-read")
 
     @property
@@ -190,14 +237,57 @@ class AsyncSQLiteStore:
         return self.sync.url
 
     async def _write(self, rows: int, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``call`` (a write of ``rows`` rows): inline when it can be, else on the writer
-        thread (see the module docstring)."""
-        if rows <= INLINE_ROWS and self._writer.idle():
+        """``call`` (a write of ``rows`` rows) with the other small writes of this loop
+        turn, in one transaction (``_write_turn``); a large one on the writer thread
+        (see the module docstring)."""
+        if rows > INLINE_ROWS:
+            return await self._writer.call(call, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._turn:
+            loop.call_soon(self._write_turn)
+        self._turn.append((functools.partial(call, *args, **kwargs), future))
+        return await future  # type: ignore[no-any-return]
+
+    def _write_turn(self) -> None:
+        """Write the small writes made during the loop turn that ends, in the order
+        made, as one transaction (``SQLiteStore.write_together``): inline when the
+        lock is free at once and the writer thread is idle, else on the writer thread
+        (behind the writes it has, so that they stay in order). Each caller gets its
+        own result or error; a fault of the database runs them one by one instead."""
+        turn = [(call, future) for call, future in self._turn if not future.cancelled()]
+        self._turn = []
+        if not turn:
+            return
+        calls = [call for call, _ in turn]
+        if self._writer.idle():
             try:
-                return self.sync.without_waiting(call, *args, **kwargs)
-            except WriteWouldWait:
+                if len(calls) == 1:
+                    results = [self.sync.without_waiting(_outcome, calls[0])]
+                else:
+                    results = self.sync.without_waiting(self.sync.write_together, calls)
+            except Exception:  # the lock is taken (or a fault: each alone, on the thread)
                 pass
-        return await self._writer.call(call, *args, **kwargs)
+            else:
+                _settle(turn, results)
+                return
+        try:
+            written = self._writer.submit(functools.partial(self._together, calls))
+        except RuntimeError as exc:  # the store is closed
+            _settle(turn, [exc] * len(turn))
+            return
+        written.add_done_callback(functools.partial(_settled, turn))
+
+    def _together(self, calls: list[Callable[[], Any]]) -> list[Any]:
+        """On the writer thread: ``write_together``, or on a fault of the database,
+        each call alone (each its own answer: the same fault, or its result if the
+        fault was another's)."""
+        if len(calls) > 1:
+            try:
+                return self.sync.write_together(calls)
+            except Exception:
+                pass  # rolled back whole
+        return [_outcome(call) for call in calls]
 
     @property
     def path(self) -> Path:
