@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -44,7 +45,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -71,6 +71,7 @@ from corral.executors.shim import (
 from corral.executors.spawn import spawn_session
 from corral.logs import FileLogs, finish_capped_log, log_path
 from corral.model import Workload
+from corral.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class LocalExecutor:
         self._launching: set[str] = set()
         self._stop_on_start: set[str] = set()
         self._with_devices: set[str] = set()  # launched here with a GPU file
-        self._spawner = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="corral-spawn")
+        self._spawner = Threads(SPAWN_THREADS, "corral-spawn")
         self._on_exit: OnExit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
@@ -307,9 +308,7 @@ class LocalExecutor:
         if self.max_log_bytes is not None:
             env[LOG_CAP_VARIABLE] = str(self.max_log_bytes)
             env[LOG_VARIABLE] = str(log)
-        spawned = self._loop.run_in_executor(
-            self._spawner, self._spawn_shim, argv, env, log, run_as
-        )
+        spawned = self._spawner.submit(functools.partial(self._spawn_shim, argv, env, log, run_as))
         self._launching.add(workload.id)
         return self._watch_spawned(workload, spawned)
 
@@ -519,7 +518,7 @@ class LocalExecutor:
 
     def close(self) -> None:
         # A spawn in flight finishes (its shim is adopted by the next server).
-        self._spawner.shutdown(wait=True)
+        self._spawner.close()
         self._launcher.close()
         for pidfd in [proc.pidfd for proc in self._procs.values()] + list(self._stray_pidfds):
             self._unwatch(pidfd)

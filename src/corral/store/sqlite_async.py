@@ -38,10 +38,7 @@ transactions, the same faults raised as domain errors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,6 +70,7 @@ from corral.store.base import (
 )
 from corral.store.cluster import Fence, Lease, ServerInfo
 from corral.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore, WriteWouldWait, deletable_params
+from corral.threads import Threads, fail, succeed
 
 INLINE_ROWS = 100
 """Writes of more rows (a large batch, many pending reasons), and pages of more
@@ -86,82 +84,6 @@ INLINE_IDS = 500
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
-
-
-class Threads:
-    """Threads that run calls for an event loop: ``await threads.call(fn, …)``.
-
-    Leaner than ``loop.run_in_executor`` (measured: a hop there and back in half its
-    time): a job is a tuple on a ``queue.SimpleQueue``, and its answer goes back with
-    one ``call_soon_threadsafe``. A job whose caller went away (its future cancelled)
-    before a thread took it is not run."""
-
-    def __init__(self, count: int, name: str) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
-            for i in range(count)
-        ]
-        for thread in self._threads:
-            thread.start()
-        self._closed = False
-        self._busy = 0  # calls made and not answered yet
-        self._busy_lock = threading.Lock()
-
-    def idle(self) -> bool:
-        """True when no call is under way or queued."""
-        return self._busy == 0
-
-    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self.submit(lambda: fn(*args, **kwargs))
-
-    def submit(self, work: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue ``work`` now (jobs run in the order submitted); its future."""
-        if self._closed:
-            raise RuntimeError("the store is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._busy_lock:
-            self._busy += 1
-        future.add_done_callback(self._done)
-        self._jobs.put((loop, future, work))
-        return future
-
-    def _done(self, _: asyncio.Future[Any]) -> None:
-        with self._busy_lock:
-            self._busy -= 1
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            loop, future, work = job
-            if future.cancelled():
-                continue
-            try:
-                result = work()
-            except BaseException as exc:  # the caller's to see
-                self._answer(loop, _fail, future, exc)
-            else:
-                self._answer(loop, _succeed, future, result)
-
-    @staticmethod
-    def _answer(
-        loop: asyncio.AbstractEventLoop,
-        settle: Callable[[asyncio.Future[Any], Any], None],
-        future: asyncio.Future[Any],
-        value: Any,
-    ) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle, future, value)
-
-    def close(self) -> None:
-        """Let the jobs queued finish, then end the threads (blocks until they have)."""
-        self._closed = True
-        for _ in self._threads:
-            self._jobs.put(None)
-        for thread in self._threads:
-            thread.join()
 
 
 def _outcome(call: Callable[[], Any]) -> Any:
@@ -181,9 +103,9 @@ def _settle(turn: _Turn, results: list[Any]) -> None:
     """Answer each caller of a turn's writes, its result or its error."""
     for (_, future), result in zip(turn, results, strict=True):
         if isinstance(result, Exception):
-            _fail(future, result)
+            fail(future, result)
         else:
-            _succeed(future, result)
+            succeed(future, result)
 
 
 def _settled(turn: _Turn, done: asyncio.Future[list[Any]]) -> None:
@@ -193,19 +115,9 @@ def _settled(turn: _Turn, done: asyncio.Future[list[Any]]) -> None:
             future.cancel()
     elif (exc := done.exception()) is not None:
         for _, future in turn:
-            _fail(future, exc)
+            fail(future, exc)
     else:
         _settle(turn, done.result())
-
-
-def _succeed(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
 
 
 class AsyncSQLiteStore:
