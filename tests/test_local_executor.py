@@ -254,6 +254,38 @@ def test_a_killed_shim_is_a_lost_workload_and_leaves_no_process(ex: Harness) -> 
     ex.run(main())
 
 
+def test_a_restart_without_gpus_forgets_the_gpu_file_of_the_server_before(
+    tmp_path: Path,
+) -> None:
+    """A workload launched with a GPU by the server before, ended while no server ran,
+    or stopped as a stray: once its end is reported and forgotten, none of its state
+    files is left, though this server has no GPUs (``Harness``'s have none)."""
+    ex = Harness("local", tmp_path / "data")
+    try:
+
+        async def start() -> tuple[Any, Any]:
+            ended = await ex.start(make_workload(["true"]), devices=[0])
+            stray = await ex.start(make_workload(["sleep", "300"]), devices=[1])
+            return ended, stray
+
+        ended, stray = ex.run(start())
+        run_dir = ex.run_dir(ended)
+        ex.stop()
+        ex.run(until(lambda: ended.id not in find_shims(run_dir), what="its end"))
+        assert ex.restart(adopt=[ended]) == {ended.id: None}
+        assert ex.stopped == [stray.id]
+
+        async def after() -> None:
+            assert await ex.outcome(ended) == Outcome(ended.id, exit_code=0)
+            await until(lambda: not list(run_dir.glob(f"{stray.id}.pid")), what="the stray")
+            await asyncio.sleep(0.1)  # (its state files are removed on the loop)
+
+        ex.run(after())
+        assert sorted(p.name for p in run_dir.glob("*.*") if "launcher" not in p.name) == []
+    finally:
+        ex.close()
+
+
 # --- the local executor end to end ---------------------------------------------------
 
 

@@ -222,7 +222,7 @@ class LocalExecutor:
         self._stray_pidfds: set[int] = set()
         self._launching: set[str] = set()
         self._stop_on_start: set[str] = set()
-        self._with_devices: set[str] = set()  # launched here with a GPU file
+        self._with_devices: set[str] = set()  # may have a GPU file (see ``forget``)
         self._spawner = Threads(SPAWN_THREADS, "corral-spawn")
         self._on_exit: OnExit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -443,14 +443,12 @@ class LocalExecutor:
         if self._shims is None:
             self._shims = find_shims(self.run_dir)
         state = self.run_dir / workload.id
+        self._with_devices.add(workload.id)  # the server before may have written one
         shim_pid = self._shims.pop(workload.id, None)
         if shim_pid is not None:
             try:
                 self._watch(workload, shim_pid, is_child=False)
-                devices = _read_devices(state)
-                if devices:
-                    self._with_devices.add(workload.id)
-                return devices
+                return _read_devices(state)
             except ProcessLookupError:
                 pass  # exited just now: its status (if any) is on disk
         if not state_file(state, "pid").exists() and not state_file(state, "status").exists():
@@ -465,6 +463,7 @@ class LocalExecutor:
         assert self._loop is not None, "start() first"
         strays = self._shims if self._shims is not None else find_shims(self.run_dir)
         self._shims = {}
+        self._with_devices.update(strays)  # the server before may have written their GPU files
         for workload_id, shim_pid in strays.items():
             try:
                 pidfd = os.pidfd_open(shim_pid)
@@ -506,7 +505,9 @@ class LocalExecutor:
     def forget(self, workload_id: str) -> None:
         """The outcome is recorded: remove the workload's state files. (Runs on the
         event loop at every exit: plain strings, and the GPU file only where there
-        may be one: one written here, or any on a machine with GPUs.)"""
+        may be one: on a machine with GPUs, or for a workload launched here with
+        devices or found from the server before, adopted or stray, which may have
+        had GPUs when this one has none.)"""
         state = f"{self.run_dir}/{workload_id}"
         names = ["status", "pid"]
         if workload_id in self._with_devices or self.capacity.gpus:
