@@ -17,7 +17,7 @@ from corral.model import Status, WorkloadCreate
 from corral.store.base import Created, NewWorkload, Store
 from corral.store.batch import CreateBatcher
 from corral.store.sqlite import SQLiteStore, WriteWouldWait
-from corral.store.sqlite_async import AsyncSQLiteStore
+from corral.store.sqlite_async import INLINE_ROWS, AsyncSQLiteStore
 
 SPEC = WorkloadCreate(command=["true"])
 
@@ -245,3 +245,24 @@ def test_a_fault_in_a_turn_of_writes_gives_each_its_own_answer(tmp_path: Path) -
             await store.close()
 
     assert asyncio.run(scenario()) == (["tuple", "OperationalError", "tuple"], 2)
+
+
+def test_a_large_write_goes_after_the_small_ones_made_before_it(tmp_path: Path) -> None:
+    """Writes are made in the order they were asked for: a large write (on the writer
+    thread at once) asked for after a small one of the same loop turn (written at the
+    turn's end) goes after it, as a write asked for after one under way does."""
+
+    async def scenario() -> tuple[str, str]:
+        store = AsyncSQLiteStore(tmp_path / "corral.db")
+        try:
+            many = [NewWorkload(SPEC, "al", None, "test") for _ in range(INLINE_ROWS + 1)]
+            (one, _), _ = await asyncio.gather(
+                store.create_workload(SPEC, owner="al"), store.create_workloads(many)
+            )
+            (first, *_) = await store.list_events_after(0, limit=1)
+            return first.workload_id, one.id
+        finally:
+            await store.close()
+
+    first, one = asyncio.run(scenario())
+    assert first == one

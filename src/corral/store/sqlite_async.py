@@ -16,9 +16,10 @@ loop never waits for SQLite's lock:
   work (so that writes stay in the order they were made), or on a fault of the
   database (then each write is made alone there, for its own answer), it runs on
   the one writer thread instead, which waits for the lock up to the busy timeout.
-  A larger write always runs there. Queued writes run back to back there, and
-  ``CreateBatcher`` puts the creates made while a batch is written into the next
-  one.
+  A larger write always runs there, after the small writes of its turn made before
+  it (written at once, not at the turn's end). Queued writes run back to back
+  there, and ``CreateBatcher`` puts the creates made while a batch is written into
+  the next one.
 - **Reads** never wait for the write lock (WAL). Those that scan (counts, pages of
   more than ``INLINE_ROWS`` workloads: the scheduler's, or a client's asking for
   up to 1000, and the statuses of more than ``INLINE_IDS`` ids) run on a few reader
@@ -150,9 +151,12 @@ class AsyncSQLiteStore:
 
     async def _write(self, rows: int, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``call`` (a write of ``rows`` rows) with the other small writes of this loop
-        turn, in one transaction (``_write_turn``); a large one on the writer thread
-        (see the module docstring)."""
+        turn, in one transaction (``_write_turn``); a large one on the writer thread,
+        after the small writes of this turn made before it, written now (see the
+        module docstring)."""
         if rows > INLINE_ROWS:
+            if self._turn:
+                self._write_turn()  # (the call_soon made for it writes what comes next)
             return await self._writer.call(call, *args, **kwargs)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
