@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,24 @@ def test_a_large_write_goes_after_the_small_ones_made_before_it(tmp_path: Path) 
 
     first, one = asyncio.run(scenario())
     assert first == one
+
+
+def test_a_write_asked_for_before_close_is_written(tmp_path: Path) -> None:
+    """``close`` lets the writes under way finish, those of the loop turn not written
+    yet among them, however long the loop is busy before the turn's end (here: a
+    callback that holds it while ``close`` runs on its thread)."""
+
+    async def scenario() -> Created:
+        store = AsyncSQLiteStore(tmp_path / "corral.db")
+        write = asyncio.ensure_future(store.create_workload(SPEC, owner="al"))
+        closing = asyncio.ensure_future(store.close())
+        asyncio.get_running_loop().call_soon(time.sleep, 0.5)  # the loop busy meanwhile
+        await closing
+        return await write
+
+    (created, _) = asyncio.run(scenario())
+    reopened = SQLiteStore(tmp_path / "corral.db")
+    try:
+        assert reopened.get_workload(created.id).status is Status.PENDING
+    finally:
+        reopened.close()

@@ -502,7 +502,11 @@ class AsyncSQLiteStore:
     # ----------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Let the calls under way finish, then close every connection."""
+        """Let the calls under way finish, then close every connection. The small
+        writes of this loop turn are written first (inline, or queued on the writer
+        thread ahead of its end), not left to the turn's end, by then too late."""
+        if self._turn:
+            self._write_turn()
         await asyncio.to_thread(self._shutdown)
 
     def _shutdown(self) -> None:
