@@ -35,7 +35,8 @@ the head, the reasons by shape). When only submits followed, and they rank after
 everything walked, the next walk may resume from there over just the new tail, and
 decides exactly as a walk over the whole queue would; it is given the free capacity
 and batch counts *after* the starts of the walk it resumes. Anything that frees
-capacity or takes a queued workload away makes that state stale: walk everything.
+capacity or takes a queued workload away makes that state stale: walk from the front
+(which may stop early, below).
 
 **Stopping early.** A walk after an exit must not cost a look at every workload
 (100,000 queued behind a full machine took 170 ms of the server's one loop per exit).
