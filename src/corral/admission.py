@@ -50,9 +50,9 @@ was then free) and how many workloads of each shape ``queue`` holds (``shapes``;
 batch-limited one among them) stops after a workload ``w`` when
 
 1. the head of the line is set;
-2. no shape not walked yet can start: none fits what is available or each is
-   ``unfit`` (what is available only shrinks, so nothing later starts, and what is
-   free and the head stay as they are);
+2. no shape not walked yet can start: each either does not fit what is available or
+   is ``unfit`` (what is available only shrinks, so nothing later starts, and what
+   is free and the head stay as they are);
 3. every shape not walked yet gets, as mine and as another owner's, the reason it was
    given under ``settled`` (if the head's owner changed, so did the head: a reason
    that names it differs in its "mine" form, and one that does not is the same for
@@ -445,7 +445,8 @@ class _Walk:
             reason = self.avail.shortfall(res)
             self.avail.take(res)  # reserve what the head of the line needs
             return reason  # the next workload of its shape waits behind it instead
-        # (only after a restart with less capacity, or nodes left: no blocking)
+        # Behind the head; or never runnable (``excess``: only after a restart with less
+        # capacity, or nodes left), which blocks nothing.
         reason = _waits(
             res, head is not None and head.owner == workload.owner, self.free, head, excess
         )
