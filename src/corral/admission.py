@@ -35,7 +35,45 @@ the head, the reasons by shape). When only submits followed, and they rank after
 everything walked, the next walk may resume from there over just the new tail, and
 decides exactly as a walk over the whole queue would; it is given the free capacity
 and batch counts *after* the starts of the walk it resumes. Anything that frees
-capacity or takes a queued workload away makes that state stale: walk everything.
+capacity or takes a queued workload away makes that state stale: walk from the front
+(which may stop early, below).
+
+**Stopping early.** A walk after an exit must not cost a look at every workload
+(100,000 queued behind a full machine took 170 ms of the server's one loop per exit).
+From the point where the head of the line is set and the last workload of the walk
+has started, nothing changes any more what is free, what is available or who the
+head is, so every later workload that is not batch-limited waits with the reason of
+its key, ``_waits(resources, mine, free, head)`` (rule 3 or 5). So a walk told what
+the walks before it left the end of the queue (``settled``: everything they walked
+after their own such point waits with its key's reason under their head and what
+was then free) and how many workloads of each shape ``queue`` holds (``shapes``; no
+batch-limited one among them) stops after a workload ``w`` when
+
+1. the head of the line is set;
+2. no shape not walked yet can start: each either does not fit what is available or
+   is ``unfit`` (what is available only shrinks, so nothing later starts, and what
+   is free and the head stay as they are);
+3. every shape not walked yet gets, as mine and as another owner's, the reason it was
+   given under ``settled`` (if the head's owner changed, so did the head: a reason
+   that names it differs in its "mine" form, and one that does not is the same for
+   everyone);
+4. ``w`` ranks at or after ``settled.after``: everything left is in what ``settled``
+   speaks for.
+
+Then each workload left would be given the reason it already has and none would
+start: the walk decides exactly as one over everything, and its reasons differ from
+that walk's only by leaving out those unchanged. Condition 2 and 3 are asked again
+only when they may have become true: after a start, when the head is set and when a
+shape has been walked to its last. The caller keeps ``shapes`` (a count per shape),
+so a check costs a look at each shape left, and the common exit (the next in line
+starts, its successor becomes the head, everyone behind is told "waiting for 1 CPU, 0
+free" as before) walks two workloads. ``Decision.settled`` hands on what this walk
+told: everything after its last start or head, with what is free now; a walk resumed
+over new submits that began and ended with the head and room of ``settled`` (it
+started nothing that took anything) extends it instead. ``settled`` holds only under
+the same ``unfit``: the caller drops it when that changed, or when the reasons it
+speaks for were not all stored; a workload queued in the middle of it (a priority
+ranking inside it) moves its ``after`` to that workload, so the walk goes past it.
 
 ``dependencies`` is the rule of a workload that waits for others (it is not queued
 until they are met).
@@ -43,7 +81,8 @@ until they are met).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,6 +93,14 @@ REASON_IDS = 3
 
 Shape = tuple[float, int, int, bool]
 """cpus, memory_mb, gpus, and whether the workload's owner is the head of the line's."""
+ResShape = tuple[float, int, int]
+"""cpus, memory_mb, gpus: what a workload asks for."""
+Rank = tuple[int, str]
+
+
+def rank(workload: Workload) -> Rank:
+    """Queue order: higher priority first, then submission order (ids grow)."""
+    return (-workload.priority, workload.id)
 
 
 @dataclass(slots=True)
@@ -83,6 +130,18 @@ class Pass:
     """Not changed by the walks that resume from it."""
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What the walks so far told the end of the queue: every workload they walked
+    that ranks after ``after``, unless batch-limited, waits with the reason its key
+    gets behind ``head`` with ``room`` free (CPUs, MB of memory, a count of GPUs):
+    the head of the line and what was free once the last of them started."""
+
+    after: Rank
+    room: tuple[float, int, int]
+    head: Workload
+
+
 @dataclass(slots=True)
 class Start:
     """A workload to start now, with the GPU devices it gets."""
@@ -100,6 +159,14 @@ class Decision:
     head: Workload | None
     """The head of the line (it may be from the walk resumed), or None."""
     resume: Pass
+    settled: Settled | None
+    """What this walk and those before it told the end of the queue, for the next
+    walk to stop early (None: nothing it could use)."""
+
+    @property
+    def walked(self) -> int:
+        """How many workloads the walk looked at (each starts or gets a reason)."""
+        return len(self.start) + len(self.reasons)
 
     @property
     def reserved(self) -> Resources | None:
@@ -119,13 +186,26 @@ def admit(
     *,
     unfit: Callable[[Resources], str | None] = runs_anywhere,
     resume: Pass | None = None,
+    settled: Settled | None = None,
+    shapes: Mapping[ResShape, int] | None = None,
 ) -> Decision:
     """Walk ``queue`` (pending workloads in rank order, none blocked) over ``free``
     (what the running workloads leave), ``batch_running`` (workloads holding
     resources, by batch id, for batches with a limit) and ``unfit`` (what a workload
     asks beyond anything that could ever run it, or None); see the module docstring.
-    ``resume``: the ``Decision.resume`` of the walk this one continues."""
+    ``resume``: the ``Decision.resume`` of the walk this one continues. ``settled``:
+    the ``Decision.settled`` of the walks before, under the same ``unfit``; with
+    ``shapes`` (how many workloads of ``queue`` ask for each ``ResShape``, none of
+    them batch-limited), the walk may stop early (see "Stopping early")."""
     walk = _Walk(free, batch_running, unfit, resume)
+    items = iter(queue)
+    if settled is None or shapes is None or not _walk_settling(walk, items, settled, shapes):
+        _walk_all(walk, items)
+    return Decision(walk.start, walk.reasons, walk.head, walk.resume(), walk.settled(settled))
+
+
+def _walk_all(walk: _Walk, queue: Iterator[Workload]) -> None:
+    """The walk over the rest of ``queue``, each workload in turn."""
     waiting, add = walk.waiting, walk.reasons.append  # the loop is hot: locals
     for workload in queue:
         if workload.max_running is not None:
@@ -145,7 +225,37 @@ def admit(
             if reason is None:
                 continue
         add((workload.id, reason))
-    return Decision(walk.start, walk.reasons, walk.head, walk.resume())
+
+
+def _walk_settling(
+    walk: _Walk, queue: Iterator[Workload], settled: Settled, shapes: Mapping[ResShape, int]
+) -> bool:
+    """The walk over ``queue`` until it may stop (True), or over all of it (False);
+    see "Stopping early" in the module docstring. ``left`` counts the shapes not
+    walked yet; whether the walk may stop is asked again whenever what it depends on
+    may have changed: a start, the head of the line set, a shape walked to its last."""
+    left = dict(shapes)
+    ready = False  # nothing left can start, and each shape left is told what it was
+    for workload in queue:
+        if workload.max_running is not None:  # not as promised: walk everything
+            _walk_all(walk, itertools.chain([workload], queue))
+            return False
+        res = workload.resources
+        key = (res.cpus, res.memory_mb, res.gpus)
+        count = left.get(key, 0) - 1
+        if count > 0:
+            left[key] = count
+        else:
+            left.pop(key, None)
+        last = walk.last
+        walk.step(workload)
+        if walk.head is None:
+            continue
+        if walk.last is not last or count <= 0:
+            ready = walk.settles(left, settled)
+        if ready and rank(workload) >= settled.after:
+            return True
+    return False
 
 
 class _Room:
@@ -166,6 +276,9 @@ class _Room:
             and (not res.memory_mb or res.memory_mb <= self.memory_mb)
             and res.gpus <= self.gpus
         )
+
+    def room(self) -> tuple[float, int, int]:
+        return (self.cpus, self.memory_mb, self.gpus)
 
     def take(self, res: Resources) -> None:
         """CPUs and memory may go below 0 (a reservation of more than is left), GPUs
@@ -189,9 +302,11 @@ class _Walk:
     __slots__ = (
         "avail",
         "batch_running",
+        "began",
         "free",
         "free_gpus",
         "head",
+        "last",
         "owned",
         "reasons",
         "start",
@@ -223,10 +338,71 @@ class _Walk:
         self.unfit = unfit
         self.start: list[Start] = []
         self.reasons: list[tuple[str, str]] = []
+        self.last: Workload | None = None  # the last one this walk started or made head
+        self.began = (self.head, self.free.room())  # the head and what was free at first
 
     def resume(self) -> Pass:
         avail = self.avail
         return Pass(avail.cpus, avail.memory_mb, avail.gpus, self.head, self.waiting)
+
+    def settled(self, before: Settled | None) -> Settled | None:
+        """What this walk (and the walks before it, ``before``) told the end of the
+        queue: everything after the last workload it started or made the head of the
+        line (whose reasons were given with what is free now); or, when it began with
+        ``before``'s head and room and ends with that room, ``before``'s end of the
+        queue too (what was free never changed: every reason it gave is ``before``'s)."""
+        head = self.head
+        if head is None:
+            return None
+        room = self.free.room()
+        if before is not None and self.began == (before.head, before.room) == (head, room):
+            return Settled(before.after, room, head)
+        if self.last is not None:
+            return Settled(rank(self.last), room, head)
+        return None
+
+    def step(self, workload: Workload) -> None:
+        """Start ``workload`` or give it its reason: the loop of ``_walk_all``, once."""
+        if workload.max_running is not None:
+            full = self.batch_full(workload)
+            if full is not None:
+                self.reasons.append((workload.id, full))
+                return
+        res = workload.resources
+        head = self.head
+        mine = head is not None and head.owner == workload.owner
+        shape = (res.cpus, res.memory_mb, res.gpus, mine)
+        reason = self.waiting.get(shape)
+        if reason is None:
+            reason = self.start_or_why(workload, shape)
+            if reason is None:
+                return
+        self.reasons.append((workload.id, reason))
+
+    def settles(self, left: Mapping[ResShape, int], settled: Settled) -> bool:
+        """True when no shape of ``left`` can start (nothing fits what is available,
+        or ``unfit`` says it never could) and each would be told what ``settled``
+        told it, whoever its owner (the head of the line set: a reason depends only
+        on the shape and whether the owner is the head's)."""
+        head = self.head
+        assert head is not None
+        free, avail, unfit = self.free, self.avail, self.unfit
+        same = head is settled.head and free.room() == settled.room
+        before = _Room(*settled.room)
+        for cpus, memory_mb, gpus in left:
+            res = Resources.model_construct(cpus=cpus, memory_mb=memory_mb, gpus=gpus)
+            excess = unfit(res)
+            if excess is None and avail.fits(res):
+                return False
+            # Both forms agree only if neither names the head (then "mine" changes
+            # nothing), or if the head is the same (then so is its owner).
+            if not same and any(
+                _waits(res, mine, free, head, excess)
+                != _waits(res, mine, before, settled.head, excess)
+                for mine in (True, False)
+            ):
+                return False
+        return True
 
     def batch_full(self, workload: Workload) -> str | None:
         """Its reason when its batch already has ``max_running`` holding resources."""
@@ -255,6 +431,7 @@ class _Walk:
         if workload.max_running is not None and workload.batch_id is not None:
             self.started[workload.batch_id] = self.started.get(workload.batch_id, 0) + 1
         self.start.append(Start(workload, devices))
+        self.last = workload
         self.waiting, self.owned = {}, True  # what is free changed
 
     def _why_waiting(self, workload: Workload, shape: Shape) -> str:
@@ -262,24 +439,37 @@ class _Walk:
         becomes the head of the line and reserves what it needs."""
         res = workload.resources
         excess = self.unfit(res)
-        if excess:  # only after a restart with less capacity (or nodes left): no blocking
-            reason = f"waiting, but it {excess}"
-        elif self.head is None:
-            self.head = workload
+        head = self.head
+        if head is None and not excess:
+            self.head = self.last = workload
             reason = self.avail.shortfall(res)
             self.avail.take(res)  # reserve what the head of the line needs
             return reason  # the next workload of its shape waits behind it instead
-        elif self.free.fits(res):
-            head = self.head
-            # Another user's workload is not theirs to see, not even its id.
-            behind = head.id if head.owner == workload.owner else "another user's workload"
-            reason = f"waiting behind {behind} (priority {head.priority}), which needs more"
-        else:
-            reason = self.free.shortfall(res)
+        # Behind the head; or never runnable (``excess``: only after a restart with less
+        # capacity, or nodes left), which blocks nothing.
+        reason = _waits(
+            res, head is not None and head.owner == workload.owner, self.free, head, excess
+        )
         if not self.owned:
             self.waiting, self.owned = dict(self.waiting), True
         self.waiting[shape] = reason
         return reason
+
+
+def _waits(
+    res: Resources, mine: bool, free: _Room, head: Workload | None, excess: str | None
+) -> str:
+    """The reason of a workload that does not start, once the head of the line is set
+    (or that nothing could ever run: ``excess``): a function of its resources, whether
+    its owner is the head's (``mine``), what is ``free`` and the head alone."""
+    if excess:
+        return f"waiting, but it {excess}"
+    assert head is not None
+    if free.fits(res):
+        # Another user's workload is not theirs to see, not even its id.
+        behind = head.id if mine else "another user's workload"
+        return f"waiting behind {behind} (priority {head.priority}), which needs more"
+    return free.shortfall(res)
 
 
 def fits(res: Resources, free: Free) -> bool:

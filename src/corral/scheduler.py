@@ -14,16 +14,31 @@ checked against the state machine and recorded as an event.
   this module claims and launches what it decides and stores the reasons. A claim
   refused (the workload was killed meanwhile) leaves what it would have taken free:
   the pass stores no reasons and the next one, at once, walks everything again.
-- **Deep queues stay cheap.** A submit must not cost a walk of every pending
-  workload (10,000 queued behind a full machine made each submit take 40 ms). So:
+- **Deep queues stay cheap.** Neither a submit nor an exit may cost a walk of every
+  pending workload (10,000 queued behind a full machine made each submit take 40
+  ms; 100,000 made each exit hold the loop for 170 ms). So:
   the queue is a list kept in order (a submit that sorts last, the usual case, is
-  appended; another one marks it for a sort); a pass that follows only submits
-  resumes where the last one stopped (its free capacity, its head of the line) and
-  walks just the new tail; only a change that can let earlier workloads start (an
-  exit, a pending workload leaving, an out-of-order submit, the safety poll) makes
-  the next pass walk everything. Within a pass, the reason of a waiting workload
-  depends only on its resource shape until something starts, so it is computed once
-  per shape.
+  appended; one of a higher priority is put in its place, ``bisect``), and a workload
+  that leaves it (claimed, placed, killed) only leaves a stale entry behind, skipped
+  by the walks (``_front`` past those at the front) and dropped all at once when
+  stale entries outnumber the pending (O(1) a removal). A pass that follows only
+  submits resumes where the last one stopped (its free capacity, its head of the
+  line) and walks just the new tail. A change that can let earlier workloads start
+  (an exit, a pending workload leaving, a submit ahead of others, the safety poll)
+  makes the next pass walk from the front, but it stops where ``admit`` may stop
+  ("Stopping early" in its docstring): once the head of the line is set, nothing
+  left can start, and everything left would be told what the passes before told it
+  (``_settled``), then it walks what was submitted since. So an exit behind a full
+  machine walks the next in line (it starts) and the one after it (the new head):
+  two workloads, however many wait. The shapes queued are counted (``_shapes``) for
+  that check; while a batch-limited workload is queued (its reason counts its batch,
+  not its shape), or once what ``_unfit`` judges by changed, or after a pass whose
+  reasons the store refused, a sort (a requeue) or a lease lost (another leader
+  may have given reasons meanwhile), the pass walks everything, as
+  does the first one of a server; its reasons are then those of a walk over the whole
+  queue, as every pass from the front gives. Within a walk, the reason of a waiting
+  workload depends only on its resource shape until something starts, so it is
+  computed once per shape.
 - **Placement (Ray).** An executor with ``placement`` (Ray) picks the node itself,
   and a workload it has not placed yet is still pending. So a workload that fits the
   cluster's free capacity (in all, corral's own accounting) is not claimed at once:
@@ -97,16 +112,30 @@ only through ``PUT /v1/workloads/{id}/status``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import dataclasses
 import heapq
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from corral.admission import Free, Pass, admit, amount, dependencies, fits, num
+from corral.admission import (
+    Decision,
+    Free,
+    Pass,
+    ResShape,
+    Settled,
+    admit,
+    amount,
+    dependencies,
+    fits,
+    num,
+    rank,
+)
 from corral.errors import ExceedsCapacityError
 from corral.executors.base import (
     Capacity,
@@ -199,11 +228,6 @@ class _Ending:
     """Attempts the store refused so far."""
 
 
-def _rank(workload: Workload) -> tuple[int, str]:
-    """Queue order: higher priority first, then submission order (ids grow)."""
-    return (-workload.priority, workload.id)
-
-
 class Scheduler:
     """Decides what runs; see the module docstring."""
 
@@ -232,10 +256,17 @@ class Scheduler:
         self._free = self._total.copy()
         self._pending: dict[str, Workload] = {}
         self._queue: list[Workload] = []  # _pending in order; stale entries are skipped
-        self._sorted = True  # _queue is in order
-        self._walked = 0  # _queue[:_walked] was walked by the last pass
-        self._full = True  # the next pass walks the whole queue
+        self._sorted = True  # _queue is in order, each of _pending in it once
+        self._front = 0  # _queue[:_front] holds only stale entries
+        self._walked = 0  # _queue[:_walked] was walked by the passes since the last sort
+        self._full = True  # the next pass walks from the front of the queue
         self._last_pass: Pass | None = None  # where the last walk stopped
+        self._shapes: dict[ResShape, int] = {}  # _pending, counted by resources asked
+        self._limited = 0  # of _pending, those of a batch with a limit
+        self._settled: Settled | None = None  # what the passes told the end of the queue
+        self._settled_basis: object = None  # what _unfit judged by, then
+        self.last_walked = 0
+        """How many workloads the last pass looked at (the benchmarks and tests)."""
         self._allocated: dict[str, tuple[Workload, list[int]]] = {}
         self._reasons: dict[str, str | None] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -351,7 +382,7 @@ class Scheduler:
         """A workload became terminal through the API (kill or status update)."""
         if self.executor is None or self._wake is None:
             return
-        if self._pending.pop(workload.id, None) is not None:
+        if self._unqueue(workload.id) is not None:
             self._reasons.pop(workload.id, None)
             self._full = True  # it may have been the head of the line
             self._poke()
@@ -474,7 +505,7 @@ class Scheduler:
         order passes consider them, each with its reason, and how many are queued."""
         waiting = [*(p.workload for p in self._placing.values()), *self._pending.values()]
         queued = [w for w in waiting if owner is None or w.owner == owner]
-        head = heapq.nsmallest(limit, queued, key=_rank)
+        head = heapq.nsmallest(limit, queued, key=rank)
         return [(w, self._reasons.get(w.id) or w.reason) for w in head], len(queued)
 
     # --- life cycle ----------------------------------------------------------------
@@ -589,6 +620,7 @@ class Scheduler:
                     log.exception("scheduler pass failed; retrying")
                 self._failing[name] = failure
             self._full = True
+            self._settled = None  # the reasons of the pass may not be stored
             self._arm_retry()
         else:
             if self._failing.pop(name, None) is not None:
@@ -715,10 +747,41 @@ class Scheduler:
         if workload.id in self._pending or workload.id in self._placing:  # found twice
             return
         self._pending[workload.id] = workload
-        if self._queue and _rank(workload) < _rank(self._queue[-1]):
-            self._sorted = False  # it goes ahead of workloads already walked
-            self._full = True
-        self._queue.append(workload)
+        self._count(workload, 1)
+        queue = self._queue
+        key = rank(workload)
+        if not queue or key > rank(queue[-1]):
+            queue.append(workload)  # the usual submit: after everything queued
+        elif not self._sorted:
+            queue.append(workload)  # the next pass sorts
+        else:  # ahead of workloads already queued (a higher priority): in its place
+            at = bisect.bisect_right(queue, key, key=rank)
+            queue.insert(at, workload)
+            self._front = min(self._front, at)
+            self._full = True  # the next pass walks from the front
+            if at < self._walked:  # among those walked: the pass walks it (see admit)
+                self._walked += 1
+                settled = self._settled
+                if settled is not None and key > settled.after:  # inside what they told
+                    self._settled = dataclasses.replace(settled, after=key)  # less of it
+
+    def _unqueue(self, workload_id: str) -> Workload | None:
+        """Take a workload out of the queue (its entry in ``_queue`` goes stale)."""
+        workload = self._pending.pop(workload_id, None)
+        if workload is not None:
+            self._count(workload, -1)
+        return workload
+
+    def _count(self, workload: Workload, delta: int) -> None:
+        res = workload.resources
+        key = (res.cpus, res.memory_mb, res.gpus)
+        count = self._shapes.get(key, 0) + delta
+        if count:
+            self._shapes[key] = count
+        else:
+            del self._shapes[key]
+        if workload.max_running is not None:
+            self._limited += delta
 
     def _requeue(self, workload: Workload) -> None:
         """Queue again a workload taken out of the queue (its claim or placement
@@ -731,47 +794,131 @@ class Scheduler:
         if not self._leads():
             self._full = True
             return
-        if self._full or self._last_pass is None:
-            self._full = False
-            if self._sorted:  # drop what was claimed or stopped since
-                self._queue = [w for w in self._queue if w.id in self._pending]
-            else:
-                self._queue = sorted(self._pending.values(), key=_rank)
-                self._sorted = True
-            self._last_pass = None
-            self._walked = 0
-        todo, self._walked = self._queue[self._walked :], len(self._queue)
         try:
-            claims, reasons = self._walk(todo, self._last_pass)
+            if self._full or self._last_pass is None:
+                self._full = False
+                claims, reasons = self._walk_from_front()
+            else:
+                claims, reasons = self._walk_new()
         except BaseException:
-            self._full = True  # part of the tail was not walked
+            self._full = True  # part of the queue was not walked
+            self._settled = None
             raise
         await self._claim_all(claims, reasons)
 
-    def _walk(
-        self, workloads: list[Workload], resume: Pass | None
-    ) -> tuple[list[_Claim], list[tuple[str, str]]]:
-        """Decide with ``admission.admit``, without awaiting anything: the workloads to
-        claim (their resources taken now) or place, and the reasons to store for those
-        left waiting."""
-        assert self.executor is not None
-        workloads = [w for w in workloads if w.id in self._pending]  # not claimed since
+    def _live(self, start: int, stop: int) -> Iterator[Workload]:
+        """The pending workloads of ``_queue[start:stop]``, in order."""
+        queue, pending = self._queue, self._pending
+        for i in range(start, stop):
+            workload = queue[i]
+            if pending.get(workload.id) is workload:
+                yield workload
+
+    def _walk_from_front(self) -> tuple[list[_Claim], list[tuple[str, str]]]:
+        """A pass from the front of the queue: over what the passes before walked
+        (it stops early where ``admit`` may: ``_settled``), then over what was queued
+        since. Stale entries are skipped, and the queue is compacted only once they
+        outnumber the pending (each entry is dropped once: O(1) a removal)."""
+        if not self._sorted:
+            self._queue = sorted(self._pending.values(), key=rank)
+            self._sorted, self._front, self._walked, self._settled = True, 0, 0, None
+        elif len(self._queue) - len(self._pending) > len(self._pending):
+            self._compact()
+        queue, pending = self._queue, self._pending
+        front = self._front
+        while front < len(queue) and pending.get(queue[front].id) is not queue[front]:
+            front += 1
+        self._front = front
+        split = max(self._walked, front)
+        new = [w for w in queue[split:] if pending.get(w.id) is w]
+        self._walked = len(queue)
+        basis = self._unfit_basis()
+        settled, shapes = None, None
+        if self._settled is not None and not self._limited and basis == self._settled_basis:
+            settled, shapes = self._settled, dict(self._shapes)
+            for workload in new:  # counted apart: only what was walked before
+                res = workload.resources
+                key = (res.cpus, res.memory_mb, res.gpus)
+                shapes[key] -= 1
+                if not shapes[key]:
+                    del shapes[key]
+        self._settled_basis = basis
         decision = admit(
-            workloads, self._free, self._batch_running, unfit=self._unfit, resume=resume
+            self._live(front, split),
+            self._free,
+            self._batch_running,
+            unfit=self._unfit,
+            settled=settled,
+            shapes=shapes,
         )
-        self._last_pass = decision.resume
+        claims, reasons = self._decided(decision), decision.reasons
+        walked = decision.walked
+        if new:
+            decision = admit(
+                new,
+                self._free,
+                self._batch_running,
+                unfit=self._unfit,
+                resume=decision.resume,
+                settled=decision.settled,
+            )
+            claims += self._decided(decision)
+            reasons += decision.reasons
+            walked += decision.walked
+        self._last_pass, self._settled, self.last_walked = decision.resume, decision.settled, walked
+        return claims, [(wid, r) for wid, r in reasons if self._reasons.get(wid) != r]
+
+    def _walk_new(self) -> tuple[list[_Claim], list[tuple[str, str]]]:
+        """A pass after submits only: over what was queued since, resuming where the
+        last walk stopped."""
+        queue = self._queue
+        new = [w for w in queue[self._walked :] if self._pending.get(w.id) is w]
+        self._walked = len(queue)
+        decision = admit(
+            new,
+            self._free,
+            self._batch_running,
+            unfit=self._unfit,
+            resume=self._last_pass,
+            settled=self._settled,
+        )
+        self._last_pass, self._settled, self.last_walked = (
+            decision.resume,
+            decision.settled,
+            decision.walked,
+        )
+        claims = self._decided(decision)
+        return claims, [(wid, r) for wid, r in decision.reasons if self._reasons.get(wid) != r]
+
+    def _compact(self) -> None:
+        """Drop the stale entries of ``_queue`` (those no longer pending)."""
+        pending = self._pending
+        walked = sum(1 for w in self._queue[: self._walked] if pending.get(w.id) is w)
+        self._queue = [w for w in self._queue if pending.get(w.id) is w]
+        self._front, self._walked = 0, walked
+
+    def _unfit_basis(self) -> object:
+        """What ``_unfit`` judges by: the total, or the nodes (with placement)."""
+        assert self.executor is not None
+        if self.executor.placement:
+            return tuple(self.executor.nodes())
+        return (self._total.cpus, self._total.memory_mb, len(self._total.gpus))
+
+    def _decided(self, decision: Decision) -> list[_Claim]:
+        """Take the resources of what ``decision`` starts, at once: the claims to make
+        (or, with placement, the placements asked for)."""
+        assert self.executor is not None
         claims: list[_Claim] = []
         for start in decision.start:
             if self.executor.placement:
                 self._place(start.workload, start.gpus)
             else:
                 claims.append(self._reserve(start.workload, start.gpus))
-        reasons = [(wid, r) for wid, r in decision.reasons if self._reasons.get(wid) != r]
-        return claims, reasons
+        return claims
 
     def _reserve(self, workload: Workload, devices: list[int]) -> _Claim:
         """Take a pending workload out of the queue to claim it, its resources taken."""
-        del self._pending[workload.id]
+        self._unqueue(workload.id)
         self._reasons.pop(workload.id, None)
         self._take(workload, devices)
         claim = self._claiming[workload.id] = _Claim(workload, devices)
@@ -866,7 +1013,7 @@ class Scheduler:
         """Take the workload's resources and ask the executor for a node (see the
         module docstring); ``_placed`` goes on once there is one."""
         assert self.executor is not None
-        del self._pending[workload.id]
+        self._unqueue(workload.id)
         self._reasons.pop(workload.id, None)
         self._take(workload, devices)
         loop = asyncio.get_running_loop()
@@ -1293,6 +1440,7 @@ class Scheduler:
         """The lease is lost: claim and launch nothing, write no status; processes
         keep running, and those another leader ends are stopped (``_reconcile``)."""
         self._paused = True
+        self._settled = None  # another leader may give reasons meanwhile
         for wid in list(self._placing):
             self._unplace(wid)
 
