@@ -21,7 +21,10 @@ checked against the state machine and recorded as an event.
   appended; one of a higher priority is put in its place, ``bisect``), and a workload
   that leaves it (claimed, placed, killed) only leaves a stale entry behind, skipped
   by the walks (``_front`` past those at the front) and dropped all at once when
-  stale entries outnumber the pending (O(1) a removal). A pass that follows only
+  stale entries outnumber the pending (O(1) a removal); those a walk from the front
+  skipped before where it stopped (workloads that started behind a head of the line
+  that waits) are dropped once more than ``STALE_SKIPPED``, or every exit's pass
+  would skip them again. A pass that follows only
   submits resumes where the last one stopped (its free capacity, its head of the
   line) and walks just the new tail. A change that can let earlier workloads start
   (an exit, a pending workload leaving, a submit ahead of others, the safety poll)
@@ -191,6 +194,9 @@ CLAIM_BATCH = 64
 """Claims per statement (``Store.claim_workloads``)."""
 PLACING_REASON_SECONDS = 0.2
 """A placement not made after this long gets its reason stored."""
+STALE_SKIPPED = 256
+"""Stale entries of the queue a walk from the front skipped before the place it
+stopped at, beyond which they are dropped (``_walk_from_front``)."""
 
 
 @dataclass(slots=True)
@@ -259,6 +265,8 @@ class Scheduler:
         self._sorted = True  # _queue is in order, each of _pending in it once
         self._front = 0  # _queue[:_front] holds only stale entries
         self._walked = 0  # _queue[:_walked] was walked by the passes since the last sort
+        self._reached = 0  # where the last _live got to in _queue
+        self._skipped = 0  # the stale entries it skipped
         self._full = True  # the next pass walks from the front of the queue
         self._last_pass: Pass | None = None  # where the last walk stopped
         self._shapes: dict[ResShape, int] = {}  # _pending, counted by resources asked
@@ -801,18 +809,36 @@ class Scheduler:
         await self._claim_all(claims, reasons)
 
     def _live(self, start: int, stop: int) -> Iterator[Workload]:
-        """The pending workloads of ``_queue[start:stop]``, in order."""
+        """The pending workloads of ``_queue[start:stop]``, in order; it counts
+        where it got to (``_reached``) and the stale entries it skipped
+        (``_skipped``), which its caller sets first."""
         queue, pending = self._queue, self._pending
         for i in range(start, stop):
             workload = queue[i]
+            self._reached = i + 1
             if pending.get(workload.id) is workload:
                 yield workload
+            else:
+                self._skipped += 1
+
+    def _drop_skipped(self, start: int) -> None:
+        """Drop the stale entries of ``_queue`` the last ``_live`` from ``start``
+        skipped, once more than ``STALE_SKIPPED``: they lie before where the walks
+        stop (workloads that started behind a head of the line that waits), so every
+        pass from the front would skip them again."""
+        if self._skipped <= STALE_SKIPPED:
+            return
+        queue, pending, reached = self._queue, self._pending, self._reached
+        kept = [w for w in queue[start:reached] if pending.get(w.id) is w]
+        queue[start:reached] = kept
+        self._walked -= reached - start - len(kept)  # (all of them were walked)
 
     def _walk_from_front(self) -> tuple[list[_Claim], list[tuple[str, str]]]:
         """A pass from the front of the queue: over what the passes before walked
         (it stops early where ``admit`` may: ``_settled``), then over what was queued
         since. Stale entries are skipped, and the queue is compacted only once they
-        outnumber the pending (each entry is dropped once: O(1) a removal)."""
+        outnumber the pending (each entry is dropped once: O(1) a removal), or those
+        the walk skipped once they are many (``_drop_skipped``)."""
         if not self._sorted:
             self._queue = sorted(self._pending.values(), key=rank)
             self._sorted, self._front, self._walked, self._settled = True, 0, 0, None
@@ -837,6 +863,7 @@ class Scheduler:
                 if not shapes[key]:
                     del shapes[key]
         self._settled_basis = basis
+        self._reached, self._skipped = front, 0
         decision = admit(
             self._live(front, split),
             self._free,
@@ -845,6 +872,7 @@ class Scheduler:
             settled=settled,
             shapes=shapes,
         )
+        self._drop_skipped(front)
         claims, reasons = self._decided(decision), decision.reasons
         walked = decision.walked
         if new:
