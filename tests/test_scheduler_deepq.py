@@ -312,3 +312,34 @@ def test_workloads_that_start_behind_a_waiting_head_are_not_skipped_by_every_pas
     assert failures == []
     assert pending == 2001 - 3 - 400
     assert max(stale) <= STALE_SKIPPED + 3
+
+
+def test_reasons_another_leader_stored_meanwhile_are_told_again(tmp_path: Path) -> None:
+    """The lease lost, another server schedules and stores its own reasons (another
+    machine: "waiting for 1 CPU, 0 free" where this one said "waiting behind" the
+    head); the lease held again, the pass walks everything: what it tells must be
+    stored, even where it is what this server stored before."""
+
+    async def scenario() -> tuple[dict[str, str | None], dict[str, str | None]]:
+        async with checked(tmp_path) as (store, scheduler, machine):
+            fill = await submit(store, scheduler, many=3)
+            big = {"command": ["true"], "resources": Resources(cpus=2)}
+            head, _ = await store.create_workload(WorkloadCreate(**big), owner="alice")
+            scheduler.submitted(head)
+            behind = await submit(store, scheduler, many=3)
+            await end(scheduler, machine, fill[0].id)  # 1 CPU free: behind the head
+            await scheduler.pause()
+            other = [(w.id, "waiting for 1 CPU, 0 free") for w in behind]
+            await store.set_pending_reasons(other)  # the other leader's
+            await scheduler.resume()
+            await idle(scheduler)
+            page = await store.list_workloads(statuses=[Status.PENDING], limit=100)
+            stored = {w.id: w.reason for w in page.items}
+            return stored, {wid: scheduler._reasons.get(wid) for wid in stored}
+
+    stored, held = asyncio.run(scenario())
+    assert stored == held
+    assert set(stored.values()) == {
+        "waiting for 2 CPUs, 1 free",
+        f"waiting behind {min(stored)} (priority 0), which needs more",
+    }

@@ -3,9 +3,10 @@
 once its dependency completes joins the queue in the middle: its id is older than
 those submitted since; one whose dependency failed is killed), a claim refused (the
 workload killed while its claim is under way), the store refusing a claim or the
-pending reasons (the pass is retried), the safety poll, and the lease lost and held
-again. Every pass decides as today's would, and once idle every pending workload's
-stored reason is the one the scheduler holds.
+pending reasons (the pass is retried), the safety poll, and the lease lost (another
+leader stores reasons of its own) and held again. Every pass decides as today's
+would, and once idle every pending workload's stored reason is the one the
+scheduler holds.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class Faults:
         self.claims = 0
         self.kill_in_claim = False
         claim, set_reasons = store.claim_workloads, store.set_pending_reasons
+        self.set_reasons = set_reasons
+        """The store's own (another leader's writes)."""
 
         async def claim_workloads(
             ids: Sequence[str], *, node: str, fence: Fence | None = None
@@ -216,11 +219,19 @@ class Player:
                 await scheduler._guard(scheduler._reconcile)
             scheduler._poke()
         elif kind == "lease":
-            await idle(scheduler)
-            await (scheduler.resume() if self.paused else scheduler.pause())
-            self.paused = not self.paused
+            await self.lease()
         if step[1]:
             await idle(scheduler)
+
+    async def lease(self) -> None:
+        """Lost (another leader tells every pending workload its own reason), or held
+        again."""
+        await idle(self.scheduler)
+        await (self.scheduler.resume() if self.paused else self.scheduler.pause())
+        self.paused = not self.paused
+        if self.paused:
+            page = await self.store.list_workloads(statuses=[Status.PENDING], limit=1000)
+            await self.faults.set_reasons([(w.id, "another leader's") for w in page.items])
 
     async def kill(self, k: int) -> None:
         await idle(self.scheduler)  # (not while a pass runs: it would take it for a start)

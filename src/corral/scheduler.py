@@ -37,8 +37,9 @@ checked against the state machine and recorded as an event.
   that check; while a batch-limited workload is queued (its reason counts its batch,
   not its shape), or once what ``_unfit`` judges by changed, or after a pass whose
   reasons the store refused, a sort (a requeue) or a lease lost (another leader
-  may have given reasons meanwhile), the pass walks everything, as
-  does the first one of a server; its reasons are then those of a walk over the whole
+  may have stored reasons meanwhile: ``resume`` also forgets which were stored, so
+  each is stored again), the pass walks everything, as does the first one of a
+  server; its reasons are then those of a walk over the whole
   queue, as every pass from the front gives. Within a walk, the reason of a waiting
   workload depends only on its resource shape until something starts, so it is
   computed once per shape.
@@ -1462,13 +1463,14 @@ class Scheduler:
         """The lease is lost: claim and launch nothing, write no status; processes
         keep running, and those another leader ends are stopped (``_reconcile``)."""
         self._paused = True
-        self._settled = None  # another leader may give reasons meanwhile
+        self._settled = None  # another leader may store reasons meanwhile (``resume``)
         for wid in list(self._placing):
             self._unplace(wid)
 
     async def resume(self) -> None:
         """The lease is held again: end the running workloads of other servers, take
-        in every pending one, record the ends kept, and schedule."""
+        in every pending one, forget what reasons were stored (another leader's may
+        have replaced them), record the ends kept, and schedule."""
         assert self.executor is not None
         stopped_at = await self._servers_last_seen()
         running: set[str] = set()
@@ -1476,6 +1478,11 @@ class Scheduler:
             running.add(workload.id)
             if self._foreign(workload):
                 await self._fail_lost_server(workload, stopped_at)
+        # Another leader may have stored reasons of its own meanwhile: what is stored
+        # is not known any more, so every reason is stored again, even one this server
+        # stored before (the first pass walks everything: ``_settled`` is None).
+        self._reasons.clear()
+        self._settled = None
         self._paused = False
         for wid in list(self._unlaunched):  # claimed while the lease ran out
             run_as = self._unlaunched.pop(wid)
