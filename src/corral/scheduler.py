@@ -13,7 +13,8 @@ checked against the state machine and recorded as an event.
   by a pure function, ``corral.admission.admit`` (its docstring states the rules);
   this module claims and launches what it decides and stores the reasons. A claim
   refused (the workload was killed meanwhile) leaves what it would have taken free:
-  the pass stores no reasons and the next one, at once, walks everything again.
+  the next pass, at once, walks from the front again, and tells again those the pass
+  told with it taken whose reason that changes.
 - **Deep queues stay cheap.** Neither a submit nor an exit may cost a walk of every
   pending workload (10,000 queued behind a full machine made each submit take 40
   ms; 100,000 made each exit hold the loop for 170 ms). So:
@@ -64,7 +65,7 @@ checked against the state machine and recorded as an event.
   synchronously what to start, taking each one's resources in memory at once (it
   moves to ``_claiming``), then awaits the claims together (and the pending reasons);
   a claim refused (killed meanwhile) gives its resources back and the next pass walks
-  everything. A kill that arrives while its claim is under way marks it, and the
+  from the front. A kill that arrives while its claim is under way marks it, and the
   claim, once committed, launches nothing. Who runs as whom (``account_of``) is read
   before the claims, so a claim and its launch follow each other within one loop
   turn: nothing can stop a workload between them unseen by the executor. Exits are
@@ -1002,7 +1003,7 @@ class Scheduler:
         if running is None or claim.stopped:
             self._unclaim(claim)
             self._ended(wid)  # killed (by another process?): its dependants see it
-            self._full = True  # what it held is free: the next pass walks everything
+            self._full = True  # what it held is free: the next pass walks from the front
             self._poke()
             return
         del self._claiming[wid]
