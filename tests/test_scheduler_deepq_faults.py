@@ -1,12 +1,12 @@
 """The scheduler's passes against today's (``tests/test_scheduler_deepq.py``'s
 ``Checked``), through what that test leaves out: dependencies (a dependant unblocked
 once its dependency completes joins the queue in the middle: its id is older than
-those submitted since; one whose dependency failed is killed), a claim refused (the
-workload killed while its claim is under way), the store refusing a claim or the
-pending reasons (the pass is retried), the safety poll, and the lease lost (another
-leader stores reasons of its own) and held again. Every pass decides as today's
-would, and once idle every pending workload's stored reason is the one the
-scheduler holds.
+those submitted since; one whose dependency failed is killed), submits through
+another server (the safety poll finds them), a claim refused (the workload killed
+while its claim is under way), the store refusing a claim or the pending reasons
+(the pass is retried), the safety poll, and the lease lost (another leader stores
+reasons of its own) and held again. Every pass decides as today's would, and once
+idle every pending workload's stored reason is the one the scheduler holds.
 """
 
 from __future__ import annotations
@@ -155,10 +155,10 @@ async def idle(scheduler: Checked) -> None:
 
 @st.composite
 def step(draw: st.DrawFn) -> tuple[Any, ...]:
-    kinds = ["submit"] * 5 + ["exit"] * 4 + ["dep"] * 2
+    kinds = ["submit"] * 5 + ["exit"] * 4 + ["dep"] * 2 + ["elsewhere"]
     kind = draw(st.sampled_from([*kinds, "kill", "refuse", "fail", "poll", "lease"]))
     wait = draw(st.sampled_from([True, True, False]))
-    if kind in ("submit", "dep"):
+    if kind in ("submit", "dep", "elsewhere"):
         return (
             kind,
             wait,
@@ -182,14 +182,17 @@ class Player:
         """Each owner's workloads, for dependencies (only one's own may be named)."""
         self.paused = False
 
-    async def submit(self, owner: str, spec: dict[str, Any]) -> None:
+    async def submit(self, owner: str, spec: dict[str, Any], *, told: bool = True) -> None:
+        """``told``: the API tells the scheduler (else another server took it: the
+        safety poll finds it)."""
         created, _ = await self.store.create_workload(WorkloadCreate(**spec), owner=owner)
         self.made[owner].append(created.id)
-        self.scheduler.submitted(created)
+        if told:
+            self.scheduler.submitted(created)
 
     async def play(self, step: tuple[Any, ...]) -> None:
         kind, scheduler, faults = step[0], self.scheduler, self.faults
-        if kind in ("submit", "dep"):
+        if kind in ("submit", "dep", "elsewhere"):
             _, _, owner, priority, (cpus, memory_mb, gpus), k = step
             spec: dict[str, Any] = {
                 "command": ["true"],
@@ -199,7 +202,7 @@ class Player:
             mine = self.made[owner]
             if kind == "dep" and mine:
                 spec["depends_on"] = [mine[k % len(mine)]]
-            await self.submit(owner, spec)
+            await self.submit(owner, spec, told=kind != "elsewhere")
         elif kind == "exit":
             running = sorted(self.machine.running())
             if running:
