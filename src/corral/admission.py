@@ -62,10 +62,14 @@ batch-limited one among them) stops after a workload ``w`` when
 
 Then each workload left would be given the reason it already has and none would
 start: the walk decides exactly as one over everything, and its reasons differ from
-that walk's only by leaving out those unchanged. Condition 2 and 3 are asked again
-only when they may have become true: after a start, when the head is set and when a
-shape has been walked to its last. The caller keeps ``shapes`` (a count per shape),
-so a check costs a look at each shape left, and the common exit (the next in line
+that walk's only by leaving out those unchanged. Condition 2 and 3 are asked only
+past ``settled.after`` with the head set, of one shape at a time: an answer holds
+until a start or the head set (then every shape is asked again), and a shape that
+fails is asked again only once walked to its last. The caller keeps ``shapes`` (a
+count per shape); a walk asks about at most one shape per workload walked past
+``settled.after``, beyond ``CREDIT`` (so many shapes cannot make a walk that does
+not stop cost more than about a walk over everything: asking every shape left each
+time one ran out was quadratic in the shapes), and the common exit (the next in line
 starts, its successor becomes the head, everyone behind is told "waiting for 1 CPU, 0
 free" as before) walks two workloads. ``Decision.settled`` hands on what this walk
 told: everything after its last start or head, with what is free now; a walk resumed
@@ -90,6 +94,9 @@ from corral.model import TERMINAL, Resources, Status, Workload
 
 REASON_IDS = 3
 """How many unmet dependencies a reason names before "and N more"."""
+CREDIT = 64
+"""How many shapes a walk that may stop early asks about before it has walked as
+many workloads past where the walks before stopped telling (see ``_walk_settling``)."""
 
 Shape = tuple[float, int, int, bool]
 """cpus, memory_mb, gpus, and whether the workload's owner is the head of the line's."""
@@ -231,31 +238,74 @@ def _walk_settling(
     walk: _Walk, queue: Iterator[Workload], settled: Settled, shapes: Mapping[ResShape, int]
 ) -> bool:
     """The walk over ``queue`` until it may stop (True), or over all of it (False);
-    see "Stopping early" in the module docstring. ``left`` counts the shapes not
-    walked yet; whether the walk may stop is asked again whenever what it depends on
-    may have changed: a start, the head of the line set, a shape walked to its last."""
-    left = dict(shapes)
-    ready = False  # nothing left can start, and each shape left is told what it was
+    see "Stopping early" in the module docstring. Whether it may is asked only past
+    ``settled.after`` with the head of the line set (``_Asking``)."""
+    asking = _Asking(walk, settled, shapes)
+    left = asking.left
     for workload in queue:
         if workload.max_running is not None:  # not as promised: walk everything
             _walk_all(walk, itertools.chain([workload], queue))
             return False
         res = workload.resources
         key = (res.cpus, res.memory_mb, res.gpus)
-        count = left.get(key, 0) - 1
-        if count > 0:
-            left[key] = count
-        else:
-            left.pop(key, None)
+        count = left.get(key)
+        if count is not None:
+            left[key] = count - 1
         last = walk.last
         walk.step(workload)
-        if walk.head is None:
-            continue
-        if walk.last is not last or count <= 0:
-            ready = walk.settles(left, settled)
-        if ready and rank(workload) >= settled.after:
+        if walk.last is not last:  # a start, or the head set
+            asking.changed()
+        if walk.head is not None and rank(workload) >= settled.after and asking.done():
             return True
     return False
+
+
+class _Asking:
+    """Whether a walk may stop, asked one shape at a time (``_Walk.told``): each at
+    most once until what the answer depends on changes (a start, the head set:
+    ``changed``, and every shape is asked again); a shape that fails
+    is asked again only once walked to its last. ``left`` counts the shapes not walked
+    yet (one walked to its last stays, at 0: ``keys`` goes on over it). Each call of
+    ``done`` (a workload walked) allows one more shape to be asked, ``CREDIT`` to begin
+    with, so a walk that cannot stop costs about what a walk over everything does."""
+
+    __slots__ = ("credit", "failed", "key", "keys", "left", "settled", "walk")
+
+    def __init__(self, walk: _Walk, settled: Settled, shapes: Mapping[ResShape, int]) -> None:
+        self.walk, self.settled = walk, settled
+        self.left = dict(shapes)
+        self.keys: Iterator[ResShape] | None = None  # the shapes to ask since the last change
+        self.key: ResShape | None = None  # the one asked next (it failed: ``failed``)
+        self.failed = False
+        self.credit = CREDIT
+
+    def changed(self) -> None:
+        """What is free or available, or the head, changed: every answer may."""
+        self.keys, self.key = None, None
+
+    def done(self) -> bool:
+        """True once every shape left was asked since the last change, and told."""
+        self.credit += 1
+        left = self.left
+        if self.keys is None:
+            self.keys = iter(left)
+        while True:
+            key = self.key
+            if key is None:
+                key = self.key = next(self.keys, None)
+                if key is None:
+                    return True  # every shape left is told what it was, none starts
+                self.failed = False
+            if left[key] <= 0:  # walked to its last: nothing left to ask it of
+                self.key = None
+                continue
+            if self.failed or self.credit <= 0:
+                return False
+            self.credit -= 1
+            if not self.walk.told(key, self.settled):
+                self.failed = True
+                return False
+            self.key = None
 
 
 class _Room:
@@ -379,30 +429,28 @@ class _Walk:
                 return
         self.reasons.append((workload.id, reason))
 
-    def settles(self, left: Mapping[ResShape, int], settled: Settled) -> bool:
-        """True when no shape of ``left`` can start (nothing fits what is available,
-        or ``unfit`` says it never could) and each would be told what ``settled``
-        told it, whoever its owner (the head of the line set: a reason depends only
-        on the shape and whether the owner is the head's)."""
+    def told(self, key: ResShape, settled: Settled) -> bool:
+        """True when workloads of ``key`` cannot start (it does not fit what is
+        available, or ``unfit`` says it never could) and would be told what
+        ``settled`` told them, whoever their owner (the head of the line set: a reason
+        depends only on the shape and whether the owner is the head's)."""
         head = self.head
         assert head is not None
-        free, avail, unfit = self.free, self.avail, self.unfit
-        same = head is settled.head and free.room() == settled.room
+        cpus, memory_mb, gpus = key
+        res = Resources.model_construct(cpus=cpus, memory_mb=memory_mb, gpus=gpus)
+        excess = self.unfit(res)
+        if excess is None and self.avail.fits(res):
+            return False
+        free = self.free
+        if head is settled.head and free.room() == settled.room:
+            return True
+        # Both forms agree only if neither names the head (then "mine" changes
+        # nothing), or if the head is the same (then so is its owner).
         before = _Room(*settled.room)
-        for cpus, memory_mb, gpus in left:
-            res = Resources.model_construct(cpus=cpus, memory_mb=memory_mb, gpus=gpus)
-            excess = unfit(res)
-            if excess is None and avail.fits(res):
-                return False
-            # Both forms agree only if neither names the head (then "mine" changes
-            # nothing), or if the head is the same (then so is its owner).
-            if not same and any(
-                _waits(res, mine, free, head, excess)
-                != _waits(res, mine, before, settled.head, excess)
-                for mine in (True, False)
-            ):
-                return False
-        return True
+        return all(
+            _waits(res, mine, free, head, excess) == _waits(res, mine, before, settled.head, excess)
+            for mine in (True, False)
+        )
 
     def batch_full(self, workload: Workload) -> str | None:
         """Its reason when its batch already has ``max_running`` holding resources."""

@@ -13,7 +13,8 @@ checked against the state machine and recorded as an event.
   by a pure function, ``corral.admission.admit`` (its docstring states the rules);
   this module claims and launches what it decides and stores the reasons. A claim
   refused (the workload was killed meanwhile) leaves what it would have taken free:
-  the pass stores no reasons and the next one, at once, walks everything again.
+  the next pass, at once, walks from the front again, and tells again those the pass
+  told with it taken whose reason that changes.
 - **Deep queues stay cheap.** Neither a submit nor an exit may cost a walk of every
   pending workload (10,000 queued behind a full machine made each submit take 40
   ms; 100,000 made each exit hold the loop for 170 ms). So:
@@ -21,7 +22,10 @@ checked against the state machine and recorded as an event.
   appended; one of a higher priority is put in its place, ``bisect``), and a workload
   that leaves it (claimed, placed, killed) only leaves a stale entry behind, skipped
   by the walks (``_front`` past those at the front) and dropped all at once when
-  stale entries outnumber the pending (O(1) a removal). A pass that follows only
+  stale entries outnumber the pending (O(1) a removal); those a walk from the front
+  skipped before where it stopped (workloads that started behind a head of the line
+  that waits) are dropped once more than ``STALE_SKIPPED``, or every exit's pass
+  would skip them again. A pass that follows only
   submits resumes where the last one stopped (its free capacity, its head of the
   line) and walks just the new tail. A change that can let earlier workloads start
   (an exit, a pending workload leaving, a submit ahead of others, the safety poll)
@@ -34,8 +38,9 @@ checked against the state machine and recorded as an event.
   that check; while a batch-limited workload is queued (its reason counts its batch,
   not its shape), or once what ``_unfit`` judges by changed, or after a pass whose
   reasons the store refused, a sort (a requeue) or a lease lost (another leader
-  may have given reasons meanwhile), the pass walks everything, as
-  does the first one of a server; its reasons are then those of a walk over the whole
+  may have stored reasons meanwhile: ``resume`` also forgets which were stored, so
+  each is stored again), the pass walks everything, as does the first one of a
+  server; its reasons are then those of a walk over the whole
   queue, as every pass from the front gives. Within a walk, the reason of a waiting
   workload depends only on its resource shape until something starts, so it is
   computed once per shape.
@@ -60,7 +65,7 @@ checked against the state machine and recorded as an event.
   synchronously what to start, taking each one's resources in memory at once (it
   moves to ``_claiming``), then awaits the claims together (and the pending reasons);
   a claim refused (killed meanwhile) gives its resources back and the next pass walks
-  everything. A kill that arrives while its claim is under way marks it, and the
+  from the front. A kill that arrives while its claim is under way marks it, and the
   claim, once committed, launches nothing. Who runs as whom (``account_of``) is read
   before the claims, so a claim and its launch follow each other within one loop
   turn: nothing can stop a workload between them unseen by the executor. Exits are
@@ -191,6 +196,9 @@ CLAIM_BATCH = 64
 """Claims per statement (``Store.claim_workloads``)."""
 PLACING_REASON_SECONDS = 0.2
 """A placement not made after this long gets its reason stored."""
+STALE_SKIPPED = 256
+"""Stale entries of the queue a walk from the front skipped before the place it
+stopped at, beyond which they are dropped (``_walk_from_front``)."""
 
 
 @dataclass(slots=True)
@@ -259,6 +267,8 @@ class Scheduler:
         self._sorted = True  # _queue is in order, each of _pending in it once
         self._front = 0  # _queue[:_front] holds only stale entries
         self._walked = 0  # _queue[:_walked] was walked by the passes since the last sort
+        self._reached = 0  # where the last _live got to in _queue
+        self._skipped = 0  # the stale entries it skipped
         self._full = True  # the next pass walks from the front of the queue
         self._last_pass: Pass | None = None  # where the last walk stopped
         self._shapes: dict[ResShape, int] = {}  # _pending, counted by resources asked
@@ -807,18 +817,36 @@ class Scheduler:
         await self._claim_all(claims, reasons)
 
     def _live(self, start: int, stop: int) -> Iterator[Workload]:
-        """The pending workloads of ``_queue[start:stop]``, in order."""
+        """The pending workloads of ``_queue[start:stop]``, in order; it counts
+        where it got to (``_reached``) and the stale entries it skipped
+        (``_skipped``), which its caller sets first."""
         queue, pending = self._queue, self._pending
         for i in range(start, stop):
             workload = queue[i]
+            self._reached = i + 1
             if pending.get(workload.id) is workload:
                 yield workload
+            else:
+                self._skipped += 1
+
+    def _drop_skipped(self, start: int) -> None:
+        """Drop the stale entries of ``_queue`` the last ``_live`` from ``start``
+        skipped, once more than ``STALE_SKIPPED``: they lie before where the walks
+        stop (workloads that started behind a head of the line that waits), so every
+        pass from the front would skip them again."""
+        if self._skipped <= STALE_SKIPPED:
+            return
+        queue, pending, reached = self._queue, self._pending, self._reached
+        kept = [w for w in queue[start:reached] if pending.get(w.id) is w]
+        queue[start:reached] = kept
+        self._walked -= reached - start - len(kept)  # (all of them were walked)
 
     def _walk_from_front(self) -> tuple[list[_Claim], list[tuple[str, str]]]:
         """A pass from the front of the queue: over what the passes before walked
         (it stops early where ``admit`` may: ``_settled``), then over what was queued
         since. Stale entries are skipped, and the queue is compacted only once they
-        outnumber the pending (each entry is dropped once: O(1) a removal)."""
+        outnumber the pending (each entry is dropped once: O(1) a removal), or those
+        the walk skipped once they are many (``_drop_skipped``)."""
         if not self._sorted:
             self._queue = sorted(self._pending.values(), key=rank)
             self._sorted, self._front, self._walked, self._settled = True, 0, 0, None
@@ -843,6 +871,7 @@ class Scheduler:
                 if not shapes[key]:
                     del shapes[key]
         self._settled_basis = basis
+        self._reached, self._skipped = front, 0
         decision = admit(
             self._live(front, split),
             self._free,
@@ -851,6 +880,7 @@ class Scheduler:
             settled=settled,
             shapes=shapes,
         )
+        self._drop_skipped(front)
         claims, reasons = self._decided(decision), decision.reasons
         walked = decision.walked
         if new:
@@ -979,7 +1009,7 @@ class Scheduler:
         if running is None or claim.stopped:
             self._unclaim(claim)
             self._ended(wid)  # killed (by another process?): its dependants see it
-            self._full = True  # what it held is free: the next pass walks everything
+            self._full = True  # what it held is free: the next pass walks from the front
             self._poke()
             return
         del self._claiming[wid]
@@ -1440,13 +1470,14 @@ class Scheduler:
         """The lease is lost: claim and launch nothing, write no status; processes
         keep running, and those another leader ends are stopped (``_reconcile``)."""
         self._paused = True
-        self._settled = None  # another leader may give reasons meanwhile
+        self._settled = None  # another leader may store reasons meanwhile (``resume``)
         for wid in list(self._placing):
             self._unplace(wid)
 
     async def resume(self) -> None:
         """The lease is held again: end the running workloads of other servers, take
-        in every pending one, record the ends kept, and schedule."""
+        in every pending one, forget what reasons were stored (another leader's may
+        have replaced them), record the ends kept, and schedule."""
         assert self.executor is not None
         stopped_at = await self._servers_last_seen()
         running: set[str] = set()
@@ -1454,6 +1485,11 @@ class Scheduler:
             running.add(workload.id)
             if self._foreign(workload):
                 await self._fail_lost_server(workload, stopped_at)
+        # Another leader may have stored reasons of its own meanwhile: what is stored
+        # is not known any more, so every reason is stored again, even one this server
+        # stored before (the first pass walks everything: ``_settled`` is None).
+        self._reasons.clear()
+        self._settled = None
         self._paused = False
         for wid in list(self._unlaunched):  # claimed while the lease ran out
             run_as = self._unlaunched.pop(wid)
