@@ -262,15 +262,20 @@ def test_a_restart_without_gpus_forgets_the_gpu_file_of_the_server_before(
     files is left, though this server has no GPUs (``Harness``'s have none)."""
     ex = Harness("local", tmp_path / "data")
     try:
+        # It ends when told, once this server has stopped: an end the first server
+        # saw would be reported and forgotten there (the harness forgets every end).
+        flag = tmp_path / "end-now"
+        wait = f"while [ ! -e {flag} ]; do sleep 0.01; done"
 
         async def start() -> tuple[Any, Any]:
-            ended = await ex.start(make_workload(["true"]), devices=[0])
+            ended = await ex.start(make_workload(["sh", "-c", wait]), devices=[0])
             stray = await ex.start(make_workload(["sleep", "300"]), devices=[1])
             return ended, stray
 
         ended, stray = ex.run(start())
         run_dir = ex.run_dir(ended)
         ex.stop()
+        flag.touch()
         ex.run(until(lambda: ended.id not in find_shims(run_dir), what="its end"))
         assert ex.restart(adopt=[ended]) == {ended.id: None}
         assert ex.stopped == [stray.id]
