@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from corral.executors.local import kill_all
 from tests.server import LiveServer, free_port
 
 
@@ -35,6 +36,15 @@ def keys_in(db: Path) -> int:
 def test_a_second_scheduler_on_one_sqlite_file_is_refused_and_leaves_no_key(
     tmp_path: Path,
 ) -> None:
+    try:
+        _second_scheduler_refused(tmp_path)
+    finally:
+        # Its sleep's shim outlives the server by design: stopped here, not left to
+        # retry its status for ever once pytest removes the directory.
+        kill_all(tmp_path / "a" / "run")
+
+
+def _second_scheduler_refused(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
     url = f"sqlite:///{db}"
     with LiveServer(tmp_path / "a", "--db", url, "--executor", "local") as first:
