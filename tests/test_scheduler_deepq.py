@@ -22,7 +22,7 @@ from typing import Any
 import hypothesis.strategies as st
 from hypothesis import event, given, settings
 
-from corral.admission import Pass, admit, rank
+from corral.admission import Decision, Pass, admit, rank
 from corral.executors.base import Capacity
 from corral.model import Resources, Status, WorkloadBatchItem, WorkloadCreate
 from corral.scheduler import STALE_SKIPPED, Scheduler
@@ -78,8 +78,7 @@ class Checked(Scheduler):
         self.passes += 1
         if full and self.last_walked < len(before):
             self.early += 1
-        got = {wid: self._allocated[wid][1] for wid in before - set(self._pending)}
-        expected = {s.workload.id: s.gpus for s in today.start}
+        got, expected = self.started(before), self.expected(today)
         if got != expected:
             self.failures.append(f"pass {self.passes}: started {got}, today {expected}")
         reasons = dict(today.reasons)
@@ -90,6 +89,14 @@ class Checked(Scheduler):
                     f"pass {self.passes} ({'full' if full else 'submits'}): {wid} told"
                     f" {self._reasons.get(wid)!r}, today {want!r}"
                 )
+
+    def started(self, before: set[str]) -> dict[str, list[int]]:
+        """What the pass started (of ``before``, pending when it began), with GPUs."""
+        return {wid: self._allocated[wid][1] for wid in before - set(self._pending)}
+
+    def expected(self, today: Decision) -> dict[str, list[int]]:
+        """What today's pass starts, with GPUs."""
+        return {s.workload.id: s.gpus for s in today.start}
 
 
 @asynccontextmanager

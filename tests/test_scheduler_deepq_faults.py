@@ -22,32 +22,27 @@ import hypothesis.strategies as st
 from hypothesis import event, given, settings
 
 from corral import scheduler as scheduler_module
-from corral.admission import Pass, admit, rank
+from corral.admission import Decision, rank
 from corral.model import Resources, Status, Workload, WorkloadCreate
-from corral.scheduler import Scheduler
 from corral.store.cluster import Fence
 from corral.store.errors import StoreBusyError
 from corral.store.sqlite_async import AsyncSQLiteStore
 from tests.conftest import add_key_async
 from tests.fake_executor import FakeExecutor, FakeMachine
 from tests.test_scheduler_deepq import CAPACITY, OWNERS, SHAPES
+from tests.test_scheduler_deepq import Checked as DeepChecked
 
 
-class Checked(Scheduler):
+class Checked(DeepChecked):
     """As ``test_scheduler_deepq.Checked``; a pass runs under ``lock`` (the test runs
     the safety poll under it too, as the loop runs one or the other), and what a
     claim refused never started is left out of what today's pass starts."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.today: Pass | None = None
-        self.failures: list[str] = []
-        self.passes = 0
-        self.busy = False
         self.lock = asyncio.Lock()
         self.refused: set[str] = set()
         """Killed while their claim was under way."""
-        self.early = 0
         self.inserted = 0
 
     def _enqueue(self, workload: Workload) -> None:
@@ -57,46 +52,14 @@ class Checked(Scheduler):
         super()._enqueue(workload)
 
     async def _schedule(self) -> None:
-        async with self.lock:
-            if not self._leads():
-                await super()._schedule()
-                return
-            self.busy = True
-            try:
-                await self._checked()
-            finally:
-                self.busy = False
+        async with self.lock:  # (one that raises is retried: nothing to compare)
+            await super()._schedule()
 
-    async def _checked(self) -> None:
-        full = self._full or self._last_pass is None
-        if full:
-            todo = sorted(self._pending.values(), key=rank)
-            resume = None
-        else:
-            todo = [w for w in self._queue[self._walked :] if self._pending.get(w.id) is w]
-            resume = self.today
-        today = admit(
-            todo, self._free.copy(), dict(self._batch_running), unfit=self._unfit, resume=resume
-        )
-        self.today = today.resume
-        stored = dict(self._reasons)
-        before = set(self._pending)
-        await super()._schedule()  # (one that raises is retried: nothing to compare)
-        self.passes += 1
-        if full and self.last_walked < len(before):
-            self.early += 1
-        got = {wid: self._allocated[wid][1] for wid in before if wid in self._allocated}
-        expected = {s.workload.id: s.gpus for s in today.start if s.workload.id not in self.refused}
-        if got != expected:
-            self.failures.append(f"pass {self.passes}: started {got}, today {expected}")
-        reasons = dict(today.reasons)
-        for wid in self._pending:
-            want = reasons.get(wid, stored.get(wid))
-            if self._reasons.get(wid) != want:
-                self.failures.append(
-                    f"pass {self.passes} ({'full' if full else 'submits'}): {wid} told"
-                    f" {self._reasons.get(wid)!r}, today {want!r}"
-                )
+    def started(self, before: set[str]) -> dict[str, list[int]]:
+        return {wid: self._allocated[wid][1] for wid in before if wid in self._allocated}
+
+    def expected(self, today: Decision) -> dict[str, list[int]]:
+        return {s.workload.id: s.gpus for s in today.start if s.workload.id not in self.refused}
 
 
 class Faults:
