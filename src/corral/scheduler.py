@@ -73,6 +73,20 @@ checked against the state machine and recorded as an event.
   what they read with what the scheduler holds *after* the read (a workload claimed
   or launched meanwhile is never taken for lost nor admitted twice; the claim, a
   conditional write, is what makes a workload run at most once).
+- **Starting at submit.** A submit that finds nothing waiting (no pending workload,
+  none blocked whose dependencies may just have ended), room for it now, and this
+  server scheduling a store that can (``Store.starts_at_create``: SQLite) is not
+  queued at all: ``start_at_submit`` takes its resources, chooses its id and reads
+  whom it runs as before the create; the store creates it and claims it in the
+  create's own transaction (both events recorded, the fence checked: a lost lease
+  leaves it pending), and ``submitted`` launches it before the 201 is written. The
+  order of the queue is kept (nothing was waiting), and so are a claim's guarantees:
+  while the create is written the workload is in ``_starting`` (resources taken, held
+  for the safety poll, a kill marks it), and a create that came back pending
+  (fenced, or an idempotent replay) gives the resources back and takes the usual way.
+  Without this, a lone submit waited for the pass on the next turn, then a second
+  transaction for its claim (issue 13: submit → running 3.3 ms, two commits a
+  workload).
 - **Wake-ups, not polling.** A submit, a kill or an exit sets an ``asyncio.Event``; the
   pass runs on the next loop turn. A slow safety poll (``SAFETY_POLL_SECONDS``)
   reconciles the store with the executor: a terminal workload has no live process, a
@@ -152,9 +166,10 @@ from corral.executors.base import (
     SpawnError,
     resolve_run_as,
 )
+from corral.ids import new_id
 from corral.logs import remove_log
 from corral.metrics import Tally
-from corral.model import TERMINAL, Resources, Status, Workload
+from corral.model import TERMINAL, Resources, Status, Workload, WorkloadCreate
 from corral.store import (
     InvalidTransitionError,
     NotFoundError,
@@ -162,6 +177,7 @@ from corral.store import (
     Store,
     StoreBusyError,
 )
+from corral.store.base import StartNow
 from corral.store.cluster import Fence, FencedError
 
 log = logging.getLogger(__name__)
@@ -222,6 +238,18 @@ class _Claim:
     devices: list[int]
     stopped: bool = False
     """Made terminal through the API meanwhile: the claim, if it commits, launches nothing."""
+
+
+@dataclass(slots=True)
+class _Starting:
+    """A workload started at submit (``start_at_submit``), its create under way: its
+    resources are taken, and it runs as ``run_as``."""
+
+    resources: Resources
+    devices: list[int]
+    run_as: RunAs | None
+    stopped: bool = False
+    """Made terminal through the API meanwhile: once created, it launches nothing."""
 
 
 @dataclass(slots=True)
@@ -294,6 +322,8 @@ class Scheduler:
         self._batch_running: dict[str, int] = {}  # batch_id (with a limit) -> allocated
         self._placing: dict[str, _Placing] = {}  # pending, resources taken, node looked for
         self._claiming: dict[str, _Claim] = {}  # decided by a pass, claim under way
+        self._starting: dict[str, _Starting] = {}  # started at submit, create under way
+        self._queue_read = False  # the pending workloads read from the store (as leader)
         self._recording: set[str] = set()  # of _unrecorded: a write of the end under way
         self._tasks: set[asyncio.Task[None]] = set()  # claims, records, reasons under way
         self._stopping = False
@@ -351,13 +381,82 @@ class Scheduler:
             return _excess(res, self._total)
         return _fits_no_node(res, self.executor.nodes())
 
-    def submitted(self, workload: Workload) -> None:
-        """A new pending workload was stored (the safety poll may have found it first,
-        while the request awaited its answer)."""
+    async def start_at_submit(self, spec: WorkloadCreate, owner: str) -> StartNow | None:
+        """For a submit about to be stored: when nothing waits and it fits now (see
+        "Starting at submit" in the module docstring), its resources taken and the
+        ``StartNow`` to create it with; else None (it is queued as usual). The caller
+        then hands ``submitted`` the created workload, or ``not_started`` the error."""
+        if not self._may_start_at_submit(spec):
+            return None
+        run_as = await self._account(owner)  # (inline on SQLite: no turn of the loop)
+        if isinstance(run_as, Exception) or not self._may_start_at_submit(spec):
+            return None  # (an error: the usual way fails the workload, saying why)
+        assert self._node is not None
+        res = spec.resources
+        devices = sorted(self._free.gpus)[: res.gpus]
+        self._take_resources(res, devices)
+        # Taken outside a pass: the next one must not resume from what the last one
+        # left free (``_last_pass``), nor stop early on what it told (``_settled``).
+        # (Nothing waits now, so the walk from the front this makes costs nothing.)
+        self._full, self._settled = True, None
+        wid = new_id()
+        self._starting[wid] = _Starting(res, devices, run_as)
+        return StartNow(wid, self._node, self._fence())
+
+    def _may_start_at_submit(self, spec: WorkloadCreate) -> bool:
+        return (
+            self.executor is not None
+            and self._wake is not None
+            and not self.executor.placement
+            and self.store.starts_at_create
+            and not spec.depends_on
+            and self._queue_read  # every pending workload of the store is known
+            and not self._pending
+            and not self._recheck
+            and not self._stopping
+            and self._leads()
+            and fits(spec.resources, self._free)
+        )
+
+    def not_started(self, start: StartNow | None) -> None:
+        """The create of ``start`` failed (or its request went away before its answer:
+        a workload then running in the store with no process is the safety poll's)."""
+        if start is not None and (entry := self._starting.pop(start.workload_id, None)):
+            self._give_back_resources(entry.resources, entry.devices)
+            self._full = True
+            self._poke()
+
+    def submitted(self, workload: Workload, start: StartNow | None = None) -> None:
+        """A new workload was stored: pending (the safety poll may have found it
+        first, while the request awaited its answer), or running, created by
+        ``start`` (then launched now)."""
+        if start is not None and (entry := self._starting.pop(start.workload_id, None)):
+            if workload.id == start.workload_id and workload.status is Status.RUNNING:
+                self._started_at_submit(workload, entry)
+                return
+            self._give_back_resources(entry.resources, entry.devices)  # fenced: pending
+            self._full = True
         if self.executor is None or self._wake is None or self._known(workload.id):
             return  # (not started: a standby; the leader reads it from the database)
         self._admit(workload)
         self._poke()
+
+    def _started_at_submit(self, running: Workload, entry: _Starting) -> None:
+        """A workload created running: launch it, as a claim does (``_claimed``)."""
+        self.tally.transition(running)
+        wid = running.id
+        if entry.stopped:  # killed before its create answered: it never runs
+            self._give_back_resources(entry.resources, entry.devices)
+            self._full = True
+            self._ended(wid)
+            self._poke()
+            return
+        self._allocated[wid] = (running, entry.devices)
+        if not self._leads():  # the lease ran out meanwhile: launch nothing
+            log.warning("not starting %s: this server no longer holds the lease", wid)
+            self._unlaunched[wid] = entry.run_as  # whoever leads next finds it running
+            return
+        self._start(running, entry.devices, entry.run_as)
 
     async def set_status(
         self,
@@ -399,7 +498,7 @@ class Scheduler:
         if workload.id in self._placing:
             self._unplace(workload.id)
             self._poke()
-        claim = self._claiming.get(workload.id)
+        claim = self._claiming.get(workload.id) or self._starting.get(workload.id)
         if claim is not None:
             claim.stopped = True  # its claim, if it commits, launches nothing
         if self._unblock(workload.id) is not None:
@@ -551,6 +650,7 @@ class Scheduler:
             if not self._known(workload.id):
                 self._admit(workload)
                 self._reasons[workload.id] = workload.reason
+        self._queue_read = True
         self._task = asyncio.create_task(self._run(), name="corral-scheduler")
         self._poke()
 
@@ -748,6 +848,7 @@ class Scheduler:
                 self._blocked,
                 self._placing,
                 self._claiming,
+                self._starting,
                 self._allocated,
                 self._unrecorded,
             )
@@ -1166,12 +1267,14 @@ class Scheduler:
         taken = [(w, d) for w, d in self._allocated.values()]
         taken += [(p.workload, p.devices) for p in self._placing.values()]
         taken += [(c.workload, c.devices) for c in self._claiming.values()]
+        held = [(w.resources, d) for w, d in taken]
+        held += [(s.resources, s.devices) for s in self._starting.values()]
         self._total = Free(cap.cpus, cap.memory_mb, set(range(cap.gpus)))
         free = self._total.copy()
         token = 0
-        for workload, devices in taken:
-            free.cpus -= workload.resources.cpus
-            free.memory_mb -= workload.resources.memory_mb
+        for resources, devices in held:
+            free.cpus -= resources.cpus
+            free.memory_mb -= resources.memory_mb
             if self.executor.placement:
                 devices[:] = range(token, token + len(devices))
                 token += len(devices)
@@ -1278,8 +1381,11 @@ class Scheduler:
         if workload.batch_id is not None and workload.max_running is not None:
             batch = workload.batch_id
             self._batch_running[batch] = self._batch_running.get(batch, 0) + 1
-        self._free.cpus -= workload.resources.cpus
-        self._free.memory_mb -= workload.resources.memory_mb
+        self._take_resources(workload.resources, devices)
+
+    def _take_resources(self, resources: Resources, devices: list[int]) -> None:
+        self._free.cpus -= resources.cpus
+        self._free.memory_mb -= resources.memory_mb
         self._free.gpus -= set(devices)
 
     def _give_back(self, workload: Workload, devices: list[int]) -> None:
@@ -1287,8 +1393,11 @@ class Scheduler:
             left = self._batch_running.pop(workload.batch_id, 0) - 1
             if left > 0:
                 self._batch_running[workload.batch_id] = left
-        self._free.cpus += workload.resources.cpus
-        self._free.memory_mb += workload.resources.memory_mb
+        self._give_back_resources(workload.resources, devices)
+
+    def _give_back_resources(self, resources: Resources, devices: list[int]) -> None:
+        self._free.cpus += resources.cpus
+        self._free.memory_mb += resources.memory_mb
         # Only tokens still counted: a node that left may have shrunk the total.
         self._free.gpus |= set(devices) & self._total.gpus
 
@@ -1413,6 +1522,7 @@ class Scheduler:
             return  # a server that lost the lease only stops what others ended
         claimed = {wid for wid, entry in self._placing.items() if entry.claiming}
         held = self._allocated.keys() | self._unrecorded.keys() | self._claiming.keys() | claimed
+        held |= self._starting.keys()
         for wid in running - held:
             await self._fail_unowned(wid)
         placing = {wid for wid, entry in self._placing.items() if not entry.claiming}
@@ -1470,6 +1580,7 @@ class Scheduler:
         """The lease is lost: claim and launch nothing, write no status; processes
         keep running, and those another leader ends are stopped (``_reconcile``)."""
         self._paused = True
+        self._queue_read = False  # another leader may take submits meanwhile
         self._settled = None  # another leader may store reasons meanwhile (``resume``)
         for wid in list(self._placing):
             self._unplace(wid)
@@ -1499,6 +1610,7 @@ class Scheduler:
                 self._release(wid)
                 self._ended(wid)
         await self._guard(self._reconcile)
+        self._queue_read = True  # (a poll that failed: as a pass would, on what it has)
         self._record_ends()
         self._poke()
 
@@ -1526,6 +1638,7 @@ class Scheduler:
             or workload_id in self._allocated
             or workload_id in self._placing
             or workload_id in self._claiming
+            or workload_id in self._starting
             or workload_id in self._blocked
         )
         if not held:

@@ -257,15 +257,21 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
         idempotency_key = idempotency_key_of(request)
         scheduler.check_fits(spec.resources)
         who = principal(request)
-        workload, replayed = await creates.create(
-            spec, owner=who.user, idempotency_key=idempotency_key, actor=who.user
-        )
+        start = await scheduler.start_at_submit(spec, who.user)
+        try:
+            workload, replayed = await creates.create(
+                spec, owner=who.user, idempotency_key=idempotency_key, actor=who.user, start=start
+            )
+        except BaseException:
+            scheduler.not_started(start)
+            raise
         headers = {"Location": f"/v1/workloads/{workload.id}"}
         note(request.scope, id=workload.id, name=workload.name)
         if replayed:
             headers["Idempotent-Replayed"] = "true"
+            scheduler.not_started(start)
         else:
-            scheduler.submitted(workload)
+            scheduler.submitted(workload, start)  # (one started now is launched first)
         return json_response(workload, 201, headers)
 
     @router.get(

@@ -70,6 +70,16 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class StartNow:
+    """A create that starts at once (``Store.create_workloads``): the scheduler found
+    the queue empty and room for it, took its resources and chose its id."""
+
+    workload_id: str
+    node: str
+    fence: Fence | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewWorkload:
     """One item of ``Store.create_workloads``."""
 
@@ -77,6 +87,9 @@ class NewWorkload:
     owner: str
     idempotency_key: str | None = None
     actor: str | None = None
+    start: StartNow | None = None
+    """Create it with ``start.workload_id`` as its id and claim it at once (see
+    ``Store.create_workloads``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +143,12 @@ class Store(Protocol):
         """The database URL, for ``open_store`` in another process."""
         ...
 
+    @property
+    def starts_at_create(self) -> bool:
+        """True when ``create_workloads`` honours ``NewWorkload.start`` (else such an
+        item is created pending, under an id of the store's own)."""
+        ...
+
     async def create_workload(
         self,
         spec: WorkloadCreate,
@@ -154,7 +173,13 @@ class Store(Protocol):
     async def create_workloads(self, items: Sequence[NewWorkload]) -> list[Created | CorralError]:
         """``create_workload`` for several, in one transaction (a group commit). Each
         item is atomic on its own: an item's domain error takes its place in the result
-        and the others are still stored."""
+        and the others are still stored.
+
+        An item with ``start`` (only where ``starts_at_create``) that is created, not
+        replayed, takes ``start.workload_id`` as its id and is claimed in the same
+        transaction, as ``claim_workloads`` would (pending→running on ``start.node``,
+        by the scheduler: both events recorded), unless ``start.fence`` is no longer
+        the live lease: then it is created pending, and no error is raised."""
         ...
 
     async def create_batch(

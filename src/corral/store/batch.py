@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from corral.model import WorkloadCreate
-from corral.store.base import Created, NewWorkload, Store
+from corral.store.base import Created, NewWorkload, StartNow, Store
 
 _Queued = tuple[NewWorkload, asyncio.Future[Created]]
 
@@ -35,10 +35,11 @@ class CreateBatcher:
         owner: str,
         idempotency_key: str | None = None,
         actor: str | None = None,
+        start: StartNow | None = None,
     ) -> Created:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Created] = loop.create_future()
-        self._queue.append((NewWorkload(spec, owner, idempotency_key, actor), future))
+        self._queue.append((NewWorkload(spec, owner, idempotency_key, actor, start), future))
         if self._flushing is None:
             self._flushing = loop.create_task(self._flush(), name="corral-create-batch")
         return await future

@@ -85,7 +85,7 @@ from corral.store.base import (
     NewWorkload,
     Page,
 )
-from corral.store.cluster import Fence
+from corral.store.cluster import Fence, FencedError
 from corral.store.errors import (
     DatabaseError,
     IdempotencyKeyReusedError,
@@ -140,6 +140,7 @@ _UPDATE_STATUS = (
     f" node = COALESCE(?, node) WHERE id = ? AND status = ? RETURNING {_COLUMNS}"
 )
 _UPDATE_OWNED_STATUS = _UPDATE_STATUS.replace(" RETURNING", " AND owner = ? RETURNING")
+_RUNNING_REASON = default_reason(Status.RUNNING, None)
 
 
 def _json_text(value: object) -> str:
@@ -575,6 +576,9 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
     def url(self) -> str:
         return f"sqlite:///{self.path}"
 
+    starts_at_create = True
+    """``NewWorkload.start`` is honoured (see ``Store.create_workloads``)."""
+
     def _migrate(self) -> None:
         # WAL must be set before Alembic opens its own connection; the file lock keeps
         # two processes starting on one new database from migrating it twice.
@@ -770,13 +774,23 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
             refs = [(("depends_on", j), ref) for j, ref in enumerate(spec.depends_on)]
             self._check_dependencies(conn, item.owner, refs)
         depends_on = list(dict.fromkeys(spec.depends_on))
-        workload = self._insert_row(conn, spec, item.owner, item.actor, now, new_id(), depends_on)
+        start = item.start
+        wid = new_id() if start is None else start.workload_id
+        workload = self._insert_row(conn, spec, item.owner, item.actor, now, wid, depends_on)
         if key is not None:
             conn.execute(
                 "INSERT INTO idempotency_keys (owner, key, body_sha256, workload_id, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (item.owner, key, digest, workload.id, now),
             )
+        if start is not None:
+            try:
+                check_fence(conn, start.fence, now)
+            except FencedError:
+                return workload, False  # no longer the leader's: it waits, pending
+            running = self._claim_row(conn, wid, start.node, now)
+            assert running is not None  # (pending, just inserted, in this transaction)
+            return running, False
         return workload, False
 
     @staticmethod
@@ -1047,20 +1061,27 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         with self._write() as conn:
             now = now_rfc3339()
             check_fence(conn, fence, now)
-            reason = default_reason(Status.RUNNING, None)
             for wid in dict.fromkeys(workload_ids):
-                row = conn.execute(
-                    _UPDATE_STATUS,
-                    ("running", None, None, reason, now, now, None, node, wid, "pending"),
-                ).fetchone()
-                if row is None:
-                    continue
-                conn.execute(
-                    _INSERT_NEXT_EVENT,
-                    (wid, wid, "transition", "pending", "running", now, reason, CLAIM_ACTOR),
-                )
-                claimed.append(_row_to_workload(row))
+                running = self._claim_row(conn, wid, node, now)
+                if running is not None:
+                    claimed.append(running)
         return claimed
+
+    @staticmethod
+    def _claim_row(conn: sqlite3.Connection, wid: str, node: str, now: str) -> Workload | None:
+        """pending→running on ``node`` by the scheduler, with its event (None: it is
+        not pending)."""
+        reason = _RUNNING_REASON
+        row = conn.execute(
+            _UPDATE_STATUS, ("running", None, None, reason, now, now, None, node, wid, "pending")
+        ).fetchone()
+        if row is None:
+            return None
+        conn.execute(
+            _INSERT_NEXT_EVENT,
+            (wid, wid, "transition", "pending", "running", now, reason, CLAIM_ACTOR),
+        )
+        return _row_to_workload(row)
 
     def delete_finished(
         self,

@@ -149,6 +149,10 @@ class AsyncSQLiteStore:
     def url(self) -> str:
         return self.sync.url
 
+    @property
+    def starts_at_create(self) -> bool:
+        return self.sync.starts_at_create
+
     async def _write(self, rows: int, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``call`` (a write of ``rows`` rows) with the other small writes of this loop
         turn, in one transaction (``_write_turn``); a large one on the writer thread,
