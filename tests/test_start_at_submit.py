@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -274,3 +275,80 @@ def test_through_http_an_idle_server_answers_running(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert http.get(f"/v1/workloads/{other}").json()["status"] == "completed"
         assert http.get(f"/v1/workloads/{wid}").json()["status"] == "killed"
+
+
+class StatusesHeld:
+    """The real store, except that once ``hold()`` is called, the next reads of
+    dependencies' statuses (``statuses``: the blocked workloads' re-check) are held,
+    once read, until ``release()``: a read that takes a while (more than
+    ``INLINE_IDS`` ids go to a reader thread), so that a test can submit while a
+    re-check is under way."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.reading = asyncio.Event()
+        self._gate: asyncio.Event | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def hold(self) -> None:
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.set()
+
+    async def statuses(self, workload_ids: Any) -> Any:
+        result = await self.store.statuses(workload_ids)
+        gate = self._gate
+        if gate is not None:
+            self.reading.set()
+            await gate.wait()
+        return result
+
+
+def test_a_submit_during_a_blocked_workloads_recheck_does_not_jump_ahead_of_it(
+    tmp_path: Path,
+) -> None:
+    """A blocked workload whose dependency just completed is being re-checked (its
+    mark taken off ``_recheck`` while the statuses are read): it was submitted first
+    and is about to be queued, so a submit meanwhile must not start at submit and
+    take the only CPU ahead of it (it did: the blocked one then waited behind it)."""
+
+    async def scenario() -> dict[str, object]:
+        held: list[StatusesHeld] = []
+
+        def wrap(store: Any) -> StatusesHeld:
+            held.append(StatusesHeld(store))
+            return held[0]
+
+        async with started(tmp_path, cpus=1, wrap=wrap) as (store, scheduler):
+            one = Resources(cpus=1)
+            dep, _ = await store.create_workload(
+                WorkloadCreate(command=["sleep", "0.3"], resources=one), owner="alice"
+            )
+            scheduler.submitted(dep)
+            await until(lambda: status_is(store, dep.id, Status.RUNNING))
+            spec = WorkloadCreate(command=["sleep", "30"], resources=one, depends_on=[dep.id])
+            blocked, _ = await store.create_workload(spec, owner="alice")
+            scheduler.submitted(blocked)
+            await until(lambda: blocked.id in scheduler._reasons)  # checked: it waits
+            held[0].hold()
+            await asyncio.wait_for(held[0].reading.wait(), 10)  # re-checked once dep ended
+            late = WorkloadCreate(command=["sleep", "30"], resources=one)
+            start = await scheduler.start_at_submit(late, "alice")
+            seen: dict[str, object] = {"started at submit": start is not None}
+            if start is not None:
+                (now, _), *_ = await store.create_workloads(
+                    [NewWorkload(late, "alice", start=start)]
+                )
+                scheduler.submitted(now, start)
+            held[0].release()
+            await until(lambda: blocked.id not in scheduler._blocked)
+            await asyncio.sleep(0.3)
+            seen["blocked one"] = await status_of(store, blocked.id)
+            return seen
+
+    assert asyncio.run(scenario()) == {"started at submit": False, "blocked one": Status.RUNNING}

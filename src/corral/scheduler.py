@@ -74,7 +74,9 @@ checked against the state machine and recorded as an event.
   or launched meanwhile is never taken for lost nor admitted twice; the claim, a
   conditional write, is what makes a workload run at most once).
 - **Starting at submit.** A submit that finds nothing waiting (no pending workload,
-  none blocked whose dependencies may just have ended), room for it now, and this
+  none blocked whose dependencies may just have ended, nor a re-check of blocked
+  ones under way: their marks are off ``_recheck`` while their dependencies'
+  statuses are read, and those met are queued after), room for it now, and this
   server scheduling a store that can (``Store.starts_at_create``: SQLite) is not
   queued at all: ``start_at_submit`` takes its resources, chooses its id and reads
   whom it runs as before the create; the store creates it and claims it in the
@@ -319,6 +321,7 @@ class Scheduler:
         self._blocked: dict[str, Workload] = {}  # pending, dependencies not met yet
         self._dependants: dict[str, set[str]] = {}  # dependency -> blocked ids
         self._recheck: set[str] = set()  # blocked ids whose dependencies may have ended
+        self._rechecking = False  # _check_blocked under way (its marks taken off _recheck)
         self._batch_running: dict[str, int] = {}  # batch_id (with a limit) -> allocated
         self._placing: dict[str, _Placing] = {}  # pending, resources taken, node looked for
         self._claiming: dict[str, _Claim] = {}  # decided by a pass, claim under way
@@ -413,6 +416,7 @@ class Scheduler:
             and self._queue_read  # every pending workload of the store is known
             and not self._pending
             and not self._recheck
+            and not self._rechecking  # (those it re-checks may be queued once it is read)
             and not self._stopping
             and self._leads()
             and fits(spec.resources, self._free)
@@ -795,11 +799,14 @@ class Scheduler:
             self._recheck.clear()
             if not ids:
                 return
+            self._rechecking = True  # no start at submit ahead of those met (issue 13)
             try:
                 await self._recheck_blocked([self._blocked[wid] for wid in ids])
             except Exception:
                 self._recheck.update(wid for wid in ids if wid in self._blocked)
                 raise
+            finally:
+                self._rechecking = False
 
     async def _recheck_blocked(self, todo: list[Workload]) -> None:
         statuses = await self.store.statuses([d for w in todo for d in w.depends_on])
