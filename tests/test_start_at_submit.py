@@ -7,19 +7,23 @@ the create and the scheduler's hearing of it; and once through HTTP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from corral import scheduler as scheduler_module
+from corral.api.app import create_app
 from corral.model import Resources, Status, WorkloadCreate
 from corral.store.base import NewWorkload, StartNow
 from corral.store.cluster import Fence
 from corral.store.errors import IdempotencyKeyReusedError
 from corral.store.sqlite import SQLiteStore
+from tests.conftest import add_key_async
 from tests.server import LiveServer
 from tests.test_scheduler import started, status_is, status_of, until
 
@@ -352,3 +356,43 @@ def test_a_submit_during_a_blocked_workloads_recheck_does_not_jump_ahead_of_it(
             return seen
 
     assert asyncio.run(scenario()) == {"started at submit": False, "blocked one": Status.RUNNING}
+
+
+def test_a_submit_whose_request_is_cancelled_mid_create_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request is cancelled while its create is queued or written (a client gone,
+    uvicorn's shutdown timeout): the create is still written (``CreateBatcher`` writes
+    an item whose caller went away), running, by this server. It must then run, as a
+    pending one left by a cancelled request did before starting at submit; it was
+    left running with no process and its resources given back, and the safety poll
+    failed it as lost."""
+    monkeypatch.setattr(scheduler_module, "SAFETY_POLL_SECONDS", 600.0)
+
+    async def scenario() -> tuple[Status, str | None, float]:
+        async with started(tmp_path, cpus=1) as (store, scheduler):
+            app = create_app(store, data_dir=tmp_path, scheduler=scheduler)
+            transport = httpx.ASGITransport(app=app)
+            key = {"Authorization": f"Bearer {await add_key_async(store, 'alice')}"}
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://localhost", headers=key
+            ) as client:
+                body = {"command": ["sh", "-c", "echo ran"], "resources": {"cpus": 1}}
+                request = asyncio.create_task(client.post("/v1/workloads", json=body))
+                while not scheduler._starting:
+                    await asyncio.sleep(0)
+                request.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await request
+
+                async def created() -> list[Any]:
+                    return (await store.list_workloads()).items
+
+                await until(created)
+                (workload,) = await created()
+                await scheduler._reconcile()  # the safety poll
+                await until(lambda: status_is(store, workload.id, Status.COMPLETED), 5)
+                done = await store.get_workload(workload.id)
+                return done.status, done.reason, scheduler.free().cpus
+
+    assert asyncio.run(scenario()) == (Status.COMPLETED, "exit code 0", 1)

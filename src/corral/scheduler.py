@@ -423,12 +423,25 @@ class Scheduler:
         )
 
     def not_started(self, start: StartNow | None) -> None:
-        """The create of ``start`` failed (or its request went away before its answer:
-        a workload then running in the store with no process is the safety poll's)."""
+        """The create of ``start`` failed, or was a replay."""
         if start is not None and (entry := self._starting.pop(start.workload_id, None)):
             self._give_back_resources(entry.resources, entry.devices)
             self._full = True
             self._poke()
+
+    def unanswered(self, start: StartNow, result: tuple[Workload, bool] | BaseException) -> None:
+        """How the create of ``start`` ended, its request gone (cancelled) meanwhile
+        (``CreateBatcher``): as the route would have told it. A workload created
+        running must still be launched (it was, before starting at submit, created
+        pending and run), not left to the safety poll, which fails it as lost."""
+        if isinstance(result, BaseException):
+            self.not_started(start)
+            return
+        workload, replayed = result
+        if replayed:
+            self.not_started(start)
+        else:
+            self.submitted(workload, start)
 
     def submitted(self, workload: Workload, start: StartNow | None = None) -> None:
         """A new workload was stored: pending (the safety poll may have found it
@@ -454,6 +467,10 @@ class Scheduler:
             self._full = True
             self._ended(wid)
             self._poke()
+            return
+        if self._stopping:  # (a create whose request was cancelled, answered late)
+            log.warning("not starting %s: the server stops; its restart starts it", wid)
+            self._give_back_resources(entry.resources, entry.devices)
             return
         self._allocated[wid] = (running, entry.devices)
         if not self._leads():  # the lease ran out meanwhile: launch nothing

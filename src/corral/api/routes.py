@@ -234,7 +234,7 @@ def with_stopping(scheduler: Scheduler, workload: Workload) -> Workload:
 
 
 def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> None:
-    creates = CreateBatcher(store)
+    creates = CreateBatcher(store, scheduler.unanswered)
 
     @router.post(
         "/v1/workloads",
@@ -262,6 +262,8 @@ def _workload_routes(router: APIRouter, store: Store, scheduler: Scheduler) -> N
             workload, replayed = await creates.create(
                 spec, owner=who.user, idempotency_key=idempotency_key, actor=who.user, start=start
             )
+        except asyncio.CancelledError:
+            raise  # (its create may still be written: ``creates`` tells the scheduler)
         except BaseException:
             scheduler.not_started(start)
             raise

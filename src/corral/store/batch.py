@@ -13,20 +13,33 @@ the larger the batches. Each caller still gets its own result or its own error.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from corral.model import WorkloadCreate
 from corral.store.base import Created, NewWorkload, StartNow, Store
 
 _Queued = tuple[NewWorkload, asyncio.Future[Created]]
+Unanswered = Callable[[StartNow, Created | BaseException], None]
 
 
 class CreateBatcher:
-    """``await batcher.create(spec, …)``: ``Store.create_workload``, batched."""
+    """``await batcher.create(spec, …)``: ``Store.create_workload``, batched.
 
-    def __init__(self, store: Store) -> None:
+    A caller that goes away (cancelled) while its create is queued or written does
+    not stop it: the item is still written. For an item that starts at once
+    (``start``), whose resources the scheduler holds until it hears how the create
+    ended, ``unanswered`` is then told instead of the caller (with the result, or
+    the error; a ``CancelledError`` when it was never written)."""
+
+    def __init__(self, store: Store, unanswered: Unanswered | None = None) -> None:
         self.store = store
+        self.unanswered = unanswered
         self._queue: list[_Queued] = []
         self._flushing: asyncio.Task[None] | None = None
+
+    def _tell(self, item: NewWorkload, result: Created | BaseException) -> None:
+        if item.start is not None and self.unanswered is not None:
+            self.unanswered(item.start, result)
 
     async def create(
         self,
@@ -39,10 +52,16 @@ class CreateBatcher:
     ) -> Created:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Created] = loop.create_future()
-        self._queue.append((NewWorkload(spec, owner, idempotency_key, actor, start), future))
+        item = NewWorkload(spec, owner, idempotency_key, actor, start)
+        self._queue.append((item, future))
         if self._flushing is None:
             self._flushing = loop.create_task(self._flush(), name="corral-create-batch")
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # answered, then cancelled
+                self._tell(item, future.exception() or future.result())
+            raise  # (else the future was cancelled: ``_write`` tells, or ``_flush``)
 
     async def _flush(self) -> None:
         """Write the queue, batch after batch, until it is empty."""
@@ -51,8 +70,9 @@ class CreateBatcher:
                 batch, self._queue = self._queue, []
                 await self._write(batch)
         except asyncio.CancelledError:  # the loop is going away: so are the callers
-            for _, future in self._queue:
+            for item, future in self._queue:
                 future.cancel()
+                self._tell(item, asyncio.CancelledError())
             self._queue = []
             raise
         finally:
@@ -62,16 +82,20 @@ class CreateBatcher:
         try:
             results = await self.store.create_workloads([item for item, _ in batch])
         except asyncio.CancelledError:
-            for _, future in batch:
+            for item, future in batch:
                 future.cancel()
+                self._tell(item, asyncio.CancelledError())
             raise
         except Exception as exc:  # the whole transaction failed: every caller learns it
-            for _, future in batch:
+            for item, future in batch:
                 if not future.done():
                     future.set_exception(exc)
+                else:
+                    self._tell(item, exc)
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (item, future), result in zip(batch, results, strict=True):
             if future.done():  # the caller went away (client disconnected)
+                self._tell(item, result)
                 continue
             if isinstance(result, Exception):
                 future.set_exception(result)
