@@ -132,10 +132,11 @@ async def idle(scheduler: Checked) -> None:
 
 @st.composite
 def step(draw: st.DrawFn) -> tuple[Any, ...]:
-    """A submit (most often), an exit, both in one turn of the loop (the next pass
+    """A submit (most often), one as the route makes it (started at submit when
+    nothing waits and it fits), an exit, both in one turn of the loop (the next pass
     walks from the front, and over the submit), or a kill; whether the scheduler is let
     be idle after it (else what comes next may come before the pass)."""
-    kind = draw(st.sampled_from(["submit"] * 3 + ["exit"] * 2 + ["both", "kill"]))
+    kind = draw(st.sampled_from(["submit"] * 3 + ["route"] * 2 + ["exit"] * 2 + ["both", "kill"]))
     wait = draw(st.sampled_from([True, True, False]))
     if kind in ("exit", "kill"):
         return (kind, wait, draw(st.integers(0, 50)))
@@ -152,10 +153,34 @@ def step(draw: st.DrawFn) -> tuple[Any, ...]:
 ops = st.lists(step(), min_size=15, max_size=50)
 
 
+async def route_submit(store: AsyncSQLiteStore, scheduler: Checked, step: tuple[Any, ...]) -> None:
+    """One workload, submitted as ``POST /v1/workloads`` does (``start_at_submit``)."""
+    _, _, owner, priority, (cpus, memory_mb, gpus), _ = step
+    res = Resources(cpus=cpus, memory_mb=memory_mb, gpus=gpus)
+    spec = WorkloadCreate(command=["true"], priority=priority, resources=res)
+    start = await scheduler.start_at_submit(spec, owner)
+    (made,) = await store.create_workloads([NewWorkload(spec, owner, start=start)])
+    assert not isinstance(made, Exception)
+    scheduler.submitted(made[0], start)
+
+
+async def kill_pending(store: AsyncSQLiteStore, scheduler: Checked, n: int) -> None:
+    """Kill the ``n``-th pending workload (modulo), not while a pass runs (it would
+    take the kill for a start)."""
+    await idle(scheduler)
+    pending = sorted(scheduler._pending.values(), key=rank)
+    if pending:
+        victim = pending[n % len(pending)]
+        killed = await store.update_workload_status(victim.id, Status.KILLED, actor="test")
+        scheduler.stopped(killed)
+
+
 async def play(data_dir: Path, steps: list[tuple[Any, ...]]) -> tuple[list[str], int]:
     async with checked(data_dir) as (store, scheduler, machine):
         for step in steps:
-            if step[0] in ("submit", "both"):
+            if step[0] == "route":
+                await route_submit(store, scheduler, step)
+            elif step[0] in ("submit", "both"):
                 _, _, owner, priority, (cpus, memory_mb, gpus), many = step
                 spec: dict[str, Any] = {
                     "command": ["true"],
@@ -178,15 +203,8 @@ async def play(data_dir: Path, steps: list[tuple[Any, ...]]) -> tuple[list[str],
                 running = sorted(machine.running())
                 if running:
                     machine.end(running[step[2] % len(running)], exit_code=0)
-            else:  # (not while a pass runs: it would take the kill for a start)
-                await idle(scheduler)
-                pending = sorted(scheduler._pending.values(), key=rank)
-                if pending:
-                    victim = pending[step[2] % len(pending)]
-                    killed = await store.update_workload_status(
-                        victim.id, Status.KILLED, actor="test"
-                    )
-                    scheduler.stopped(killed)
+            else:
+                await kill_pending(store, scheduler, step[2])
             if step[1]:
                 await idle(scheduler)
         await idle(scheduler)
