@@ -33,6 +33,22 @@ REQUESTS: list[tuple[str, str, dict[str, object]]] = [
     ("POST", "/v1/workloads/batch", {"json": {"items": [BODY]}}),
     ("PUT", "/v1/workloads/batch", {"json": {}}),
     ("POST", "/v1/tokens", {"json": {"user": "bob"}}),
+    # Path parameters: served directly when the rest of the path matches.
+    ("GET", "/v1/workloads/01m8q9s845dax42vd176mq198p", {}),
+    ("GET", "/v1/workloads/nope", {}),
+    ("GET", "/v1/workloads/a%00b", {}),
+    ("GET", "/v1/workloads/a%2Fb", {}),
+    ("GET", "/v1/workloads/01m8q9s845dax42vd176mq198p/", {}),
+    ("DELETE", "/v1/workloads/01m8q9s845dax42vd176mq198p", {}),
+    ("DELETE", "/v1/workloads/a%00b", {}),
+    ("DELETE", "/v1/workloads/x", {"headers": {"Authorization": "Bearer nope"}}),
+    ("PATCH", "/v1/workloads/x", {}),
+    ("PUT", "/v1/workloads/x/status", {"json": {"status": "running"}}),
+    ("PUT", "/v1/workloads/a%00b/status", {"json": {"status": "running"}}),
+    ("PUT", "/v1/workloads/x/status", {"content": b"{bad", "headers": JSON}),
+    ("GET", "/v1/workloads/x/events", {}),
+    ("GET", "/v1/workloads/a%00b/events", {}),
+    ("POST", "/v1/workloads/x/events", {}),
 ]
 """(Not the answers that count what the database holds: two apps share it here.)"""
 _ID = re.compile(r"\b01[0-9a-hjkmnp-tv-z]{24}\b")
@@ -60,9 +76,12 @@ def test_request_only_endpoints_are_served_directly(tmp_path: Path, store: Block
     }
     assert ("/v1/workloads", "POST") in direct
     assert ("/v1/status", "GET") in direct
-    # Path parameters, or an answer FastAPI serializes: FastAPI's routes serve them.
-    assert not any("{" in path for path, _ in direct)
+    # Path parameters alone are served directly; query parameters, or an answer
+    # FastAPI serializes: FastAPI's routes serve them.
+    assert ("/v1/workloads/{workload_id}", "GET") in direct
+    assert ("/v1/workloads/{workload_id}", "DELETE") in direct
     assert ("/v1/workloads", "GET") not in direct  # query parameters
+    assert ("/v1/workloads/{workload_id}/logs", "GET") not in direct
     assert ("/healthz", "GET") not in direct
     assert ("/v1/transitions", "GET") not in direct
     assert app.router.routes[0] is next(r for r in app.router.routes if isinstance(r, DirectRoute))

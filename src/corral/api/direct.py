@@ -16,15 +16,25 @@ its methods); anything else falls through to FastAPI's routes, which still docum
 the endpoint in OpenAPI and decide every 404 and 405 as before. It has no
 ``path_regex``, so ``problems._allowed_methods`` (the methods of the routes whose
 ``path_regex`` matches) sees the routes it saw without it.
+
+An endpoint may also take path parameters besides the request (``async def
+f(workload_id: WorkloadId, request: Request) -> Response``: get, kill, a status
+change, events). Its ``DirectRoute`` matches the route's own pattern, converts the
+parameters as Starlette does, and validates them as FastAPI does (each of the
+route's own path fields validates its value: the same values, and the same
+``RequestValidationError`` for a bad one, answered by the app's handler).
+Measured on ``GET /v1/workloads/{id}`` and ``DELETE``: the bulk of FastAPI's time
+per request (docs/benchmarks.md, issue 13).
 """
 
 from __future__ import annotations
 
 import inspect
-import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeGuard, get_type_hints
 
+from fastapi._compat import ModelField
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette._utils import get_route_path
 from starlette.requests import Request
@@ -44,18 +54,28 @@ class DirectRoute(BaseRoute):
         self.name = route.name
         self.include_in_schema = False
         self.endpoint = route.endpoint
-        self.app = request_response(route.endpoint)
+        fields = route.dependant.path_params
+        self._pattern = route.path_regex if fields else None
+        self._convertors = route.param_convertors
+        self.app = request_response(_with_path_params(route.endpoint, fields))
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if (
-            scope["type"] == "http"
-            and scope["method"] in self.methods
-            and get_route_path(scope) == self.path
-        ):
-            # "route": FastAPI's router sets it for its own routes only; the request's
-            # timing (access.py, for /metrics) reads the path template there.
-            return Match.FULL, {"endpoint": self.endpoint, "path_params": {}, "route": self}
-        return Match.NONE, {}
+        if scope["type"] != "http" or scope["method"] not in self.methods:
+            return Match.NONE, {}
+        path = get_route_path(scope)
+        if self._pattern is None:
+            if path != self.path:
+                return Match.NONE, {}
+            params: dict[str, Any] = {}
+        else:
+            found = self._pattern.match(path)
+            if found is None:
+                return Match.NONE, {}
+            params = {k: self._convertors[k].convert(v) for k, v in found.groupdict().items()}
+            params = {**scope.get("path_params", {}), **params}  # (as Starlette's Route)
+        # "route": FastAPI's router sets it for its own routes only; the request's
+        # timing (access.py, for /metrics) reads the path template there.
+        return Match.FULL, {"endpoint": self.endpoint, "path_params": params, "route": self}
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
         raise NoMatchFound(name, path_params)  # the FastAPI route answers for it
@@ -67,17 +87,48 @@ class DirectRoute(BaseRoute):
         return f"DirectRoute(path={self.path!r}, methods={sorted(self.methods)!r})"
 
 
-_PARAM = re.compile(r"{[^}]*}")
+def _with_path_params(
+    endpoint: Callable[..., Awaitable[Response]], fields: list[ModelField]
+) -> Callable[[Request], Awaitable[Response]]:
+    """``endpoint`` as a function of the request alone: its path parameters
+    validated as FastAPI validates them (see the module docstring)."""
+    if not fields:
+        return endpoint
+
+    async def call(request: Request) -> Response:
+        # What FastAPI's ``request_params_to_args`` does for a path parameter, which
+        # is always there once the path matched (that function's general case, with
+        # its lookups of aliases and models, took 50 us a request).
+        values: dict[str, Any] = {}
+        errors: list[Any] = []
+        for field in fields:
+            value = request.path_params[field.alias]
+            got, wrong = field.validate(value, values, loc=("path", field.alias))
+            if wrong:
+                errors.extend(wrong)
+            else:
+                values[field.name] = got
+        if errors:
+            raise RequestValidationError(errors)
+        return await endpoint(request=request, **values)
+
+    return call
 
 
 def is_direct(route: BaseRoute) -> TypeGuard[APIRoute]:
     """True for a FastAPI route whose endpoint is ``async def f(request: Request) ->
-    Response``, at a path without parameters, with no dependencies."""
+    Response``, or takes path parameters besides (and nothing else: no query,
+    header or body parameter, no dependency)."""
+    if not isinstance(route, APIRoute) or not route.methods or route.dependencies:
+        return False
+    dependant = route.dependant
     if (
-        not isinstance(route, APIRoute)
-        or not route.methods
-        or route.dependencies
-        or _PARAM.search(route.path)
+        dependant.query_params
+        or dependant.header_params
+        or dependant.cookie_params
+        or dependant.body_params
+        or dependant.dependencies
+        or set(route.param_convertors) != {f.name for f in dependant.path_params}
     ):
         return False
     endpoint = route.endpoint
@@ -88,9 +139,10 @@ def is_direct(route: BaseRoute) -> TypeGuard[APIRoute]:
         hints = get_type_hints(endpoint)
     except NameError:  # an annotation naming something local: FastAPI's to serve
         return False
+    requests = [p for p in params if hints.get(p.name) is Request]
     return (
-        len(params) == 1
-        and hints.get(params[0].name) is Request
+        len(requests) == 1
+        and len(params) == 1 + len(dependant.path_params)
         and isinstance(hints.get("return"), type)
         and issubclass(hints["return"], Response)
     )
