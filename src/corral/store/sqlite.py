@@ -126,6 +126,10 @@ _INSERT_WORKLOAD = (
 )
 _ID_CHUNK = 500
 """Ids per ``IN (…)`` query (SQLite allows 32,766 parameters; short lists plan better)."""
+_INSERT_RUNNING = (  # started at submit: running on a node from the first write
+    f"INSERT INTO workloads ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+    " NULL, NULL, NULL, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)"
+)
 _INSERT_EVENT = (
     "INSERT INTO events (workload_id, seq, type, from_status, to_status, at, reason, actor)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -774,23 +778,23 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
             refs = [(("depends_on", j), ref) for j, ref in enumerate(spec.depends_on)]
             self._check_dependencies(conn, item.owner, refs)
         depends_on = list(dict.fromkeys(spec.depends_on))
-        start = item.start
+        start, node = item.start, None
+        if start is not None:
+            try:
+                check_fence(conn, start.fence, now)
+                node = start.node
+            except FencedError:
+                pass  # no longer the leader's: it waits, pending
         wid = new_id() if start is None else start.workload_id
-        workload = self._insert_row(conn, spec, item.owner, item.actor, now, wid, depends_on)
+        workload = self._insert_row(
+            conn, spec, item.owner, item.actor, now, wid, depends_on, node=node
+        )
         if key is not None:
             conn.execute(
                 "INSERT INTO idempotency_keys (owner, key, body_sha256, workload_id, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (item.owner, key, digest, workload.id, now),
             )
-        if start is not None:
-            try:
-                check_fence(conn, start.fence, now)
-            except FencedError:
-                return workload, False  # no longer the leader's: it waits, pending
-            running = self._claim_row(conn, wid, start.node, now)
-            assert running is not None  # (pending, just inserted, in this transaction)
-            return running, False
         return workload, False
 
     @staticmethod
@@ -826,12 +830,17 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         depends_on: list[str],
         batch_id: str | None = None,
         max_running: int | None = None,
+        node: str | None = None,
     ) -> Workload:
         """Write a new pending workload (``depends_on`` as ids), its labels,
-        dependencies and ``created`` event."""
+        dependencies and ``created`` event; with ``node``, claimed at once on it (one
+        write of the row: it is running from the start, and its events say pending,
+        then running by the scheduler, as a claim's)."""
         res = spec.resources
+        status = Status.PENDING if node is None else Status.RUNNING
+        started_at = None if node is None else now
         conn.execute(
-            _INSERT_WORKLOAD,
+            _INSERT_WORKLOAD if node is None else _INSERT_RUNNING,
             (
                 workload_id,
                 spec.name,
@@ -844,15 +853,17 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
                 _json_text(spec.labels),
                 spec.priority,
                 spec.timeout_seconds,
-                Status.PENDING.value,
+                status.value,
                 now,
                 now,
+                *(() if node is None else (started_at,)),
                 owner,
                 _json_text(depends_on) if depends_on else "[]",
                 spec.dependency_type,
                 spec.array_index,
                 batch_id,
                 max_running,
+                *(() if node is None else (node,)),
             ),
         )
         if spec.labels:
@@ -869,6 +880,20 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
             _INSERT_EVENT,
             (workload_id, 1, "created", None, Status.PENDING.value, now, None, actor),
         )
+        if node is not None:
+            conn.execute(
+                _INSERT_EVENT,
+                (
+                    workload_id,
+                    2,
+                    "transition",
+                    "pending",
+                    "running",
+                    now,
+                    _RUNNING_REASON,
+                    CLAIM_ACTOR,
+                ),
+            )
         return workload_from_row(
             {
                 **spec.model_dump(),
@@ -877,14 +902,15 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
                 "depends_on": depends_on,
                 "batch_id": batch_id,
                 "max_running": max_running,
-                "status": Status.PENDING,
+                "status": status,
                 "exit_code": None,
                 "signal": None,
                 "reason": None,
                 "created_at": now,
                 "updated_at": now,
-                "started_at": None,
+                "started_at": started_at,
                 "finished_at": None,
+                "node": node,
             }
         )
 
