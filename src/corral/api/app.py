@@ -110,10 +110,13 @@ def create_app(
         build_metrics_router(metrics),
         build_event_router(store),
     ]
+    earlier = list(app.router.routes)  # (docs, web)
     for router in routers:
         app.include_router(router)
     # In front: the routes that need nothing of FastAPI at request time (direct.py).
-    app.router.routes[:0] = [d for router in routers for d in direct_routes(router.routes)]
+    app.router.routes[:0] = direct_routes(
+        (route for router in routers for route in router.routes), behind=earlier
+    )
     _fix_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(Guard, policy=policy, keys=keys)

@@ -39,7 +39,7 @@ from fastapi.routing import APIRoute
 from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match, NoMatchFound, request_response
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route, request_response
 from starlette.types import Receive, Scope, Send
 
 
@@ -57,7 +57,8 @@ class DirectRoute(BaseRoute):
         fields = route.dependant.path_params
         self._pattern = route.path_regex if fields else None
         self._convertors = route.param_convertors
-        self.app = request_response(_with_path_params(route.endpoint, fields))
+        request = route.dependant.request_param_name or "request"
+        self.app = request_response(_with_path_params(route.endpoint, fields, request))
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http" or scope["method"] not in self.methods:
@@ -88,10 +89,11 @@ class DirectRoute(BaseRoute):
 
 
 def _with_path_params(
-    endpoint: Callable[..., Awaitable[Response]], fields: list[ModelField]
+    endpoint: Callable[..., Awaitable[Response]], fields: list[ModelField], request_name: str
 ) -> Callable[[Request], Awaitable[Response]]:
-    """``endpoint`` as a function of the request alone: its path parameters
-    validated as FastAPI validates them (see the module docstring)."""
+    """``endpoint`` as a function of the request alone (its parameter
+    ``request_name``): its path parameters validated as FastAPI validates them (see
+    the module docstring)."""
     if not fields:
         return endpoint
 
@@ -110,7 +112,7 @@ def _with_path_params(
                 values[field.name] = got
         if errors:
             raise RequestValidationError(errors)
-        return await endpoint(request=request, **values)
+        return await endpoint(**{request_name: request}, **values)
 
     return call
 
@@ -129,6 +131,11 @@ def is_direct(route: BaseRoute) -> TypeGuard[APIRoute]:
         or dependant.body_params
         or dependant.dependencies
         or set(route.param_convertors) != {f.name for f in dependant.path_params}
+        # FastAPI looks an aliased field up by its alias; here, by its name.
+        or any(
+            f.alias != f.name or f.field_info.validation_alias is not None
+            for f in dependant.path_params
+        )
     ):
         return False
     endpoint = route.endpoint
@@ -148,9 +155,39 @@ def is_direct(route: BaseRoute) -> TypeGuard[APIRoute]:
     )
 
 
-def direct_routes(routes: Iterable[BaseRoute]) -> list[DirectRoute]:
-    """A ``DirectRoute`` for each route of ``routes`` that ``is_direct``. The routes
-    are a router's own, as declared: a router included with a ``prefix`` or
-    ``dependencies`` would have them bypassed, so ``create_app`` includes its routers
-    with neither (``include_router`` refuses nothing of the kind: keep it so)."""
-    return [DirectRoute(route) for route in routes if is_direct(route)]
+def direct_routes(
+    routes: Iterable[BaseRoute], *, behind: Iterable[BaseRoute] = ()
+) -> list[DirectRoute]:
+    """A ``DirectRoute`` for each route of ``routes`` that ``is_direct``, unless a
+    route before it that stays FastAPI's (one of ``routes``, or of ``behind``: the
+    app's routes ahead of them) may answer one of its requests (the same method, a
+    path both may match: ``/v1/workloads/stats`` declared before
+    ``/v1/workloads/{id}``), which a ``DirectRoute`` in front would take from it.
+    The routes are the routers' own, as declared, in the app's order: a router
+    included with a ``prefix`` or ``dependencies`` would have them bypassed, so
+    ``create_app`` includes its routers with neither (``include_router`` refuses
+    nothing of the kind: keep it so)."""
+    direct: list[DirectRoute] = []
+    routed = list(behind)
+    for route in routes:
+        if is_direct(route) and not any(_may_share(route, other) for other in routed):
+            direct.append(DirectRoute(route))
+        else:
+            routed.append(route)
+    return direct
+
+
+def _may_share(route: APIRoute, other: BaseRoute) -> bool:
+    """Whether ``other`` may match a request ``route`` matches (when unsure, yes)."""
+    other_methods = getattr(other, "methods", None)
+    other_path = getattr(other, "path", None)
+    if not isinstance(other, Route) or other_methods is None or other_path is None:
+        return True  # a mount, a router, a route of any method: assume the worst
+    if not set(route.methods or ()) & set(other_methods):
+        return False
+    if ":path}" in route.path + other_path:  # any number of segments
+        return True
+    mine, theirs = route.path.split("/"), other_path.split("/")
+    return len(mine) == len(theirs) and all(
+        a == b or "{" in a or "{" in b for a, b in zip(mine, theirs, strict=True)
+    )
