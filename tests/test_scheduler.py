@@ -49,6 +49,20 @@ async def started(
         kill_all(tmp_path / "run")
 
 
+@asynccontextmanager
+async def api_client(
+    tmp_path: Path, store: AsyncSQLiteStore, scheduler: Scheduler
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app over ``store`` and ``scheduler``, in process, with alice's key."""
+    app = create_app(store, data_dir=tmp_path, scheduler=scheduler)
+    key = {"Authorization": f"Bearer {await add_key_async(store, 'alice')}"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://localhost", headers=key
+    ) as client:
+        yield client
+
+
 async def until(
     predicate: Callable[[], object | Awaitable[object]], timeout: float = 10.0
 ) -> float:
@@ -196,14 +210,11 @@ def test_an_exit_the_store_refuses_frees_its_capacity_and_is_recorded_later(
     seen: dict[str, object] = {}
 
     async def scenario() -> None:
-        async with started(tmp_path, cpus=1) as (store, scheduler):
-            app = create_app(store, data_dir=tmp_path, scheduler=scheduler)
-            transport = httpx.ASGITransport(app=app)
-            key = {"Authorization": f"Bearer {await add_key_async(store, 'alice')}"}
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://localhost", headers=key
-            ) as client:
-                await steps(store, scheduler, client)
+        async with (
+            started(tmp_path, cpus=1) as (store, scheduler),
+            api_client(tmp_path, store, scheduler) as client,
+        ):
+            await steps(store, scheduler, client)
 
     async def steps(
         store: AsyncSQLiteStore, scheduler: Scheduler, client: httpx.AsyncClient

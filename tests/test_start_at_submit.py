@@ -13,23 +13,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from corral import scheduler as scheduler_module
-from corral.api.app import create_app
-from corral.model import Resources, Status, WorkloadCreate
+from corral.model import Resources, Status, Workload, WorkloadCreate
+from corral.scheduler import Scheduler
 from corral.store.base import NewWorkload, StartNow
 from corral.store.cluster import Fence
 from corral.store.errors import IdempotencyKeyReusedError
 from corral.store.sqlite import SQLiteStore
-from tests.conftest import add_key_async
+from corral.store.sqlite_async import AsyncSQLiteStore
 from tests.server import LiveServer
-from tests.test_scheduler import started, status_is, status_of, until
+from tests.test_scheduler import api_client, started, status_is, status_of, until
 
 
 def _events(store: SQLiteStore, workload_id: str) -> list[tuple[str | None, str, str | None]]:
     return [(e.from_status, e.to_status, e.actor) for e in store.list_events(workload_id)]
+
+
+async def create_started(
+    store: AsyncSQLiteStore, scheduler: Scheduler, spec: WorkloadCreate
+) -> tuple[Workload, StartNow]:
+    """What the route does before ``submitted``: ``start_at_submit`` (which must
+    start it), then the create with its ``StartNow``."""
+    start = await scheduler.start_at_submit(spec, "alice")
+    assert start is not None
+    (workload, replayed), *_ = await store.create_workloads(
+        [NewWorkload(spec, "alice", actor="alice", start=start)]
+    )
+    assert not replayed
+    return workload, start
 
 
 def test_the_store_creates_it_running_in_one_transaction(tmp_path: Path) -> None:
@@ -111,11 +124,7 @@ def test_nothing_starts_at_submit_while_something_waits(tmp_path: Path) -> None:
         async with started(tmp_path, cpus=2) as (store, scheduler):
             big = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=2))
             small = WorkloadCreate(command=["true"], resources=Resources(cpus=1))
-            start = await scheduler.start_at_submit(big, "alice")
-            assert start is not None
-            (running, _), *_ = await store.create_workloads(
-                [NewWorkload(big, "alice", start=start)]
-            )
+            running, start = await create_started(store, scheduler, big)
             scheduler.submitted(running, start)
             assert await scheduler.start_at_submit(small, "alice") is None  # no room
             waiting, _ = await store.create_workload(big, owner="alice")
@@ -143,9 +152,7 @@ def test_the_pass_after_a_start_at_submit_counts_what_it_took(tmp_path: Path) ->
             await until(lambda: status_is(store, first.id, Status.COMPLETED))
             await until(lambda: scheduler.free().cpus == 1)
             spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
-            start = await scheduler.start_at_submit(spec, "alice")
-            assert start is not None
-            (busy, _), *_ = await store.create_workloads([NewWorkload(spec, "alice", start=start)])
+            busy, start = await create_started(store, scheduler, spec)
             scheduler.submitted(busy, start)
             second, _ = await store.create_workload(WorkloadCreate(command=["true"]), owner="alice")
             scheduler.submitted(second)
@@ -169,11 +176,7 @@ def test_a_kill_before_the_create_answers_launches_nothing(
         async with started(tmp_path, cpus=1) as (store, scheduler):
             assert scheduler.executor is not None
             spec = WorkloadCreate(command=["sleep", "30"], resources=Resources(cpus=1))
-            start = await scheduler.start_at_submit(spec, "alice")
-            assert start is not None
-            (workload, _), *_ = await store.create_workloads(
-                [NewWorkload(spec, "alice", start=start)]
-            )
+            workload, start = await create_started(store, scheduler, spec)
             killed = await store.update_workload_status(workload.id, Status.KILLED, actor="t")
             scheduler.stopped(killed)
             scheduler.submitted(workload, start)
@@ -239,11 +242,7 @@ def test_the_safety_poll_during_the_create_takes_nothing_for_lost(tmp_path: Path
     async def scenario() -> tuple[Status, str | None]:
         async with started(tmp_path, cpus=1) as (store, scheduler):
             spec = WorkloadCreate(command=["sh", "-c", "echo ran"])
-            start = await scheduler.start_at_submit(spec, "alice")
-            assert start is not None
-            (workload, _), *_ = await store.create_workloads(
-                [NewWorkload(spec, "alice", start=start)]
-            )
+            workload, start = await create_started(store, scheduler, spec)
             await scheduler._reconcile()
             scheduler.submitted(workload, start)
             await until(lambda: status_is(store, workload.id, Status.COMPLETED))
@@ -370,29 +369,26 @@ def test_a_submit_whose_request_is_cancelled_mid_create_still_runs(
     monkeypatch.setattr(scheduler_module, "SAFETY_POLL_SECONDS", 600.0)
 
     async def scenario() -> tuple[Status, str | None, float]:
-        async with started(tmp_path, cpus=1) as (store, scheduler):
-            app = create_app(store, data_dir=tmp_path, scheduler=scheduler)
-            transport = httpx.ASGITransport(app=app)
-            key = {"Authorization": f"Bearer {await add_key_async(store, 'alice')}"}
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://localhost", headers=key
-            ) as client:
-                body = {"command": ["sh", "-c", "echo ran"], "resources": {"cpus": 1}}
-                request = asyncio.create_task(client.post("/v1/workloads", json=body))
-                while not scheduler._starting:
-                    await asyncio.sleep(0)
-                request.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await request
+        async with (
+            started(tmp_path, cpus=1) as (store, scheduler),
+            api_client(tmp_path, store, scheduler) as client,
+        ):
+            body = {"command": ["sh", "-c", "echo ran"], "resources": {"cpus": 1}}
+            request = asyncio.create_task(client.post("/v1/workloads", json=body))
+            while not scheduler._starting:
+                await asyncio.sleep(0)
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
 
-                async def created() -> list[Any]:
-                    return (await store.list_workloads()).items
+            async def created() -> list[Any]:
+                return (await store.list_workloads()).items
 
-                await until(created)
-                (workload,) = await created()
-                await scheduler._reconcile()  # the safety poll
-                await until(lambda: status_is(store, workload.id, Status.COMPLETED), 5)
-                done = await store.get_workload(workload.id)
-                return done.status, done.reason, scheduler.free().cpus
+            await until(created)
+            (workload,) = await created()
+            await scheduler._reconcile()  # the safety poll
+            await until(lambda: status_is(store, workload.id, Status.COMPLETED), 5)
+            done = await store.get_workload(workload.id)
+            return done.status, done.reason, scheduler.free().cpus
 
     assert asyncio.run(scenario()) == (Status.COMPLETED, "exit code 0", 1)
