@@ -127,8 +127,10 @@ class Harness:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
-    async def place(self, workload: Workload, timeout: float = 10.0) -> str | None:
-        """Its node, once placed (None: the local executor places nothing)."""
+    async def place(self, workload: Workload, timeout: float = 30.0) -> str | None:
+        """Its node, once placed (None: the local executor places nothing). The
+        timeout is a liveness bound: a loaded machine's Ray may take seconds (CI once
+        timed out at 10 s placing the first of four workloads)."""
         if not self.executor.placement:
             return None
         node: str = await asyncio.wait_for(self.executor.place(workload), timeout)
