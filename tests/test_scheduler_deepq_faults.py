@@ -219,9 +219,28 @@ class Player:
         for w in page.items:
             if w.reason != held.get(w.id):
                 failures.append(f"{w.id}: stored {w.reason!r}, held {held.get(w.id)!r}")
+        failures += queue_head_differences(self.scheduler)
         early, inserted = self.scheduler.early, self.scheduler.inserted
         event(f"passes stopped early: {min(early, 3)}, put in place: {min(inserted, 2)}")
         return failures
+
+
+def queue_head_differences(scheduler: Checked) -> list[str]:
+    """``queue_head`` (a walk from the front of the queue, bounded) against a ranking
+    of everything queued, for everyone and for each owner: the same, or (a walk too
+    short to find them all) None."""
+    failures = []
+    waiting = [*(p.workload for p in scheduler._placing.values()), *scheduler._pending.values()]
+    for owner in [None, *OWNERS]:
+        mine = [w for w in waiting if owner is None or w.owner == owner]
+        expected = [w.id for w in sorted(mine, key=rank)[:4]], len(mine)
+        for walk in (1, 3, scheduler_module.QUEUE_WALK):
+            found = scheduler.queue_head(4, owner=owner, walk=walk)
+            if found is None and walk == scheduler_module.QUEUE_WALK:
+                failures.append(f"queue_head({owner}) walked the whole queue and gave up")
+            elif found is not None and ([w.id for w, _ in found[0]], found[1]) != expected:
+                failures.append(f"queue_head({owner}, walk={walk}): {found} != {expected}")
+    return failures
 
 
 async def play(data_dir: Path, deep: int, steps: list[tuple[Any, ...]]) -> list[str]:

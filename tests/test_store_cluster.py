@@ -114,6 +114,18 @@ def test_pending_ids_and_get_workloads(store: Store) -> None:
     ws = [store.create_workload(owner="u", spec=SPEC)[0] for _ in range(3)]
     store.update_workload_status(ws[0].id, Status.KILLED)
     assert store.pending_ids() == sorted(w.id for w in ws[1:])
+    more = sorted(
+        [
+            *(w.id for w in ws[1:]),
+            *(store.create_workload(owner="u", spec=SPEC)[0].id for _ in range(3)),
+        ]
+    )
+    pages, after = [], None
+    while page := store.pending_ids(after=after, limit=2):  # as the safety poll reads them
+        pages.append(page)
+        after = page[-1]
+    assert pages == [more[0:2], more[2:4], more[4:]]
+    assert store.pending_ids(after=more[2]) == more[3:] and store.pending_ids(limit=1) == more[:1]
     got = store.get_workloads([ws[2].id, ws[0].id, "0" * 26, ws[2].id])
     assert [w.id for w in got] == sorted([ws[0].id, ws[2].id])
 

@@ -384,6 +384,26 @@ def open_reader(path: Path, tail: int | None = None) -> LogReader:
     return reader
 
 
+async def open_reader_off_loop(path: Path, tail: int | None = None) -> LogReader:
+    """``open_reader`` for a route: finding the last ``tail`` lines runs on a thread,
+    since it reads back as far as they go (all of a multi-GB log without a newline:
+    seconds of the event loop before). A request cancelled meanwhile closes the
+    reader it would have had."""
+    if tail is None:
+        return open_reader(path)
+    opening = asyncio.get_running_loop().run_in_executor(None, open_reader, path, tail)
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[LogReader]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
 def log_chunks(reader: LogReader) -> Iterator[bytes]:
     """The log from the reader's position to where it ends when iteration starts, in
     chunks of at most ``READ_CHUNK_BYTES``: memory stays flat however large. The

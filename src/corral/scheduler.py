@@ -210,6 +210,13 @@ SAFETY_POLL_SECONDS = 5.0
 RETRY_SECONDS = 0.5
 """How soon an exit the store refused, or a pass that failed, is tried again."""
 PAGE = 1000
+QUEUE_WALK = 20_000
+"""Queue entries ``queue_head`` walks at most (~2 ms) before asking the store."""
+ID_PAGE = 500
+"""Ids per read of the safety poll (``_admit_unknown_pending``). The SQLite store
+reads a page of this size inline, on the loop (~0.1 ms): on a reader thread, rows
+read while the loop waits for the GIL held it off for up to 38 ms at a time (the
+GIL's switch interval is 5 ms, and a request takes it back several times)."""
 CLAIM_BATCH = 64
 """Claims per statement (``Store.claim_workloads``)."""
 PLACING_REASON_SECONDS = 0.2
@@ -302,6 +309,7 @@ class Scheduler:
         self._full = True  # the next pass walks from the front of the queue
         self._last_pass: Pass | None = None  # where the last walk stopped
         self._shapes: dict[ResShape, int] = {}  # _pending, counted by resources asked
+        self._owners: dict[str, int] = {}  # _pending, counted by owner (queue_head)
         self._limited = 0  # of _pending, those of a batch with a limit
         self._settled: Settled | None = None  # what the passes told the end of the queue
         self._settled_basis: object = None  # what _unfit judged by, then
@@ -624,19 +632,49 @@ class Scheduler:
         """``queue_head`` where this server schedules; elsewhere (a standby, or a
         server that runs nothing: ``--executor none``) the store's ``queue_head``."""
         if self.executor is not None and not self._standby():
-            return self.queue_head(limit, owner=owner)
+            found = self.queue_head(limit, owner=owner)
+            if found is not None:
+                return found
+            # Deep in a long queue: the store's index finds them (reasons as held here).
+            head, length = await self.store.queue_head(limit, owner=owner)
+            return [(w, self._reasons.get(w.id) or w.reason) for w in head], length
         head, length = await self.store.queue_head(limit, owner=owner)
         return [(w, w.reason) for w in head], length
 
     def queue_head(
-        self, limit: int, *, owner: str | None = None
-    ) -> tuple[list[tuple[Workload, str | None]], int]:
+        self, limit: int, *, owner: str | None = None, walk: int = QUEUE_WALK
+    ) -> tuple[list[tuple[Workload, str | None]], int] | None:
         """The first ``limit`` queued workloads (``owner``'s only, when given) in the
-        order passes consider them, each with its reason, and how many are queued."""
-        waiting = [*(p.workload for p in self._placing.values()), *self._pending.values()]
-        queued = [w for w in waiting if owner is None or w.owner == owner]
-        head = heapq.nsmallest(limit, queued, key=rank)
-        return [(w, self._reasons.get(w.id) or w.reason) for w in head], len(queued)
+        order passes consider them, each with its reason, and how many are queued;
+        None when ``owner``'s are not within the first ``walk`` entries of the queue.
+
+        Bounded, however deep the queue: the sorted queue is walked from its front
+        until ``limit`` are found (or all of ``owner``'s, counted as they are queued),
+        and at most ``walk`` entries (an ``nsmallest`` over all of them took ~30 ms of
+        the loop at 100,000 pending). Only between a failed claim and the next pass is
+        the queue unsorted: then it is ranked whole, as that pass will."""
+        placing = [p.workload for p in self._placing.values()]
+        if owner is not None:
+            placing = [w for w in placing if w.owner == owner]
+        wanted = len(self._pending) if owner is None else self._owners.get(owner, 0)
+        wanted = min(limit, wanted)
+        if not self._sorted:
+            mine = [w for w in self._pending.values() if owner is None or w.owner == owner]
+            found = heapq.nsmallest(wanted, mine, key=rank)
+        else:
+            found, pending, queue = [], self._pending, self._queue
+            for i in range(self._front, min(len(queue), self._front + walk)):
+                w = queue[i]
+                if pending.get(w.id) is w and (owner is None or w.owner == owner):
+                    found.append(w)
+                    if len(found) >= wanted:
+                        break
+            if len(found) < wanted:
+                return None
+        head = heapq.nsmallest(limit, [*placing, *found], key=rank)
+        queued = len(self._pending) if owner is None else self._owners.get(owner, 0)
+        length = len(placing) + queued
+        return [(w, self._reasons.get(w.id) or w.reason) for w in head], length
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -915,6 +953,11 @@ class Scheduler:
             self._shapes[key] = count
         else:
             del self._shapes[key]
+        count = self._owners.get(workload.owner, 0) + delta
+        if count:
+            self._owners[workload.owner] = count
+        else:
+            del self._owners[workload.owner]
         if workload.max_running is not None:
             self._limited += delta
 
@@ -1551,12 +1594,7 @@ class Scheduler:
             await self._fail_unowned(wid)
         placing = {wid for wid, entry in self._placing.items() if not entry.claiming}
         blocked = set(self._blocked)
-        pending = set()
-        async for workload in self._iter_store(Status.PENDING):
-            pending.add(workload.id)
-            if not self._known(workload.id):
-                self._admit(workload)
-                self._reasons[workload.id] = workload.reason
+        pending = await self._admit_unknown_pending()
         for wid in placing - pending:  # killed by another process
             entry = self._placing.get(wid)
             if entry is not None and not entry.claiming:
@@ -1568,6 +1606,31 @@ class Scheduler:
             self._ended(wid)
         self._recheck.update(self._blocked)  # dependencies may have ended elsewhere
         self._full = True
+
+    async def _admit_unknown_pending(self) -> set[str]:
+        """The safety poll's read of the pending workloads: their ids, in pages of
+        ``ID_PAGE``, the loop let go between pages (only ids: rebuilding every pending
+        workload at every poll cost a deep queue's loop ~180 ms at 100,000, and set off
+        full collections of ~300 ms), then those this scheduler does not know, read
+        whole and admitted. Returns the ids read."""
+        pending: set[str] = set()
+        unknown: list[str] = []
+        after = None
+        while True:
+            page = await self.store.pending_ids(after=after, limit=ID_PAGE)
+            pending.update(page)
+            queued = self._pending  # (where nearly all of them are: the cheap test first)
+            unknown += [wid for wid in page if wid not in queued and not self._known(wid)]
+            if len(page) < ID_PAGE:
+                break
+            after = page[-1]
+            await asyncio.sleep(0)  # a page read inline does not let the loop go
+        for start in range(0, len(unknown), PAGE):
+            for workload in await self.store.get_workloads(unknown[start : start + PAGE]):
+                if workload.status is Status.PENDING and not self._known(workload.id):
+                    self._admit(workload)
+                    self._reasons[workload.id] = workload.reason
+        return pending
 
     def _foreign(self, workload: Workload) -> bool:
         """Run by another server's local executor (this one cannot adopt it)."""

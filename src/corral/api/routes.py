@@ -48,7 +48,7 @@ from corral.errors import (
     UnsupportedMediaTypeError,
 )
 from corral.ids import ID_LENGTH, ID_PREFIX_MIN, ID_PREFIX_PATTERN
-from corral.logs import FileLogs, LogReader, follow_log, log_chunks, open_reader
+from corral.logs import FileLogs, LogReader, follow_log, log_chunks, open_reader_off_loop
 from corral.model import (
     LABEL_SELECTOR_RE,
     LABELS_MAX_ENTRIES,
@@ -530,7 +530,8 @@ def _log_routes(
             forwarded = await log_proxy.answer(workload, request, follow=follow, here=path)
             if forwarded is not None:  # kept by another server: its answer
                 return forwarded
-        reader = open_reader(path, tail)  # a log the OS refuses is a problem now, before a body
+        # A log the OS refuses is a problem now, before a body; the tail is found off the loop.
+        reader = await open_reader_off_loop(path, tail)
         if not follow:  # what is there now, streamed from disk
             return LogResponse(log_chunks(reader), reader)
 

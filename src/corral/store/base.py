@@ -321,8 +321,9 @@ class Store(Protocol):
         claim's event names ``CLAIM_ACTOR`` as its actor: only the scheduler claims."""
         ...
 
-    async def pending_ids(self) -> list[str]:
-        """The id of every pending workload, in id order."""
+    async def pending_ids(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """The id of every pending workload, in id order: with ``after``, those past
+        that id; with ``limit``, the first ``limit`` of them (a page)."""
         ...
 
     async def queue_head(

@@ -145,6 +145,7 @@ from corral.store.sqlite import (
     deletable_query,
     events_query,
     page_query,
+    pending_ids_query,
     row_to_transition,
     spec_digest,
 )
@@ -985,9 +986,10 @@ class PostgresStore(PostgresCluster):
 
         return await self._transaction(body)
 
-    async def pending_ids(self) -> list[str]:
-        """The ids of every pending workload (the scheduler's cache check)."""
-        rows = await self._fetch("SELECT id FROM workloads WHERE status = 'pending' ORDER BY id")
+    async def pending_ids(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """The ids of pending workloads, in id order (the scheduler's cache check;
+        ``after`` and ``limit`` as ``Store.pending_ids``)."""
+        rows = await self._fetch(*pending_ids_query("%s", after, limit))
         return [r[0] for r in rows]
 
     async def queue_head(

@@ -378,6 +378,19 @@ QUEUED_WHERE = (
 """The workloads in the queue (``queue_head``): pending, without dependencies."""
 
 
+def pending_ids_query(
+    mark: str, after: str | None, limit: int | None
+) -> tuple[str, list[str | int]]:
+    """``pending_ids``'s query on either database (``mark``: its placeholder)."""
+    sql, params = "SELECT id FROM workloads WHERE status = 'pending'", list[str | int]()
+    if after is not None:
+        sql, params = f"{sql} AND id > {mark}", [after]
+    sql += " ORDER BY id"
+    if limit is not None:
+        sql, params = f"{sql} LIMIT {mark}", [*params, limit]
+    return sql, params
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """The file's device and inode (None: not there)."""
     try:
@@ -1176,11 +1189,12 @@ class SQLiteStore(SQLiteKeys, SQLiteCluster):
         sql = deletable_query(owner=owner is not None, among=len(among))
         return [r[0] for r in conn.execute(sql, [*among, *params])]
 
-    def pending_ids(self) -> list[str]:
-        """The ids of every pending workload (the scheduler's cache check)."""
+    def pending_ids(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """The ids of pending workloads, in id order (the scheduler's cache check;
+        ``after`` and ``limit`` as ``Store.pending_ids``)."""
+        sql, params = pending_ids_query("?", after, limit)
         with self._connection() as conn:
-            rows = conn.execute("SELECT id FROM workloads WHERE status = 'pending' ORDER BY id")
-            return [r[0] for r in rows]
+            return [r[0] for r in conn.execute(sql, params)]
 
     def queue_head(self, limit: int, *, owner: str | None = None) -> tuple[list[Workload], int]:
         where, params = QUEUED_WHERE, []

@@ -479,8 +479,10 @@ class AsyncSQLiteStore:
     async def writes_in_flight(self) -> WritesInFlight | None:
         return None  # one writer, whose rollbacks take their ids back: gaps are deletions
 
-    async def pending_ids(self) -> list[str]:
-        return await self._readers.call(self.sync.pending_ids)
+    async def pending_ids(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        if limit is not None and limit <= INLINE_IDS:  # a page: an index range, inline
+            return self.sync.pending_ids(after=after, limit=limit)
+        return await self._readers.call(self.sync.pending_ids, after=after, limit=limit)
 
     async def queue_head(
         self, limit: int, *, owner: str | None = None
