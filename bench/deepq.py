@@ -13,7 +13,7 @@
   workload from the store, is timed once the same way, for comparison.
 - **API latency with the queue deep**, over HTTP: ``corral serve --executor local``
   with ``CORRAL_CPUS=2`` (keys on) on a database holding N pending ``true`` (N =
-  100,000 and, as the flat reference, 2,000; quick: 20,000 and 2,000), answering
+  100,000 and, as the flat reference, 10,000; quick: 20,000 and 5,000), answering
   ``GET /v1/workloads/{id}`` on one keep-alive connection, one request at a time, for
   ``SECONDS`` (or until half the queue has run: a short queue runs dry) while its
   workloads exit two at a time: p50, p99 and max, and the exits in that time.
@@ -36,7 +36,15 @@ from collections.abc import Coroutine, Generator
 from pathlib import Path
 from typing import Any
 
-from bench.common import Server, auth, fresh_dir, machine_info, percentile, remove_fresh_dirs
+from bench.common import (
+    Metric,
+    Server,
+    auth,
+    fresh_dir,
+    machine_info,
+    percentile,
+    remove_fresh_dirs,
+)
 from corral.executors.base import Capacity
 from corral.executors.local import LocalExecutor, kill_all
 from corral.keys import default_admin, key_digest, new_key
@@ -50,6 +58,9 @@ OWNER = default_admin()
 CPUS = 2
 EXITS = 400
 SECONDS = 15.0
+REFERENCE = 10_000
+"""The shallow queue the deep one's API latency is compared with (it runs dry after
+about 8 s of exits: the reference stops once half of it has run)."""
 
 
 def seed(path: Path, n: int) -> list[str]:
@@ -194,9 +205,8 @@ def api_latency(n: int, seconds: float) -> dict[str, Any]:
             start = time.perf_counter()
             counts = _get(conn, "/v1/status", headers)
             while time.perf_counter() - start < seconds:
-                # A short queue runs dry: half of it will do (GET /v1/status walks the
-                # queue for its head: not asked of a deep one).
-                checked = n < 10_000 and len(latencies) % 200 == 199
+                # A short queue runs dry: half of it will do.
+                checked = n <= REFERENCE and len(latencies) % 200 == 199
                 if checked and _pending(_get(conn, "/v1/status", headers)) < n / 2:
                     break
                 sent = time.perf_counter()
@@ -228,6 +238,28 @@ def _pending(status: dict[str, Any]) -> int:
     return int(status["counts"].get("pending", 0))
 
 
+# --- the metric of bench.run ---------------------------------------------------------------
+
+
+def run(quick: bool, only: set[str]) -> dict[str, Metric]:
+    """``deepq_get_p99_ms`` (``bench.run``): the ``GET`` p99 of ``api_latency`` with
+    100,000 pending (quick: 20,000), its bound the same with ``REFERENCE`` pending
+    (quick: 5,000); ``ratio`` is reference / deep, 1.0 when the p99 stays flat."""
+    deep, small = (20_000, 5_000) if quick else (100_000, REFERENCE)
+    seconds = 5.0 if quick else SECONDS
+    rows = {n: api_latency(n, seconds) for n in (small, deep)}
+    return {
+        "deepq_get_p99_ms": Metric(
+            rows[deep]["p99_ms"],
+            "ms",
+            rows[small]["p99_ms"],
+            f"get_p99_{small}_ms",
+            detail={str(n): row for n, row in rows.items()},
+            lower_is_better=True,
+        )
+    }
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -237,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
     sizes = (2_000, 20_000) if args.quick else (20_000, 100_000)
-    api_sizes = (2_000, 20_000) if args.quick else (2_000, 100_000)
+    api_sizes = (5_000, 20_000) if args.quick else (REFERENCE, 100_000)
     exits = 100 if args.quick else EXITS
     seconds = 5.0 if args.quick else SECONDS
     report: dict[str, Any] = {"machine": machine_info(), "passes": [], "api": []}
