@@ -6,6 +6,7 @@ import asyncio
 import re
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,6 +45,42 @@ def test_tail_is_the_last_lines(lines: list[bytes], unterminated: bool, tail: in
         path = Path(tmp) / "w.log"
         path.write_bytes(data)
         assert read_log(path, tail=tail) == reference_tail(data, tail)
+
+
+def reference_bounded_tail(data: bytes, n: int, scan: int) -> bytes:
+    """``reference_tail``, looking back at most ``scan`` bytes for line starts."""
+    whole = reference_tail(data, n)
+    floor = len(data) - scan
+    if len(data) - len(whole) >= max(floor, 0):
+        return whole
+    # The first line start at or after the floor (a final newline starts nothing).
+    newline = data.find(b"\n", floor - 1, len(data) - 1)
+    return data[newline + 1 :] if newline >= 0 else data[floor:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b".")), max_size=12),
+    unterminated=st.booleans(),
+    tail=st.integers(1, 14),
+    scan=st.integers(1, 120),
+)
+def test_tail_looks_back_at_most_tail_scan_bytes(
+    lines: list[bytes], unterminated: bool, tail: int, scan: int
+) -> None:
+    """``TAIL_SCAN_BYTES`` (small here, and blocks of 7 bytes): the last lines when
+    they start within it, else from the first line that does, else from the bound."""
+    data = b"".join(line + b"\n" for line in lines)
+    if unterminated and lines:
+        data = data[:-1]
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        patch.object(logs, "TAIL_SCAN_BYTES", scan),
+        patch.object(logs, "TAIL_BLOCK_BYTES", 7),
+    ):
+        path = Path(tmp) / "w.log"
+        path.write_bytes(data)
+        assert read_log(path, tail=tail) == reference_bounded_tail(data, tail, scan)
 
 
 def test_chunks_cover_the_log_once_and_stay_small(tmp_path: Path) -> None:

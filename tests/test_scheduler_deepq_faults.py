@@ -226,20 +226,18 @@ class Player:
 
 
 def queue_head_differences(scheduler: Checked) -> list[str]:
-    """``queue_head`` (a walk from the front of the queue, bounded) against a ranking
-    of everything queued, for everyone and for each owner: the same, or (a walk too
-    short to find them all) None."""
+    """``queue_head`` (bounded reads from the front of the queues) against a ranking
+    of everything queued, for everyone and for each owner, with walks of the sorted
+    queue long enough and too short (then each owner's queue is read)."""
     failures = []
     waiting = [*(p.workload for p in scheduler._placing.values()), *scheduler._pending.values()]
     for owner in [None, *OWNERS]:
         mine = [w for w in waiting if owner is None or w.owner == owner]
         expected = [w.id for w in sorted(mine, key=rank)[:4]], len(mine)
         for walk in (1, 3, scheduler_module.QUEUE_WALK):
-            found = scheduler.queue_head(4, owner=owner, walk=walk)
-            if found is None and walk == scheduler_module.QUEUE_WALK:
-                failures.append(f"queue_head({owner}) walked the whole queue and gave up")
-            elif found is not None and ([w.id for w, _ in found[0]], found[1]) != expected:
-                failures.append(f"queue_head({owner}, walk={walk}): {found} != {expected}")
+            head, length = scheduler.queue_head(4, owner=owner, walk=walk)
+            if ([w.id for w, _ in head], length) != expected:
+                failures.append(f"queue_head({owner}, walk={walk}): {head}, {length} != {expected}")
     return failures
 
 
@@ -255,9 +253,11 @@ async def play(data_dir: Path, deep: int, steps: list[tuple[Any, ...]]) -> list[
         for n in range(deep):  # a queue deeper than the machine to begin with
             await player.submit(OWNERS[n % 2], {"command": ["true"]})
         await idle(scheduler)
+        failures = []
         for step in steps:
             await player.play(step)
-        return await player.check()
+            failures += queue_head_differences(scheduler)  # (between passes too)
+        return failures + await player.check()
     finally:
         await scheduler.stop()
         await store.close()
@@ -268,7 +268,13 @@ async def play(data_dir: Path, deep: int, steps: list[tuple[Any, ...]]) -> list[
 def test_passes_decide_and_explain_as_today_through_faults(
     deep: int, steps: list[tuple[Any, ...]]
 ) -> None:
-    """(Stale entries skipped are dropped at once: ``STALE_SKIPPED`` 0.)"""
-    with tempfile.TemporaryDirectory() as tmp, patch.object(scheduler_module, "STALE_SKIPPED", 0):
+    """(Stale entries skipped are dropped at once: ``STALE_SKIPPED`` 0, and an owner's
+    queue is compacted once a read skips two.)"""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        patch.object(scheduler_module, "STALE_SKIPPED", 0),
+        patch.object(scheduler_module, "STALE_SKIPPED_OWNER", 1),
+        patch.object(scheduler_module, "ID_PAGE", 3),  # the safety poll reads several pages
+    ):
         failures = asyncio.run(play(Path(tmp), deep, steps))
     assert failures == []

@@ -137,6 +137,7 @@ import bisect
 import contextlib
 import dataclasses
 import heapq
+import itertools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -211,7 +212,9 @@ RETRY_SECONDS = 0.5
 """How soon an exit the store refused, or a pass that failed, is tried again."""
 PAGE = 1000
 QUEUE_WALK = 20_000
-"""Queue entries ``queue_head`` walks at most (~2 ms) before asking the store."""
+"""Entries of the sorted queue ``queue_head`` walks at most (~2 ms) for its head."""
+STALE_SKIPPED_OWNER = 1000
+"""Stale entries a read of one owner's queue skips before it compacts that queue."""
 ID_PAGE = 500
 """Ids per read of the safety poll (``_admit_unknown_pending``). The SQLite store
 reads a page of this size inline, on the loop (~0.1 ms): on a reader thread, rows
@@ -310,6 +313,9 @@ class Scheduler:
         self._last_pass: Pass | None = None  # where the last walk stopped
         self._shapes: dict[ResShape, int] = {}  # _pending, counted by resources asked
         self._owners: dict[str, int] = {}  # _pending, counted by owner (queue_head)
+        self._waking_all: bool | None = None  # a wake(None) runs (True: read again after)
+        self._by_owner: dict[str, list[Workload]] = {}  # each owner's _pending in order;
+        # stale entries are skipped (and dropped: ``_owner_head``)
         self._limited = 0  # of _pending, those of a batch with a limit
         self._settled: Settled | None = None  # what the passes told the end of the queue
         self._settled_basis: object = None  # what _unfit judged by, then
@@ -632,49 +638,80 @@ class Scheduler:
         """``queue_head`` where this server schedules; elsewhere (a standby, or a
         server that runs nothing: ``--executor none``) the store's ``queue_head``."""
         if self.executor is not None and not self._standby():
-            found = self.queue_head(limit, owner=owner)
-            if found is not None:
-                return found
-            # Deep in a long queue: the store's index finds them (reasons as held here).
-            head, length = await self.store.queue_head(limit, owner=owner)
-            return [(w, self._reasons.get(w.id) or w.reason) for w in head], length
+            return self.queue_head(limit, owner=owner)
         head, length = await self.store.queue_head(limit, owner=owner)
         return [(w, w.reason) for w in head], length
 
     def queue_head(
         self, limit: int, *, owner: str | None = None, walk: int = QUEUE_WALK
-    ) -> tuple[list[tuple[Workload, str | None]], int] | None:
+    ) -> tuple[list[tuple[Workload, str | None]], int]:
         """The first ``limit`` queued workloads (``owner``'s only, when given) in the
-        order passes consider them, each with its reason, and how many are queued;
-        None when ``owner``'s are not within the first ``walk`` entries of the queue.
+        order passes consider them, each with its reason, and how many are queued.
 
-        Bounded, however deep the queue: the sorted queue is walked from its front
-        until ``limit`` are found (or all of ``owner``'s, counted as they are queued),
-        and at most ``walk`` entries (an ``nsmallest`` over all of them took ~30 ms of
-        the loop at 100,000 pending). Only between a failed claim and the next pass is
-        the queue unsorted: then it is ranked whole, as that pass will."""
+        Bounded, however deep the queue (ranking all of them took ~30 ms of the loop
+        at 100,000 pending): an owner's are kept in order as they are queued
+        (``_by_owner``) and read from the front; everyone's from the front of the
+        sorted queue, at most ``walk`` entries, else (stale entries fill the front,
+        or a failed claim left the queue unsorted until the next pass) from the
+        front of each owner's."""
         placing = [p.workload for p in self._placing.values()]
         if owner is not None:
             placing = [w for w in placing if w.owner == owner]
-        wanted = len(self._pending) if owner is None else self._owners.get(owner, 0)
-        wanted = min(limit, wanted)
-        if not self._sorted:
-            mine = [w for w in self._pending.values() if owner is None or w.owner == owner]
-            found = heapq.nsmallest(wanted, mine, key=rank)
+            found = self._owner_head(owner, limit)
+            queued = self._owners.get(owner, 0)
         else:
-            found, pending, queue = [], self._pending, self._queue
-            for i in range(self._front, min(len(queue), self._front + walk)):
-                w = queue[i]
-                if pending.get(w.id) is w and (owner is None or w.owner == owner):
-                    found.append(w)
-                    if len(found) >= wanted:
-                        break
-            if len(found) < wanted:
-                return None
+            queued = len(self._pending)
+            walked = self._walk_queue(min(limit, queued), walk) if self._sorted else None
+            if walked is None:
+                heads = [self._owner_head(o, limit) for o in list(self._by_owner)]
+                walked = heapq.nsmallest(limit, itertools.chain(*heads), key=rank)
+            found = walked
         head = heapq.nsmallest(limit, [*placing, *found], key=rank)
-        queued = len(self._pending) if owner is None else self._owners.get(owner, 0)
-        length = len(placing) + queued
-        return [(w, self._reasons.get(w.id) or w.reason) for w in head], length
+        return [(w, self._reasons.get(w.id) or w.reason) for w in head], len(placing) + queued
+
+    def _walk_queue(self, wanted: int, walk: int) -> list[Workload] | None:
+        """The first ``wanted`` pending workloads of the sorted queue, or None when
+        they are not within ``walk`` entries of its front."""
+        found: list[Workload] = []
+        if not wanted:
+            return found
+        pending, queue = self._pending, self._queue
+        for i in range(self._front, min(len(queue), self._front + walk)):
+            w = queue[i]
+            if pending.get(w.id) is w:
+                found.append(w)
+                if len(found) == wanted:
+                    return found
+        return None
+
+    def _owner_head(self, owner: str, limit: int) -> list[Workload]:
+        """The first ``limit`` of ``owner``'s pending workloads, in order. Stale
+        entries met are dropped: those at the front at once, the rest with a
+        compaction once a read has skipped ``STALE_SKIPPED_OWNER`` (each entry is
+        dropped once: O(1) a removal)."""
+        mine = self._by_owner.get(owner)
+        if not mine:
+            return []
+        pending = self._pending
+        front = 0
+        while front < len(mine) and pending.get(mine[front].id) is not mine[front]:
+            front += 1
+        if front:
+            del mine[:front]
+        found: list[Workload] = []
+        seen: set[str] = set()  # a workload queued again has two live entries
+        skipped = 0
+        for w in mine:
+            if len(found) == limit:
+                break
+            if pending.get(w.id) is not w:
+                skipped += 1
+            elif w.id not in seen:
+                seen.add(w.id)
+                found.append(w)
+        if skipped > STALE_SKIPPED_OWNER:
+            mine[:] = {w.id: w for w in mine if pending.get(w.id) is w}.values()
+        return found
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -921,8 +958,13 @@ class Scheduler:
             return
         self._pending[workload.id] = workload
         self._count(workload, 1)
-        queue = self._queue
         key = rank(workload)
+        mine = self._by_owner.setdefault(workload.owner, [])
+        if not mine or key > rank(mine[-1]):
+            mine.append(workload)
+        else:
+            bisect.insort_right(mine, workload, key=rank)
+        queue = self._queue
         if not queue or key > rank(queue[-1]):
             queue.append(workload)  # the usual submit: after everything queued
         elif not self._sorted:
@@ -958,6 +1000,7 @@ class Scheduler:
             self._owners[workload.owner] = count
         else:
             del self._owners[workload.owner]
+            self._by_owner.pop(workload.owner, None)  # all of it stale
         if workload.max_running is not None:
             self._limited += delta
 
@@ -1705,10 +1748,20 @@ class Scheduler:
         """Workloads created by any server (``None``: maybe several, read them all)."""
         if self.executor is None or self._wake is None or not self._leads():
             return
-        if workload_ids is None:
-            ids = [i for i in await self.store.pending_ids() if not self._known(i)]
-        else:
-            ids = [i for i in workload_ids if not self._known(i)]
+        if workload_ids is None:  # every pending id read, in pages; calls meanwhile join it
+            if self._waking_all is not None:
+                self._waking_all = True
+                return
+            try:
+                self._waking_all = True
+                while self._waking_all:
+                    self._waking_all = False
+                    await self._admit_unknown_pending()
+            finally:
+                self._waking_all = None
+            self._poke()
+            return
+        ids = [i for i in workload_ids if not self._known(i)]
         if not ids:
             return
         for workload in await self.store.get_workloads(ids):

@@ -314,6 +314,7 @@ def serve(settings: Settings) -> None:
                 )
             )
     finally:
+        gc.enable()  # (a start that failed never settled the heap)
         sock.close()
         lock.close()
 

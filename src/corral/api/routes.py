@@ -519,7 +519,15 @@ def _log_routes(
         request: Request,
         workload_id: WorkloadId,
         follow: Annotated[bool, Query(description="Stream until the workload ends.")] = False,
-        tail: Annotated[int | None, Query(ge=0, le=1_000_000, description="Last N lines.")] = None,
+        tail: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=1_000_000,
+                description="Last N lines (looked for at most 64 MiB back: lines that"
+                " start further back are left out).",
+            ),
+        ] = None,
     ) -> Response:
         workload = await store.get_workload(workload_id, owner=visible_to(principal(request)))
         logs = scheduler.executor.logs if scheduler.executor else FileLogs(data_dir)
