@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
+from corral import scheduler as scheduler_module
 from corral.admission import rank
 from corral.executors.base import Capacity
 from corral.model import Resources, WorkloadCreate
@@ -26,8 +28,8 @@ def ranked(s: Scheduler, limit: int, owner: str | None) -> tuple[list[str], int]
 
 
 async def settle() -> None:
-    for _ in range(30):
-        await asyncio.sleep(0.01)
+    for _ in range(10):
+        await asyncio.sleep(0.005)
 
 
 async def heads(tmp: Path) -> list[tuple[Any, Any]]:
@@ -77,3 +79,43 @@ def test_the_queue_head_is_the_ranking_of_everything_queued(tmp_path: Path) -> N
     pairs = asyncio.run(heads(tmp_path))
     assert [now for now, _ in pairs] == [expected for _, expected in pairs]
     assert pairs[0][1][1] == 2 and pairs[2][1] == ([], 0)  # bob's two; carol has none
+
+
+def test_an_owners_queue_never_read_stays_as_long_as_what_it_holds(tmp_path: Path) -> None:
+    """A stream of workloads through a machine of one CPU, three always queued and
+    never read: the entries of those started are dropped as new ones are queued."""
+
+    async def scenario() -> list[tuple[int, int]]:
+        store = AsyncSQLiteStore(tmp_path / "corral.db")
+        await add_key_async(store, "alice", admin=True)
+        machine = FakeMachine()
+        capacity = Capacity(cpus=1, memory_mb=2000, gpus=0)
+        s = Scheduler(store, FakeExecutor(machine, tmp_path, capacity), poll_seconds=3600)
+        await s.start()
+        sizes = []
+
+        async def submit() -> None:
+            w, _ = await store.create_workload(
+                WorkloadCreate(command=["true"], resources=ONE_CPU), owner="alice"
+            )
+            s.submitted(w)
+
+        try:
+            for _ in range(4):
+                await submit()
+            for _ in range(40):
+                await submit()
+                await settle()
+                machine.end(sorted(machine.running())[0], exit_code=0)
+                await settle()
+                sizes.append((len(s._by_owner["alice"]), s._owners["alice"]))
+        finally:
+            await s.stop()
+            await store.close()
+        return sizes
+
+    with patch.object(scheduler_module, "STALE_SKIPPED_OWNER", 2):
+        sizes = asyncio.run(scenario())
+    assert {queued for _, queued in sizes} == {3}  # 40 started through a queue of 3
+    # Compacted on a submit when over twice the four queued then (before a start) + 2:
+    assert max(entries for entries, _ in sizes) == 2 * 4 + 2, str(sizes)

@@ -710,8 +710,13 @@ class Scheduler:
                 seen.add(w.id)
                 found.append(w)
         if skipped > STALE_SKIPPED_OWNER:
-            mine[:] = {w.id: w for w in mine if pending.get(w.id) is w}.values()
+            self._compact_owner(mine)
         return found
+
+    def _compact_owner(self, mine: list[Workload]) -> None:
+        """Drop the stale and repeated entries of one owner's queue, in place."""
+        pending = self._pending
+        mine[:] = {w.id: w for w in mine if pending.get(w.id) is w}.values()
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -964,6 +969,8 @@ class Scheduler:
             mine.append(workload)
         else:
             bisect.insort_right(mine, workload, key=rank)
+        if len(mine) > 2 * self._owners[workload.owner] + STALE_SKIPPED_OWNER:
+            self._compact_owner(mine)  # unread, its stale entries would pile up
         queue = self._queue
         if not queue or key > rank(queue[-1]):
             queue.append(workload)  # the usual submit: after everything queued
