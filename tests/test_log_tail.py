@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from unittest.mock import patch
@@ -74,3 +75,33 @@ def test_tails_cancelled_meanwhile_leave_no_descriptor(tmp_path: Path) -> None:
     with patch.object(logs, "TAIL_SCAN_BYTES", 1 << 30):
         before, after = asyncio.run(scenario())
     assert after == before
+
+
+def test_scans_of_requests_gone_before_they_started_are_not_run(tmp_path: Path) -> None:
+    """20 requests cancelled while their scans wait for the two threads: only the two
+    under way run (a client starting and dropping tails queues no reading)."""
+    log = tmp_path / "w.log"
+    log.write_bytes(b"a\nb\n")
+    gate = threading.Event()
+    ran = 0
+    real = logs.open_reader
+
+    def slow_open(path: Path, tail: int | None = None) -> logs.LogReader:
+        nonlocal ran
+        ran += 1
+        gate.wait(5)  # a long scan
+        return real(path, tail)
+
+    async def scenario() -> None:
+        scans = [asyncio.create_task(open_reader_off_loop(log, 1)) for _ in range(20)]
+        await asyncio.sleep(0.05)  # two run, 18 wait for a thread
+        for scan in scans:
+            scan.cancel()  # the clients went away
+        await asyncio.gather(*scans, return_exceptions=True)
+        gate.set()
+        while logs._tail_threads is not None and not logs._tail_threads.idle():
+            await asyncio.sleep(0.01)
+
+    with patch.object(logs, "open_reader", slow_open):
+        asyncio.run(scenario())
+    assert ran <= logs.TAIL_THREADS, f"{ran} scans ran for 20 requests all gone"

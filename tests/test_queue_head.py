@@ -114,8 +114,49 @@ def test_an_owners_queue_never_read_stays_as_long_as_what_it_holds(tmp_path: Pat
             await store.close()
         return sizes
 
-    with patch.object(scheduler_module, "STALE_SKIPPED_OWNER", 2):
+    with patch.object(scheduler_module, "OWNER_SLACK", 2):
         sizes = asyncio.run(scenario())
     assert {queued for _, queued in sizes} == {3}  # 40 started through a queue of 3
     # Compacted on a submit when over twice the four queued then (before a start) + 2:
     assert max(entries for entries, _ in sizes) == 2 * 4 + 2, str(sizes)
+
+
+def test_a_workload_queued_again_and_again_is_held_once(tmp_path: Path) -> None:
+    """Claims refused (the database failing) 200 times: each retry queues the same two
+    workloads again (a second live entry of each, in their owner's queue), and the
+    owner's queue still holds about what is pending."""
+
+    async def scenario() -> tuple[int, int, int]:
+        store = AsyncSQLiteStore(tmp_path / "corral.db")
+        await add_key_async(store, "alice", admin=True)
+        capacity = Capacity(cpus=1, memory_mb=2000, gpus=0)
+        s = Scheduler(store, FakeExecutor(FakeMachine(), tmp_path, capacity), poll_seconds=3600)
+        refused = 0
+
+        async def claim(*args: Any, **kwargs: Any) -> Any:
+            nonlocal refused
+            refused += 1
+            raise OSError("database unavailable")
+
+        real = store.claim_workloads
+        await s.start()
+        try:
+            store.claim_workloads = claim  # type: ignore[method-assign]
+            for _ in range(2):
+                w, _ = await store.create_workload(
+                    WorkloadCreate(command=["true"], resources=ONE_CPU), owner="alice"
+                )
+                s.submitted(w)
+            while refused < 200:
+                await asyncio.sleep(0.005)
+            while s._owners.get("alice") != 2:
+                await asyncio.sleep(0)  # between a refusal's requeue and the next claim
+            return refused, s._owners["alice"], len(s._by_owner["alice"])
+        finally:
+            store.claim_workloads = real  # type: ignore[method-assign]
+            await s.stop()
+            await store.close()
+
+    with patch.object(scheduler_module, "RETRY_SECONDS", 0.001):
+        refused, queued, entries = asyncio.run(scenario())
+    assert queued == 2 and entries <= 2 * 2 + scheduler_module.OWNER_SLACK + 1, (refused, entries)

@@ -274,6 +274,7 @@ def test_passes_decide_and_explain_as_today_through_faults(
         tempfile.TemporaryDirectory() as tmp,
         patch.object(scheduler_module, "STALE_SKIPPED", 0),
         patch.object(scheduler_module, "STALE_SKIPPED_OWNER", 1),
+        patch.object(scheduler_module, "OWNER_SLACK", 1),
         patch.object(scheduler_module, "ID_PAGE", 3),  # the safety poll reads several pages
     ):
         failures = asyncio.run(play(Path(tmp), deep, steps))

@@ -59,6 +59,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,17 +408,23 @@ async def open_reader_off_loop(path: Path, tail: int | None = None) -> LogReader
         return open_reader(path)
     if _tail_threads is None:
         _tail_threads = Threads(TAIL_THREADS, "corral-log-tail")
-    opening = _tail_threads.submit(lambda: open_reader(path, tail))
+    gone = threading.Event()  # its request went away: a scan not started yet is not run
+    opening = _tail_threads.submit(lambda: None if gone.is_set() else open_reader(path, tail))
     try:
-        return await asyncio.shield(opening)
+        reader = await asyncio.shield(opening)
     except asyncio.CancelledError:
+        gone.set()
         opening.add_done_callback(_close_opened)
         raise
+    assert reader is not None
+    return reader
 
 
-def _close_opened(opening: asyncio.Future[LogReader]) -> None:
+def _close_opened(opening: asyncio.Future[LogReader | None]) -> None:
     if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
+        reader = opening.result()
+        if reader is not None:
+            reader.close()
 
 
 def log_chunks(reader: LogReader) -> Iterator[bytes]:

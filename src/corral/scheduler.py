@@ -215,6 +215,9 @@ QUEUE_WALK = 20_000
 """Entries of the sorted queue ``queue_head`` walks at most (~2 ms) for its head."""
 STALE_SKIPPED_OWNER = 1000
 """Stale entries a read of one owner's queue skips before it compacts that queue."""
+OWNER_SLACK = 32
+"""Entries an owner's queue may hold beyond twice its pending before a submit
+compacts it."""
 ID_PAGE = 500
 """Ids per read of the safety poll (``_admit_unknown_pending``). The SQLite store
 reads a page of this size inline, on the loop (~0.1 ms): on a reader thread, rows
@@ -969,8 +972,10 @@ class Scheduler:
             mine.append(workload)
         else:
             bisect.insort_right(mine, workload, key=rank)
-        if len(mine) > 2 * self._owners[workload.owner] + STALE_SKIPPED_OWNER:
-            self._compact_owner(mine)  # unread, its stale entries would pile up
+        if len(mine) > 2 * self._owners[workload.owner] + OWNER_SLACK:
+            # Stale entries (started, killed) and repeated ones (queued again), dropped
+            # once they outnumber the live ones, whether or not anyone reads them.
+            self._compact_owner(mine)
         queue = self._queue
         if not queue or key > rank(queue[-1]):
             queue.append(workload)  # the usual submit: after everything queued
@@ -1764,6 +1769,11 @@ class Scheduler:
                 while self._waking_all:
                     self._waking_all = False
                     await self._admit_unknown_pending()
+            except Exception:
+                if self._waking_all:  # a call merged into this one is not lost with it
+                    self._waking_all = None
+                    self._spawn(self._wake_all_again())
+                raise
             finally:
                 self._waking_all = None
             self._poke()
@@ -1775,6 +1785,12 @@ class Scheduler:
             if workload.status is Status.PENDING and not self._known(workload.id):
                 self._admit(workload)
         self._poke()
+
+    async def _wake_all_again(self) -> None:
+        try:
+            await self.wake(None)
+        except Exception as exc:  # (the safety poll reads them all anyway)
+            log.warning("reading the pending workloads failed: %s", exc)
 
     async def killed(self, workload_id: str) -> None:
         """A workload killed through any server: as ``stopped``."""
