@@ -70,7 +70,15 @@ class Tsp:
     def __init__(self, binary: str) -> None:
         self.binary = binary
         self.dir = Path(tempfile.mkdtemp(prefix="corral-peers-tsp-"))
-        self.env = {**os.environ, "TS_SOCKET": str(self.dir / "socket"), "TS_MAXFINISHED": "100000"}
+        # Its jobs' output files (ts-out.*) go here too, not to /tmp, and go with it:
+        # 10,000 a run were left in /tmp, each one more file every later run's
+        # directory of /tmp shared an inode group with.
+        self.env = {
+            **os.environ,
+            "TS_SOCKET": str(self.dir / "socket"),
+            "TS_MAXFINISHED": "100000",
+            "TMPDIR": str(self.dir),
+        }
         self.run("-S", str(SLOTS))
 
     def run(self, *args: str) -> str:

@@ -16,8 +16,10 @@ import json
 import os
 import shutil
 import statistics
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import Metric, Server, fresh_dir, request
@@ -93,6 +95,22 @@ def e2e(port: int, m: int, resources: dict[str, Any] | None = None) -> dict[str,
     }
 
 
+def file_create_us(data_dir: Path, n: int = 200) -> float:
+    """The median time, in µs, to create an empty file in a new directory of
+    ``data_dir`` (as the server creates each workload's log). On this VM it was
+    13 µs under /work and 300-800 µs under /tmp (docs/benchmarks.md)."""
+    scratch = Path(tempfile.mkdtemp(prefix="creates-", dir=data_dir))
+    times = []
+    try:
+        for i in range(n):
+            start = time.perf_counter()
+            os.close(os.open(scratch / f"{i}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            times.append((time.perf_counter() - start) * 1e6)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return statistics.median(times)
+
+
 def run(quick: bool, only: set[str]) -> dict[str, Metric]:
     return {"e2e_ps": e2e_metric(quick)}
 
@@ -108,9 +126,11 @@ def e2e_metric(quick: bool, db: str | None = None) -> Metric:
     per_round = n_spawn // (ROUNDS * len(SPAWN_THREADS))
     rounds: list[dict[int, float]] = []
     results: list[dict[str, Any]] = []
+    creates: list[float] = []
     with local_server("e2e", db) as srv:
         for _ in range(ROUNDS):
             rounds.append(spawn_rounds(per_round))
+            creates.append(file_create_us(srv.data_dir))
             results.append(e2e(srv.port, m // ROUNDS))
     value = statistics.median(r["rate"] for r in results)
     limit = statistics.median(max(r.values()) for r in rounds)
@@ -124,6 +144,8 @@ def e2e_metric(quick: bool, db: str | None = None) -> Metric:
         **{k: sum(r[k] for r in results) for k in keys},
         "spawns": per_round * ROUNDS * len(SPAWN_THREADS),
         "submitters": SUBMITTERS,
+        # Each workload's log is a new file in the data dir: what one costs there.
+        "file_create_us": [round(c, 1) for c in creates],
     }
     for threads in SPAWN_THREADS:
         detail[f"spawn_ps_{threads}_thread_rounds"] = [round(r[threads], 1) for r in rounds]
