@@ -34,14 +34,21 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, Server, fresh_dir, pid_gone, read_first_int, wait_until
+from bench.common import (
+    PYTHON,
+    Server,
+    fresh_dir,
+    pid_gone,
+    read_first_int,
+    remove_fresh_dirs,
+    wait_until,
+)
 
 SLOTS = 2
 W4_JOBS = 20
@@ -69,10 +76,10 @@ class Tsp:
 
     def __init__(self, binary: str) -> None:
         self.binary = binary
-        self.dir = Path(tempfile.mkdtemp(prefix="corral-peers-tsp-"))
-        # Its jobs' output files (ts-out.*) go here too, not to /tmp, and go with it:
-        # 10,000 a run were left in /tmp, each one more file every later run's
-        # directory of /tmp shared an inode group with.
+        self.dir = fresh_dir("peers-tsp")
+        # Its jobs' output files (ts-out.*) go here too, not to /tmp itself (10,000 a
+        # run were left there), beside corral's data dirs: both create their files on
+        # the same ground, and they are removed with them at the end of the run.
         self.env = {
             **os.environ,
             "TS_SOCKET": str(self.dir / "socket"),
@@ -101,8 +108,10 @@ class Tsp:
         return int(text) if done.returncode == 0 and text.isdigit() and int(text) > 0 else None
 
     def close(self) -> None:
+        """Stop its server; its directory goes at the end of the run (``main``): files
+        removed now would slow every file created near them in the next minutes,
+        corral's or task-spooler's (docs/benchmarks.md, issue 13)."""
         subprocess.run([self.binary, "-K"], env=self.env, capture_output=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --- corral through a plain client ------------------------------------------------------
@@ -221,62 +230,59 @@ def one_round(binary: str, quick: bool) -> dict[str, float]:
     small, big = (100, 300) if quick else (300, 3000)
     w2_rounds, w3_rounds = (10, 10) if quick else (30, 20)
     got: dict[str, float] = {}
-    scratch = Path(tempfile.mkdtemp(prefix="corral-peers-"))
+    scratch = fresh_dir("peers-scratch")
     corral_cli = [PYTHON, "-m", "corral.cli"]
-    try:
-        for n, label in ((small, "w1"), (big, "w1_big")):
-            tsp = Tsp(binary)
-            try:
-                got[f"{label}_submit_tsp"], got[f"{label}_done_tsp"] = w1_tsp(tsp, n)
-            finally:
-                tsp.close()
-            corral = Corral("peers-w1")
-            try:
-                rates = w1_corral(corral, n, functools.partial(corral.submit, "true"))
-                got[f"{label}_submit_corral"], got[f"{label}_done_corral"] = rates
-            finally:
-                corral.close()
-        corral = Corral("peers-cli")  # reference: a process per submit
-        try:
-            env = {**os.environ, "CORRAL_URL": corral.server.url, "CORRAL_TOKEN": corral.key}
-            argv = [*corral_cli, "submit", "-q", "--", "true"]
-            cli_n = small // 3
-
-            def cli_submit() -> None:
-                subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
-
-            got["w1_submit_cli"], got["w1_done_cli"] = w1_corral(corral, cli_n, cli_submit)
-            got["w1_cli_n"] = cli_n
-        finally:
-            corral.close()
+    for n, label in ((small, "w1"), (big, "w1_big")):
         tsp = Tsp(binary)
-        corral = Corral("peers-w234")
         try:
-            got["w2_tsp"] = w2(lambda cmd: tsp.submit("sh", "-c", cmd), w2_rounds, scratch, "tsp")
-            got["w2_corral"] = w2(
-                lambda cmd: corral.submit("sh", "-c", cmd), w2_rounds, scratch, "corral"
-            )
-            got["w3_tsp"] = w3(
-                lambda: tsp.submit("sleep", "600"),
-                lambda job: tsp.pid(int(str(job))),
-                lambda job: tsp.run("-k", str(job)),
-                w3_rounds,
-            )
-            got["w3_corral"] = w3(
-                lambda: corral.submit("sleep", "600"),
-                lambda wid: corral.pid(str(wid)),
-                lambda wid: corral.call("DELETE", f"/v1/workloads/{wid}"),
-                w3_rounds,
-            )
-            got["w4_tsp"] = w4_tsp(tsp)
-            corral.close()
-            corral = Corral("peers-w4")
-            got["w4_corral"] = w4_corral(corral)
+            got[f"{label}_submit_tsp"], got[f"{label}_done_tsp"] = w1_tsp(tsp, n)
         finally:
             tsp.close()
+        corral = Corral("peers-w1")
+        try:
+            rates = w1_corral(corral, n, functools.partial(corral.submit, "true"))
+            got[f"{label}_submit_corral"], got[f"{label}_done_corral"] = rates
+        finally:
             corral.close()
+    corral = Corral("peers-cli")  # reference: a process per submit
+    try:
+        env = {**os.environ, "CORRAL_URL": corral.server.url, "CORRAL_TOKEN": corral.key}
+        argv = [*corral_cli, "submit", "-q", "--", "true"]
+        cli_n = small // 3
+
+        def cli_submit() -> None:
+            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+
+        got["w1_submit_cli"], got["w1_done_cli"] = w1_corral(corral, cli_n, cli_submit)
+        got["w1_cli_n"] = cli_n
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        corral.close()
+    tsp = Tsp(binary)
+    corral = Corral("peers-w234")
+    try:
+        got["w2_tsp"] = w2(lambda cmd: tsp.submit("sh", "-c", cmd), w2_rounds, scratch, "tsp")
+        got["w2_corral"] = w2(
+            lambda cmd: corral.submit("sh", "-c", cmd), w2_rounds, scratch, "corral"
+        )
+        got["w3_tsp"] = w3(
+            lambda: tsp.submit("sleep", "600"),
+            lambda job: tsp.pid(int(str(job))),
+            lambda job: tsp.run("-k", str(job)),
+            w3_rounds,
+        )
+        got["w3_corral"] = w3(
+            lambda: corral.submit("sleep", "600"),
+            lambda wid: corral.pid(str(wid)),
+            lambda wid: corral.call("DELETE", f"/v1/workloads/{wid}"),
+            w3_rounds,
+        )
+        got["w4_tsp"] = w4_tsp(tsp)
+        corral.close()
+        corral = Corral("peers-w4")
+        got["w4_corral"] = w4_corral(corral)
+    finally:
+        tsp.close()
+        corral.close()
     return got
 
 
@@ -298,7 +304,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
     binary = ensure_tsp()
-    rounds = [one_round(binary, args.quick) for _ in range(args.rounds)]
+    try:
+        rounds = [one_round(binary, args.quick) for _ in range(args.rounds)]
+    finally:
+        remove_fresh_dirs()  # only now: see Tsp.close
     keys = rounds[0].keys()
     median = {k: statistics.median(r[k] for r in rounds) for k in keys}
     spread = {k: (min(r[k] for r in rounds), max(r[k] for r in rounds)) for k in keys}

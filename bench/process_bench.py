@@ -97,8 +97,10 @@ def e2e(port: int, m: int, resources: dict[str, Any] | None = None) -> dict[str,
 
 def file_create_us(data_dir: Path, n: int = 200) -> float:
     """The median time, in µs, to create an empty file in a new directory of
-    ``data_dir`` (as the server creates each workload's log). On this VM it was
-    13 µs under /work and 300-800 µs under /tmp (docs/benchmarks.md)."""
+    ``data_dir`` (as the server creates each workload's log). On ext4 it grows with
+    the files removed near it in the last 60-360 s (the kernel's inode allocator
+    skips them one by one, ``recently_deleted``): 11 µs to over 1 ms on this VM, the
+    same directory minutes apart (docs/benchmarks.md, issue 13)."""
     scratch = Path(tempfile.mkdtemp(prefix="creates-", dir=data_dir))
     times = []
     try:

@@ -167,7 +167,7 @@ class Harness:
         text = await until(
             lambda: pidfile.exists() and pidfile.read_text().strip(), 5, str(pidfile)
         )
-        return int(text)
+        return int(text.split()[0])  # (a second line, once it ended: its status)
 
     def stop(self) -> None:
         """Close the executor, as a server stopping does (its workloads run on)."""

@@ -134,7 +134,9 @@ def test_files_are_0600_whatever_the_umask_and_workloads_get_the_servers(
             flag.touch()
             outcome = await h.outcome(w)
             assert outcome.exit_code == 0
-            assert mode(state_file(state, "status")) == 0o600
+            assert read_status(state) == ShimStatus("exit", 0)  # in the pid file, still 0600
+            assert mode(state_file(state, "pid")) == 0o600
+            assert not state_file(state, "status").exists()
             assert mode(h.executor.run_dir / "launcher.log") == 0o600
             assert h.log(w).read_text() == "0027\n0\n"
         finally:

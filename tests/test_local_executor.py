@@ -236,6 +236,34 @@ def test_adopt_of_a_workload_that_never_started(ex: Harness) -> None:
     ex.run(main())
 
 
+def test_the_state_files_of_a_shim_before_the_appended_status_are_read_and_removed(
+    tmp_path: Path,
+) -> None:
+    """An upgrade finds a workload ended under a shim of the older protocol: a one-line
+    ``.pid`` and a ``.status``. Its outcome is read from the ``.status``, and ``forget``
+    removes both files (it removes only the ``.pid`` of a status read from there)."""
+    executor = LocalExecutor(
+        tmp_path, capacity=Capacity(cpus=1, memory_mb=0, gpus=0), kill_grace_seconds=1
+    )
+    run_dir = executor.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    w = make_workload(["true"])
+    (run_dir / f"{w.id}.pid").write_text("999999\n")
+    (run_dir / f"{w.id}.status").write_text("exit 5\n")
+    got: list[Outcome] = []
+
+    async def main() -> None:
+        executor.start(got.append)
+        assert executor.adopt(w) is None
+        await until(lambda: got, what="the outcome")
+        executor.forget(w.id)
+        executor.close()
+
+    asyncio.run(main())
+    assert got[0].exit_code == 5
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(w.id)) == []
+
+
 def test_a_killed_shim_is_a_lost_workload_and_leaves_no_process(ex: Harness) -> None:
     async def main() -> None:
         w = await ex.start(make_workload(["sh", "-c", "echo up; exec sleep 300"]))

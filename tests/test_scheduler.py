@@ -18,6 +18,7 @@ from corral import scheduler as scheduler_module
 from corral.api import create_app
 from corral.executors.base import Capacity
 from corral.executors.local import LocalExecutor, kill_all
+from corral.executors.shim import ShimStatus, read_pid, read_status, state_file
 from corral.model import Resources, Status, WorkloadBatchItem, WorkloadCreate
 from corral.scheduler import RETRY_SECONDS, Scheduler
 from corral.store import Store
@@ -109,7 +110,8 @@ def test_a_kill_in_the_same_loop_turn_as_the_claim_is_not_lost(tmp_path: Path) -
                 if pidfile.exists() and pidfile.read_text().strip():
                     break
                 await asyncio.sleep(0.05)
-            pids = [int(pidfile.read_text())] if pidfile.exists() else []
+            pid = read_pid(tmp_path / "run" / workload.id)  # (a 2nd line: the status)
+            pids = [pid] if pid is not None else []
             for _ in range(60):  # gone within the grace period (1 s) and a margin
                 if all(pid_gone(p) for p in pids) and not executor.active():
                     break
@@ -228,8 +230,8 @@ def test_an_exit_the_store_refuses_frees_its_capacity_and_is_recorded_later(
             seen["free CPUs once its process is over"] = scheduler._free.cpus
             logs = client.get(f"/v1/workloads/{first.id}/logs", params={"follow": "true"})
             seen["followed log"] = (await asyncio.wait_for(logs, 5)).text
-            status_file = tmp_path / "run" / f"{first.id}.status"
-            seen["status file kept"] = status_file.exists()
+            state = tmp_path / "run" / first.id  # (its status: the .pid file's 2nd line)
+            seen["status file kept"] = read_status(state) == ShimStatus("exit", 3)
             spec = WorkloadCreate(command=["sleep", "30"], resources=one_cpu)
             second, _ = await store.create_workload(owner="alice", spec=spec)
             scheduler.submitted(second)
@@ -248,7 +250,7 @@ def test_an_exit_the_store_refuses_frees_its_capacity_and_is_recorded_later(
         done = await store.get_workload(first.id)
         seen["recorded"] = (done.status, done.exit_code, done.reason)
         seen["events"] = [e.to_status for e in await store.list_events(first.id)]
-        seen["status file after"] = status_file.exists()
+        seen["status file after"] = state_file(state, "pid").exists()
         seen["process over after"] = scheduler.process_over(first.id)
 
     asyncio.run(scenario())

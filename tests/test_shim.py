@@ -154,7 +154,26 @@ def test_exit_status_is_recorded(
     run = start(argv)
     assert run.wait() == expected
     assert pid_gone(run.pid())
-    assert sorted(p.name for p in run.state.parent.iterdir()) == ["w.pid", "w.status"]
+    # One state file: the status is the pid file's second line (shim.c).
+    assert sorted(p.name for p in run.state.parent.iterdir()) == ["w.pid"]
+    assert state_file(run.state, "pid").read_text() == (
+        f"{run.pid()}\n{expected.kind} {expected.value}\n"
+    )
+
+
+def test_a_shim_that_never_forked_removes_a_stale_pid_file(
+    start: Callable[..., Run], tmp_path: Path
+) -> None:
+    """A ``STATE.pid`` left by an earlier run on the same STATE, with its status, is
+    not this shim's: one that fails before the fork (a bad umask: "spawn 22") removes
+    it, so that its own ``STATE.status`` is what is read."""
+    state_dir = tmp_path / "run0"
+    state_dir.mkdir()
+    (state_dir / "w.pid").write_text("1234\nexit 0\n")
+    env = {"PATH": os.environ["PATH"], "CORRAL_SHIM_UMASK": "999"}
+    run = start(["true"], env=env, state_dir_exists=True)
+    assert run.wait() == ShimStatus("spawn", errno.EINVAL)
+    assert sorted(p.name for p in state_dir.iterdir()) == ["w.status"]
 
 
 @pytest.mark.parametrize("program", ["/nonexistent/program", "corral-no-such-program"])
@@ -190,8 +209,8 @@ def test_the_workload_gets_the_umask_it_is_given_and_state_files_are_private(
     finally:
         os.umask(old)
     assert run.log.read_text() == "0027\n0\n"
-    for name in ("pid", "status"):
-        assert state_file(run.state, name).stat().st_mode & 0o777 == 0o600
+    assert state_file(run.state, "pid").stat().st_mode & 0o777 == 0o600
+    assert not state_file(run.state, "status").exists()  # (its status is in the pid file)
 
 
 @pytest.mark.parametrize("mask", ["999", "1000", "-1", " 22", "", "0x1"])
@@ -395,17 +414,36 @@ def fill(path: Path) -> None:
     assert full.value.errno == errno.ENOSPC
 
 
-def test_a_status_that_cannot_be_written_is_retried_until_it_is(
+def test_a_full_disk_does_not_stop_the_status_appended_to_the_pid_file(
     start: Callable[..., Run], small_tmpfs: Path, tmp_path: Path
 ) -> None:
-    """The state files are on a tmpfs that fills up while the workload runs: the
-    workload exits, the shim cannot record it and stays, saying why once, and writes
-    the true exit code as soon as there is room (it used to exit 1 with no status,
-    and the server took the workload for lost)."""
+    """The status goes into the pid file's block, which is there already: a file
+    system that filled up while the workload ran still takes it, at once."""
     flag = tmp_path / "go"
     script = f"while [ ! -e {flag} ]; do sleep 0.02; done; exit 7"
     run = start(["sh", "-c", script], state=small_tmpfs / "w")
     pid = run.pid()
+    fill(small_tmpfs / "filler")
+    flag.touch()
+    assert run.wait() == ShimStatus("exit", 7)
+    assert state_file(run.state, "pid").read_text() == f"{pid}\nexit 7\n"
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler", "w.pid"]
+    assert "cannot write" not in run.log.read_text()
+
+
+def test_a_status_that_cannot_be_written_is_retried_until_it_is(
+    start: Callable[..., Run], small_tmpfs: Path, tmp_path: Path
+) -> None:
+    """The pid file is gone (so nothing can be appended to it) and the state files
+    are on a tmpfs that fills up while the workload runs: the workload exits, the
+    shim cannot write ``STATE.status`` and stays, saying why once, and writes the
+    true exit code as soon as there is room (it used to exit 1 with no status, and
+    the server took the workload for lost)."""
+    flag = tmp_path / "go"
+    script = f"while [ ! -e {flag} ]; do sleep 0.02; done; exit 7"
+    run = start(["sh", "-c", script], state=small_tmpfs / "w")
+    pid = run.pid()
+    state_file(run.state, "pid").unlink()
     filler = small_tmpfs / "filler"
     fill(filler)
     flag.touch()
@@ -414,7 +452,7 @@ def test_a_status_that_cannot_be_written_is_retried_until_it_is(
     time.sleep(1.5)  # several retries
     assert not pid_gone(run.shim_pid), "the shim gave up"
     assert read_status(run.state) is None
-    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler", "w.pid"]
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]
     log = run.log.read_text()
     assert log.count("corral-shim: cannot write") == 1, log
     assert f"cannot write {small_tmpfs}/w.status: No space left on device" in log
@@ -670,9 +708,23 @@ def test_state_files_are_read_strictly(tmp_path: Path) -> None:
     (tmp_path / "w.pid").write_text("1234\n")
     assert read_status(tmp_path / "w") == ShimStatus("signal", 15)
     assert read_pid(tmp_path / "w") == 1234
+    assert read_status(tmp_path / "w").separate  # (from w.status: forget removes it)
+    # The status appended to the pid file comes first, once its line is whole.
+    (tmp_path / "w.pid").write_text("1234\nexit 3")
+    assert read_status(tmp_path / "w") == ShimStatus("signal", 15)
+    (tmp_path / "w.pid").write_text("1234\nexit 3\n")
+    status = read_status(tmp_path / "w")
+    assert status == ShimStatus("exit", 3) and not status.separate
+    assert read_pid(tmp_path / "w") == 1234
+    (tmp_path / "w.pid").write_text("1234\nexit 3x\n")
+    with pytest.raises(ValueError):
+        read_status(tmp_path / "w")
     (tmp_path / "w.status").write_text("exited 0\n")
     (tmp_path / "w.pid").write_text("12x\n")
     with pytest.raises(ValueError):
         read_status(tmp_path / "w")
+    with pytest.raises(ValueError):
+        read_pid(tmp_path / "w")
+    (tmp_path / "w.pid").write_text("12x\nexit 0\n")
     with pytest.raises(ValueError):
         read_pid(tmp_path / "w")

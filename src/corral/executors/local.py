@@ -16,12 +16,15 @@ Launches run on a small pool of threads (a launcher request waits for the fork;
 ``spawn.spawn_session`` releases the GIL while glibc waits for the shim's exec, which
 ``os.posix_spawn`` held, and the whole server waited for every exec).
 
-Files in ``<data>/run/``, per workload: ``<id>.pid`` and ``<id>.status`` (written by
-the shim) and ``<id>.devices`` (GPU indices, by the server); removed once the
-scheduler has recorded the outcome. These and the logs are created 0600 whatever the
-umask; workloads get ``workload_umask`` (the server's original one) through the shim.
-Nothing else is written per launch: the launch path is the executor's hot path, and
-every file operation showed in its profile. A restarted server finds live shims by
+Files in ``<data>/run/``, per workload: ``<id>.pid`` (written by the shim: the pid,
+then the status as its second line; ``<id>.status`` where the shim could not append,
+or from an older shim) and ``<id>.devices`` (GPU indices, by the server); removed once
+the scheduler has recorded the outcome. These and the logs are created 0600 whatever
+the umask; workloads get ``workload_umask`` (the server's original one) through the
+shim. Nothing else is written per launch: the launch path is the executor's hot path,
+and every file operation showed in its profile (on ext4, creating a file costs more
+the more files were removed near it in the last minutes: docs/benchmarks.md, issue
+13). A restarted server finds live shims by
 their command line (``/proc/*/cmdline`` names the shim binary and the workload's
 state path), which also rules out reused pids.
 
@@ -223,6 +226,7 @@ class LocalExecutor:
         self._launching: set[str] = set()
         self._stop_on_start: set[str] = set()
         self._with_devices: set[str] = set()  # may have a GPU file (see ``forget``)
+        self._status_in_pid: set[str] = set()  # no .status file to remove (``forget``)
         self._spawner = Threads(SPAWN_THREADS, "corral-spawn")
         self._on_exit: OnExit | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -420,6 +424,8 @@ class LocalExecutor:
             log_bytes: int | None = os.stat(log).st_size
         except OSError:
             log_bytes = None
+        if status is not None and not status.separate:
+            self._status_in_pid.add(workload_id)
         if status is None:
             lost = f"its process watcher {watcher}; {problem}"
             return Outcome(workload_id, lost=lost, log_bytes=log_bytes)
@@ -504,12 +510,17 @@ class LocalExecutor:
 
     def forget(self, workload_id: str) -> None:
         """The outcome is recorded: remove the workload's state files. (Runs on the
-        event loop at every exit: plain strings, and the GPU file only where there
-        may be one: on a machine with GPUs, or for a workload launched here with
-        devices or found from the server before, adopted or stray, which may have
-        had GPUs when this one has none.)"""
+        event loop at every exit: plain strings; ``.status`` only where the status
+        was not read from the ``.pid`` file (see ``shim.c``); and the GPU file only
+        where there may be one: on a machine with GPUs, or for a workload launched
+        here with devices or found from the server before, adopted or stray, which
+        may have had GPUs when this one has none.)"""
         state = f"{self.run_dir}/{workload_id}"
-        names = ["status", "pid"]
+        if workload_id in self._status_in_pid:
+            self._status_in_pid.discard(workload_id)
+            names = ["pid"]
+        else:
+            names = ["status", "pid"]
         if workload_id in self._with_devices or self.capacity.gpus:
             self._with_devices.discard(workload_id)
             names.append("devices")

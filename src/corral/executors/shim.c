@@ -18,7 +18,20 @@
  *                       the workload may exec (STATE is a path prefix, e.g.
  *                       DATA/run/<workload id>). So neither STATE.pid nor a live shim
  *                       means the command never ran: a restarted server may start it.
- *   - STATE.status      written exactly once, as the shim's last act:
+ *   - The status        written exactly once, as the shim's last act: appended to
+ *                       STATE.pid as its second line (one write(2) of the line, with
+ *                       O_APPEND), else, where there is no STATE.pid of this shim or
+ *                       the append fails, to STATE.status. A reader takes the second
+ *                       line of STATE.pid only once it ends in "\n" (a partial append
+ *                       is followed by STATE.status), and STATE.status otherwise:
+ *                       shims of corral before 2026-12-01 write only STATE.status.
+ *                       A shim that did not write STATE.pid removes any there (left
+ *                       by an earlier run on the same STATE) before STATE.status.
+ *                       (One file per workload instead of two: on ext4 each file
+ *                       created scans past every inode freed in its group in the last
+ *                       60-360 s, "recently_deleted" in the kernel's inode allocator,
+ *                       and the server frees each workload's state files once it has
+ *                       recorded the end: docs/benchmarks.md.) The line:
  *                         "exit N\n"    the workload exited with code N
  *                         "signal N\n"  the workload was killed by signal N
  *                         "spawn E\n"   never started: pipe, fork, the change of user
@@ -31,8 +44,9 @@
  *     to every second, until it is; the shim says so once in the log and lives on
  *     meanwhile, so a live shim with its workload gone means "finished, not recorded
  *     yet", never "lost". A failed STATE.pid is not retried: the command never runs.
- *   - Both files are written to NAME.tmp (mode 0600, whatever the umask) then renamed:
- *     readers never see partial files.
+ *   - STATE.pid and STATE.status are written to NAME.tmp (mode 0600, whatever the
+ *     umask) then renamed: readers never see partial files (the appended status line
+ *     is read only whole, as above).
  *   - SIGTERM, SIGINT or SIGHUP to the shim: SIGTERM (and SIGCONT) to the workload's
  *     group, then SIGKILL after GRACE_SECONDS if anything is left in it. Processes left
  *     in the group after the workload itself exits are treated the same way.
@@ -82,7 +96,7 @@
  *     At the end (the workload's group gone, the pipe drained: bytes written later by
  *     processes that left the group are lost) the shim seals the ring (SEALED 1: it
  *     never changes again), appends marker and tail to the log (whose every size is
- *     so a prefix of the final log), and removes the ring, all before STATE.status.
+ *     so a prefix of the final log), and removes the ring, all before the status.
  *     A ring that cannot be made (a full disk) keeps no tail: the rest is counted as
  *     dropped, and the marker is appended with a line saying why. A log that cannot
  *     be finished is cut back to its head beside the sealed ring (readers join them;
@@ -195,10 +209,31 @@ static int write_state(const char *name, const char *line)
     return 0;
 }
 
+static int pid_written; /* this shim wrote STATE.pid: the status is appended to it */
+
+/* Appends LINE to STATE.pid with one write: 0 when all of it is there, else -1 (what
+ * was written of it, if anything, is a last line without "\n", which readers skip;
+ * after a failed close it may be whole: STATE.status then says the same, and may be
+ * left behind by a server that read the pid file's line). */
+static int append_status(const char *line)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s.pid", state_dir) >= (int)sizeof path)
+        return -1;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(line);
+    ssize_t w = write(fd, line, len);
+    int closed = close(fd); /* (a network file system may say only here that it failed) */
+    return w == (ssize_t)len && closed == 0 ? 0 : -1;
+}
+
 #define RETRY_FIRST_MS 50 /* the status write is retried after 50 ms, then doubling... */
 #define RETRY_MAX_MS 1000 /* ...up to once a second, for as long as it fails */
 
-/* Writes the final STATE.status "WORD N" and returns the shim's exit code. A write
+/* Writes the final status "WORD N" (appended to STATE.pid, else STATE.status: see the
+ * protocol above) and returns the shim's exit code. A write of STATE.status
  * that fails (a full disk, a quota, a missing directory) is retried until it succeeds,
  * saying why once: a workload that ended must not be taken for lost because the disk
  * was full for a while. Only a state path too long for the system gives up (exit 1).
@@ -208,6 +243,11 @@ static int finish(const char *word, int n)
 {
     char line[64];
     snprintf(line, sizeof line, "%s %d\n", word, n);
+    if (pid_written && append_status(line) == 0)
+        return 0;
+    if (!pid_written && snprintf(state_path, sizeof state_path, "%s.pid", state_dir) <
+                            (int)sizeof state_path)
+        unlink(state_path); /* not ours (a run before on this STATE): its status is not this one */
     long delay_ms = RETRY_FIRST_MS;
     int said = 0;
     while (write_state("status", line) < 0) {
@@ -861,6 +901,7 @@ static int shim_main(int argc, char **argv)
         waitpid(child, NULL, 0);
         return finish("spawn", e);
     }
+    pid_written = 1;
     close(gopipe[0]);
     give_go(gopipe[1]); /* the child may exec now */
     /* A failed chdir or exec is read from errpipe once the child is reaped, not here:

@@ -3,9 +3,11 @@
 Each workload runs under its own ``corral-shim`` process, started as a session leader
 with stdout and stderr on the workload's log. The shim runs the workload in its own
 process group, reaps it and its orphans, forwards kill requests (SIGTERM, then SIGKILL
-after a grace period) to the whole group, and records how the workload ended in a state
-file pair ``STATE.pid`` / ``STATE.status`` (``STATE`` is a path prefix such as
-``<data>/run/<workload id>``: no directory per workload to create and remove). With a
+after a grace period) to the whole group, and records how the workload ended in its
+state file ``STATE.pid`` (``STATE`` is a path prefix such as ``<data>/run/<workload
+id>``: no directory per workload to create and remove): the workload's pid, then, once
+it is over, its status as a second line (``STATE.status`` where that cannot be done,
+and from shims older than this protocol; ``read_status`` reads both). With a
 log cap it copies the workload's output into the log itself, keeping the head and the
 tail (``corral.logs``). The protocol is described at the top of ``shim.c``; this
 module installs the binary once per source version (a copy of the one a wheel
@@ -23,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
 
@@ -51,10 +53,13 @@ class ShimStatus:
     ``exit``: exited with code ``value``; ``signal``: killed by signal ``value``;
     ``spawn``: never ran, because exec failed with errno ``value``; ``chdir``: never
     ran, because changing to its working directory failed with errno ``value``.
+    ``separate``: read from ``STATE.status`` rather than from ``STATE.pid`` (whoever
+    removes the state files removes both then).
     """
 
     kind: Literal["exit", "signal", "spawn", "chdir"]
     value: int
+    separate: bool = field(default=False, compare=False)
 
 
 def ensure_shim(cache_dir: Path, prebuilt: Path | None = PREBUILT_SHIM) -> Path:
@@ -188,30 +193,45 @@ def shim_argv(
 def read_status(state: Path) -> ShimStatus | None:
     """The workload's final status, or None while the shim has not written it yet.
 
-    The shim writes the file atomically and only once its workload's process group is
-    gone, so a status means the workload is over and its log complete. Raises
-    ``ValueError`` if the file is not in the shim's format.
+    The shim writes it only once its workload's process group is gone, so a status
+    means the workload is over and its log complete: the second line of
+    ``STATE.pid``, taken only once whole (ending in a newline), else ``STATE.status``
+    (where the shim could not append, or a shim older than the append wrote it; see
+    ``shim.c``). Raises ``ValueError`` if what is there is not in the shim's format.
     """
-    text = _read(f"{state}.{STATUS_FILE}")  # (no Path built: read at every exit)
+    text = _read(f"{state}.{PID_FILE}")  # (no Path built: read at every exit)
+    if text is not None:
+        _, _, rest = text.partition("\n")
+        line, newline, _ = rest.partition("\n")
+        if newline:
+            return _parse_status(line, state, separate=False)
+    text = _read(f"{state}.{STATUS_FILE}")
     if text is None:
         return None
-    kind, _, value = text.strip().partition(" ")
+    return _parse_status(text.strip(), state, separate=True)
+
+
+def _parse_status(line: str, state: Path, *, separate: bool) -> ShimStatus:
+    kind, _, value = line.partition(" ")
     if kind not in _STATUS_KINDS or not (value.isascii() and value.isdigit()):
-        raise ValueError(f"malformed shim status {text!r} in {state}")
-    return ShimStatus(cast(Literal["exit", "signal", "spawn", "chdir"], kind), int(value))
+        raise ValueError(f"malformed shim status {line!r} in {state}")
+    kind_ = cast(Literal["exit", "signal", "spawn", "chdir"], kind)
+    return ShimStatus(kind_, int(value), separate)
 
 
 def read_pid(state: Path) -> int | None:
-    """The workload's pid (also its process group id), or None before the shim forked.
+    """The workload's pid (also its process group id), or None before the shim forked:
+    the first line of ``STATE.pid`` (a second one is the status).
 
     Raises ``ValueError`` if the file is not in the shim's format.
     """
     text = _read(state_file(state, PID_FILE))
     if text is None:
         return None
-    if not (text.isascii() and text.strip().isdigit()):
+    first = text.partition("\n")[0]
+    if not (first.isascii() and first.isdigit()):
         raise ValueError(f"malformed shim pid {text!r} in {state}")
-    return int(text)
+    return int(first)
 
 
 def state_file(state: Path, name: str) -> Path:
