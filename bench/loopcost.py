@@ -20,8 +20,8 @@ alternate them:
   waits for the last ones.
 
 The same client's requests are also timed (submits/s). Each figure is the median of
-the rounds, with the spread. Nothing is asserted: ``docs/benchmarks.md`` ("The loop's
-cost per workload") reads it.
+the rounds, with the spread. Nothing is asserted: ``docs/benchmarks.md`` ("The fourth
+round of issue 13") reads it.
 """
 
 from __future__ import annotations
