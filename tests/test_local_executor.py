@@ -744,7 +744,22 @@ def test_a_launch_that_fails_never_leaves_a_workload_running(serve: Any, tmp_pat
     run, and every one of them can be killed."""
     api = serve("--kill-grace", "1", open_files=64)
     ids = [api.submit(["sleep", "300"], resources={"cpus": 0})["id"] for _ in range(80)]
-    final = {w: api.wait(w, {"running", "failed"}) for w in ids}
+    run_dir = tmp_path / "data" / "run"
+
+    def settled() -> dict[str, dict[str, Any]] | None:
+        """Every workload failed, or running with its process started (its pid file
+        written): a workload started at submit reads ``running`` while its launch is
+        still in flight, and may fail then (out of descriptors), which a machine
+        under load once showed after the snapshot."""
+        seen = {w: api.get(w) for w in ids}
+        for wid, w in seen.items():
+            if w["status"] == "running" and not (run_dir / f"{wid}.pid").exists():
+                return None
+            if w["status"] not in ("running", "failed"):
+                return None
+        return seen
+
+    final = wait_until(settled, timeout=30)
     failed = [w for w in final.values() if w["status"] == "failed"]
     assert failed, "the limit was never reached: the test proves nothing"
     for w in failed:
