@@ -34,11 +34,11 @@ import socket
 import statistics
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench.common import PYTHON, REPO, Server, fresh_dir, remove_fresh_dirs, wait_until
+from bench.peers import PlainClient
 
 BODY = b'{"id":"w","status":"pending"}'
 ANSWER = (
@@ -88,28 +88,6 @@ def loop_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Client:
-    """A plain urllib client, a new connection per request (as ``bench/peers.py``)."""
-
-    def __init__(self, url: str, key: str | None) -> None:
-        self.url = url
-        self.key = key
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if self.key:
-            req.add_header("Authorization", f"Bearer {self.key}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=60) as answer:
-            return json.loads(answer.read())
-
-    def ended(self) -> int:
-        counts = self.call("GET", "/v1/status")["counts"]
-        return int(counts["completed"] + counts["failed"] + counts["killed"])
-
-
 def measure(kind: str, n: int) -> dict[str, float]:
     """One server of ``kind``: its loop's CPU per request (ms) and the submits/s."""
     server: Server
@@ -123,7 +101,7 @@ def measure(kind: str, n: int) -> dict[str, float]:
     server.start()
     try:
         token = server.data_dir / "token"
-        client = Client(server.url, token.read_text().strip() if token.exists() else None)
+        client = PlainClient(server.url, token.read_text().strip() if token.exists() else None)
         spec = {"command": ["true"]}
         for _ in range(20):  # warm: the first requests import and compile
             client.call("POST", "/v1/workloads", spec)

@@ -117,29 +117,41 @@ class Tsp:
 # --- corral through a plain client ------------------------------------------------------
 
 
-class Corral:
-    """A fresh ``corral serve`` and a plain urllib client (a connection per request)."""
+class PlainClient:
+    """A plain urllib client, a new connection per request, as a user's script would
+    be (``key``: the API key, if the server wants one). ``bench/loopcost.py`` uses it
+    too."""
 
-    def __init__(self, name: str) -> None:
-        self.server = Server(fresh_dir(name), "local", env={"CORRAL_CPUS": str(SLOTS)})
-        self.server.start()
-        self.key = (self.server.data_dir / "token").read_text().strip()
+    def __init__(self, url: str, key: str | None) -> None:
+        self.url = url
+        self.key = key
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.server.url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.key}")
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if self.key:
+            req.add_header("Authorization", f"Bearer {self.key}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(req, timeout=60) as answer:
             return json.loads(answer.read())
 
-    def submit(self, *command: str) -> str:
-        return str(self.call("POST", "/v1/workloads", {"command": list(command)})["id"])
-
     def ended(self) -> int:
+        """The workloads that have ended (``GET /v1/status``)."""
         counts = self.call("GET", "/v1/status")["counts"]
         return int(counts["completed"] + counts["failed"] + counts["killed"])
+
+
+class Corral(PlainClient):
+    """A fresh ``corral serve`` and a ``PlainClient`` of it."""
+
+    def __init__(self, name: str) -> None:
+        self.server = Server(fresh_dir(name), "local", env={"CORRAL_CPUS": str(SLOTS)})
+        self.server.start()
+        super().__init__(self.server.url, (self.server.data_dir / "token").read_text().strip())
+
+    def submit(self, *command: str) -> str:
+        return str(self.call("POST", "/v1/workloads", {"command": list(command)})["id"])
 
     def pid(self, workload_id: str) -> int | None:
         return read_first_int(self.server.data_dir / "run" / f"{workload_id}.pid")
@@ -246,7 +258,7 @@ def one_round(binary: str, quick: bool) -> dict[str, float]:
             corral.close()
     corral = Corral("peers-cli")  # reference: a process per submit
     try:
-        env = {**os.environ, "CORRAL_URL": corral.server.url, "CORRAL_TOKEN": corral.key}
+        env = {**os.environ, "CORRAL_URL": corral.server.url, "CORRAL_TOKEN": corral.key or ""}
         argv = [*corral_cli, "submit", "-q", "--", "true"]
         cli_n = small // 3
 
