@@ -471,8 +471,10 @@ def _tail_offset(pread: Callable[[int, int], bytes], end: int, lines: int) -> in
             for _ in range(lines):
                 cut = block.rfind(b"\n", 0, cut)
             return pos + cut + 1
-        if count and pos + block.find(b"\n") + 1 < end:
-            earliest = pos + block.find(b"\n") + 1
+        if count:
+            first = pos + block.find(b"\n") + 1  # (the earliest line start of the block)
+            if first < end:
+                earliest = first
         lines -= count
     return earliest if floor and earliest is not None else floor
 

@@ -1771,8 +1771,7 @@ class Scheduler:
                     await self._admit_unknown_pending()
             except Exception:
                 if self._waking_all:  # a call merged into this one is not lost with it
-                    self._waking_all = None
-                    self._spawn(self._wake_all_again())
+                    self._spawn(self._wake_all_again())  # (a task: it starts after finally)
                 raise
             finally:
                 self._waking_all = None
