@@ -25,6 +25,7 @@ WORKLOAD_ROUTES = [
     ("GET", "/v1/workloads/{id}/events", None),
     ("GET", "/v1/workloads/{id}/logs", None),
     ("GET", "/v1/workloads/{id}/logs?follow=true", None),
+    ("GET", "/v1/workloads/{id}/logs?tail=1", None),  # (its tail found on a thread)
 ]
 EVERY_KEYED_ROUTE = [
     ("POST", "/v1/workloads", {"command": ["true"]}),

@@ -26,7 +26,7 @@ WHO = st.sampled_from([*USERS, "root"])
 EXAMPLES = {"sqlite": 60, "postgresql": 20}
 """Examples per database (fewer on PostgreSQL, whose requests cost more here: see
 test_api_stateful.py)."""
-READS = ("", "/events", "/logs")
+READS = ("", "/events", "/logs", "/logs?tail=1")
 
 
 class OwnersMachine(RuleBasedStateMachine):
