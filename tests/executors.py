@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +70,39 @@ class Harness:
         self.log_size_at_exit: dict[str, int] = {}
         self.executor: Any = None
         self.executor, _ = self.run(self._open([]))
+        if kind == "ray":
+            try:
+                self._wait_cluster_idle()
+            except BaseException:
+                self.close()  # disconnected from Ray, as every test leaves it
+                raise
+
+    def _wait_cluster_idle(self, timeout: float = 15.0) -> None:
+        """Every CPU of the session's Ray cluster free (the placement groups an earlier
+        harness left in this namespace are being removed by ``stop_unadopted``), or
+        fail naming the groups that hold them: a test that stops a server before its
+        workloads' exits are reported leaves their groups in a namespace no later
+        server uses, and the next tests here would wait for a placement forever."""
+        import ray
+        from ray.util.placement_group import placement_group_table
+
+        deadline = time.monotonic() + timeout
+        while True:
+            total = ray.cluster_resources().get("CPU", 0.0)
+            free = ray.available_resources().get("CPU", 0.0)
+            if free >= total:
+                return
+            if time.monotonic() > deadline:
+                held = [
+                    (g["name"], g["state"], list(g["bundles"].values()))
+                    for g in placement_group_table().values()
+                    if g["state"] != "REMOVED"
+                ]
+                raise AssertionError(
+                    f"{total - free} of the Ray cluster's {total} CPUs are still held after"
+                    f" {timeout} s, by what an earlier test left: placement groups {held}"
+                )
+            time.sleep(0.1)
 
     def _make(self) -> Any:
         if self.kind == "local":

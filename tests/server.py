@@ -188,3 +188,12 @@ class Api:
     def kill_all(self) -> None:
         """Kill every pending and running workload."""
         self.http.post("/v1/workloads/kill", json={"status": ["pending", "running"]})
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Kill every pending and running workload and wait until none is left: on a
+        shared Ray cluster a workload's placement group goes only once its exit is
+        reported, so a server stopped before then leaves the group (and its CPUs)
+        held in a namespace no later server uses."""
+        self.kill_all()
+        live = {"status": ["pending", "running"], "limit": 1}
+        wait_until(lambda: not self.http.get("/v1/workloads", params=live).json()["items"], timeout)

@@ -24,7 +24,7 @@ from bench.pg_server import PgServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import pg
-from tests.server import LiveServer, pid_gone, wait_until
+from tests.server import Api, LiveServer, pid_gone, wait_until
 
 LEASE = 3.0
 """The tests' lease (the smallest allowed): a standby must lead within LEASE + 5 s."""
@@ -346,13 +346,11 @@ def test_on_ray_a_standby_takes_over_and_adopts_the_running_workloads(
         wait_until(lambda: pid_gone(pid), timeout=5)
         ran_once(out, [ends])
     finally:
-        for s in servers:
-            if s.proc is not None and s.proc.poll() is None:
-                for w in http.get(f"{s.url}/v1/workloads", params={"status": "running"}).json()[
-                    "items"
-                ]:
-                    http.delete(f"{s.url}/v1/workloads/{w['id']}")
-            s.kill()
+        live = [s for s in servers if s.running()]
+        if live:  # the cluster is the session's: leave it empty (see Api.drain)
+            Api(live[-1]).drain()
+        for s in live:
+            s.stop()
 
 
 def test_a_database_down_for_20_s_then_back_loses_nothing_and_answers_again(

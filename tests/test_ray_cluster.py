@@ -56,9 +56,8 @@ def serve(ray_cluster: Any, tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in servers:
         if server.proc is not None and server.proc.poll() is None:
-            Api(server).kill_all()  # the cluster is the session's: leave it empty
-            time.sleep(0.5)
-        server.kill()
+            Api(server).drain()  # the cluster is the session's: leave it empty
+            server.stop()  # gracefully: the groups of the last exits are removed first
     for run_dir in (tmp_path / "nodes").glob("*/*/run"):
         kill_all(run_dir)  # whatever a failed test left running
 
