@@ -26,7 +26,10 @@ and every file operation showed in its profile (on ext4, creating a file costs m
 the more files were removed near it in the last minutes: docs/benchmarks.md, issue
 13). A restarted server finds live shims by
 their command line (``/proc/*/cmdline`` names the shim binary and the workload's
-state path), which also rules out reused pids.
+state path), which also rules out reused pids. A shim forked by the launcher takes
+that name only once it runs, just after the launcher's reply: ``close`` waits for
+every shim it watches to have done so (a server that crashes instead restarts far
+slower than a shim takes to run).
 
 With ``watch_pid`` (the Ray agent passes its own pid: ``docs/ray.md``), every shim
 also watches that process and stops its workload's group, as for a kill, once it has
@@ -78,6 +81,8 @@ from corral.threads import Threads
 
 log = logging.getLogger(__name__)
 
+NAMING_SECONDS = 5.0
+"""How long ``close`` waits for shims forked just before it to take their names."""
 BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 """Copied from the server's environment; everything else comes from the workload."""
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -532,10 +537,27 @@ class LocalExecutor:
         # A spawn in flight finishes (its shim is adopted by the next server).
         self._spawner.close()
         self._launcher.close()
+        self._await_named()
         for pidfd in [proc.pidfd for proc in self._procs.values()] + list(self._stray_pidfds):
             self._unwatch(pidfd)
         self._procs.clear()
         self._stray_pidfds.clear()
+
+    def _await_named(self) -> None:
+        """Wait (up to ``NAMING_SECONDS`` in all) until every shim watched has taken
+        its name: a shim the launcher forked starts its session and writes its command
+        line over the launcher's only once it runs, after the reply, and a loaded
+        machine may not run it for a while. Until then no ``find_shims`` sees it: a
+        server started next (a restart in process, as the tests make, is immediate)
+        would take its workload for never started, and start it again."""
+        deadline = time.monotonic() + NAMING_SECONDS
+        for proc in self._procs.values():
+            want = str(proc.state)
+            while _shim_state(proc.shim_pid) != want and is_alive(proc.shim_pid):
+                if time.monotonic() > deadline:
+                    log.warning("closing while shim %d has not started yet", proc.shim_pid)
+                    return
+                time.sleep(0.002)
 
     def _kill_orphaned_group(self, workload_id: str, state: Path) -> None:
         """Without its shim, nothing would stop the workload: SIGKILL its group, if the
