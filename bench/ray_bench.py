@@ -248,9 +248,9 @@ class RayServer(Server):
         return sorted(self.node_dir.glob("*/*/run"))
 
     def stop(self) -> None:
-        """Kill its workloads, then stop it with SIGINT: a SIGTERM would end it at once
-        (Ray's failure-signal handler in the driver takes SIGTERM), without the
-        graceful shutdown that writes a profile."""
+        """Kill its workloads, then stop it with SIGINT, its graceful shutdown (which
+        writes a profile). (SIGTERM is as graceful now: ``ray.init`` runs on a thread,
+        so Ray's failure-signal handler, which once took SIGTERM, is not installed.)"""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(Exception):
                 body = {"status": ["pending", "running"]}

@@ -80,11 +80,17 @@ class Harness:
     def _wait_cluster_idle(self, timeout: float = 15.0) -> None:
         """Every CPU of the session's Ray cluster free (the placement groups an earlier
         harness left in this namespace are being removed by ``stop_unadopted``), or
-        fail naming the groups that hold them: a test that stops a server before its
+        fail naming the groups that hold them, and remove those (so that one test
+        fails, not every one after it): a test that stops a server before its
         workloads' exits are reported leaves their groups in a namespace no later
-        server uses, and the next tests here would wait for a placement forever."""
+        server uses, and the tests here would wait for a placement for ever."""
         import ray
-        from ray.util.placement_group import placement_group_table
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import (
+            PlacementGroup,
+            placement_group_table,
+            remove_placement_group,
+        )
 
         deadline = time.monotonic() + timeout
         while True:
@@ -93,14 +99,15 @@ class Harness:
             if free >= total:
                 return
             if time.monotonic() > deadline:
-                held = [
-                    (g["name"], g["state"], list(g["bundles"].values()))
-                    for g in placement_group_table().values()
-                    if g["state"] != "REMOVED"
-                ]
+                left = [g for g in placement_group_table().values() if g["state"] != "REMOVED"]
+                for group in left:
+                    group_id = PlacementGroupID(bytes.fromhex(group["placement_group_id"]))
+                    remove_placement_group(PlacementGroup(group_id))
+                held = [(g["name"], g["state"], list(g["bundles"].values())) for g in left]
                 raise AssertionError(
                     f"{total - free} of the Ray cluster's {total} CPUs are still held after"
                     f" {timeout} s, by what an earlier test left: placement groups {held}"
+                    " (removed now)"
                 )
             time.sleep(0.1)
 

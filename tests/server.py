@@ -190,10 +190,32 @@ class Api:
         self.http.post("/v1/workloads/kill", json={"status": ["pending", "running"]})
 
     def drain(self, timeout: float = 30.0) -> None:
-        """Kill every pending and running workload and wait until none is left: on a
-        shared Ray cluster a workload's placement group goes only once its exit is
-        reported, so a server stopped before then leaves the group (and its CPUs)
-        held in a namespace no later server uses."""
-        self.kill_all()
-        live = {"status": ["pending", "running"], "limit": 1}
-        wait_until(lambda: not self.http.get("/v1/workloads", params=live).json()["items"], timeout)
+        """Kill every user's pending and running workloads and wait until each killed
+        one's process is over (``stopping`` false): on a shared Ray cluster a
+        workload's placement group goes only once its exit is reported, so a server
+        stopped before then leaves the group (and its CPUs) held in a namespace no
+        later server uses. Ask the server that schedules (the leader)."""
+        body = {"status": ["pending", "running"], "all_users": True}
+        r = self.http.post("/v1/workloads/kill", json=body)
+        assert r.status_code == 200, r.text
+
+        def over() -> bool:
+            if self.listed(["pending", "running"], limit=1):
+                return False
+            return not any(w["stopping"] for w in self.listed(["killed"]))
+
+        wait_until(over, timeout)
+
+    def listed(self, statuses: list[str], limit: int | None = None) -> list[dict[str, Any]]:
+        """Every user's workloads in any of ``statuses`` (all pages; at most ``limit``)."""
+        found: list[dict[str, Any]] = []
+        cursor = ""
+        while True:
+            params = {"status": statuses, "all_users": True, "limit": 200, "cursor": cursor}
+            r = self.http.get("/v1/workloads", params=params)
+            assert r.status_code == 200, r.text
+            page = r.json()
+            found += page["items"]
+            cursor = page.get("next_cursor") or ""
+            if not cursor or (limit is not None and len(found) >= limit):
+                return found[:limit]

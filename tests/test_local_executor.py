@@ -8,6 +8,7 @@ launcher, restarts of the server), and the shim's ``watch_pid`` for the Ray agen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import random
@@ -317,6 +318,52 @@ def test_a_restart_without_gpus_forgets_the_gpu_file_of_the_server_before(
         assert sorted(p.name for p in run_dir.glob("*.*") if "launcher" not in p.name) == []
     finally:
         ex.close()
+
+
+AS_LAUNCHER = """
+import os, sys, time
+stat = open("/proc/self/stat", "rb").read()
+fields = stat[stat.rindex(b")") + 2 :].split()
+start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end
+line = sys.argv[1].encode().replace(b"|", b"\\0")
+with open("/proc/self/mem", "r+b", buffering=0) as mem:
+    mem.seek(start)
+    mem.write(line.ljust(end - start, b"\\0"))
+child = os.fork()
+if child:
+    print(os.getpid(), child, flush=True)
+time.sleep(60)
+"""
+"""Takes a launcher's command line (written over its own) and forks a child that
+still has it, as a shim forked and not yet named has."""
+
+
+def test_kill_all_kills_shims_forked_before_they_named_themselves(tmp_path: Path) -> None:
+    """A shim the launcher forked is found by ``find_shims`` only once it runs and
+    writes its own command line; until then ``kill_all`` finds it as the child of a
+    launcher of the data dir's shim (``bin/``), with its command line, and kills it.
+    Launchers are left alone (a server may still use one), and so is what another
+    data dir's launcher forked."""
+    data = tmp_path / "data"
+    (data / "run").mkdir(parents=True)
+    pids: list[int] = []
+    try:
+        for top in (data, tmp_path / "elsewhere"):
+            line = f"{top}/bin/corral-shim-0123456789ab|--launcher|{'x' * 64}|"
+            code = [sys.executable, "-c", AS_LAUNCHER, line, "p" * 512]
+            proc = subprocess.Popen(code, stdout=subprocess.PIPE, text=True)
+            assert proc.stdout is not None
+            pids += map(int, proc.stdout.readline().split())
+        launcher, child, other_launcher, other_child = pids
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        assert cmdline.startswith(f"{data}/bin/corral-shim-0123456789ab\0--launcher\0".encode())
+        kill_all(data / "run")
+        assert pid_gone(child)
+        assert not any(map(pid_gone, [launcher, other_launcher, other_child]))
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # --- the local executor end to end ---------------------------------------------------

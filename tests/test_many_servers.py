@@ -346,11 +346,18 @@ def test_on_ray_a_standby_takes_over_and_adopts_the_running_workloads(
         wait_until(lambda: pid_gone(pid), timeout=5)
         ran_once(out, [ends])
     finally:
-        live = [s for s in servers if s.running()]
-        if live:  # the cluster is the session's: leave it empty (see Api.drain)
-            Api(live[-1]).drain()
-        for s in live:
-            s.stop()
+        try:  # the cluster is the session's: leave it empty (see Api.drain)
+            live = {name: s for name, s in zip("ab", servers, strict=True) if s.running()}
+            leader = status(next(iter(live.values())), http)["leader"] if live else None
+            if leader in live:
+                Api(live[leader]).drain()
+        finally:
+            for s in servers:
+                try:
+                    if s.running():
+                        s.stop()
+                finally:
+                    s.kill()
 
 
 def test_a_database_down_for_20_s_then_back_loses_nothing_and_answers_again(

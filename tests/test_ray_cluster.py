@@ -54,12 +54,17 @@ def serve(ray_cluster: Any, tmp_path: Path) -> Iterator[Any]:
 
     start.servers = servers  # type: ignore[attr-defined]
     yield start
-    for server in servers:
-        if server.proc is not None and server.proc.poll() is None:
-            Api(server).drain()  # the cluster is the session's: leave it empty
-            server.stop()  # gracefully: the groups of the last exits are removed first
-    for run_dir in (tmp_path / "nodes").glob("*/*/run"):
-        kill_all(run_dir)  # whatever a failed test left running
+    try:
+        for server in servers:
+            try:
+                if server.running():
+                    Api(server).drain()  # the cluster is the session's: leave it empty
+                    server.stop()  # gracefully: the last exits' groups are removed first
+            finally:
+                server.kill()
+    finally:
+        for run_dir in (tmp_path / "nodes").glob("*/*/run"):
+            kill_all(run_dir)  # whatever a failed test left running
 
 
 def test_workloads_land_on_both_nodes_and_never_more_than_fit(serve: Any, tmp_path: Path) -> None:

@@ -211,15 +211,12 @@ class LogReader:
         """Past the head of a finished log: there is no ring to look for."""
 
     def close(self) -> None:
-        # Each descriptor is taken from the reader before it is closed: ``os.close``
-        # lets go of the GIL, and a second ``close`` meanwhile (``__del__`` on another
-        # thread, say) must not close the same number again, by then maybe another's.
-        ring, self._ring = self._ring, None
-        if ring is not None:
-            os.close(ring)
-        log, self._log = self._log, None
-        if log is not None:
-            os.close(log)
+        if self._ring is not None:
+            os.close(self._ring)
+            self._ring = None
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
 
     def open_log(self) -> int | None:
         """The log file's descriptor, opened at the first call that finds the file

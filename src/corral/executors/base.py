@@ -185,5 +185,7 @@ class Executor(Protocol):
         ...
 
     def close(self) -> None:
-        """Stop watching; the processes keep running (a restart adopts them)."""
+        """Stop watching; the processes keep running (a restart adopts them). The local
+        executor first waits (up to 5 s) for the shims it forked just before to be
+        findable by a restart (``LocalExecutor._await_named``)."""
         ...

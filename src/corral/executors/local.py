@@ -44,6 +44,7 @@ import contextlib
 import functools
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -143,6 +144,8 @@ class _Proc:
     state: Path
     is_child: bool
     cwd: str | None
+    forked: bool = False
+    """Forked by the launcher here: it names itself only once it runs (see close)."""
 
 
 def is_alive(pid: int) -> bool:
@@ -336,6 +339,8 @@ class LocalExecutor:
             # A shim forked by the launcher comes with a pidfd (the launcher reaps
             # it); one spawned here is our child, and waited for once it exits.
             self._watch(workload, pid, is_child=pidfd is None, pidfd=pidfd)
+            if pidfd is not None:
+                self._procs[wid].forked = True
         except OSError as exc:
             # Unwatched, it could be neither killed nor followed: stop it now. The
             # workload has a process group of its own, which only the shim knows, so
@@ -544,20 +549,26 @@ class LocalExecutor:
         self._stray_pidfds.clear()
 
     def _await_named(self) -> None:
-        """Wait (up to ``NAMING_SECONDS`` in all) until every shim watched has taken
-        its name: a shim the launcher forked starts its session and writes its command
-        line over the launcher's only once it runs, after the reply, and a loaded
-        machine may not run it for a while. Until then no ``find_shims`` sees it: a
-        server started next (a restart in process, as the tests make, is immediate)
-        would take its workload for never started, and start it again."""
+        """Wait (up to ``NAMING_SECONDS`` in all) until every shim the launcher forked
+        here has taken its name, or exited: such a shim starts its session and writes
+        its command line over the launcher's only once it runs, after the reply, and
+        a loaded machine may not run it for a while. Until then no ``find_shims``
+        sees it: a server started next (a restart in process, as the tests make, is
+        immediate) would take its workload for never started, and start it again.
+        (Adopted shims and those spawned by exec are named already.)"""
         deadline = time.monotonic() + NAMING_SECONDS
-        for proc in self._procs.values():
+        for wid, proc in self._procs.items():
+            if not proc.forked:
+                continue
             want = str(proc.state)
-            while _shim_state(proc.shim_pid) != want and is_alive(proc.shim_pid):
-                if time.monotonic() > deadline:
-                    log.warning("closing while shim %d has not started yet", proc.shim_pid)
+            # The pidfd, readable once the shim has exited, pins the pid: no reuse.
+            while _shim_state(proc.shim_pid) != want:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    log.warning("closing before the shim of workload %s has started", wid)
                     return
-                time.sleep(0.002)
+                if select.select([proc.pidfd], [], [], min(wait, 0.002))[0]:
+                    break  # it exited
 
     def _kill_orphaned_group(self, workload_id: str, state: Path) -> None:
         """Without its shim, nothing would stop the workload: SIGKILL its group, if the
@@ -587,14 +598,14 @@ def find_shims(run_dir: Path) -> dict[str, int]:
 
 
 def kill_all(run_dir: Path, *, wait_seconds: float = 5.0) -> None:
-    """SIGKILL every shim of ``run_dir`` and every workload process group recorded
-    there (a workload leads a group of its own, which killing its shim misses), then
-    wait until they are gone. For the teardown of tests and benchmarks: the server
-    never calls it."""
+    """SIGKILL every shim of ``run_dir`` (those forked that have not named themselves
+    yet too) and every workload process group recorded there (a workload leads a group
+    of its own, which killing its shim misses), then wait until they are gone. For the
+    teardown of tests and benchmarks: the server never calls it."""
     if not run_dir.is_dir():
         return
     killed = []
-    for shim_pid in find_shims(run_dir).values():
+    for shim_pid in [*find_shims(run_dir).values(), *_unnamed_shims(run_dir.parent / "bin")]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(shim_pid, signal.SIGKILL)
             killed.append(shim_pid)
@@ -610,6 +621,25 @@ def kill_all(run_dir: Path, *, wait_seconds: float = 5.0) -> None:
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline and any(is_alive(p) for p in killed):
         time.sleep(0.01)
+
+
+def _unnamed_shims(bin_dir: Path) -> list[int]:
+    """Shims forked by a launcher of the shims in ``bin_dir`` that have not named
+    themselves yet: their command line is still their launcher's."""
+    prefix = os.fsencode(f"{bin_dir}/")
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and argv[0].startswith(prefix) and argv[1] == b"--launcher":
+            found.append(int(entry))
+    launchers = set(found)
+    return [pid for pid in found if (fields := _stat_fields(pid)) and int(fields[1]) in launchers]
 
 
 def _shim_state(pid: int) -> str | None:
