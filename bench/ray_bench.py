@@ -249,8 +249,8 @@ class RayServer(Server):
 
     def stop(self) -> None:
         """Kill its workloads, then stop it with SIGINT, its graceful shutdown (which
-        writes a profile). (SIGTERM is as graceful now: ``ray.init`` runs on a thread,
-        so Ray's failure-signal handler, which once took SIGTERM, is not installed.)"""
+        writes a profile). (A SIGTERM once ended it at once; since ``ray.init`` runs
+        on a thread, Ray sets no SIGTERM handler in the server: docs/benchmarks.md.)"""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(Exception):
                 body = {"status": ["pending", "running"]}

@@ -204,7 +204,7 @@ class Api:
                 return False
             return not any(w["stopping"] for w in self.listed(["killed"]))
 
-        wait_until(over, timeout)
+        wait_until(over, timeout, interval=0.1)
 
     def listed(self, statuses: list[str], limit: int | None = None) -> list[dict[str, Any]]:
         """Every user's workloads in any of ``statuses`` (all pages; at most ``limit``)."""

@@ -340,30 +340,37 @@ still has it, as a shim forked and not yet named has."""
 
 def test_kill_all_kills_shims_forked_before_they_named_themselves(tmp_path: Path) -> None:
     """A shim the launcher forked is found by ``find_shims`` only once it runs and
-    writes its own command line; until then ``kill_all`` finds it as the child of a
-    launcher of the data dir's shim (``bin/``), with its command line, and kills it.
+    writes its own command line; until then ``kill_all`` finds it by the launcher's
+    command line (of the data dir's shim, in ``bin/``) without the launcher's
+    session, and kills it, also once its launcher is gone (the server killed).
     Launchers are left alone (a server may still use one), and so is what another
     data dir's launcher forked."""
     data = tmp_path / "data"
     (data / "run").mkdir(parents=True)
+    procs: list[subprocess.Popen[str]] = []
     pids: list[int] = []
     try:
-        for top in (data, tmp_path / "elsewhere"):
+        for top in (data, data, tmp_path / "elsewhere"):
             line = f"{top}/bin/corral-shim-0123456789ab|--launcher|{'x' * 64}|"
             code = [sys.executable, "-c", AS_LAUNCHER, line, "p" * 512]
-            proc = subprocess.Popen(code, stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(code, stdout=subprocess.PIPE, text=True, start_new_session=True)
+            procs.append(proc)
             assert proc.stdout is not None
             pids += map(int, proc.stdout.readline().split())
-        launcher, child, other_launcher, other_child = pids
+        launcher, child, _, orphan, other_launcher, other_child = pids
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         assert cmdline.startswith(f"{data}/bin/corral-shim-0123456789ab\0--launcher\0".encode())
+        procs[1].kill()  # its child is an orphan now
+        procs[1].wait()
         kill_all(data / "run")
-        assert pid_gone(child)
+        assert pid_gone(child) and pid_gone(orphan)
         assert not any(map(pid_gone, [launcher, other_launcher, other_child]))
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        for proc in procs:
+            proc.wait()
 
 
 # --- the local executor end to end ---------------------------------------------------

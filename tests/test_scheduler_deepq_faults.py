@@ -193,14 +193,7 @@ class Player:
         """Lost (another leader tells every pending workload its own reason), or held
         again."""
         await idle(self.scheduler)
-        # Under the lock, as the poll. Resume's reconcile admits the pending workloads
-        # it did not know with their stored reasons (another leader's); a pass woken
-        # meanwhile (by ``_ended``: the reconcile read as running a workload whose end
-        # was recorded just after the read, and its ``_fail_unowned`` was refused, as
-        # it must be) found those among the ones it told, and the check failed (CI,
-        # under load). The scheduler is right either way: that is what is stored.
-        async with self.scheduler.lock:
-            await (self.scheduler.resume() if self.paused else self.scheduler.pause())
+        await (self.scheduler.resume() if self.paused else self.scheduler.pause())
         self.paused = not self.paused
         if self.paused:
             page = await self.store.list_workloads(statuses=[Status.PENDING], limit=1000)
@@ -217,8 +210,7 @@ class Player:
     async def check(self) -> list[str]:
         """Once no fault is left and the scheduler idle: what differed."""
         if self.paused:
-            async with self.scheduler.lock:  # (see lease)
-                await self.scheduler.resume()
+            await self.scheduler.resume()
         self.faults.kill_in_claim, self.faults.reasons, self.faults.claims = False, 0, 0
         await idle(self.scheduler)
         held = self.scheduler._reasons

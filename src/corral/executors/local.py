@@ -567,8 +567,10 @@ class LocalExecutor:
                 if wait <= 0:
                     log.warning("closing before the shim of workload %s has started", wid)
                     return
-                if select.select([proc.pidfd], [], [], min(wait, 0.002))[0]:
-                    break  # it exited
+                exited = select.poll()  # (not select(): a busy server's pidfds pass 1024)
+                exited.register(proc.pidfd, select.POLLIN)
+                if exited.poll(min(wait, 0.002) * 1000):
+                    break
 
     def _kill_orphaned_group(self, workload_id: str, state: Path) -> None:
         """Without its shim, nothing would stop the workload: SIGKILL its group, if the
@@ -604,11 +606,12 @@ def kill_all(run_dir: Path, *, wait_seconds: float = 5.0) -> None:
     teardown of tests and benchmarks: the server never calls it."""
     if not run_dir.is_dir():
         return
-    killed = []
-    for shim_pid in [*find_shims(run_dir).values(), *_unnamed_shims(run_dir.parent / "bin")]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(shim_pid, signal.SIGKILL)
-            killed.append(shim_pid)
+    killed: list[int] = []
+    for _ in range(2):  # again: a shim may have named itself between two reads
+        for shim_pid in _shims_of(run_dir):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(shim_pid, signal.SIGKILL)
+                killed.append(shim_pid)
     for pid_file in run_dir.glob(f"*.{PID_FILE}"):
         try:
             pgid = read_pid(run_dir / pid_file.name.removesuffix(f".{PID_FILE}"))
@@ -623,23 +626,35 @@ def kill_all(run_dir: Path, *, wait_seconds: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def _unnamed_shims(bin_dir: Path) -> list[int]:
-    """Shims forked by a launcher of the shims in ``bin_dir`` that have not named
-    themselves yet: their command line is still their launcher's."""
-    prefix = os.fsencode(f"{bin_dir}/")
+def _shims_of(run_dir: Path) -> list[int]:
+    """One pass over ``/proc``: the live shims of ``run_dir``, and the shims forked by
+    a launcher of its data dir's shim (``bin/``) that have not named themselves yet.
+    Those still have the launcher's command line, but not its session: a launcher is
+    a session leader, and a forked shim becomes one only as it names itself. So a
+    launcher (its server may still use it) is left alone, whoever its parent is, and
+    a forked shim is found even when its launcher has gone (the server killed)."""
+    state_prefix = str(run_dir) + "/"
+    launcher_prefix = os.fsencode(f"{run_dir.parent}/bin/")
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
+        pid = int(entry)
+        state = _shim_state(pid)
+        if state is not None:
+            if state.startswith(state_prefix):
+                found.append(pid)
+            continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if len(argv) > 2 and argv[0].startswith(prefix) and argv[1] == b"--launcher":
-            found.append(int(entry))
-    launchers = set(found)
-    return [pid for pid in found if (fields := _stat_fields(pid)) and int(fields[1]) in launchers]
+        if len(argv) > 2 and argv[0].startswith(launcher_prefix) and argv[1] == b"--launcher":
+            fields = _stat_fields(pid)
+            if fields is not None and fields[0] not in _GONE and int(fields[3]) != pid:
+                found.append(pid)  # 3: its session, not its own
+    return found
 
 
 def _shim_state(pid: int) -> str | None:
