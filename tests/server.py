@@ -185,9 +185,10 @@ class Api:
             lambda: (w := self.get(wid))["status"] in statuses and w, timeout or self.wait_seconds
         )
 
-    def kill_all(self) -> None:
-        """Kill every pending and running workload."""
-        self.http.post("/v1/workloads/kill", json={"status": ["pending", "running"]})
+    def kill_all(self, *, all_users: bool = False) -> httpx.Response:
+        """Kill every pending and running workload (every user's: ``all_users``)."""
+        body = {"status": ["pending", "running"], "all_users": all_users}
+        return self.http.post("/v1/workloads/kill", json=body)
 
     def drain(self, timeout: float = 30.0) -> None:
         """Kill every user's pending and running workloads and wait until each killed
@@ -195,8 +196,7 @@ class Api:
         workload's placement group goes only once its exit is reported, so a server
         stopped before then leaves the group (and its CPUs) held in a namespace no
         later server uses. Ask the server that schedules (the leader)."""
-        body = {"status": ["pending", "running"], "all_users": True}
-        r = self.http.post("/v1/workloads/kill", json=body)
+        r = self.kill_all(all_users=True)
         assert r.status_code == 200, r.text
 
         def over() -> bool:

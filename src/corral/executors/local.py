@@ -144,7 +144,7 @@ class _Proc:
     state: Path
     is_child: bool
     cwd: str | None
-    forked: bool = False
+    forked: bool
     """Forked by the launcher here: it names itself only once it runs (see close)."""
 
 
@@ -339,8 +339,6 @@ class LocalExecutor:
             # A shim forked by the launcher comes with a pidfd (the launcher reaps
             # it); one spawned here is our child, and waited for once it exits.
             self._watch(workload, pid, is_child=pidfd is None, pidfd=pidfd)
-            if pidfd is not None:
-                self._procs[wid].forked = True
         except OSError as exc:
             # Unwatched, it could be neither killed nor followed: stop it now. The
             # workload has a process group of its own, which only the shim knows, so
@@ -393,6 +391,7 @@ class LocalExecutor:
         self, workload: Workload, pid: int, *, is_child: bool, pidfd: int | None = None
     ) -> None:
         assert self._loop is not None, "start() first"
+        forked = pidfd is not None  # (only the launcher hands a pidfd over)
         if pidfd is None:
             pidfd = os.pidfd_open(pid)
         try:
@@ -401,7 +400,7 @@ class LocalExecutor:
             os.close(pidfd)
             raise
         state = self.run_dir / workload.id
-        self._procs[workload.id] = _Proc(pid, pidfd, state, is_child, workload.cwd)
+        self._procs[workload.id] = _Proc(pid, pidfd, state, is_child, workload.cwd, forked)
 
     def _unwatch(self, pidfd: int) -> None:
         if self._loop is not None and not self._loop.is_closed():
